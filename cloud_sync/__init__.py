@@ -1,0 +1,1 @@
+"""edgefleet.cloud_sync"""

@@ -1,0 +1,1 @@
+"""edgefleet.device_agent"""

@@ -1,0 +1,37 @@
+"""edgefleet: compile models for small devices, run them offline, keep a fleet improving.
+
+``import edgefleet`` is light: it never imports TensorFlow, flwr or paho, and
+runtimes are imported only when a model is opened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+
+_LAZY = {
+    "load": ("edgefleet.model", "load"),
+    "Model": ("edgefleet.model", "Model"),
+    "pack": ("edgefleet.pack", "pack"),
+    "Manifest": ("edgefleet.manifest", "Manifest"),
+    "TensorSpec": ("edgefleet.manifest", "TensorSpec"),
+    "Pipeline": ("edgefleet.preprocess", "Pipeline"),
+    "verify_bundle": ("edgefleet.bundle", "open_bundle"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgefleet' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY, *_errors_all]

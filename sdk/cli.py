@@ -1,0 +1,78 @@
+"""The ``edgefleet`` command: a thin dispatcher.
+
+Each package contributes its subcommands through a ``register(subparsers)``
+function in a light module (no heavy imports at module level); handlers import
+what they need when they run. Errors become exit codes here and only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from ._version import __version__
+from .errors import EdgefleetError
+
+# Command modules, looked up by name so that the SDK never imports the other packages.
+COMMAND_MODULES = (
+    "edgefleet.commands",
+    "edgefleet.compiler.cli",
+    "edgefleet.device_agent.cli",
+    "edgefleet.cloud_sync.cli",
+)
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="Compile models for small devices, run them offline, keep a fleet improving.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        if _available(module):
+            importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("EDGEFLEET_DEBUG"))
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+        return int(code or 0)
+    except EdgefleetError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgefleet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def entry() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
