@@ -15,7 +15,6 @@ from .errors import __all__ as _errors_all
 _LAZY = {
     "load": ("edgefleet.model", "load"),
     "Model": ("edgefleet.model", "Model"),
-    "pack": ("edgefleet.pack", "pack"),
     "Manifest": ("edgefleet.manifest", "Manifest"),
     "TensorSpec": ("edgefleet.manifest", "TensorSpec"),
     "Pipeline": ("edgefleet.preprocess", "Pipeline"),

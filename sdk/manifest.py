@@ -100,7 +100,7 @@ class TensorSpec:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "TensorSpec":
+    def from_dict(cls, data: Any, where: str) -> TensorSpec:
         if not isinstance(data, dict):
             raise BundleFormatError(f"manifest {where} must be an object")
         name = _require(data, "name", str, where)
@@ -168,7 +168,7 @@ class Manifest:
     def version_tuple(self) -> tuple[int, ...]:
         return parse_version(self.version)
 
-    def with_files(self, files: Mapping[str, FileEntry]) -> "Manifest":
+    def with_files(self, files: Mapping[str, FileEntry]) -> Manifest:
         return replace(self, files=dict(files))
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +198,7 @@ class Manifest:
         return canonical_json(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Manifest":
+    def from_dict(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise BundleFormatError("manifest must be a JSON object")
         fmt = _require(data, "format_version", int, "")

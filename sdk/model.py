@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from math import isfinite
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
@@ -190,8 +191,7 @@ class Model:
 
     @staticmethod
     def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
-        total = arr.sum(dtype=np.float64)
-        if total - total == 0.0:  # finite sum: no NaN or inf (cheap common path)
+        if isfinite(arr.sum(dtype=np.float64)):  # finite sum: no NaN or inf (cheap common path)
             return
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -247,7 +247,7 @@ class Model:
             out = out[self.outputs[0].name]
         return decode_labels(np.asarray(out), list(self.labels), top_k=top_k)
 
-    def stream(self, input_name: str | None = None) -> "ModelStream":
+    def stream(self, input_name: str | None = None) -> ModelStream:
         """A stateful stream for models whose preprocessing starts with a sliding window."""
         plan = self._plan_for(input_name)
         if not plan.pipeline.has_window:
@@ -304,7 +304,7 @@ class Model:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc: object) -> None:

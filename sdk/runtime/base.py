@@ -20,7 +20,7 @@ class Backend(Protocol):
         """Run on arrays in the order of ``inputs`` (already the right dtype). Thread-safe."""
         ...
 
-    def raw_call(self) -> "RawCall":
+    def raw_call(self) -> RawCall:
         """The bare runtime call (set input, invoke, read output) for overhead benchmarks."""
         ...
 
