@@ -130,6 +130,10 @@ def write_bundle(
     return Bundle(out, manifest, manifest_bytes, signer, signer is not None)
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def read_manifest(bundle_dir: str | os.PathLike) -> tuple[Manifest, bytes]:
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
@@ -139,8 +143,8 @@ def read_manifest(bundle_dir: str | os.PathLike) -> tuple[Manifest, bytes]:
     except FileNotFoundError:
         raise BundleFormatError(f"{bundle_dir} is not a bundle: {MANIFEST_NAME} is missing") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise BundleFormatError(f"{path} is not valid JSON: {exc}") from None
     return Manifest.from_dict(data), raw
 

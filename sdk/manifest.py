@@ -201,6 +201,10 @@ class Manifest:
     def from_dict(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise BundleFormatError("manifest must be a JSON object")
+        try:
+            canonical_json(data)
+        except (TypeError, ValueError) as exc:
+            raise BundleFormatError(f"manifest is not canonical JSON (NaN/Infinity or non-JSON values): {exc}") from None
         fmt = _require(data, "format_version", int, "")
         if fmt > FORMAT_VERSION or fmt < 1:
             raise UnsupportedFormatError(
