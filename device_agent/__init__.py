@@ -1,1 +1,41 @@
-"""edgefleet.device_agent"""
+"""edgefleet.device_agent: the on-device agent (model store, updates, telemetry, samples).
+
+``Agent`` is the library; ``edgefleet agent run`` is the same code as a daemon.
+Submodules load lazily so that ``import edgefleet.device_agent`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "Agent": ("edgefleet.device_agent.agent", "Agent"),
+    "read_status": ("edgefleet.device_agent.agent", "read_status"),
+    "AgentConfig": ("edgefleet.device_agent.config", "AgentConfig"),
+    "load_config": ("edgefleet.device_agent.config", "load_config"),
+    "Store": ("edgefleet.device_agent.store", "Store"),
+    "Job": ("edgefleet.device_agent.updates", "Job"),
+    "JobStatus": ("edgefleet.device_agent.updates", "JobStatus"),
+    "UpdateMachine": ("edgefleet.device_agent.updates", "UpdateMachine"),
+    "TelemetryQueue": ("edgefleet.device_agent.telemetry", "TelemetryQueue"),
+    "TelemetrySink": ("edgefleet.device_agent.telemetry", "TelemetrySink"),
+    "MemorySink": ("edgefleet.device_agent.telemetry", "MemorySink"),
+    "Record": ("edgefleet.device_agent.telemetry", "Record"),
+    "drain": ("edgefleet.device_agent.telemetry", "drain"),
+    "SampleStore": ("edgefleet.device_agent.samples", "SampleStore"),
+    "make_rollback_order": ("edgefleet.device_agent.orders", "make_rollback_order"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgefleet.device_agent' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,785 @@
+"""``Agent``: the device agent as a library (the daemon ``edgefleet agent run`` is the same code).
+
+The agent serves ``predict()`` from the active version in its store and drives
+the update state machine (:mod:`.updates`): each action is performed here and
+its outcome fed back as an event, the job persisted after every transition.
+A background monitor thread judges probation and shadow runs, flushes
+telemetry and notices when another process changed the store.
+
+Hot swap: each loaded version sits in a ``_Slot`` that counts the predictions
+in flight. ``predict`` reads the current slot (one attribute read) and holds it
+for the duration of the call; a swap replaces the attribute and the old model
+is closed only when its last in-flight call returns. No predict ever fails or
+waits because of a swap. During probation the previous version stays loaded
+so that a rollback is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from edgefleet._version import __version__ as AGENT_VERSION
+from edgefleet.canonical import sha256_bytes
+from edgefleet.errors import ConfigError, EdgefleetError, InvalidInputError, StoreError, UpdateRejectedError
+from edgefleet.keys import PublicKey
+from edgefleet.manifest import MANIFEST_NAME, Manifest
+
+from .config import AgentConfig
+from .health import LatencyHistogram, Probation, ShadowStats, outputs_agree
+from .orders import check_rollback_order
+from .samples import SampleStore, load_device_key
+from .store import Entry, Store, StoreState
+from .telemetry import DriftMonitor, Telemetry, TelemetryQueue, TelemetrySink, drain
+from .updates import (
+    Action,
+    Activate,
+    Activated,
+    Discard,
+    Event,
+    Failed,
+    Job,
+    JobLog,
+    JobStatus,
+    ProbationFailed,
+    ProbationPassed,
+    Refused,
+    Resumed,
+    Rollback,
+    RolledBack,
+    ShadowDone,
+    SmokeFailed,
+    SmokePassed,
+    SmokeTest,
+    Start,
+    StartProbation,
+    StartShadow,
+    Step,
+    UpdateMachine,
+    Verified,
+    Verify,
+    check_target,
+    check_version,
+    new_job,
+)
+
+
+class ModelLike(Protocol):
+    manifest: Manifest
+
+    def predict(self, x: Any, **kwargs: Any) -> Any: ...
+
+    def run_smoke_tests(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+Loader = Callable[[Path, Sequence[PublicKey], bool], ModelLike]
+
+
+def sdk_loader(backend: str | None = None, threads: int | None = None) -> Loader:
+    """Load a stored bundle with ``edgefleet.load`` (verifies signature, sizes and hashes again)."""
+
+    def load(path: Path, keys: Sequence[PublicKey], require_signature: bool) -> ModelLike:
+        from edgefleet.model import load as sdk_load
+
+        return sdk_load(path, trusted_keys=list(keys) or None, require_signature=require_signature,
+                        backend=backend, threads=threads)
+
+    return load
+
+
+class _Slot:
+    """A loaded version and the count of predictions running on it."""
+
+    def __init__(self, model: ModelLike, entry: Entry) -> None:
+        self.model = model
+        self.entry = entry
+        self.hist = LatencyHistogram()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._retired = False
+        self._closed = False
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self, latency_ms: float | None) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if latency_ms is not None:
+                self.hist.add(latency_ms)
+            close = self._retired and self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self._close_model()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            close = self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self._close_model()
+
+    def _close_model(self) -> None:
+        try:
+            self.model.close()
+        except Exception:
+            pass
+
+
+class _Shadow:
+    """A candidate fed copies of live inputs on a worker thread; never blocks ``predict``."""
+
+    def __init__(self, slot: _Slot, stats: ShadowStats, atol: float) -> None:
+        self.slot = slot
+        self.stats = stats
+        self.atol = atol
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=32)
+        self.thread = threading.Thread(target=self._run, name="edgefleet-shadow", daemon=True)
+        self.thread.start()
+
+    def offer(self, x: Any, kwargs: Mapping[str, Any], out: Any, ms: float) -> None:
+        try:
+            self.queue.put_nowait((x, kwargs, out, ms))
+        except queue.Full:
+            self.stats.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            x, kwargs, out, ms = item
+            t0 = time.perf_counter()
+            try:
+                got = self.slot.model.predict(x, **kwargs)
+            except Exception:
+                self.stats.record(None, 0.0, ms)
+                continue
+            cms = (time.perf_counter() - t0) * 1000
+            self.stats.record(outputs_agree(out, got, self.atol), cms, ms)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=5)
+
+
+class Agent:
+    """The device agent. Thread-safe ``predict``; one install at a time."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        loader: Loader | None = None,
+        monitor: bool = True,
+        tick_seconds: float = 0.2,
+        resume: bool = True,
+    ) -> None:
+        self.config = config
+        self.root = config.state_path
+        self.store = Store(
+            self.root,
+            trusted_keys=config.trusted_keys,
+            require_signature=config.require_signature,
+            quota_bytes=int(config.store.quota_mb * (1 << 20)),
+        )
+        self._load = loader or sdk_loader(config.backend, config.threads)
+        self.jobs = JobLog(self.root / "jobs")
+        self.telemetry = Telemetry(TelemetryQueue(self.root / "telemetry.db", config.telemetry.max_events), config.device_id)
+        self.samples: SampleStore | None = None
+        if config.samples.enabled:
+            key = load_device_key(config.samples.key_file) if config.samples.key_file else None
+            self.samples = SampleStore(self.root / "samples.db", config.samples.max_samples, key)
+        self.job_hooks: list[Callable[[Job], None]] = []
+        self._drive_lock = threading.RLock()
+        self._machine: UpdateMachine | None = None
+        self._candidate: _Slot | None = None
+        self._standby: _Slot | None = None
+        self._probation: Probation | None = None
+        self._shadow: _Shadow | None = None
+        self._rollback_order: Mapping[str, Any] | None = None
+        self._slot: _Slot | None = None
+        self._generation = -1
+        self._last_flush = time.monotonic()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        with self.store.lock():
+            self.store.recover()
+            self._slot = self._load_active()
+        self._set_drift(self._slot)
+        if resume:
+            self._resume_jobs()
+        self._thread: threading.Thread | None = None
+        self.tick_seconds = tick_seconds
+        if monitor:
+            self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
+            self._thread.start()
+
+    # -- loading ------------------------------------------------------------------
+    @property
+    def trusted_keys(self) -> list[PublicKey]:
+        return self.store.trusted_keys
+
+    def _open(self, entry: Entry) -> _Slot:
+        path = self.store.object_path(entry.id)
+        try:
+            raw = (path / MANIFEST_NAME).read_bytes()
+        except OSError:
+            raise StoreError(f"version {entry.version} ({entry.id[:12]}) is missing from the store") from None
+        if sha256_bytes(raw) != entry.id:
+            raise StoreError(f"version {entry.version} ({entry.id[:12]}) does not match its id")
+        keys = self.trusted_keys
+        model = self._load(path, keys, self.config.require_signature or bool(keys))
+        return _Slot(model, entry)
+
+    def _load_active(self) -> _Slot | None:
+        """Load the active version; if it is damaged, fall back to the previous one (never nothing)."""
+        state = self.store.state()
+        self._generation = state.generation
+        if state.active is None:
+            return None
+        try:
+            return self._open(state.active)
+        except EdgefleetError as exc:
+            damaged = str(exc)
+        if state.previous is None:
+            raise StoreError(f"the active version cannot be loaded and there is no previous one: {damaged}")
+        slot = self._open(state.previous)
+        new = self.store.rollback(mark_bad=True)
+        self._generation = new.generation
+        self.telemetry.event("store_repaired", {"damaged": state.active.to_dict(), "now_active": state.previous.to_dict(),
+                                                "error": damaged})
+        return slot
+
+    def _set_drift(self, slot: _Slot | None) -> None:
+        ref = slot.model.manifest.reference_stats if slot is not None else None
+        monitor = None
+        if ref and self.config.telemetry.enabled:
+            t = self.config.telemetry
+            try:
+                monitor = DriftMonitor(ref, t.drift_threshold, t.drift_min_samples, t.drift_check_every)
+            except Exception:
+                monitor = None
+        self.telemetry.set_drift(monitor, slot.entry.version if slot else "")
+
+    # -- serving ------------------------------------------------------------------
+    def predict(self, x: Any, **kwargs: Any) -> Any:
+        """Predict with the active version (thread-safe; never fails because of an update)."""
+        while True:
+            slot = self._slot
+            if slot is None:
+                raise StoreError("no model is installed; install one with 'edgefleet agent install'")
+            if slot.acquire():
+                break
+        version = slot.entry.version
+        t0 = time.perf_counter()
+        try:
+            out = slot.model.predict(x, **kwargs)
+        except InvalidInputError:
+            slot.release(None)
+            if self.config.telemetry.enabled:
+                self.telemetry.record_prediction(version, 0.0, "invalid")
+            raise
+        except Exception:
+            slot.release(None)
+            if self.config.telemetry.enabled:
+                self.telemetry.record_prediction(version, 0.0, "error")
+            probation = self._probation
+            if probation is not None and self._slot is slot:
+                probation.record(False, 0.0)
+                self._wake.set()
+            raise
+        ms = (time.perf_counter() - t0) * 1000
+        slot.release(ms)
+        if self.config.telemetry.enabled:
+            self.telemetry.record_prediction(version, ms, "ok", x if not isinstance(x, Mapping) else None)
+        probation = self._probation
+        if probation is not None and self._slot is slot:
+            probation.record(True, ms)
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.offer(x, kwargs, out, ms)
+        return out
+
+    @property
+    def model(self) -> ModelLike | None:
+        slot = self._slot
+        return slot.model if slot else None
+
+    @property
+    def active_version(self) -> str | None:
+        slot = self._slot
+        return slot.entry.version if slot else None
+
+    # -- installing ---------------------------------------------------------------------
+    def install(
+        self,
+        source: str | Path,
+        *,
+        shadow: bool | None = None,
+        rollback_order: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> Job:
+        """Install a bundle directory or archive. Returns the job (terminal, or on probation/shadow).
+
+        With ``wait=True`` returns only when the job is finished (after probation).
+        A refused bundle gives a job in REJECTED with a named ``reason``; the active
+        version keeps serving throughout.
+        """
+        use_shadow = self.config.update.shadow if shadow is None else shadow
+        job = new_job(str(source), shadow=use_shadow, allow_older=rollback_order is not None, job_id=job_id)
+        with self._drive_lock:
+            busy = self._machine is not None and not self._machine.job.status.terminal
+            machine = UpdateMachine(job)
+            if busy:
+                assert self._machine is not None
+                machine.handle(Start())
+                other = self._machine.job
+                machine.handle(Refused("busy", f"job {other.job_id} is still {other.step.value}"))
+                self.jobs.save(machine.job)
+                self._report(machine.job)
+                return machine.job
+            self._machine = machine
+            self._rollback_order = rollback_order
+            state = self.store.state()
+            self._drive(self._advance(Start(state.active.id if state.active else "",
+                                            state.active.version if state.active else "")))
+            job = machine.job
+        if wait:
+            return self.wait(job.job_id, timeout)
+        return job
+
+    def wait(self, job_id: str | None = None, timeout: float | None = None) -> Job:
+        """Block until the job (default: the current one) is terminal."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._done:
+            while True:
+                machine = self._machine
+                if machine is None:
+                    raise StoreError("no job to wait for")
+                job = machine.job if job_id in (None, machine.job.job_id) else self.jobs.get(job_id or "")
+                if job is None or job.status.terminal:
+                    return job if job is not None else machine.job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return job
+                self._wake.set()
+                self._done.wait(timeout=min(0.1, left) if left is not None else 0.1)
+
+    @property
+    def current_job(self) -> Job | None:
+        m = self._machine
+        return m.job if m else None
+
+    def _advance(self, event: Event) -> list[Action]:
+        with self._drive_lock:
+            assert self._machine is not None
+            actions = self._machine.handle(event)
+            job = self._machine.job
+            self.jobs.save(job)
+        self._report(job)
+        if job.status.terminal:
+            self._finish(job)
+        return actions
+
+    def _drive(self, actions: list[Action]) -> None:
+        with self._drive_lock:
+            pending = list(actions)
+            while pending:
+                action = pending.pop(0)
+                try:
+                    event = self._perform(action)
+                except EdgefleetError as exc:
+                    event = Failed("store_error" if isinstance(exc, StoreError) else "error", str(exc))
+                except Exception as exc:  # an action must end in a state, not a crashed driver
+                    event = Failed("internal_error", f"{type(exc).__name__}: {exc}")
+                if event is not None:
+                    if self._machine is None or self._machine.job.status.terminal:
+                        continue
+                    pending.extend(self._advance(event))
+
+    def _report(self, job: Job) -> None:
+        self.telemetry.event("job", {
+            "job_id": job.job_id, "status": job.status.value, "step": job.step.value, "reason": job.reason,
+            "message": job.message, "target_version": job.target_version, "from_version": job.from_version,
+            "revision": job.revision,
+        })
+        for hook in list(self.job_hooks):
+            try:
+                hook(job)
+            except Exception:
+                pass
+        with self._done:
+            self._done.notify_all()
+
+    def _finish(self, job: Job) -> None:
+        """Clean up after a terminal job: drop the standby/candidate that is no longer needed."""
+        self._probation = None
+        if self._shadow is not None:
+            self._shadow.stop()
+            self._shadow = None
+        cand, self._candidate = self._candidate, None
+        if cand is not None and cand is not self._slot:
+            cand.retire()
+        standby, self._standby = self._standby, None
+        if standby is not None and standby is not self._slot:
+            standby.retire()
+        self._rollback_order = None
+        self.jobs.prune()
+
+    def _entry(self, object_id: str) -> Entry:
+        state = self.store.state()
+        for e in (state.active, state.previous):
+            if e is not None and e.id == object_id:
+                return e
+        raw = (self.store.object_path(object_id) / MANIFEST_NAME).read_bytes()
+        m = Manifest.from_dict(json.loads(raw))
+        return Entry(object_id, m.name, m.version)
+
+    def _perform(self, action: Action) -> Event | None:
+        if isinstance(action, Verify):
+            return self._verify(action)
+        if isinstance(action, SmokeTest):
+            return self._smoke(action.target_id)
+        if isinstance(action, StartShadow):
+            return self._start_shadow(action.target_id)
+        if isinstance(action, Activate):
+            return self._activate(action.target_id)
+        if isinstance(action, StartProbation):
+            return self._start_probation()
+        if isinstance(action, Rollback):
+            return self._do_rollback(action.to_id)
+        if isinstance(action, Discard):
+            with self.store.lock():
+                self.store.discard(action.target_id)
+            return None
+        raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _verify(self, action: Verify) -> Event:
+        assert self._machine is not None
+        job = self._machine.job
+        cfg = self.config
+        with self.store.lock():
+            try:
+                if action.target_id and (self.store.object_path(action.target_id) / MANIFEST_NAME).is_file():
+                    bundle = self.store.verify(action.target_id)
+                    object_id, manifest = action.target_id, bundle.manifest
+                    size = sum(e.size for e in manifest.files.values())
+                else:
+                    staged = self.store.stage(job.source)
+                    object_id, manifest, size = staged.entry.id, staged.manifest, staged.size
+            except UpdateRejectedError as exc:
+                return Refused(exc.reason, str(exc))
+            state = self.store.state()
+
+            def refuse(reason: str, message: str) -> Refused:
+                self.store.discard(object_id)
+                return Refused(reason, message)
+
+            problem = check_target(manifest, AGENT_VERSION, cfg.hardware_tags)
+            if problem:
+                return refuse(*problem)
+            if job.allow_older:
+                try:
+                    check_rollback_order(self._rollback_order or {}, object_id, self.trusted_keys, cfg.device_id)
+                except UpdateRejectedError as exc:
+                    return refuse(exc.reason, str(exc))
+            active = state.active
+            problem = check_version(manifest, object_id, active.id if active else None,
+                                    active.version if active else None, state.bad, job.allow_older)
+            if problem:
+                return refuse(*problem)
+            if active is not None and active.id == object_id:
+                return Verified(object_id, manifest.version, already_active=True)
+            keep = self.store.used_bytes([active.id]) if active is not None else 0
+            if size + keep > self.store.quota_bytes:
+                return refuse("quota_exceeded", f"{size} new bytes + {keep} kept exceed the store quota of "
+                                                f"{self.store.quota_bytes} bytes")
+        return Verified(object_id, manifest.version)
+
+    def _smoke(self, target_id: str) -> Event:
+        try:
+            slot = self._open(self._entry(target_id))
+        except Exception as exc:
+            return SmokeFailed(f"the runtime cannot load the model: {exc}", reason="load_failed")
+        message = ""
+        try:
+            result = slot.model.run_smoke_tests()
+        except Exception as exc:
+            result = None
+            message = f"smoke test raised {type(exc).__name__}: {exc}"
+        if result is None or not result.ok:
+            slot.retire()
+            return SmokeFailed(message if result is None else result.message)
+        self._candidate = slot
+        return SmokePassed(float(getattr(result, "max_abs_error", 0.0)))
+
+    def _start_shadow(self, target_id: str) -> Event | None:
+        if self._candidate is None or self._candidate.entry.id != target_id:
+            self._candidate = self._open(self._entry(target_id))
+        if self._slot is None:  # nothing to compare with: shadowing is moot
+            return ShadowDone(True, {"compared": 0, "why": "no active version to compare with"})
+        stats = ShadowStats(self.config.update, time.monotonic())
+        self._shadow = _Shadow(self._candidate, stats, self.config.update.agreement_atol)
+        return None
+
+    def _activate(self, target_id: str) -> Event:
+        if self._shadow is not None:
+            self._shadow.stop()
+            self._shadow = None
+        cand = self._candidate
+        if cand is None or cand.entry.id != target_id:
+            cand = self._open(self._entry(target_id))
+        with self.store.lock():
+            state = self.store.activate(cand.entry)
+        cand.entry = state.active or cand.entry
+        self._generation = state.generation
+        old, self._slot = self._slot, cand
+        self._candidate = None
+        self._standby = old
+        self._set_drift(cand)
+        self.telemetry.event("activated", {"version": cand.entry.version, "id": cand.entry.id,
+                                           "previous": old.entry.version if old else None})
+        return Activated()
+
+    def _start_probation(self) -> Event | None:
+        standby = self._standby
+        base = standby.hist.quantile(0.95) if standby is not None and standby.hist.total >= 20 else None
+        self._probation = Probation(self.config.update, time.monotonic(), base)
+        return self._judge_probation()
+
+    def _judge_probation(self) -> Event | None:
+        probation = self._probation
+        if probation is None:
+            return None
+        verdict = probation.verdict(time.monotonic())
+        if verdict is None:
+            return None
+        self._probation = None
+        if not verdict.ok:
+            return ProbationFailed(verdict.reason, verdict.message, verdict.report)
+        slot = self._slot
+        if slot is not None:
+            result = slot.model.run_smoke_tests()
+            if not result.ok:
+                return ProbationFailed("smoke_test_failed", result.message, verdict.report)
+        return ProbationPassed(verdict.report)
+
+    def _do_rollback(self, to_id: str) -> Event:
+        assert self._machine is not None
+        job = self._machine.job
+        with self.store.lock():
+            state = self.store.state()
+            if state.active is not None and state.active.id == job.target_id:
+                if state.previous is None or state.previous.id != to_id:
+                    if not to_id:  # first install ever: there is nothing to go back to
+                        return Failed("rollback_impossible", "no previous version to roll back to")
+                    return Failed("rollback_failed", "the previous version is no longer in the store")
+                state = self.store.rollback(mark_bad=True)
+            elif state.active is None or state.active.id != to_id:
+                return Failed("rollback_failed", "the store holds neither the new nor the previous version")
+        self._generation = state.generation
+        standby = self._standby
+        if standby is not None and standby.entry.id == to_id:
+            new = standby
+            self._standby = None
+        else:
+            assert state.active is not None
+            new = self._open(state.active)
+        old, self._slot = self._slot, new
+        if old is not None and old is not new:
+            old.retire()
+        self._set_drift(new)
+        self.telemetry.event("rolled_back", {"version": new.entry.version, "from": job.target_version,
+                                             "reason": job.reason})
+        return RolledBack()
+
+    def _resume_jobs(self) -> None:
+        jobs = self.jobs.unfinished()
+        for stale in jobs[:-1]:
+            m = UpdateMachine(stale)
+            if stale.status is JobStatus.QUEUED:
+                m.handle(Start())
+            m.handle(Failed("superseded", "a newer job was in progress when the agent restarted"))
+            self.jobs.save(m.job)
+        if not jobs:
+            return
+        job = jobs[-1]
+        with self._drive_lock:
+            self._machine = UpdateMachine(job)
+            state = self.store.state()
+            if job.status is JobStatus.QUEUED:
+                event: Event = Start(state.active.id if state.active else "", state.active.version if state.active else "")
+            else:
+                event = Resumed(state.active.id if state.active else "")
+            self._drive(self._advance(event))
+
+    # -- rollback, feedback, status -----------------------------------------------------------
+    def rollback(self) -> StoreState:
+        """Go back to the previous version now (operator action). Ends a probation as ROLLED_BACK."""
+        with self._drive_lock:
+            m = self._machine
+            if m is not None and not m.job.status.terminal and m.job.step is Step.PROBATION:
+                self._probation = None
+                self._drive(self._advance(ProbationFailed("operator_rollback", "rolled back by the operator")))
+                return self.store.state()
+            if m is not None and not m.job.status.terminal:
+                raise StoreError(f"job {m.job.job_id} is {m.job.step.value}; wait for it to finish")
+            with self.store.lock():
+                state = self.store.rollback(mark_bad=False)
+            assert state.active is not None
+            new = self._open(state.active)
+            self._generation = state.generation
+            old, self._slot = self._slot, new
+            if old is not None:
+                old.retire()
+            self._set_drift(new)
+            self.telemetry.event("rolled_back", {"version": new.entry.version,
+                                                 "from": state.previous.version if state.previous else None,
+                                                 "reason": "operator_rollback"})
+            return state
+
+    def feedback(self, x: Any, y: Any) -> int:
+        """Keep a labelled sample on the device for retraining (needs ``[samples] enabled``)."""
+        if self.samples is None:
+            raise ConfigError("local samples are disabled; set enabled = true in the [samples] section")
+        return self.samples.add(x, y, self.active_version or "")
+
+    def status(self) -> dict[str, Any]:
+        out = read_status(self.root)
+        slot = self._slot
+        out["device_id"] = self.config.device_id
+        out["serving"] = {"version": slot.entry.version, "id": slot.entry.id, "name": slot.entry.name} if slot else None
+        probation, shadow = self._probation, self._shadow
+        out["probation"] = probation.report() if probation else None
+        out["shadow"] = shadow.stats.report() if shadow else None
+        out["telemetry"] = {**self.telemetry.queue.stats(), "window": self.telemetry.snapshot()}
+        out["samples"] = {"count": len(self.samples), "encrypted": self.samples.encrypted} if self.samples else None
+        return out
+
+    # -- telemetry ----------------------------------------------------------------------------
+    def flush_telemetry(self) -> None:
+        self._last_flush = time.monotonic()
+        self.telemetry.flush({"store_bytes": self.store.used_bytes()})
+
+    def drain(self, sink: TelemetrySink, batch: int = 500) -> int:
+        """Flush aggregated metrics, then send queued records to ``sink``; returns how many it acknowledged."""
+        self.flush_telemetry()
+        return drain(self.telemetry.queue, sink, batch)
+
+    # -- the monitor ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Periodic work: judge probation and shadow, flush telemetry, follow external store changes."""
+        with self._drive_lock:
+            m = self._machine
+            if m is not None and not m.job.status.terminal:
+                if m.job.step is Step.PROBATION and self._probation is not None:
+                    event = self._judge_probation()
+                    if event is not None:
+                        self._drive(self._advance(event))
+                elif m.job.step is Step.SHADOWING and self._shadow is not None:
+                    v = self._shadow.stats.verdict(time.monotonic())
+                    if v is not None:
+                        self._drive(self._advance(ShadowDone(v[0], v[1])))
+            else:
+                self._follow_store()
+        if time.monotonic() - self._last_flush >= self.config.telemetry.flush_seconds:
+            self.flush_telemetry()
+
+    def _follow_store(self) -> None:
+        """Another process (``edgefleet agent install``) changed the pointer: serve what it says."""
+        try:
+            state = self.store.state()
+        except StoreError:
+            return
+        if state.generation == self._generation:
+            return
+        self._generation = state.generation
+        slot = self._slot
+        if state.active is None or (slot is not None and slot.entry.id == state.active.id):
+            return
+        try:
+            new = self._open(state.active)
+        except EdgefleetError:
+            return
+        old, self._slot = self._slot, new
+        if old is not None:
+            old.retire()
+        self._set_drift(new)
+        self.telemetry.event("activated", {"version": new.entry.version, "id": new.entry.id, "by": "another process"})
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.tick_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self.tick()
+            except Exception:  # the monitor must survive anything
+                time.sleep(self.tick_seconds)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._shadow is not None:
+            self._shadow.stop()
+            self._shadow = None
+        try:
+            self.flush_telemetry()
+        except Exception:
+            pass
+        for slot in {id(s): s for s in (self._slot, self._standby, self._candidate) if s is not None}.values():
+            slot.retire()
+        self.telemetry.queue.close()
+        if self.samples is not None:
+            self.samples.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_status(state_dir: str | Path) -> dict[str, Any]:
+    """What the store and job log say, without loading any model (cheap; used by the CLI)."""
+    root = Path(state_dir)
+    if not (root / "objects").is_dir() and not (root / "current").exists():
+        raise StoreError(f"{root} is not an agent state directory")
+    from .store import POINTER
+
+    try:
+        state = StoreState.from_bytes((root / POINTER).read_bytes())
+    except FileNotFoundError:
+        state = StoreState()
+    jobs = JobLog(root / "jobs").load_all() if (root / "jobs").is_dir() else []
+    last = jobs[-1] if jobs else None
+    return {
+        "state_dir": str(root),
+        "agent_version": AGENT_VERSION,
+        "active": state.active.to_dict() if state.active else None,
+        "previous": state.previous.to_dict() if state.previous else None,
+        "generation": state.generation,
+        "known_bad": list(state.bad),
+        "job": replace(last, history=last.history[-10:]).to_dict() if last else None,
+    }

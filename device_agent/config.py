@@ -1,0 +1,248 @@
+"""The agent's typed configuration, read from TOML and validated with clear errors.
+
+Every option is a typed field of a frozen dataclass; unknown sections or keys
+are refused (a typo must not silently fall back to a default). Example::
+
+    [agent]
+    state_dir = "/var/lib/edgefleet"
+    device_id = "press-7"
+    hardware_tags = ["arm64"]
+    trusted_keys = ["/etc/edgefleet/fleet.pub"]
+
+    [update]
+    probation_seconds = 60
+    shadow = false
+
+    [telemetry]
+    max_events = 100000
+
+    [samples]
+    enabled = true
+    key_file = "/etc/edgefleet/device.key"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+from edgefleet.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _section(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, type-checking every key and refusing unknown ones."""
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{where}] must be a table")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"[{where}] has unknown option(s) {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    text = str(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if "tuple" in text:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if "str" in text and "None" in text:  # str | None
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if "float" in text and "None" in text:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    return value  # pragma: no cover
+
+
+def _positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    quota_mb: float = 512.0  # disk budget for stored bundles (active + previous always kept)
+
+    def __post_init__(self) -> None:
+        _positive("store.quota_mb", self.quota_mb)
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    probation_seconds: float = 60.0  # watch a new version this long before committing it
+    probation_min_predictions: int = 0  # and for at least this many predictions (0: time only)
+    max_error_rate: float = 0.05  # failed predictions / predictions during probation
+    min_error_count: int = 3  # do not judge the error rate on fewer failures than this
+    max_latency_ms: float = 0.0  # p95 latency ceiling during probation (0: off)
+    latency_factor: float = 0.0  # p95 vs the previous version's p95 (0: off)
+    shadow: bool = False  # run a candidate beside the active version before promoting
+    shadow_predictions: int = 100
+    shadow_seconds: float = 300.0
+    min_agreement: float = 0.95
+    agreement_atol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _positive("update.probation_seconds", self.probation_seconds, allow_zero=True)
+        _positive("update.probation_min_predictions", self.probation_min_predictions, allow_zero=True)
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(f"update.max_error_rate must be within [0, 1], got {self.max_error_rate}")
+        _positive("update.min_error_count", self.min_error_count, allow_zero=True)
+        _positive("update.max_latency_ms", self.max_latency_ms, allow_zero=True)
+        _positive("update.latency_factor", self.latency_factor, allow_zero=True)
+        _positive("update.shadow_predictions", self.shadow_predictions)
+        _positive("update.shadow_seconds", self.shadow_seconds)
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"update.min_agreement must be within [0, 1], got {self.min_agreement}")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    enabled: bool = True
+    max_events: int = 100_000  # queue bound; the oldest are dropped (and counted) beyond it
+    flush_seconds: float = 10.0  # how often aggregated metrics become a queued record
+    drift_threshold: float = 0.2  # PSI above this raises a drift event
+    drift_min_samples: int = 200  # do not judge drift on fewer samples
+    drift_check_every: int = 100  # predictions between drift checks
+
+    def __post_init__(self) -> None:
+        _positive("telemetry.max_events", self.max_events)
+        _positive("telemetry.flush_seconds", self.flush_seconds)
+        _positive("telemetry.drift_threshold", self.drift_threshold)
+        _positive("telemetry.drift_min_samples", self.drift_min_samples, allow_zero=True)
+        _positive("telemetry.drift_check_every", self.drift_check_every)
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    enabled: bool = False
+    max_samples: int = 10_000  # oldest samples are evicted beyond this
+    key_file: str | None = None  # 32-byte device key (raw or base64); encrypts samples at rest
+
+    def __post_init__(self) -> None:
+        _positive("samples.max_samples", self.max_samples)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: str = "edgefleet-state"
+    device_id: str = ""
+    hardware_tags: tuple[str, ...] = ()
+    trusted_keys: tuple[str, ...] = ()  # PEM files; also every *.pub in <state_dir>/trust/
+    require_signature: bool = True
+    backend: str | None = None
+    threads: int = 1
+    store: StoreConfig = field(default_factory=StoreConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+    def __post_init__(self) -> None:
+        if not self.state_dir:
+            raise ConfigError("agent.state_dir must not be empty")
+        _positive("agent.threads", self.threads)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    def with_overrides(self, **changes: Any) -> AgentConfig:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> AgentConfig:
+        """Build from the parsed TOML document; relative paths resolve against ``base_dir``."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("the config must be a table")
+        sections = {"agent", "store", "update", "telemetry", "samples"}
+        unknown = sorted(set(data) - sections)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
+        agent_raw = dict(data.get("agent") or {})
+        if not isinstance(data.get("agent", {}), Mapping):
+            raise ConfigError("[agent] must be a table")
+        nested = {"store", "update", "telemetry", "samples"} & set(agent_raw)
+        if nested:
+            raise ConfigError(f"{sorted(nested)} are sections of their own, not [agent] options")
+        top = _section(_AgentTop, agent_raw, "agent")
+        samples = _section(SamplesConfig, data.get("samples"), "samples")
+        base = Path(base_dir) if base_dir is not None else None
+
+        def resolve(p: str) -> str:
+            return str(base / p) if base is not None and not os.path.isabs(p) else p
+
+        if samples.key_file:
+            samples = replace(samples, key_file=resolve(samples.key_file))
+        return cls(
+            state_dir=resolve(top.state_dir),
+            device_id=top.device_id,
+            hardware_tags=top.hardware_tags,
+            trusted_keys=tuple(resolve(k) for k in top.trusted_keys),
+            require_signature=top.require_signature,
+            backend=top.backend,
+            threads=top.threads,
+            store=_section(StoreConfig, data.get("store"), "store"),
+            update=_section(UpdateConfig, data.get("update"), "update"),
+            telemetry=_section(TelemetryConfig, data.get("telemetry"), "telemetry"),
+            samples=samples,
+        )
+
+
+@dataclass(frozen=True)
+class _AgentTop:
+    state_dir: str = "edgefleet-state"
+    device_id: str = ""
+    hardware_tags: tuple[str, ...] = ()
+    trusted_keys: tuple[str, ...] = ()
+    require_signature: bool = True
+    backend: str | None = None
+    threads: int = 1
+
+
+def load_config(path: str | os.PathLike) -> AgentConfig:
+    """Read and validate an ``agent.toml``; relative paths are relative to its folder."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    try:
+        return AgentConfig.from_dict(data, base_dir=p.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None

@@ -1,0 +1,435 @@
+"""The model store: content-addressed bundles, one active version, the previous kept.
+
+Layout under the state directory::
+
+    objects/<id>/        a verified bundle; <id> is the sha256 of its manifest bytes,
+                         and the manifest chains the hash of every other file
+    staging/             bundles being copied and verified (emptied on open)
+    trash/               objects being deleted (emptied on open)
+    trust/*.pub          trusted public keys kept with the device
+    current              the pointer: which object is active and which is previous
+    lock                 advisory lock held by whoever changes the store
+
+Crash consistency rests on two rules. An object is complete and fsynced before
+it is renamed into ``objects/``, and the pointer is only ever replaced by
+writing a new file, fsyncing it and renaming it over the old one (then fsyncing
+the directory). So a ``kill -9`` or power cut at any instant leaves ``current``
+naming either the old or the new active object, both complete; nothing that the
+pointer names is ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from edgefleet.bundle import Bundle, extract_archive, fsync_dir, is_archive, read_manifest, verify_bundle_dir
+from edgefleet.canonical import canonical_json, sha256_bytes
+from edgefleet.errors import (
+    BundleError,
+    BundleFormatError,
+    BundleIntegrityError,
+    SignatureError,
+    StoreError,
+    UnsafeArchiveError,
+    UpdateRejectedError,
+)
+from edgefleet.keys import PublicKey, load_public_key
+from edgefleet.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+
+POINTER = "current"
+MAX_BAD = 32
+_COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored version: its object id and what it is."""
+
+    id: str
+    name: str
+    version: str
+    installed_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "version": self.version, "installed_at": self.installed_at}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Entry:
+        if not isinstance(data, dict):
+            raise StoreError("store pointer entry is not an object")
+        try:
+            return cls(str(data["id"]), str(data["name"]), str(data["version"]), float(data.get("installed_at", 0.0)))
+        except KeyError as exc:
+            raise StoreError(f"store pointer entry lacks {exc}") from None
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the pointer file says. ``bad`` lists object ids that failed probation."""
+
+    active: Entry | None = None
+    previous: Entry | None = None
+    generation: int = 0
+    bad: tuple[str, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "active": self.active.to_dict() if self.active else None,
+            "previous": self.previous.to_dict() if self.previous else None,
+            "generation": self.generation,
+            "bad": list(self.bad),
+        }
+        return canonical_json({"body": body, "sha256": sha256_bytes(canonical_json(body))}) + b"\n"
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> StoreState:
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+            body = doc["body"]
+            ok = sha256_bytes(canonical_json(body)) == doc["sha256"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"store pointer is unreadable: {exc}") from None
+        if not ok:
+            raise StoreError("store pointer fails its checksum")
+        return cls(
+            active=Entry.from_dict(body["active"]) if body.get("active") else None,
+            previous=Entry.from_dict(body["previous"]) if body.get("previous") else None,
+            generation=int(body.get("generation", 0)),
+            bad=tuple(str(b) for b in body.get("bad", [])),
+        )
+
+    @property
+    def kept_ids(self) -> set[str]:
+        return {e.id for e in (self.active, self.previous) if e is not None}
+
+
+@dataclass
+class Staged:
+    """A bundle copied into the store and verified, not yet active."""
+
+    entry: Entry
+    bundle: Bundle
+    manifest: Manifest
+    size: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for p in path.iterdir():
+        if p.is_file() and not p.is_symlink():
+            total += p.stat().st_size
+    return total
+
+
+def manifest_id(manifest_bytes: bytes) -> str:
+    return sha256_bytes(manifest_bytes)
+
+
+class Store:
+    """A model store rooted at ``root``. Readers need no lock; writers take ``lock()``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        trusted_keys: Sequence[Any] = (),
+        require_signature: bool = True,
+        quota_bytes: int = 512 << 20,
+    ) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.staging = self.root / "staging"
+        self.trash = self.root / "trash"
+        self.trust_dir = self.root / "trust"
+        self.pointer = self.root / POINTER
+        self.require_signature = require_signature
+        self.quota_bytes = int(quota_bytes)
+        for d in (self.root, self.objects, self.staging, self.trash, self.trust_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._extra_keys = [load_public_key(k) for k in trusted_keys]
+
+    # -- keys ----------------------------------------------------------------
+    @property
+    def trusted_keys(self) -> list[PublicKey]:
+        keys = list(self._extra_keys)
+        for p in sorted(self.trust_dir.glob("*.pub")):
+            keys.append(load_public_key(p))
+        seen: set[str] = set()
+        out = []
+        for k in keys:
+            if k.key_id not in seen:
+                seen.add(k.key_id)
+                out.append(k)
+        return out
+
+    def add_trusted_key(self, source: Any) -> PublicKey:
+        """Keep a public key in ``trust/`` so later commands verify against it."""
+        key = load_public_key(source)
+        _write_atomic(self.trust_dir / f"{key.key_id}.pub", key.pem())
+        return key
+
+    # -- locking and recovery ---------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 30.0) -> Iterator[None]:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError(f"the store {self.root} is locked by another process") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def recover(self) -> None:
+        """Clear what a crash may have left: staging copies, trash, temp pointers, unreferenced objects."""
+        for d in (self.staging, self.trash):
+            for p in d.iterdir():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in self.root.glob(f".{POINTER}.tmp-*"):
+            p.unlink(missing_ok=True)
+        self.gc()
+
+    # -- the pointer -------------------------------------------------------------
+    def state(self) -> StoreState:
+        try:
+            raw = self.pointer.read_bytes()
+        except FileNotFoundError:
+            return StoreState()
+        return StoreState.from_bytes(raw)
+
+    def _write_state(self, state: StoreState) -> StoreState:
+        _write_atomic(self.pointer, state.to_bytes())
+        return state
+
+    def object_path(self, object_id: str) -> Path:
+        if not object_id or any(c not in "0123456789abcdef" for c in object_id):
+            raise StoreError(f"invalid object id {object_id!r}")
+        return self.objects / object_id
+
+    def activate(self, entry: Entry) -> StoreState:
+        """Make ``entry`` active, keep the old active as previous (one atomic pointer write)."""
+        if not (self.object_path(entry.id) / MANIFEST_NAME).is_file():
+            raise StoreError(f"object {entry.id[:12]} is not in the store")
+        cur = self.state()
+        if cur.active is not None and cur.active.id == entry.id:
+            return cur
+        previous = cur.active if cur.active is not None else cur.previous
+        new = StoreState(
+            active=replace(entry, installed_at=entry.installed_at or time.time()),
+            previous=previous,
+            generation=cur.generation + 1,
+            bad=cur.bad,
+        )
+        self._write_state(new)
+        self.gc()
+        return new
+
+    def rollback(self, mark_bad: bool = False) -> StoreState:
+        """Swap active and previous. With ``mark_bad`` the version rolled away from is refused later."""
+        cur = self.state()
+        if cur.previous is None or cur.active is None:
+            raise StoreError("there is no previous version to roll back to")
+        if not (self.object_path(cur.previous.id) / MANIFEST_NAME).is_file():
+            raise StoreError(f"the previous version {cur.previous.version} is missing from the store")
+        bad = cur.bad
+        if mark_bad and cur.active.id not in bad:
+            bad = (bad + (cur.active.id,))[-MAX_BAD:]
+        new = StoreState(active=cur.previous, previous=cur.active, generation=cur.generation + 1, bad=bad)
+        return self._write_state(new)
+
+    def gc(self) -> None:
+        """Remove objects the pointer does not name (moved to trash first, so never half-visible)."""
+        keep = self.state().kept_ids
+        for p in self.objects.iterdir():
+            if p.name in keep:
+                continue
+            dest = self.trash / f"{p.name}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(p, dest)
+            except OSError:
+                continue
+            shutil.rmtree(dest, ignore_errors=True)
+        fsync_dir(self.objects)
+
+    def used_bytes(self, ids: Sequence[str] | None = None) -> int:
+        total = 0
+        for p in self.objects.iterdir():
+            if ids is None or p.name in ids:
+                total += _dir_size(p)
+        return total
+
+    # -- verification ---------------------------------------------------------------
+    def verify(self, object_id: str) -> Bundle:
+        """Verify a stored object: its manifest hashes to its id, signature, sizes and hashes."""
+        path = self.object_path(object_id)
+        try:
+            raw = (path / MANIFEST_NAME).read_bytes()
+        except OSError:
+            raise StoreError(f"object {object_id[:12]} is missing its manifest") from None
+        if manifest_id(raw) != object_id:
+            raise StoreError(f"object {object_id[:12]} has a manifest that does not match its id")
+        try:
+            return verify_bundle_dir(path, self.trusted_keys, require_signature=self.require_signature)
+        except BundleError as exc:
+            raise StoreError(f"stored version {object_id[:12]} fails verification: {exc}") from None
+
+    # -- staging -------------------------------------------------------------------
+    def stage(self, source: str | os.PathLike) -> Staged:
+        """Copy a bundle dir or archive into the store and verify the copy; return it staged.
+
+        Raises ``UpdateRejectedError`` with a named reason for anything wrong with
+        the bundle itself. The verified copy is renamed into ``objects/`` whole.
+        """
+        src = Path(source)
+        work = self.staging / uuid.uuid4().hex[:12]
+        try:
+            if src.is_dir():
+                bundle_dir = self._copy_dir(src, work)
+            elif src.exists() and is_archive(src):
+                try:
+                    bundle_dir = extract_archive(src, work, max_bytes=self.quota_bytes)
+                except UnsafeArchiveError as exc:
+                    raise UpdateRejectedError(str(exc), reason="unsafe_archive") from None
+                except BundleIntegrityError as exc:
+                    raise UpdateRejectedError(str(exc), reason="archive_corrupt") from None
+            elif not src.exists():
+                raise UpdateRejectedError(f"{src} does not exist", reason="not_found")
+            else:
+                raise UpdateRejectedError(f"{src} is neither a bundle directory nor an archive", reason="bad_format")
+            bundle = self._check(bundle_dir)
+            object_id = manifest_id(bundle.manifest_bytes)
+            size = _dir_size(bundle_dir)
+            for p in bundle_dir.iterdir():
+                _fsync_file(p)
+            fsync_dir(bundle_dir)
+            dest = self.objects / object_id
+            if dest.exists():
+                try:
+                    self.verify(object_id)
+                    shutil.rmtree(work, ignore_errors=True)
+                except StoreError:  # a damaged earlier copy: replace it (never the active one)
+                    if object_id in self.state().kept_ids:
+                        raise
+                    shutil.rmtree(dest)
+                    os.rename(bundle_dir, dest)
+            else:
+                os.rename(bundle_dir, dest)
+            fsync_dir(self.objects)
+            shutil.rmtree(work, ignore_errors=True)
+            bundle = Bundle(dest, bundle.manifest, bundle.manifest_bytes, bundle.signer, bundle.signed)
+            m = bundle.manifest
+            return Staged(Entry(object_id, m.name, m.version), bundle, m, size)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def _copy_dir(self, src: Path, work: Path) -> Path:
+        """Copy a bundle directory, never more than the manifest declares (+1 byte to detect excess)."""
+        try:
+            manifest, raw = read_manifest(src)
+        except BundleFormatError as exc:
+            raise UpdateRejectedError(str(exc), reason="bad_manifest") from None
+        declared = sum(e.size for e in manifest.files.values())
+        if declared > self.quota_bytes:
+            raise UpdateRejectedError(
+                f"bundle declares {declared} bytes, over the store quota of {self.quota_bytes}", reason="quota_exceeded"
+            )
+        work.mkdir(parents=True)
+        (work / MANIFEST_NAME).write_bytes(raw)
+        names = {p.name for p in src.iterdir()} - {MANIFEST_NAME}
+        extra = names - set(manifest.files) - {SIGNATURE_NAME}
+        if extra:
+            raise UpdateRejectedError(f"bundle holds files the manifest does not list: {sorted(extra)}", reason="unexpected_file")
+        if (src / SIGNATURE_NAME).is_file():
+            shutil.copyfile(src / SIGNATURE_NAME, work / SIGNATURE_NAME)
+        for name, entry in manifest.files.items():
+            p = src / name
+            if not p.is_file() or p.is_symlink():
+                raise UpdateRejectedError(f"bundle file {name!r} is missing", reason="missing_file")
+            with open(p, "rb") as fin, open(work / name, "wb") as fout:
+                left = entry.size + 1
+                while left > 0:
+                    chunk = fin.read(min(left, _COPY_CHUNK))
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+                    left -= len(chunk)
+        return work
+
+    def _check(self, root: Path) -> Bundle:
+        """Ordered checks with a named reason each: manifest, signature, sizes, extra files, hashes."""
+        try:
+            manifest, raw = read_manifest(root)
+        except BundleFormatError as exc:
+            raise UpdateRejectedError(str(exc), reason="bad_manifest") from None
+        keys = self.trusted_keys
+        if self.require_signature or keys:
+            if not (root / SIGNATURE_NAME).is_file():
+                raise UpdateRejectedError(f"bundle {manifest.name} v{manifest.version} is unsigned", reason="unsigned")
+            if not keys:
+                raise UpdateRejectedError("a signature is required but no trusted keys are configured", reason="no_trusted_keys")
+        present = {p.name for p in root.iterdir()} - {MANIFEST_NAME, SIGNATURE_NAME}
+        extra = present - set(manifest.files)
+        if extra:
+            raise UpdateRejectedError(f"bundle holds files the manifest does not list: {sorted(extra)}", reason="unexpected_file")
+        for name, entry in manifest.files.items():
+            p = root / name
+            if not p.is_file():
+                raise UpdateRejectedError(f"bundle file {name!r} is missing", reason="missing_file")
+            size = p.stat().st_size
+            if size > entry.size:
+                raise UpdateRejectedError(
+                    f"bundle file {name!r} is larger than the {entry.size} bytes its manifest declares", reason="file_too_large"
+                )
+            if size < entry.size:
+                raise UpdateRejectedError(
+                    f"bundle file {name!r} is {size} bytes, shorter than the {entry.size} declared", reason="file_truncated"
+                )
+        try:
+            return verify_bundle_dir(root, keys, require_signature=self.require_signature or bool(keys))
+        except SignatureError as exc:
+            raise UpdateRejectedError(str(exc), reason="bad_signature") from None
+        except BundleIntegrityError as exc:
+            raise UpdateRejectedError(str(exc), reason="hash_mismatch") from None
+        except BundleError as exc:
+            raise UpdateRejectedError(str(exc), reason="bad_bundle") from None
+
+    def discard(self, object_id: str) -> None:
+        """Drop a staged object that never became active (no-op for kept ones)."""
+        if object_id in self.state().kept_ids:
+            return
+        p = self.object_path(object_id)
+        if p.exists():
+            dest = self.trash / f"{object_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(p, dest)
+            shutil.rmtree(dest, ignore_errors=True)

@@ -1,0 +1,344 @@
+"""Telemetry: a durable on-disk queue first, a sink when connected.
+
+Records go into SQLite (WAL) before anyone tries to send them, so a device
+works offline for weeks and loses nothing across restarts. The queue is
+bounded: beyond ``max_events`` the oldest records are dropped and the drop is
+counted (and reported in the next metrics record). :func:`drain` hands records
+to a :class:`TelemetrySink` in order and deletes only those the sink
+acknowledged.
+
+Per-prediction data is aggregated in memory (:class:`Telemetry`) and flushed as
+one ``metrics`` record per interval: predictions and errors per version, a
+latency histogram, resource use. Install events and drift events are queued
+immediately. Drift follows the manifest's reference statistics with
+:class:`edgefleet.stats.RunningStats`; a PSI over the threshold queues a
+``drift`` event (once per crossing).
+
+``synchronous=NORMAL`` with WAL: a committed record survives a process crash;
+a power cut may lose the last few milliseconds of records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from .health import LatencyHistogram
+
+
+@dataclass(frozen=True)
+class Record:
+    seq: int
+    ts: float
+    kind: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "data": self.data}
+
+
+class TelemetrySink(Protocol):
+    """Where drained records go (the MQTT sink lives in cloud_sync).
+
+    ``send`` returns the ``seq`` of every record it durably accepted; only those
+    are deleted from the queue. Raising leaves everything queued.
+    """
+
+    def send(self, records: Sequence[Record]) -> Iterable[int]: ...
+
+
+class MemorySink:
+    """A sink that keeps what it receives (tests, embedding apps)."""
+
+    def __init__(self, accept: Callable[[Record], bool] | None = None) -> None:
+        self.records: list[Record] = []
+        self.accept = accept
+
+    def send(self, records: Sequence[Record]) -> Iterable[int]:
+        took = [r for r in records if self.accept is None or self.accept(r)]
+        self.records.extend(took)
+        return [r.seq for r in took]
+
+
+class TelemetryQueue:
+    """A bounded, durable FIFO of telemetry records in SQLite (WAL)."""
+
+    def __init__(self, path: str | os.PathLike, max_events: int = 100_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_events = int(max_events)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,"
+            " kind TEXT NOT NULL, data TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def put(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> int:
+        return self.put_many([(kind, data, ts)])[-1]
+
+    def put_many(self, items: Sequence[tuple[str, Mapping[str, Any], float | None]]) -> list[int]:
+        """Append records in one transaction; drop the oldest beyond the bound (counted)."""
+        if not items:
+            return []
+        rows = [(time.time() if ts is None else ts, kind, json.dumps(dict(data), default=_jsonable)) for kind, data, ts in items]
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                seqs = []
+                for row in rows:
+                    cur.execute("INSERT INTO events (ts, kind, data) VALUES (?, ?, ?)", row)
+                    seqs.append(int(cur.lastrowid or 0))
+                over = self._count + len(rows) - self.max_events
+                if over > 0:
+                    cur.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
+                    dropped = cur.rowcount
+                    cur.execute(
+                        "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                        (dropped,),
+                    )
+                else:
+                    dropped = 0
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            self._count += len(rows) - dropped
+        return seqs
+
+    def peek(self, limit: int = 500, after: int = 0) -> list[Record]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, ts, kind, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        return [Record(int(s), float(t), str(k), json.loads(d)) for s, t, k, d in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        ids = [(int(s),) for s in seqs]
+        if not ids:
+            return 0
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            cur.executemany("DELETE FROM events WHERE seq = ?", ids)
+            cur.execute("COMMIT")
+            self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return len(ids)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": len(self), "dropped": self.dropped, "max_events": self.max_events}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def drain(queue: TelemetryQueue, sink: TelemetrySink, batch: int = 500, max_batches: int | None = None) -> int:
+    """Send queued records to ``sink`` oldest first; delete what it acknowledged. Returns that count.
+
+    Stops at the first batch the sink acknowledged nothing of (offline, or refusing).
+    """
+    total = 0
+    after = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        records = queue.peek(batch, after)
+        if not records:
+            break
+        batches += 1
+        sent = {r.seq for r in records}
+        acked = [s for s in sink.send(records) if s in sent]
+        if not acked:
+            break
+        total += queue.ack(acked)
+        after = records[-1].seq
+    return total
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def resource_usage() -> dict[str, Any]:
+    """This process's resident memory, peak memory and CPU seconds."""
+    rss = 0
+    try:
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"rss_bytes": rss, "peak_rss_bytes": ru.ru_maxrss * 1024, "cpu_seconds": ru.ru_utime + ru.ru_stime}
+
+
+class _VersionCounters:
+    __slots__ = ("predictions", "errors", "invalid_inputs", "hist")
+
+    def __init__(self) -> None:
+        self.predictions = 0
+        self.errors = 0
+        self.invalid_inputs = 0
+        self.hist = LatencyHistogram()
+
+
+class DriftMonitor:
+    """Running statistics of live inputs against a manifest's reference statistics."""
+
+    def __init__(self, reference: Mapping[str, Any], threshold: float, min_samples: int, check_every: int) -> None:
+        from edgefleet.stats import RunningStats
+
+        self.stats = RunningStats(reference)
+        self.threshold = threshold
+        self.min_samples = min_samples
+        self.check_every = check_every
+        self.alerting = False
+        self._since_check = 0
+
+    def update(self, x: Any) -> dict[str, Any] | None:
+        """Add inputs; return a drift event payload when PSI first crosses the threshold."""
+        arr = np.asarray(x)
+        if arr.shape == self.stats.shape:
+            arr = arr[np.newaxis]
+        try:
+            self.stats.update(arr)
+        except Exception:  # inputs not shaped like the reference: no drift scoring for them
+            return None
+        self._since_check += arr.shape[0]
+        if self._since_check < self.check_every or self.stats.count < self.min_samples:
+            return None
+        self._since_check = 0
+        return self.check()
+
+    def check(self) -> dict[str, Any] | None:
+        d = self.stats.drift()
+        over = d["psi_max"] > self.threshold
+        if over and not self.alerting:
+            self.alerting = True
+            worst = int(np.argmax(d["psi_per_feature"])) if d["psi_per_feature"] else -1
+            return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"],
+                    "worst_feature": worst, "threshold": self.threshold}
+        if not over and self.alerting:
+            self.alerting = False
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        d = self.stats.drift()
+        return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"], "alerting": self.alerting}
+
+
+class Telemetry:
+    """Aggregates predictions in memory, flushes them to the durable queue, queues events now."""
+
+    def __init__(self, queue: TelemetryQueue, device_id: str = "") -> None:
+        self.queue = queue
+        self.device_id = device_id
+        self._lock = threading.Lock()
+        self._window: dict[str, _VersionCounters] = {}
+        self._window_start = time.time()
+        self._drift: DriftMonitor | None = None
+        self._drift_version = ""
+        self.hooks: list[Callable[[str, dict[str, Any]], None]] = []
+        self._pending_drift: list[dict[str, Any]] = []
+
+    def set_drift(self, monitor: DriftMonitor | None, version: str) -> None:
+        with self._lock:
+            self._drift, self._drift_version = monitor, version
+
+    def record_prediction(self, version: str, latency_ms: float, outcome: str, x: Any = None) -> None:
+        """``outcome`` is "ok", "error" (the model failed) or "invalid" (the caller's input was bad)."""
+        with self._lock:
+            c = self._window.get(version)
+            if c is None:
+                c = self._window[version] = _VersionCounters()
+            c.predictions += 1
+            if outcome == "ok":
+                c.hist.add(latency_ms)
+            elif outcome == "invalid":
+                c.invalid_inputs += 1
+            else:
+                c.errors += 1
+            drift = self._drift if outcome == "ok" and x is not None and version == self._drift_version else None
+            if drift is not None:
+                event = drift.update(x)
+                if event is not None:
+                    event["version"] = version
+                    self._pending_drift.append(event)
+        if self._pending_drift:
+            with self._lock:
+                pending, self._pending_drift = self._pending_drift, []
+            for ev in pending:
+                self.event("drift", ev)
+
+    def event(self, kind: str, data: Mapping[str, Any]) -> int:
+        payload = dict(data)
+        if self.device_id:
+            payload.setdefault("device_id", self.device_id)
+        seq = self.queue.put(kind, payload)
+        for hook in list(self.hooks):
+            try:
+                hook(kind, payload)
+            except Exception:  # a hook must never break the agent
+                pass
+        return seq
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            per = {
+                v: {"predictions": c.predictions, "errors": c.errors, "invalid_inputs": c.invalid_inputs,
+                    "latency": c.hist.to_dict()}
+                for v, c in self._window.items()
+            }
+            drift = self._drift.summary() if self._drift is not None else None
+        return {"window_start": self._window_start, "versions": per, "drift": drift}
+
+    def flush(self, extra: Mapping[str, Any] | None = None) -> int | None:
+        """Queue the aggregated window as one ``metrics`` record (if anything happened) and reset it."""
+        with self._lock:
+            window, self._window = self._window, {}
+            start, self._window_start = self._window_start, time.time()
+            drift = self._drift.summary() if self._drift is not None else None
+        if not window and not extra:
+            return None
+        data: dict[str, Any] = {
+            "window_start": start,
+            "window_end": time.time(),
+            "versions": {
+                v: {"predictions": c.predictions, "errors": c.errors, "invalid_inputs": c.invalid_inputs,
+                    "latency": c.hist.to_dict()}
+                for v, c in window.items()
+            },
+            "resources": resource_usage(),
+            "queue_dropped_total": self.queue.dropped,
+        }
+        if drift is not None:
+            data["drift"] = {**drift, "version": self._drift_version}
+        data.update(extra or {})
+        return self.event("metrics", data)

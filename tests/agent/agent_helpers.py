@@ -1,0 +1,58 @@
+"""Helpers shared by the agent tests and their subprocess workers (no pytest imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_onnx(path: Path, seed: int, n_in: int = 4, n_out: int = 3) -> Path:
+    """A tiny dense layer y = x @ W + b as an ONNX file (onnx.helper: no TensorFlow)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n_in, n_out)).astype(np.float32)
+    b = rng.normal(size=(n_out,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def reference_stats(seed: int = 0) -> dict[str, Any]:
+    from edgefleet.stats import compute_reference_stats
+
+    return compute_reference_stats(np.random.default_rng(seed).normal(size=(500, 4)))
+
+
+def build_bundle(
+    root: Path,
+    version: str,
+    private_key: Any = None,
+    seed: int = 1,
+    hardware_tags: tuple[str, ...] = ("test-board",),
+    archive: bool = False,
+    name: str = "dense",
+    with_reference: bool = True,
+) -> Path:
+    from edgefleet.pack import pack
+
+    root.mkdir(parents=True, exist_ok=True)
+    src = make_onnx(root / f"src-{name}-{version}-{seed}.onnx", seed)
+    out = root / f"{name}-v{version}-s{seed}{'-' + '-'.join(hardware_tags) if hardware_tags else ''}"
+    bundle, arch = pack(
+        src, out, name=name, version=version, private_key=private_key, hardware_tags=hardware_tags,
+        archive=archive, reference_stats=reference_stats() if with_reference else None, overwrite=True,
+    )
+    return arch if archive and arch is not None else bundle.path
