@@ -1,1 +1,34 @@
-"""edgefleet.compiler"""
+"""edgefleet.compiler: prune, distill, quantize and export models, with an accuracy gate and a report.
+
+``from edgefleet.compiler import compile_model, CompileConfig`` is light: the
+heavy toolchains (TensorFlow, ONNX Runtime quantization, tf2onnx) load only
+when a pass runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "compile_model": ("edgefleet.compiler.api", "compile_model"),
+    "CompileResult": ("edgefleet.compiler.api", "CompileResult"),
+    "CompileConfig": ("edgefleet.compiler.config", "CompileConfig"),
+    "QuantMode": ("edgefleet.compiler.config", "QuantMode"),
+    "OutputFormat": ("edgefleet.compiler.config", "OutputFormat"),
+    "load_recipe": ("edgefleet.compiler.config", "load_recipe"),
+    "load_data": ("edgefleet.compiler.data", "load_data"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgefleet.compiler' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

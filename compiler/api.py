@@ -1,0 +1,420 @@
+"""``compile_model(source, output, config)``: the whole compiler in one call.
+
+Order of work: read the data and the source; compute the training reference
+statistics and run the SDK preprocessing on every data set; apply the Keras
+passes (distill -> structured prune -> prune); export float models and check
+them against the source; build, pack and measure quantized variants through
+``edgefleet.load`` as the gate asks for them; pack the chosen one (signed,
+with preprocessing, reference statistics, smoke tests from real eval data,
+metrics and lineage) atomically; write the report beside it.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgefleet.errors import CompileError, ConfigError, InvalidInputError
+
+from .config import CompileConfig, QuantMode
+from .data import Dataset, load_data
+from .evaluate import Score, VariantResult, evaluate_bundle, file_sizes, predict_all, score_outputs
+from .gate import GateDecision, run_gate
+from .progress import Progress
+from .report import report_dir_for, rows_of, write_report
+from .source import Source, check_model_file, identify, load_keras, read_sidecar
+
+NEEDS_CALIBRATION = (QuantMode.INT8, QuantMode.INT16X8, QuantMode.AUTO)
+
+
+@dataclass
+class CompileResult:
+    bundle_path: Path
+    report_dir: Path | None
+    chosen: VariantResult
+    variants: list[VariantResult]
+    baseline: Score | None
+    gate_message: str
+    report: dict[str, Any]
+
+
+def _sanitize(name: str) -> str:
+    s = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._-")
+    return s[:128] or "model"
+
+
+def _reference_stats(x: np.ndarray) -> dict[str, Any]:
+    from edgefleet.stats import compute_reference_stats
+
+    return compute_reference_stats(x)
+
+
+def _single_spec(spec: Any) -> Any:
+    """The pipeline spec of the single input (dicts keyed by input name hold one entry)."""
+    if isinstance(spec, dict) and "steps" not in spec and len(spec) == 1:
+        return next(iter(spec.values()))
+    return spec
+
+
+def _toolchain() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("edgefleet", "tensorflow", "keras", "onnxruntime", "onnx", "tf2onnx", "ai-edge-litert", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class _Compiler:
+    def __init__(self, source: str | Path, output: str | Path, cfg: CompileConfig, progress: Progress) -> None:
+        self.cfg = cfg
+        self.out = Path(output)
+        self.progress = progress
+        self.src: Source = identify(source)
+        self.timings: dict[str, float] = {}
+        self.passes: list[str] = []
+        self._results: dict[tuple[str, str], VariantResult] = {}
+        self._params = 0
+        self._sparsity = 0.0
+
+    # -- inputs ---------------------------------------------------------
+    def _check_options(self) -> None:
+        cfg, kind = self.cfg, self.src.kind
+        if self.out.exists() and not cfg.output.overwrite:
+            raise ConfigError(f"{self.out} already exists; remove it or pass --force")
+        keras_passes = cfg.prune.enabled or cfg.structured.enabled or cfg.distill.enabled
+        if keras_passes and kind != "keras":
+            raise ConfigError(f"pruning and distillation need a Keras source (.keras/.h5); {self.src.path.name} is {kind}")
+        if keras_passes and not cfg.data.train:
+            raise ConfigError("pruning and distillation fine-tune the model: give --train DATA")
+        if kind == "tflite" and cfg.quantize is not QuantMode.NONE and "tflite" in cfg.format.formats():
+            raise ConfigError("a .tflite source can only be packed as it is, or converted to ONNX to be quantized: "
+                              "use --quantize none, or --format onnx")
+        if kind == "onnx" and "tflite" in cfg.format.formats():
+            raise ConfigError("an .onnx source cannot be converted to TFLite here: use --format onnx")
+        if cfg.quantize in NEEDS_CALIBRATION and not (cfg.data.calibration or cfg.data.train):
+            raise ConfigError(f"--quantize {cfg.quantize.value} calibrates activation ranges: give --calibration DATA (or --train DATA)")
+        if (cfg.max_accuracy_drop is not None or cfg.quantize is QuantMode.AUTO) and not cfg.data.eval:
+            raise ConfigError("the accuracy gate needs held-out data: give --eval DATA")
+
+    def _load_data(self) -> None:
+        d = self.cfg.data
+        col = d.csv_label_column
+        self.train = load_data(d.train, csv_label_column=col, what="training") if d.train else None
+        calib = load_data(d.calibration, csv_label_column=col, what="calibration") if d.calibration else self.train
+        self.calib = calib.head(d.max_calibration_samples) if calib is not None else None
+        ev = load_data(d.eval, csv_label_column=col, what="eval") if d.eval else None
+        self.eval: Dataset | None = ev.head(d.max_eval_samples) if ev is not None else None
+        ref_data = self.train or self.calib or self.eval
+        self.reference = _reference_stats(ref_data.x) if ref_data is not None else None
+
+    def _preprocessing(self) -> None:
+        from edgefleet.preprocess import Pipeline
+
+        side = read_sidecar(self.src)
+        self.prep_spec = self.cfg.preprocessing if self.cfg.preprocessing is not None else side.get("preprocessing")
+        labels = self.cfg.labels if self.cfg.labels is not None else side.get("labels")
+        self.labels = tuple(str(v) for v in labels) if labels else None
+        spec = _single_spec(self.prep_spec)
+        self.pipeline = Pipeline.from_spec(spec, self.reference) if spec is not None else None
+
+    def prep(self, x: np.ndarray, what: str) -> np.ndarray:
+        if self.pipeline is not None:
+            try:
+                x = self.pipeline.apply(x)
+            except (InvalidInputError, ConfigError, ValueError) as exc:
+                raise InvalidInputError(f"{what} data does not fit the preprocessing: {exc}") from None
+        return np.asarray(x, dtype=np.float32)
+
+    def _check_shape(self, shape: tuple[int, ...], x: np.ndarray, what: str) -> None:
+        got = tuple(x.shape[1:])
+        if len(got) != len(shape) or any(w > 0 and g != w for g, w in zip(got, shape)):
+            raise InvalidInputError(
+                f"{what} data has samples of shape {got} after preprocessing, but the model takes {shape}; "
+                "fix the data or add a reshape step to the preprocessing"
+            )
+
+    # -- the run ----------------------------------------------------------
+    def run(self) -> CompileResult:
+        self._check_options()
+        t0 = time.perf_counter()
+        self._load_data()
+        self._preprocessing()
+        from edgefleet.preprocess import Pipeline  # noqa: F401  (fail early if the SDK lacks it)
+
+        with tempfile.TemporaryDirectory(prefix="edgefleet-compile-") as tmp:
+            self.work = Path(tmp)
+            self._prepare_model()
+            self.timings["prepare_s"] = time.perf_counter() - t0
+            decision = run_gate(self.cfg.format.formats(), self.cfg.quantize, self.cfg.max_accuracy_drop, self.evaluate)
+            self.timings["variants_s"] = time.perf_counter() - t0 - self.timings["prepare_s"]
+            return self._finish(decision)
+
+    def _prepare_model(self) -> None:
+        kind = self.src.kind
+        self.model: Any = None
+        self.float_onnx: Path | None = None
+        ev = self.eval
+        self.eval_x = self.prep(ev.x, "eval") if ev is not None else None
+        self.calib_x = self.prep(self.calib.x, "calibration") if self.calib is not None else None
+        if self.calib_x is not None and len(self.calib_x) == 0:
+            raise InvalidInputError("quantize: the calibration set is empty")
+        self.source_outputs: np.ndarray | None = None
+        self.baseline: Score | None = None
+        if kind == "keras":
+            from .passes._train import set_seed
+
+            set_seed(self.cfg.seed)
+            self.model = load_keras(self.src)
+            if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
+                raise CompileError("load: only single-input, single-output models are supported for now")
+            shape = tuple(int(d) if d is not None else -1 for d in self.model.inputs[0].shape[1:])
+            for name, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
+                if arr is not None:
+                    self._check_shape(shape, arr, name)
+            if self.eval_x is not None:
+                self.source_outputs = np.asarray(self.model.predict(self.eval_x, batch_size=256, verbose=0))
+            self._keras_passes(shape)
+            from .passes.distill import count_params
+            from .passes.prune import sparsity_of
+
+            self._params = count_params(self.model)
+            self._sparsity = sparsity_of(self.model)
+            self.opt_outputs = np.asarray(self.model.predict(self.eval_x, batch_size=256, verbose=0)) if self.eval_x is not None else None
+        else:
+            if kind in ("onnx", "tflite"):
+                check_model_file(self.src)
+            if kind == "savedmodel" and self.cfg.prune.enabled:
+                raise ConfigError("pruning needs a Keras source")
+            self.opt_outputs = None
+        if self.eval is not None and self.source_outputs is not None:
+            self.baseline = score_outputs(self.source_outputs, self.eval.y, self.eval.task, self.source_outputs)
+
+    def _keras_passes(self, shape: tuple[int, ...]) -> None:
+        cfg = self.cfg
+        if not (cfg.prune.enabled or cfg.structured.enabled or cfg.distill.enabled):
+            return
+        assert self.train is not None
+        tx = self.prep(self.train.x, "training")
+        self._check_shape(shape, tx, "training")
+        ty = self.train.y
+        if cfg.distill.enabled:
+            from .passes.distill import count_params, distill
+
+            student = load_keras(identify(cfg.distill.student)) if cfg.distill.student else None
+            before = count_params(self.model)
+            self.model = distill(self.model, tx, ty, cfg.distill, student=student,
+                                 progress=self.progress.keras_callback("distill: training student", cfg.distill.epochs))
+            self.passes.append(f"distill (width {cfg.distill.width:g}, params {before:,} -> {count_params(self.model):,})")
+        if cfg.structured.enabled:
+            from .passes.structured import structured_prune
+
+            self.model = structured_prune(self.model, tx, ty, cfg.structured,
+                                          progress=self.progress.keras_callback("structured prune: fine-tune", cfg.structured.epochs))
+            self.passes.append(f"structured prune ({cfg.structured.fraction:.0%} of filters/units)")
+        if cfg.prune.enabled:
+            from .passes.prune import prune
+
+            cb = self.progress.keras_callback("prune: fine-tune", cfg.prune.epochs)
+            self.model = prune(self.model, tx, ty, cfg.prune, progress=cb)
+            self.passes.append(f"magnitude prune ({cfg.prune.sparsity:.0%} sparsity)")
+
+    # -- variants -----------------------------------------------------------
+    def _float_onnx(self) -> Path:
+        if self.float_onnx is None:
+            from .passes.export import to_onnx
+
+            out = self.work / "float32.onnx"
+            if self.src.kind == "onnx":
+                shutil.copyfile(self.src.path, out)
+            elif self.src.kind == "keras":
+                to_onnx(self.model, out, "keras")
+            else:
+                to_onnx(self.src.path, out, self.src.kind)
+            self.float_onnx = out
+        return self.float_onnx
+
+    def build(self, fmt: str, variant: str) -> tuple[Path, dict[str, Any]]:
+        out = self.work / f"{fmt}-{variant}.{fmt}"
+        calib = self.calib_x
+        if variant in ("int8", "int8-mixed", "int16x8") and (calib is None or len(calib) == 0):
+            raise InvalidInputError(f"quantize: {variant} needs a non-empty calibration set (--calibration DATA)")
+        if fmt == "tflite":
+            if self.src.kind == "tflite":
+                shutil.copyfile(self.src.path, out)
+                return out, {}
+            from .passes.quantize import quantize_tflite
+
+            target = self.model if self.src.kind == "keras" else self.src.path
+            return quantize_tflite(target, variant, out, calib, self.cfg.quantize_options)
+        from .passes.quantize import quantize_onnx
+
+        return quantize_onnx(self._float_onnx(), variant, out, calib, self.cfg.quantize_options)
+
+    def _pack_scratch(self, model_path: Path, name: str) -> Any:
+        from edgefleet.pack import pack
+
+        bundle, _ = pack(model_path, self.work / "bundles" / name, name=self._name(), version=self.cfg.output.version,
+                         labels=self.labels, preprocessing=self.prep_spec, reference_stats=self.reference, overwrite=True)
+        return bundle
+
+    def _name(self) -> str:
+        return self.cfg.output.name or _sanitize(self.src.path.stem if self.src.path.is_file() else self.src.path.name)
+
+    def evaluate(self, fmt: str, variant: str) -> VariantResult:
+        key = (fmt, variant)
+        if key in self._results:
+            return self._results[key]
+        if variant != "float32" and (fmt, "float32") not in self._results:
+            self.evaluate(fmt, "float32")  # export check first; also gives the baseline for non-Keras sources
+        with self.progress.task(f"{fmt} {variant}: convert + evaluate", 2) as advance:
+            path, notes = self.build(fmt, variant)
+            advance()
+            bundle = self._pack_scratch(path, f"{fmt}-{variant}")
+            size, gz = file_sizes(path)
+            r = VariantResult(name=f"{fmt}-{variant}", format=fmt, quantization=variant, model_path=path,
+                              size=size, gzip_size=gz, sparsity=self._sparsity_of(path), params=self._params, notes=notes)
+            if self.eval is not None:
+                assert self.eval_x is not None
+                ref = self.source_outputs
+                if ref is None and variant == "float32":
+                    ref = None
+                score, outputs, p50, p50_invoke = evaluate_bundle(
+                    bundle.path, self.eval.x, self.eval.y, self.eval.task,
+                    ref if ref is not None else self._float_reference(fmt, bundle.path), self.cfg.output.latency_runs)
+                r.score, r.outputs, r.p50_ms, r.p50_invoke_ms = score, outputs, p50, p50_invoke
+                if variant == "float32":
+                    self._check_export(fmt, outputs)
+                if self.baseline is None:
+                    self.baseline = score if variant == "float32" else self.baseline
+                r.drop = score.drop_from(self.baseline) if self.baseline is not None else 0.0
+            advance()
+        self._results[key] = r
+        return r
+
+    def _float_reference(self, fmt: str, bundle_path: Path) -> np.ndarray:
+        """Outputs of the unmodified source on the eval data (non-Keras sources: its float32 export)."""
+        if self.source_outputs is None:
+            import edgefleet
+
+            assert self.eval is not None
+            with edgefleet.load(bundle_path, threads=1) as m:
+                self.source_outputs = predict_all(m, self.eval.x)
+        return self.source_outputs
+
+    def _check_export(self, fmt: str, outputs: np.ndarray) -> None:
+        from .passes.export import check_export
+
+        ref = self.opt_outputs if self.opt_outputs is not None else self.source_outputs
+        if ref is not None:
+            self.export_check = getattr(self, "export_check", {})
+            self.export_check[fmt] = check_export(ref, outputs, fmt)
+
+    def _sparsity_of(self, path: Path) -> float:
+        return self._sparsity if self.src.kind == "keras" else 0.0
+
+    # -- output -------------------------------------------------------------
+    def _finish(self, decision: GateDecision) -> CompileResult:
+        from edgefleet.keys import load_private_key
+        from edgefleet.pack import pack
+
+        cfg, chosen = self.cfg, decision.chosen
+        order = {v: i for i, v in enumerate(("float32", "float16", "dynamic", "int16x8", "int8-mixed", "int8"))}
+        extra = [r for r in self._results.values() if not any(r is x for x in decision.results)]
+        decision.results = sorted(decision.results + extra, key=lambda r: (r.format, order.get(r.quantization, 9)))
+        assert chosen.model_path is not None
+        key = load_private_key(cfg.output.key) if cfg.output.key else None
+        smoke = None
+        if self.eval_x is not None:
+            scratch = self.work / "bundles" / chosen.name
+            from edgefleet.bundle import open_bundle
+
+            b, _ = open_bundle(scratch)
+            smoke = {b.manifest.inputs[0].name: self.eval_x[:4]}
+        metrics: dict[str, Any] = {
+            "variant": chosen.name,
+            "quantization": chosen.quantization,
+            "size_bytes": chosen.size,
+            "gzip_bytes": chosen.gzip_size,
+            "p50_latency_ms": round(chosen.p50_ms, 4),
+            "sparsity": round(chosen.sparsity, 4),
+        }
+        if chosen.params:
+            metrics["params"] = chosen.params
+        if chosen.score is not None and self.baseline is not None:
+            metrics[chosen.score.metric] = round(chosen.score.value, 4)
+            metrics[f"source_{self.baseline.metric}"] = round(self.baseline.value, 4)
+            metrics["accuracy_drop" if chosen.score.higher_is_better else "mae_increase"] = round(chosen.drop, 4)
+            metrics["eval_samples"] = len(self.eval) if self.eval is not None else 0
+        datasets = {k: {"file": Path(d.source).name, "sha256": d.fingerprint, "samples": len(d)}
+                    for k, d in (("train", self.train), ("calibration", self.calib), ("eval", self.eval)) if d is not None}
+        lineage = {
+            "source": {"file": self.src.path.name, "kind": self.src.kind, "sha256": self.src.sha256},
+            "recipe": cfg.to_dict(),
+            "datasets": datasets,
+            "passes": self.passes,
+            "variant": chosen.name,
+            "gate": decision.message,
+            "toolchain": _toolchain(),
+            "parent_version": None,
+        }
+        bundle, archive = pack(
+            chosen.model_path, self.out, name=self._name(), version=cfg.output.version, labels=self.labels,
+            preprocessing=self.prep_spec, private_key=key, archive=cfg.output.archive, reference_stats=self.reference,
+            smoke_inputs=smoke, metrics=metrics, lineage=lineage, overwrite=cfg.output.overwrite,
+        )
+        from edgefleet.bench import machine_info
+
+        doc: dict[str, Any] = {
+            "bundle": {"path": str(bundle.path), "name": bundle.manifest.name, "version": bundle.manifest.version,
+                       "signed": key is not None, "archive": str(archive) if archive else None},
+            "source": {"file": str(self.src.path), "kind": self.src.kind, "sha256": self.src.sha256},
+            "baseline": None if self.baseline is None else {"metric": self.baseline.metric, "value": self.baseline.value},
+            "budget": decision.budget,
+            "gate": decision.message,
+            "chosen": chosen.name,
+            "variants": rows_of(decision.results),
+            "passes": self.passes,
+            "export_check": getattr(self, "export_check", {}),
+            "eval_samples": len(self.eval) if self.eval is not None else 0,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "recipe": cfg.to_dict(),
+            "machine": machine_info(),
+        }
+        report_dir = write_report(report_dir_for(self.out), doc, cfg.to_toml()) if cfg.output.report else None
+        return CompileResult(bundle.path, report_dir, chosen, decision.results, self.baseline, decision.message, doc)
+
+
+def compile_model(
+    source: str | Path,
+    output: str | Path,
+    config: CompileConfig | None = None,
+    *,
+    progress: bool = False,
+    on_log: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Compile ``source`` into a bundle at ``output`` (see the module docstring).
+
+    Raises ``ConfigError`` for bad options, ``InvalidInputError`` for bad data,
+    ``CompileError`` when a pass fails, ``AccuracyBudgetError`` when no variant
+    meets the budget. Nothing is left at ``output`` unless it succeeds.
+    """
+    cfg = config or CompileConfig()
+    with Progress(progress) as prog:
+        result = _Compiler(source, output, cfg, prog).run()
+        if on_log is not None:
+            on_log(result.gate_message)
+    return result
+
+
+__all__ = ["compile_model", "CompileResult"]

@@ -1,0 +1,173 @@
+"""Evaluate model variants exactly as a device runs them: through ``edgefleet.load``.
+
+Each variant is packed into an unsigned scratch bundle with the recipe's
+preprocessing and loaded with the SDK, so accuracy is measured on *raw* eval
+data through the same preprocessing and runtime a device uses. Metrics:
+
+* classification (integer labels): top-1 accuracy in percent; drop in points;
+* regression (real targets): mean absolute error; drop = increase of the MAE;
+* unlabeled data: top-1 agreement with the source model in percent (or the
+  MAE to the source's outputs for non-class outputs).
+
+Latency is the median (p50) of single-sample ``predict()`` calls with one
+thread, after a warm-up, plus the p50 of the bare runtime call on the same
+prepared input (what the model costs without Python-side checks).
+"""
+
+from __future__ import annotations
+
+import gzip
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str  # accuracy | mae | agreement
+    value: float
+    higher_is_better: bool
+
+    def drop_from(self, baseline: Score) -> float:
+        """How much worse than ``baseline`` (points of accuracy, or MAE units); negative = better."""
+        return baseline.value - self.value if self.higher_is_better else self.value - baseline.value
+
+
+@dataclass(eq=False)
+class VariantResult:
+    name: str
+    format: str
+    quantization: str
+    model_path: Path | None
+    size: int = 0
+    gzip_size: int = 0
+    score: Score | None = None
+    drop: float = 0.0
+    p50_ms: float = 0.0
+    p50_invoke_ms: float = 0.0
+    sparsity: float = 0.0
+    params: int = 0
+    within_budget: bool | None = None
+    chosen: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+    outputs: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "variant": self.name,
+            "format": self.format,
+            "quantization": self.quantization,
+            "sparsity": round(self.sparsity, 4),
+            "params": self.params,
+            "size_bytes": self.size,
+            "gzip_bytes": self.gzip_size,
+            "metric": self.score.metric if self.score else None,
+            "score": None if self.score is None else round(self.score.value, 4),
+            "drop": round(self.drop, 4),
+            "p50_ms": round(self.p50_ms, 4),
+            "p50_invoke_ms": round(self.p50_invoke_ms, 4),
+            "within_budget": self.within_budget,
+            "chosen": self.chosen,
+            "notes": self.notes,
+        }
+
+
+def file_sizes(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    return len(data), len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def score_outputs(outputs: np.ndarray, y: np.ndarray | None, task: str, reference: np.ndarray | None) -> Score:
+    out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    if task == "classification" and y is not None:
+        pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0.5).astype(np.int64)
+        return Score("accuracy", float(np.mean(pred == y.reshape(-1).astype(np.int64)) * 100.0), True)
+    if task == "regression" and y is not None:
+        return Score("mae", float(np.mean(np.abs(out - np.asarray(y, np.float64).reshape(out.shape)))), False)
+    if reference is None:
+        raise InvalidInputError("evaluate: unlabeled eval data needs the source model's outputs to compare with")
+    ref = np.asarray(reference, dtype=np.float64).reshape(out.shape)
+    if out.shape[1] > 1:
+        return Score("agreement", float(np.mean(out.argmax(1) == ref.argmax(1)) * 100.0), True)
+    return Score("mae", float(np.mean(np.abs(out - ref))), False)
+
+
+def predict_all(model: Any, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    outs = []
+    for i in range(0, len(x), batch):
+        out = model.predict(x[i : i + batch])
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        outs.append(np.asarray(out))
+    return np.concatenate(outs)
+
+
+def _prepared_input(model: Any, sample: np.ndarray) -> list[np.ndarray]:
+    """The single input as the runtime takes it (preprocessed, quantized, in the model dtype)."""
+    from edgefleet.preprocess import Pipeline
+
+    spec = model.inputs[0]
+    pre = (model.manifest.preprocessing or {}).get(spec.name)
+    arr = Pipeline.from_spec(pre, model.manifest.reference_stats).apply(sample) if pre else sample
+    if spec.quantization is not None:
+        info = np.iinfo(np.dtype(spec.dtype))
+        q = spec.quantization
+        arr = np.clip(np.round(arr / q.scale) + q.zero_point, info.min, info.max)
+    return [np.ascontiguousarray(arr.astype(np.dtype(spec.dtype)))]
+
+
+def latency(model: Any, sample: np.ndarray, runs: int, warmup: int = 20) -> tuple[float, float]:
+    """(p50 ms of ``predict`` on one sample, p50 ms of the bare runtime call)."""
+    for _ in range(warmup):
+        model.predict(sample)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        model.predict(sample)
+        times.append(time.perf_counter_ns() - t0)
+    p50 = statistics.median(times) / 1e6
+    invoke_p50 = 0.0
+    try:
+        call = model.raw_call()
+        arrays = _prepared_input(model, sample)
+        for _ in range(warmup):
+            call(arrays)
+        raw = []
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            call(arrays)
+            raw.append(time.perf_counter_ns() - t0)
+        invoke_p50 = statistics.median(raw) / 1e6
+    except Exception:  # the bare call is a bonus figure; predict() latency is the contract
+        invoke_p50 = 0.0
+    return p50, invoke_p50
+
+
+def evaluate_bundle(
+    bundle_path: Path,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    task: str,
+    reference: np.ndarray | None,
+    latency_runs: int,
+) -> tuple[Score, np.ndarray, float, float]:
+    """Load a bundle with the SDK and return (score, outputs, p50 ms, p50 invoke ms)."""
+    import edgefleet
+
+    model = edgefleet.load(bundle_path, threads=1)
+    try:
+        outputs = predict_all(model, x)
+        score = score_outputs(outputs, y, task, reference)
+        p50, p50_invoke = latency(model, x[:1], latency_runs)
+    finally:
+        model.close()
+    return score, outputs, p50, p50_invoke
+
+
+__all__ = ["Score", "VariantResult", "file_sizes", "score_outputs", "evaluate_bundle", "latency", "predict_all"]

@@ -1,0 +1,104 @@
+"""``report.json``, ``report.md`` and an accuracy-vs-size plot for one compile run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .evaluate import VariantResult
+
+COLUMNS = ("variant", "format", "quantization", "sparsity", "params", "size_bytes", "gzip_bytes", "score", "drop", "p50_ms", "p50_invoke_ms", "chosen")
+
+
+def report_dir_for(bundle: str | os.PathLike) -> Path:
+    out = Path(bundle)
+    return out.parent / f"{out.name}.report"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "**yes**" if v else ""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    rows = doc["variants"]
+    metric = doc["baseline"]["metric"] if doc.get("baseline") else "score"
+    head = [c if c != "score" else metric for c in COLUMNS]
+    lines = [
+        f"# Compile report: {doc['bundle']['name']} v{doc['bundle']['version']}",
+        "",
+        f"Source: `{doc['source']['file']}` ({doc['source']['kind']}), sha256 `{doc['source']['sha256'][:16]}...`",
+        "",
+    ]
+    if doc.get("baseline"):
+        b = doc["baseline"]
+        lines.append(f"Baseline (source model): {b['metric']} = {b['value']:.4g} on {doc['eval_samples']} eval samples.")
+    if doc.get("budget") is not None:
+        lines.append(f"Accuracy budget: at most {doc['budget']:g} points of drop.")
+    lines += [f"Gate: {doc['gate']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+    errors = [r for r in rows if r.get("notes", {}).get("error")]
+    for r in errors:
+        lines.append(f"\n- `{r['variant']}` failed: {r['notes']['error']}")
+    lines += ["", f"Passes: {', '.join(doc['passes']) or 'none'}.", f"Machine: {doc['machine'].get('cpu')} ({doc['machine'].get('cores')} cores).", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in rows:
+        if r.get("score") is None or not r.get("size_bytes"):
+            continue
+        marker = "*" if r.get("chosen") else ("o" if r["format"] == "tflite" else "s")
+        ax.scatter(r["size_bytes"] / 1024, r["score"], marker=marker, s=160 if r.get("chosen") else 50,
+                   color="tab:red" if r.get("chosen") else ("tab:blue" if r["format"] == "tflite" else "tab:green"))
+        ax.annotate(r["variant"], (r["size_bytes"] / 1024, r["score"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size (KiB, log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title("accuracy vs size (star = chosen; circle tflite, square onnx)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, doc: dict[str, Any], recipe_toml: str) -> Path:
+    """Write the report directory atomically (temp dir + rename)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "report.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+        (tmp / "report.md").write_text(markdown(doc))
+        (tmp / "recipe.toml").write_text(recipe_toml)
+        plot(doc["variants"], tmp / "accuracy_vs_size.png", doc["baseline"]["metric"] if doc.get("baseline") else "score")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def rows_of(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
+    return [r.row() for r in results]
+
+
+__all__ = ["write_report", "markdown", "plot", "report_dir_for", "rows_of"]
