@@ -56,3 +56,26 @@ def build_bundle(
         archive=archive, reference_stats=reference_stats() if with_reference else None, overwrite=True,
     )
     return arch if archive and arch is not None else bundle.path
+
+
+def copy_bundle(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+def rewrite_manifest(bundle_dir: Path, change: Any, private_key: Any = None) -> None:
+    """Edit a bundle's manifest dict with ``change(d)``; re-sign with ``private_key`` if given."""
+    import json
+
+    from edgefleet.keys import sign_payload
+    from edgefleet.manifest import Manifest
+
+    d = json.loads((bundle_dir / "manifest.json").read_text())
+    change(d)
+    raw = Manifest.from_dict(d).to_bytes()
+    (bundle_dir / "manifest.json").write_bytes(raw)
+    if private_key is not None:
+        doc = sign_payload(private_key, raw)
+        (bundle_dir / "signature").write_text(json.dumps(doc, sort_keys=True) + "\n")
