@@ -3,7 +3,7 @@
     python -m benchmarks.sdk_overhead [--runs 5000] [--quick]
 
 Builds the test models (a tiny digits MLP as TFLite float/int8 and ONNX, and a
-wider dense TFLite model of about a millisecond) in a subprocess, then runs
+wider dense TFLite model (~0.15 ms) and a small CNN of a millisecond or more) in a subprocess, then runs
 ``edgefleet bench --compare-raw`` logic on each with batch 1 and no
 preprocessing. Targets (issue 2): median overhead <= 5 us over raw LiteRT, and a
 ratio <= 1.02 for a model of 1 ms or more. Writes benchmarks/results/sdk_overhead.json.
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgefleet.bench import BenchConfig, format_report, machine_info, run_bench
 
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(HERE.parent / "tests" / "make_models.py"), tmp], check=True, capture_output=True)
+        subprocess.run([sys.executable, str(HERE.parent / "tests" / "make_models.py"), tmp, "--bench"], check=True, capture_output=True)
         rows = []
-        for fname in ("digits_float.tflite", "digits_int8.tflite", "dense_wide.tflite", "digits.onnx"):
+        for fname in ("digits_float.tflite", "digits_int8.tflite", "dense_wide.tflite", "conv_1ms.tflite", "digits.onnx"):
             cfg = BenchConfig(runs=runs, warmup=200, threads=1, compare_raw=True)
             res = run_bench(Path(tmp) / fname, cfg)
             res["target"] = fname

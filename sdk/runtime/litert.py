@@ -65,6 +65,8 @@ class LiteRTBackend:
         self._current = [tuple(int(x) for x in d["shape"]) for d in in_details]
         self.batch_resizable = all(s.shape and s.shape[0] == -1 for s in self.inputs)
         self._lock = threading.Lock()
+        self._single, self._in0 = len(self._in_index) == 1, self._in_index[0]
+        self._single_out, self._out0 = len(self._out_index) == 1, self._out_index[0]
 
     def _resize(self, arrays: Sequence[np.ndarray]) -> None:
         for i, arr in enumerate(arrays):
@@ -76,20 +78,24 @@ class LiteRTBackend:
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         interp = self._interp
         with self._lock:
-            current = self._current
-            for i, arr in enumerate(arrays):
-                if arr.shape != current[i]:
-                    try:
-                        self._resize(arrays)
-                    except (ValueError, RuntimeError) as exc:
-                        raise RuntimeBackendError(f"LiteRT cannot resize inputs to {[a.shape for a in arrays]}: {exc}") from None
-                    break
             try:
-                for idx, arr in zip(self._in_index, arrays):
-                    interp.set_tensor(idx, arr)
+                if self._single:
+                    arr = arrays[0]
+                    if arr.shape != self._current[0]:
+                        self._resize(arrays)
+                    interp.set_tensor(self._in0, arr)
+                else:
+                    if any(a.shape != c for a, c in zip(arrays, self._current)):
+                        self._resize(arrays)
+                    for idx, arr in zip(self._in_index, arrays):
+                        interp.set_tensor(idx, arr)
                 interp.invoke()
             except (ValueError, RuntimeError) as exc:
-                raise RuntimeBackendError(f"LiteRT failed to run the model: {exc}") from None
+                raise RuntimeBackendError(
+                    f"LiteRT failed to run the model on inputs {[a.shape for a in arrays]}: {exc}"
+                ) from None
+            if self._single_out:
+                return [interp.get_tensor(self._out0)]
             return [interp.get_tensor(idx) for idx in self._out_index]
 
     def raw_call(self) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
