@@ -355,10 +355,18 @@ class ModelStream:
         self._model, self._name, self._state = model, input_name, state
 
     def push(self, chunk: ArrayLike) -> Any:
-        windows = self._state.push(np.asarray(chunk))
+        """Add samples (time first); return predictions for the windows they completed, or None."""
+        return self._predict_windows(self._state.push(np.asarray(chunk)))
+
+    def flush(self) -> Any:
+        """End the stream: predict on the zero-padded last window when the window step pads."""
+        return self._predict_windows(self._state.flush())
+
+    def _predict_windows(self, windows: np.ndarray) -> Any:
         if windows.shape[0] == 0:
             return None
-        return self._model.predict({self._name: windows} if len(self._model.inputs) > 1 else windows, preprocess=False)
+        feed = {self._name: windows} if len(self._model.inputs) > 1 else windows
+        return self._model.predict(feed, preprocess=False)
 
     def reset(self) -> None:
         self._state.reset()

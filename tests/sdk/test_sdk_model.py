@@ -155,3 +155,52 @@ def test_thread_safety(bundles: dict[str, Path], digits_data: tuple[np.ndarray, 
         for t in threads:
             t.join()
         assert not errors, errors[0]
+
+
+def _window_model(path: Path) -> Path:
+    """ONNX: (N, 4, 2) windows -> per-window mean over time (N, 2)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["w"], ["mean"], axes=[1], keepdims=0)],
+        "window_mean",
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, ["N", 4, 2])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_streaming_windows_carry_state_between_calls(tmp_path: Path) -> None:
+    model_path = _window_model(tmp_path / "w.onnx")
+    pre = {"input_shape": [2], "steps": [{"op": "window", "size": 4, "hop": 2}]}
+    bundle, _ = pack(model_path, tmp_path / "b", name="w", version="1", preprocessing=pre)
+    signal = np.arange(40, dtype=np.float32).reshape(20, 2)
+    with edgefleet.load(bundle.path) as model:
+        whole = model.predict(signal)  # stateless: the whole stream at once
+        assert whole.shape == (9, 2)
+        stream = model.stream()
+        parts = [stream.push(signal[i : i + 3]) for i in range(0, 20, 3)]
+        got = np.concatenate([p for p in parts if p is not None])
+        np.testing.assert_allclose(got, whole)
+        np.testing.assert_allclose(whole[0], signal[:4].mean(0))
+
+
+def test_impute_lets_missing_values_through(tmp_path: Path, model_dir: Path, digits_data: tuple[np.ndarray, np.ndarray]) -> None:
+    from edgefleet.stats import compute_reference_stats
+
+    x, y = digits_data
+    ref = compute_reference_stats(x)
+    pre = [{"op": "impute", "strategy": "mean"}, {"op": "scale", "factor": 0.0625}]
+    bundle, _ = pack(model_dir / "digits.onnx", tmp_path / "b", name="d", version="1", preprocessing=pre, reference_stats=ref)
+    holes = x[:50].copy()
+    holes[:, 20:24] = np.nan
+    with edgefleet.load(bundle.path) as model:
+        acc = (model.predict(holes).argmax(1) == y[:50]).mean()
+        assert acc > 0.7
+        holes[0, 0] = np.inf
+        with pytest.raises(InvalidInputError):
+            model.predict(holes)
