@@ -313,6 +313,9 @@ def transition(job: Job, event: Event, now: float | None = None) -> tuple[Job, l
             done = _move(job, S.REJECTED, P.NONE, "shadow_disagreement", json.dumps(event.report), t, details=details)
             return done, [Discard(job.target_id)]
     elif step is P.ACTIVATING:
+        if isinstance(event, Activated) and not job.from_id:
+            # the first version on the device: there is nothing to fall back to, so no probation
+            return _move(job, S.SUCCEEDED, P.NONE, "installed", "first version on this device", t), []
         if isinstance(event, Activated):
             return _move(job, S.IN_PROGRESS, P.PROBATION, "probation", "", t), [StartProbation(job.target_id)]
     elif step is P.PROBATION:
