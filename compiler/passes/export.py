@@ -61,11 +61,18 @@ def to_tflite(model: Any, out: Path) -> Path:
     return convert_tflite(tflite_converter(model), out, "float32")
 
 
+def _ensure_called(model: Any) -> None:
+    """Keras refuses to export a freshly loaded model that has never been called."""
+    shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
+    model(np.zeros(shape, dtype=model.inputs[0].dtype or "float32"))
+
+
 def to_onnx(model: Any, out: Path, source_kind: str = "keras") -> Path:
     """Float32 ``.onnx`` from a Keras model, a SavedModel directory or a ``.tflite`` file."""
     if source_kind == "keras":
         try:
             with quiet():
+                _ensure_called(model)
                 model.export(str(out), format="onnx", verbose=False)
         except Exception as exc:
             raise CompileError(f"export: Keras could not export the model to ONNX: {str(exc)[:400]}") from None
