@@ -272,7 +272,7 @@ class Agent:
         if ref and self.config.telemetry.enabled:
             t = self.config.telemetry
             try:
-                monitor = DriftMonitor(ref, t.drift_threshold, t.drift_min_samples, t.drift_check_every)
+                monitor = DriftMonitor(ref, t.drift_threshold, t.drift_window)
             except Exception:
                 monitor = None
         self.telemetry.set_drift(monitor, slot.entry.version if slot else "")

@@ -133,16 +133,14 @@ class TelemetryConfig:
     enabled: bool = True
     max_events: int = 100_000  # queue bound; the oldest are dropped (and counted) beyond it
     flush_seconds: float = 10.0  # how often aggregated metrics become a queued record
-    drift_threshold: float = 0.2  # PSI above this raises a drift event
-    drift_min_samples: int = 200  # do not judge drift on fewer samples
-    drift_check_every: int = 100  # predictions between drift checks
+    drift_threshold: float = 0.25  # PSI above this raises a drift event
+    drift_window: int = 500  # inputs per drift judgement (tumbling window)
 
     def __post_init__(self) -> None:
         _positive("telemetry.max_events", self.max_events)
         _positive("telemetry.flush_seconds", self.flush_seconds)
         _positive("telemetry.drift_threshold", self.drift_threshold)
-        _positive("telemetry.drift_min_samples", self.drift_min_samples, allow_zero=True)
-        _positive("telemetry.drift_check_every", self.drift_check_every)
+        _positive("telemetry.drift_window", self.drift_window)
 
 
 @dataclass(frozen=True)

@@ -210,48 +210,56 @@ class _VersionCounters:
 
 
 class DriftMonitor:
-    """Running statistics of live inputs against a manifest's reference statistics."""
+    """Live inputs against a manifest's reference statistics, judged per tumbling window.
 
-    def __init__(self, reference: Mapping[str, Any], threshold: float, min_samples: int, check_every: int) -> None:
+    Each window of ``window`` inputs is scored on its own (so a shift shows up
+    within one window, however long the history) and then folded into the
+    running totals kept for reporting.
+    """
+
+    def __init__(self, reference: Mapping[str, Any], threshold: float, window: int) -> None:
         from edgefleet.stats import RunningStats
 
-        self.stats = RunningStats(reference)
+        self._reference = reference
+        self._new = RunningStats
+        self.total = RunningStats(reference)
+        self.current = RunningStats(reference)
+        self.shape = self.total.shape
         self.threshold = threshold
-        self.min_samples = min_samples
-        self.check_every = check_every
+        self.window = window
         self.alerting = False
-        self._since_check = 0
+        self.last: dict[str, Any] | None = None
 
     def update(self, x: Any) -> dict[str, Any] | None:
-        """Add inputs; return a drift event payload when PSI first crosses the threshold."""
+        """Add inputs; return a drift event payload when a window's PSI first crosses the threshold."""
         arr = np.asarray(x)
-        if arr.shape == self.stats.shape:
+        if arr.shape == self.shape:
             arr = arr[np.newaxis]
         try:
-            self.stats.update(arr)
+            self.current.update(arr)
         except Exception:  # inputs not shaped like the reference: no drift scoring for them
             return None
-        self._since_check += arr.shape[0]
-        if self._since_check < self.check_every or self.stats.count < self.min_samples:
+        if self.current.count < self.window:
             return None
-        self._since_check = 0
-        return self.check()
-
-    def check(self) -> dict[str, Any] | None:
-        d = self.stats.drift()
+        d = self.current.drift()
+        self.total.merge(self.current)
+        self.current = self._new(self._reference)
+        self.last = {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"]}
         over = d["psi_max"] > self.threshold
         if over and not self.alerting:
             self.alerting = True
-            worst = int(np.argmax(d["psi_per_feature"])) if d["psi_per_feature"] else -1
-            return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"],
-                    "worst_feature": worst, "threshold": self.threshold}
-        if not over and self.alerting:
+            scores = d["psi_per_feature"]
+            worst = int(np.argmax(scores)) if scores else -1
+            return {**self.last, "worst_feature": worst, "threshold": self.threshold,
+                    "mean_shift_z": d["mean_shift_z"][worst] if worst >= 0 else 0.0}
+        if not over:
             self.alerting = False
         return None
 
     def summary(self) -> dict[str, Any]:
-        d = self.stats.drift()
-        return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"], "alerting": self.alerting}
+        d = self.total.drift()
+        return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"],
+                "last_window": self.last, "alerting": self.alerting}
 
 
 class Telemetry:
