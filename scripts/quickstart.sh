@@ -32,4 +32,4 @@ print("first 10 true:     ", y[:10].tolist())
 print(f"accuracy on {len(y)} held-out digits: {(p == y).mean():.4f}")
 PY
 step "benchmark on this machine"; $EF bench "$W/digits-bundle" --runs 1000 --compare-raw --json "$W/bench.json"
-step "done: the bundle, its report (report.md, report.png) and results are in $W/"
+step "done: bundle in $W/digits-bundle, its report in $W/digits-bundle.report/ (report.md, PNG), all results in $W/"

@@ -192,15 +192,13 @@ class Model:
                     f"for one sample or a batch of them, got {arr.shape}"
                 )
         if use_pipeline:
-            if arr.dtype.kind == "f" and not pipeline.allows_missing:
-                self._check_finite(spec, arr)
-            arr = pipeline.apply(arr)
+            arr = pipeline.apply(arr, f"input {spec.name!r}")
         if not _shape_ok(arr.shape[1:], plan.sample_shape):
             raise InvalidInputError(
                 f"input {spec.name!r}: expected shape {_fmt_shape(spec.shape)}, got {arr.shape}"
                 + (" after preprocessing" if use_pipeline else "")
             )
-        if arr.dtype.kind == "f":
+        if arr.dtype.kind == "f" and (not use_pipeline or pipeline.allows_missing):
             self._check_finite(spec, arr)
         if plan.qparams is not None and not raw:
             inv_scale, zero_point, lo, hi = plan.qparams

@@ -884,6 +884,7 @@ class Pipeline:
         body = self.steps[1:] if self.has_window else self.steps
         offset = 1 if self.has_window else 0
         self._kernels: list[tuple[str, _Kernel]] = []
+        self._shapes_ok: set[Shape] = set()
         for i, step in enumerate(body, start=offset):
             where = _where(i, step.op)
             self._kernels.append((where, step.compile(ref, where)))
@@ -946,27 +947,34 @@ class Pipeline:
             )
         if arr.dtype.kind == "f":
             if not math.isfinite(float(arr.sum(dtype=np.float64))):  # NaN or inf somewhere (or a huge sum)
-                if self.allows_missing:
-                    if np.isinf(arr).any():
-                        raise InvalidInputError(f"{what}: holds inf values")
-                elif not np.isfinite(arr).all():
+                bad = np.isinf(arr) if self.allows_missing else ~np.isfinite(arr)
+                if bad.any():
+                    first = tuple(int(i) for i in np.argwhere(bad)[0])
+                    kind = "NaN" if np.isnan(arr[first]) else "inf"
+                    hint = "" if self.allows_missing else "; clean the data or add an impute step to the preprocessing"
                     raise InvalidInputError(
-                        f"{what}: holds NaN or inf values; add an impute step to the preprocessing to accept missing values"
+                        f"{what} holds {int(bad.sum())} non-finite values ({kind} at index {first}){hint}"
                     )
         return arr
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        for where, kernel in self._kernels:
-            try:
-                kernel.infer(x.shape[1:])
-            except _ShapeError as exc:
-                raise InvalidInputError(f"{where}: {exc}") from None
+        sample_shape = x.shape[1:]
+        if sample_shape not in self._shapes_ok:  # shape inference once per input shape, not per call
+            shape = sample_shape
+            for where, kernel in self._kernels:
+                try:
+                    shape = kernel.infer(shape)
+                except _ShapeError as exc:
+                    raise InvalidInputError(f"{where}: {exc}") from None
+            if len(self._shapes_ok) < 64:
+                self._shapes_ok.add(sample_shape)
+        for _, kernel in self._kernels:
             x = kernel.run(x)
         return np.ascontiguousarray(x)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, what: str = "preprocessing input") -> np.ndarray:
         """Run on a batch (batch axis first), or on one time-first stream when the pipeline starts with a window."""
-        arr = self._check(x, "preprocessing input")
+        arr = self._check(x, what)
         if self._window is not None:
             arr = self._window.frame(arr, pad=self._window.pad == "zero")
         return self._run(arr)
