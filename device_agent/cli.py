@@ -1,0 +1,225 @@
+"""``edgefleet agent ...``: a thin CLI over :class:`edgefleet.device_agent.agent.Agent`.
+
+Light at import (argparse only); each handler imports what it needs. Errors are
+raised as ``EdgefleetError`` and turned into exit codes by ``edgefleet.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="the device agent: install, serve, roll back, report")
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="agent.toml (state dir, trusted keys, hardware tags, policies)")
+        p.add_argument("--state-dir", help="the agent's state directory (overrides the config's)")
+        p.add_argument("--trust", action="append", default=[], metavar="PUBKEY",
+                       help="trusted public key (repeatable); install keeps it in STATE_DIR/trust/")
+        p.add_argument("--hardware-tag", action="append", default=[], metavar="TAG",
+                       help="a hardware tag of this device (repeatable; adds to the config's)")
+        p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned bundles (development only)")
+
+    run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM")
+    common(run)
+    run.add_argument("--tick", type=float, default=0.5, help="monitor period in seconds (default 0.5)")
+    run.set_defaults(func=cmd_run)
+
+    ins = asub.add_parser("install", help="verify, smoke-test and activate a bundle (directory or .efb)")
+    ins.add_argument("bundle", metavar="BUNDLE|ARCHIVE")
+    common(ins)
+    ins.add_argument("--rollback-order", metavar="FILE", help="a signed order allowing an older version")
+    ins.add_argument("--probation", type=float, default=0.0, metavar="SECONDS",
+                     help="stay and watch the new version this long (default 0: a running daemon serves it)")
+    ins.add_argument("--json", action="store_true", help="print the job as JSON")
+    ins.set_defaults(func=cmd_install)
+
+    st = asub.add_parser("status", help="show the active and previous versions and the last job")
+    common(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    rb = asub.add_parser("rollback", help="go back to the previous version")
+    common(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+    pr = asub.add_parser("predict", help="predict with the active version")
+    common(pr)
+    pr.add_argument("--input", required=True, help=".npy, .npz or .csv input")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
+
+
+def _config(args: argparse.Namespace, **update: Any) -> Any:
+    from dataclasses import replace
+
+    from edgefleet.errors import ConfigError
+
+    from .config import AgentConfig, load_config
+
+    cfg = load_config(args.config) if args.config else None
+    if cfg is None:
+        if not args.state_dir:
+            raise ConfigError("give --state-dir DIR or --config agent.toml")
+        cfg = AgentConfig(state_dir=args.state_dir)
+    changes: dict[str, Any] = {}
+    if args.state_dir:
+        changes["state_dir"] = args.state_dir
+    if args.trust:
+        changes["trusted_keys"] = tuple(cfg.trusted_keys) + tuple(args.trust)
+    if args.hardware_tag:
+        changes["hardware_tags"] = tuple(cfg.hardware_tags) + tuple(args.hardware_tag)
+    if getattr(args, "allow_unsigned", False):
+        changes["require_signature"] = False
+    if update:
+        changes["update"] = replace(cfg.update, **update)
+    return replace(cfg, **changes)
+
+
+def _job_line(job: Any) -> str:
+    line = f"{job.status.value} ({job.reason})"
+    if job.target_version:
+        line += f": {job.target_version}"
+    if job.message and job.status.value != "SUCCEEDED":
+        line += f" - {job.message}"
+    return line
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from edgefleet.errors import StoreError, UpdateRejectedError
+
+    from .agent import Agent
+    from .store import Store
+
+    cfg = _config(args, probation_seconds=args.probation)
+    order = None
+    if args.rollback_order:
+        with open(args.rollback_order, encoding="utf-8") as fh:
+            order = json.load(fh)
+    store = Store(cfg.state_dir)
+    for key in args.trust:
+        store.add_trusted_key(key)
+    agent = Agent(cfg, monitor=args.probation > 0, tick_seconds=0.2)
+    try:
+        job = agent.install(args.bundle, rollback_order=order, wait=args.probation > 0,
+                            timeout=args.probation + 30 if args.probation > 0 else None)
+    finally:
+        agent.close()
+    if args.json:
+        json.dump(job.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"job {job.job_id}: {_job_line(job)}")
+    status = job.status.value
+    if status in ("REJECTED", "ROLLED_BACK"):
+        raise UpdateRejectedError(f"update {status.lower()}: {job.reason}: {job.message}", reason=job.reason)
+    if status == "FAILED":
+        raise StoreError(f"update failed: {job.reason}: {job.message}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .agent import read_status
+
+    cfg = _config(args)
+    status = read_status(cfg.state_dir)
+    db = Path(cfg.state_dir) / "telemetry.db"
+    if db.exists():
+        from .telemetry import TelemetryQueue
+
+        q = TelemetryQueue(db, cfg.telemetry.max_events)
+        status["telemetry"] = q.stats()
+        q.close()
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    act, prev = status["active"], status["previous"]
+    print(f"state dir: {status['state_dir']}")
+    print(f"active:    {act['name']} v{act['version']} ({act['id'][:12]})" if act else "active:    (none)")
+    print(f"previous:  {prev['name']} v{prev['version']} ({prev['id'][:12]})" if prev else "previous:  (none)")
+    job = status["job"]
+    if job:
+        print(f"last job:  {job['job_id']} {job['status']} ({job['reason']})"
+              + (f" step {job['step']}" if job["step"] else ""))
+    if "telemetry" in status:
+        t = status["telemetry"]
+        print(f"telemetry: {t['queued']} queued, {t['dropped']} dropped")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    agent = Agent(_config(args), monitor=False)
+    try:
+        state = agent.rollback()
+    finally:
+        agent.close()
+    assert state.active is not None
+    print(f"rolled back to {state.active.name} v{state.active.version}"
+          + (f" (from v{state.previous.version})" if state.previous else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgefleet.commands import read_array_file
+
+    from .agent import Agent
+
+    agent = Agent(_config(args), monitor=False, resume=False)
+    try:
+        data = read_array_file(args.input)
+        model = agent.model
+        if isinstance(data, dict) and model is not None and len(model.manifest.inputs) == 1:
+            name = model.manifest.inputs[0].name
+            data = data.get(name, data.get("x", next(iter(data.values()))))
+        out = agent.predict(data)
+    finally:
+        agent.close()
+    outs = out if isinstance(out, dict) else {"output": out}
+    if args.json:
+        json.dump({k: np.asarray(v).tolist() for k, v in outs.items()}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for v in outs.values():
+            print(np.array2string(np.asarray(v), precision=5, threshold=200))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .agent import Agent
+
+    cfg = _config(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    agent = Agent(cfg, tick_seconds=args.tick)
+    try:
+        served = agent.active_version
+        print(f"edgefleet agent: serving {served or 'nothing yet'} from {cfg.state_dir}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    print("edgefleet agent: stopped", flush=True)
+    return 0
