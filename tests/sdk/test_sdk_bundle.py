@@ -250,3 +250,28 @@ def test_manifest_parser_on_mutated_real_manifest(real_manifest: dict, data: st.
     except BundleFormatError:
         return
     assert Manifest.from_dict(json.loads(m.to_bytes())).to_bytes() == m.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def real_archive(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> bytes:
+    root = tmp_path_factory.mktemp("arch")
+    bundle, archive = pack(model_dir / "digits.onnx", root / "b", name="d", version="1", archive=True)
+    assert archive is not None
+    return archive.read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_corrupted_archives_only_raise_bundle_errors(real_archive: bytes, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    blob = bytearray(real_archive)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    path = tmp_path_factory.mktemp("fuzz") / "x.efb"
+    path.write_bytes(bytes(blob[:cut]))
+    try:
+        with edgefleet.load(path) as model:
+            model.predict([[0.0] * 64])
+    except edgefleet.EdgefleetError:
+        pass
