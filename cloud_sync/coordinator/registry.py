@@ -1,0 +1,398 @@
+"""The fleet registry: devices, artifacts, deltas, deployments, jobs, telemetry aggregates, alerts.
+
+SQLAlchemy Core over any URL: a SQLite file by default (WAL), PostgreSQL
+(``postgresql+psycopg://...``) for larger fleets or several coordinators.
+``prefix`` namespaces the tables so several registries can share one database.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any, Iterable
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+from edgefleet.errors import ConfigError
+
+BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
+
+
+def _tables(meta: MetaData, p: str) -> dict[str, Table]:
+    return {
+        "devices": Table(
+            f"{p}devices", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("device_id", String(128), primary_key=True),
+            Column("group_name", String(128), nullable=False, default="default"),
+            Column("tags", Text, nullable=False, default="[]"),
+            Column("online", Boolean, nullable=False, default=False),
+            Column("session", Integer, nullable=False, default=0),
+            Column("first_seen", Float, nullable=False, default=0.0),
+            Column("last_seen", Float, nullable=False, default=0.0),
+            Column("active_version", String(128), nullable=False, default=""),
+            Column("archive_sha256", String(64), nullable=False, default=""),
+            Column("agent_version", String(64), nullable=False, default=""),
+            Column("telemetry_seq", Integer, nullable=False, default=0),
+        ),
+        "artifacts": Table(
+            f"{p}artifacts", meta,
+            Column("file_id", String(64), primary_key=True),
+            Column("name", String(128), nullable=False),
+            Column("version", String(128), nullable=False),
+            Column("size", Integer, nullable=False),
+            Column("data", LargeBinary, nullable=False),
+            Column("created", Float, nullable=False),
+        ),
+        "deltas": Table(
+            f"{p}deltas", meta,
+            Column("base_id", String(64), primary_key=True),
+            Column("target_id", String(64), primary_key=True),
+            Column("file_id", String(64), nullable=False, default=""),  # "" = no useful delta
+            Column("size", Integer, nullable=False, default=0),
+            Column("data", LargeBinary, nullable=True),
+        ),
+        "deployments": Table(
+            f"{p}deployments", meta,
+            Column("id", String(32), primary_key=True),
+            Column("fleet", String(128), nullable=False),
+            Column("artifact_id", String(64), nullable=False),
+            Column("name", String(128), nullable=False),
+            Column("version", String(128), nullable=False),
+            Column("group_name", String(128), nullable=False),
+            Column("canary", Float, nullable=False),
+            Column("waves", Text, nullable=False),
+            Column("max_failure", Float, nullable=False),
+            Column("state", String(16), nullable=False),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("reason", Text, nullable=False, default=""),
+            Column("targets", Text, nullable=False),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+        ),
+        "jobs": Table(
+            f"{p}jobs", meta,
+            Column("job_id", String(64), primary_key=True),
+            Column("deployment_id", String(32), nullable=False, index=True),
+            Column("fleet", String(128), nullable=False),
+            Column("device_id", String(128), nullable=False, index=True),
+            Column("action", String(16), nullable=False),
+            Column("status", String(16), nullable=False),
+            Column("step", String(32), nullable=False, default=""),
+            Column("reason", String(128), nullable=False, default=""),
+            Column("message", Text, nullable=False, default=""),
+            Column("version", Integer, nullable=False, default=0),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("from_version", String(128), nullable=False, default=""),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+        ),
+        "telemetry": Table(
+            f"{p}telemetry", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("group_name", String(128), primary_key=True),
+            Column("version", String(128), primary_key=True),
+            Column("kind", String(64), primary_key=True),
+            Column("records", Integer, nullable=False, default=0),
+            Column("predictions", Integer, nullable=False, default=0),
+            Column("errors", Integer, nullable=False, default=0),
+            Column("invalid", Integer, nullable=False, default=0),
+        ),
+        "alerts": Table(
+            f"{p}alerts", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("fleet", String(128), nullable=False),
+            Column("device_id", String(128), nullable=False),
+            Column("kind", String(64), nullable=False),
+            Column("version", String(128), nullable=False, default=""),
+            Column("data", Text, nullable=False),
+            Column("ts", Float, nullable=False),
+        ),
+    }
+
+
+class Registry:
+    """All coordinator state. Every method is one short transaction."""
+
+    def __init__(self, url: str = "sqlite:///edgefleet-registry.db", prefix: str = "ef_", echo: bool = False) -> None:
+        if "://" not in url:
+            raise ConfigError(f"registry URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:///fleet.db)")
+        kwargs: dict[str, Any] = {}
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, echo=echo, **kwargs)
+        if self.sqlite:
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+        self.meta = MetaData()
+        self.t = _tables(self.meta, prefix)
+        self.meta.create_all(self.engine)
+        self._lock = threading.RLock() if self.sqlite else _NoLock()
+
+    def drop_all(self) -> None:
+        self.meta.drop_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- devices ------------------------------------------------------------------------------------
+    def upsert_device(self, fleet: str, device_id: str, **fields: Any) -> tuple[dict[str, Any], bool]:
+        """Create or update a device; returns (row, created)."""
+        d = self.t["devices"]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
+            if row is None:
+                vals = {"fleet": fleet, "device_id": device_id, "group_name": fields.pop("group_name", None) or "default",
+                        "tags": "[]", "online": False, "session": 0, "first_seen": now, "last_seen": now,
+                        "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0}
+                vals.update(fields)
+                c.execute(insert(d).values(**vals))
+                return vals, True
+            fields.pop("group_name", None)  # a known device keeps the group the registry gave it
+            if fields:
+                c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
+            return {**dict(row), **fields}, False
+
+    def set_device(self, fleet: str, device_id: str, **fields: Any) -> bool:
+        d = self.t["devices"]
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
+            return bool(r.rowcount)
+
+    def device(self, fleet: str, device_id: str) -> dict[str, Any] | None:
+        d = self.t["devices"]
+        with self.engine.connect() as c:
+            row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
+        return _device_out(row) if row else None
+
+    def devices(self, fleet: str, group: str | None = None) -> list[dict[str, Any]]:
+        d = self.t["devices"]
+        q = select(d).where(d.c.fleet == fleet)
+        if group:
+            q = q.where(d.c.group_name == group)
+        with self.engine.connect() as c:
+            return [_device_out(r) for r in c.execute(q.order_by(d.c.device_id)).mappings()]
+
+    # -- artifacts and deltas ----------------------------------------------------------------------------
+    def add_artifact(self, file_id: str, name: str, version: str, data: bytes) -> None:
+        a = self.t["artifacts"]
+        with self._lock, self.engine.begin() as c:
+            if c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is None:
+                c.execute(insert(a).values(file_id=file_id, name=name, version=version, size=len(data), data=data,
+                                           created=time.time()))
+
+    def artifact(self, file_id: str) -> dict[str, Any] | None:
+        a = self.t["artifacts"]
+        with self.engine.connect() as c:
+            row = c.execute(select(a).where(a.c.file_id == file_id)).mappings().first()
+        return dict(row) if row else None
+
+    def has_artifact(self, file_id: str) -> bool:
+        a = self.t["artifacts"]
+        with self.engine.connect() as c:
+            return c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is not None
+
+    def delta(self, base_id: str, target_id: str) -> dict[str, Any] | None:
+        t = self.t["deltas"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(and_(t.c.base_id == base_id, t.c.target_id == target_id))).mappings().first()
+        return dict(row) if row else None
+
+    def delta_by_file(self, file_id: str) -> dict[str, Any] | None:
+        t = self.t["deltas"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.file_id == file_id)).mappings().first()
+        return dict(row) if row else None
+
+    def put_delta(self, base_id: str, target_id: str, file_id: str, data: bytes | None) -> None:
+        t = self.t["deltas"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.base_id == base_id, t.c.target_id == target_id)))
+            c.execute(insert(t).values(base_id=base_id, target_id=target_id, file_id=file_id,
+                                       size=len(data) if data else 0, data=data))
+
+    # -- deployments ---------------------------------------------------------------------------------------
+    def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
+                          waves: list[float], max_failure: float, targets: list[str]) -> str:
+        dep_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["deployments"]).values(
+                id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
+                canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
+                reason="", targets=json.dumps(targets), created=now, updated=now))
+        return dep_id
+
+    def deployment(self, dep_id: str) -> dict[str, Any] | None:
+        t = self.t["deployments"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.id == dep_id)).mappings().first()
+        return _dep_out(row) if row else None
+
+    def deployments(self, fleet: str, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        t = self.t["deployments"]
+        q = select(t).where(t.c.fleet == fleet)
+        if states is not None:
+            q = q.where(t.c.state.in_(list(states)))
+        with self.engine.connect() as c:
+            return [_dep_out(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+
+    def set_deployment(self, dep_id: str, **fields: Any) -> None:
+        t = self.t["deployments"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(t.c.id == dep_id).values(updated=time.time(), **fields))
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+    def add_job(self, fleet: str, dep_id: str, device_id: str, action: str, stage: int, from_version: str = "") -> str:
+        job_id = uuid.uuid4().hex[:16]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["jobs"]).values(
+                job_id=job_id, deployment_id=dep_id, fleet=fleet, device_id=device_id, action=action, status="QUEUED",
+                step="", reason="", message="", version=0, stage=stage, from_version=from_version, created=now,
+                updated=now))
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        t = self.t["jobs"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.job_id == job_id)).mappings().first()
+        return dict(row) if row else None
+
+    def jobs(self, dep_id: str | None = None, device_id: str | None = None) -> list[dict[str, Any]]:
+        t = self.t["jobs"]
+        q = select(t)
+        if dep_id:
+            q = q.where(t.c.deployment_id == dep_id)
+        if device_id:
+            q = q.where(t.c.device_id == device_id)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+
+    def update_job(self, job_id: str, version: int, **fields: Any) -> bool:
+        """Apply a device's update only if ``version`` is newer than the stored one (stale writes rejected)."""
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.version < version))
+                          .values(version=version, updated=time.time(), **fields))
+            return bool(r.rowcount)
+
+    def force_job(self, job_id: str, **fields: Any) -> None:
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(t.c.job_id == job_id).values(updated=time.time(), **fields))
+
+    # -- telemetry -------------------------------------------------------------------------------------------------
+    def ingest(self, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
+        """Aggregate the records newer than the device's high-water mark; returns how many were new.
+
+        One transaction: the aggregate and the high-water mark move together, so a
+        batch re-sent after a lost acknowledgement is never counted twice.
+        """
+        d, tt, al = self.t["devices"], self.t["telemetry"], self.t["alerts"]
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                            .with_for_update()).first()
+            mark = int(row[0]) if row else 0
+            fresh = [r for r in records if r["seq"] > mark]
+            if not fresh:
+                return 0
+            agg: dict[tuple[str, str], list[int]] = {}
+            for r in fresh:
+                data = r["data"]
+                if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
+                    for v, s in data["versions"].items():
+                        if not isinstance(s, dict):
+                            continue
+                        a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
+                        a[0] += 1
+                        a[1] += _int(s.get("predictions"))
+                        a[2] += _int(s.get("errors"))
+                        a[3] += _int(s.get("invalid_inputs"))
+                    if not data["versions"]:
+                        agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
+                else:
+                    agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
+                if r["kind"] == "drift":
+                    c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
+                                                version=str(data.get("version", "")), data=json.dumps(data),
+                                                ts=float(r["ts"])))
+            for (version, kind), (n, pred, err, inv) in agg.items():
+                key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
+                res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
+                                                             errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
+                if not res.rowcount:
+                    c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
+                                                predictions=pred, errors=err, invalid=inv))
+            c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                      .values(telemetry_seq=max(r["seq"] for r in fresh)))
+            return len(fresh)
+
+    def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        tt = self.t["telemetry"]
+        q = select(tt).where(tt.c.fleet == fleet)
+        if group:
+            q = q.where(tt.c.group_name == group)
+        if version:
+            q = q.where(tt.c.version == version)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
+
+    def alerts(self, fleet: str, limit: int = 100) -> list[dict[str, Any]]:
+        al = self.t["alerts"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(al).where(al.c.fleet == fleet).order_by(al.c.id.desc()).limit(limit)).mappings()
+            return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def _int(v: Any) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def _device_out(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["tags"] = json.loads(out.get("tags") or "[]")
+    out["group"] = out.pop("group_name")
+    return out
+
+
+def _dep_out(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["waves"] = json.loads(out["waves"])
+    out["targets"] = json.loads(out["targets"])
+    out["group"] = out.pop("group_name")
+    return out

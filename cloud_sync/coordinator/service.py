@@ -1,0 +1,401 @@
+"""The coordinator: consumes the fleet's ``up`` topics, drives rollouts, serves chunks.
+
+Inbound messages are parsed on the transport's thread and handled on one worker
+thread (with the periodic rollout tick), so registry writes of one coordinator
+are serial. Several coordinators share the load through an MQTT 5 shared
+subscription (``$share/<group>/...``): each message reaches one of them, and
+the registry's per-device telemetry high-water mark and versioned job updates
+make a redelivered message harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from edgefleet.errors import ConfigError, ProtocolError, SyncError
+
+from .. import protocol as P
+from ..transfer import make_delta, serve_request
+from ..transport import Transport
+from .registry import Registry
+from .rollout import RolloutPlan, View, evaluate
+
+log = logging.getLogger("edgefleet.cloud_sync.coordinator")
+
+
+def bundle_identity(archive: bytes) -> tuple[str, str]:
+    """(name, version) from an ``.efb`` archive's manifest (the device verifies the signature)."""
+    from edgefleet.bundle import open_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-deploy-") as tmp:
+        p = Path(tmp) / "bundle.efb"
+        p.write_bytes(archive)
+        bundle, handle = open_bundle(p, require_signature=False)
+        try:
+            return bundle.manifest.name, bundle.manifest.version
+        finally:
+            if handle is not None:
+                handle.cleanup()
+
+
+class Coordinator:
+    def __init__(
+        self,
+        registry: Registry,
+        transport: Transport,
+        fleet: str,
+        *,
+        share_group: str | None = "edgefleet",
+        chunk_size: int = P.DEFAULT_CHUNK_SIZE,
+        tick_seconds: float = 0.5,
+        allow_list: set[str] | None = None,
+        deltas: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.transport = transport
+        self.fleet = P.check_id(fleet, "fleet")
+        self.share_group = share_group
+        self.chunk_size = chunk_size
+        self.tick_seconds = tick_seconds
+        self.allow_list = allow_list
+        self.deltas = deltas
+        self.counters: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()  # chunks served per device
+        self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()  # rollout changes from the API and the tick
+        self._groups: dict[str, str] = {}
+        self.on_ingest: Callable[[int], None] | None = None
+        transport.on_message(self._on_message)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.transport.subscribe(P.up_filter(self.fleet, self.share_group), qos=1)
+        self._thread = threading.Thread(target=self._work, name="edgefleet-coordinator", daemon=True)
+        self._thread.start()
+        self.transport.connect()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.transport.close()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            info = P.parse_topic(topic)
+            if info.fleet != self.fleet or info.direction != "up":
+                raise ProtocolError(f"unexpected topic {topic}")
+            kind = info.kind
+            if kind == P.Up.TELEMETRY.value:
+                msg: Any = P.TelemetryBatch.parse(payload)
+            elif kind == P.Up.STATUS.value:
+                if not payload:
+                    return  # a cleared retained status
+                msg = P.Status.parse(payload)
+            elif kind == P.Up.JOB.value:
+                msg = P.JobUpdate.parse(payload)
+            elif kind == P.Up.CHUNKS.value:
+                msg = P.ChunkRequest.parse(payload)
+            else:
+                msg = P.Reported.parse(payload)
+            if getattr(msg, "device_id", info.device) != info.device:
+                raise ProtocolError(f"message names device {msg.device_id!r} on the topic of {info.device!r}")
+        except ProtocolError as exc:
+            self.counters["malformed"] += 1
+            log.warning("dropped a malformed message on %s: %s", topic, exc)
+            return
+        self._q.put((info.device, msg))
+
+    def _work(self) -> None:
+        next_tick = 0.0
+        while not self._stop.is_set():
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                device, msg = self._q.get(timeout=timeout)
+            except queue.Empty:
+                device, msg = "", None
+            if device == "stop":
+                return
+            try:
+                if msg is not None:
+                    self.handle(device, msg)
+            except Exception:
+                self.counters["handler_errors"] += 1
+                log.exception("coordinator failed on a message from %s", device)
+            if time.monotonic() >= next_tick:
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("rollout tick failed")
+                next_tick = time.monotonic() + self.tick_seconds
+
+    # -- message handling ---------------------------------------------------------------------------
+    def handle(self, device: str, msg: Any) -> None:
+        if self.allow_list is not None and device not in self.allow_list:
+            self.counters["refused_devices"] += 1
+            return
+        if isinstance(msg, P.TelemetryBatch):
+            self._telemetry(device, msg)
+        elif isinstance(msg, P.ChunkRequest):
+            self._chunks(device, msg)
+        elif isinstance(msg, P.JobUpdate):
+            self._job_update(device, msg)
+        elif isinstance(msg, P.Status):
+            self._status(device, msg)
+        elif isinstance(msg, P.Reported):
+            self.registry.set_device(self.fleet, device, active_version=msg.active_version, last_seen=time.time())
+
+    def _status(self, device: str, s: P.Status) -> None:
+        row = self.registry.device(self.fleet, device)
+        if row is not None and s.session < row["session"]:
+            self.counters["stale_status"] += 1  # an old will arriving after a newer birth
+            return
+        fields: dict[str, Any] = {"online": s.online, "session": s.session, "last_seen": time.time()}
+        if s.online:
+            fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
+                          agent_version=s.agent_version, tags=_tags(s.hardware_tags))
+        if row is None:
+            self.registry.upsert_device(self.fleet, device, group_name=s.group or "default", **fields)
+            self.counters["registered"] += 1
+        else:
+            self.registry.set_device(self.fleet, device, **fields)
+
+    def _group(self, device: str) -> str:
+        g = self._groups.get(device)
+        if g is None:
+            row = self.registry.device(self.fleet, device)
+            g = row["group"] if row else "default"
+            if row is None:
+                self.registry.upsert_device(self.fleet, device)
+            self._groups[device] = g
+        return g
+
+    def _telemetry(self, device: str, b: P.TelemetryBatch) -> None:
+        records = [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in b.records]
+        new = self.registry.ingest(self.fleet, device, self._group(device), records) if records else 0
+        self.counters["telemetry_records"] += new
+        self.counters["telemetry_duplicates"] += len(records) - new
+        self.counters["telemetry_batches"] += 1
+        if self.on_ingest is not None:
+            self.on_ingest(new)
+        ack = P.TelemetryAck(b.batch_id, tuple(r.seq for r in b.records))
+        self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
+
+    def _file(self, file_id: str) -> tuple[P.FileInfo, bytes] | None:
+        f = self._files.get(file_id)
+        if f is not None:
+            return f
+        art = self.registry.artifact(file_id)
+        data = art["data"] if art else None
+        if data is None:
+            d = self.registry.delta_by_file(file_id)
+            data = d["data"] if d and d["data"] else None
+        if data is None:
+            return None
+        f = (P.FileInfo(file_id, len(data), self.chunk_size), bytes(data))
+        self._files[file_id] = f
+        return f
+
+    def _chunks(self, device: str, req: P.ChunkRequest) -> None:
+        job = self.registry.job(req.job_id)
+        if job is None or job["device_id"] != device:
+            self.counters["refused_chunk_requests"] += 1
+            return
+        f = self._file(req.file_id)
+        if f is None:
+            self.counters["unknown_files"] += 1
+            return
+        try:
+            chunks = serve_request(req, f[0], f[1])
+        except ProtocolError:
+            self.counters["malformed"] += 1
+            return
+        topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
+        for c in chunks:
+            self.transport.publish(topic, c.to_bytes(), qos=1)
+        self.served[device] += len(chunks)
+        self.counters["chunks_served"] += len(chunks)
+
+    def _job_update(self, device: str, u: P.JobUpdate) -> None:
+        job = self.registry.job(u.job_id)
+        if job is None or job["device_id"] != device:
+            self.counters["unknown_jobs"] += 1
+            return
+        if job["status"] in ("CANCELED",) and u.status not in P.TERMINAL_STATES:
+            return
+        ok = self.registry.update_job(u.job_id, u.version, status=u.status, step=u.step, reason=u.reason,
+                                      message=u.message)
+        if not ok:
+            self.counters["stale_job_updates"] += 1
+            return
+        if u.active_version:
+            self.registry.set_device(self.fleet, device, active_version=u.active_version)
+        if u.status == "SUCCEEDED" and job["action"] == "install":
+            dep = self.registry.deployment(job["deployment_id"])
+            if dep is not None and dep["state"] in ("halted", "rolled_back"):
+                with self._lock:
+                    self._order_rollback(dep, [device])
+
+    # -- deployments -------------------------------------------------------------------------------------------
+    def add_artifact(self, archive: bytes) -> tuple[str, str, str]:
+        """Register a bundle archive (a deployment target, or a version devices already run: a delta base)."""
+        name, version = bundle_identity(archive)
+        file_id = hashlib.sha256(archive).hexdigest()
+        self.registry.add_artifact(file_id, name, version, archive)
+        return file_id, name, version
+
+    def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan) -> dict[str, Any]:
+        file_id, name, version = self.add_artifact(archive)
+        targets = [d["device_id"] for d in self.registry.devices(self.fleet, group)]
+        if not targets:
+            raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}")
+        dep_id = self.registry.create_deployment(self.fleet, file_id, name, version, group, plan.canary,
+                                                 list(plan.waves), plan.max_failure, targets)
+        self._q.put(("", None))  # tick soon
+        dep = self.registry.deployment(dep_id)
+        assert dep is not None
+        return dep
+
+    def set_state(self, dep_id: str, action: str) -> dict[str, Any]:
+        with self._lock:
+            dep = self.registry.deployment(dep_id)
+            if dep is None:
+                raise ConfigError(f"no deployment {dep_id!r}")
+            if action == "pause" and dep["state"] == "running":
+                self.registry.set_deployment(dep_id, state="paused")
+            elif action == "resume" and dep["state"] == "paused":
+                self.registry.set_deployment(dep_id, state="running")
+            elif action == "rollback" and dep["state"] != "rolled_back":
+                self.registry.set_deployment(dep_id, state="rolled_back", reason="rolled back by the operator")
+                jobs = {j["device_id"]: j for j in self.registry.jobs(dep_id) if j["action"] == "install"}
+                self._cancel(dep, [d for d, j in jobs.items() if j["status"] in ("QUEUED", "DOWNLOADING")])
+                self._order_rollback(dep, [d for d, j in jobs.items() if j["status"] == "SUCCEEDED"])
+            elif action not in ("pause", "resume", "rollback"):
+                raise ConfigError(f"unknown action {action!r}")
+            out = self.registry.deployment(dep_id)
+            assert out is not None
+            return out
+
+    def summary(self, dep: dict[str, Any]) -> dict[str, Any]:
+        jobs = self.registry.jobs(dep["id"])
+        counts: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "install")
+        rollbacks: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "rollback")
+        return {**{k: v for k, v in dep.items() if k != "targets"}, "targets": len(dep["targets"]),
+                "counts": dict(counts), "rollbacks": dict(rollbacks),
+                "done": sum(v for k, v in counts.items() if k in P.TERMINAL_STATES),
+                "jobs": [{k: j[k] for k in ("job_id", "device_id", "action", "status", "step", "reason", "stage")}
+                         for j in jobs]}
+
+    def tick(self) -> None:
+        with self._lock:
+            for dep in self.registry.deployments(self.fleet, ("running", "paused")):
+                self._tick_one(dep)
+
+    def _tick_one(self, dep: dict[str, Any]) -> None:
+        plan = RolloutPlan(dep["canary"], tuple(dep["waves"]), dep["max_failure"])
+        jobs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
+        devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
+        online = frozenset(d for d, row in devices.items() if row["online"])
+        view = View(dep["state"], dep["stage"], tuple(dep["targets"]), {d: j["status"] for d, j in jobs.items()},
+                    online)
+        dec = evaluate(plan, view)
+        if dec.halt:
+            log.warning("deployment %s halted: %s", dep["id"], dec.halt)
+            self.registry.set_deployment(dep["id"], state="halted", reason=dec.halt)
+            self._cancel(dep, list(dec.cancel))
+            self._order_rollback(dep, list(dec.rollback))
+            return
+        if dec.dispatch:
+            for device in dec.dispatch:
+                if device not in jobs:
+                    self._dispatch(dep, device, devices.get(device), dec.stage or 0)
+            self.registry.set_deployment(dep["id"], stage=dec.stage)
+        elif dec.complete:
+            self.registry.set_deployment(dep["id"], state="completed")
+
+    def _dispatch(self, dep: dict[str, Any], device: str, row: dict[str, Any] | None, stage: int) -> None:
+        from_version = row["active_version"] if row else ""
+        job_id = self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version)
+        f = self._file(dep["artifact_id"])
+        assert f is not None
+        delta, base = None, ""
+        if self.deltas and row and row["archive_sha256"] and row["archive_sha256"] != dep["artifact_id"]:
+            delta = self._delta(row["archive_sha256"], dep["artifact_id"])
+            base = row["archive_sha256"] if delta else ""
+        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep["id"], dep["version"], f[0], delta, base,
+                            ts=time.time())
+        self._publish_desired(device, desired)
+        self.counters["dispatched"] += 1
+
+    def _delta(self, base_id: str, target_id: str) -> P.FileInfo | None:
+        row = self.registry.delta(base_id, target_id)
+        if row is None:
+            base = self.registry.artifact(base_id)
+            target = self._file(target_id)
+            if base is None or target is None:
+                return None
+            patch = make_delta(bytes(base["data"]), target[1])
+            fid = hashlib.sha256(patch).hexdigest() if patch else ""
+            self.registry.put_delta(base_id, target_id, fid, patch)
+            row = {"file_id": fid, "size": len(patch) if patch else 0}
+            self.counters["deltas_built"] += 1
+        if not row["file_id"]:
+            return None
+        return P.FileInfo(row["file_id"], int(row["size"]), self.chunk_size)
+
+    def _publish_desired(self, device: str, desired: P.Desired) -> None:
+        self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), desired.to_bytes(), qos=1,
+                               retain=True)
+
+    def _cancel(self, dep: dict[str, Any], devices: list[str]) -> None:
+        for j in self.registry.jobs(dep["id"]):
+            if j["device_id"] in devices and j["action"] == "install":
+                self.registry.force_job(j["job_id"], status="CANCELED", reason="rollout_halted")
+                self._publish_desired(j["device_id"], P.Desired(j["job_id"], P.JobAction.NONE.value, dep["id"]))
+
+    def _order_rollback(self, dep: dict[str, Any], devices: list[str]) -> None:
+        installs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
+        already = {j["device_id"] for j in self.registry.jobs(dep["id"]) if j["action"] == "rollback"}
+        for device in devices:
+            if device in already:
+                continue
+            to = installs[device]["from_version"] if device in installs else ""
+            job_id = self.registry.add_job(self.fleet, dep["id"], device, "rollback", -1, dep["version"])
+            self._publish_desired(device, P.Desired(job_id, P.JobAction.ROLLBACK.value, dep["id"],
+                                                    target_version=to, rollback_to=to, ts=time.time()))
+            self.counters["rollbacks_ordered"] += 1
+
+    # -- helpers for tests and the API -------------------------------------------------------------------------
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._q.empty():
+                return True
+            time.sleep(0.01)
+        return False
+
+
+def _tags(tags: tuple[str, ...]) -> str:
+    import json
+
+    return json.dumps(list(tags))
+
+
+def default_db_url(path: str | os.PathLike = "edgefleet-registry.db") -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+__all__ = ["Coordinator", "bundle_identity", "default_db_url", "SyncError"]

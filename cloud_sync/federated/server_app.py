@@ -1,0 +1,205 @@
+"""The edgefleet ServerApp: Flower strategies, optional central DP, per-round records.
+
+Runs inside Flower's ``flwr-serverapp`` process on the coordinator. Reads a
+:class:`~.config.FederatedConfig` from the run config, runs the chosen strategy
+(``strategy.start``) and writes into ``out-dir``:
+
+- ``rounds.json`` - rewritten after every round: per-round client train/eval
+  metrics, the coordinator's holdout accuracy (when ``holdout`` is set), the
+  number of devices that replied or failed, wall time and, with DP, the
+  (epsilon, delta) spent so far;
+- ``aggregate.npz`` - the final weights (``arr_0``, ``arr_1``... in Keras
+  ``get_weights()`` order), written atomically when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from .aggregate import gaussian_epsilon
+from .config import FederatedConfig, StrategyName
+from .trainer import evaluate
+
+ROUNDS_FILE = "rounds.json"
+AGGREGATE_FILE = "aggregate.npz"
+
+
+def build_strategy(cfg: FederatedConfig) -> Any:
+    """The Flower strategy for ``cfg`` (wrapped for server-side fixed-clipping DP when ``dp_noise > 0``)."""
+    from flwr.serverapp import strategy as fs
+
+    common: dict[str, Any] = dict(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=cfg.min_nodes,
+        min_evaluate_nodes=cfg.min_nodes if cfg.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.min_nodes,
+    )
+    s = cfg.strategy
+    strategy: Any
+    if s is StrategyName.FEDAVG:
+        strategy = fs.FedAvg(**common)
+    elif s is StrategyName.FEDPROX:
+        strategy = fs.FedProx(**common, proximal_mu=cfg.proximal_mu)
+    elif s is StrategyName.FEDMEDIAN:
+        strategy = fs.FedMedian(**common)
+    elif s is StrategyName.FEDTRIMMEDAVG:
+        strategy = fs.FedTrimmedAvg(**common, beta=cfg.trim_beta)
+    else:
+        strategy = fs.Krum(**common, num_malicious_nodes=cfg.krum_malicious)
+    if cfg.dp_noise > 0:
+        strategy = fs.DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=cfg.dp_noise, clipping_norm=cfg.dp_clip, num_sampled_clients=cfg.min_nodes)
+    return strategy
+
+
+def initial_weights(cfg: FederatedConfig) -> list[np.ndarray]:
+    spec = cfg.spec
+    if cfg.initial_weights:
+        with np.load(cfg.initial_weights, allow_pickle=False) as z:
+            return spec.check([z[f"arr_{i}"] for i in range(len(z.files))])
+    return spec.init(cfg.seed)
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, weights: list[np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, *[np.asarray(w, np.float32) for w in weights])
+    os.replace(tmp, path)
+
+
+class _Recorder:
+    """Wraps the strategy to see replies; keeps and writes the per-round log."""
+
+    def __init__(self, strategy: Any, cfg: FederatedConfig, out: Path | None) -> None:
+        self.strategy = strategy
+        self.cfg = cfg
+        self.out = out
+        self.rounds: dict[int, dict[str, Any]] = {}
+        self.t0 = time.time()
+        self.t_round = time.time()
+        self.status = "running"
+        self._wrap()
+
+    def _row(self, rnd: int) -> dict[str, Any]:
+        return self.rounds.setdefault(rnd, {"round": rnd})
+
+    def _wrap(self) -> None:
+        s = self.strategy
+        orig_cfg, orig_train, orig_eval = s.configure_train, s.aggregate_train, s.aggregate_evaluate
+
+        def configure_train(server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            self.t_round = time.time()
+            return orig_cfg(server_round, arrays, config, grid)
+
+        def aggregate_train(server_round: int, replies: Iterable[Message]) -> Any:
+            replies = list(replies)
+            ok = [m for m in replies if not m.has_error()]
+            row = self._row(server_round)
+            row["train_replies"] = len(ok)
+            row["train_failures"] = len(replies) - len(ok)
+            row["declined"] = sum(1 for m in replies if m.has_error() and str(m.error.reason).startswith("declined:"))
+            row["examples"] = int(sum(int(m.content["metrics"].get("num-examples", 0)) for m in ok if "metrics" in m.content))
+            arrays, metrics = orig_train(server_round, replies)
+            if metrics is not None:
+                row["train"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            row["aggregated"] = arrays is not None
+            return arrays, metrics
+
+        def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> Any:
+            replies = list(replies)
+            metrics = orig_eval(server_round, replies)
+            if metrics is not None:
+                self._row(server_round)["evaluate"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            return metrics
+
+        s.configure_train, s.aggregate_train, s.aggregate_evaluate = configure_train, aggregate_train, aggregate_evaluate
+
+    def central(self, holdout: tuple[np.ndarray, np.ndarray] | None) -> Any:
+        def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            row = self._row(server_round)
+            if server_round > 0:
+                row["seconds"] = round(time.time() - self.t_round, 3)
+                if self.cfg.dp_noise > 0:
+                    row["dp_epsilon"] = gaussian_epsilon(self.cfg.dp_noise, server_round, self.cfg.dp_delta)
+            result = None
+            if holdout is not None:
+                loss, acc = evaluate(arrays.to_numpy_ndarrays(), holdout[0], holdout[1])
+                row["central"] = {"loss": loss, "accuracy": acc}
+                result = MetricRecord({"loss": loss, "accuracy": acc})
+            self.write()
+            return result
+
+        return evaluate_fn
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "status": self.status,
+            "config": self.cfg.to_run_config(),
+            "rounds": [self.rounds[k] for k in sorted(self.rounds)],
+            "seconds": round(time.time() - self.t0, 3),
+        }
+        if self.cfg.dp_noise > 0:
+            done = sum(1 for k in self.rounds if k > 0)
+            doc["privacy"] = {"mechanism": "gaussian, server-side fixed clipping", "noise_multiplier": self.cfg.dp_noise,
+                              "clipping_norm": self.cfg.dp_clip, "delta": self.cfg.dp_delta,
+                              "epsilon": gaussian_epsilon(self.cfg.dp_noise, done, self.cfg.dp_delta), "rounds": done}
+        return doc
+
+    def write(self) -> None:
+        if self.out is not None:
+            _write_json(self.out / ROUNDS_FILE, self.document())
+
+
+def _load_holdout(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path:
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return np.asarray(z["x"], np.float32).reshape(len(z["x"]), -1), np.asarray(z["y"])
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = FederatedConfig.from_run_config(context.run_config)
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    strategy = build_strategy(cfg)
+    rec = _Recorder(strategy, cfg, out)
+    rec.write()
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial_weights(cfg)),
+            num_rounds=cfg.rounds,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
+            evaluate_fn=rec.central(_load_holdout(cfg.holdout)),
+        )
+    except BaseException as exc:
+        rec.status = f"failed: {type(exc).__name__}: {exc}"
+        rec.write()
+        raise
+    if out is not None and result.arrays is not None and len(result.arrays):
+        save_weights(out / AGGREGATE_FILE, result.arrays.to_numpy_ndarrays())
+    rec.status = "finished" if result.arrays is not None and len(result.arrays) else "finished without an aggregate"
+    rec.write()

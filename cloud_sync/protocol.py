@@ -1,0 +1,547 @@
+"""The edgefleet MQTT protocol: topics and messages (pure: no I/O, no paho).
+
+Topics (``{f}`` fleet, ``{d}`` device id; everything a device may touch sits
+under its own id, so a broker ACL with ``%c`` confines it)::
+
+    edgefleet/v1/{f}/devices/{d}/up/status       device -> cloud  retained; birth, and the last will (death)
+    edgefleet/v1/{f}/devices/{d}/up/telemetry    device -> cloud  zlib-compressed JSON batch
+    edgefleet/v1/{f}/devices/{d}/up/job          device -> cloud  job status updates (with versions)
+    edgefleet/v1/{f}/devices/{d}/up/reported     device -> cloud  reported state
+    edgefleet/v1/{f}/devices/{d}/up/chunks       device -> cloud  "send me these chunks" (bitmap)
+    edgefleet/v1/{f}/devices/{d}/down/desired    cloud -> device  retained; the job the device should run
+    edgefleet/v1/{f}/devices/{d}/down/ack        cloud -> device  telemetry acknowledgements
+    edgefleet/v1/{f}/devices/{d}/down/chunk      cloud -> device  binary chunk frames
+
+Messages are JSON objects with ``"v"`` (schema version) and ``"type"``; every
+message class is a frozen dataclass whose ``from_dict`` validates strictly and
+raises :class:`ProtocolError`. Drivers count and drop what does not parse.
+
+Chunks are binary frames (no base64 inflation on the wire)::
+
+    b"EFC1" | u32 header length | header JSON {file_id, index, sha256} | data
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Mapping, TypeVar
+
+from edgefleet.errors import ProtocolError
+
+SCHEMA_VERSION = 1
+PREFIX = "edgefleet/v1"
+MAX_MESSAGE_BYTES = 4 << 20  # nothing we parse may be larger
+MAX_TELEMETRY_RECORDS = 5000
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MAX_CHUNKS = 1 << 16
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_id(value: Any, what: str = "id") -> str:
+    """Fleet and device ids: 1-128 of [A-Za-z0-9_.:-], no MQTT wildcards or slashes."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ProtocolError(f"{what} {value!r} is not a valid id (1-128 of A-Z a-z 0-9 _ . : -)")
+    return value
+
+
+# -- topics ------------------------------------------------------------------------------------
+class Up(str, Enum):
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+    JOB = "job"
+    REPORTED = "reported"
+    CHUNKS = "chunks"
+
+
+class Down(str, Enum):
+    DESIRED = "desired"
+    ACK = "ack"
+    CHUNK = "chunk"
+
+
+def device_topic(fleet: str, device: str, direction: str, kind: str) -> str:
+    return f"{PREFIX}/{check_id(fleet, 'fleet')}/devices/{check_id(device, 'device id')}/{direction}/{kind}"
+
+
+def up_topic(fleet: str, device: str, kind: Up) -> str:
+    return device_topic(fleet, device, "up", kind.value)
+
+
+def down_topic(fleet: str, device: str, kind: Down) -> str:
+    return device_topic(fleet, device, "down", kind.value)
+
+
+def up_filter(fleet: str, share_group: str | None = None) -> str:
+    """What a coordinator subscribes to; with ``share_group`` an MQTT 5 shared subscription."""
+    f = f"{PREFIX}/{check_id(fleet, 'fleet')}/devices/+/up/#"
+    return f"$share/{check_id(share_group, 'share group')}/{f}" if share_group else f
+
+
+def down_filter(fleet: str, device: str) -> str:
+    return f"{PREFIX}/{check_id(fleet, 'fleet')}/devices/{check_id(device, 'device id')}/down/#"
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    fleet: str
+    device: str
+    direction: str
+    kind: str
+
+
+def parse_topic(topic: str) -> TopicInfo:
+    parts = topic.split("/")
+    if len(parts) != 7 or "/".join(parts[:2]) != PREFIX or parts[3] != "devices" or parts[5] not in ("up", "down"):
+        raise ProtocolError(f"not an edgefleet device topic: {topic!r}")
+    kinds = {e.value for e in (Up if parts[5] == "up" else Down)}
+    if parts[6] not in kinds:
+        raise ProtocolError(f"unknown message kind {parts[6]!r} in {topic!r}")
+    return TopicInfo(check_id(parts[2], "fleet"), check_id(parts[4], "device id"), parts[5], parts[6])
+
+
+# -- field validation helpers ---------------------------------------------------------------------
+def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise ProtocolError(f"field {key!r} is missing")
+        return default
+    value = d[key]
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) and typ in (int, float, (int, float)):
+        raise ProtocolError(f"field {key!r} must be a number, got a boolean")
+    if not isinstance(value, typ):
+        raise ProtocolError(f"field {key!r} has the wrong type ({type(value).__name__})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"field {key!r} is not finite")
+    return value
+
+
+def _nonneg(d: Mapping[str, Any], key: str, default: Any = ...) -> int:
+    v = _get(d, key, int, default)
+    if v < 0 or v > (1 << 62):
+        raise ProtocolError(f"field {key!r} is out of range: {v}")
+    return int(v)
+
+
+def _str(d: Mapping[str, Any], key: str, default: Any = ..., max_len: int = 4096) -> str:
+    v = _get(d, key, str, default)
+    if v is not None and len(v) > max_len:
+        raise ProtocolError(f"field {key!r} is longer than {max_len}")
+    return v  # type: ignore[no-any-return]
+
+
+def _hex64(d: Mapping[str, Any], key: str, default: Any = ...) -> str:
+    v = _get(d, key, str, default)
+    if v is None or (v == "" and default == ""):
+        return v  # type: ignore[no-any-return]
+    if not _HEX64.match(v):
+        raise ProtocolError(f"field {key!r} is not a sha256 hex digest")
+    return v  # type: ignore[no-any-return]
+
+
+# -- messages --------------------------------------------------------------------------------------
+M = TypeVar("M", bound="Message")
+
+
+class Message:
+    """Base of all JSON messages: ``to_bytes``/``parse`` with the schema version and type."""
+
+    TYPE: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)  # type: ignore[call-overload]
+        return {"v": SCHEMA_VERSION, "type": self.TYPE, **body}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls: type[M], d: Mapping[str, Any]) -> M:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls: type[M], payload: bytes) -> M:
+        return cls.from_dict(decode_json(payload, cls.TYPE))
+
+
+def decode_json(payload: bytes, expected_type: str) -> dict[str, Any]:
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ProtocolError("payload is not bytes")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        d = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"payload is not JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise ProtocolError("payload is not a JSON object")
+    v = d.get("v")
+    if v != SCHEMA_VERSION or isinstance(v, bool):
+        raise ProtocolError(f"unsupported schema version {v!r} (this side speaks {SCHEMA_VERSION})")
+    if d.get("type") != expected_type:
+        raise ProtocolError(f"expected a {expected_type!r} message, got type {d.get('type')!r}")
+    return d
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """Birth (online=True) and death (online=False, the last will). ``session`` rises per connection;
+    a death whose session is older than the last birth is stale and ignored."""
+
+    TYPE: ClassVar[str] = "status"
+    device_id: str
+    online: bool
+    session: int
+    ts: float = 0.0
+    agent_version: str = ""
+    active_version: str = ""
+    active_id: str = ""
+    archive_sha256: str = ""  # the deterministic .efb of the active version (a delta base)
+    hardware_tags: tuple[str, ...] = ()
+    group: str = ""  # the group the device asks to join on first contact (the registry may override)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Status:
+        tags = _get(d, "hardware_tags", list, [])
+        if len(tags) > 64 or not all(isinstance(t, str) and len(t) <= 128 for t in tags):
+            raise ProtocolError("hardware_tags must be a list of short strings")
+        return cls(
+            device_id=check_id(_get(d, "device_id", str), "device_id"),
+            online=_get(d, "online", bool),
+            session=_nonneg(d, "session"),
+            ts=float(_get(d, "ts", (int, float), 0.0)),
+            agent_version=_str(d, "agent_version", "", 64),
+            active_version=_str(d, "active_version", "", 128),
+            active_id=_str(d, "active_id", "", 128),
+            archive_sha256=_hex64(d, "archive_sha256", ""),
+            hardware_tags=tuple(tags),
+            group=_str(d, "group", "", 128),
+        )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file offered for chunked transfer."""
+
+    file_id: str  # sha256 of the content
+    size: int
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self) -> None:
+        if not _HEX64.match(self.file_id):
+            raise ProtocolError("file_id must be the sha256 hex digest of the file")
+        if self.size <= 0 or self.chunk_size <= 0 or self.chunk_size > (1 << 20):
+            raise ProtocolError(f"bad file size {self.size} or chunk size {self.chunk_size}")
+        if self.chunks > MAX_CHUNKS:
+            raise ProtocolError(f"{self.chunks} chunks exceed the limit of {MAX_CHUNKS}")
+
+    @property
+    def chunks(self) -> int:
+        return (self.size + self.chunk_size - 1) // self.chunk_size
+
+    def chunk_len(self, index: int) -> int:
+        if not 0 <= index < self.chunks:
+            raise ProtocolError(f"chunk {index} is outside 0..{self.chunks - 1}")
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> FileInfo:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("file info must be an object")
+        return cls(_hex64(d, "file_id"), _nonneg(d, "size"), _nonneg(d, "chunk_size", DEFAULT_CHUNK_SIZE))
+
+
+class JobAction(str, Enum):
+    INSTALL = "install"
+    ROLLBACK = "rollback"
+    NONE = "none"  # nothing to do (a cleared desired state)
+
+
+@dataclass(frozen=True)
+class Desired(Message):
+    """The job a device should run (retained, so a device that was away gets it when it returns)."""
+
+    TYPE: ClassVar[str] = "desired"
+    job_id: str
+    action: str
+    deployment_id: str = ""
+    target_version: str = ""
+    file: FileInfo | None = None
+    delta: FileInfo | None = None  # optional bsdiff4 patch from ``delta_base`` to ``file``
+    delta_base: str = ""
+    rollback_to: str = ""  # for ROLLBACK: the version to return to
+    rollback_order: dict[str, Any] | None = None
+    ts: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        for k in ("file", "delta"):
+            if d[k] is None:
+                del d[k]
+        if d["rollback_order"] is None:
+            del d["rollback_order"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Desired:
+        action = _str(d, "action", max_len=16)
+        if action not in {a.value for a in JobAction}:
+            raise ProtocolError(f"unknown job action {action!r}")
+        file = FileInfo.from_dict(d["file"]) if "file" in d else None
+        delta = FileInfo.from_dict(d["delta"]) if "delta" in d else None
+        if action == JobAction.INSTALL.value and file is None:
+            raise ProtocolError("an install job needs a file")
+        order = _get(d, "rollback_order", dict, None)
+        return cls(
+            job_id=check_id(_get(d, "job_id", str), "job_id"),
+            action=action,
+            deployment_id=_str(d, "deployment_id", "", 128),
+            target_version=_str(d, "target_version", "", 128),
+            file=file,
+            delta=delta,
+            delta_base=_hex64(d, "delta_base", ""),
+            rollback_to=_str(d, "rollback_to", "", 128),
+            rollback_order=order,
+            ts=float(_get(d, "ts", (int, float), 0.0)),
+        )
+
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "ROLLED_BACK", "CANCELED", "TIMED_OUT"})
+JOB_STATES = frozenset({"QUEUED", "DOWNLOADING", "IN_PROGRESS"}) | TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class JobUpdate(Message):
+    """A device's job status. ``version`` rises with every change the device makes; the
+    coordinator applies an update only when ``version`` is newer than what it holds
+    (``expected_version`` is the version the device last saw accepted), so a duplicate
+    or an out-of-order (stale) update is rejected."""
+
+    TYPE: ClassVar[str] = "job"
+    job_id: str
+    status: str
+    version: int
+    expected_version: int = 0
+    step: str = ""
+    reason: str = ""
+    message: str = ""
+    active_version: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobUpdate:
+        status = _str(d, "status", max_len=32)
+        if status not in JOB_STATES:
+            raise ProtocolError(f"unknown job status {status!r}")
+        return cls(
+            job_id=check_id(_get(d, "job_id", str), "job_id"),
+            status=status,
+            version=_nonneg(d, "version"),
+            expected_version=_nonneg(d, "expected_version", 0),
+            step=_str(d, "step", "", 64),
+            reason=_str(d, "reason", "", 128),
+            message=_str(d, "message", "", 2000),
+            active_version=_str(d, "active_version", "", 128),
+            details=_get(d, "details", dict, {}),
+            ts=float(_get(d, "ts", (int, float), 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Reported(Message):
+    """A device's reported state (the counterpart of ``Desired``)."""
+
+    TYPE: ClassVar[str] = "reported"
+    device_id: str
+    active_version: str = ""
+    previous_version: str = ""
+    job_id: str = ""
+    job_status: str = ""
+    queued_telemetry: int = 0
+    ts: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Reported:
+        return cls(
+            device_id=check_id(_get(d, "device_id", str), "device_id"),
+            active_version=_str(d, "active_version", "", 128),
+            previous_version=_str(d, "previous_version", "", 128),
+            job_id=_str(d, "job_id", "", 128),
+            job_status=_str(d, "job_status", "", 32),
+            queued_telemetry=_nonneg(d, "queued_telemetry", 0),
+            ts=float(_get(d, "ts", (int, float), 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class TelemetryRecord:
+    seq: int
+    ts: float
+    kind: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TelemetryRecord:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("a telemetry record must be an object")
+        return cls(_nonneg(d, "seq"), float(_get(d, "ts", (int, float))), _str(d, "kind", max_len=64),
+                   _get(d, "data", dict))
+
+
+@dataclass(frozen=True)
+class TelemetryBatch(Message):
+    """Records drained from a device's durable queue; deleted there only once acknowledged."""
+
+    TYPE: ClassVar[str] = "telemetry"
+    device_id: str
+    batch_id: str
+    records: tuple[TelemetryRecord, ...]
+
+    def to_bytes(self) -> bytes:
+        return zlib.compress(super().to_bytes(), 6)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> TelemetryBatch:
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(bytes(payload), MAX_MESSAGE_BYTES)
+            if d.unconsumed_tail:
+                raise ProtocolError("telemetry batch inflates beyond the size limit")
+        except zlib.error as exc:
+            raise ProtocolError(f"telemetry batch is not zlib data: {exc}") from None
+        return cls.from_dict(decode_json(raw, cls.TYPE))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TelemetryBatch:
+        records = _get(d, "records", list)
+        if len(records) > MAX_TELEMETRY_RECORDS:
+            raise ProtocolError(f"a batch holds at most {MAX_TELEMETRY_RECORDS} records")
+        return cls(
+            device_id=check_id(_get(d, "device_id", str), "device_id"),
+            batch_id=_str(d, "batch_id", max_len=128),
+            records=tuple(TelemetryRecord.from_dict(r) for r in records),
+        )
+
+
+@dataclass(frozen=True)
+class TelemetryAck(Message):
+    TYPE: ClassVar[str] = "ack"
+    batch_id: str
+    seqs: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TelemetryAck:
+        seqs = _get(d, "seqs", list)
+        if len(seqs) > MAX_TELEMETRY_RECORDS or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                        for s in seqs):
+            raise ProtocolError("seqs must be a list of non-negative integers")
+        return cls(_str(d, "batch_id", max_len=128), tuple(seqs))
+
+
+def encode_bitmap(indices: list[int] | set[int], total: int) -> str:
+    bits = bytearray((total + 7) // 8)
+    for i in indices:
+        if not 0 <= i < total:
+            raise ProtocolError(f"chunk {i} is outside 0..{total - 1}")
+        bits[i >> 3] |= 1 << (i & 7)
+    return base64.b64encode(bytes(bits)).decode()
+
+
+def decode_bitmap(text: str, total: int) -> list[int]:
+    try:
+        bits = base64.b64decode(text.encode(), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError("bitmap is not base64") from None
+    if len(bits) != (total + 7) // 8:
+        raise ProtocolError(f"bitmap has {len(bits)} bytes for {total} chunks")
+    out = [i for i in range(total) if bits[i >> 3] >> (i & 7) & 1]
+    return out
+
+
+@dataclass(frozen=True)
+class ChunkRequest(Message):
+    """The device asks for the chunks whose bits are set (AWS IoT MQTT file streams style)."""
+
+    TYPE: ClassVar[str] = "chunks"
+    job_id: str
+    file_id: str
+    total: int
+    bitmap: str
+
+    @property
+    def wanted(self) -> list[int]:
+        return decode_bitmap(self.bitmap, self.total)
+
+    @classmethod
+    def make(cls, job_id: str, file_id: str, total: int, wanted: list[int] | set[int]) -> ChunkRequest:
+        return cls(job_id, file_id, total, encode_bitmap(wanted, total))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChunkRequest:
+        total = _nonneg(d, "total")
+        if not 0 < total <= MAX_CHUNKS:
+            raise ProtocolError(f"total {total} is out of range")
+        req = cls(check_id(_get(d, "job_id", str), "job_id"), _hex64(d, "file_id"), total, _str(d, "bitmap", max_len=20000))
+        req.wanted  # noqa: B018 - validate now
+        return req
+
+
+_FRAME = b"EFC1"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    file_id: str
+    index: int
+    data: bytes
+    sha256: str = ""
+
+    def to_bytes(self) -> bytes:
+        digest = self.sha256 or hashlib.sha256(self.data).hexdigest()
+        header = json.dumps({"v": SCHEMA_VERSION, "file_id": self.file_id, "index": self.index, "sha256": digest},
+                            separators=(",", ":")).encode()
+        return _FRAME + struct.pack(">I", len(header)) + header + self.data
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Chunk:
+        """Parse a frame and check the chunk's own hash (its length is checked by the receiver)."""
+        payload = bytes(payload)
+        if len(payload) < 8 or payload[:4] != _FRAME:
+            raise ProtocolError("not a chunk frame")
+        (n,) = struct.unpack(">I", payload[4:8])
+        if n > 1024 or 8 + n > len(payload):
+            raise ProtocolError("chunk header length is out of range")
+        try:
+            h = json.loads(payload[8 : 8 + n].decode())
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("chunk header is not JSON") from None
+        if not isinstance(h, dict) or h.get("v") != SCHEMA_VERSION:
+            raise ProtocolError("chunk header has an unsupported schema version")
+        data = payload[8 + n :]
+        digest = _hex64(h, "sha256")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ProtocolError(f"chunk {h.get('index')} fails its sha256")
+        return cls(_hex64(h, "file_id"), _nonneg(h, "index"), data, digest)
+
+
+__all__ = [
+    "SCHEMA_VERSION", "PREFIX", "DEFAULT_CHUNK_SIZE", "Up", "Down", "up_topic", "down_topic", "up_filter",
+    "down_filter", "parse_topic", "TopicInfo", "check_id", "Message", "Status", "FileInfo", "JobAction", "Desired",
+    "JobUpdate", "Reported", "TelemetryRecord", "TelemetryBatch", "TelemetryAck", "ChunkRequest", "Chunk",
+    "encode_bitmap", "decode_bitmap", "TERMINAL_STATES", "JOB_STATES",
+]

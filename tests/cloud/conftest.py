@@ -1,0 +1,186 @@
+"""Fixtures for the cloud tests: signed bundles, agents, and a real mosquitto on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "agent"))
+
+from agent_helpers import build_bundle  # noqa: E402
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A mosquitto we own: start, kill -9, restart on the same port with the same persistence."""
+
+    def __init__(self, root: Path, acl_file: Path | None = None, passwords: Path | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.conf = root / "mosquitto.conf"
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {root / 'data'}/",
+            "autosave_interval 1",
+            "max_queued_messages 0",
+            "max_inflight_messages 100",
+            "log_dest none",
+        ]
+        if passwords is not None:
+            lines += ["allow_anonymous false", f"password_file {passwords}"]
+        else:
+            lines += ["allow_anonymous true"]
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if not os.path.exists(MOSQUITTO):
+        pytest.skip("mosquitto is not installed")
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture()
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    made: list[Broker] = []
+
+    def make(**kwargs: Any) -> Broker:
+        b = Broker(tmp_path / f"broker{len(made)}", **kwargs)
+        b.start()
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from edgefleet.keys import generate_keypair, load_private_key
+
+    d = tmp_path_factory.mktemp("keys")
+    priv, pub = generate_keypair(d, "fleet")
+    return {"priv": load_private_key(priv), "pub": pub}
+
+
+@pytest.fixture(scope="session")
+def archives(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) -> dict[str, Path]:
+    """Signed .efb archives: v1, v2 (different weights), and v3-bad whose smoke test fails."""
+    d = tmp_path_factory.mktemp("bundles")
+    out = {v: build_bundle(d, v, keys["priv"], seed=int(v), archive=True) for v in ("1", "2")}
+    # v3: smoke-test expectations that the model cannot meet (signed, so it passes verification)
+    from agent_helpers import rewrite_manifest
+
+    from edgefleet.bundle import write_archive
+
+    bdir = build_bundle(d, "3", keys["priv"], seed=3)
+
+    def spoil(m: dict[str, Any]) -> None:
+        m["smoke_tests"]["outputs"] = _shift(m["smoke_tests"]["outputs"])
+
+    rewrite_manifest(bdir, spoil, keys["priv"])
+    out["3bad"] = write_archive(bdir, d / "dense-v3-bad.efb")
+    return out
+
+
+def _shift(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_shift(x) for x in v]
+    if isinstance(v, (int, float)):
+        return v + 10.0
+    if isinstance(v, dict):
+        return {k: _shift(x) for k, x in v.items()}
+    return v
+
+
+@pytest.fixture()
+def make_agent(tmp_path: Path, keys: dict[str, Any]) -> Iterator[Callable[..., Any]]:
+    from edgefleet.device_agent.agent import Agent
+    from edgefleet.device_agent.config import AgentConfig, TelemetryConfig, UpdateConfig
+
+    made: list[Any] = []
+
+    def make(device_id: str, install: Path | None = None, **kw: Any) -> Any:
+        cfg = AgentConfig(state_dir=str(tmp_path / "devices" / device_id / "agent"), device_id=device_id,
+                          hardware_tags=("test-board",), trusted_keys=(str(keys["pub"]),),
+                          update=UpdateConfig(probation_seconds=0.0), telemetry=TelemetryConfig(flush_seconds=3600))
+        agent = Agent(cfg, tick_seconds=0.05, **kw)
+        if install is not None:
+            agent.install(install, wait=True, timeout=30)
+        made.append(agent)
+        return agent
+
+    yield make
+    for a in made:
+        try:
+            a.close()
+        except Exception:
+            pass
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
