@@ -54,20 +54,25 @@ def markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: Path, metric: str) -> None:
+def plot(rows: Sequence[Mapping[str, Any]], path: Path, metric: str, baseline: float | None = None, budget: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for r in rows:
+    for i, r in enumerate(rows):
         if r.get("score") is None or not r.get("size_bytes"):
             continue
         marker = "*" if r.get("chosen") else ("o" if r["format"] == "tflite" else "s")
         ax.scatter(r["size_bytes"] / 1024, r["score"], marker=marker, s=160 if r.get("chosen") else 50,
                    color="tab:red" if r.get("chosen") else ("tab:blue" if r["format"] == "tflite" else "tab:green"))
-        ax.annotate(r["variant"], (r["size_bytes"] / 1024, r["score"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(r["variant"], (r["size_bytes"] / 1024, r["score"]), fontsize=7, xytext=(5, 4 + 9 * (i % 4)), textcoords="offset points")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="source")
+        if budget is not None:
+            ax.axhline(baseline - budget, color="tab:red", linestyle=":", linewidth=1, label="budget")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("model size (KiB, log scale)")
     ax.set_ylabel(metric)
@@ -87,7 +92,10 @@ def write_report(out_dir: Path, doc: dict[str, Any], recipe_toml: str) -> Path:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
         (tmp / "report.md").write_text(markdown(doc))
         (tmp / "recipe.toml").write_text(recipe_toml)
-        plot(doc["variants"], tmp / "accuracy_vs_size.png", doc["baseline"]["metric"] if doc.get("baseline") else "score")
+        base = doc.get("baseline") or {}
+        higher = base.get("metric") in ("accuracy", "agreement")
+        plot(doc["variants"], tmp / "accuracy_vs_size.png", base.get("metric", "score"), base.get("value"),
+             doc.get("budget") if higher else None)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
