@@ -711,14 +711,15 @@ class Agent:
             return
         if state.generation == self._generation:
             return
-        self._generation = state.generation
         slot = self._slot
         if state.active is None or (slot is not None and slot.entry.id == state.active.id):
+            self._generation = state.generation
             return
         try:
             new = self._open(state.active)
         except EdgefleetError:
-            return
+            return  # retried at the next tick
+        self._generation = state.generation
         old, self._slot = self._slot, new
         if old is not None:
             old.retire()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,16 @@ def test_daemon_stops_cleanly_on_sigterm_and_never_imports_tensorflow(tmp_path: 
     assert "serving 1" in p.stdout.readline()
     # another process installs: the daemon follows the store
     ef("agent", "install", str(bundles["2"]), "--config", str(tmp_path / "agent.toml"))
+    from edgefleet.device_agent.telemetry import TelemetryQueue
+
+    q = TelemetryQueue(tmp_path / "state" / "telemetry.db")
+    deadline = time.monotonic() + 15
+    followed: list[Any] = []
+    while not followed and time.monotonic() < deadline:
+        followed = [r for r in q.peek(10_000) if r.kind == "activated" and r.data.get("by") == "another process"]
+        time.sleep(0.05)
+    q.close()
+    assert followed and followed[-1].data["version"] == "2"
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err[-2000:]
@@ -71,12 +82,6 @@ def test_daemon_stops_cleanly_on_sigterm_and_never_imports_tensorflow(tmp_path: 
     imported = {line.split("|")[-1].strip().split(".")[0] for line in err.splitlines() if line.startswith("import time:")}
     assert "onnxruntime" in imported  # it really served a model
     assert not set(FORBIDDEN) & imported, set(FORBIDDEN) & imported
-    from edgefleet.device_agent.telemetry import TelemetryQueue
-
-    q = TelemetryQueue(tmp_path / "state" / "telemetry.db")
-    followed = [r for r in q.peek(10_000) if r.kind == "activated" and r.data.get("by") == "another process"]
-    assert followed and followed[-1].data["version"] == "2"
-    q.close()
 
 
 def test_library_use_never_imports_tensorflow(tmp_path: Path, bundles: dict, keys: dict) -> None:
