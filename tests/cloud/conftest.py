@@ -184,3 +184,32 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0
             return v
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def big_archives(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) -> dict[str, Path]:
+    """~1 MB signed archives of a wider dense layer: v1 and a 'fine-tuned' v2 (small weight changes)."""
+    import numpy as np
+    import onnx
+    from agent_helpers import make_onnx
+    from onnx import numpy_helper
+
+    from edgefleet.pack import pack
+
+    d = tmp_path_factory.mktemp("big")
+    src = make_onnx(d / "big-1.onnx", 5, n_in=64, n_out=4096)
+    m = onnx.load(str(src))
+    w = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    rng = np.random.default_rng(1)
+    idx = rng.choice(w.size, w.size // 50, replace=False)  # fine-tune touches 2% of the weights
+    w.flat[idx] += rng.normal(0, 0.01, idx.size).astype(np.float32)
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, m.graph.initializer[0].name))
+    src2 = d / "big-2.onnx"
+    onnx.save(m, str(src2))
+    out = {}
+    for v, s in (("1", src), ("2", src2)):
+        _, arch = pack(s, d / f"big-v{v}", name="big", version=v, private_key=keys["priv"],
+                       hardware_tags=("test-board",), archive=True, overwrite=True)
+        assert arch is not None
+        out[v] = arch
+    return out

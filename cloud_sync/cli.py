@@ -1,0 +1,284 @@
+"""CLI: ``edgefleet cloud serve|acl``, ``edgefleet sync run`` (device side), ``edgefleet fleet ...`` (operators).
+
+Light at import time: handlers import paho, SQLAlchemy, FastAPI and httpx when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from edgefleet.errors import ConfigError, SyncError
+
+
+def register(sub: Any) -> None:
+    cloud = sub.add_parser("cloud", help="run the fleet coordinator").add_subparsers(dest="cloud_cmd", metavar="CMD")
+    serve = cloud.add_parser("serve", help="coordinator: registry, rollouts, telemetry ingest, HTTP API")
+    _broker_args(serve)
+    serve.add_argument("--db", default="sqlite:///edgefleet-registry.db", help="SQLAlchemy URL of the registry")
+    serve.add_argument("--fleet", required=True)
+    serve.add_argument("--api-host", default="127.0.0.1")
+    serve.add_argument("--api-port", type=int, default=8080)
+    serve.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"), help="API bearer token (or EDGEFLEET_TOKEN)")
+    serve.add_argument("--share-group", default="edgefleet", help="MQTT 5 shared-subscription group ('' to disable)")
+    serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
+    serve.add_argument("--allow", default=None, help="file with allowed device ids, one a line")
+    serve.add_argument("--chunk-size", type=int, default=64 * 1024)
+    serve.set_defaults(func=_serve)
+    acl = cloud.add_parser("acl", help="write a Mosquitto ACL confining each device to its own topics")
+    acl.add_argument("--fleet", required=True)
+    acl.add_argument("--coordinator", action="append", default=[], help="privileged MQTT user (repeatable)")
+    acl.add_argument("--out", required=True)
+    acl.set_defaults(func=_acl)
+
+    sync = sub.add_parser("sync", help="connect a device agent to the fleet").add_subparsers(dest="sync_cmd",
+                                                                                           metavar="CMD")
+    run = sync.add_parser("run", help="run the agent with cloud sync (birth/will, jobs, OTA, telemetry)")
+    _broker_args(run)
+    run.add_argument("--fleet", required=True)
+    run.add_argument("--device-id", required=True)
+    run.add_argument("--state-dir", required=True)
+    run.add_argument("--config", default=None, help="agent.toml (its state_dir/device_id are overridden)")
+    run.add_argument("--group", default="", help="group to join on first contact")
+    run.add_argument("--telemetry-interval", type=float, default=5.0)
+    run.set_defaults(func=_sync_run)
+
+    fleet = sub.add_parser("fleet", help="operate the fleet through the coordinator's API")
+    fsub = fleet.add_subparsers(dest="fleet_cmd", metavar="CMD")
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--api", default=os.environ.get("EDGEFLEET_API", "http://127.0.0.1:8080"))
+        p.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = common(fsub.add_parser("devices", help="list devices"))
+    p.add_argument("--group", default=None)
+    p.set_defaults(func=_fleet_devices)
+    p = common(fsub.add_parser("deploy", help="start a staged rollout of a bundle"))
+    p.add_argument("bundle", help="bundle archive (.efb) or directory")
+    p.add_argument("--group", required=True)
+    p.add_argument("--canary", default="5%")
+    p.add_argument("--waves", default="25%,50%,100%")
+    p.add_argument("--max-failure", default="2%")
+    p.set_defaults(func=_fleet_deploy)
+    p = common(fsub.add_parser("status", help="deployments, or one deployment's per-state counts"))
+    p.add_argument("deployment", nargs="?")
+    p.set_defaults(func=_fleet_status)
+    for action in ("pause", "resume", "rollback"):
+        p = common(fsub.add_parser(action, help=f"{action} a deployment"))
+        p.add_argument("deployment")
+        p.set_defaults(func=_fleet_action, action=action)
+    p = common(fsub.add_parser("telemetry", help="aggregated telemetry per group and version"))
+    p.add_argument("--group", default=None)
+    p.add_argument("--version", dest="model_version", default=None)
+    p.set_defaults(func=_fleet_telemetry)
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--username", default=os.environ.get("EDGEFLEET_MQTT_USER"))
+    p.add_argument("--password", default=os.environ.get("EDGEFLEET_MQTT_PASSWORD"))
+    p.add_argument("--ca-file", default=None)
+    p.add_argument("--cert-file", default=None)
+    p.add_argument("--key-file", default=None)
+
+
+def _mqtt_config(args: argparse.Namespace, client_id: str) -> Any:
+    from .transport import MqttConfig
+
+    return MqttConfig(url=args.broker, client_id=client_id, username=args.username, password=args.password,
+                      ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+
+
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+
+
+# -- coordinator ---------------------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    if not args.token:
+        raise ConfigError("an API token is required: --token or EDGEFLEET_TOKEN")
+    import uvicorn
+
+    from .coordinator.api import create_app
+    from .coordinator.registry import Registry
+    from .coordinator.service import Coordinator
+    from .transport import MqttTransport
+
+    allow = None
+    if args.allow:
+        with open(args.allow) as fh:
+            allow = {line.strip() for line in fh if line.strip() and not line.startswith("#")}
+    reg = Registry(args.db)
+    transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
+    coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
+                        chunk_size=args.chunk_size, allow_list=allow)
+    coord.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
+                                           log_level="warning"))
+    print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API http://{args.api_host}:{args.api_port}",
+          file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        coord.stop()
+        reg.close()
+    return 0
+
+
+def _acl(args: argparse.Namespace) -> int:
+    from .coordinator.acl import write_acl
+
+    print(write_acl(args.out, args.fleet, args.coordinator or ["edgefleet-coordinator"]))
+    return 0
+
+
+# -- device --------------------------------------------------------------------------------------------------
+def _sync_run(args: argparse.Namespace) -> int:
+    from edgefleet.device_agent.agent import Agent
+    from edgefleet.device_agent.config import AgentConfig, load_config
+
+    from .device import DeviceSync
+    from .transport import MqttTransport
+
+    cfg = load_config(args.config) if args.config else AgentConfig()
+    cfg = cfg.with_overrides(state_dir=os.path.join(args.state_dir, "agent"), device_id=args.device_id)
+    agent = Agent(cfg)
+    conf = _mqtt_config(args, args.device_id)
+    sync = DeviceSync(agent, lambda will: MqttTransport(conf, will), args.fleet, args.device_id,
+                      os.path.join(args.state_dir, "sync"), group=args.group,
+                      telemetry_interval=args.telemetry_interval)
+    sync.start()
+    print(f"edgefleet sync: device {args.device_id} of fleet {args.fleet} via {args.broker}", file=sys.stderr,
+          flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        sync.stop()
+        agent.close()
+    return 0
+
+
+# -- operators -------------------------------------------------------------------------------------------------
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    token = args.token or os.environ.get("EDGEFLEET_TOKEN")
+    if not token:
+        raise ConfigError("an API token is required: --token or EDGEFLEET_TOKEN")
+    return httpx.Client(base_url=args.api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    try:
+        with _client(args) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise SyncError(f"cannot reach the coordinator at {args.api}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise (ConfigError if r.status_code in (400, 404) else SyncError)(f"coordinator: {r.status_code} {detail}")
+    return r.json()
+
+
+def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
+    if args.json or table is None:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*(headers or []))
+    for row in table:
+        t.add_row(*[str(c) for c in row])
+    Console().print(t)
+
+
+def _fleet_devices(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/v1/devices", params={"group": args.group} if args.group else None)
+    _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
+                         d["agent_version"]] for d in data], ["device", "group", "state", "version", "agent"])
+    return 0
+
+
+def _fleet_deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    src = Path(args.bundle)
+    if src.is_dir():
+        import tempfile
+
+        from edgefleet.bundle import write_archive
+
+        with tempfile.TemporaryDirectory() as tmp:
+            body = write_archive(src, Path(tmp) / "bundle.efb").read_bytes()
+    elif src.is_file():
+        body = src.read_bytes()
+    else:
+        raise ConfigError(f"{src} does not exist")
+    data = _call(args, "POST", "/v1/deployments", content=body, headers={"Content-Type": "application/octet-stream"},
+                 params={"group": args.group, "canary": args.canary, "waves": args.waves,
+                         "max_failure": args.max_failure})
+    if args.json:
+        _print(args, data, None)
+    else:
+        print(f"deployment {data['id']}: {data['name']} {data['version']} to {data['targets']} device(s) "
+              f"of group {data['group']}")
+    return 0
+
+
+def _status_table(d: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.progress_bar import ProgressBar
+
+    c = Console()
+    c.print(f"[bold]{d['id']}[/bold] {d['name']} {d['version']} -> group {d['group']}: {d['state']}"
+            f"{' (' + d['reason'] + ')' if d['reason'] else ''}, stage {d['stage']}")
+    c.print(ProgressBar(total=max(1, d["targets"]), completed=d["done"], width=40))
+    c.print(f"{d['done']}/{d['targets']} done  " + "  ".join(f"{k}={v}" for k, v in sorted(d["counts"].items())))
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    if args.deployment:
+        data = _call(args, "GET", f"/v1/deployments/{args.deployment}")
+        if args.json:
+            _print(args, data, None)
+        else:
+            _status_table(data)
+        return 0
+    data = _call(args, "GET", "/v1/deployments")
+    _print(args, data, [[d["id"], d["name"], d["version"], d["group"], d["state"], f"{d['done']}/{d['targets']}"]
+                        for d in data], ["deployment", "model", "version", "group", "state", "done"])
+    return 0
+
+
+def _fleet_action(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", f"/v1/deployments/{args.deployment}/{args.action}")
+    if args.json:
+        _print(args, data, None)
+    else:
+        print(f"deployment {data['id']}: {data['state']}")
+    return 0
+
+
+def _fleet_telemetry(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("group", args.group), ("version", args.model_version)) if v}
+    data = _call(args, "GET", "/v1/telemetry", params=params)
+    _print(args, data, [[r["group_name"], r["version"], r["kind"], r["records"], r["predictions"], r["errors"],
+                         r["invalid"]] for r in data["rows"]],
+           ["group", "version", "kind", "records", "predictions", "errors", "invalid"])
+    return 0

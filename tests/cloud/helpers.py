@@ -1,0 +1,38 @@
+"""Shared helpers for the real-broker cloud tests."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from edgefleet.cloud_sync.coordinator.registry import Registry
+from edgefleet.cloud_sync.coordinator.service import Coordinator
+from edgefleet.cloud_sync.device import DeviceSync
+from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
+
+_ids = itertools.count()
+
+
+def mqtt(url: str, client_id: str, will: Any = None, **kw: Any) -> MqttTransport:
+    return MqttTransport(MqttConfig(url=url, client_id=client_id, reconnect_min=0.2, reconnect_max=1.0, **kw), will)
+
+
+def coordinator(url: str, db: Path | str, fleet: str = "f1", **kw: Any) -> Coordinator:
+    reg = Registry(db if isinstance(db, str) else f"sqlite:///{db}")
+    kw.setdefault("tick_seconds", 0.1)
+    c = Coordinator(reg, mqtt(url, f"coord-{next(_ids)}-{id(reg)}"), fleet, **kw)
+    c.start()
+    assert c.transport.wait_connected(10)  # type: ignore[attr-defined]
+    return c
+
+
+def device(url: str, agent: Any, root: Path, fleet: str = "f1", group: str = "g", **kw: Any) -> DeviceSync:
+    dev = agent.config.device_id
+    kw.setdefault("telemetry_interval", 0.2)
+    kw.setdefault("stall_seconds", 1.0)
+    conn = {k: kw.pop(k) for k in ("username", "password") if k in kw}
+    s = DeviceSync(agent, lambda will: mqtt(url, dev, will, **conn), fleet, dev, root / "sync" / dev, group=group,
+                   **kw)
+    s.start()
+    return s
