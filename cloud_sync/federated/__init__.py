@@ -1,0 +1,42 @@
+"""edgefleet.cloud_sync.federated: federated retraining with Flower, closing the loop back to the fleet.
+
+- :mod:`.trainer` - the pure-numpy dense-network trainer devices run (Keras ``Dense`` weight layout, FedProx term);
+- :mod:`.aggregate` - FedAvg/median/trimmed mean/Krum and central DP in plain numpy, with the privacy budget;
+- :mod:`.client_app` / :mod:`.server_app` - the Flower ClientApp and ServerApp (imports flwr);
+- :mod:`.runner` - the supervised SuperLink, the generated Flower app, ``flwr run`` submission;
+- :mod:`.loop` - aggregate -> Keras -> compile -> gate against the deployed version -> signed next version;
+- :mod:`.cli` - ``edgefleet federated run``.
+
+Attributes load lazily: importing this package loads neither flwr nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "FederatedConfig": ("edgefleet.cloud_sync.federated.config", "FederatedConfig"),
+    "StrategyName": ("edgefleet.cloud_sync.federated.config", "StrategyName"),
+    "MLPSpec": ("edgefleet.cloud_sync.federated.trainer", "MLPSpec"),
+    "TrainConfig": ("edgefleet.cloud_sync.federated.trainer", "TrainConfig"),
+    "SuperLink": ("edgefleet.cloud_sync.federated.runner", "SuperLink"),
+    "SuperLinkConfig": ("edgefleet.cloud_sync.federated.runner", "SuperLinkConfig"),
+    "FederatedError": ("edgefleet.cloud_sync.federated.runner", "FederatedError"),
+    "run_federated": ("edgefleet.cloud_sync.federated.runner", "run_federated"),
+    "write_app": ("edgefleet.cloud_sync.federated.runner", "write_app"),
+    "non_iid_partitions": ("edgefleet.cloud_sync.federated.partition", "non_iid_partitions"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgefleet.cloud_sync.federated' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

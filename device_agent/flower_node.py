@@ -1,0 +1,305 @@
+"""Supervise this device's ``flower-supernode`` for federated retraining.
+
+Flower cannot run a SuperNode in a thread of another process (it installs
+signal handlers), so the agent starts it as a child process and watches it:
+
+- :class:`ChildProcess` - start a command in its own process group, restart it
+  when it dies (with backoff, up to a limit per window), stop the whole group
+  (SuperNode, its ``flower-superexec`` and ClientApp processes) on shutdown;
+- :class:`FlowerNode` - the ``flower-supernode`` command for this device: the
+  SuperLink address, TLS (``root_certificates``) or ``insecure`` (loopback only),
+  node authentication keys, and the node config that tells the ClientApp where
+  the agent's samples are (``samples-db``, ``samples-key``, ``device-id``).
+
+``python -m edgefleet.device_agent.flower_node --superlink HOST:PORT --state DIR``
+runs it in the foreground until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from edgefleet.errors import ConfigError
+
+_QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: phone-home off, this interpreter's ``bin/`` first on PATH
+    (SuperLink/SuperNode start ``flower-superexec`` by name)."""
+    env = dict(os.environ)
+    env.update(_QUIET_ENV)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def find_tool(name: str) -> str:
+    """A Flower executable next to this interpreter, else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise ConfigError(f"{name} not found: install flwr (pip install 'flwr==1.41.*') in this environment")
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ChildProcess:
+    """A supervised child: restarted when it dies, stopped with its whole process group."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str = "child",
+        env: Mapping[str, str] | None = None,
+        log_path: str | os.PathLike | None = None,
+        restart: bool = True,
+        backoff: float = 0.5,
+        max_restarts: int = 20,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.argv = list(argv)
+        self.name = name
+        self.env = dict(env) if env is not None else flower_env()
+        self.log_path = Path(log_path) if log_path else None
+        self.restart_enabled = restart
+        self.backoff = backoff
+        self.max_restarts = max_restarts
+        self.poll_seconds = poll_seconds
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> ChildProcess:
+        with self._lock:
+            if self._thread is not None:
+                return self
+            self._stopping.clear()
+            self._spawn()
+            self._thread = threading.Thread(target=self._watch, name=f"edgefleet-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._log is None:
+                self._log = open(self.log_path, "ab")
+            out: int | IO[bytes] = self._log
+        else:
+            out = subprocess.DEVNULL
+        self._proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            with self._lock:
+                proc = self._proc
+                if proc is None or proc.poll() is None:
+                    continue
+                self.exit_codes.append(int(proc.returncode))
+                self._reap_group(proc.pid)
+                if not self.restart_enabled or self.restarts >= self.max_restarts:
+                    self._proc = None
+                    return
+            if self._stopping.wait(self.backoff * min(2 ** min(self.restarts, 5), 16)):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                self._spawn()
+
+    @staticmethod
+    def _reap_group(pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop supervising and end the child's whole process group (SIGTERM, then SIGKILL)."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
+        with self._lock:
+            proc = self._proc
+            self._proc = None
+            self._thread = None
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            self._reap_group(proc.pid)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """Crash the child now (SIGKILL to its group), as a power cut would; supervision goes on."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            self._reap_group(proc.pid)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    def __enter__(self) -> ChildProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class FlowerNodeConfig:
+    superlink: str  # host:port of the SuperLink's Fleet API
+    samples_db: str  # the agent's samples.db
+    device_id: str = "device"
+    samples_key: str | None = None  # device key file when samples are encrypted
+    port: int = 9094  # this node's local ClientApp I/O API port
+    insecure: bool = False
+    allow_insecure_remote: bool = False
+    root_certificates: str | None = None
+    auth_private_key: str | None = None
+    auth_public_key: str | None = None
+    extra_node_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    log_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if ":" not in self.superlink:
+            raise ConfigError(f"superlink must be HOST:PORT, got {self.superlink!r}")
+        if self.insecure and not self.allow_insecure_remote and not is_loopback(self.superlink):
+            raise ConfigError("insecure (plain HTTP) Flower connections are for loopback only; "
+                              "give root_certificates for TLS")
+        if not self.insecure and not self.root_certificates:
+            raise ConfigError("a TLS connection needs root_certificates (or insecure=True on loopback)")
+        if bool(self.auth_private_key) != bool(self.auth_public_key):
+            raise ConfigError("node authentication needs both auth_private_key and auth_public_key")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+
+    def node_config(self) -> str:
+        items: dict[str, object] = {"samples-db": self.samples_db, "device-id": self.device_id}
+        if self.samples_key:
+            items["samples-key"] = self.samples_key
+        items.update(self.extra_node_config)
+        parts = []
+        for k, v in items.items():
+            if isinstance(v, bool):
+                parts.append(f"{k}={str(v).lower()}")
+            elif isinstance(v, (int, float)):
+                parts.append(f"{k}={v}")
+            else:
+                s = str(v)
+                if '"' in s or "\\" in s:
+                    raise ConfigError(f"node config value for {k} must not hold quotes or backslashes")
+                parts.append(f'{k}="{s}"')
+        return " ".join(parts)
+
+    def argv(self) -> list[str]:
+        cmd = [find_tool("flower-supernode"), "--superlink", self.superlink, "--port", str(self.port),
+               "--node-config", self.node_config()]
+        if self.insecure:
+            cmd.append("--insecure")
+        else:
+            assert self.root_certificates
+            cmd += ["--root-certificates", self.root_certificates]
+        if self.auth_private_key and self.auth_public_key:
+            cmd += ["--auth-supernode-private-key", self.auth_private_key,
+                    "--auth-supernode-public-key", self.auth_public_key]
+        return cmd
+
+
+class FlowerNode(ChildProcess):
+    """This device's supervised ``flower-supernode``."""
+
+    def __init__(self, config: FlowerNodeConfig, **kwargs: object) -> None:
+        self.config = config
+        super().__init__(config.argv(), name=f"supernode-{config.device_id}", log_path=config.log_path,
+                         **kwargs)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgefleet.device_agent.flower_node",
+                                description="Run and supervise this device's flower-supernode.")
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    p.add_argument("--state", help="agent state directory (its samples.db is used)")
+    p.add_argument("--samples", help="path of samples.db (default: STATE/samples.db)")
+    p.add_argument("--key-file", help="device key when samples are encrypted")
+    p.add_argument("--device-id", default=os.uname().nodename)
+    p.add_argument("--port", type=int, default=9094)
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
+    p.add_argument("--root-certificates")
+    p.add_argument("--auth-private-key")
+    p.add_argument("--auth-public-key")
+    p.add_argument("--log")
+    a = p.parse_args(argv)
+    samples = a.samples or (str(Path(a.state) / "samples.db") if a.state else None)
+    if not samples:
+        p.error("give --state or --samples")
+    cfg = FlowerNodeConfig(superlink=a.superlink, samples_db=samples, device_id=a.device_id, samples_key=a.key_file,
+                           port=a.port, insecure=a.insecure, root_certificates=a.root_certificates,
+                           auth_private_key=a.auth_private_key, auth_public_key=a.auth_public_key, log_path=a.log)
+    node = FlowerNode(cfg)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    node.start()
+    try:
+        done.wait()
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
