@@ -7,7 +7,7 @@ when a pass runs.
 
 from __future__ import annotations
 
-from typing import Any
+from edgefleet.lazy import lazy_getattr
 
 _LAZY = {
     "compile_model": ("edgefleet.compiler.api", "compile_model"),
@@ -20,15 +20,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgefleet.compiler' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr("edgefleet.compiler", _LAZY, globals())
 
 __all__ = list(_LAZY)

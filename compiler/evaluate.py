@@ -108,20 +108,6 @@ def predict_all(model: Any, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def _prepared_input(model: Any, sample: np.ndarray) -> list[np.ndarray]:
-    """The single input as the runtime takes it (preprocessed, quantized, in the model dtype)."""
-    from edgefleet.preprocess import Pipeline
-
-    spec = model.inputs[0]
-    pre = (model.manifest.preprocessing or {}).get(spec.name)
-    arr = Pipeline.from_spec(pre, model.manifest.reference_stats).apply(sample) if pre else sample
-    if spec.quantization is not None:
-        info = np.iinfo(np.dtype(spec.dtype))
-        q = spec.quantization
-        arr = np.clip(np.round(arr / q.scale) + q.zero_point, info.min, info.max)
-    return [np.ascontiguousarray(arr.astype(np.dtype(spec.dtype)))]
-
-
 def latency(model: Any, sample: np.ndarray, runs: int, warmup: int = 20) -> tuple[float, float]:
     """(p50 ms of ``predict`` on one sample, p50 ms of the bare runtime call)."""
     for _ in range(warmup):
@@ -135,7 +121,7 @@ def latency(model: Any, sample: np.ndarray, runs: int, warmup: int = 20) -> tupl
     invoke_p50 = 0.0
     try:
         call = model.raw_call()
-        arrays = _prepared_input(model, sample)
+        arrays = model.prepare(sample)
         for _ in range(warmup):
             call(arrays)
         raw = []

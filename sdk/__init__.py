@@ -6,11 +6,10 @@ runtimes are imported only when a model is opened.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._version import __version__
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
+from .lazy import lazy_getattr
 
 _LAZY = {
     "load": ("edgefleet.model", "load"),
@@ -22,15 +21,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgefleet' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr("edgefleet", _LAZY, globals())
 
 __all__ = ["__version__", *_LAZY, *_errors_all]

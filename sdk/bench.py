@@ -90,9 +90,8 @@ def sample_inputs(model: Any, batch: int, seed: int = 0) -> tuple[Any, list[np.n
         else:
             x = rng.standard_normal((batch,) + shape).astype(np.float32)
         feeds[spec.name] = x
-    prepared = [model._prepare(plan, feeds[plan.spec.name], True, False)[0] for plan in model._plans]
     x_in: Any = feeds if len(feeds) > 1 else next(iter(feeds.values()))
-    return x_in, prepared
+    return x_in, model.prepare(x_in)
 
 
 def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> dict[str, Any]:

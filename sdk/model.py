@@ -267,6 +267,13 @@ class Model:
             return outs[0]
         return {s.name: o for s, o in zip(self.outputs, outs)}
 
+    def prepare(self, x: Inputs, *, raw: bool = False, preprocess: bool = True) -> list[np.ndarray]:
+        """The inputs exactly as the runtime takes them (preprocessed, quantized, batched), in input order.
+
+        Together with :meth:`raw_call` this times or debugs the bare runtime on the same data.
+        """
+        return [self._prepare(plan, value, preprocess, raw)[0] for plan, value in zip(self._plans, self._feeds(x))]
+
     def _dequantize(self, outs: list[np.ndarray]) -> list[np.ndarray]:
         return [o if q is None else _dequant(o, q.zero_point, q.scale) for o, q in zip(outs, self._out_quant)]
 
