@@ -349,10 +349,13 @@ class MqttTransport:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         self.sent_bytes += len(payload)
         deadline = time.monotonic() + timeout
-        while not info.is_published():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+        try:
+            while not info.is_published():
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+        except (RuntimeError, ValueError):  # not connected / queue full
+            return False
         return True
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:

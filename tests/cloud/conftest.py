@@ -46,6 +46,8 @@ class Broker:
             "max_inflight_messages 100",
             "log_dest none",
         ]
+        if os.geteuid() == 0:  # mosquitto would drop to user 'mosquitto', who cannot read pytest's tmp dirs
+            lines.append("user root")
         if passwords is not None:
             lines += ["allow_anonymous false", f"password_file {passwords}"]
         else:
