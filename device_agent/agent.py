@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.canonical import sha256_bytes
@@ -32,8 +32,6 @@ from edgefleet.manifest import MANIFEST_NAME, Manifest
 
 from .config import AgentConfig
 from .health import LatencyHistogram, Probation, ShadowStats, outputs_agree
-from .orders import check_rollback_order
-from .samples import SampleStore, load_device_key
 from .store import Entry, Store, StoreState
 from .telemetry import DriftMonitor, Telemetry, TelemetryQueue, TelemetrySink, drain
 from .updates import (
@@ -67,6 +65,9 @@ from .updates import (
     check_version,
     new_job,
 )
+
+if TYPE_CHECKING:
+    from .samples import SampleStore
 
 
 class ModelLike(Protocol):
@@ -202,6 +203,8 @@ class Agent:
         self.telemetry = Telemetry(TelemetryQueue(self.root / "telemetry.db", config.telemetry.max_events), config.device_id)
         self.samples: SampleStore | None = None
         if config.samples.enabled:
+            from .samples import SampleStore, load_device_key
+
             key = load_device_key(config.samples.key_file) if config.samples.key_file else None
             self.samples = SampleStore(self.root / "samples.db", config.samples.max_samples, key)
         self.job_hooks: list[Callable[[Job], None]] = []
@@ -307,7 +310,7 @@ class Agent:
         ms = (time.perf_counter() - t0) * 1000
         slot.release(ms)
         if self.config.telemetry.enabled:
-            self.telemetry.record_prediction(version, ms, "ok", x if not isinstance(x, Mapping) else None)
+            self.telemetry.record_prediction(version, ms, "ok", x)
         probation = self._probation
         if probation is not None and self._slot is slot:
             probation.record(True, ms)
@@ -497,6 +500,8 @@ class Agent:
             if problem:
                 return refuse(*problem)
             if job.allow_older:
+                from .orders import check_rollback_order
+
                 try:
                     check_rollback_order(self._rollback_order or {}, object_id, self.trusted_keys, cfg.device_id)
                 except UpdateRejectedError as exc:

@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,8 @@ from edgefleet.errors import (
 )
 from edgefleet.keys import PublicKey, load_public_key
 from edgefleet.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
+
+from ._failpoints import failpoint
 
 POINTER = "current"
 MAX_BAD = 32
@@ -124,23 +125,6 @@ class Staged:
     notes: list[str] = field(default_factory=list)
 
 
-_FAILPOINT_ENV = "EDGEFLEET_AGENT_FAILPOINT"
-_failpoint_hits: dict[str, int] = {}
-
-
-def _failpoint(name: str) -> None:
-    """Crash-test hook: ``EDGEFLEET_AGENT_FAILPOINT=name:N`` SIGKILLs this process at the N-th hit of ``name``."""
-    spec = os.environ.get(_FAILPOINT_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
-    if _failpoint_hits[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -152,9 +136,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    _failpoint("pointer.tmp_written")
+    failpoint("pointer.tmp_written")
     os.replace(tmp, path)
-    _failpoint("pointer.replaced")
+    failpoint("pointer.replaced")
     fsync_dir(path.parent)
 
 
@@ -271,7 +255,7 @@ class Store:
             bad=cur.bad,
         )
         self._write_state(new)
-        _failpoint("activate.written")
+        failpoint("activate.written")
         self.gc()
         return new
 
@@ -299,7 +283,7 @@ class Store:
                 os.rename(p, dest)
             except OSError:
                 continue
-            _failpoint("gc.trashed")
+            failpoint("gc.trashed")
             shutil.rmtree(dest, ignore_errors=True)
         fsync_dir(self.objects)
 
@@ -348,14 +332,14 @@ class Store:
                 raise UpdateRejectedError(f"{src} does not exist", reason="not_found")
             else:
                 raise UpdateRejectedError(f"{src} is neither a bundle directory nor an archive", reason="bad_format")
-            _failpoint("stage.copied")
+            failpoint("stage.copied")
             bundle = self._check(bundle_dir)
             object_id = manifest_id(bundle.manifest_bytes)
             size = _dir_size(bundle_dir)
             for p in bundle_dir.iterdir():
                 _fsync_file(p)
             fsync_dir(bundle_dir)
-            _failpoint("stage.synced")
+            failpoint("stage.synced")
             dest = self.objects / object_id
             if dest.exists():
                 try:
@@ -368,7 +352,7 @@ class Store:
                     os.rename(bundle_dir, dest)
             else:
                 os.rename(bundle_dir, dest)
-            _failpoint("stage.renamed")
+            failpoint("stage.renamed")
             fsync_dir(self.objects)
             shutil.rmtree(work, ignore_errors=True)
             bundle = Bundle(dest, bundle.manifest, bundle.manifest_bytes, bundle.signer, bundle.signed)

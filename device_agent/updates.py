@@ -29,6 +29,8 @@ from typing import Any, Union
 from edgefleet.bundle import fsync_dir
 from edgefleet.manifest import Manifest, parse_version
 
+from ._failpoints import failpoint
+
 
 class JobStatus(str, Enum):
     QUEUED = "QUEUED"
@@ -437,6 +439,7 @@ class JobLog:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(self.root)
+        failpoint("job.saved")
 
     def load_all(self) -> list[Job]:
         jobs = []

@@ -162,3 +162,31 @@ def test_archive_install_works(agent: Agent, tmp_path: Path, keys: dict) -> None
     assert job.status is JobStatus.SUCCEEDED, job.message
     assert agent.active_version == "7"
     assert os.listdir(agent.store.staging) == []
+
+
+def test_quota_exceeded(agent_config: Any, bundles: dict, x4: np.ndarray) -> None:
+    cfg = agent_config()
+    with Agent(cfg, monitor=False) as a:
+        a.install(bundles["1"])
+    small = cfg.with_overrides(store=type(cfg.store)(quota_mb=0.0005))
+    with Agent(small, monitor=False) as a:
+        job = a.install(bundles["2"])
+        assert (job.status, job.reason) == (JobStatus.REJECTED, "quota_exceeded")
+        assert a.active_version == "1"
+
+
+def test_damaged_active_version_falls_back_to_previous(agent_config: Any, bundles: dict, x4: np.ndarray) -> None:
+    cfg = agent_config()
+    with Agent(cfg, monitor=False) as a:
+        a.install(bundles["1"])
+        a.install(bundles["2"])
+        active = a.store.object_path(a.store.state().active.id) / "model.onnx"
+    data = bytearray(active.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot on the device
+    active.write_bytes(bytes(data))
+    with Agent(cfg, monitor=False) as a:
+        assert a.active_version == "1"
+        assert a.predict(x4).shape == (2, 3)
+        st = a.store.state()
+        assert st.active.version == "1" and st.bad and st.previous.version == "2"
+        assert "store_repaired" in [r.kind for r in a.telemetry.queue.peek(1000)]

@@ -104,6 +104,7 @@ def test_kill9_at_random_instants_and_failpoints(tmp_path: Path, keys: dict[str,
         assert server.stdout.readline().strip() == "hello"
         rng = random.Random(20240601)
         schedule = [(f"{p}:{n}", 0.0) for p in POINTS for n in (1, 2, 3)]
+        schedule += [(f"job.saved:{n}", 0.0) for n in range(1, 9)]  # between every two job transitions
         schedule += [("-", rng.uniform(0.0, 0.25)) for _ in range(RANDOM_KILLS)]
         rng.shuffle(schedule)
         tracker = Tracker()
