@@ -16,7 +16,9 @@ so that a rollback is instant.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import queue
 import threading
 import time
@@ -221,17 +223,34 @@ class Agent:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._done = threading.Condition()
+        # One process owns the state dir (the daemon, or the embedding app): it resumes jobs.
+        # Others (CLI commands while a daemon runs) are guests: they use the store under its lock.
+        self.owner = self._take_ownership()
+        unfinished = self.jobs.unfinished() if self.owner else []
         with self.store.lock():
+            for job in unfinished:
+                if job.target_id:
+                    self.store.pin(job.target_id)  # keep what a resumed job needs through recovery
             self.store.recover()
             self._slot = self._load_active()
         self._set_drift(self._slot)
-        if resume:
+        if resume and self.owner:
             self._resume_jobs()
         self._thread: threading.Thread | None = None
         self.tick_seconds = tick_seconds
         if monitor:
             self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
             self._thread.start()
+
+    def _take_ownership(self) -> bool:
+        fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._owner_fd: int | None = fd
+        return True
 
     # -- loading ------------------------------------------------------------------
     @property
@@ -434,6 +453,8 @@ class Agent:
 
     def _finish(self, job: Job) -> None:
         """Clean up after a terminal job: drop the standby/candidate that is no longer needed."""
+        if job.target_id:
+            self.store.unpin(job.target_id)
         self._probation = None
         if self._shadow is not None:
             self._shadow.stop()
@@ -490,6 +511,7 @@ class Agent:
                     object_id, manifest, size = staged.entry.id, staged.manifest, staged.size
             except UpdateRejectedError as exc:
                 return Refused(exc.reason, str(exc))
+            self.store.pin(object_id)
             state = self.store.state()
 
             def refuse(reason: str, message: str) -> Refused:
@@ -695,7 +717,10 @@ class Agent:
         with self._drive_lock:
             m = self._machine
             if m is not None and not m.job.status.terminal:
-                if m.job.step is Step.PROBATION and self._probation is not None:
+                if m.job.step is Step.PROBATION and self._external_rollback(m.job):
+                    self._probation = None
+                    self._drive(self._advance(ProbationFailed("operator_rollback", "rolled back by another process")))
+                elif m.job.step is Step.PROBATION and self._probation is not None:
                     event = self._judge_probation()
                     if event is not None:
                         self._drive(self._advance(event))
@@ -707,6 +732,13 @@ class Agent:
                 self._follow_store()
         if time.monotonic() - self._last_flush >= self.config.telemetry.flush_seconds:
             self.flush_telemetry()
+
+    def _external_rollback(self, job: Job) -> bool:
+        try:
+            state = self.store.state()
+        except StoreError:
+            return False
+        return state.generation != self._generation and state.active is not None and state.active.id != job.target_id
 
     def _follow_store(self) -> None:
         """Another process (``edgefleet agent install``) changed the pointer: serve what it says."""
@@ -759,6 +791,10 @@ class Agent:
         self.telemetry.queue.close()
         if self.samples is not None:
             self.samples.close()
+        fd = getattr(self, "_owner_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._owner_fd = None
 
     def __enter__(self) -> Agent:
         return self

@@ -56,7 +56,7 @@ def generate_device_key(path: str | os.PathLike) -> Path:
 def _pack(value: Any) -> bytes:
     buf = io.BytesIO()
     if isinstance(value, Mapping):
-        np.savez(buf, **{str(k): np.asarray(v) for k, v in value.items()})
+        np.savez(buf, **{str(k): np.asarray(v) for k, v in value.items()})  # type: ignore[arg-type]
     else:
         arr = np.asarray(value)
         if arr.dtype.kind not in "biufU":

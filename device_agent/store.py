@@ -169,10 +169,11 @@ class Store:
         self.staging = self.root / "staging"
         self.trash = self.root / "trash"
         self.trust_dir = self.root / "trust"
+        self.pins = self.root / "pins"
         self.pointer = self.root / POINTER
         self.require_signature = require_signature
         self.quota_bytes = int(quota_bytes)
-        for d in (self.root, self.objects, self.staging, self.trash, self.trust_dir):
+        for d in (self.root, self.objects, self.staging, self.trash, self.trust_dir, self.pins):
             d.mkdir(parents=True, exist_ok=True)
         self._extra_keys = [load_public_key(k) for k in trusted_keys]
 
@@ -272,9 +273,31 @@ class Store:
         new = StoreState(active=cur.previous, previous=cur.active, generation=cur.generation + 1, bad=bad)
         return self._write_state(new)
 
+    # -- pins: objects an install in progress needs, though the pointer does not name them yet --
+    def pin(self, object_id: str) -> None:
+        (self.pins / f"{self.object_path(object_id).name}.{os.getpid()}").touch()
+
+    def unpin(self, object_id: str) -> None:
+        (self.pins / f"{object_id}.{os.getpid()}").unlink(missing_ok=True)
+
+    def pinned(self) -> set[str]:
+        """Ids pinned by live processes (pins of dead processes are removed)."""
+        out: set[str] = set()
+        for p in self.pins.iterdir():
+            object_id, _, pid = p.name.rpartition(".")
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                p.unlink(missing_ok=True)
+                continue
+            except (ValueError, PermissionError):
+                pass
+            out.add(object_id)
+        return out
+
     def gc(self) -> None:
-        """Remove objects the pointer does not name (moved to trash first, so never half-visible)."""
-        keep = self.state().kept_ids
+        """Remove objects neither the pointer nor a live install needs (moved to trash first, never half-visible)."""
+        keep = self.state().kept_ids | self.pinned()
         for p in self.objects.iterdir():
             if p.name in keep:
                 continue
@@ -435,7 +458,8 @@ class Store:
 
     def discard(self, object_id: str) -> None:
         """Drop a staged object that never became active (no-op for kept ones)."""
-        if object_id in self.state().kept_ids:
+        self.unpin(object_id)
+        if object_id in self.state().kept_ids | self.pinned():
             return
         p = self.object_path(object_id)
         if p.exists():

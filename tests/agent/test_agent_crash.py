@@ -150,3 +150,6 @@ def test_kill9_at_random_instants_and_failpoints(tmp_path: Path, keys: dict[str,
         assert agent.predict(x).shape == (1, 3)
         job = agent.current_job
         assert job is None or job.status.terminal
+        # interrupted installs were resumed to an end, never failed for want of their staged files
+        failed = [(j.reason, j.message) for j in agent.jobs.load_all() if j.status.value == "FAILED"]
+        assert failed == [], failed

@@ -163,3 +163,24 @@ def test_busy_while_on_probation(agent_config: Any, bundles: dict) -> None:
         job = a.install(bundles["3"])
         assert job.status is JobStatus.REJECTED and job.reason == "busy"
         assert a.active_version == "2"
+
+
+def test_guest_process_does_not_steal_the_owners_job(agent_config: Any, bundles: dict, x: np.ndarray) -> None:
+    """A CLI command while the daemon runs: it must not resume or GC what the owner is installing."""
+    cfg = agent_config(probation_seconds=60.0)
+    owner = Agent(cfg, tick_seconds=0.05)
+    try:
+        owner.install(bundles["1"])
+        job = owner.install(bundles["2"])
+        assert job.step is Step.PROBATION
+        guest = Agent(cfg, monitor=False)  # e.g. `edgefleet agent predict`
+        assert not guest.owner and owner.owner
+        assert guest.current_job is None  # not resumed by the guest
+        assert guest.predict(x).shape == (1, 3)
+        guest.rollback()  # `edgefleet agent rollback` from another process
+        guest.close()
+        job = owner.wait(job.job_id, timeout=5)
+        assert job.status is JobStatus.ROLLED_BACK and job.reason == "operator_rollback"
+        assert owner.active_version == "1"
+    finally:
+        owner.close()
