@@ -113,7 +113,7 @@ class DeviceSync:
         group: str = "",
         telemetry_interval: float = 5.0,
         telemetry_batch: int = 500,
-        stall_seconds: float = 3.0,
+        stall_seconds: float = 5.0,
         window: int = 16,
     ) -> None:
         self.agent = agent

@@ -310,49 +310,55 @@ class Registry:
 
     # -- telemetry -------------------------------------------------------------------------------------------------
     def ingest(self, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
-        """Aggregate the records newer than the device's high-water mark; returns how many were new.
+        return self.ingest_many(fleet, [(device_id, group, records)])[0]
 
-        One transaction: the aggregate and the high-water mark move together, so a
+    def ingest_many(self, fleet: str, batches: list[tuple[str, str, list[dict[str, Any]]]]) -> list[int]:
+        """Aggregate the records newer than each device's high-water mark; returns how many were new per batch.
+
+        One transaction: the aggregates and the high-water marks move together, so a
         batch re-sent after a lost acknowledgement is never counted twice.
         """
-        d, tt, al = self.t["devices"], self.t["telemetry"], self.t["alerts"]
         with self._lock, self.engine.begin() as c:
-            row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                            .with_for_update()).first()
-            mark = int(row[0]) if row else 0
-            fresh = [r for r in records if r["seq"] > mark]
-            if not fresh:
-                return 0
-            agg: dict[tuple[str, str], list[int]] = {}
-            for r in fresh:
-                data = r["data"]
-                if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
-                    for v, s in data["versions"].items():
-                        if not isinstance(s, dict):
-                            continue
-                        a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
-                        a[0] += 1
-                        a[1] += _int(s.get("predictions"))
-                        a[2] += _int(s.get("errors"))
-                        a[3] += _int(s.get("invalid_inputs"))
-                    if not data["versions"]:
-                        agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
-                else:
-                    agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
-                if r["kind"] == "drift":
-                    c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
-                                                version=str(data.get("version", "")), data=json.dumps(data),
-                                                ts=float(r["ts"])))
-            for (version, kind), (n, pred, err, inv) in agg.items():
-                key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
-                res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
-                                                             errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
-                if not res.rowcount:
-                    c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
-                                                predictions=pred, errors=err, invalid=inv))
-            c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                      .values(telemetry_seq=max(r["seq"] for r in fresh)))
-            return len(fresh)
+            return [self._ingest(c, fleet, device_id, group, records) for device_id, group, records in batches]
+
+    def _ingest(self, c: Any, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
+        d, tt, al = self.t["devices"], self.t["telemetry"], self.t["alerts"]
+        row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                        .with_for_update()).first()
+        mark = int(row[0]) if row else 0
+        fresh = [r for r in records if r["seq"] > mark]
+        if not fresh:
+            return 0
+        agg: dict[tuple[str, str], list[int]] = {}
+        for r in fresh:
+            data = r["data"]
+            if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
+                for v, s in data["versions"].items():
+                    if not isinstance(s, dict):
+                        continue
+                    a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
+                    a[0] += 1
+                    a[1] += _int(s.get("predictions"))
+                    a[2] += _int(s.get("errors"))
+                    a[3] += _int(s.get("invalid_inputs"))
+                if not data["versions"]:
+                    agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
+            else:
+                agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
+            if r["kind"] == "drift":
+                c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
+                                            version=str(data.get("version", "")), data=json.dumps(data),
+                                            ts=float(r["ts"])))
+        for (version, kind), (n, pred, err, inv) in agg.items():
+            key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
+            res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
+                                                         errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
+            if not res.rowcount:
+                c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
+                                            predictions=pred, errors=err, invalid=inv))
+        c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                  .values(telemetry_seq=max(r["seq"] for r in fresh)))
+        return len(fresh)
 
     def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
         tt = self.t["telemetry"]

@@ -59,6 +59,7 @@ class Coordinator:
         tick_seconds: float = 0.5,
         allow_list: set[str] | None = None,
         deltas: bool = True,
+        resend_guard: float = 2.0,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -76,6 +77,8 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # rollout changes from the API and the tick
         self._groups: dict[str, str] = {}
+        self._recent: dict[tuple[str, str], dict[int, float]] = {}
+        self.resend_guard = resend_guard
         self.on_ingest: Callable[[int], None] | None = None
         transport.on_message(self._on_message)
 
@@ -130,7 +133,9 @@ class Coordinator:
             if device == "stop":
                 return
             try:
-                if msg is not None:
+                if isinstance(msg, P.TelemetryBatch):
+                    self._telemetry_many([(device, msg)])
+                elif msg is not None:
                     self.handle(device, msg)
             except Exception:
                 self.counters["handler_errors"] += 1
@@ -184,15 +189,37 @@ class Coordinator:
         return g
 
     def _telemetry(self, device: str, b: P.TelemetryBatch) -> None:
-        records = [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in b.records]
-        new = self.registry.ingest(self.fleet, device, self._group(device), records) if records else 0
-        self.counters["telemetry_records"] += new
-        self.counters["telemetry_duplicates"] += len(records) - new
-        self.counters["telemetry_batches"] += 1
-        if self.on_ingest is not None:
-            self.on_ingest(new)
-        ack = P.TelemetryAck(b.batch_id, tuple(r.seq for r in b.records))
-        self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
+        self._telemetry_many([(device, b)])
+
+    def _telemetry_many(self, first: list[tuple[str, P.TelemetryBatch]], limit: int = 64) -> None:
+        """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each."""
+        batches = list(first)
+        others: list[tuple[str, Any]] = []
+        while len(batches) < limit:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item[1], P.TelemetryBatch):
+                batches.append(item)
+            else:
+                others.append(item)
+                break  # keep the order of everything else
+        if self.allow_list is not None:
+            batches = [(d, b) for d, b in batches if d in self.allow_list]
+        work = [(d, self._group(d), [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in b.records])
+                for d, b in batches]
+        news = self.registry.ingest_many(self.fleet, work)
+        for (device, b), new in zip(batches, news):
+            self.counters["telemetry_records"] += new
+            self.counters["telemetry_duplicates"] += len(b.records) - new
+            self.counters["telemetry_batches"] += 1
+            if self.on_ingest is not None:
+                self.on_ingest(new)
+            ack = P.TelemetryAck(b.batch_id, tuple(r.seq for r in b.records))
+            self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
+        for device, msg in others:
+            self.handle(device, msg)
 
     def _file(self, file_id: str) -> tuple[P.FileInfo, bytes] | None:
         f = self._files.get(file_id)
@@ -224,10 +251,18 @@ class Coordinator:
             self.counters["malformed"] += 1
             return
         topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
+        now = time.monotonic()
+        sent = self._recent.setdefault((device, req.file_id), {})
+        n = 0
         for c in chunks:
+            if now - sent.get(c.index, -1e9) < self.resend_guard:
+                self.counters["duplicate_requests_skipped"] += 1
+                continue  # the same chunk left moments ago (a request queued behind our backlog)
+            sent[c.index] = now
             self.transport.publish(topic, c.to_bytes(), qos=1)
-        self.served[device] += len(chunks)
-        self.counters["chunks_served"] += len(chunks)
+            n += 1
+        self.served[device] += n
+        self.counters["chunks_served"] += n
 
     def _job_update(self, device: str, u: P.JobUpdate) -> None:
         job = self.registry.job(u.job_id)

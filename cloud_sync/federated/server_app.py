@@ -167,11 +167,17 @@ class _Recorder:
             _write_json(self.out / ROUNDS_FILE, self.document())
 
 
-def _load_holdout(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+def load_holdout(path: str, preprocessing: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+    """The coordinator's holdout (raw ``x`` and ``y`` in an ``.npz``), preprocessed as devices do."""
     if not path:
         return None
     with np.load(path, allow_pickle=False) as z:
-        return np.asarray(z["x"], np.float32).reshape(len(z["x"]), -1), np.asarray(z["y"])
+        x, y = np.asarray(z["x"]), np.asarray(z["y"])
+    if preprocessing:
+        from edgefleet.preprocess import Pipeline
+
+        x = Pipeline.from_spec(json.loads(preprocessing)).apply(x)
+    return np.asarray(x, np.float32).reshape(len(x), -1), y
 
 
 app = ServerApp()
@@ -193,7 +199,7 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=cfg.rounds,
             timeout=cfg.round_timeout,
             train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
-            evaluate_fn=rec.central(_load_holdout(cfg.holdout)),
+            evaluate_fn=rec.central(load_holdout(cfg.holdout, cfg.preprocessing)),
         )
     except BaseException as exc:
         rec.status = f"failed: {type(exc).__name__}: {exc}"

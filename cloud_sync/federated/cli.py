@@ -1,0 +1,222 @@
+"""``edgefleet federated ...``: federated retraining from the coordinator.
+
+- ``federated superlink`` runs a supervised ``flower-superlink`` in the foreground;
+- ``federated run`` submits a run (``flwr run``) to a SuperLink, prints progress per
+  round, keeps ``rounds.json`` in ``--out`` and, given ``--deployed``, ``--holdout``
+  and ``--key``, compiles the aggregate with the deployed version's recipe and signs
+  it as the next version only if it beats the deployed one by ``--margin``;
+- ``federated status`` shows the per-round metrics of a run directory.
+
+This module is light: handlers import flwr/TensorFlow only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def register(sub: Any) -> None:
+    f = sub.add_parser("federated", help="federated retraining with Flower (coordinator side)")
+    fsub = f.add_subparsers(dest="federated_command", metavar="ACTION")
+
+    r = fsub.add_parser("run", help="run federated rounds, then compile, gate and sign the aggregate")
+    r.add_argument("--superlink", default="127.0.0.1:9092", help="HOST:PORT of the SuperLink (default %(default)s)")
+    r.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink (omit for insecure loopback)")
+    r.add_argument("--group", default="default", help="device group the run is for (recorded with the results)")
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
+    r.add_argument("--min-nodes", type=int, default=2, help="minimum devices per round")
+    r.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for devices in a round")
+    r.add_argument("--local-epochs", type=int, default=2)
+    r.add_argument("--learning-rate", type=float, default=0.1)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--min-samples", type=int, default=20, help="devices with fewer samples decline")
+    r.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx proximal term")
+    r.add_argument("--trim-beta", type=float, default=0.2, help="FedTrimmedAvg: fraction cut from each tail")
+    r.add_argument("--krum-malicious", type=int, default=1, help="Krum: number of malicious devices tolerated")
+    r.add_argument("--dp-noise", type=float, default=0.0, help="central DP noise multiplier (0 = off)")
+    r.add_argument("--dp-clip", type=float, default=1.0, help="central DP clipping norm")
+    r.add_argument("--dp-delta", type=float, default=1e-5)
+    r.add_argument("--layers", help="dense layer widths, e.g. 64,32,10 (default: from --model, else 64,32,10)")
+    r.add_argument("--model", help="Keras source of the deployed version (Dense layers): the starting weights")
+    r.add_argument("--preprocessing", help="pipeline spec (JSON text or file) applied to raw samples "
+                                           "(default: the deployed bundle's)")
+    r.add_argument("--holdout", help=".npz with raw x and y: the coordinator's holdout")
+    r.add_argument("--deployed", help="the deployed bundle to gate against (its recipe compiles the aggregate)")
+    r.add_argument("--recipe", help="compile recipe (TOML) instead of the deployed version's")
+    r.add_argument("--key", help="private key to sign the next version with")
+    r.add_argument("--margin", type=float, default=0.01, help="required accuracy gain over the deployed version")
+    r.add_argument("--out", default="federated-run", help="run directory (rounds.json, aggregate.npz, next bundle)")
+    r.add_argument("--timeout", type=float, help="seconds for the whole run")
+    r.set_defaults(func=cmd_run)
+
+    s = fsub.add_parser("superlink", help="run a supervised flower-superlink in the foreground")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9092)
+    s.add_argument("--state-dir", help="keep the SuperLink database here")
+    s.add_argument("--ssl-certfile")
+    s.add_argument("--ssl-keyfile")
+    s.add_argument("--ssl-ca-certfile")
+    s.add_argument("--enable-supernode-auth", action="store_true")
+    s.set_defaults(func=cmd_superlink)
+
+    st = fsub.add_parser("status", help="per-round metrics of a run directory")
+    st.add_argument("out", nargs="?", default="federated-run")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    f.set_defaults(func=lambda args: (f.print_help(), 2)[1])
+
+
+def _spec_text(value: str | None) -> str:
+    if not value:
+        return ""
+    p = Path(value)
+    text = p.read_text() if p.is_file() else value
+    return json.dumps(json.loads(text))
+
+
+def _round_line(r: Mapping[str, Any]) -> str:
+    parts = [f"round {r['round']}: {r.get('train_replies', 0)} device(s)"]
+    if r.get("train_failures"):
+        parts.append(f"{r['train_failures']} failed/declined")
+    if "train" in r:
+        parts.append(f"train acc {r['train'].get('train-accuracy', float('nan')):.3f}")
+    if "evaluate" in r:
+        parts.append(f"local holdout acc {r['evaluate'].get('eval-accuracy', float('nan')):.3f}")
+    if "central" in r:
+        parts.append(f"coordinator holdout acc {r['central']['accuracy']:.3f}")
+    if "dp_epsilon" in r:
+        parts.append(f"eps {r['dp_epsilon']:.2f}")
+    parts.append(f"{r.get('seconds', 0):.1f}s")
+    return ", ".join(parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .config import FederatedConfig
+    from .runner import run_federated
+    from .server_app import save_weights
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    layers = args.layers
+    initial = ""
+    if args.model:
+        from .loop import weights_from_keras
+
+        weights, spec = weights_from_keras(args.model)
+        if layers and layers.replace(" ", "") != str(spec):
+            from edgefleet.errors import ConfigError
+
+            raise ConfigError(f"--layers {layers} does not match the model's layers {spec}")
+        layers = str(spec)
+        save_weights(out / "initial.npz", weights)
+        initial = str(out / "initial.npz")
+    preprocessing = _spec_text(args.preprocessing)
+    if not preprocessing and args.deployed:
+        from edgefleet.bundle import open_bundle
+
+        b, _ = open_bundle(Path(args.deployed))
+        if b.manifest.preprocessing:
+            spec_doc = dict(b.manifest.preprocessing)
+            if "steps" not in spec_doc and len(spec_doc) == 1:
+                spec_doc = next(iter(spec_doc.values()))
+            preprocessing = json.dumps(spec_doc)
+    cfg = FederatedConfig(
+        rounds=args.rounds, strategy=args.strategy, layers=layers or "64,32,10", min_nodes=args.min_nodes,
+        round_timeout=args.round_timeout, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
+        batch_size=args.batch_size, min_samples=args.min_samples, proximal_mu=args.proximal_mu, trim_beta=args.trim_beta,
+        krum_malicious=args.krum_malicious, dp_noise=args.dp_noise, dp_clip=args.dp_clip, dp_delta=args.dp_delta,
+        preprocessing=preprocessing, initial_weights=initial,
+        holdout=str(Path(args.holdout).resolve()) if args.holdout else "", out_dir=str(out / "out"),
+    )
+    print(f"federated run for group {args.group!r}: {cfg.strategy.value}, {cfg.rounds} round(s), "
+          f"at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}", flush=True)
+    doc = run_federated(replace(cfg), args.superlink, work_dir=out, timeout=args.timeout,
+                        insecure=not args.root_certificates, root_certificates=args.root_certificates,
+                        on_round=lambda r: print("  " + _round_line(r), flush=True))
+    doc["group"] = args.group
+    if "privacy" in doc:
+        p = doc["privacy"]
+        print(f"privacy: ({p['epsilon']:.2f}, {p['delta']:g})-DP at device level over {p['rounds']} round(s)")
+    summary: dict[str, Any] = {"run": {k: v for k, v in doc.items() if k != "config"}}
+    if args.deployed or args.key:
+        if not (args.holdout and args.key):
+            from edgefleet.errors import ConfigError
+
+            raise ConfigError("closing the loop needs --holdout and --key (and --deployed to gate against)")
+        from .loop import close_loop
+
+        recipe = None
+        if args.recipe:
+            from edgefleet.compiler import load_recipe
+
+            recipe = load_recipe(args.recipe)
+        res = close_loop(doc["aggregate"], cfg.spec, args.holdout, out / "next", private_key=args.key,
+                         deployed=args.deployed, margin=args.margin, recipe=recipe,
+                         preprocessing=json.loads(preprocessing) if preprocessing and not args.deployed else None)
+        summary["gate"] = res.to_dict()
+        verdict = f"signed version {res.version} at {res.bundle}" if res.promoted else "not promoted"
+        print(f"gate: {res.reason}: {verdict}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    if doc.get("aggregate"):
+        print(f"aggregate: {doc['aggregate']}")
+    _ = np  # numpy imported for save_weights users
+    return 0
+
+
+def cmd_superlink(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .runner import SuperLink, SuperLinkConfig
+
+    tls = bool(args.ssl_certfile)
+    cfg = SuperLinkConfig(host=args.host, port=args.port, insecure=not tls, state_dir=args.state_dir,
+                          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                          ssl_ca_certfile=args.ssl_ca_certfile, enable_supernode_auth=args.enable_supernode_auth)
+    link = SuperLink(cfg)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    link.start()
+    try:
+        link.wait_ready()
+        print(f"flower-superlink supervised on {cfg.address} ({'TLS' if tls else 'insecure, loopback'}); Ctrl-C stops it",
+              flush=True)
+        done.wait()
+    finally:
+        link.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edgefleet.errors import ConfigError
+
+    from .runner import read_rounds
+
+    base = Path(args.out)
+    doc = read_rounds(base / "out") or read_rounds(base)
+    if doc is None:
+        raise ConfigError(f"no rounds.json under {base}")
+    if args.json:
+        print(json.dumps(doc, indent=1, default=float))
+        return 0
+    print(f"status: {doc.get('status')}  strategy: {doc.get('config', {}).get('strategy')}  "
+          f"{doc.get('seconds', 0):.1f}s")
+    for r in doc.get("rounds", []):
+        if r.get("round", 0) > 0:
+            print("  " + _round_line(r))
+    if "privacy" in doc:
+        p = doc["privacy"]
+        print(f"  privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g}")
+    return 0
