@@ -26,6 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.canonical import sha256_bytes
 from edgefleet.errors import ConfigError, EdgefleetError, InvalidInputError, StoreError, UpdateRejectedError
@@ -155,6 +157,13 @@ class _Shadow:
         self.thread.start()
 
     def offer(self, x: Any, kwargs: Mapping[str, Any], out: Any, ms: float) -> None:
+        if self.queue.full():
+            self.stats.dropped += 1
+            return
+        if isinstance(x, np.ndarray):  # the caller may reuse its buffer once predict returns
+            x = x.copy()
+        elif isinstance(x, Mapping):
+            x = {k: np.array(v, copy=True) for k, v in x.items()}
         try:
             self.queue.put_nowait((x, kwargs, out, ms))
         except queue.Full:
@@ -297,7 +306,7 @@ class Agent:
                 monitor = DriftMonitor(ref, t.drift_threshold, t.drift_window)
             except Exception:
                 monitor = None
-        self.telemetry.set_drift(monitor, slot.entry.version if slot else "")
+        self.telemetry.set_drift(monitor, slot.entry.version if slot else "", slot.entry.id if slot else "")
 
     # -- serving ------------------------------------------------------------------
     def predict(self, x: Any, **kwargs: Any) -> Any:
@@ -430,6 +439,8 @@ class Agent:
                     event = self._perform(action)
                 except EdgefleetError as exc:
                     event = Failed("store_error" if isinstance(exc, StoreError) else "error", str(exc))
+                except OSError as exc:  # disk full, read-only file system, I/O error
+                    event = Failed("io_error", f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "))
                 except Exception as exc:  # an action must end in a state, not a crashed driver
                     event = Failed("internal_error", f"{type(exc).__name__}: {exc}")
                 if event is not None:
@@ -727,7 +738,7 @@ class Agent:
                 elif m.job.step is Step.SHADOWING and self._shadow is not None:
                     v = self._shadow.stats.verdict(time.monotonic())
                     if v is not None:
-                        self._drive(self._advance(ShadowDone(v[0], v[1])))
+                        self._drive(self._advance(ShadowDone(v[0], v[1], v[1].get("reason", "shadow_disagreement"))))
             else:
                 self._follow_store()
         if time.monotonic() - self._last_flush >= self.config.telemetry.flush_seconds:

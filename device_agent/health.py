@@ -167,14 +167,17 @@ class ShadowStats:
             }
 
     def verdict(self, now: float) -> tuple[bool, dict[str, Any]] | None:
+        """``(ok, report)`` once enough was compared or the time is up; ``report["reason"]`` names a failure."""
         rep = self.report()
         done = rep["compared"] + rep["errors"] >= self.cfg.shadow_predictions
         if not done and now - self.started < self.cfg.shadow_seconds:
             return None
         if rep["compared"] == 0:
             rep["why"] = "no shadow traffic was compared"
+            rep["reason"] = "shadow_no_traffic"
             return False, rep
         ok = rep["agreement"] >= self.cfg.min_agreement and rep["errors"] == 0
         if not ok:
             rep["why"] = f"agreement {rep['agreement']:.1%} < {self.cfg.min_agreement:.1%} or candidate errors"
+            rep["reason"] = "shadow_disagreement"
         return ok, rep

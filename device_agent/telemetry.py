@@ -85,6 +85,7 @@ class TelemetryQueue:
             " kind TEXT NOT NULL, data TEXT NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def put(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> int:
@@ -142,6 +143,17 @@ class TelemetryQueue:
 
     def __len__(self) -> int:
         return self._count
+
+    def save_state(self, key: str, value: Mapping[str, Any]) -> None:
+        """Keep a small JSON document (e.g. drift statistics) across restarts."""
+        text = json.dumps(dict(value), default=_jsonable)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, text))
+
+    def load_state(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     @property
     def dropped(self) -> int:
@@ -256,6 +268,22 @@ class DriftMonitor:
             self.alerting = False
         return None
 
+    def to_dict(self) -> dict[str, Any]:
+        total, current = self.total.to_dict(), self.current.to_dict()
+        total.pop("reference", None)
+        current.pop("reference", None)
+        return {"total": total, "current": current, "alerting": self.alerting, "last": self.last}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Continue from :meth:`to_dict` output (silently starts afresh if it does not fit)."""
+        try:
+            total = self._new.from_dict(data["total"], reference=self._reference)
+            current = self._new.from_dict(data["current"], reference=self._reference)
+        except Exception:
+            return
+        self.total, self.current = total, current
+        self.alerting, self.last = bool(data.get("alerting")), data.get("last")
+
     def summary(self) -> dict[str, Any]:
         d = self.total.drift()
         return {"psi_max": d["psi_max"], "psi_mean": d["psi_mean"], "count": d["count"],
@@ -273,12 +301,24 @@ class Telemetry:
         self._window_start = time.time()
         self._drift: DriftMonitor | None = None
         self._drift_version = ""
+        self._drift_key = ""
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []
         self._pending_drift: list[dict[str, Any]] = []
 
-    def set_drift(self, monitor: DriftMonitor | None, version: str) -> None:
+    def set_drift(self, monitor: DriftMonitor | None, version: str, key: str = "") -> None:
+        """Follow drift for ``version``; with a ``key`` its statistics persist across restarts."""
+        if monitor is not None and key:
+            saved = self.queue.load_state(f"drift:{key}")
+            if saved:
+                monitor.restore(saved)
         with self._lock:
-            self._drift, self._drift_version = monitor, version
+            self._save_drift()
+            self._drift, self._drift_version, self._drift_key = monitor, version, key
+
+    def _save_drift(self) -> None:
+        drift, key = self._drift, self._drift_key
+        if drift is not None and key:
+            self.queue.save_state(f"drift:{key}", drift.to_dict())
 
     def record_prediction(self, version: str, latency_ms: float, outcome: str, x: Any = None) -> None:
         """``outcome`` is "ok", "error" (the model failed) or "invalid" (the caller's input was bad)."""
@@ -333,6 +373,7 @@ class Telemetry:
             window, self._window = self._window, {}
             start, self._window_start = self._window_start, time.time()
             drift = self._drift.summary() if self._drift is not None else None
+            self._save_drift()
         if not window and not extra:
             return None
         data: dict[str, Any] = {

@@ -169,6 +169,7 @@ class SmokeFailed:
 class ShadowDone:
     ok: bool
     report: dict[str, Any] = field(default_factory=dict)
+    reason: str = "shadow_disagreement"  # or "shadow_no_traffic"
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ def transition(job: Job, event: Event, now: float | None = None) -> tuple[Job, l
             if event.ok:
                 nxt = _move(job, S.IN_PROGRESS, P.ACTIVATING, "activating", "", t, details=details)
                 return nxt, [Activate(job.target_id)]
-            done = _move(job, S.REJECTED, P.NONE, "shadow_disagreement", json.dumps(event.report), t, details=details)
+            done = _move(job, S.REJECTED, P.NONE, event.reason, json.dumps(event.report), t, details=details)
             return done, [Discard(job.target_id)]
     elif step is P.ACTIVATING:
         if isinstance(event, Activated) and not job.from_id:

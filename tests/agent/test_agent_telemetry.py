@@ -109,3 +109,17 @@ def test_agent_metrics_histogram_drift_and_install_events(agent_config: Any, bun
         assert drift[0].data["psi_max"] > 0.25 and drift[0].data["version"] == "1"
         assert drift[0].data["device_id"] == "dev-1"
         assert agent.status()["telemetry"]["queued"] == 0
+
+
+def test_drift_statistics_survive_a_restart(agent_config: Any, bundles: dict[str, Path]) -> None:
+    cfg = agent_config()
+    cfg = cfg.with_overrides(telemetry=type(cfg.telemetry)(drift_threshold=0.25, drift_window=300))
+    rng = np.random.default_rng(9)
+    with Agent(cfg, monitor=False) as agent:
+        agent.install(bundles["1"])
+        agent.predict(rng.normal(size=(250, 4)).astype(np.float32))
+    with Agent(cfg, monitor=False) as agent:
+        assert agent.status()["telemetry"]["window"]["drift"]["count"] == 0  # the window is still open
+        agent.predict((rng.normal(size=(60, 4)) + 2.0).astype(np.float32))  # completes the 300-input window
+        summary = agent.status()["telemetry"]["window"]["drift"]
+        assert summary["count"] == 310 and summary["last_window"]["count"] == 310
