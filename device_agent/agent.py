@@ -234,18 +234,23 @@ class Agent:
         self._done = threading.Condition()
         # One process owns the state dir (the daemon, or the embedding app): it resumes jobs.
         # Others (CLI commands while a daemon runs) are guests: they use the store under its lock.
+        self._owner_fd: int | None = None
         self.owner = self._take_ownership()
-        unfinished = self.jobs.unfinished() if self.owner else []
-        with self.store.lock():
-            for job in unfinished:
-                if job.target_id:
-                    self.store.pin(job.target_id)  # keep what a resumed job needs through recovery
-            self.store.recover()
-            self._slot = self._load_active()
-        self._set_drift(self._slot)
-        if resume and self.owner:
-            self._resume_jobs()
         self._thread: threading.Thread | None = None
+        try:
+            unfinished = self.jobs.unfinished() if self.owner else []
+            with self.store.lock():
+                for job in unfinished:
+                    if job.target_id:
+                        self.store.pin(job.target_id)  # keep what a resumed job needs through recovery
+                self.store.recover()
+                self._slot = self._load_active()
+            self._set_drift(self._slot)
+            if resume and self.owner:
+                self._resume_jobs()
+        except BaseException:
+            self.close()
+            raise
         self.tick_seconds = tick_seconds
         if monitor:
             self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
@@ -258,7 +263,7 @@ class Agent:
         except BlockingIOError:
             os.close(fd)
             return False
-        self._owner_fd: int | None = fd
+        self._owner_fd = fd
         return True
 
     # -- loading ------------------------------------------------------------------
@@ -377,13 +382,16 @@ class Agent:
         use_shadow = self.config.update.shadow if shadow is None else shadow
         job = new_job(str(source), shadow=use_shadow, allow_older=rollback_order is not None, job_id=job_id)
         with self._drive_lock:
-            busy = self._machine is not None and not self._machine.job.status.terminal
-            machine = UpdateMachine(job)
-            if busy:
-                assert self._machine is not None
-                machine.handle(Start())
+            other: Job | None = None
+            if self._machine is not None and not self._machine.job.status.terminal:
                 other = self._machine.job
-                machine.handle(Refused("busy", f"job {other.job_id} is still {other.step.value}"))
+            elif not self.owner:  # the owning process (the daemon) may be in the middle of its own job
+                others = self.jobs.unfinished()
+                other = others[-1] if others else None
+            machine = UpdateMachine(job)
+            if other is not None:
+                machine.handle(Start())
+                machine.handle(Refused("busy", f"job {other.job_id} is still {other.step.value or 'queued'}"))
                 self.jobs.save(machine.job)
                 self._report(machine.job)
                 return machine.job
@@ -411,6 +419,12 @@ class Agent:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return job
+                if self._thread is None:  # no monitor thread: do its work here
+                    self._done.release()
+                    try:
+                        self.tick()
+                    finally:
+                        self._done.acquire()
                 self._wake.set()
                 self._done.wait(timeout=min(0.1, left) if left is not None else 0.1)
 
@@ -786,6 +800,8 @@ class Agent:
                 time.sleep(self.tick_seconds)
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -802,7 +818,7 @@ class Agent:
         self.telemetry.queue.close()
         if self.samples is not None:
             self.samples.close()
-        fd = getattr(self, "_owner_fd", None)
+        fd = self._owner_fd
         if fd is not None:
             os.close(fd)
             self._owner_fd = None

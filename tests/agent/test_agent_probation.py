@@ -177,6 +177,8 @@ def test_guest_process_does_not_steal_the_owners_job(agent_config: Any, bundles:
         assert not guest.owner and owner.owner
         assert guest.current_job is None  # not resumed by the guest
         assert guest.predict(x).shape == (1, 3)
+        busy = guest.install(bundles["3"])  # the owner is still watching v2
+        assert (busy.status, busy.reason) == (JobStatus.REJECTED, "busy")
         guest.rollback()  # `edgefleet agent rollback` from another process
         guest.close()
         job = owner.wait(job.job_id, timeout=5)
