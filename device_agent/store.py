@@ -49,6 +49,7 @@ from ._failpoints import failpoint
 
 POINTER = "current"
 MAX_BAD = 32
+MAX_SIGNATURE_BYTES = 64 << 10
 _COPY_CHUNK = 1 << 20
 
 
@@ -403,7 +404,11 @@ class Store:
         if extra:
             raise UpdateRejectedError(f"bundle holds files the manifest does not list: {sorted(extra)}", reason="unexpected_file")
         if (src / SIGNATURE_NAME).is_file():
-            shutil.copyfile(src / SIGNATURE_NAME, work / SIGNATURE_NAME)
+            with open(src / SIGNATURE_NAME, "rb") as fh:
+                sig = fh.read(MAX_SIGNATURE_BYTES + 1)
+            if len(sig) > MAX_SIGNATURE_BYTES:
+                raise UpdateRejectedError("the signature file is implausibly large", reason="bad_signature")
+            (work / SIGNATURE_NAME).write_bytes(sig)
         for name, entry in manifest.files.items():
             p = src / name
             if not p.is_file() or p.is_symlink():
@@ -428,6 +433,8 @@ class Store:
         if self.require_signature or keys:
             if not (root / SIGNATURE_NAME).is_file():
                 raise UpdateRejectedError(f"bundle {manifest.name} v{manifest.version} is unsigned", reason="unsigned")
+            if (root / SIGNATURE_NAME).stat().st_size > MAX_SIGNATURE_BYTES:
+                raise UpdateRejectedError("the signature file is implausibly large", reason="bad_signature")
             if not keys:
                 raise UpdateRejectedError("a signature is required but no trusted keys are configured", reason="no_trusted_keys")
         present = {p.name for p in root.iterdir()} - {MANIFEST_NAME, SIGNATURE_NAME}

@@ -190,3 +190,10 @@ def test_damaged_active_version_falls_back_to_previous(agent_config: Any, bundle
         st = a.store.state()
         assert st.active.version == "1" and st.bad and st.previous.version == "2"
         assert "store_repaired" in [r.kind for r in a.telemetry.queue.peek(1000)]
+
+
+def test_endless_signature_file(agent: Agent, tmp_path: Path, bundles: dict, x4: np.ndarray) -> None:
+    b = copy_bundle(bundles["3"], tmp_path / "b")
+    with open(b / "signature", "ab") as fh:
+        fh.write(b" " * (1 << 20))
+    refused(agent, b, "bad_signature", x4)
