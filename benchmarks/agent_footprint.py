@@ -79,7 +79,9 @@ def child(state_dir: str, idle: float) -> None:
         "first_predict_ms": (t_done - t_pred) * 1000,
     }
     print(json.dumps({"first": first}), flush=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     time.sleep(idle)  # idle: monitor thread ticking, telemetry flushing
+    idle_cpu = (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0) * 100
     n = 2000
     t = time.perf_counter()
     for _ in range(n):
@@ -92,7 +94,7 @@ def child(state_dir: str, idle: float) -> None:
     rss = _rss_kib()
     bad = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
     agent.close()
-    print(json.dumps({"rss_kib": rss, "agent_predict_us": agent_us, "model_predict_us": model_us,
+    print(json.dumps({"idle_cpu_percent": idle_cpu, "rss_kib": rss, "agent_predict_us": agent_us, "model_predict_us": model_us,
                       "forbidden_modules": bad}), flush=True)
 
 
@@ -107,7 +109,7 @@ def _measure(state_dir: Path, idle: float) -> dict[str, float]:
     rest = json.loads(p.stdout.readline())
     p.wait(timeout=60)
     return {**first, "idle_rss_mb": idle_rss["VmRSS"] / 1024, "peak_rss_mb": rest["rss_kib"]["VmHWM"] / 1024,
-            "agent_predict_us": rest["agent_predict_us"], "model_predict_us": rest["model_predict_us"],
+            "idle_cpu_percent": rest["idle_cpu_percent"], "agent_predict_us": rest["agent_predict_us"], "model_predict_us": rest["model_predict_us"],
             "forbidden_modules": rest["forbidden_modules"]}
 
 
@@ -176,6 +178,7 @@ def main() -> None:
             "cold_start_cpu_ms": "CPU time (user + system) the process used up to its first prediction, "
                                  "interpreter start-up included: insensitive to other load on the machine",
             "process_to_first_prediction_ms": "spawn of a new python process until its first prediction is reported",
+            "idle_cpu_percent": "CPU used while idling (monitor ticking every 0.5 s), percent of one core",
             "idle_rss_mb": "VmRSS of the agent process idling (monitor thread running) after its first prediction",
             "agent_predict_us": "mean Agent.predict (telemetry, drift, probation hooks) batch 1; model_predict_us "
                                 "is the bare Model.predict in the same process",
