@@ -369,11 +369,11 @@ class Store:
                 try:
                     self.verify(object_id)
                     shutil.rmtree(work, ignore_errors=True)
-                except StoreError:  # a damaged earlier copy: replace it (never the active one)
-                    if object_id in self.state().kept_ids:
-                        raise
-                    shutil.rmtree(dest)
+                except StoreError:  # a damaged earlier copy (bit rot): replace it with the verified one
+                    trash = self.trash / f"{object_id}-{uuid.uuid4().hex[:8]}"
+                    os.rename(dest, trash)
                     os.rename(bundle_dir, dest)
+                    shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(bundle_dir, dest)
             failpoint("stage.renamed")

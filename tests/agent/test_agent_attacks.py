@@ -197,3 +197,14 @@ def test_endless_signature_file(agent: Agent, tmp_path: Path, bundles: dict, x4:
     with open(b / "signature", "ab") as fh:
         fh.write(b" " * (1 << 20))
     refused(agent, b, "bad_signature", x4)
+
+
+def test_reinstalling_repairs_a_damaged_previous_copy(agent: Agent, bundles: dict, keys: dict) -> None:
+    prev = agent.store.state().previous
+    model = agent.store.object_path(prev.id) / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")
+    order = make_rollback_order(keys["priv"], bundles["1"])
+    job = agent.install(bundles["1"], rollback_order=order)
+    assert job.status is JobStatus.SUCCEEDED, job.message
+    agent.store.verify(prev.id)
+    assert agent.active_version == "1"
