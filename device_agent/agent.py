@@ -65,6 +65,7 @@ from .updates import (
     UpdateMachine,
     Verified,
     Verify,
+    available_runtimes,
     check_target,
     check_version,
     new_job,
@@ -235,6 +236,7 @@ class Agent:
         # One process owns the state dir (the daemon, or the embedding app): it resumes jobs.
         # Others (CLI commands while a daemon runs) are guests: they use the store under its lock.
         self._owner_fd: int | None = None
+        self._runtimes: tuple[str, ...] | None = None
         self.owner = self._take_ownership()
         self._thread: threading.Thread | None = None
         try:
@@ -255,6 +257,13 @@ class Agent:
         if monitor:
             self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
             self._thread.start()
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """Runtimes this device can run (looked up once)."""
+        if self._runtimes is None:
+            self._runtimes = available_runtimes()
+        return self._runtimes
 
     def _take_ownership(self) -> bool:
         fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -543,7 +552,7 @@ class Agent:
                 self.store.discard(object_id)
                 return Refused(reason, message)
 
-            problem = check_target(manifest, AGENT_VERSION, cfg.hardware_tags)
+            problem = check_target(manifest, AGENT_VERSION, cfg.hardware_tags, self.runtimes)
             if problem:
                 return refuse(*problem)
             if job.allow_older:

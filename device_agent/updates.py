@@ -378,6 +378,20 @@ class UpdateMachine:
 
 # -- pure checks used while verifying ------------------------------------------------------
 SUPPORTED_RUNTIMES = ("litert", "onnxruntime")
+_RUNTIME_MODULES = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",)}
+
+
+def available_runtimes() -> tuple[str, ...]:
+    """The runtimes installed on this device (found without importing them)."""
+    import importlib.util
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return tuple(r for r, modules in _RUNTIME_MODULES.items() if any(found(m) for m in modules))
 
 
 def check_target(

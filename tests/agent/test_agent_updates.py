@@ -154,3 +154,13 @@ def test_target_and_version_checks() -> None:
     assert check_version(_manifest("1"), "n", "o", "2", allow_older=True) is None
     assert check_version(_manifest("3"), "n", "o", "2", bad_ids=("n",))[0] == "known_bad"
     assert check_version(_manifest("1"), "n", None, None) is None
+
+
+def test_available_runtimes_are_found_without_importing() -> None:
+    import sys
+
+    from edgefleet.device_agent.updates import available_runtimes
+
+    before = set(sys.modules)
+    assert set(available_runtimes()) == {"litert", "onnxruntime"}
+    assert not {m for m in set(sys.modules) - before if m.startswith(("onnxruntime", "ai_edge_litert"))}
