@@ -92,13 +92,15 @@ class SuperLink(ChildProcess):
         import socket
 
         deadline = time.monotonic() + timeout
+        restarts = self.restarts
         while time.monotonic() < deadline:
+            if self.exit_codes or self.restarts != restarts:
+                raise FederatedError(f"flower-superlink exited while starting on {self.address} (port in use?); "
+                                     f"see {self.log_path or 'its log'}")
             try:
                 with socket.create_connection((self.config.host, self.config.port), timeout=0.5):
                     return
             except OSError:
-                if self._proc is None and not self.running:
-                    break
                 time.sleep(0.2)
         raise FederatedError(f"flower-superlink did not start on {self.address} within {timeout:.0f}s")
 

@@ -57,20 +57,32 @@ class Fleet:
     """A SuperLink and the SuperNodes started against it; everything stopped at teardown."""
 
     def __init__(self, root: Path) -> None:
-        from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig
+        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig
 
         self.root = root
-        self.link = SuperLink(SuperLinkConfig(port=free_port(), log_path=str(root / "superlink.log")))
-        self.link.start()
-        self.link.wait_ready()
         self.nodes: list[Any] = []
+        for attempt in range(3):  # a port picked free can be taken by another process before the link binds it
+            self.link = SuperLink(SuperLinkConfig(port=free_port(), log_path=str(root / f"superlink{attempt}.log")))
+            self.link.start()
+            try:
+                self.link.wait_ready()
+                break
+            except FederatedError:
+                self.link.stop()
+                if attempt == 2:
+                    raise
 
     def add_node(self, name: str, x: np.ndarray, y: np.ndarray, **extra: Any) -> Any:
+        """A device whose samples are written straight into a sample store."""
+        return self.add_node_for(name, write_samples(self.root / name / "samples.db", x, y), **extra)
+
+    def add_node_for(self, name: str, samples_db: Path, key_file: Path | None = None, **extra: Any) -> Any:
+        """A supervised SuperNode for an existing samples.db (e.g. an agent's)."""
         from edgefleet.device_agent.flower_node import FlowerNode, FlowerNodeConfig
 
-        db = write_samples(self.root / name / "samples.db", x, y)
-        cfg = FlowerNodeConfig(superlink=self.link.address, samples_db=str(db), device_id=name, port=free_port(),
-                               insecure=True, extra_node_config=extra, log_path=str(self.root / f"{name}.log"))
+        cfg = FlowerNodeConfig(superlink=self.link.address, samples_db=str(samples_db), device_id=name, port=free_port(),
+                               samples_key=str(key_file) if key_file else None, insecure=True,
+                               extra_node_config=extra, log_path=str(self.root / f"{name}.log"))
         node = FlowerNode(cfg, backoff=0.2)
         node.start()
         self.nodes.append(node)
@@ -86,8 +98,9 @@ class Fleet:
         self.link.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A fresh SuperLink per test: nodes stopped by an earlier test must not be sampled."""
     f = Fleet(tmp_path_factory.mktemp("fleet"))
     try:
         yield f

@@ -5,6 +5,8 @@ Each device holds mostly two classes. Runs are submitted with ``flwr run``.
 
 from __future__ import annotations
 
+import argparse
+import json
 import threading
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ TRAINING = dict(layers="64,32,10", local_epochs=10, learning_rate=0.2, batch_siz
 
 
 def _config(d: Digits, tmp: Path, **kw: Any) -> FederatedConfig:
-    np.savez(tmp / "holdout.npz", x=d.x_test, y=d.y_test)
+    np.savez(tmp / "holdout.npz", x=d.x_test * 16.0, y=d.y_test)  # raw, like device samples
     return FederatedConfig(preprocessing=d.preprocessing, holdout=str(tmp / "holdout.npz"), out_dir=str(tmp / "out"),
                            **{**TRAINING, **kw})
 
@@ -38,36 +40,85 @@ def _accuracy(doc: dict[str, Any], d: Digits) -> float:
     return evaluate(w, d.x_test, d.y_test)[1]
 
 
-def test_federated_fedavg_beats_every_local_model_and_small_device_declines(fleet: Fleet, digits: Digits,
-                                                                           tmp_path: Path) -> None:
-    # Arrange: 3 devices with mostly two classes each, and one with too few samples
-    parts = non_iid_partitions(digits.y_train, 3, seed=0)
-    for i, p in enumerate(parts):
-        fleet.add_node(f"dev{i}", digits.x_train[p], digits.y_train[p])
-    fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
-    cfg = _config(digits, tmp_path, rounds=3, min_nodes=4, fraction_evaluate=1.0, round_timeout=90)
+def _agent(root: Path, pub: Path, key_file: Path | None = None) -> Any:
+    from edgefleet.device_agent import Agent
+    from edgefleet.device_agent.config import AgentConfig, SamplesConfig, UpdateConfig
 
-    # Act
-    try:
-        doc = run_federated(cfg, fleet.link.address, work_dir=tmp_path / "run", timeout=240)
-    finally:
-        fleet.stop_nodes()
+    cfg = AgentConfig(state_dir=str(root), device_id=root.name, trusted_keys=(str(pub),),
+                      update=UpdateConfig(probation_seconds=0.0),
+                      samples=SamplesConfig(enabled=True, key_file=str(key_file) if key_file else None))
+    return Agent(cfg, monitor=False)
 
-    # Assert: every device's local-only model (trained to convergence on the same local train split)
+
+def test_federated_loop_end_to_end_beats_every_local_model_and_agents_serve_the_next_version(
+        fleet: Fleet, digits: Digits, tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+    from edgefleet.cloud_sync.federated import cli
+    from edgefleet.cloud_sync.federated.loop import save_keras
+    from edgefleet.compiler import CompileConfig, compile_model
+    from edgefleet.device_agent.samples import generate_device_key
+
+    # Arrange: v1 (device 0's local-only model) compiled, signed and installed on 3 agents which capture
+    # their non-IID samples through agent.feedback (device 1 encrypts them); plus a device with 5 samples
+    priv, pub = keypair
     spec = MLPSpec.parse(TRAINING["layers"])
+    parts = non_iid_partitions(digits.y_train, 3, seed=0)
     local = []
     for p in parts:
         xt, yt, _, _ = split_holdout(digits.x_train[p] / 16.0, digits.y_train[p], 0.2, seed=0)
-        local.append(evaluate(train(spec.init(0), xt, yt, TrainConfig(epochs=100, learning_rate=0.2)).weights,
-                              digits.x_test, digits.y_test)[1])
-    federated = _accuracy(doc, digits)
-    rounds = [r for r in doc["rounds"] if r["round"] > 0]
-    assert doc["status"] == "finished" and len(rounds) == 3
-    assert federated > max(local) + 0.05, (federated, local)
+        local.append(train(spec.init(0), xt, yt, TrainConfig(epochs=100, learning_rate=0.2)))
+    local_acc = [evaluate(r.weights, digits.x_test, digits.y_test)[1] for r in local]
+    src = save_keras(local[0].weights, spec, tmp_path / "v1.keras")
+    recipe = CompileConfig.from_dict({"preprocessing": json.loads(digits.preprocessing),
+                                      "output": {"version": "1", "key": str(priv), "name": "digits", "report": False}})
+    v1 = compile_model(src, tmp_path / "v1", recipe).bundle_path
+    holdout = tmp_path / "holdout.npz"
+    np.savez(holdout, x=digits.x_test * 16.0, y=digits.y_test)
+    device_key = generate_device_key(tmp_path / "dev1.key")
+    agents = []
+    for i, p in enumerate(parts):
+        key = device_key if i == 1 else None
+        agent = _agent(tmp_path / f"agent{i}", pub, key)
+        agent.install(v1)
+        for xi, yi in zip(digits.x_train[p], digits.y_train[p]):
+            agent.feedback(xi, int(yi))
+        agents.append(agent)
+        fleet.add_node_for(f"dev{i}", agent.root / "samples.db", key)
+    fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args([
+        "federated", "run", "--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
+        "--local-epochs", "10", "--learning-rate", "0.2", "--round-timeout", "90", "--timeout", "300",
+        "--model", str(src), "--deployed", str(v1), "--holdout", str(holdout), "--key", str(priv),
+        "--margin", "0.05", "--out", str(tmp_path / "run")])
+
+    # Act
+    try:
+        code = args.func(args)
+    finally:
+        fleet.stop_nodes()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    jobs = [a.install(summary["gate"]["bundle"]) for a in agents]
+
+    # Assert: the aggregate beats every device's local-only model; the tiny device declined each round
+    assert code == 0
+    run = summary["run"]
+    rounds = [r for r in run["rounds"] if r["round"] > 0]
+    with np.load(run["aggregate"]) as z:
+        federated = evaluate([z[f"arr_{i}"] for i in range(len(z.files))], digits.x_test, digits.y_test)[1]
+    assert run["status"] == "finished" and len(rounds) == 3
+    assert federated > max(local_acc) + 0.05, (federated, local_acc)
     assert abs(rounds[-1]["central"]["accuracy"] - federated) < 1e-6
     assert all(r["train_replies"] == 3 and r["declined"] == 1 for r in rounds)
     assert all("eval-accuracy" in r["evaluate"] for r in rounds)
-    assert rounds[-1]["central"]["accuracy"] > rounds[0]["central"]["accuracy"]
+    # the gate signed v2 and the agents serve it
+    gate = summary["gate"]
+    assert gate["promoted"] and gate["version"] == "2" and gate["candidate_accuracy"] > gate["deployed_accuracy"] + 0.05
+    for agent, job in zip(agents, jobs):
+        assert agent.active_version == "2", job
+        probs = np.asarray(agent.predict(digits.x_test[:100] * 16.0))
+        assert float(np.mean(probs.argmax(1) == digits.y_test[:100])) > max(local_acc)
+        agent.close()
 
 
 def test_federated_round_survives_a_supernode_killed_mid_run(fleet: Fleet, digits: Digits, tmp_path: Path) -> None:

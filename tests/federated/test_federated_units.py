@@ -259,3 +259,28 @@ def test_federated_child_process_is_restarted_when_it_dies_and_stopped_with_its_
         import os
 
         os.kill(second, 0)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def test_federated_cli_registers_run_and_shows_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import json
+
+    from edgefleet.cloud_sync.federated import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "rounds.json").write_text(json.dumps({
+        "status": "finished", "config": {"strategy": "fedprox"}, "seconds": 12.0,
+        "rounds": [{"round": 0}, {"round": 1, "train_replies": 3, "train_failures": 1, "seconds": 5.5,
+                                  "central": {"accuracy": 0.81}, "dp_epsilon": 3.2}],
+        "privacy": {"epsilon": 3.2, "delta": 1e-5}}))
+
+    run = parser.parse_args(["federated", "run", "--rounds", "4", "--strategy", "krum", "--min-nodes", "3"])
+    status = parser.parse_args(["federated", "status", str(tmp_path)])
+    code = status.func(status)
+
+    text = capsys.readouterr().out
+    assert run.func is cli.cmd_run and run.rounds == 4 and run.strategy == "krum"
+    assert code == 0 and "round 1: 3 device(s)" in text and "0.810" in text and "epsilon 3.20" in text
