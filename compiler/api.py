@@ -50,10 +50,19 @@ def _sanitize(name: str) -> str:
     return s[:128] or "model"
 
 
-def _reference_stats(x: np.ndarray) -> dict[str, Any]:
+# Reference statistics are per feature (every element of a sample) in the manifest, which the SDK caps
+# at 16 MiB: a 3x320x320 image's would be ~30 MB and the bundle could not be opened. Wider inputs get none;
+# histograms are kept for at most REFERENCE_HISTOGRAM_FEATURES evenly spaced features.
+MAX_REFERENCE_FEATURES = 32768
+REFERENCE_HISTOGRAM_FEATURES = 4096
+
+
+def _reference_stats(x: np.ndarray) -> dict[str, Any] | None:
     from edgefleet.stats import compute_reference_stats
 
-    return compute_reference_stats(x)
+    if int(np.prod(x.shape[1:])) > MAX_REFERENCE_FEATURES:
+        return None
+    return compute_reference_stats(x, max_features=REFERENCE_HISTOGRAM_FEATURES)
 
 
 def _single_spec(spec: Any) -> Any:
