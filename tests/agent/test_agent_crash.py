@@ -45,6 +45,7 @@ class Tracker:
     def __init__(self) -> None:
         self.acceptable: set[str] = set()
         self.inflight: str | None = None
+        self.inflight_from: set[str] = set()  # what was active when the interrupted operation began
         self.installed_once = False
         self.offset = 0
 
@@ -59,12 +60,12 @@ class Tracker:
             assert kind not in ("error", "failed"), line
             if kind == "ready":
                 self.acceptable = {rest[0]} if rest[0] != "-" else set()
-                self.inflight = None
+                self.inflight, self.inflight_from = None, set()
             elif kind == "begin":
-                self.inflight = rest[0]
+                self.inflight, self.inflight_from = rest[0], set(self.acceptable)
             elif kind == "ok":
                 self.acceptable = {rest[0]}
-                self.inflight = None
+                self.inflight, self.inflight_from = None, set()
                 self.installed_once = True
         return lines
 
@@ -78,7 +79,9 @@ def _check(state: Path, pub: Path, tracker: Tracker, expected: dict[str, np.ndar
         assert st.active is not None, "the store lost its active version"
     if st.active is None:
         return None
-    allowed = tracker.acceptable | ({tracker.inflight} if tracker.inflight else set())
+    # old or new: what was active, the target of the interrupted operation, or (after a resumed job
+    # rolled back, e.g. on a second restart during probation) what was active before that operation
+    allowed = tracker.acceptable | tracker.inflight_from | ({tracker.inflight} if tracker.inflight else set())
     assert st.active.id in allowed, (st.active.version, allowed)
     for entry in (st.active, st.previous):
         if entry is not None:
