@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,19 +154,11 @@ def _per_round(doc: dict[str, Any]) -> list[float]:
     return [float(r["seconds"]) for r in doc["rounds"] if r.get("round", 0) > 0 and "seconds" in r]
 
 
-def flower_part(devices: int, rounds: int, root: Path) -> dict[str, Any]:
-    from edgefleet.cloud_sync.federated.config import FederatedConfig
-    from edgefleet.cloud_sync.federated.runner import (SuperLink, SuperLinkConfig, run_federated, submit_run,
-                                                        wait_for_run, write_app, write_flwr_home)
-    from edgefleet.device_agent.flower_node import FlowerNode, FlowerNodeConfig, find_tool, flower_env
+def _edgefleet_run(base: Any, dbs: list[Path], root: Path, tag: str) -> dict[str, Any]:
+    from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig, run_federated
+    from edgefleet.device_agent.flower_node import FlowerNode, FlowerNodeConfig
 
-    dbs, holdout = _write_devices(root, devices)
-    base = FederatedConfig(rounds=rounds, min_nodes=devices, fraction_evaluate=0.0, local_epochs=10, learning_rate=0.3,
-                           preprocessing=json.dumps(SCALE), holdout=str(holdout), round_timeout=120)
-    out: dict[str, Any] = {"devices": devices, "rounds": rounds}
-
-    # edgefleet: supervised processes + run_federated
-    link = SuperLink(SuperLinkConfig(port=_port(), log_path=str(root / "ef-link.log"))).start()
+    link = SuperLink(SuperLinkConfig(port=_port(), log_path=str(root / f"{tag}-link.log"))).start()
     nodes = []
     try:
         link.wait_ready()
@@ -173,16 +166,21 @@ def flower_part(devices: int, rounds: int, root: Path) -> dict[str, Any]:
             nodes.append(FlowerNode(FlowerNodeConfig(superlink=link.address, samples_db=str(db), device_id=f"dev{i}",
                                                      port=_port(), insecure=True)).start())
         t0 = time.perf_counter()
-        doc = run_federated(base.__class__(**{**base.__dict__, "out_dir": str(root / "ef-out")}), link.address,
-                            work_dir=root / "ef")
-        out["edgefleet"] = {"total_s": round(time.perf_counter() - t0, 2), "per_round_s": _per_round(doc),
-                            "final_accuracy": doc["rounds"][-1].get("central", {}).get("accuracy")}
+        doc = run_federated(replace(base, out_dir=str(root / f"{tag}-out")), link.address, work_dir=root / tag)
+        return {"total_s": round(time.perf_counter() - t0, 2), "per_round_s": _per_round(doc),
+                "final_accuracy": doc["rounds"][-1].get("central", {}).get("accuracy")}
     finally:
         for n in nodes:
             n.stop()
         link.stop()
 
-    # bare Flower: Popen, same app, same flwr run
+
+def _bare_run(base: Any, dbs: list[Path], root: Path, tag: str) -> dict[str, Any]:
+    import signal
+
+    from edgefleet.cloud_sync.federated.runner import submit_run, wait_for_run, write_app, write_flwr_home
+    from edgefleet.device_agent.flower_node import find_tool, flower_env
+
     env = flower_env()
     port = _port()
     procs = [subprocess.Popen([find_tool("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
@@ -195,17 +193,15 @@ def flower_part(devices: int, rounds: int, root: Path) -> dict[str, Any]:
                                            "--port", str(_port()), "--node-config",
                                            f'samples-db="{db}" device-id="dev{i}"'], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        cfg = base.__class__(**{**base.__dict__, "out_dir": str(root / "bare-out")})
-        app = write_app(root / "bare-app", cfg)
-        home = write_flwr_home(root / "bare-home", f"127.0.0.1:{port}")
+        cfg = replace(base, out_dir=str(root / f"{tag}-out"))
+        app = write_app(root / f"{tag}-app", cfg)
+        home = write_flwr_home(root / f"{tag}-home", f"127.0.0.1:{port}")
         t0 = time.perf_counter()
         submit_run(app, home)
-        doc = wait_for_run(root / "bare-out", timeout=rounds * 300)
-        out["bare_flower"] = {"total_s": round(time.perf_counter() - t0, 2), "per_round_s": _per_round(doc),
-                              "final_accuracy": doc["rounds"][-1].get("central", {}).get("accuracy")}
+        doc = wait_for_run(root / f"{tag}-out", timeout=cfg.rounds * 300)
+        return {"total_s": round(time.perf_counter() - t0, 2), "per_round_s": _per_round(doc),
+                "final_accuracy": doc["rounds"][-1].get("central", {}).get("accuracy")}
     finally:
-        import signal
-
         for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -216,9 +212,27 @@ def flower_part(devices: int, rounds: int, root: Path) -> dict[str, Any]:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-    ef, bare = out["edgefleet"]["per_round_s"], out["bare_flower"]["per_round_s"]
-    out["ratio_mean_round"] = round(float(np.mean(ef)) / float(np.mean(bare)), 3)
-    out["ratio_total"] = round(out["edgefleet"]["total_s"] / out["bare_flower"]["total_s"], 3)
+
+
+def flower_part(devices: int, rounds: int, root: Path, pairs: int) -> dict[str, Any]:
+    """Interleaved runs (edgefleet, bare, bare, edgefleet, ...) so that load drifts hit both sides alike."""
+    from edgefleet.cloud_sync.federated.config import FederatedConfig
+
+    dbs, holdout = _write_devices(root, devices)
+    base = FederatedConfig(rounds=rounds, min_nodes=devices, fraction_evaluate=0.0, local_epochs=10, learning_rate=0.3,
+                           preprocessing=json.dumps(SCALE), holdout=str(holdout), round_timeout=120)
+    runs: dict[str, list[dict[str, Any]]] = {"edgefleet": [], "bare_flower": []}
+    order = []
+    for k in range(pairs):
+        order += ["edgefleet", "bare_flower"] if k % 2 == 0 else ["bare_flower", "edgefleet"]
+    for j, kind in enumerate(order):
+        fn = _edgefleet_run if kind == "edgefleet" else _bare_run
+        runs[kind].append(fn(base, dbs, root, f"{kind}-{j}"))
+    out: dict[str, Any] = {"devices": devices, "rounds": rounds, "order": order, "runs": runs,
+                           "load_average_1m": round(os.getloadavg()[0], 2)}
+    med = {k: float(np.median([s for r in v for s in r["per_round_s"]])) for k, v in runs.items()}
+    out["median_round_s"] = {k: round(v, 3) for k, v in med.items()}
+    out["ratio_median_round"] = round(med["edgefleet"] / med["bare_flower"], 3)
     return out
 
 
@@ -243,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
           f"trimmed {p['fedtrimmedavg_0.2'][-1]:.3f}, krum {p['krum_f2'][-1]:.3f}", flush=True)
     if not args.no_flower:
         with tempfile.TemporaryDirectory(prefix="edgefleet-fedbench-") as tmp:
-            doc["wall_time"] = flower_part(3 if args.quick else 5, 2 if args.quick else 3, Path(tmp))
+            doc["wall_time"] = flower_part(3 if args.quick else 5, 2 if args.quick else 3, Path(tmp), 1 if args.quick else 2)
         w = doc["wall_time"]
-        print(f"wall time per round ({w['devices']} real devices): edgefleet {np.mean(w['edgefleet']['per_round_s']):.1f}s, "
-              f"bare Flower {np.mean(w['bare_flower']['per_round_s']):.1f}s, ratio {w['ratio_mean_round']}", flush=True)
+        print(f"median wall time per round ({w['devices']} real devices): edgefleet {w['median_round_s']['edgefleet']:.1f}s, "
+              f"bare Flower {w['median_round_s']['bare_flower']:.1f}s, ratio {w['ratio_median_round']} "
+              f"(load average {w['load_average_1m']})", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -5,6 +5,7 @@
 - :mod:`.client_app` / :mod:`.server_app` - the Flower ClientApp and ServerApp (imports flwr);
 - :mod:`.runner` - the supervised SuperLink, the generated Flower app, ``flwr run`` submission;
 - :mod:`.loop` - aggregate -> Keras -> compile -> gate against the deployed version -> signed next version;
+- :mod:`.trigger` - the drift-alert policy that starts a run for an opted-in group;
 - :mod:`.cli` - ``edgefleet federated run``.
 
 Attributes load lazily: importing this package loads neither flwr nor TensorFlow.
@@ -25,6 +26,12 @@ _LAZY = {
     "run_federated": ("edgefleet.cloud_sync.federated.runner", "run_federated"),
     "write_app": ("edgefleet.cloud_sync.federated.runner", "write_app"),
     "non_iid_partitions": ("edgefleet.cloud_sync.federated.partition", "non_iid_partitions"),
+    "close_loop": ("edgefleet.cloud_sync.federated.loop", "close_loop"),
+    "promote_aggregate": ("edgefleet.cloud_sync.federated.loop", "promote_aggregate"),
+    "LoopResult": ("edgefleet.cloud_sync.federated.loop", "LoopResult"),
+    "read_rounds": ("edgefleet.cloud_sync.federated.runner", "read_rounds"),
+    "DriftTrigger": ("edgefleet.cloud_sync.federated.trigger", "DriftTrigger"),
+    "TriggerPolicy": ("edgefleet.cloud_sync.federated.trigger", "TriggerPolicy"),
 }
 
 

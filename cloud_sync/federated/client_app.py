@@ -91,6 +91,13 @@ def load_local_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any
     return LocalData(device, xt, yt, xh, yh)
 
 
+def _weights(msg: Message, spec: MLPSpec) -> list[np.ndarray]:
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None:
+        raise Declined(f"{DECLINED} the message carries no model arrays")
+    return spec.check(arrays.to_numpy_ndarrays())
+
+
 def _decline(msg: Message, reason: str) -> Message:
     return Message(error=Error(code=DECLINE_CODE, reason=reason), reply_to=msg)
 
@@ -104,12 +111,12 @@ def train_step(msg: Message, context: Context) -> Message:
     try:
         data = load_local_data(node, run)
         spec = MLPSpec.parse(str(run["layers"]))
-        global_w = spec.check(msg.content["arrays"].to_numpy_ndarrays())
+        global_w = _weights(msg, spec)
     except Declined as exc:
         return _decline(msg, str(exc))
     except EdgefleetError as exc:
         return _decline(msg, f"{DECLINED} {exc}")
-    cfg = msg.content["config"] if "config" in msg.content else {}
+    cfg: Mapping[str, Any] = msg.content.config_records.get("config") or {}
     server_round = int(cfg.get("server-round", 0))
     tc = TrainConfig(
         epochs=int(run.get("local-epochs", 1)),
@@ -139,7 +146,7 @@ def evaluate_step(msg: Message, context: Context) -> Message:
     try:
         data = load_local_data(node, run)
         spec = MLPSpec.parse(str(run["layers"]))
-        w = spec.check(msg.content["arrays"].to_numpy_ndarrays())
+        w = _weights(msg, spec)
     except Declined as exc:
         return _decline(msg, str(exc))
     except EdgefleetError as exc:

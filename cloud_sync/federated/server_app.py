@@ -115,7 +115,12 @@ class _Recorder:
             row["train_replies"] = len(ok)
             row["train_failures"] = len(replies) - len(ok)
             row["declined"] = sum(1 for m in replies if m.has_error() and str(m.error.reason).startswith("declined:"))
-            row["examples"] = int(sum(int(m.content["metrics"].get("num-examples", 0)) for m in ok if "metrics" in m.content))
+            examples = 0
+            for m in ok:
+                mr = m.content.metric_records.get("metrics")
+                value = mr.get("num-examples", 0) if mr is not None else 0
+                examples += int(value) if isinstance(value, (int, float)) else 0
+            row["examples"] = examples
             arrays, metrics = orig_train(server_round, replies)
             if metrics is not None:
                 row["train"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -5,16 +5,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from edgefleet.cloud_sync.federated import aggregate as agg
 from edgefleet.cloud_sync.federated.config import FederatedConfig, StrategyName
 from edgefleet.cloud_sync.federated.trainer import MLPSpec, TrainConfig, evaluate, forward, split_holdout, train
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, StoreError
 
 
 def _blobs(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +235,7 @@ def test_federated_client_reads_encrypted_agent_samples_and_declines_when_too_fe
     assert float(np.abs(np.concatenate([data.x_train, data.x_hold])).max()) < 10  # scaled back by 1/16
     with pytest.raises(Declined, match="declined"):
         load_local_data(node, {**run, "min-samples": 41})
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="no device key"):
         load_local_data({**node, "samples-key": ""}, run)  # encrypted samples need the key
 
 
@@ -284,3 +284,26 @@ def test_federated_cli_registers_run_and_shows_status(tmp_path: Path, capsys: py
     text = capsys.readouterr().out
     assert run.func is cli.cmd_run and run.rounds == 4 and run.strategy == "krum"
     assert code == 0 and "round 1: 3 device(s)" in text and "0.810" in text and "epsilon 3.20" in text
+
+
+# -- drift trigger ---------------------------------------------------------------------------------
+def test_federated_drift_trigger_needs_opt_in_enough_devices_and_respects_cooldown() -> None:
+    from edgefleet.cloud_sync.federated.trigger import DriftAlert, DriftTrigger, TriggerPolicy
+
+    trig = DriftTrigger({"cams": TriggerPolicy(enabled=True, min_devices=2, window_s=100, cooldown_s=1000),
+                         "off": TriggerPolicy(enabled=False, min_devices=1)})
+
+    first = trig.handle(DriftAlert("cams", "a", "3"), now=0)
+    stale_pair = trig.handle(DriftAlert("cams", "b", "3"), now=500)  # a's alert left the window
+    start = trig.handle(DriftAlert("cams", "a", "3"), now=550)
+    busy = trig.handle(DriftAlert("cams", "c", "3"), now=560) or trig.handle(DriftAlert("cams", "d", "3"), now=561)
+    trig.finished("cams")
+    cooling = trig.handle(DriftAlert("cams", "c", "3"), now=600) or trig.handle(DriftAlert("cams", "d", "3"), now=601)
+    alone = trig.handle(DriftAlert("cams", "e", "3"), now=1600)  # c and d left the window
+    again = trig.handle(DriftAlert("cams", "f", "3"), now=1610)
+
+    assert first is None and stale_pair is None and busy is None and cooling is None
+    assert start is not None and start.group == "cams" and "a, b" in start.reason
+    assert alone is None and again is not None and "e, f" in again.reason
+    assert trig.handle(DriftAlert("off", "x", "1"), now=0) is None
+    assert trig.handle(DriftAlert("unknown", "x", "1"), now=0) is None
