@@ -83,8 +83,8 @@ def test_error_rate_rolls_back_and_marks_bad(agent_config: Any, bundles: dict, x
 
 
 def test_latency_probation_and_healthy_probation(agent_config: Any, bundles: dict, x: np.ndarray) -> None:
-    cfg = agent_config(probation_seconds=0.3, probation_min_predictions=5, max_latency_ms=20.0)
-    with Agent(cfg, loader=loader_with("3", sleep=0.05), tick_seconds=0.05) as agent:
+    cfg = agent_config(probation_seconds=0.3, probation_min_predictions=5, max_latency_ms=60.0)
+    with Agent(cfg, loader=loader_with("3", sleep=0.15), tick_seconds=0.05) as agent:
         agent.install(bundles["1"], wait=True, timeout=1)
         job = agent.install(bundles["2"])
         _serve(agent, x, 5)
