@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from agent_helpers import build_bundle, make_onnx  # noqa: E402
+from agent_helpers import build_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,5 +62,3 @@ def agent_config(tmp_path: Path, keys: dict[str, Any]) -> Callable[..., Any]:
 def x4() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
 
-
-__all__ = ["make_onnx", "os"]
