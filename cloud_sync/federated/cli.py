@@ -98,10 +98,6 @@ def _round_line(r: Mapping[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from dataclasses import replace
-
-    import numpy as np
-
     from .config import FederatedConfig
     from .runner import run_federated
     from .server_app import save_weights
@@ -141,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"federated run for group {args.group!r}: {cfg.strategy.value}, {cfg.rounds} round(s), "
           f"at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}", flush=True)
-    doc = run_federated(replace(cfg), args.superlink, work_dir=out, timeout=args.timeout,
+    doc = run_federated(cfg, args.superlink, work_dir=out, timeout=args.timeout,
                         insecure=not args.root_certificates, root_certificates=args.root_certificates,
                         on_round=lambda r: print("  " + _round_line(r), flush=True))
     doc["group"] = args.group
@@ -170,7 +166,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if doc.get("aggregate"):
         print(f"aggregate: {doc['aggregate']}")
-    _ = np  # numpy imported for save_weights users
     return 0
 
 
