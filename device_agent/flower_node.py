@@ -27,7 +27,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 from edgefleet.errors import ConfigError
 
@@ -225,6 +225,14 @@ class FlowerNodeConfig:
             raise ConfigError("node authentication needs both auth_private_key and auth_public_key")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {self.port}")
+
+    @classmethod
+    def for_agent(cls, agent_config: Any, superlink: str, **kwargs: Any) -> FlowerNodeConfig:
+        """The node of an agent (``AgentConfig``): its ``samples.db``, device key and device id."""
+        if not agent_config.samples.enabled:
+            raise ConfigError("federated training needs local samples: set enabled = true in the [samples] section")
+        return cls(superlink=superlink, samples_db=str(agent_config.state_path / "samples.db"),
+                   samples_key=agent_config.samples.key_file, device_id=agent_config.device_id or "device", **kwargs)
 
     def node_config(self) -> str:
         items: dict[str, object] = {"samples-db": self.samples_db, "device-id": self.device_id}

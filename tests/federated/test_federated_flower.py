@@ -121,11 +121,12 @@ def test_federated_loop_end_to_end_beats_every_local_model_and_agents_serve_the_
         agent.close()
 
 
-def test_federated_round_survives_a_supernode_killed_mid_run(fleet: Fleet, digits: Digits, tmp_path: Path) -> None:
+def test_federated_fedprox_round_survives_a_supernode_killed_mid_run(fleet: Fleet, digits: Digits, tmp_path: Path) -> None:
     # Arrange
     parts = non_iid_partitions(digits.y_train, 3, seed=1)
     nodes = [fleet.add_node(f"k{i}", digits.x_train[p], digits.y_train[p]) for i, p in enumerate(parts)]
-    cfg = _config(digits, tmp_path, rounds=3, min_nodes=2, fraction_evaluate=0.0, round_timeout=25)
+    cfg = _config(digits, tmp_path, rounds=3, min_nodes=2, fraction_evaluate=0.0, round_timeout=25, strategy="fedprox",
+                  proximal_mu=0.01)
     result: dict[str, Any] = {}
 
     def go() -> None:
@@ -155,6 +156,7 @@ def test_federated_round_survives_a_supernode_killed_mid_run(fleet: Fleet, digit
     rounds = [r for r in doc["rounds"] if r["round"] > 0]
     assert doc["status"] == "finished" and len(rounds) == 3
     assert all(r["aggregated"] and r["train_replies"] >= 2 for r in rounds)
+    assert all(r["train"]["proximal-mu"] == pytest.approx(0.01) for r in rounds)  # FedProx's term reached the devices
     assert nodes[0].restarts >= 1 and nodes[0].pid != victim_pid
     assert _accuracy(doc, digits) > 0.5
 

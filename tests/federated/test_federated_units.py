@@ -307,3 +307,47 @@ def test_federated_drift_trigger_needs_opt_in_enough_devices_and_respects_cooldo
     assert alone is None and again is not None and "e, f" in again.reason
     assert trig.handle(DriftAlert("off", "x", "1"), now=0) is None
     assert trig.handle(DriftAlert("unknown", "x", "1"), now=0) is None
+
+
+def test_federated_node_config_for_an_agent_points_at_its_samples(tmp_path: Path) -> None:
+    from edgefleet.device_agent.config import AgentConfig, SamplesConfig
+    from edgefleet.device_agent.flower_node import FlowerNodeConfig
+
+    agent = AgentConfig(state_dir=str(tmp_path / "state"), device_id="cam-7",
+                        samples=SamplesConfig(enabled=True, key_file=str(tmp_path / "dev.key")))
+
+    cfg = FlowerNodeConfig.for_agent(agent, "127.0.0.1:9092", insecure=True, port=9200)
+
+    assert cfg.samples_db == str(tmp_path / "state" / "samples.db") and cfg.samples_key == str(tmp_path / "dev.key")
+    assert 'device-id="cam-7"' in cfg.node_config() and "9200" in cfg.argv()
+    with pytest.raises(ConfigError, match="samples"):
+        FlowerNodeConfig.for_agent(AgentConfig(state_dir=str(tmp_path)), "127.0.0.1:9092", insecure=True)
+
+
+@pytest.mark.slow
+def test_federated_flower_node_main_runs_a_supernode_until_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "node.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.device_agent.flower_node", "--superlink", "127.0.0.1:9",
+                             "--samples", str(tmp_path / "samples.db"), "--insecure", "--port", str(port),
+                             "--log", str(log)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (log.exists() and "SuperNode" in log.read_text(errors="ignore")):
+            time.sleep(0.2)
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    assert code == 0
+    assert "Flower SuperNode" in log.read_text(errors="ignore")
