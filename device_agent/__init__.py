@@ -6,7 +6,7 @@ Submodules load lazily so that ``import edgefleet.device_agent`` stays light.
 
 from __future__ import annotations
 
-from typing import Any
+from edgefleet.lazy import lazy_getattr
 
 _LAZY = {
     "Agent": ("edgefleet.device_agent.agent", "Agent"),
@@ -27,15 +27,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgefleet.device_agent' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr("edgefleet.device_agent", _LAZY, globals())
 
 __all__ = list(_LAZY)

@@ -36,6 +36,7 @@ from .manifest import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, check_
 ARCHIVE_SUFFIX = ".efb"
 DEFAULT_MAX_ARCHIVE_BYTES = 1 << 30  # 1 GiB: refuse archives that unpack to more
 MAX_MANIFEST_BYTES = 16 << 20
+MAX_SIGNATURE_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ def verify_bundle_dir(
             raise SignatureError(f"{root} is unsigned, but a signature from a trusted key is required")
         if not keys:
             raise SignatureError("a signature is required but no trusted keys were given")
+        if sig_path.stat().st_size > MAX_SIGNATURE_BYTES:
+            raise SignatureError(f"{sig_path} is larger than {MAX_SIGNATURE_BYTES} bytes; not a signature file")
         try:
             doc = json.loads(sig_path.read_text("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):

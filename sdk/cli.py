@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "edgefleet.compiler.cli",
     "edgefleet.device_agent.cli",
     "edgefleet.cloud_sync.cli",
+    "edgefleet.cloud_sync.federated.cli",
 )
 
 

@@ -13,14 +13,10 @@ from ..manifest import Quantization, TensorSpec
 
 def _interpreter_class() -> tuple[Any, str]:
     try:
+        import ai_edge_litert
         from ai_edge_litert import interpreter as litert
 
-        try:
-            from importlib.metadata import version
-
-            ver = version("ai-edge-litert")
-        except Exception:  # pragma: no cover - metadata missing
-            ver = "unknown"
+        ver = getattr(ai_edge_litert, "__version__", "unknown")
         return litert.Interpreter, f"ai-edge-litert {ver}"
     except ImportError:
         pass

@@ -275,3 +275,9 @@ def test_corrupted_archives_only_raise_bundle_errors(real_archive: bytes, tmp_pa
             model.predict([[0.0] * 64])
     except edgefleet.EdgefleetError:
         pass
+
+
+def test_oversized_signature_file_refused(signed_bundle: Path, keypair: tuple[Path, Path]) -> None:
+    (signed_bundle / "signature").write_bytes(b"{" + b" " * (128 << 10) + b"}")
+    with pytest.raises(SignatureError, match="larger than"):
+        verify_bundle_dir(signed_bundle, trusted_keys=[keypair[1]])
