@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Union, get_args
 
 import numpy as np
 
@@ -809,19 +809,7 @@ Step = Union[
     TransposeStep,
     WindowStep,
 ]
-_STEP_CLASSES = (
-    CastStep,
-    ReshapeStep,
-    ImputeStep,
-    ClipStep,
-    StandardizeStep,
-    MinMaxStep,
-    ScaleStep,
-    ResizeStep,
-    ChannelOrderStep,
-    TransposeStep,
-    WindowStep,
-)
+_STEP_CLASSES: tuple[Any, ...] = get_args(Step)
 STEP_TYPES: dict[str, Any] = {cls.op: cls for cls in _STEP_CLASSES}
 
 
