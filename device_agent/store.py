@@ -31,7 +31,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from edgefleet.bundle import Bundle, extract_archive, fsync_dir, is_archive, read_manifest, verify_bundle_dir
+from edgefleet.bundle import (
+    MAX_SIGNATURE_BYTES,
+    Bundle,
+    extract_archive,
+    fsync_dir,
+    is_archive,
+    read_manifest,
+    verify_bundle_dir,
+)
 from edgefleet.canonical import canonical_json, sha256_bytes
 from edgefleet.errors import (
     BundleError,
@@ -49,7 +57,6 @@ from ._failpoints import failpoint
 
 POINTER = "current"
 MAX_BAD = 32
-MAX_SIGNATURE_BYTES = 64 << 10
 _COPY_CHUNK = 1 << 20
 
 
