@@ -102,20 +102,29 @@ def _decline(msg: Message, reason: str) -> Message:
     return Message(error=Error(code=DECLINE_CODE, reason=reason), reply_to=msg)
 
 
+def _local_setup(msg: Message, context: Context) -> tuple[Any, list[np.ndarray]] | Message:
+    """(the device's local data, the weights the server sent), or a decline message."""
+    run, node = context.run_config, context.node_config
+    try:
+        data = load_local_data(node, run)
+        spec = MLPSpec.parse(str(run["layers"]))
+        return data, _weights(msg, spec)
+    except Declined as exc:
+        return _decline(msg, str(exc))
+    except EdgefleetError as exc:
+        return _decline(msg, f"{DECLINED} {exc}")
+
+
 app = ClientApp()
 
 
 @app.train()
 def train_step(msg: Message, context: Context) -> Message:
     run, node = context.run_config, context.node_config
-    try:
-        data = load_local_data(node, run)
-        spec = MLPSpec.parse(str(run["layers"]))
-        global_w = _weights(msg, spec)
-    except Declined as exc:
-        return _decline(msg, str(exc))
-    except EdgefleetError as exc:
-        return _decline(msg, f"{DECLINED} {exc}")
+    setup = _local_setup(msg, context)
+    if isinstance(setup, Message):
+        return setup
+    data, global_w = setup
     cfg: Mapping[str, Any] = msg.content.config_records.get("config") or {}
     server_round = int(cfg.get("server-round", 0))
     tc = TrainConfig(
@@ -142,15 +151,10 @@ def train_step(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_step(msg: Message, context: Context) -> Message:
-    run, node = context.run_config, context.node_config
-    try:
-        data = load_local_data(node, run)
-        spec = MLPSpec.parse(str(run["layers"]))
-        w = _weights(msg, spec)
-    except Declined as exc:
-        return _decline(msg, str(exc))
-    except EdgefleetError as exc:
-        return _decline(msg, f"{DECLINED} {exc}")
+    setup = _local_setup(msg, context)
+    if isinstance(setup, Message):
+        return setup
+    data, w = setup
     x, y = (data.x_hold, data.y_hold) if len(data.x_hold) else (data.x_train, data.y_train)
     loss, acc = evaluate(w, x, y)
     metrics = MetricRecord({"num-examples": len(x), "eval-loss": loss, "eval-accuracy": acc})
