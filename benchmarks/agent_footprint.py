@@ -9,7 +9,9 @@ LiteRT model is a small Keras MLP (64-32-10) converted with TensorFlow in a
 separate process (the agent processes never import TensorFlow), or any .tflite
 given with ``--tflite``.
 
-    python benchmarks/agent_footprint.py [--tflite MODEL.tflite] [--runs 5] [--json OUT]
+    python -m benchmarks.agent_footprint [--tflite MODEL.tflite] [--runs 5] [--quick] [--out OUT]
+
+``--quick`` (CI-sized): 2 runs per runtime, 0.5 s idle; writes agent_footprint_quick.json.
 """
 
 from __future__ import annotations
@@ -137,12 +139,17 @@ def main() -> None:
     ap.add_argument("--tflite", help="use this .tflite model instead of building one")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle", type=float, default=2.0, help="seconds idle before reading RSS")
-    ap.add_argument("--json", default=str(HERE / "results" / "agent_footprint.json"))
+    ap.add_argument("--quick", action="store_true", help="2 runs per runtime, 0.5 s idle (CI-sized)")
+    ap.add_argument("--out", "--json", dest="json", help="JSON file (default benchmarks/results/agent_footprint[_quick].json)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.idle)
         return
+    if args.json is None:
+        args.json = str(HERE / "results" / f"agent_footprint{'_quick' if args.quick else ''}.json")
+    if args.quick:
+        args.runs, args.idle = min(args.runs, 2), min(args.idle, 0.5)
     work = Path(tempfile.mkdtemp(prefix="agent-footprint-"))
     models: dict[str, Path] = {}
     if args.tflite:
@@ -166,11 +173,14 @@ def main() -> None:
     lit = results["litert"]["summary"]  # type: ignore[index]
     out = {
         "benchmark": "agent_footprint",
+        "quick": args.quick,
+        "runs_per_runtime": args.runs,
         "targets": {"idle_rss_mb_litert": 60, "cold_start_ms": 300},
         "met": {"idle_rss": lit["idle_rss_mb"]["median"] <= 60, "cold_start": lit["cold_start_ms"]["median"] <= 300},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpu": _cpu(), "cpus": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg()},
+                    "load_average_at_end": os.getloadavg(),
+                    "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "definitions": {
             "cold_start_ms": "fresh process: imports (numpy, edgefleet, runtime) + open the agent's state dir "
                              "(recover, verify the stored bundle's hashes, load the model) + first predict; "

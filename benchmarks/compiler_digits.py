@@ -7,7 +7,13 @@ Targets (issue 3), each measured through ``edgefleet.load`` on the held-out digi
 * structured pruning of half the filters >= 1.5x faster p50, <= 1 point drop;
 * distilled student with >= 4x fewer parameters within 1.5 points of the teacher.
 
-Run: ``TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/compiler_digits.py [--runs N]``.
+Each variant's latency distribution (``edgefleet.bench``: ``predict()`` and the
+bare runtime call, interleaved, every percentile) is saved for the plots of
+``python -m benchmarks report``.
+
+Run: ``TF_CPP_MIN_LOG_LEVEL=3 python -m benchmarks.compiler_digits [--runs N] [--quick] [--out FILE]``.
+``--quick`` trains fewer epochs (CI-sized; figures not comparable with the targets)
+and writes ``compiler_digits_quick.json``.
 """
 
 from __future__ import annotations
@@ -30,10 +36,17 @@ HERE = Path(__file__).resolve().parent
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=500, help="latency samples per variant")
-    ap.add_argument("--out", default=str(HERE / "results" / "compiler_digits.json"))
+    ap.add_argument("--quick", action="store_true", help="fewer epochs and latency runs (CI-sized)")
+    ap.add_argument("--out", help="JSON file (default benchmarks/results/compiler_digits[_quick].json)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(HERE / "results" / f"compiler_digits{'_quick' if args.quick else ''}.json")
+    if args.quick:
+        args.runs = min(args.runs, 100)
+    epochs = {"train": 4, "prune": 1, "structured": 2, "distill": 5} if args.quick else \
+        {"train": 12, "prune": 4, "structured": 6, "distill": 20}
 
-    from edgefleet.bench import machine_info
+    from edgefleet.bench import BenchConfig, machine_info, run_bench
     from edgefleet.compiler import compile_model
     from edgefleet.compiler.config import (
         CompileConfig,
@@ -51,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
     train, test = write_digits(work / "data")
     t0 = time.perf_counter()
-    info = train_digits(work / "digits.keras")
+    info = train_digits(work / "digits.keras", epochs=epochs["train"])
     train_s = time.perf_counter() - t0
     base = CompileConfig(
         data=DataConfig(train=str(train), calibration=str(train), eval=str(test)),
@@ -63,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         res = compile_model(work / "digits.keras", work / label, cfg)
         r = res.chosen
+        dist = run_bench(res.bundle_path, BenchConfig(runs=args.runs, warmup=50, threads=1, compare_raw=True))
         runs[label] = {
             "variant": r.name, "size_bytes": r.size, "gzip_bytes": r.gzip_size, "params": r.params,
             "sparsity": round(r.sparsity, 4), "accuracy": round(r.score.value, 3), "drop": round(r.drop, 3),
             "p50_ms": round(r.p50_ms, 4), "p50_invoke_ms": round(r.p50_invoke_ms, 4),
             "source_accuracy": round(res.baseline.value, 3), "compile_s": round(time.perf_counter() - t, 1),
+            "latency_us": {k: dist[k]["quantiles_us"] for k in ("predict", "raw") if k in dist},
         }
         print(f"  {label:12s} {r.name:18s} acc {r.score.value:6.2f} size {r.size:>9,} gzip {r.gzip_size:>9,} "
               f"p50 {r.p50_ms:.4f} ms (invoke {r.p50_invoke_ms:.4f})", file=sys.stderr)
@@ -75,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run("fp32", base)
     run("int8", replace(base, quantize=QuantMode.INT8))
-    run("sparse_int8", replace(base, quantize=QuantMode.INT8, prune=PruneConfig(sparsity=0.8, epochs=4)))
-    run("structured", replace(base, structured=StructuredConfig(fraction=0.5, epochs=6)))
-    run("distilled", replace(base, distill=DistillConfig(width=0.4, epochs=20)))
+    run("sparse_int8", replace(base, quantize=QuantMode.INT8, prune=PruneConfig(sparsity=0.8, epochs=epochs["prune"])))
+    run("structured", replace(base, structured=StructuredConfig(fraction=0.5, epochs=epochs["structured"])))
+    run("distilled", replace(base, distill=DistillConfig(width=0.4, epochs=epochs["distill"])))
     run("onnx_fp32", replace(base, format=OutputFormat.ONNX))
     run("onnx_int8", replace(base, quantize=QuantMode.INT8, format=OutputFormat.ONNX))
 
@@ -100,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"target": name, "value": round(float(value), 3), "op": op, "limit": limit, "met": ok})
     doc = {
         "benchmark": "compiler_digits",
+        "quick": args.quick,
+        "epochs": epochs,
         "model": {"params": info["params"], "test_accuracy": round(info["test_accuracy"], 3), "train_s": round(train_s, 1)},
         "runs": runs,
         "targets": rows,

@@ -57,10 +57,12 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "edgefleet": __version__,
         "platform": platform.platform(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+def _percentiles(samples_ns: list[int]) -> dict[str, Any]:
     arr = np.asarray(samples_ns, dtype=np.float64) / 1e3
     return {
         "p50_us": float(np.percentile(arr, 50)),
@@ -68,6 +70,8 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
         "p99_us": float(np.percentile(arr, 99)),
         "max_us": float(arr.max()),
         "mean_us": float(arr.mean()),
+        # the distribution: latency at every whole percentile 0..100
+        "quantiles_us": [round(float(v), 3) for v in np.percentile(arr, np.arange(101))],
     }
 
 

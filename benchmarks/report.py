@@ -1,0 +1,437 @@
+"""Generate BENCHMARKS.md (tables, targets met or missed, machine and versions, plots) from the suites' JSON.
+
+Nothing here measures anything: every figure is read from a JSON file a script
+in ``benchmarks/`` wrote. A target is "met" or "missed" by comparing the
+recorded value with the limit from the issue; a suite whose JSON is missing or
+unreadable says so in its section instead of stopping the report.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import plots
+from .suite import REPO, RESULTS, SUITES, Suite, load_runs, package_versions, utc_now
+
+
+@dataclass
+class Check:
+    what: str
+    measured: str
+    limit: str
+    met: bool | None  # None: shown for information, no target
+    note: str = ""
+
+
+@dataclass
+class Section:
+    suite: Suite
+    path: Path
+    doc: dict[str, Any] | None = None
+    problem: str = ""
+    checks: list[Check] = field(default_factory=list)
+    body: list[str] = field(default_factory=list)
+    plots: list[tuple[str, Path, str | None]] = field(default_factory=list)
+
+
+def verdict(met: bool | None) -> str:
+    return "—" if met is None else ("met" if met else "**missed**")
+
+
+def meets(value: float, op: str, limit: float) -> bool:
+    return value >= limit if op in (">=", "≥") else value <= limit
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows], ""]
+
+
+def _n(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{float(v):,.{digits}f}"
+
+
+def check_rows(checks: list[Check]) -> list[list[Any]]:
+    return [[c.what, c.measured, c.limit or "—", verdict(c.met), c.note] for c in checks]
+
+
+# -------------------------------------------------------------------------------------------- suites
+def sdk_overhead(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    details = {d.get("target"): d for d in doc.get("details", [])}
+    rows = []
+    for r in doc["summary"]:
+        d = details.get(r["model"], {})
+        backend = d.get("backend", "")
+        if backend != "litert":
+            c = Check(f"{r['model']}: predict() overhead", f"{r['overhead_us']:.2f} us", "", None,
+                      "no target: the issue's targets are over the raw LiteRT call")
+        elif r["raw_p50_us"] >= 1000:
+            c = Check(f"{r['model']}: predict()/raw p50 ratio (model of {r['raw_p50_us'] / 1000:.2f} ms)",
+                      f"{r['ratio']:.4f}", "≤ 1.02", r["ratio"] <= 1.02)
+        else:
+            note = ("includes quantizing the input and dequantizing the output (real-valued I/O), which the raw "
+                    "call does not do") if "int8" in r["model"] else ""
+            c = Check(f"{r['model']}: predict() overhead over raw LiteRT, median", f"{r['overhead_us']:.2f} us",
+                      "≤ 5 us", r["overhead_us"] <= 5.0, note)
+        s.checks.append(c)
+        p99 = d.get("predict", {}).get("p99_us")
+        rows.append([r["model"], d.get("runtime_version", backend), _n(r["raw_p50_us"]), _n(r["predict_p50_us"]),
+                     _n(p99), _n(r["overhead_us"]), _n(r["ratio"], 3), c.limit or "—", verdict(c.met)])
+    s.body += [f"Batch 1, no preprocessing, {doc.get('runs', '?'):,} calls of each kind per model, `predict()` and the "
+               "bare runtime call (set input, invoke, read output) interleaved in blocks of 50. Overhead is the median "
+               "over blocks of (predict p50 - raw p50); the ratio is of the two p50s.", "",
+               *table(["model", "runtime", "raw p50 us", "predict p50 us", "predict p99 us", "overhead us", "ratio",
+                       "target", "result"], rows),
+               "Targets (issue 2): `predict()` adds at most 5 us over the raw LiteRT call, and the ratio is at most "
+               "1.02 for a model of 1 ms or more. The report applies the 5 us limit to LiteRT models under 1 ms and "
+               "the ratio to LiteRT models of 1 ms or more (for those the ratio is the looser of the two); ONNX Runtime "
+               "rows are shown without a target.", ""]
+    png = plots_dir / "sdk_latency.png"
+    s.plots.append(("Latency distribution per model (predict() vs the raw call)", png, plots.sdk_latency(doc, png)))
+
+
+def compiler_digits(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    trows = []
+    for t in doc["targets"]:
+        limit = None if t.get("op") == "info" or t.get("limit") is None else float(t["limit"])
+        met = None if limit is None else meets(float(t["value"]), t["op"], limit)
+        c = Check(t["target"], _n(t["value"], 3), "" if limit is None else f"{'≥' if t['op'] == '>=' else '≤'} {limit:g}",
+                  met)
+        if met is not None:
+            s.checks.append(c)
+        trows.append([c.what, c.measured, c.limit or "—", verdict(met)])
+    m = doc.get("model", {})
+    if doc.get("quick"):
+        s.body += [f"**Quick mode** (epochs {doc.get('epochs')}): CI-sized, not comparable with the targets.", ""]
+    s.body += [f"Source: the example digits CNN ({_n(m.get('params'))} parameters, {_n(m.get('test_accuracy'))}% on the "
+               "held-out digits). Every variant is compiled by `compile_model` and evaluated through `edgefleet.load` "
+               "on the held-out digits; accuracy drop in points against the source.", "",
+               *table(["target (issue 3)", "measured", "limit", "result"], trows)]
+    vrows = [[k, r["variant"], _n(r["params"]), _n(r["size_bytes"]), _n(r["gzip_bytes"]), _n(r.get("sparsity"), 2),
+              _n(r["accuracy"]), _n(r["drop"]), _n(r["p50_ms"], 4), _n(r.get("p50_invoke_ms"), 4), _n(r.get("compile_s"), 1)]
+             for k, r in doc["runs"].items()]
+    s.body += ["Variants:", "", *table(["variant", "kind", "params", "size bytes", "gzip bytes", "sparsity", "accuracy %",
+                                        "drop (points)", "predict p50 ms", "invoke p50 ms", "compile s"], vrows)]
+    png = plots_dir / "compiler_accuracy_vs_size.png"
+    s.plots.append(("Accuracy vs size", png, plots.compiler_accuracy_size(doc, png)))
+    png = plots_dir / "compiler_latency.png"
+    s.plots.append(("Latency distribution per variant", png, plots.compiler_latency(doc, png)))
+
+
+def agent_footprint(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    res = doc["results"]
+    lit = res["litert"]["summary"]
+    n = len(res["litert"].get("runs", []))
+    s.checks += [
+        Check(f"idle RSS with LiteRT (median of {n} fresh processes)", f"{lit['idle_rss_mb']['median']:.1f} MB",
+              "≤ 60 MB", lit["idle_rss_mb"]["median"] <= 60),
+        Check(f"cold start to first prediction (median of {n}; wall clock)", f"{lit['cold_start_ms']['median']:.0f} ms",
+              "≤ 300 ms", lit["cold_start_ms"]["median"] <= 300,
+              f"best run {lit['cold_start_ms']['min']:.0f} ms; CPU time to first prediction "
+              f"{lit['cold_start_cpu_ms']['median']:.0f} ms (median)"),
+    ]
+    rows = []
+    for runtime, r in res.items():
+        sm = r["summary"]
+
+        def med(k: str, d: int = 0, sm: dict[str, Any] = sm) -> str:
+            return _n(sm[k]["median"], d) if k in sm else "n/a"
+
+        rows.append([runtime, f"{r['model']} ({_n(r.get('model_bytes'))} B)", len(r.get("runs", [])),
+                     f"{med('idle_rss_mb', 1)} (max {_n(sm['idle_rss_mb']['max'], 1)})",
+                     f"{med('cold_start_ms')} ({_n(sm['cold_start_ms']['min'], 0)}–{_n(sm['cold_start_ms']['max'], 0)})",
+                     med("cold_start_cpu_ms"), med("process_to_first_prediction_ms"), med("idle_cpu_percent", 3),
+                     med("agent_predict_us", 1), med("model_predict_us", 1),
+                     ", ".join(sm.get("forbidden_modules", [])) or "none"])
+    if doc.get("quick"):
+        s.body += ["**Quick mode**: fewer runs, shorter idle; CI-sized.", ""]
+    s.body += ["Each run is a fresh process that opens the agent's state directory, serves one prediction and idles.", "",
+               *table(["runtime", "model", "runs", "idle RSS MB, median", "cold start ms, median (min–max)",
+                       "cold start CPU ms", "spawn to first prediction ms", "idle CPU %", "Agent.predict us",
+                       "Model.predict us", "TF/flwr/paho imported"], rows)]
+    defs = doc.get("definitions", {})
+    if defs:
+        s.body += ["Definitions:", "", *[f"- `{k}`: {v}" for k, v in defs.items()], ""]
+
+
+def fleet_ota(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    ota, delta, tel = doc.get("ota", {}), doc.get("delta", {}), doc.get("telemetry", {})
+    n = ota.get("devices", 0)
+    if ota:
+        s.checks += [
+            Check("devices in the run", _n(n), "1,000 (issue 5)", n >= 1000,
+                  "quick mode" if doc.get("quick") else ""),
+            Check("devices that received and verified the bundle", f"{_n(ota.get('completed'))} of {_n(n)}",
+                  "all", ota.get("completed") == n and ota.get("deployment_state", "completed") == "completed",
+                  f"deployment {ota.get('deployment_state', '?')}, {_n(ota.get('seconds_to_complete'))} s"),
+            Check("wire bytes per device / bundle size, mean", _n(ota.get("wire_ratio_mean"), 4), "≤ 1.05",
+                  ota.get("wire_ratio_mean", 99) <= 1.05),
+            Check("wire bytes per device / bundle size, worst device", _n(ota.get("wire_ratio_max"), 4), "≤ 1.05",
+                  ota.get("wire_ratio_max", 99) <= 1.05),
+            Check(f"chunks re-sent after a forced reconnect of {_n(ota.get('forced_reconnects'))} devices",
+                  _n(ota.get("chunks_resent_on_reconnected")), "", None,
+                  f"{_n(ota.get('chunks_resent_total'))} re-sent in the whole rollout"),
+        ]
+    if delta:
+        s.checks.append(Check("delta update size / full bundle", _n(delta.get("delta_ratio"), 4), "≤ 0.30",
+                              delta.get("delta_ratio") is not None and delta["delta_ratio"] <= 0.30,
+                              delta.get("change", "")))
+    if tel:
+        s.checks.append(Check("coordinator telemetry ingest rate / plain paho subscriber", _n(tel.get("ratio"), 3),
+                              "≥ 0.8", tel.get("ratio", 0) >= 0.8))
+    s.body += ["A coordinator (SQLite registry) and simulated devices (paho MQTT 5 clients running the real chunk "
+               "receiver), all through one Mosquitto on this machine.", ""]
+    if ota:
+        s.body += table(["OTA", "value"], [[k.replace("_", " "), _n(v, 4 if "ratio" in k else 2) if isinstance(v, (int, float)) else v]
+                                           for k, v in ota.items() if k != "progress" and not isinstance(v, (list, dict))])
+    if tel:
+        s.body += table(["telemetry", "records", "seconds", "records/s"],
+                        [[who, _n(tel[who].get("records")), _n(tel[who].get("seconds"), 3), _n(tel[who].get("records_per_s"))]
+                         for who in ("coord", "plain") if who in tel])
+        s.body += [f"{_n(tel.get('records'))} records from {_n(tel.get('devices'))} devices in batches of "
+                   f"{_n(tel.get('records_per_batch'))}, counted by the coordinator and by a plain subscriber in the same run.", ""]
+    png = plots_dir / "fleet_rollout_progress.png"
+    s.plots.append(("Rollout progress over time", png, plots.fleet_progress(doc, png)))
+
+
+def federated_digits(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    acc = doc["accuracy"]
+    rounds = acc.get("rounds", len(acc["fedavg"]))
+    few = rounds < 10
+    for k, gap in acc["gap_to_central_points"].items():
+        s.checks.append(Check(f"{k}: gap to central after {rounds} rounds", f"{gap:.2f} points", "≤ 2 points",
+                              gap <= 2.0, "quick mode: the target is after 10 rounds" if few else ""))
+    wall = doc.get("wall_time")
+    if wall:
+        s.checks.append(Check(f"wall time per round, edgefleet / bare Flower ({wall['devices']} real devices, median)",
+                              _n(wall["ratio_median_round"], 3), "≤ 1.1", wall["ratio_median_round"] <= 1.1,
+                              f"load average {wall.get('load_average_1m', '?')}"))
+    poisoned = acc.get("poisoned", {})
+    curves = {k: v for k, v in poisoned.items() if isinstance(v, list) and v and isinstance(v[0], float)}
+    for k, v in curves.items():
+        s.checks.append(Check(f"2 of {acc['devices']} devices poisoned: {k} after {len(v)} rounds", f"{v[-1] * 100:.1f}%",
+                              "", None, "no numeric target: FedAvg vs the robust strategies"))
+    rows = [[k, _n(acc[k][-1] * 100, 1), _n(acc["gap_to_central_points"].get(k)),
+             verdict(acc["gap_to_central_points"][k] <= 2.0) if k in acc["gap_to_central_points"] else "—"]
+            for k in acc if k == "fedavg" or k.startswith("fedprox")]
+    rows.append(["central (same network, union of the data)", _n(acc["central"] * 100, 1), "", ""])
+    lo = acc.get("local_only", {})
+    if lo:
+        rows.append(["local only (each device alone)", f"{lo['mean'] * 100:.1f} mean, {lo['max'] * 100:.1f} best", "", ""])
+    s.body += [f"{acc['devices']} devices, each holding mostly two classes of scikit-learn's digits, {rounds} rounds of "
+               f"{acc.get('local_epochs', '?')} local epochs; accuracy on {_n(acc.get('test_samples'))} held-out digits. "
+               "The accuracy runs use the devices' real trainer and the strategies' aggregation rules in one process; "
+               "the wall-time runs use real Flower processes.", "",
+               *table(["strategy", f"accuracy % after {rounds} rounds", "gap to central (points)", "≤ 2 points"], rows)]
+    if curves:
+        s.body += table(["with devices " + str(poisoned.get("poisoned_devices")) + " poisoned", "final accuracy %"],
+                        [[k, _n(v[-1] * 100, 1)] for k, v in curves.items()])
+    if wall:
+        s.body += table(["wall time per round", "median s", "runs"],
+                        [[k, _n(wall["median_round_s"][k], 2), len(wall["runs"].get(k, []))] for k in wall["median_round_s"]])
+    else:
+        s.body += ["No wall-time runs in this JSON (run without `--no-flower`).", ""]
+    png = plots_dir / "federated_accuracy.png"
+    s.plots.append(("Accuracy per federated round", png, plots.federated_accuracy(doc, png)))
+
+
+def compiler_thirdparty(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    rows, worked = [], 0
+    for m in doc["models"]:
+        ok = [v["variant"] for v in m.get("variants", []) if v.get("ok")]
+        bad = [f"{v['variant']}: {str(v.get('error', ''))[:90]}" for v in m.get("variants", []) if not v.get("ok")]
+        worked += any(v not in ("pack", "tflite-as-is") for v in ok)
+        rows.append([m["key"], m.get("pip", m.get("package")), _n(m.get("source_bytes")), ", ".join(ok) or "none",
+                     "; ".join(bad) or "none"])
+    s.checks.append(Check("third-party models compiled end to end", f"{worked} of {len(rows)}", "≥ 2", worked >= 2))
+    s.body += ["Models that ship inside PyPI packages, not trained here; see the script's docstring for the inputs "
+               "and the comparisons.", "", *table(["model", "package", "source bytes", "worked", "failed"], rows)]
+
+
+BUILDERS: dict[str, Callable[[Section, Path], None]] = {
+    "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
+    "fleet_ota": fleet_ota, "federated_digits": federated_digits, "compiler_thirdparty": compiler_thirdparty,
+}
+
+
+# -------------------------------------------------------------------------------------------- provenance
+def produced_at(doc: dict[str, Any], path: Path, record: dict[str, Any] | None) -> str:
+    """When the JSON was written: its own timestamp, else the suite runner's record, else git, else the file time."""
+    for holder in (doc.get("machine", {}), doc):
+        if isinstance(holder, dict) and holder.get("utc"):
+            return f"{holder['utc']} (in the JSON)"
+    if record and Path(record.get("result", "")).resolve() == path.resolve():
+        mtime = path.stat().st_mtime
+        finished = calendar.timegm(time.strptime(record["finished_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+        if abs(mtime - finished) < 120:
+            return f"{record['finished_utc']} (suite runner)"
+    try:
+        rel = path.resolve().relative_to(REPO)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(rel)], cwd=REPO, capture_output=True,
+                               text=True, timeout=20).stdout.strip()
+        when = subprocess.run(["git", "log", "-1", "--format=%cd", "--date=format-local:%Y-%m-%dT%H:%M:%SZ", "--", str(rel)],
+                              cwd=REPO, capture_output=True, text=True, timeout=20, env={**os.environ, "TZ": "UTC"}).stdout.strip()
+        if when and not dirty:
+            return f"{when} (commit date)"
+    except (ValueError, OSError, subprocess.SubprocessError):
+        pass
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime)) + " (file time)"
+
+
+def machine_row(s: Section, record: dict[str, Any] | None) -> list[Any]:
+    doc = s.doc or {}
+    m = doc.get("machine", {}) if isinstance(doc.get("machine"), dict) else {}
+    load = m.get("load_average") or m.get("load_average_at_end")
+    where = "when written"
+    if load is None and isinstance(doc.get("wall_time"), dict) and "load_average_1m" in doc["wall_time"]:
+        load, where = [doc["wall_time"]["load_average_1m"]], "1 min, after the Flower runs"
+    if load is None and record:
+        load, where = record.get("load_average_end"), "suite runner, at the end"
+    load_s = "not recorded" if load is None else f"{' / '.join(f'{x:.2f}' for x in load)} ({where})"
+    versions = {k: m[k] for k in ("numpy", "edgefleet") if k in m}
+    runtimes = sorted({d.get("runtime_version") for d in doc.get("details", []) if d.get("runtime_version")})
+    versions_s = ", ".join([f"{k} {v}" for k, v in versions.items()] + runtimes)
+    if isinstance(doc.get("packages"), dict):
+        versions_s = ", ".join(f"{k} {v}" for k, v in doc["packages"].items())
+    if not versions_s and record:
+        env = record.get("environment", {}).get("packages", {})
+        versions_s = "runner: " + ", ".join(f"{k} {v}" for k, v in env.items() if v != "not installed")
+    return [s.suite.name, f"`{_rel(s.path, REPO)}`", produced_at(doc, s.path, record), m.get("cpu", "not recorded"),
+            m.get("cores", m.get("cpus", "?")), load_s, m.get("platform", "not recorded"), m.get("python", "?"),
+            versions_s or "not recorded"]
+
+
+def _rel(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when it lies inside it (as links and names in the report), else absolute."""
+    try:
+        rel = os.path.relpath(path, base)
+    except ValueError:
+        return str(path)
+    return str(Path(path).resolve()) if rel.startswith("..") and base == REPO else rel
+
+
+# -------------------------------------------------------------------------------------------- report
+def read_sections(results_dir: Path, quick: bool, plots_dir: Path, suites: tuple[Suite, ...] = SUITES) -> list[Section]:
+    sections = []
+    for suite in suites:
+        path = suite.result_file(results_dir, quick)
+        s = Section(suite, path)
+        if not path.exists():
+            s.problem = (f"No results: `{_rel(path, REPO)}` does not exist. "
+                         + (suite.note + "." if suite.note else f"Run `python -m benchmarks{' --quick' if quick else ''} "
+                                                                    f"--only {suite.name}`."))
+            if not suite.default:
+                continue
+        else:
+            try:
+                s.doc = json.loads(path.read_text())
+                BUILDERS[suite.name](s, plots_dir)
+            except Exception as exc:  # an unexpected schema must not hide the other suites
+                s.problem = f"Could not read `{_rel(path, REPO)}`: {type(exc).__name__}: {exc}"
+                s.checks, s.body = [], []
+                s.doc = s.doc if isinstance(s.doc, dict) else None
+                traceback.print_exc()
+        sections.append(s)
+    return sections
+
+
+def render(sections: list[Section], results_dir: Path, quick: bool, md_path: Path) -> str:
+    runs = load_runs(results_dir, quick).get("suites", {})
+    checks = [(s.suite.name, c) for s in sections for c in s.checks if c.met is not None]
+    met = sum(1 for _, c in checks if c.met)
+    mode = " (quick mode: CI-sized runs, not the published figures)" if quick else ""
+    cmd = "python -m benchmarks report" + (" --quick" if quick else "")
+    out = [f"# edgefleet benchmarks{mode}", "",
+           f"Generated by `{cmd}` at {utc_now()} from the JSON files in `{_rel(results_dir, REPO)}/`; do not edit by "
+           "hand. Every figure comes from a script in `benchmarks/` that anyone can rerun "
+           "([how](#rerunning)). A target is **missed** whenever the recorded value is over its limit, however close.",
+           "", f"**{met} of {len(checks)} targets met.**", "",
+           *table(["suite", "target", "measured", "limit", "result", "note"],
+                  [[name, *row] for name, row in ((n, check_rows([c])[0]) for n, c in checks)])]
+    missing = [s for s in sections if s.doc is None]
+    if missing:
+        out += ["Suites without results: " + ", ".join(f"`{s.suite.name}`" for s in missing) + " (see their sections).", ""]
+    for s in sections:
+        out += [f"## {s.suite.title}", ""]
+        if s.problem:
+            out += [s.problem, ""]
+        out += s.body
+        info = [c for c in s.checks if c.met is None]
+        if info:
+            out += ["Also measured (no target):", "", *table(["what", "measured", "note"], [[c.what, c.measured, c.note]
+                                                                                           for c in info])]
+        for title, png, reason in s.plots:
+            out += [f"**{title}**", "", f"![{title}]({_rel(png, md_path.parent)})" if reason is None else f"_No plot: {reason}._",
+                    ""]
+        out += [f"Rerun: `{s.suite.rerun(quick)}` (writes `{_rel(s.path, REPO)}`), or `python -m benchmarks"
+                f"{' --quick' if quick else ''} --only {s.suite.name}`.", ""]
+    out += ["## Machine and versions", "",
+            "Each JSON records the machine it ran on; the load average is the one recorded with it (the machine is "
+            "shared, so absolute latencies are noisy: ratios measured side by side in one run are the robust figures).", "",
+            *table(["suite", "JSON", "produced (UTC)", "CPU", "cores", "load average 1/5/15 min", "OS", "Python", "versions"],
+                   [machine_row(s, runs.get(s.suite.name)) for s in sections if s.doc is not None])]
+    if runs:
+        latest = max(runs.values(), key=lambda r: r.get("finished_utc", ""))
+        pk = latest.get("environment", {}).get("packages", {})
+        out += ["### Last suite runs", "",
+                *table(["suite", "status", "exit code", "seconds", "started (UTC)", "load average at start", "message"],
+                       [[n, r["status"] if r["status"] == "ok" else f"**{r['status']}**", r.get("returncode"),
+                         _n(r.get("seconds"), 1), r.get("started_utc"), " / ".join(f"{x:.2f}" for x in r.get("load_average_start", [])),
+                         r.get("message", "")] for n, r in runs.items()]),
+                f"Package versions at the last suite run ({latest.get('finished_utc')}):", "",
+                *table(["package", "version"], [[k, v] for k, v in pk.items()])]
+    else:
+        out += ["Package versions installed when this report was generated (no suite-runner record; the JSON files "
+                "above were produced by running the scripts directly):", "",
+                *table(["package", "version"], [[k, v] for k, v in package_versions().items()])]
+    out += ["## Rerunning", "",
+            "From the repository root, with the project's virtualenv (`bash scripts/setup.sh`):", "",
+            "```bash",
+            "python -m benchmarks            # every default suite (full size), then this file",
+            "python -m benchmarks --quick    # CI-sized runs into *_quick.json and benchmarks/results/BENCHMARKS_quick.md",
+            "python -m benchmarks --only sdk_overhead,agent_footprint   # or --skip fleet_ota",
+            "python -m benchmarks report     # only regenerate this file and the plots from the JSON",
+            "```", "",
+            *table(["suite", "script", "in the default run", "writes"],
+                   [[s.name, f"`{s.rerun(False)}`", "yes" if s.default else f"no: {s.note}",
+                     f"`{_rel(s.result_file(RESULTS, False), REPO)}`"] for s in SUITES])]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def default_report_path(results_dir: Path, quick: bool) -> Path:
+    if quick:
+        return Path(results_dir) / "BENCHMARKS_quick.md"
+    return REPO / "BENCHMARKS.md" if Path(results_dir).resolve() == RESULTS.resolve() else Path(results_dir) / "BENCHMARKS.md"
+
+
+def generate(results_dir: Path = RESULTS, quick: bool = False, md_path: Path | None = None,
+             suites: tuple[Suite, ...] = SUITES) -> tuple[Path, list[Section]]:
+    """Write the Markdown report and its PNGs; return (path, sections). Plots go to RESULTS/plots[_quick]/."""
+    results_dir = Path(results_dir)
+    md_path = Path(md_path) if md_path else default_report_path(results_dir, quick)
+    plots_dir = results_dir / ("plots_quick" if quick else "plots")
+    sections = read_sections(results_dir, quick, plots_dir, suites)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(render(sections, results_dir, quick, md_path))
+    return md_path, sections
