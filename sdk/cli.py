@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "edgefleet.device_agent.cli",
     "edgefleet.cloud_sync.cli",
     "edgefleet.cloud_sync.federated.cli",
+    "edgefleet.cloud_sync.demo.cli",
 )
 
 

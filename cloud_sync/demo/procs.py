@@ -1,0 +1,312 @@
+"""Processes of the demo: prerequisites, Mosquitto on a free loopback port, children, cleanup.
+
+Every child starts in its own session (its own process group), so Ctrl-C in the terminal
+reaches only the demo, which then stops the children in order: SIGTERM to the whole group,
+SIGKILL after a grace period. Every child (and everything it starts: SuperNodes,
+``flower-superexec``, ClientApps) inherits ``EDGEFLEET_DEMO_RUN=<workdir>`` in its
+environment; :func:`sweep` finds whatever is still alive with that mark and ends it by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from edgefleet.errors import ConfigError, SyncError
+
+MARK = "EDGEFLEET_DEMO_RUN"
+MOSQUITTO_ENV = "EDGEFLEET_MOSQUITTO"
+MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+FLOWER_TOOLS = ("flower-superlink", "flower-supernode", "flwr")
+
+INSTALL_MOSQUITTO = (
+    "install it (Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto), "
+    f"point {MOSQUITTO_ENV} at the binary, or use a running broker with --broker mqtt://HOST:PORT"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_mosquitto(env: Mapping[str, str] | None = None) -> str:
+    """The mosquitto binary: ``$EDGEFLEET_MOSQUITTO`` if set (and then only it), else PATH, else the
+    usual sbin locations (Debian installs it in /usr/sbin, off a normal user's PATH)."""
+    env = os.environ if env is None else env
+    chosen = env.get(MOSQUITTO_ENV)
+    if chosen:
+        if os.path.isfile(chosen) and os.access(chosen, os.X_OK):
+            return chosen
+        raise ConfigError(f"{MOSQUITTO_ENV}={chosen} is not an executable mosquitto binary: fix it, or unset it "
+                          f"to look on PATH; otherwise {INSTALL_MOSQUITTO}")
+    found = shutil.which("mosquitto", path=env.get("PATH", os.defpath))
+    if found:
+        return found
+    for p in MOSQUITTO_FALLBACKS:
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    raise ConfigError(f"mosquitto (the MQTT broker) was not found on PATH nor in {', '.join(MOSQUITTO_FALLBACKS)}: "
+                      f"{INSTALL_MOSQUITTO}")
+
+
+def check_flower_tools() -> dict[str, str]:
+    """Paths of the Flower executables the federated round needs, or a ConfigError saying how to get them."""
+    from edgefleet.device_agent.flower_node import find_tool
+
+    found: dict[str, str] = {}
+    missing = []
+    for name in FLOWER_TOOLS:
+        try:
+            found[name] = find_tool(name)
+        except ConfigError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not found: the federated round needs Flower; install the federated "
+                          "extra: pip install 'edgefleet[federated]' (flwr 1.41)")
+    return found
+
+
+def check_modules(modules: Sequence[tuple[str, str]]) -> None:
+    """Each (module, extra) must be importable; otherwise name the extra to install."""
+    import importlib.util
+
+    missing = [(m, extra) for m, extra in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = sorted({e for _, e in missing})
+        raise ConfigError(f"the demo needs {', '.join(m for m, _ in missing)}: pip install "
+                          f"'edgefleet[{','.join(extras)}]'")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class Children:
+    """The demo's child processes, each in its own process group, stopped newest first."""
+
+    def __init__(self, workdir: Path, log_dir: Path) -> None:
+        self.workdir = workdir
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self.env = dict(os.environ)
+        self.env[MARK] = str(workdir)
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self.env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"})
+        bindir = str(Path(sys.executable).parent)  # Flower starts flower-superexec by name
+        self.env["PATH"] = bindir + os.pathsep + self.env.get("PATH", "")
+
+    def spawn(self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "ab")
+        env = dict(self.env)
+        if extra_env:
+            env.update(extra_env)
+        try:
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, cwd=str(self.workdir))
+        except OSError as exc:
+            log.close()
+            raise ConfigError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
+        child = Child(name, proc, log_path, log)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 10.0) -> None:
+        _stop_group(child.proc, timeout)
+        if child.log is not None:
+            child.log.close()
+            child.log = None
+        if child in self.children:
+            self.children.remove(child)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """SIGTERM every group at once (newest first), then wait, then SIGKILL what is left."""
+        kids = list(reversed(self.children))
+        for c in kids:
+            _signal_group(c.proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in kids:
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for c in kids:
+            _signal_group(c.proc, signal.SIGKILL)
+            try:
+                c.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            if c.log is not None:
+                c.log.close()
+                c.log = None
+        self.children = []
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the child leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc, signal.SIGKILL)  # whatever the child started in its group
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def marked_pids(mark_value: str, exclude: Sequence[int] = ()) -> list[int]:
+    """Pids of live processes whose environment carries ``EDGEFLEET_DEMO_RUN=<mark_value>`` (Linux /proc)."""
+    needle = f"{MARK}={mark_value}".encode()
+    out: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid in exclude:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie holds nothing; its parent reaps it
+            continue
+        if needle in env.split(b"\0"):
+            out.append(pid)
+    return out
+
+
+def describe(pid: int) -> str:
+    """``pid (command line)`` for messages."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"{pid} ({cmd[:120]})"
+
+
+def sweep(mark_value: str, timeout: float = 5.0) -> list[str]:
+    """End every live process carrying the demo's mark (ours by construction); returns what it ended."""
+    pids = marked_pids(mark_value, exclude=(os.getpid(),))
+    ended = [describe(p) for p in pids]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and marked_pids(mark_value, exclude=(os.getpid(),)):
+            time.sleep(0.1)
+        if not marked_pids(mark_value, exclude=(os.getpid(),)):
+            break
+    return ended
+
+
+# -- Mosquitto ----------------------------------------------------------------------------------------------
+def mosquitto_conf(root: Path, port: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        "persistence false",
+        "max_queued_messages 0",  # mosquitto's default of 1000 silently drops QoS 1 to a slow subscriber
+        "max_inflight_messages 100",
+        f"log_dest file {root / 'mosquitto.log'}",
+    ]
+    if os.geteuid() == 0:  # as root mosquitto would switch to user 'mosquitto', who cannot write our workdir
+        lines.append("user root")
+    conf = root / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def start_mosquitto(children: Children, binary: str, root: Path, attempts: int = 3) -> tuple[Child, str]:
+    """Mosquitto on a free loopback port (another port if the one picked was taken meanwhile)."""
+    last = ""
+    for attempt in range(attempts):
+        port = free_port()
+        conf = mosquitto_conf(root, port)
+        child = children.spawn(f"mosquitto{'-' + str(attempt) if attempt else ''}", [binary, "-c", str(conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and child.alive():
+            if port_open("127.0.0.1", port):
+                return child, f"mqtt://127.0.0.1:{port}"
+            time.sleep(0.05)
+        log = (root / "mosquitto.log")
+        last = (log.read_text(errors="replace") if log.exists() else "") + child.log_tail()
+        children.stop(child)
+        if "in use" not in last.lower():
+            break
+    raise SyncError(f"mosquitto ({binary}) did not start on a loopback port: {last.strip()[-600:] or 'no output'}")
+
+
+def check_broker(url: str, timeout: float = 5.0) -> None:
+    """A broker given with --broker must answer MQTT there; otherwise say what to do."""
+    from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
+
+    host, port, _ = MqttConfig(url=url).host_port
+    if not port_open(host, port, timeout=1.0):
+        raise SyncError(f"nothing listens at {url} (--broker): start a broker there (e.g. mosquitto -p {port}), "
+                        "or leave out --broker and the demo starts its own on a free loopback port")
+    probe = MqttTransport(MqttConfig(url=url, client_id=f"edgefleet-demo-probe-{os.getpid()}", clean_start=True,
+                                     session_expiry=0))
+    try:
+        probe.connect(timeout=timeout)
+    except SyncError:
+        raise SyncError(f"{host}:{port} accepts connections but did not answer as an MQTT 5 broker within {timeout:.0f}s "
+                        "(--broker): is the port used by something else?") from None
+    finally:
+        probe.close()
+
+
+__all__ = ["Children", "Child", "find_mosquitto", "check_flower_tools", "check_modules", "start_mosquitto",
+           "check_broker", "sweep", "marked_pids", "free_port", "port_open", "MARK", "MOSQUITTO_ENV"]

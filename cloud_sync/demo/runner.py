@@ -1,0 +1,677 @@
+"""``edgefleet demo``: the whole loop on this machine, with real components, stage by stage.
+
+data -> train a deliberately weak v1 -> compile (pruned + int8, signed, with its report) ->
+Mosquitto -> coordinator + N device processes -> staged rollout of v1 -> devices predict on
+their local data (telemetry) -> drift injected on some devices, alert -> federated round
+(flower-superlink + one supervised flower-supernode per device, on the devices' own samples)
+-> aggregate compiled, gated and signed as v2 -> staged rollout of v2 -> summary.
+
+Every process it starts is stopped on the way out, also on Ctrl-C or SIGTERM; see :mod:`.procs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from edgefleet.errors import ConfigError, EdgefleetError, SyncError
+
+from . import procs
+from .device import BATCH, CONTROL, STATUS, agent_toml, read_json, write_json
+from .scenario import LABELS, LAYERS, PREPROCESSING, Scenario, drifted_devices, make_scenario
+from .status import local_accuracy, stage_names, status_line, summary_rows
+
+DRIFT = {"gain": 0.5, "offset": 6.0}
+GROUP = "demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    devices: int = 3
+    workdir: str | None = None  # None: a temporary directory, removed at the end unless keep
+    keep: bool = False
+    broker: str | None = None  # None: start our own Mosquitto on a free loopback port
+    rounds: int = 2
+    local_epochs: int = 5
+    seed: int = 0
+    status_interval: float = 2.0
+    drift_timeout: float = 45.0
+    rollout_timeout: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.devices <= 20:
+            raise ConfigError(f"--devices must be within 1..20 (each device is a process here), got {self.devices}")
+        if self.rounds < 1 or self.local_epochs < 1:
+            raise ConfigError("--rounds and --local-epochs must be >= 1")
+
+
+class Demo:
+    def __init__(self, config: DemoConfig, out: Callable[[str], None] | None = None) -> None:
+        self.cfg = config
+        self._out = out or (lambda s: print(s, flush=True))
+        self._lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.stages: dict[str, float] = {}
+        self.step = 0
+        self.workdir = Path()
+        self.children: procs.Children | None = None
+        self.superlink: Any = None
+        self.api = ""
+        self.token = secrets.token_hex(16)
+        self.fleet = f"demo-{secrets.token_hex(3)}"
+        self.device_dirs: dict[str, Path] = {}
+        self.device_procs: dict[str, procs.Child] = {}
+        self.controls: dict[str, dict[str, Any]] = {}
+        self.coordinator: procs.Child | None = None
+        self.stage_labels: list[str] = []
+        self._status_stop = threading.Event()
+        self._status_thread: threading.Thread | None = None
+        self._client: Any = None
+        self.summary: dict[str, Any] = {}
+
+    # -- output -------------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        with self._lock:
+            self._out(text)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, title: str) -> Iterator[None]:
+        self.step += 1
+        self.say(f"\n==> [{self.step}] {title}")
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.monotonic() - t, 2)
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """TensorFlow's C++ start-up chatter goes to logs/orchestrator.log instead of the terminal."""
+        log = self.workdir / "logs" / "orchestrator.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(log, "ab") as fh:
+            os.dup2(fh.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    # -- the whole run ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.preflight()
+        self.workdir = self._make_workdir()
+        temp = self.cfg.workdir is None
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        os.environ[procs.MARK] = str(self.workdir)  # inherited by every process started from here
+        self.children = procs.Children(self.workdir, self.workdir / "logs")
+        ok = False
+        try:
+            self.say(f"edgefleet demo: {self.cfg.devices} device(s), fleet {self.fleet}, work in {self.workdir}")
+            self._run()
+            ok = True
+            return self.summary
+        finally:
+            self.cleanup()
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.environ.pop(procs.MARK, None)
+            if temp and not self.cfg.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                if ok:
+                    self.say(f"(work directory {self.workdir} removed; --keep keeps it)")
+            elif ok:
+                self.say(f"everything is in {self.workdir} (summary.json, logs/, bundles/, devices/)")
+
+    def preflight(self) -> None:
+        """Fail before doing anything when a piece cannot start, saying what to install."""
+        procs.check_modules([("tensorflow", "compiler"), ("sklearn", "compiler"), ("paho", "device"),
+                             ("fastapi", "cloud"), ("sqlalchemy", "cloud"), ("httpx", "cloud"), ("uvicorn", "cloud"),
+                             ("flwr", "federated")])
+        procs.check_flower_tools()
+        if self.cfg.broker:
+            procs.check_broker(self.cfg.broker)
+        else:
+            self.mosquitto = procs.find_mosquitto()
+
+    def _make_workdir(self) -> Path:
+        if self.cfg.workdir is None:
+            return Path(tempfile.mkdtemp(prefix="edgefleet-demo-")).resolve()
+        p = Path(self.cfg.workdir).resolve()
+        if p.exists() and any(p.iterdir()):
+            raise ConfigError(f"--workdir {p} is not empty: give a new or empty directory")
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def _run(self) -> None:
+        wd = self.workdir
+        with self.stage("data", "data: digits split into a weak cloud set, a holdout, a test set and device partitions"):
+            scen = make_scenario(self.cfg.devices, seed=self.cfg.seed)
+            paths = scen.write(wd / "data")
+            self._describe(scen)
+        with self.stage("train", "train the example digits model (64-32-10 dense network) on the cloud's small set"):
+            src, float_acc = self.train(scen, paths)
+        with self.stage("compile", "compile v1: prune 50% + int8 TFLite, signed, with its report"):
+            keys = self.keys()
+            v1, v1_archive, v1_acc = self.compile_v1(src, paths, keys[0])
+        with self.stage("broker", "MQTT broker"):
+            url = self.broker()
+        with self.stage("fleet", f"start the coordinator and {self.cfg.devices} device processes"):
+            self.start_fleet(url, scen, keys[1])
+        self.start_status()
+        with self.stage("rollout_v1", "staged rollout of v1 (canary, then waves)"):
+            r1 = self.rollout(v1_archive, "1")
+        with self.stage("serve", "devices predict on their local sensor data; telemetry flows to the coordinator"):
+            self.serve()
+        with self.stage("drift", "inject sensor drift on some devices and wait for the drift alert"):
+            alerts = self.drift()
+        with self.stage("federated", f"federated round(s) with Flower: {self.cfg.rounds} round(s) on the devices' samples"):
+            fed = self.federated(src, paths)
+        with self.stage("compile_v2", "compile the aggregate with v1's recipe, gate it on the holdout, sign v2"):
+            gate = self.close_loop(fed, src, paths, v1, keys)
+        rollouts = [r1]
+        final_version = "1"
+        if gate["promoted"]:
+            from edgefleet.bundle import write_archive
+
+            v2_archive = write_archive(Path(gate["bundle"]), wd / "bundles" / "digits-v2.efb")
+            with self.stage("rollout_v2", "staged rollout of v2 (canary, then waves)"):
+                rollouts.append(self.rollout(v2_archive, gate["version"]))
+            final_version = str(gate["version"])
+            self.settle(final_version)
+        self.stop_status()
+        self.finish(scen, paths, v1, gate, float_acc, v1_acc, rollouts, alerts, fed, final_version)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _describe(self, scen: Scenario) -> None:
+        self.say(f"  cloud: {len(scen.cloud_y)} labelled digits of classes 0-{scen.known_classes - 1} only; "
+                 f"holdout {len(scen.gate_y)}, test {len(scen.test_y)} (all classes)")
+        for d in scen.devices:
+            self.say(f"  {d.device_id}: mostly classes {','.join(map(str, d.classes))}; {len(d.sample_y)} labelled "
+                     f"samples, {len(d.sensor_y)} sensor inputs (never leave the device)")
+
+    def train(self, scen: Scenario, paths: Mapping[str, Path]) -> tuple[Path, float]:
+        from edgefleet.cloud_sync.federated.trainer import MLPSpec, TrainConfig, evaluate, train
+
+        spec = MLPSpec.parse(LAYERS)
+        res = train(spec.init(self.cfg.seed), scen.cloud_x / 16.0, scen.cloud_y,
+                    TrainConfig(epochs=30, learning_rate=0.1, seed=self.cfg.seed))
+        _, acc = evaluate(res.weights, scen.test_x / 16.0, scen.test_y)
+        src = self.workdir / "model" / "digits-v1.keras"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        with self.quiet():
+            from edgefleet.cloud_sync.federated.loop import save_keras
+
+            save_keras(res.weights, spec, src)
+        (src.parent / (src.name + ".edgefleet.json")).write_text(
+            json.dumps({"preprocessing": PREPROCESSING, "labels": LABELS}, indent=2) + "\n")
+        self.say(f"  {src.relative_to(self.workdir)}: float accuracy on the test set {100 * acc:.1f}% "
+                 f"(it never saw classes {scen.known_classes}-9)")
+        return src, acc
+
+    def keys(self) -> tuple[Path, Path]:
+        from edgefleet.keys import generate_keypair
+
+        priv, pub = generate_keypair(self.workdir / "keys", "edgefleet")
+        self.say(f"  signing key {priv.relative_to(self.workdir)} (devices trust {pub.name})")
+        return priv, pub
+
+    def compile_v1(self, src: Path, paths: Mapping[str, Path], key: Path) -> tuple[Path, Path, float]:
+        from edgefleet.compiler import CompileConfig, compile_model
+
+        cfg = CompileConfig.from_dict({
+            "quantize": "int8", "format": "tflite", "seed": self.cfg.seed,
+            "prune": {"sparsity": 0.5, "epochs": 2},
+            "data": {"train": str(paths["cloud"]), "calibration": str(paths["cloud"]), "eval": str(paths["test"])},
+            "output": {"name": "digits", "version": "1", "key": str(key), "archive": True, "overwrite": True},
+        }, "demo recipe")
+        with self.quiet():
+            res = compile_model(src, self.workdir / "bundles" / "digits-v1", cfg)
+        for v in res.variants:
+            score = "-" if v.score is None else f"{v.score.value:.1f}%"
+            self.say(f"  {v.name:<16} {v.size:>8,} bytes  accuracy {score}{'  <- chosen' if v.chosen else ''}")
+        archive = res.bundle_path.with_suffix(".efb")
+        if not archive.exists():
+            archive = res.bundle_path.parent / (res.bundle_path.name + ".efb")
+        acc = float(res.chosen.score.value) / 100 if res.chosen.score else float("nan")
+        self.say(f"  bundle {res.bundle_path.relative_to(self.workdir)} ({archive.stat().st_size:,} B archive), "
+                 f"report {res.report_dir.relative_to(self.workdir) if res.report_dir else '-'}/report.md")
+        return res.bundle_path, archive, acc
+
+    def broker(self) -> str:
+        assert self.children is not None
+        if self.cfg.broker:
+            self.say(f"  using the broker at {self.cfg.broker} (--broker)")
+            return self.cfg.broker
+        child, url = procs.start_mosquitto(self.children, self.mosquitto, self.workdir / "broker")
+        self.say(f"  {self.mosquitto} on {url} (pid {child.pid})")
+        return url
+
+    def start_fleet(self, url: str, scen: Scenario, pub: Path) -> None:
+        assert self.children is not None
+        for attempt in range(2):
+            port = procs.free_port()
+            self.coordinator = self.children.spawn("coordinator", [
+                sys.executable, "-m", "edgefleet.cli", "cloud", "serve", "--broker", url,
+                "--db", f"sqlite:///{self.workdir / 'coordinator' / 'registry.db'}", "--fleet", self.fleet,
+                "--api-port", str(port)], extra_env={"EDGEFLEET_TOKEN": self.token})
+            (self.workdir / "coordinator").mkdir(exist_ok=True)
+            self.api = f"http://127.0.0.1:{port}"
+            if self._wait_api(self.coordinator):
+                break
+            tail = self.coordinator.log_tail()
+            self.children.stop(self.coordinator)
+            if attempt == 1 or "in use" not in tail:
+                raise SyncError(f"the coordinator did not start (API port {port}): {tail[-800:] or 'no output'}")
+        assert self.coordinator is not None
+        self.say(f"  coordinator: edgefleet cloud serve, API {self.api} (pid {self.coordinator.pid})")
+        for d in scen.devices:
+            ddir = self.workdir / "devices" / d.device_id
+            ddir.mkdir(parents=True, exist_ok=True)
+            d.save(ddir / "data.npz")
+            (ddir / "agent.toml").write_text(agent_toml(ddir / "agent", d.device_id, pub))
+            self.controls[d.device_id] = {"drift": None, "superlink": None}
+            write_json(ddir / CONTROL, self.controls[d.device_id])
+            self.device_dirs[d.device_id] = ddir
+            self.device_procs[d.device_id] = self.children.spawn(d.device_id, [
+                sys.executable, "-m", "edgefleet.cloud_sync.demo.device", "--dir", str(ddir),
+                "--config", str(ddir / "agent.toml"), "--data", str(ddir / "data.npz"), "--broker", url,
+                "--fleet", self.fleet, "--group", GROUP])
+        self.say(f"  devices: {', '.join(f'{k} (pid {c.pid})' for k, c in self.device_procs.items())}")
+        n = len(scen.devices)
+        self.wait(lambda: sum(1 for x in self.get("/v1/devices") if x["online"]) >= n, 90,
+                  f"{n} devices online at the coordinator")
+        self.say(f"  {n}/{n} devices registered and online (no model yet)")
+
+    def _wait_api(self, child: procs.Child, timeout: float = 60.0) -> bool:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                return False
+            try:
+                r = httpx.get(self.api + "/healthz", timeout=1.0)
+                if r.status_code == 200 and r.json().get("broker_connected"):
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+    def rollout(self, archive: Path, version: str) -> dict[str, Any]:
+        before = self.device_stats()
+        dep = self.post_deployment(archive)
+        ends = _stage_ends(len(self.device_dirs))
+        self.stage_labels = stage_names(len(ends))
+        self.say(f"  deployment {dep['id']}: digits v{version} to {dep['targets']} device(s) of group {GROUP}; stages "
+                 + ", ".join(f"{n} ({e} device{'s' if e > 1 else ''})" for n, e in zip(self.stage_labels, ends)))
+        t, stage, seen = time.monotonic(), -1, []
+        deadline = t + self.cfg.rollout_timeout
+        while True:
+            self.check_children()
+            d = self.get(f"/v1/deployments/{dep['id']}")
+            if d["stage"] != stage:
+                stage = d["stage"]
+                if stage >= 0:
+                    seen.append({"name": self.stage_labels[stage] if stage < len(self.stage_labels) else str(stage),
+                                 "devices": ends[stage] if stage < len(ends) else None,
+                                 "at": round(time.monotonic() - t, 2)})
+                    self.say(f"  -> {seen[-1]['name']} dispatched ({ends[stage] if stage < len(ends) else '?'} "
+                             f"device(s) in total)")
+            if d["state"] in ("completed", "halted", "rolled_back"):
+                break
+            if time.monotonic() > deadline:
+                raise SyncError(f"the rollout of v{version} did not finish within {self.cfg.rollout_timeout:.0f}s "
+                                f"(state {d['state']}, {d['done']}/{d['targets']} done): see {self.workdir}/logs/")
+            time.sleep(0.3)
+        seconds = time.monotonic() - t
+        if d["state"] != "completed":
+            raise SyncError(f"the rollout of v{version} ended {d['state']}: {d.get('reason')}; jobs: "
+                            + ", ".join(f"{j['device_id']} {j['status']} {j['reason']}" for j in d["jobs"]))
+        self.wait(lambda: all((self.device_status(k) or {}).get("active_version") == version
+                              for k in self.device_dirs), 15, f"every device serving v{version}")
+        time.sleep(0.6)  # one more status write, so the byte counters are final
+        after = self.device_stats()
+        got = {k: after[k]["bytes_received"] - before.get(k, {}).get("bytes_received", 0) for k in after}
+        deltas = sum(after[k]["delta_used"] - before.get(k, {}).get("delta_used", 0) for k in after)
+        self.say(f"  v{version} on {d['done']}/{d['targets']} devices in {seconds:.1f}s; {sum(got.values()):,} bytes "
+                 f"shipped ({'bsdiff delta' if deltas else 'full bundle'}; archive {archive.stat().st_size:,} B)")
+        return {"version": version, "deployment": d["id"], "seconds": round(seconds, 2), "stages": seen,
+                "bytes": int(sum(got.values())), "bytes_per_device": got, "deltas": int(deltas),
+                "archive_bytes": archive.stat().st_size, "state": d["state"]}
+
+    def serve(self) -> None:
+        n = len(self.device_dirs)
+        self.wait(lambda: sum(int(r["predictions"]) for r in self.get("/v1/telemetry")["rows"]) >= 12 * n, 40,
+                  "telemetry from the devices")
+        tel = self.get("/v1/telemetry")
+        for r in tel["rows"]:
+            if r["kind"] == "metrics" and r["version"]:
+                self.say(f"  telemetry at the coordinator, group {r['group_name']} v{r['version']}: {r['records']} "
+                         f"records, {r['predictions']:,} predict() calls of {BATCH} inputs, {r['errors']} errors, "
+                         f"{r['invalid']} invalid inputs")
+        for k in sorted(self.device_dirs):
+            a = local_accuracy(self.device_status(k))
+            self.say(f"  {k}: accuracy on its own sensor data {'-' if a is None else f'{100 * a:.1f}%'}")
+
+    def drift(self) -> list[dict[str, Any]]:
+        targets = drifted_devices(sorted(self.device_dirs))
+        since = time.time()
+        for k in targets:
+            self.control(k, drift=dict(DRIFT))
+        self.say(f"  {', '.join(targets)}: sensor gain {DRIFT['gain']}, offset +{DRIFT['offset']} (inputs shifted and "
+                 "scaled); devices compare live inputs with the training statistics in the manifest (PSI)")
+
+        def alerts() -> list[dict[str, Any]]:
+            got = [a for a in self.get("/v1/telemetry")["alerts"]
+                   if a["kind"] == "drift" and a["device_id"] in targets and float(a["ts"]) >= since - 1]
+            return got if {a["device_id"] for a in got} >= set(targets) else []
+
+        try:
+            found = self.wait(alerts, self.cfg.drift_timeout, "the drift alert")
+        except SyncError as exc:
+            self.say(f"  no drift alert: {exc}")
+            found = []
+        for a in sorted(found, key=lambda a: a["ts"]):
+            d = a["data"]
+            self.say(f"  DRIFT ALERT from {a['device_id']} (v{a['version']}): PSI {d.get('psi_max', 0):.2f} over the "
+                     f"threshold {d.get('threshold', 0):g} (worst on pixel {d.get('worst_feature')}) in a window of "
+                     f"{d.get('count')} inputs")
+        for k in targets:
+            self.control(k, drift=None)
+        self.say(f"  sensors recalibrated on {', '.join(targets)} (drift injection off); the fleet retrains next")
+        return [{"device_id": a["device_id"], "version": a["version"], "psi_max": a["data"].get("psi_max"),
+                 "ts": a["ts"]} for a in found]
+
+    def federated(self, src: Path, paths: Mapping[str, Path]) -> dict[str, Any]:
+        from edgefleet.cloud_sync.federated.config import FederatedConfig
+        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig, run_federated
+        from edgefleet.cloud_sync.federated.server_app import save_weights
+
+        with self.quiet():
+            from edgefleet.cloud_sync.federated.loop import weights_from_keras
+
+            weights, spec = weights_from_keras(src)
+        fed_dir = self.workdir / "federated"
+        fed_dir.mkdir(parents=True, exist_ok=True)
+        save_weights(fed_dir / "initial.npz", weights)
+        for attempt in range(3):  # a port picked free can be taken before the link binds it
+            self.superlink = SuperLink(SuperLinkConfig(port=procs.free_port(),
+                                                       log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")))
+            self.superlink.start()
+            try:
+                self.superlink.wait_ready()
+                break
+            except FederatedError:
+                self.superlink.stop()
+                self.superlink = None
+                if attempt == 2:
+                    raise
+        assert self.superlink is not None
+        addr = self.superlink.address
+        self.say(f"  flower-superlink on {addr} (pid {self.superlink.pid})")
+        for k in self.device_dirs:
+            self.control(k, superlink=addr)
+        self.wait(lambda: all((self.device_status(k) or {}).get("node", {}).get("running") for k in self.device_dirs),
+                  30, "a flower-supernode on every device")
+        self.say("  one flower-supernode per device, each reading only its own agent's samples.db")
+        n = len(self.device_dirs)
+        cfg = FederatedConfig(rounds=self.cfg.rounds, layers=str(spec), min_nodes=n, round_timeout=90.0,
+                              local_epochs=self.cfg.local_epochs, learning_rate=0.1, batch_size=16, min_samples=20,
+                              preprocessing=json.dumps(PREPROCESSING), initial_weights=str(fed_dir / "initial.npz"),
+                              holdout=str(paths["holdout"]), seed=self.cfg.seed)
+
+        def on_round(r: Mapping[str, Any]) -> None:
+            parts = [f"  round {r['round']}: {r.get('train_replies', 0)} device(s) trained"]
+            if "train" in r:
+                parts.append(f"local train acc {r['train'].get('train-accuracy', float('nan')):.3f}")
+            if "central" in r:
+                parts.append(f"coordinator holdout acc {r['central']['accuracy']:.3f}")
+            parts.append(f"{r.get('seconds', 0):.1f}s")
+            self.say(", ".join(parts))
+
+        try:
+            doc = run_federated(cfg, addr, work_dir=fed_dir, timeout=self.cfg.rounds * 120 + 60, on_round=on_round)
+        finally:
+            for k in self.device_dirs:
+                self.control(k, superlink=None)
+            self.superlink.stop()
+            self.superlink = None
+        if not doc.get("aggregate"):
+            raise SyncError(f"the federated run produced no aggregate (see {fed_dir})")
+        self.say(f"  aggregate: {Path(doc['aggregate']).relative_to(self.workdir)} (Flower run {doc.get('run_id')})")
+        return doc
+
+    def close_loop(self, fed: Mapping[str, Any], src: Path, paths: Mapping[str, Path], v1: Path,
+                   keys: tuple[Path, Path]) -> dict[str, Any]:
+        from edgefleet.cloud_sync.federated.trainer import MLPSpec
+        from edgefleet.keys import load_public_key
+
+        with self.quiet():
+            from edgefleet.cloud_sync.federated.loop import close_loop
+
+            res = close_loop(fed["aggregate"], MLPSpec.parse(LAYERS), paths["holdout"],
+                             self.workdir / "bundles" / "digits-v2", private_key=str(keys[0]), deployed=v1,
+                             margin=0.02, trusted_keys=[load_public_key(keys[1])])
+        verdict = f"signed as v{res.version}" if res.promoted else "not promoted: v1 stays"
+        self.say(f"  gate on the coordinator's holdout: {res.reason}: {verdict}")
+        return res.to_dict()
+
+    def settle(self, version: str, seconds: float = 3.0) -> None:
+        """Let the devices predict with the final version for a moment (their local accuracy)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            done = [((self.device_status(k) or {}).get("counts") or {}).get(version, {}).get("predictions", 0) >= 100
+                    for k in self.device_dirs]
+            if all(done):
+                break
+            time.sleep(0.5)
+        time.sleep(min(seconds, 1.0))
+
+    def finish(self, scen: Scenario, paths: Mapping[str, Path], v1: Path, gate: Mapping[str, Any], float_acc: float,
+               v1_acc: float, rollouts: list[dict[str, Any]], alerts: list[dict[str, Any]], fed: Mapping[str, Any],
+               final_version: str) -> None:
+        from edgefleet.cloud_sync.federated.loop import bundle_accuracy
+
+        before = bundle_accuracy(v1, scen.test_x, scen.test_y)
+        after = bundle_accuracy(gate["bundle"], scen.test_x, scen.test_y) if gate["promoted"] else before
+        devices = {d["device_id"]: d for d in self.get("/v1/devices")}
+        alerted = {a["device_id"] for a in alerts}
+        results = []
+        for d in scen.devices:
+            st = self.device_status(d.device_id) or {}
+            results.append({
+                "device_id": d.device_id, "version": devices.get(d.device_id, {}).get("active_version"),
+                "online": devices.get(d.device_id, {}).get("online"), "classes": list(d.classes),
+                "local_accuracy_before": local_accuracy(st, "1"),
+                "local_accuracy_after": local_accuracy(st, final_version),
+                "bytes_received": int((st.get("sync") or {}).get("bytes_received", 0)),
+                "samples": st.get("samples"), "drift_alert": d.device_id in alerted,
+            })
+        self.summary = {
+            "devices": len(scen.devices), "fleet": self.fleet, "workdir": str(self.workdir),
+            "broker": self.cfg.broker or "own mosquitto", "first_version": "1", "final_version": final_version,
+            "accuracy_float_v1": float_acc, "accuracy_before": before, "accuracy_after": after,
+            "test_samples": int(len(scen.test_y)),
+            "all_on_final": all(r["version"] == final_version for r in results),
+            "bytes_shipped": int(sum(r["bytes"] for r in rollouts)),
+            "rollouts": rollouts, "stages": dict(self.stages), "drift_alerts": alerts, "device_results": results,
+            "federated": {"rounds": [r for r in fed.get("rounds", []) if r.get("round", 0) > 0],
+                          "run_id": fed.get("run_id"), "gate": dict(gate)},
+            "total_seconds": round(time.monotonic() - self.t0, 2),
+        }
+        write_json(self.workdir / "summary.json", self.summary)
+        self.print_summary()
+
+    def print_summary(self) -> None:
+        rows = summary_rows(self.summary)
+        s = self.summary
+        first, final = f"v{s['first_version']} (before)", f"v{s['final_version']} (after)"
+        tables = [
+            (["", first, final], rows["head"]),
+            (["rollout", "stages (devices)", "time", "bytes shipped", "transfer"], rows["rollouts"]),
+            (["device", "version", "mostly classes", f"local acc v{s['first_version']}",
+              f"local acc v{s['final_version']}", "bytes received", "drift alert"], rows["devices"]),
+            (["stage", "time"], rows["stages"]),
+        ]
+        self.say("\n==> summary")
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:  # pragma: no cover - rich comes with the cloud extra
+            for headers, table in tables:
+                for row in [headers] + table:
+                    self.say("  " + " | ".join(row))
+        else:
+            console = Console(width=max(100, shutil.get_terminal_size((120, 20)).columns))
+            with self._lock:
+                for headers, table in tables:
+                    t = Table(*headers)
+                    for r in table:
+                        t.add_row(*r)
+                    console.print(t)
+        verdict = "every device" if s["all_on_final"] else "NOT every device"
+        self.say(f"accuracy {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}% on "
+                 f"{s['test_samples']} held-out digits; {verdict} on v{s['final_version']}; "
+                 f"{s['bytes_shipped']:,} bytes shipped; {s['total_seconds']:.0f}s in all")
+        self.say(f"summary: {self.workdir / 'summary.json'}")
+
+    # -- live status -------------------------------------------------------------------------------
+    def start_status(self) -> None:
+        self._status_thread = threading.Thread(target=self._status_loop, name="demo-status", daemon=True)
+        self._status_thread.start()
+
+    def stop_status(self) -> None:
+        self._status_stop.set()
+        if self._status_thread is not None:
+            self._status_thread.join(timeout=5)
+            self._status_thread = None
+
+    def _status_loop(self) -> None:
+        last, last_at = "", 0.0
+        while not self._status_stop.wait(self.cfg.status_interval):
+            try:
+                line = self.status_line()
+            except EdgefleetError:
+                continue
+            key = line.split(" | telemetry")[0]
+            if key != last or time.monotonic() - last_at >= 3 * self.cfg.status_interval:
+                last, last_at = key, time.monotonic()
+                self.say(f"  [{time.monotonic() - self.t0:6.1f}s] {line}")
+
+    def status_line(self) -> str:
+        devices = self.get("/v1/devices")
+        deps = self.get("/v1/deployments")
+        dep = self.get(f"/v1/deployments/{deps[-1]['id']}") if deps else None
+        tel = self.get("/v1/telemetry")
+        statuses = {k: s for k in self.device_dirs if (s := self.device_status(k))}
+        return status_line(devices, dep, tel, statuses, self.stage_labels)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
+
+    def post_deployment(self, archive: Path) -> Any:
+        return self._request("POST", "/v1/deployments", content=archive.read_bytes(),
+                             headers={"Content-Type": "application/octet-stream"},
+                             params={"group": GROUP, "canary": "5%", "waves": "50%,100%", "max_failure": "0%"})
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        try:
+            r = httpx.request(method, self.api + path, headers={"Authorization": f"Bearer {self.token}",
+                                                                **kw.pop("headers", {})}, timeout=30, **kw)
+        except httpx.HTTPError as exc:
+            raise SyncError(f"cannot reach the coordinator at {self.api}: {exc}") from None
+        if r.status_code >= 400:
+            raise SyncError(f"coordinator: {r.status_code} {r.text[:500]}")
+        return r.json()
+
+    def device_status(self, device_id: str) -> dict[str, Any] | None:
+        doc = read_json(self.device_dirs[device_id] / STATUS)
+        return doc if isinstance(doc, dict) else None
+
+    def device_stats(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for k in self.device_dirs:
+            sync = (self.device_status(k) or {}).get("sync") or {}
+            out[k] = {"bytes_received": int(sync.get("bytes_received", 0)), "delta_used": int(sync.get("delta_used", 0))}
+        return out
+
+    def control(self, device_id: str, **changes: Any) -> None:
+        self.controls[device_id].update(changes)
+        write_json(self.device_dirs[device_id] / CONTROL, self.controls[device_id])
+
+    def check_children(self) -> None:
+        for name, child in list(self.device_procs.items()) + [("coordinator", self.coordinator)]:
+            if child is not None and not child.alive():
+                raise SyncError(f"{name} (pid {child.pid}) exited with {child.proc.returncode}: "
+                                f"{child.log_tail()[-800:] or 'no output'} (log {child.log_path})")
+
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_children()
+            try:
+                v = cond()
+            except SyncError:
+                v = None
+            if v:
+                return v
+            if time.monotonic() > deadline:
+                raise SyncError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.workdir}/logs/")
+            time.sleep(0.3)
+
+    def cleanup(self) -> None:
+        """Stop everything this run started, whatever happened; a second Ctrl-C cannot cut this short."""
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            self.stop_status()
+            if self.superlink is not None:
+                self.superlink.stop()
+                self.superlink = None
+            if self.children is not None and self.children.children:
+                self.say(f"\nstopping {len(self.children.children)} process(es) ...")
+                self.children.stop_all()
+            left = procs.sweep(str(self.workdir))
+            if left:
+                self.say(f"ended {len(left)} leftover process(es): {'; '.join(left)}")
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def _stage_ends(n: int) -> list[int]:
+    from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
+
+    return RolloutPlan(0.05, (0.5, 1.0), 0.0).stage_ends(n)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(config: DemoConfig, out: Callable[[str], None] | None = None) -> dict[str, Any]:
+    return Demo(config, out).run()
+
+
+__all__ = ["Demo", "DemoConfig", "run_demo"]
