@@ -5,7 +5,11 @@
 * Desired jobs (retained, so a device that was away gets them when it returns)
   are run through the agent's own install path; each agent job transition is
   reported with a rising ``version``. Finished job ids are remembered, so a
-  duplicate or replayed desired message does nothing.
+  duplicate or replayed desired message does nothing. A job that arrives while
+  an install is running waits for it to end.
+* A rollback runs only on a signed order (:mod:`.orders`) naming this device and
+  job, newer than the last one executed; anything else is reported REJECTED with
+  the order's reason and the active version stays.
 * Bundles arrive in chunks (:mod:`.transfer`), kept on disk so a restart or a
   broker outage resumes; a bsdiff4 delta is used when offered against the
   archive the device holds, the full file otherwise or when the delta fails.
@@ -32,6 +36,7 @@ from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.errors import EdgefleetError, ProtocolError, SyncError
 
 from . import protocol as P
+from .orders import OrderRefused, RollbackOrder, check_order
 from .transfer import (
     Begin,
     CheckWhole,
@@ -137,11 +142,12 @@ class DeviceSync:
         self.sink = MqttSink(self)
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._active: _Active | None = None
+        self._pending: P.Desired | None = None  # arrived while an install was running
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.malformed = 0
         self.stats = {"chunks_received": 0, "duplicates": 0, "rerequested": 0, "requested": 0, "delta_used": 0,
-                      "delta_failed": 0, "bytes_received": 0, "telemetry_acked": 0}
+                      "delta_failed": 0, "bytes_received": 0, "telemetry_acked": 0, "orders_refused": 0}
         self._base_cache: tuple[str, str, Path] | None = None  # (object id, sha256, path)
         agent.job_hooks.append(lambda job: self._q.put(("agent_job", job)))
 
@@ -304,6 +310,9 @@ class DeviceSync:
             if self._active is a:
                 self._active = None
             self._birth()
+            pending, self._pending = self._pending, None
+            if pending is not None and self._active is None:
+                self._on_desired(pending)
 
     def _on_desired(self, d: P.Desired) -> None:
         if d.action == P.JobAction.NONE.value:
@@ -322,7 +331,8 @@ class DeviceSync:
             if a.desired.job_id == d.job_id:
                 return  # duplicate
             if a.installing:
-                return  # the coordinator re-sends desired until it hears a terminal state
+                self._pending = d  # taken up when the install ends
+                return
             if a.file is not None:
                 a.file.close()
             self._report(a, "CANCELED", reason="superseded", message=f"superseded by job {d.job_id}")
@@ -438,10 +448,39 @@ class DeviceSync:
         else:
             self._report(a, "IN_PROGRESS", job.step.value, job.reason, job.message)
 
+    def _check_order(self, d: P.Desired) -> RollbackOrder | None:
+        """Verify the signed order of a rollback job against the agent's trusted keys (see :mod:`.orders`)."""
+        keys = list(getattr(self.agent, "trusted_keys", []) or [])
+        require = bool(getattr(getattr(self.agent, "config", None), "require_signature", True)) or bool(keys)
+        return check_order(d.rollback_order, trusted=keys, require_signature=require, fleet=self.fleet,
+                           device_id=self.device_id, job_id=d.job_id, deployment_id=d.deployment_id,
+                           to_version=d.rollback_to, last_seq=int(self._state.get("order_seq", 0)),
+                           last_job=str(self._state.get("order_job", "")))
+
     def _rollback(self, a: _Active) -> None:
         d = a.desired
-        if d.rollback_to and self.agent.active_version == d.rollback_to:
+        try:
+            order = self._check_order(d)
+        except OrderRefused as exc:
+            self.stats["orders_refused"] += 1
+            log.warning("job %s: %s", d.job_id, exc)
+            self._report(a, "REJECTED", reason=exc.reason, message=str(exc))
+            return
+        if order is not None:  # executed at most once: remember it before acting
+            self._state["order_seq"], self._state["order_job"] = order.seq, order.job_id
+            self._save_state()
+        active = self.agent.active_version
+        if d.rollback_to and active == d.rollback_to:
             self._report(a, "SUCCEEDED", reason="already_there")
+            return
+        if order is not None and order.from_version and active != order.from_version:
+            self._report(a, "CANCELED", reason="not_on_version",
+                         message=f"the order undoes version {order.from_version}; this device runs {active}")
+            return
+        previous = self.agent.store.state().previous
+        if d.rollback_to and (previous is None or previous.version != d.rollback_to):
+            self._report(a, "FAILED", reason="rollback_target_missing",
+                         message=f"version {d.rollback_to} is not the previous version in the store")
             return
         try:
             self.agent.rollback()

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from edgefleet._version import __version__
 from edgefleet.errors import EdgefleetError
 
-from .rollout import RolloutPlan, parse_percent
+from .rollout import RolloutPlan, parse_duration, parse_percent
 from .service import Coordinator
 
 MAX_UPLOAD = 256 << 20
@@ -64,15 +64,16 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
 
     @app.post("/v1/deployments", dependencies=[Depends(auth)], status_code=201)
     async def deploy(request: Request, group: str = Query(...), canary: str = "5%",
-                     waves: str = "100%", max_failure: str = "0%") -> dict[str, Any]:
-        """The request body is the bundle archive (.efb) itself."""
+                     waves: str = "100%", max_failure: str = "0%", job_timeout: str = "1h") -> dict[str, Any]:
+        """The request body is the bundle archive (.efb) itself. ``job_timeout`` (90s, 10m, 2h, 1d): a device job
+        that started but did not end within it becomes TIMED_OUT, a failure for the health gate."""
         data = await request.body()
         if not data or len(data) > MAX_UPLOAD:
             raise HTTPException(400, "the body must be a bundle archive (.efb)")
         try:
             plan = RolloutPlan(parse_percent(canary), tuple(parse_percent(w) for w in waves.split(",") if w.strip()),
                                parse_percent(max_failure))
-            dep = coord.create_deployment(data, group, plan)
+            dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout))
         except EdgefleetError as exc:
             raise HTTPException(400, str(exc)) from None
         return coord.summary(dep)

@@ -7,6 +7,7 @@ SQLAlchemy Core over any URL: a SQLite file by default (WAL), PostgreSQL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ import uuid
 from typing import Any, Iterable
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -28,12 +30,18 @@ from sqlalchemy import (
     delete,
     event,
     insert,
+    inspect,
+    or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 
 from edgefleet.errors import ConfigError
+
+from .rollout import DEFAULT_JOB_TIMEOUT
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
 
@@ -89,6 +97,10 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("targets", Text, nullable=False),
             Column("created", Float, nullable=False),
             Column("updated", Float, nullable=False),
+            Column("job_timeout", Float, nullable=False, default=DEFAULT_JOB_TIMEOUT),
+            Column("planned", Integer, nullable=False, default=-1),  # targets at creation; later ones joined
+            Column("lease_owner", String(64), nullable=False, default=""),  # the coordinator ticking it now
+            Column("lease_until", Float, nullable=False, default=0.0),
         ),
         "jobs": Table(
             f"{p}jobs", meta,
@@ -106,6 +118,23 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("from_version", String(128), nullable=False, default=""),
             Column("created", Float, nullable=False),
             Column("updated", Float, nullable=False),
+            Column("started", Float, nullable=False, default=0.0),  # the device's first report
+            Column("delivered", Float, nullable=False, default=0.0),  # reached the online device (0: offline)
+        ),
+        "rollout_events": Table(  # stage starts, halts, completion, timeouts: each recorded once
+            f"{p}rollout_events", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("deployment_id", String(32), nullable=False, index=True),
+            Column("kind", String(32), nullable=False),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("detail", Text, nullable=False, default=""),
+            Column("owner", String(64), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+        ),
+        "sequences": Table(  # monotonic counters (the sequence numbers of signed orders)
+            f"{p}sequences", meta,
+            Column("name", String(64), primary_key=True),
+            Column("value", BigInteger, nullable=False, default=0),
         ),
         "telemetry": Table(
             f"{p}telemetry", meta,
@@ -152,7 +181,24 @@ class Registry:
         self.meta = MetaData()
         self.t = _tables(self.meta, prefix)
         self.meta.create_all(self.engine)
+        self._add_missing_columns()
         self._lock = threading.RLock() if self.sqlite else _NoLock()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a registry made by an older edgefleet up to date (new columns, each with its default)."""
+        have = inspect(self.engine)
+        with self.engine.begin() as c:
+            for table in self.t.values():
+                present = {col["name"] for col in have.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name in present:
+                        continue
+                    default = col.default.arg if col.default is not None else None
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)}"
+                    if isinstance(default, (int, float, str)):  # bool is an int
+                        lit = "'" + default.replace("'", "''") + "'" if isinstance(default, str) else repr(default)
+                        ddl += f" DEFAULT {lit} NOT NULL"
+                    c.execute(text(ddl))
 
     def drop_all(self) -> None:
         self.meta.drop_all(self.engine)
@@ -239,14 +285,16 @@ class Registry:
 
     # -- deployments ---------------------------------------------------------------------------------------
     def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
-                          waves: list[float], max_failure: float, targets: list[str]) -> str:
+                          waves: list[float], max_failure: float, targets: list[str],
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT) -> str:
         dep_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._lock, self.engine.begin() as c:
             c.execute(insert(self.t["deployments"]).values(
                 id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
                 canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
-                reason="", targets=json.dumps(targets), created=now, updated=now))
+                reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
+                planned=len(targets), lease_owner="", lease_until=0.0))
         return dep_id
 
     def deployment(self, dep_id: str) -> dict[str, Any] | None:
@@ -263,20 +311,102 @@ class Registry:
         with self.engine.connect() as c:
             return [_dep_out(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
 
-    def set_deployment(self, dep_id: str, **fields: Any) -> None:
+    def deployment_heads(self, fleet: str) -> dict[str, Any]:
+        """What a rollout tick visits, without loading target lists: ``live`` is (id, state, group) of the
+        running and paused deployments plus each group's newest one if it completed; ``newest`` maps a
+        group to its newest deployment (the one devices joining the group get)."""
+        t = self.t["deployments"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(t.c.id, t.c.state, t.c.group_name).where(t.c.fleet == fleet)
+                             .order_by(t.c.created, t.c.id)).all()
+        newest = {g: i for i, _, g in rows}
+        live = [(i, st, g) for i, st, g in rows
+                if st in ("running", "paused") or (st == "completed" and newest[g] == i)]
+        return {"live": live, "newest": newest}
+
+    def set_deployment(self, dep_id: str, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Update a deployment; with ``expect`` only if those columns still hold those values (compare-and-set)."""
+        t = self.t["deployments"]
+        cond = and_(t.c.id == dep_id, *[t.c[k] == v for k, v in (expect or {}).items()])
+        with self._lock, self.engine.begin() as c:
+            return bool(c.execute(update(t).where(cond).values(updated=time.time(), **fields)).rowcount)
+
+    def add_targets(self, dep_id: str, devices: list[str]) -> list[str]:
+        """Append devices that joined the deployment's group; returns the whole target list."""
         t = self.t["deployments"]
         with self._lock, self.engine.begin() as c:
-            c.execute(update(t).where(t.c.id == dep_id).values(updated=time.time(), **fields))
+            row = c.execute(select(t.c.targets).where(t.c.id == dep_id).with_for_update()).first()
+            if row is None:
+                return []
+            targets = json.loads(row[0])
+            new = [d for d in devices if d not in set(targets)]
+            if new:
+                targets += new
+                c.execute(update(t).where(t.c.id == dep_id).values(targets=json.dumps(targets), updated=time.time()))
+            return list(targets)
 
-    # -- jobs ----------------------------------------------------------------------------------------------------
-    def add_job(self, fleet: str, dep_id: str, device_id: str, action: str, stage: int, from_version: str = "") -> str:
-        job_id = uuid.uuid4().hex[:16]
+    def acquire_lease(self, dep_id: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the right to drive a deployment for ``ttl`` seconds: one compare-and-set UPDATE,
+        so of several coordinators sharing this registry exactly one wins (SQLite and PostgreSQL alike)."""
+        t = self.t["deployments"]
         now = time.time()
         with self._lock, self.engine.begin() as c:
-            c.execute(insert(self.t["jobs"]).values(
-                job_id=job_id, deployment_id=dep_id, fleet=fleet, device_id=device_id, action=action, status="QUEUED",
-                step="", reason="", message="", version=0, stage=stage, from_version=from_version, created=now,
-                updated=now))
+            r = c.execute(update(t).where(and_(t.c.id == dep_id, or_(t.c.lease_owner == owner, t.c.lease_until < now)))
+                          .values(lease_owner=owner, lease_until=now + ttl))
+            return bool(r.rowcount)
+
+    def release_lease(self, dep_id: str, owner: str) -> None:
+        t = self.t["deployments"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(and_(t.c.id == dep_id, t.c.lease_owner == owner)).values(lease_until=0.0))
+
+    def add_event(self, dep_id: str, kind: str, stage: int = 0, detail: str = "", owner: str = "") -> None:
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["rollout_events"]).values(deployment_id=dep_id, kind=kind, stage=stage,
+                                                               detail=detail, owner=owner, ts=time.time()))
+
+    def events(self, dep_id: str) -> list[dict[str, Any]]:
+        t = self.t["rollout_events"]
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(select(t).where(t.c.deployment_id == dep_id).order_by(t.c.id))
+                    .mappings()]
+
+    def next_seq(self, name: str) -> int:
+        """The next value of a counter that only ever rises (shared by every coordinator on this registry).
+
+        A new counter starts at the current time in milliseconds, so a fresh registry
+        still counts above the numbers an older one handed out."""
+        t = self.t["sequences"]
+        while True:
+            with self._lock, self.engine.begin() as c:
+                if c.execute(update(t).where(t.c.name == name).values(value=t.c.value + 1)).rowcount:
+                    return int(c.execute(select(t.c.value).where(t.c.name == name)).scalar_one())
+            try:
+                with self._lock, self.engine.begin() as c:
+                    first = int(time.time() * 1000)
+                    c.execute(insert(t).values(name=name, value=first))
+                return first
+            except IntegrityError:  # another coordinator created it at the same moment: count on from there
+                continue
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+    def add_job(self, fleet: str, dep_id: str, device_id: str, action: str, stage: int, from_version: str = "",
+                delivered: bool = False) -> str:
+        """Create the job of ``action`` for a device in a deployment; "" if it exists already.
+
+        The id is derived from (deployment, device, action), so two coordinators that
+        both try to dispatch the same job make one row: the primary key decides.
+        """
+        job_id = job_key(dep_id, device_id, action)
+        now = time.time()
+        try:
+            with self._lock, self.engine.begin() as c:
+                c.execute(insert(self.t["jobs"]).values(
+                    job_id=job_id, deployment_id=dep_id, fleet=fleet, device_id=device_id, action=action,
+                    status="QUEUED", step="", reason="", message="", version=0, stage=stage, from_version=from_version,
+                    created=now, updated=now, started=0.0, delivered=now if delivered else 0.0))
+        except IntegrityError:
+            return ""
         return job_id
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -296,12 +426,32 @@ class Registry:
             return [dict(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
 
     def update_job(self, job_id: str, version: int, **fields: Any) -> bool:
-        """Apply a device's update only if ``version`` is newer than the stored one (stale writes rejected)."""
+        """Apply a device's update only if ``version`` is newer than the stored one (stale writes rejected)
+        and the coordinator has not ended the job itself (TIMED_OUT is final, as in AWS IoT Jobs)."""
+        t = self.t["jobs"]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.version < version, t.c.status != "TIMED_OUT"))
+                          .values(version=version, updated=now, **fields))
+            if r.rowcount and fields.get("status", "QUEUED") != "QUEUED":
+                c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.started == 0.0)).values(started=now))
+            return bool(r.rowcount)
+
+    def time_out_job(self, job: dict[str, Any], message: str) -> bool:
+        """Set TIMED_OUT unless the device's job changed since ``job`` was read (compare-and-set on its version)."""
         t = self.t["jobs"]
         with self._lock, self.engine.begin() as c:
-            r = c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.version < version))
-                          .values(version=version, updated=time.time(), **fields))
+            r = c.execute(update(t).where(and_(t.c.job_id == job["job_id"], t.c.version == job["version"],
+                                               t.c.status == job["status"]))
+                          .values(status="TIMED_OUT", reason="timeout", message=message[:2000], updated=time.time()))
             return bool(r.rowcount)
+
+    def mark_delivered(self, fleet: str, device_id: str) -> None:
+        """The device (re)connected: its queued jobs have reached it now (restarts their queued-timeout clock)."""
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(and_(t.c.fleet == fleet, t.c.device_id == device_id, t.c.status == "QUEUED"))
+                      .values(delivered=time.time()))
 
     def force_job(self, job_id: str, **fields: Any) -> None:
         t = self.t["jobs"]
@@ -383,6 +533,11 @@ class _NoLock:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def job_key(dep_id: str, device_id: str, action: str) -> str:
+    """The id of a deployment's job of ``action`` for a device (one per triple)."""
+    return hashlib.sha256(f"{dep_id}\0{device_id}\0{action}".encode()).hexdigest()[:16]
 
 
 def _int(v: Any) -> int:

@@ -9,6 +9,15 @@ job of the stage has ended. The health gate is checked all the time: when the
 bad outcomes (failed, rejected, rolled back, timed out) over the dispatched
 jobs exceed ``max_failure``, the rollout halts, queued jobs are canceled and
 devices that already run the new version are ordered back.
+
+Devices that join the group after the deployment was created are appended to
+its targets (``View.planned`` counts the original ones, which alone decide the
+stage sizes). A joiner is due once the rollout has passed the canary (or at
+once if the plan has a single stage): it is dispatched with the current wave,
+or right away when the deployment has completed. A paused deployment holds
+joiners until it resumes; a halted or rolled-back one never dispatches them.
+
+Jobs time out like AWS IoT Jobs' in-progress timer (:func:`timed_out`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from edgefleet.errors import ConfigError
 
 BAD = frozenset({"FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT"})
 ENDED = BAD | {"SUCCEEDED", "CANCELED"}
+STARTED = frozenset({"DOWNLOADING", "IN_PROGRESS"})
+DEFAULT_JOB_TIMEOUT = 3600.0  # seconds a started job may take before it is TIMED_OUT
+MAX_JOB_TIMEOUT = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,43 @@ class RolloutPlan:
         return ends
 
 
+def parse_duration(text: str | float) -> float:
+    """``90``, ``90s``, ``10m``, ``2h`` or ``1d`` as seconds (a job timeout: 1 s .. 7 days)."""
+    t = str(text).strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    try:
+        v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a duration (like 90s, 10m, 2h or 1d)") from None
+    if not 1.0 <= v <= MAX_JOB_TIMEOUT:
+        raise ConfigError(f"job timeout {text!r} must be between 1s and 7d")
+    return v
+
+
+def timed_out(status: str, started: float, delivered: float, online: bool, now: float, timeout: float) -> str:
+    """Why a job is TIMED_OUT now ("" if it is not).
+
+    A started job (the device reported DOWNLOADING or IN_PROGRESS) has ``timeout``
+    seconds from its first report to reach a terminal state, online or not. A
+    queued job times out only while its device is online: the clock runs from
+    the moment the job reached the online device (``delivered``, reset when the
+    device comes back). An offline device that has not started is never timed
+    out: it gets its job when it returns.
+    """
+    if status in STARTED and started > 0 and now - started > timeout:
+        return f"no terminal status within {_fmt(timeout)} of starting (last: {status})"
+    if status == "QUEUED" and online and delivered > 0 and now - delivered > timeout:
+        return f"the online device did not start the job within {_fmt(timeout)}"
+    return ""
+
+
+def _fmt(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
+
+
 def parse_percent(text: str) -> float:
     t = str(text).strip()
     try:
@@ -72,6 +121,7 @@ class View:
     targets: tuple[str, ...]
     jobs: dict[str, str]  # device -> status of its install job (dispatched devices only)
     online: frozenset[str]
+    planned: int = -1  # how many of ``targets`` were planned at creation (the rest joined later); -1: all
 
 
 @dataclass(frozen=True)
@@ -89,6 +139,9 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
     counts: dict[str, int] = {}
     for s in view.jobs.values():
         counts[s] = counts.get(s, 0) + 1
+    if view.state == "completed":  # only joiners are left: they get the job right away
+        late = tuple(d for d in view.targets if d not in view.jobs)
+        return Decision(dispatch=late, stage=view.stage, counts=counts) if late else Decision(counts=counts)
     if view.state not in ("running", "paused"):
         return Decision(counts=counts)
     dispatched = len(view.jobs)
@@ -102,22 +155,34 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
         )
     if view.state == "paused":
         return Decision(counts=counts)
-    ends = plan.stage_ends(len(view.targets))
-    if not ends:
+    if not view.targets:
         return Decision(complete=True, counts=counts)
+    planned = view.planned if 0 <= view.planned <= len(view.targets) else len(view.targets)
+    ends = plan.stage_ends(planned) or [0]
+    last = len(ends) - 1
+    joiners = view.targets[planned:]
+
+    def due(stage: int) -> tuple[str, ...]:
+        """Who must have a job once ``stage`` has started; joiners from the first wave after the canary."""
+        return view.targets[: ends[stage]] + (joiners if stage >= min(1, last) else ())
+
     if view.stage < 0:
-        return Decision(dispatch=tuple(view.targets[: ends[0]]), stage=0, counts=counts)
+        return Decision(dispatch=due(0), stage=0, counts=counts)
+    stage = min(view.stage, last)
+    missing = tuple(d for d in due(stage) if d not in view.jobs)
+    if missing:  # devices that joined the group during this stage
+        return Decision(dispatch=missing, stage=stage, counts=counts)
     waiting = [d for d, s in view.jobs.items() if s not in ENDED and d in view.online]
     ended = sum(1 for s in view.jobs.values() if s in ENDED)
     if waiting or ended == 0:
         return Decision(counts=counts)
-    if view.stage + 1 < len(ends):
-        start = ends[view.stage]
-        return Decision(dispatch=tuple(view.targets[start : ends[view.stage + 1]]), stage=view.stage + 1,
+    if stage < last:
+        return Decision(dispatch=tuple(d for d in due(stage + 1) if d not in view.jobs), stage=stage + 1,
                         counts=counts)
     if all(s in ENDED for s in view.jobs.values()) and len(view.jobs) == len(view.targets):
         return Decision(complete=True, counts=counts)
     return Decision(counts=counts)
 
 
-__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "BAD", "ENDED"]
+__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_duration", "timed_out", "BAD",
+           "ENDED", "STARTED", "DEFAULT_JOB_TIMEOUT"]

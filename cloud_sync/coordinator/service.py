@@ -6,6 +6,12 @@ are serial. Several coordinators share the load through an MQTT 5 shared
 subscription (``$share/<group>/...``): each message reaches one of them, and
 the registry's per-device telemetry high-water mark and versioned job updates
 make a redelivered message harmless.
+
+Rollouts are driven by ticks. Coordinators that share one registry take a
+short per-deployment lease (a compare-and-set UPDATE) before they tick a
+deployment or change its state, so one stage is dispatched and recorded once;
+job ids derived from (deployment, device, action) and compare-and-set stage and
+state changes make a lease that ran out mid-tick harmless too.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import hashlib
 import logging
 import os
 import queue
+import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +32,11 @@ from typing import Any, Callable
 from edgefleet.errors import ConfigError, ProtocolError, SyncError
 
 from .. import protocol as P
+from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..transfer import make_delta, serve_request
 from ..transport import Transport
 from .registry import Registry
-from .rollout import RolloutPlan, View, evaluate
+from .rollout import DEFAULT_JOB_TIMEOUT, RolloutPlan, View, evaluate, timed_out
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
 
@@ -60,6 +69,9 @@ class Coordinator:
         allow_list: set[str] | None = None,
         deltas: bool = True,
         resend_guard: float = 2.0,
+        signing_key: Any = None,
+        order_ttl: float = DEFAULT_ORDER_TTL,
+        lease_seconds: float = 15.0,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -80,6 +92,12 @@ class Coordinator:
         self._recent: dict[tuple[str, str], dict[int, float]] = {}
         self.resend_guard = resend_guard
         self.on_ingest: Callable[[int], None] | None = None
+        self.signing_key = signing_key  # edgefleet.keys.PrivateKey: signs rollback orders
+        self.order_ttl = order_ttl
+        self.lease_seconds = lease_seconds
+        self.node = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this coordinator
+        if signing_key is None:
+            log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
         transport.on_message(self._on_message)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -177,6 +195,8 @@ class Coordinator:
             self.counters["registered"] += 1
         else:
             self.registry.set_device(self.fleet, device, **fields)
+            if s.online:
+                self.registry.mark_delivered(self.fleet, device)  # its queued jobs reach it now
 
     def _group(self, device: str) -> str:
         g = self._groups.get(device)
@@ -271,11 +291,18 @@ class Coordinator:
             return
         if job["status"] in ("CANCELED",) and u.status not in P.TERMINAL_STATES:
             return
-        ok = self.registry.update_job(u.job_id, u.version, status=u.status, step=u.step, reason=u.reason,
-                                      message=u.message)
-        if not ok:
-            self.counters["stale_job_updates"] += 1
-            return
+        if job["status"] == "TIMED_OUT":
+            # Final, as in AWS IoT Jobs: the late update does not change the job (nor the health gate's
+            # count), but what the device now runs is recorded, and a late success of a halted rollout
+            # is ordered back like any other.
+            self.counters["late_job_updates"] += 1
+            log.info("job %s of %s timed out; its late %s is ignored", u.job_id, device, u.status)
+        else:
+            ok = self.registry.update_job(u.job_id, u.version, status=u.status, step=u.step, reason=u.reason,
+                                          message=u.message)
+            if not ok:
+                self.counters["stale_job_updates"] += 1
+                return
         if u.active_version:
             self.registry.set_device(self.fleet, device, active_version=u.active_version)
         if u.status == "SUCCEEDED" and job["action"] == "install":
@@ -292,78 +319,144 @@ class Coordinator:
         self.registry.add_artifact(file_id, name, version, archive)
         return file_id, name, version
 
-    def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan) -> dict[str, Any]:
+    def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT) -> dict[str, Any]:
+        """Start a staged rollout of ``archive`` to ``group``; a started job not ended within
+        ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate)."""
+        if not 0 < job_timeout <= 7 * 86400:
+            raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
         file_id, name, version = self.add_artifact(archive)
         targets = [d["device_id"] for d in self.registry.devices(self.fleet, group)]
         if not targets:
             raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}")
         dep_id = self.registry.create_deployment(self.fleet, file_id, name, version, group, plan.canary,
-                                                 list(plan.waves), plan.max_failure, targets)
+                                                 list(plan.waves), plan.max_failure, targets, job_timeout)
         self._q.put(("", None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
         return dep
 
     def set_state(self, dep_id: str, action: str) -> dict[str, Any]:
+        if action not in ("pause", "resume", "rollback"):
+            raise ConfigError(f"unknown action {action!r}")
+        if self.registry.deployment(dep_id) is None:
+            raise ConfigError(f"no deployment {dep_id!r}")
         with self._lock:
-            dep = self.registry.deployment(dep_id)
-            if dep is None:
-                raise ConfigError(f"no deployment {dep_id!r}")
-            if action == "pause" and dep["state"] == "running":
-                self.registry.set_deployment(dep_id, state="paused")
-            elif action == "resume" and dep["state"] == "paused":
-                self.registry.set_deployment(dep_id, state="running")
-            elif action == "rollback" and dep["state"] != "rolled_back":
-                self.registry.set_deployment(dep_id, state="rolled_back", reason="rolled back by the operator")
-                jobs = {j["device_id"]: j for j in self.registry.jobs(dep_id) if j["action"] == "install"}
-                self._cancel(dep, [d for d, j in jobs.items() if j["status"] in ("QUEUED", "DOWNLOADING")])
-                self._order_rollback(dep, [d for d, j in jobs.items() if j["status"] == "SUCCEEDED"])
-            elif action not in ("pause", "resume", "rollback"):
-                raise ConfigError(f"unknown action {action!r}")
+            deadline = time.monotonic() + self.lease_seconds + 1
+            while not self.registry.acquire_lease(dep_id, self.node, self.lease_seconds):
+                if time.monotonic() > deadline:
+                    raise SyncError(f"deployment {dep_id} is held by another coordinator; try again")
+                time.sleep(0.02)
+            try:
+                dep = self.registry.deployment(dep_id)
+                assert dep is not None
+                st = dep["state"]
+                if action == "pause" and st == "running":
+                    self._transition(dep, "paused")
+                elif action == "resume" and st == "paused":
+                    self._transition(dep, "running")
+                elif action == "rollback" and st != "rolled_back":
+                    if self._transition(dep, "rolled_back", "rolled back by the operator"):
+                        jobs = {j["device_id"]: j for j in self.registry.jobs(dep_id) if j["action"] == "install"}
+                        self._cancel(dep, [d for d, j in jobs.items() if j["status"] in ("QUEUED", "DOWNLOADING")])
+                        self._order_rollback(dep, [d for d, j in jobs.items() if j["status"] == "SUCCEEDED"])
+            finally:
+                self.registry.release_lease(dep_id, self.node)
             out = self.registry.deployment(dep_id)
             assert out is not None
             return out
+
+    def _transition(self, dep: dict[str, Any], state: str, reason: str | None = None) -> bool:
+        """Move a deployment from the state it was read in to ``state``, once (compare-and-set), with an event."""
+        fields: dict[str, Any] = {"state": state}
+        if reason is not None:
+            fields["reason"] = reason
+        if not self.registry.set_deployment(dep["id"], expect={"state": dep["state"]}, **fields):
+            return False
+        self.registry.add_event(dep["id"], state, dep["stage"], reason or "", self.node)
+        return True
 
     def summary(self, dep: dict[str, Any]) -> dict[str, Any]:
         jobs = self.registry.jobs(dep["id"])
         counts: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "install")
         rollbacks: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "rollback")
-        return {**{k: v for k, v in dep.items() if k != "targets"}, "targets": len(dep["targets"]),
-                "counts": dict(counts), "rollbacks": dict(rollbacks),
+        return {**{k: v for k, v in dep.items() if k not in ("targets", "lease_owner", "lease_until")},
+                "targets": len(dep["targets"]), "counts": dict(counts), "rollbacks": dict(rollbacks),
+                "events": [{k: e[k] for k in ("ts", "kind", "stage", "detail")} for e in self.registry.events(dep["id"])],
                 "done": sum(v for k, v in counts.items() if k in P.TERMINAL_STATES),
                 "jobs": [{k: j[k] for k in ("job_id", "device_id", "action", "status", "step", "reason", "stage")}
                          for j in jobs]}
 
     def tick(self) -> None:
-        with self._lock:
-            for dep in self.registry.deployments(self.fleet, ("running", "paused")):
-                self._tick_one(dep)
+        """Drive every live deployment one step: running and paused ones, and the newest deployment of
+        each group when it has completed (devices that join the group later get it)."""
+        heads = self.registry.deployment_heads(self.fleet)
+        devices: dict[str, dict[str, Any]] | None = None
+        for dep_id, state, group in heads["live"]:
+            if devices is None:
+                devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
+            self._tick_leased(dep_id, heads["newest"].get(group) == dep_id, devices)
 
-    def _tick_one(self, dep: dict[str, Any]) -> None:
+    def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            if not self.registry.acquire_lease(dep_id, self.node, self.lease_seconds):
+                self.counters["lease_busy"] += 1  # another coordinator is ticking it right now
+                return
+            try:
+                dep = self.registry.deployment(dep_id)  # re-read under the lease
+                if dep is not None and (dep["state"] in ("running", "paused") or
+                                        (dep["state"] == "completed" and newest)):
+                    self._tick_one(dep, newest, devices)
+            finally:
+                self.registry.release_lease(dep_id, self.node)
+
+    def _tick_one(self, dep: dict[str, Any], newest: bool, devices: dict[str, dict[str, Any]]) -> None:
         plan = RolloutPlan(dep["canary"], tuple(dep["waves"]), dep["max_failure"])
+        targets = list(dep["targets"])
+        if newest:  # devices that joined the group since the deployment started
+            known = set(targets)
+            joined = sorted(d for d, row in devices.items() if row["group"] == dep["group"] and d not in known)
+            if joined:
+                targets = self.registry.add_targets(dep["id"], joined)
+                self.registry.add_event(dep["id"], "joined", dep["stage"], ",".join(joined)[:2000], self.node)
         jobs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
-        devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
         online = frozenset(d for d, row in devices.items() if row["online"])
-        view = View(dep["state"], dep["stage"], tuple(dep["targets"]), {d: j["status"] for d, j in jobs.items()},
-                    online)
+        now = time.time()
+        for device, j in jobs.items():
+            why = timed_out(j["status"], j["started"], j["delivered"], device in online, now, dep["job_timeout"])
+            if why and self.registry.time_out_job(j, why):
+                log.warning("job %s of %s timed out: %s", j["job_id"], device, why)
+                j["status"] = "TIMED_OUT"
+                self.counters["jobs_timed_out"] += 1
+                self.registry.add_event(dep["id"], "timed_out", j["stage"], f"{device}: {why}", self.node)
+                self._withdraw(dep, j)
+        view = View(dep["state"], dep["stage"], tuple(targets), {d: j["status"] for d, j in jobs.items()}, online,
+                    dep["planned"])
         dec = evaluate(plan, view)
         if dec.halt:
-            log.warning("deployment %s halted: %s", dep["id"], dec.halt)
-            self.registry.set_deployment(dep["id"], state="halted", reason=dec.halt)
-            self._cancel(dep, list(dec.cancel))
-            self._order_rollback(dep, list(dec.rollback))
+            if self._transition(dep, "halted", dec.halt):
+                log.warning("deployment %s halted: %s", dep["id"], dec.halt)
+                self._cancel(dep, list(dec.cancel))
+                self._order_rollback(dep, list(dec.rollback))
             return
         if dec.dispatch:
+            stage = dep["stage"] if dec.stage is None else dec.stage
             for device in dec.dispatch:
                 if device not in jobs:
-                    self._dispatch(dep, device, devices.get(device), dec.stage or 0)
-            self.registry.set_deployment(dep["id"], stage=dec.stage)
+                    self._dispatch(dep, device, devices.get(device), stage)
+            if stage != dep["stage"] and self.registry.set_deployment(dep["id"], expect={"stage": dep["stage"]},
+                                                                      stage=stage):
+                self.registry.add_event(dep["id"], "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
         elif dec.complete:
-            self.registry.set_deployment(dep["id"], state="completed")
+            self._transition(dep, "completed")
 
     def _dispatch(self, dep: dict[str, Any], device: str, row: dict[str, Any] | None, stage: int) -> None:
         from_version = row["active_version"] if row else ""
-        job_id = self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version)
+        job_id = self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version,
+                                       delivered=bool(row and row["online"]))
+        if not job_id:
+            self.counters["duplicate_dispatches_avoided"] += 1  # another coordinator made it first
+            return
         f = self._file(dep["artifact_id"])
         assert f is not None
         delta, base = None, ""
@@ -399,18 +492,34 @@ class Coordinator:
         for j in self.registry.jobs(dep["id"]):
             if j["device_id"] in devices and j["action"] == "install":
                 self.registry.force_job(j["job_id"], status="CANCELED", reason="rollout_halted")
-                self._publish_desired(j["device_id"], P.Desired(j["job_id"], P.JobAction.NONE.value, dep["id"]))
+                self._withdraw(dep, j)
+
+    def _withdraw(self, dep: dict[str, Any], job: dict[str, Any]) -> None:
+        """Clear a device's retained desired state of ``job``, unless a newer job has replaced it there."""
+        latest = self.registry.jobs(device_id=job["device_id"])
+        if latest and latest[-1]["job_id"] != job["job_id"]:
+            return
+        self._publish_desired(job["device_id"], P.Desired(job["job_id"], P.JobAction.NONE.value, dep["id"]))
 
     def _order_rollback(self, dep: dict[str, Any], devices: list[str]) -> None:
+        """Order devices back to the version they ran before ``dep``, with an order signed by the operator key."""
         installs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
-        already = {j["device_id"] for j in self.registry.jobs(dep["id"]) if j["action"] == "rollback"}
         for device in devices:
-            if device in already:
-                continue
             to = installs[device]["from_version"] if device in installs else ""
             job_id = self.registry.add_job(self.fleet, dep["id"], device, "rollback", -1, dep["version"])
+            if not job_id:
+                continue  # ordered already (by this coordinator or another)
+            order = None
+            if self.signing_key is not None:
+                now = time.time()
+                order = RollbackOrder(self.fleet, device, dep["id"], job_id, dep["version"], to,
+                                      self.registry.next_seq(f"rollback-orders/{self.fleet}"), now,
+                                      now + self.order_ttl if self.order_ttl else 0.0).sign(self.signing_key)
+            else:
+                self.counters["unsigned_orders"] += 1
             self._publish_desired(device, P.Desired(job_id, P.JobAction.ROLLBACK.value, dep["id"],
-                                                    target_version=to, rollback_to=to, ts=time.time()))
+                                                    target_version=to, rollback_to=to, rollback_order=order,
+                                                    ts=time.time()))
             self.counters["rollbacks_ordered"] += 1
 
     # -- helpers for tests and the API -------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Signed rollback orders: how the coordinator orders a device back to its previous version.
+
+The coordinator signs with the operator's key (``cloud serve --signing-key``, an
+Ed25519 PEM like the bundle key); the device verifies against the keys it trusts
+for bundles. The order travels in :class:`~edgefleet.cloud_sync.protocol.Desired`
+(``rollback_order``)::
+
+    {"order": {"type": "edgefleet.fleet_rollback", "fleet": "f1", "device_id": "d0",
+               "deployment_id": "…", "job_id": "…", "from_version": "2", "to_version": "1",
+               "seq": 1764230000123, "issued_at": 1764230000.1, "expires_at": 1764834800.1},
+     "signature": {"algorithm": "ed25519", "key_id": "…", "signature": "…"}}
+
+A device refuses an order, reporting the job REJECTED with one of these reasons:
+
+``order_unsigned``      no order or no signature (and the device requires signatures)
+``order_signature``     not signed by a trusted key, or altered after signing
+``order_malformed``     fields missing or of the wrong type
+``order_misaddressed``  another fleet or device
+``order_mismatch``      the desired state around it names another job, deployment or version
+``order_expired``       past ``expires_at``
+``order_replayed``      ``seq`` not above the last order this device accepted
+
+``seq`` rises across the registry (its counter starts at the creation time in
+milliseconds, so a fresh registry still issues higher numbers than an old one).
+The device persists the last accepted ``seq`` before it acts, so an order can
+be executed once: a replayed copy of an old order is refused even after the
+device has forgotten the job.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+from edgefleet.canonical import canonical_json
+from edgefleet.errors import SignatureError, UpdateRejectedError
+from edgefleet.keys import PrivateKey, PublicKey, sign_payload, verify_payload
+
+ORDER_TYPE = "edgefleet.fleet_rollback"
+DEFAULT_ORDER_TTL = 7 * 86400.0
+
+
+class OrderRefused(UpdateRejectedError):
+    """A rollback order the device will not execute; ``reason`` is one of the ``order_*`` codes."""
+
+
+@dataclass(frozen=True)
+class RollbackOrder:
+    fleet: str
+    device_id: str
+    deployment_id: str
+    job_id: str
+    from_version: str  # the version being undone
+    to_version: str  # the version to return to
+    seq: int
+    issued_at: float
+    expires_at: float = 0.0  # 0: never
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": ORDER_TYPE, **asdict(self)}
+
+    def sign(self, key: PrivateKey) -> dict[str, Any]:
+        body = self.to_dict()
+        return {"order": body, "signature": sign_payload(key, canonical_json(body))}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RollbackOrder:
+        def field(name: str, typ: type | tuple[type, ...]) -> Any:
+            v = d.get(name)
+            if not isinstance(v, typ) or isinstance(v, bool):
+                raise OrderRefused(f"rollback order refused: field {name!r} is missing or not {typ}",
+                                   reason="order_malformed")
+            return v
+
+        if d.get("type") != ORDER_TYPE:
+            raise OrderRefused(f"rollback order refused: type is {d.get('type')!r}", reason="order_malformed")
+        seq, issued, expires = field("seq", int), field("issued_at", (int, float)), field("expires_at", (int, float))
+        if seq < 0 or not math.isfinite(issued) or not math.isfinite(expires):
+            raise OrderRefused("rollback order refused: seq or times out of range", reason="order_malformed")
+        return cls(field("fleet", str), field("device_id", str), field("deployment_id", str), field("job_id", str),
+                   field("from_version", str), field("to_version", str), seq, float(issued), float(expires))
+
+
+def check_order(
+    doc: Any,
+    *,
+    trusted: Sequence[PublicKey],
+    require_signature: bool,
+    fleet: str,
+    device_id: str,
+    job_id: str,
+    deployment_id: str,
+    to_version: str,
+    last_seq: int,
+    last_job: str = "",
+    now: float | None = None,
+) -> RollbackOrder | None:
+    """Verify an order for this device and job; raise :class:`OrderRefused` naming the reason.
+
+    Returns ``None`` when there is no order and the device does not require
+    signatures (no trusted keys, ``require_signature = false``: a development setup).
+    ``last_job`` is the job of ``last_seq``: resuming that same job after a restart
+    is not a replay.
+    """
+    def refuse(reason: str, msg: str) -> OrderRefused:
+        return OrderRefused(f"rollback order refused: {msg}", reason=reason)
+
+    if doc is None or (isinstance(doc, Mapping) and not doc.get("signature")):
+        if require_signature:
+            raise refuse("order_unsigned", "the coordinator sent no signed order (start it with --signing-key)")
+        if doc is None:
+            return None
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("order"), Mapping):
+        raise refuse("order_malformed", "not an order document")
+    body = dict(doc["order"])
+    if doc.get("signature") or require_signature:
+        if not trusted:
+            raise refuse("order_signature", "this device trusts no key to verify it with")
+        try:
+            verify_payload(dict(doc.get("signature") or {}), canonical_json(body), list(trusted))
+        except (SignatureError, TypeError, ValueError) as exc:
+            raise refuse("order_signature", str(exc)) from None
+    order = RollbackOrder.from_dict(body)
+    if order.fleet != fleet or order.device_id != device_id:
+        raise refuse("order_misaddressed", f"it is addressed to device {order.device_id!r} of fleet {order.fleet!r}")
+    if (order.job_id, order.deployment_id, order.to_version) != (job_id, deployment_id, to_version):
+        raise refuse("order_mismatch", "it names another job, deployment or version than the desired state")
+    if order.expires_at and (time.time() if now is None else now) > order.expires_at:
+        raise refuse("order_expired", "it has expired")
+    if order.seq < last_seq or (order.seq == last_seq and order.job_id != last_job):
+        raise refuse("order_replayed", f"sequence {order.seq} is not newer than {last_seq}, the last one executed")
+    return order
+
+
+__all__ = ["ORDER_TYPE", "DEFAULT_ORDER_TTL", "OrderRefused", "RollbackOrder", "check_order"]
