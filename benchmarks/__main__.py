@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from .suite import RESULTS, SUITES, run_suites, select, summary_lines
+from .suite import RESULTS, SUITES, Suite, run_suites, select, summary_lines
 
 
 def _names(text: str) -> list[str]:
@@ -42,24 +43,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, suites: Sequence[Suite] = SUITES) -> int:
+    """Run the chosen ``suites`` (the registry by default), then regenerate the report; the exit code."""
     args = parser().parse_args(argv)
     if args.action == "list":
-        for s in SUITES:
+        for s in suites:
             print(f"{s.name:20s} {'default ' if s.default else 'opt-in  '} {s.title}" + (f" ({s.note})" if s.note else ""))
         return 0
     try:
-        suites = select(args.only, args.skip)
+        chosen = select(args.only, args.skip, suites)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     code = 0
     if args.action == "run" and not args.report_only:
-        if not suites:
+        if not chosen:
             print("error: no suite left to run (check --only/--skip)", file=sys.stderr)
             return 2
         try:
-            runs = run_suites(suites, args.results_dir, args.quick, timeout_s=args.timeout)
+            runs = run_suites(chosen, args.results_dir, args.quick, timeout_s=args.timeout)
         except KeyboardInterrupt:
             print("interrupted: the suites that finished are recorded; no report written", file=sys.stderr)
             return 130

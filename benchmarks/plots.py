@@ -148,7 +148,7 @@ def fleet_progress(doc: dict[str, Any], png: Path) -> str | None:
     mb = ota.get("bundle_bytes", 0) / 1e6
     ax.set_title(f"Fleet OTA: rollout progress over time ({mb:.1f} MB bundle, one Mosquitto)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left")
     _save(fig, png)
     return None
 
