@@ -38,7 +38,8 @@ def register(sub: Any) -> None:
 
     sync = sub.add_parser("sync", help="connect a device agent to the fleet").add_subparsers(dest="sync_cmd",
                                                                                            metavar="CMD")
-    run = sync.add_parser("run", help="run the agent with cloud sync (birth/will, jobs, OTA, telemetry)")
+    run = sync.add_parser("run", help="run the agent with cloud sync (birth/will, jobs, OTA, telemetry); "
+                                      "like 'agent run --broker', with STATE_DIR/agent and STATE_DIR/sync")
     _broker_args(run)
     run.add_argument("--fleet", required=True)
     run.add_argument("--device-id", required=True)
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
     run.add_argument("--group", default="", help="group to join on first contact")
     run.add_argument("--telemetry-interval", type=float, default=5.0)
     run.set_defaults(func=_sync_run)
+    _extend_agent_run(sub)
 
     fleet = sub.add_parser("fleet", help="operate the fleet through the coordinator's API")
     fsub = fleet.add_subparsers(dest="fleet_cmd", metavar="CMD")
@@ -80,8 +82,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_fleet_telemetry)
 
 
-def _broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
+def _broker_args(p: Any, default: str | None = "mqtt://127.0.0.1:1883") -> None:
+    p.add_argument("--broker", default=default, help="mqtt://host:port or mqtts://host:port")
     p.add_argument("--username", default=os.environ.get("EDGEFLEET_MQTT_USER"))
     p.add_argument("--password", default=os.environ.get("EDGEFLEET_MQTT_PASSWORD"))
     p.add_argument("--ca-file", default=None)
@@ -143,23 +145,68 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 # -- device --------------------------------------------------------------------------------------------------
+def _extend_agent_run(sub: Any) -> None:
+    """``edgefleet agent run --broker URL --fleet F --device-id D``: the agent daemon connected to the fleet.
+
+    device_agent may not import cloud_sync, so the options are added here to the parser the device
+    agent registered; without --broker, ``agent run`` stays the local daemon."""
+    agent = sub.choices.get("agent")
+    actions = [a for a in getattr(agent, "_actions", ()) if isinstance(a, argparse._SubParsersAction)]
+    run = actions[0].choices.get("run") if actions else None
+    if run is None:
+        return
+    g = run.add_argument_group("cloud sync (with --broker: jobs, OTA, telemetry through the fleet's MQTT broker)")
+    _broker_args(g, default=None)
+    g.add_argument("--fleet", help="the fleet to join (with --broker)")
+    g.add_argument("--device-id", help="this device's id (default: device_id of the config)")
+    g.add_argument("--group", default="", help="group to join on first contact")
+    g.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry drains")
+    local = run.get_default("func")
+    run.set_defaults(func=lambda args: _agent_run(args, local))
+
+
+def _agent_run(args: argparse.Namespace, local: Any) -> int:
+    if not args.broker:
+        given = [f for f, v in (("--fleet", args.fleet), ("--device-id", args.device_id), ("--group", args.group)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --broker URL (the fleet's MQTT broker)")
+        return int(local(args) or 0)
+    from edgefleet.device_agent.cli import config_from_args
+
+    cfg = config_from_args(args)
+    device_id = args.device_id or cfg.device_id
+    if not args.fleet or not device_id:
+        raise ConfigError("with --broker, give --fleet and --device-id (or device_id in the config's [agent])")
+    cfg = cfg.with_overrides(device_id=device_id)
+    return _run_connected(args, cfg, os.path.join(cfg.state_dir, "sync"), args.tick)
+
+
 def _sync_run(args: argparse.Namespace) -> int:
-    from edgefleet.device_agent.agent import Agent
     from edgefleet.device_agent.config import AgentConfig, load_config
+
+    cfg = load_config(args.config) if args.config else AgentConfig()
+    cfg = cfg.with_overrides(state_dir=os.path.join(args.state_dir, "agent"), device_id=args.device_id)
+    return _run_connected(args, cfg, os.path.join(args.state_dir, "sync"))
+
+
+def _run_connected(args: argparse.Namespace, cfg: Any, sync_dir: str, tick: float = 0.2) -> int:
+    """The agent (``cfg``) connected through :class:`~.device.DeviceSync` until SIGTERM/SIGINT."""
+    import importlib.util
+
+    if importlib.util.find_spec("paho") is None:
+        raise ConfigError("cloud sync needs paho-mqtt: pip install 'edgefleet[device]'")
+    from edgefleet.device_agent.agent import Agent
 
     from .device import DeviceSync
     from .transport import MqttTransport
 
-    cfg = load_config(args.config) if args.config else AgentConfig()
-    cfg = cfg.with_overrides(state_dir=os.path.join(args.state_dir, "agent"), device_id=args.device_id)
-    agent = Agent(cfg)
-    conf = _mqtt_config(args, args.device_id)
-    sync = DeviceSync(agent, lambda will: MqttTransport(conf, will), args.fleet, args.device_id,
-                      os.path.join(args.state_dir, "sync"), group=args.group,
-                      telemetry_interval=args.telemetry_interval)
+    agent = Agent(cfg, tick_seconds=tick)
+    conf = _mqtt_config(args, cfg.device_id)
+    sync = DeviceSync(agent, lambda will: MqttTransport(conf, will), args.fleet, cfg.device_id, sync_dir,
+                      group=args.group, telemetry_interval=args.telemetry_interval)
     sync.start()
-    print(f"edgefleet sync: device {args.device_id} of fleet {args.fleet} via {args.broker}", file=sys.stderr,
-          flush=True)
+    print(f"edgefleet sync: device {cfg.device_id} of fleet {args.fleet} via {args.broker}, serving "
+          f"{agent.active_version or 'nothing yet'} from {cfg.state_dir}", file=sys.stderr, flush=True)
     try:
         _wait_for_signal()
     finally:

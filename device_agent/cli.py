@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
                        help="a hardware tag of this device (repeatable; adds to the config's)")
         p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned bundles (development only)")
 
-    run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM")
+    run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)")
     common(run)
     run.add_argument("--tick", type=float, default=0.5, help="monitor period in seconds (default 0.5)")
     run.set_defaults(func=cmd_run)
@@ -81,6 +81,9 @@ def _config(args: argparse.Namespace, **update: Any) -> Any:
     if update:
         changes["update"] = replace(cfg.update, **update)
     return replace(cfg, **changes)
+
+
+config_from_args = _config  # the agent config from the common flags (cloud_sync's ``agent run --broker`` uses it)
 
 
 def _job_line(job: Any) -> str:
