@@ -47,7 +47,7 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
         return False
 
 
-def find_mosquitto(env: Mapping[str, str] | None = None) -> str:
+def find_mosquitto(env: Mapping[str, str] | None = None, fallbacks: Sequence[str] = MOSQUITTO_FALLBACKS) -> str:
     """The mosquitto binary: ``$EDGEFLEET_MOSQUITTO`` if set (and then only it), else PATH, else the
     usual sbin locations (Debian installs it in /usr/sbin, off a normal user's PATH)."""
     env = os.environ if env is None else env
@@ -60,11 +60,11 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> str:
     found = shutil.which("mosquitto", path=env.get("PATH", os.defpath))
     if found:
         return found
-    for p in MOSQUITTO_FALLBACKS:
+    for p in fallbacks:
         if os.path.isfile(p) and os.access(p, os.X_OK):
             return p
-    raise ConfigError(f"mosquitto (the MQTT broker) was not found on PATH nor in {', '.join(MOSQUITTO_FALLBACKS)}: "
-                      f"{INSTALL_MOSQUITTO}")
+    where = f"on PATH nor in {', '.join(fallbacks)}" if fallbacks else "on PATH"
+    raise ConfigError(f"mosquitto (the MQTT broker) was not found {where}: {INSTALL_MOSQUITTO}")
 
 
 def check_flower_tools() -> dict[str, str]:

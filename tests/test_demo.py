@@ -1,0 +1,161 @@
+"""``edgefleet demo``: the whole loop in a small configuration and the facts of its summary, its cleanup
+(also on Ctrl-C in the middle of the federated round), and clear errors when a piece is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgefleet.cloud_sync.demo.procs import MARK, check_broker, find_mosquitto
+from edgefleet.cloud_sync.demo.status import status_line, summary_rows
+from edgefleet.errors import ConfigError, SyncError
+
+STAGES = ("data", "train", "compile", "broker", "fleet", "rollout_v1", "serve", "drift", "federated", "compile_v2",
+          "rollout_v2")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(MARK, None)
+    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def _demo_argv(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "edgefleet.cli", "demo", "--workdir", str(workdir), *args]
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Live processes (other than this one) marked with the demo's workdir or naming it on their command line."""
+    mark = f"{MARK}={workdir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (mark in env or str(workdir).encode() in cmd):
+            found.append(f"{entry.name}: {cmd.decode(errors='replace')[:200]}")
+    return found
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    t0 = time.monotonic()
+    proc = subprocess.run(_demo_argv(wd, "--devices", "2", "--rounds", "1"), capture_output=True, text=True,
+                          timeout=420, env=_env())
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = json.loads((wd / "summary.json").read_text())
+
+    assert s["final_version"] == "2" and s["all_on_final"], s["device_results"]
+    assert [d["version"] for d in s["device_results"]] == ["2", "2"]
+    assert s["accuracy_after"] >= s["accuracy_before"], (s["accuracy_before"], s["accuracy_after"])
+    assert s["federated"]["gate"]["promoted"] and len(s["federated"]["rounds"]) == 1
+    assert s["bytes_shipped"] > 0 and [r["version"] for r in s["rollouts"]] == ["1", "2"]
+    for r in s["rollouts"]:
+        assert r["bytes"] > 0 and r["state"] == "completed"
+        assert [st["name"] for st in r["stages"]] == ["canary", "wave 1"], r["stages"]
+    assert s["rollouts"][1]["deltas"] == 2 and s["rollouts"][1]["bytes"] < s["rollouts"][0]["bytes"]
+    assert set(STAGES) <= set(s["stages"]) and all(v >= 0 for v in s["stages"].values())
+    assert {a["device_id"] for a in s["drift_alerts"]} == {"dev-02"}
+    for text in ("DRIFT ALERT from dev-02", "round 1: 2 device(s) trained", "signed as v2", "devices 2/2 online"):
+        assert text in proc.stdout, text
+    assert not leftovers(wd)
+    print(f"demo (2 devices, 1 round) took {took:.0f}s; stages {s['stages']}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_federated_round_stops_every_process(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+    try:
+        deadline = time.monotonic() + 300
+        while "one flower-supernode per device" not in out.read_text():
+            assert proc.poll() is None, out.read_text()[-3000:]
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)
+        running = leftovers(wd)
+        assert len(running) >= 6, running  # mosquitto, coordinator, 2 devices, superlink, supernodes ...
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, out.read_text()[-3000:]
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "interrupted" in out.read_text()
+    assert not leftovers(wd), leftovers(wd)
+    assert stopped_in < 40
+
+
+def test_missing_mosquitto_is_explained_before_anything_starts(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    env = _env(EDGEFLEET_MOSQUITTO=str(tmp_path / "no" / "mosquitto"), PATH=str(Path(sys.executable).parent))
+    proc = subprocess.run(_demo_argv(wd, "--devices", "2"), capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "apt-get install mosquitto" in proc.stderr and "EDGEFLEET_MOSQUITTO" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not wd.exists() and not leftovers(wd)
+
+
+def test_find_mosquitto(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found on PATH: install it .*apt-get install mosquitto"):
+        find_mosquitto({"PATH": str(tmp_path)}, fallbacks=())
+    fake = tmp_path / "mosquitto"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert find_mosquitto({"PATH": str(tmp_path)}, fallbacks=()) == str(fake)
+    assert find_mosquitto({"PATH": "", "EDGEFLEET_MOSQUITTO": str(fake)}, fallbacks=()) == str(fake)
+    with pytest.raises(ConfigError, match="is not an executable mosquitto"):
+        find_mosquitto({"PATH": str(tmp_path), "EDGEFLEET_MOSQUITTO": str(tmp_path / "gone")})
+
+
+def test_a_broker_url_that_is_not_an_mqtt_broker_is_explained() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(SyncError, match="nothing listens at"):
+            check_broker(f"mqtt://127.0.0.1:{port}")
+        s.listen(4)  # accepts connections but never speaks MQTT
+        with pytest.raises(SyncError, match="did not answer as an MQTT 5 broker"):
+            check_broker(f"mqtt://127.0.0.1:{port}", timeout=1.0)
+
+
+def test_status_line_and_summary_rows() -> None:
+    devices = [{"device_id": "dev-01", "online": True, "active_version": "2"},
+               {"device_id": "dev-02", "online": False, "active_version": "1"}]
+    dep = {"version": "2", "state": "running", "stage": 0, "done": 1, "targets": 2, "counts": {"SUCCEEDED": 1,
+                                                                                              "QUEUED": 1}}
+    tel = {"rows": [{"predictions": 40, "errors": 1}], "alerts": [{"kind": "drift", "device_id": "dev-02"}]}
+    statuses = {"dev-01": {"active_version": "2", "counts": {"2": {"predictions": 10, "correct": 9}}},
+                "dev-02": {"active_version": "1", "counts": {}, "drift": {"gain": 0.5}}}
+    line = status_line(devices, dep, tel, statuses, ["canary", "wave 1"])
+    assert line == ("devices 1/2 online | versions v1x1 v2x1 | rollout v2 canary [######------] 1/2 queued=1 | "
+                    "telemetry 40 predict calls 1 errors | drift alerts dev-02 | local acc dev-01 0.90 dev-02 -~")
+    rows = summary_rows({"test_samples": 450, "accuracy_before": 0.5, "accuracy_after": 0.9, "stages": {"data": 1.0},
+                         "rollouts": [{"version": "2", "stages": [{"name": "canary", "devices": 1}], "seconds": 2.0,
+                                       "bytes": 10, "deltas": 1, "archive_bytes": 30}],
+                         "device_results": [{"device_id": "dev-01", "version": "2", "classes": [0, 1],
+                                             "local_accuracy_before": 0.5, "local_accuracy_after": None}]})
+    assert rows["head"][0] == ["accuracy on 450 held-out digits", "50.0%", "90.0%"]
+    assert rows["rollouts"] == [["v2", "canary (1)", "2.0s", "10", "bsdiff delta (archive 30 B)"]]
+    assert rows["devices"][0][:5] == ["dev-01", "v2", "0,1", "50.0%", "-"]
