@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
     serve.add_argument("--allow", default=None, help="file with allowed device ids, one a line")
     serve.add_argument("--chunk-size", type=int, default=64 * 1024)
+    serve.add_argument("--federated-dir", default="federated-runs",
+                       help="where runs started by drift alerts keep their files (see fleet retrain)")
     serve.set_defaults(func=_serve)
     acl = cloud.add_parser("acl", help="write a Mosquitto ACL confining each device to its own topics")
     acl.add_argument("--fleet", required=True)
@@ -69,9 +71,22 @@ def register(sub: Any) -> None:
     p.add_argument("--waves", default="25%,50%,100%")
     p.add_argument("--max-failure", default="2%")
     p.set_defaults(func=_fleet_deploy)
-    p = common(fsub.add_parser("status", help="deployments, or one deployment's per-state counts"))
+    p = common(fsub.add_parser("status", help="deployments and federated runs, or one deployment's per-state counts"))
     p.add_argument("deployment", nargs="?")
+    p.add_argument("--runs", type=int, default=3, help="federated runs to show with their rounds (default 3)")
     p.set_defaults(func=_fleet_status)
+    p = common(fsub.add_parser("retrain", help="start federated runs on drift alerts of a group (or show the settings)"))
+    p.add_argument("--group", default=None, help="the group (without --on-drift: show its settings)")
+    p.add_argument("--on-drift", choices=["on", "off"], help="start a federated run when the group reports drift")
+    p.add_argument("--min-devices", type=int, default=1, help="distinct devices reporting drift (default 1)")
+    p.add_argument("--window", type=float, default=3600.0, help="... within this many seconds (default 3600)")
+    p.add_argument("--cooldown", type=float, default=6 * 3600.0, help="seconds between two automatic runs (default 6h)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
+    p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN OPTIONS",
+                   help="options for `edgefleet federated run` on the coordinator host, after --, e.g. "
+                        "-- --superlink 127.0.0.1:9092 --holdout h.npz --key k --deployed v1.efb --deploy")
+    p.set_defaults(func=_fleet_retrain)
     for action in ("pause", "resume", "rollback"):
         p = common(fsub.add_parser(action, help=f"{action} a deployment"))
         p.add_argument("deployment")
@@ -125,6 +140,10 @@ def _serve(args: argparse.Namespace) -> int:
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
                         chunk_size=args.chunk_size, allow_list=allow)
     coord.start()
+    from .federated.autorun import AutoRetrain
+
+    api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
+    retrain = AutoRetrain(coord, f"http://{api_host}:{args.api_port}", args.token, args.federated_dir).attach()
     server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
                                            log_level="warning"))
     print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API http://{args.api_host}:{args.api_port}",
@@ -132,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        retrain.stop()
         coord.stop()
         reg.close()
     return 0
@@ -216,30 +236,29 @@ def _run_connected(args: argparse.Namespace, cfg: Any, sync_dir: str, tick: floa
 
 
 # -- operators -------------------------------------------------------------------------------------------------
-def _client(args: argparse.Namespace) -> Any:
+def api_call(api: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
+    """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause."""
     import httpx
 
-    token = args.token or os.environ.get("EDGEFLEET_TOKEN")
+    token = token or os.environ.get("EDGEFLEET_TOKEN")
     if not token:
         raise ConfigError("an API token is required: --token or EDGEFLEET_TOKEN")
-    return httpx.Client(base_url=args.api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60)
-
-
-def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
-    import httpx
-
     try:
-        with _client(args) as c:
+        with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
             r = c.request(method, path, **kw)
     except httpx.HTTPError as exc:
-        raise SyncError(f"cannot reach the coordinator at {args.api}: {exc}") from None
+        raise SyncError(f"cannot reach the coordinator at {api}: {exc}") from None
     if r.status_code >= 400:
         try:
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        raise (ConfigError if r.status_code in (400, 404) else SyncError)(f"coordinator: {r.status_code} {detail}")
+        raise (ConfigError if r.status_code in (400, 404, 422) else SyncError)(f"coordinator: {r.status_code} {detail}")
     return r.json()
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    return api_call(args.api, args.token, method, path, **kw)
 
 
 def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
@@ -262,10 +281,12 @@ def _fleet_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_deploy(args: argparse.Namespace) -> int:
+def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
+                  waves: str = "25%,50%,100%", max_failure: str = "2%") -> Any:
+    """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
     from pathlib import Path
 
-    src = Path(args.bundle)
+    src = Path(bundle)
     if src.is_dir():
         import tempfile
 
@@ -277,9 +298,13 @@ def _fleet_deploy(args: argparse.Namespace) -> int:
         body = src.read_bytes()
     else:
         raise ConfigError(f"{src} does not exist")
-    data = _call(args, "POST", "/v1/deployments", content=body, headers={"Content-Type": "application/octet-stream"},
-                 params={"group": args.group, "canary": args.canary, "waves": args.waves,
-                         "max_failure": args.max_failure})
+    return api_call(api, token, "POST", "/v1/deployments", content=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                    params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure})
+
+
+def _fleet_deploy(args: argparse.Namespace) -> int:
+    data = deploy_bundle(args.api, args.token, args.bundle, args.group, args.canary, args.waves, args.max_failure)
     if args.json:
         _print(args, data, None)
     else:
@@ -308,9 +333,41 @@ def _fleet_status(args: argparse.Namespace) -> int:
             _status_table(data)
         return 0
     data = _call(args, "GET", "/v1/deployments")
+    runs = _call(args, "GET", "/v1/federated/runs", params={"limit": max(1, args.runs)}) if args.runs > 0 else []
+    if args.json:
+        _print(args, {"deployments": data, "federated_runs": runs}, None)
+        return 0
     _print(args, data, [[d["id"], d["name"], d["version"], d["group"], d["state"], f"{d['done']}/{d['targets']}"]
                         for d in data], ["deployment", "model", "version", "group", "state", "done"])
+    from .federated.records import print_runs
+
+    print_runs(runs)
     return 0
+
+
+def _fleet_retrain(args: argparse.Namespace) -> int:
+    if args.on_drift is None:
+        data = _call(args, "GET", "/v1/retrain", params={"group": args.group} if args.group else None)
+        _print(args, data, [[r["group"], "on" if r["on_drift"] else "off", r["policy"].get("min_devices"),
+                             r["policy"].get("cooldown_s"), r["policy"].get("rounds"), r["policy"].get("strategy"),
+                             " ".join(r["policy"].get("args", []))] for r in data],
+               ["group", "on drift", "min devices", "cooldown s", "rounds", "strategy", "run options"])
+        return 0
+    if not args.group:
+        raise ConfigError("--on-drift needs --group")
+    extra = list(args.run_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    body = {"on_drift": args.on_drift == "on", "min_devices": args.min_devices, "window_s": args.window,
+            "cooldown_s": args.cooldown, "rounds": args.rounds, "strategy": args.strategy, "args": extra}
+    data = _call(args, "PUT", f"/v1/retrain/{args.group}", json=body)
+    if args.json:
+        _print(args, data, None)
+    else:
+        print(f"group {data['group']}: federated retraining on drift {'on' if data['on_drift'] else 'off'}")
+    return 0
+
+
 
 
 def _fleet_action(args: argparse.Namespace) -> int:

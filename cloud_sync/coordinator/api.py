@@ -103,4 +103,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
                 "counters": dict(coord.counters)}
 
+    from edgefleet.cloud_sync.federated.routes import add_routes
+
+    add_routes(app, coord, auth)  # /v1/federated/runs (per-round metrics), /v1/retrain (drift trigger)
     return app

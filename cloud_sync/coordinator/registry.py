@@ -1,4 +1,5 @@
-"""The fleet registry: devices, artifacts, deltas, deployments, jobs, telemetry aggregates, alerts.
+"""The fleet registry: devices, artifacts, deltas, deployments, jobs, telemetry aggregates, alerts,
+federated runs with their per-round metrics and the per-group auto-retraining settings.
 
 SQLAlchemy Core over any URL: a SQLite file by default (WAL), PostgreSQL
 (``postgresql+psycopg://...``) for larger fleets or several coordinators.
@@ -44,6 +45,9 @@ from edgefleet.errors import ConfigError
 from .rollout import DEFAULT_JOB_TIMEOUT
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
+FED_ROUND_COUNTS = ("participants", "failures", "declined", "examples")
+FED_ROUND_FLOATS = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "central_loss", "central_accuracy",
+                    "seconds", "dp_epsilon")
 
 
 def _tables(meta: MetaData, p: str) -> dict[str, Table]:
@@ -156,6 +160,40 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("version", String(128), nullable=False, default=""),
             Column("data", Text, nullable=False),
             Column("ts", Float, nullable=False),
+        ),
+        # federated retraining: one row per run, one per round of a run, the per-group drift policy
+        "fed_runs": Table(
+            f"{p}fed_runs", meta,
+            Column("id", String(32), primary_key=True),
+            Column("fleet", String(128), nullable=False, index=True),
+            Column("group_name", String(128), nullable=False),
+            Column("status", String(128), nullable=False),
+            Column("strategy", String(32), nullable=False),
+            Column("rounds", Integer, nullable=False),
+            Column("trigger", String(32), nullable=False, default="manual"),
+            Column("reason", Text, nullable=False, default=""),
+            Column("flower_run_id", String(32), nullable=False, default=""),
+            Column("config", Text, nullable=False, default="{}"),
+            Column("result", Text, nullable=False, default="{}"),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+        ),
+        "fed_rounds": Table(
+            f"{p}fed_rounds", meta,
+            Column("run_id", String(32), primary_key=True),
+            Column("round", Integer, primary_key=True),
+            *[Column(name, Integer, nullable=False, default=0) for name in FED_ROUND_COUNTS],
+            *[Column(name, Float, nullable=True) for name in FED_ROUND_FLOATS],
+            Column("strategy", String(32), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+        ),
+        "retrain": Table(
+            f"{p}retrain", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("group_name", String(128), primary_key=True),
+            Column("on_drift", Boolean, nullable=False, default=False),
+            Column("policy", Text, nullable=False, default="{}"),
+            Column("updated", Float, nullable=False),
         ),
     }
 
@@ -526,6 +564,73 @@ class Registry:
             rows = c.execute(select(al).where(al.c.fleet == fleet).order_by(al.c.id.desc()).limit(limit)).mappings()
             return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
 
+    # -- federated runs ----------------------------------------------------------------------------------------------
+    def create_fed_run(self, fleet: str, group: str, strategy: str, rounds: int, *, trigger: str = "manual",
+                       reason: str = "", status: str = "starting", config: dict[str, Any] | None = None) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["fed_runs"]).values(
+                id=run_id, fleet=fleet, group_name=group, status=status, strategy=strategy, rounds=rounds,
+                trigger=trigger, reason=reason, flower_run_id="", config=json.dumps(config or {}),
+                result="{}", created=now, updated=now))
+        return run_id
+
+    def set_fed_run(self, run_id: str, *, result: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Update a run; ``result`` is merged into the stored result document."""
+        t = self.t["fed_runs"]
+        with self._lock, self.engine.begin() as c:
+            if result is not None:
+                row = c.execute(select(t.c.result).where(t.c.id == run_id)).first()
+                if row is None:
+                    return False
+                fields["result"] = json.dumps({**json.loads(row[0] or "{}"), **result}, default=float)
+            r = c.execute(update(t).where(t.c.id == run_id).values(updated=time.time(), **fields))
+            return bool(r.rowcount)
+
+    def put_fed_round(self, run_id: str, rnd: int, **values: Any) -> None:
+        """Store (or replace) the metrics of round ``rnd`` of a run."""
+        t = self.t["fed_rounds"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.run_id == run_id, t.c.round == rnd)))
+            c.execute(insert(t).values(run_id=run_id, round=rnd, ts=time.time(), **values))
+
+    def fed_run(self, run_id: str) -> dict[str, Any] | None:
+        t, rt = self.t["fed_runs"], self.t["fed_rounds"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.id == run_id)).mappings().first()
+            if row is None:
+                return None
+            rounds = c.execute(select(rt).where(rt.c.run_id == run_id).order_by(rt.c.round)).mappings()
+            return _run_out(row, [dict(r) for r in rounds])
+
+    def fed_runs(self, fleet: str, group: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs (newest first), each with its rounds."""
+        t = self.t["fed_runs"]
+        q = select(t.c.id).where(t.c.fleet == fleet)
+        if group:
+            q = q.where(t.c.group_name == group)
+        with self.engine.connect() as c:
+            ids = [r[0] for r in c.execute(q.order_by(t.c.created.desc()).limit(limit))]
+        return [r for r in (self.fed_run(i) for i in ids) if r is not None]
+
+    def set_retrain(self, fleet: str, group: str, on_drift: bool, policy: dict[str, Any]) -> None:
+        t = self.t["retrain"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.fleet == fleet, t.c.group_name == group)))
+            c.execute(insert(t).values(fleet=fleet, group_name=group, on_drift=on_drift, policy=json.dumps(policy),
+                                       updated=time.time()))
+
+    def retrain(self, fleet: str, group: str | None = None) -> list[dict[str, Any]]:
+        """Auto-retraining settings per group: ``{"group", "on_drift", "policy", "updated"}``."""
+        t = self.t["retrain"]
+        q = select(t).where(t.c.fleet == fleet)
+        if group:
+            q = q.where(t.c.group_name == group)
+        with self.engine.connect() as c:
+            return [{"group": r["group_name"], "on_drift": bool(r["on_drift"]), "policy": json.loads(r["policy"]),
+                     "updated": r["updated"]} for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+
 
 class _NoLock:
     def __enter__(self) -> None:
@@ -556,4 +661,13 @@ def _dep_out(row: Any) -> dict[str, Any]:
     out["waves"] = json.loads(out["waves"])
     out["targets"] = json.loads(out["targets"])
     out["group"] = out.pop("group_name")
+    return out
+
+def _run_out(row: Any, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(row)
+    out["group"] = out.pop("group_name")
+    out["config"] = json.loads(out["config"] or "{}")
+    out["result"] = json.loads(out["result"] or "{}")
+    out["rounds_done"] = len(rounds)
+    out["round_metrics"] = [{k: v for k, v in r.items() if k != "run_id"} for r in rounds]
     return out

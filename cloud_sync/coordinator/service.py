@@ -98,6 +98,7 @@ class Coordinator:
         self.node = f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this coordinator
         if signing_key is None:
             log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
+        self.on_drift: Callable[[str, str, dict[str, Any]], Any] | None = None  # (device, group, record data)
         transport.on_message(self._on_message)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -236,6 +237,13 @@ class Coordinator:
             self.counters["telemetry_batches"] += 1
             if self.on_ingest is not None:
                 self.on_ingest(new)
+            if new and self.on_drift is not None:
+                for r in b.records:
+                    if r.kind == "drift":
+                        try:
+                            self.on_drift(device, self._group(device), dict(r.data))
+                        except Exception:
+                            log.exception("drift hook failed for %s", device)
             ack = P.TelemetryAck(b.batch_id, tuple(r.seq for r in b.records))
             self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
         for device, msg in others:

@@ -24,9 +24,38 @@ def register(sub: Any) -> None:
     fsub = f.add_subparsers(dest="federated_command", metavar="ACTION")
 
     r = fsub.add_parser("run", help="run federated rounds, then compile, gate and sign the aggregate")
+    add_run_args(r)
+    r.set_defaults(func=cmd_run)
+
+    s = fsub.add_parser("superlink", help="run a supervised flower-superlink in the foreground")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9092)
+    s.add_argument("--state-dir", help="keep the SuperLink database here")
+    s.add_argument("--ssl-certfile")
+    s.add_argument("--ssl-keyfile")
+    s.add_argument("--ssl-ca-certfile")
+    s.add_argument("--enable-supernode-auth", action="store_true")
+    s.set_defaults(func=cmd_superlink)
+
+    st = fsub.add_parser("status", help="per-round metrics of a run directory")
+    st.add_argument("out", nargs="?", default="federated-run")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    f.set_defaults(func=lambda args: (f.print_help(), 2)[1])
+
+
+class _RunArgsParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # raise instead of exiting: the API validates stored run options
+        from edgefleet.errors import ConfigError
+
+        raise ConfigError(f"federated run options: {message}")
+
+
+def add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--superlink", default="127.0.0.1:9092", help="HOST:PORT of the SuperLink (default %(default)s)")
     r.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink (omit for insecure loopback)")
-    r.add_argument("--group", default="default", help="device group the run is for (recorded with the results)")
+    r.add_argument("--group", default="default", help="device group the run is for (and --deploy rolls out to)")
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
     r.add_argument("--min-nodes", type=int, default=2, help="minimum devices per round")
@@ -52,24 +81,24 @@ def register(sub: Any) -> None:
     r.add_argument("--margin", type=float, default=0.01, help="required accuracy gain over the deployed version")
     r.add_argument("--out", default="federated-run", help="run directory (rounds.json, aggregate.npz, next bundle)")
     r.add_argument("--timeout", type=float, help="seconds for the whole run")
-    r.set_defaults(func=cmd_run)
+    c = r.add_argument_group("coordinator", "record the rounds in the fleet registry and roll the next version out "
+                                            "through the coordinator's API")
+    c.add_argument("--api", default=None, help="coordinator API URL (default: EDGEFLEET_API; with --deploy "
+                                               "http://127.0.0.1:8080); rounds are recorded when an API is known")
+    c.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
+    c.add_argument("--deploy", action="store_true",
+                   help="when the gate promotes the aggregate, start a staged rollout of it to --group")
+    c.add_argument("--canary", default="5%", help="with --deploy: canary share (as for fleet deploy)")
+    c.add_argument("--waves", default="25%,50%,100%", help="with --deploy: wave shares")
+    c.add_argument("--max-failure", default="2%", help="with --deploy: failure rate that halts the rollout")
+    c.add_argument("--record-id", default=None, help=argparse.SUPPRESS)  # a run record made by the drift trigger
 
-    s = fsub.add_parser("superlink", help="run a supervised flower-superlink in the foreground")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=9092)
-    s.add_argument("--state-dir", help="keep the SuperLink database here")
-    s.add_argument("--ssl-certfile")
-    s.add_argument("--ssl-keyfile")
-    s.add_argument("--ssl-ca-certfile")
-    s.add_argument("--enable-supernode-auth", action="store_true")
-    s.set_defaults(func=cmd_superlink)
 
-    st = fsub.add_parser("status", help="per-round metrics of a run directory")
-    st.add_argument("out", nargs="?", default="federated-run")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
-
-    f.set_defaults(func=lambda args: (f.print_help(), 2)[1])
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``federated run`` options; a bad option raises ``ConfigError`` naming it."""
+    p = _RunArgsParser(prog="edgefleet federated run", add_help=False)
+    add_run_args(p)
+    return p.parse_args(argv)
 
 
 def _spec_text(value: str | None) -> str:
@@ -96,12 +125,25 @@ def _round_line(r: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _api_of(args: argparse.Namespace) -> str | None:
+    api = args.api or os.environ.get("EDGEFLEET_API")
+    if not api and (args.deploy or args.record_id):
+        api = "http://127.0.0.1:8080"
+    return api
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from edgefleet.errors import ConfigError
+
     from .config import FederatedConfig
     from .runner import run_federated
     from .server_app import save_weights
 
+    closing = bool(args.deployed or args.key or args.deploy)
+    if closing and not (args.holdout and args.key):
+        raise ConfigError("closing the loop needs --holdout and --key (and --deployed to gate against)")
+    api = _api_of(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     layers = args.layers
@@ -111,8 +153,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         weights, spec = weights_from_keras(args.model)
         if layers and layers.replace(" ", "") != str(spec):
-            from edgefleet.errors import ConfigError
-
             raise ConfigError(f"--layers {layers} does not match the model's layers {spec}")
         layers = str(spec)
         save_weights(out / "initial.npz", weights)
@@ -135,38 +175,91 @@ def cmd_run(args: argparse.Namespace) -> int:
         preprocessing=preprocessing, initial_weights=initial,
         holdout=str(Path(args.holdout).resolve()) if args.holdout else "", out_dir=str(out / "out"),
     )
-    print(f"federated run for group {args.group!r}: {cfg.strategy.value}, {cfg.rounds} round(s), "
-          f"at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}", flush=True)
-    doc = run_federated(cfg, args.superlink, work_dir=out, timeout=args.timeout,
-                        insecure=not args.root_certificates, root_certificates=args.root_certificates,
-                        on_round=lambda r: print("  " + _round_line(r), flush=True))
+    record = None
+    if api:
+        from .records import RunRecord
+
+        record = RunRecord.open(api, args.token, group=args.group, strategy=cfg.strategy.value, rounds=cfg.rounds,
+                                run_id=args.record_id,
+                                config={k: v for k, v in cfg.to_run_config().items()
+                                        if k not in ("preprocessing", "initial-weights", "out-dir")})
+    print(f"federated run {record.run_id + ' ' if record else ''}for group {args.group!r}: {cfg.strategy.value}, "
+          f"{cfg.rounds} round(s), at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}", flush=True)
+
+    def on_round(r: Mapping[str, Any]) -> None:
+        print("  " + _round_line(r), flush=True)
+        if record is not None:
+            record.round(r, cfg.strategy.value)
+
+    try:
+        doc = run_federated(cfg, args.superlink, work_dir=out, timeout=args.timeout,
+                            insecure=not args.root_certificates, root_certificates=args.root_certificates,
+                            on_round=on_round)
+    except BaseException as exc:
+        if record is not None:
+            record.update(status=f"failed: {exc}" if str(exc) else f"failed: {type(exc).__name__}")
+        raise
     doc["group"] = args.group
+    if record is not None:
+        record.update(status="aggregated", flower_run_id=doc.get("run_id"),
+                      result={"privacy": doc["privacy"]} if "privacy" in doc else {})
     if "privacy" in doc:
         p = doc["privacy"]
         print(f"privacy: ({p['epsilon']:.2f}, {p['delta']:g})-DP at device level over {p['rounds']} round(s)")
-    summary: dict[str, Any] = {"run": {k: v for k, v in doc.items() if k != "config"}}
-    if args.deployed or args.key:
-        if not (args.holdout and args.key):
-            from edgefleet.errors import ConfigError
-
-            raise ConfigError("closing the loop needs --holdout and --key (and --deployed to gate against)")
-        from .loop import close_loop
-
-        recipe = None
-        if args.recipe:
-            from edgefleet.compiler import load_recipe
-
-            recipe = load_recipe(args.recipe)
-        res = close_loop(doc["aggregate"], cfg.spec, args.holdout, out / "next", private_key=args.key,
-                         deployed=args.deployed, margin=args.margin, recipe=recipe,
-                         preprocessing=json.loads(preprocessing) if preprocessing and not args.deployed else None)
-        summary["gate"] = res.to_dict()
-        verdict = f"signed version {res.version} at {res.bundle}" if res.promoted else "not promoted"
-        print(f"gate: {res.reason}: {verdict}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    summary: dict[str, Any] = {"run": {k: v for k, v in doc.items() if k != "config"},
+                               "record_id": record.run_id if record else None}
+    try:
+        if closing:
+            summary.update(_close(args, cfg, doc, preprocessing, out, record, api))
+    except BaseException as exc:
+        if record is not None:
+            record.update(status=f"failed: {exc}")
+        raise
+    finally:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    if record is not None:
+        gate = summary.get("gate") or {}
+        status = "deployed" if summary.get("deployment") else ("promoted" if gate.get("promoted") else "finished")
+        record.update(status=status, result={k: summary[k] for k in ("gate", "deployment") if k in summary})
     if doc.get("aggregate"):
         print(f"aggregate: {doc['aggregate']}")
     return 0
+
+
+def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preprocessing: str, out: Path, record: Any,
+           api: str | None) -> dict[str, Any]:
+    """Compile, gate and sign the aggregate; with --deploy, roll the signed version out through the API."""
+    from .loop import promote_aggregate
+
+    recipe = None
+    if args.recipe:
+        from edgefleet.compiler import load_recipe
+
+        recipe = load_recipe(args.recipe)
+    lineage = {"federated": {"run_id": record.run_id if record else None, "flower_run_id": doc.get("run_id"),
+                             "group": args.group, "rounds": cfg.rounds, "strategy": cfg.strategy.value,
+                             "min_nodes": cfg.min_nodes, "dp_epsilon": (doc.get("privacy") or {}).get("epsilon")}}
+    res = promote_aggregate(dict(doc), cfg.spec, args.holdout, out / "next", private_key=args.key,
+                            deployed=args.deployed, margin=args.margin, recipe=recipe, lineage=lineage,
+                            preprocessing=json.loads(preprocessing) if preprocessing and not args.deployed else None)
+    result: dict[str, Any] = {"gate": res.to_dict(), "deployment": None}
+    verdict = f"signed version {res.version} at {res.bundle}" if res.promoted else "not promoted"
+    print(f"gate: {res.reason}: {verdict}", flush=True)
+    if not args.deploy:
+        return result
+    if not res.promoted or not res.bundle:
+        print(f"deploy: nothing to roll out - the aggregate was not promoted ({res.reason}); "
+              f"group {args.group!r} keeps its deployed version", flush=True)
+        return result
+    from edgefleet.cloud_sync.cli import deploy_bundle
+
+    assert api is not None
+    dep = deploy_bundle(api, args.token, res.bundle, args.group, args.canary, args.waves, args.max_failure)
+    result["deployment"] = {"id": dep["id"], "version": dep["version"], "group": dep["group"],
+                            "targets": dep["targets"], "state": dep["state"]}
+    print(f"deployment {dep['id']}: {dep['name']} {dep['version']} to {dep['targets']} device(s) of group "
+          f"{dep['group']} (canary {args.canary}, waves {args.waves}, max failure {args.max_failure})", flush=True)
+    return result
 
 
 def cmd_superlink(args: argparse.Namespace) -> int:

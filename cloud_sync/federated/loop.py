@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -140,6 +140,20 @@ class LoopResult:
         return asdict(self)
 
 
+def sign_with_lineage(scratch: str | Path, out: str | Path, private_key: str, lineage: Mapping[str, Any]) -> Path:
+    """Write the unsigned bundle ``scratch`` to ``out`` with ``lineage`` merged into its manifest, signed."""
+    from dataclasses import replace
+
+    from edgefleet.bundle import read_manifest, write_bundle
+    from edgefleet.keys import load_private_key
+    from edgefleet.manifest import MANIFEST_NAME
+
+    man, _ = read_manifest(scratch)
+    man = replace(man, lineage={**dict(man.lineage), **dict(lineage)})
+    files = {name: Path(scratch) / name for name in man.files if name != MANIFEST_NAME}
+    return write_bundle(out, man, files, private_key=load_private_key(private_key), overwrite=True).path
+
+
 def close_loop(
     aggregate: str | Path | Sequence[np.ndarray],
     spec: MLPSpec,
@@ -153,9 +167,13 @@ def close_loop(
     preprocessing: Any = None,
     name: str | None = None,
     trusted_keys: Sequence[Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
 ) -> LoopResult:
     """Compile the aggregate, score it and the deployed bundle on the holdout, sign it as the next
-    version at ``out`` only when ``candidate >= deployed + margin``. ``out`` is untouched otherwise."""
+    version at ``out`` only when ``candidate >= deployed + margin``. ``out`` is untouched otherwise.
+
+    The signed manifest's lineage names ``parent_version`` (the deployed version it beat) and carries
+    ``lineage`` (e.g. ``{"federated": {"run_id", "rounds", "strategy", ...}}``)."""
     weights = load_weights(aggregate) if isinstance(aggregate, (str, Path)) else list(aggregate)
     with np.load(holdout_npz, allow_pickle=False) as z:
         hx, hy = np.asarray(z["x"]), np.asarray(z["y"])
@@ -165,7 +183,7 @@ def close_loop(
     with tempfile.TemporaryDirectory(prefix="edgefleet-loop-") as tmp:
         kpath = save_keras(weights, spec, Path(tmp) / "aggregate.keras")
         scratch = compile_candidate(kpath, Path(tmp) / "candidate", holdout_npz, deployed=deployed, version=version,
-                                    recipe=recipe, private_key=private_key, name=name, preprocessing=preprocessing)
+                                    recipe=recipe, private_key=None, name=name, preprocessing=preprocessing)
         cand = bundle_accuracy(scratch, hx, hy)
         dep = bundle_accuracy(deployed, hx, hy, trusted_keys) if deployed else None
         if dep is not None and cand < dep + margin:
@@ -173,8 +191,10 @@ def close_loop(
                               cand, dep, margin, None, None)
         if out.exists():
             shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(scratch), str(out))
+        extra = {"parent_version": man.version if man is not None else None,
+                 "parent_name": man.name if man is not None else None,
+                 "gate": {"candidate_accuracy": cand, "deployed_accuracy": dep, "margin": margin}, **dict(lineage or {})}
+        sign_with_lineage(scratch, out, private_key, extra)
     reason = f"candidate {cand:.4f} beats deployed {dep:.4f} by >= {margin:.4f}" if dep is not None else "no deployed version"
     return LoopResult(True, reason, cand, dep, margin, version, str(out))
 
@@ -187,4 +207,4 @@ def promote_aggregate(run_doc: dict[str, Any], spec: MLPSpec, holdout_npz: str |
 
 
 __all__ = ["keras_from_weights", "weights_from_keras", "save_keras", "load_weights", "bundle_accuracy",
-           "compile_candidate", "close_loop", "promote_aggregate", "LoopResult"]
+           "compile_candidate", "sign_with_lineage", "close_loop", "promote_aggregate", "LoopResult"]

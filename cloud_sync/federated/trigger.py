@@ -77,6 +77,11 @@ class DriftTrigger:
         return StartRun(alert.group, policy.rounds, policy.strategy,
                         f"drift on {len(devices)} device(s) of {alert.group}: {', '.join(devices[:5])}")
 
+    def restore(self, group: str, last_start: float) -> None:
+        """Carry the start time of a run recorded before a restart into the cool-down."""
+        st = self._groups.setdefault(group, _GroupState())
+        st.last_start = max(st.last_start or last_start, last_start)
+
     def finished(self, group: str) -> None:
         st = self._groups.get(group)
         if st is not None:

@@ -106,3 +106,76 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield f
     finally:
         f.close()
+
+
+def _load_cloud(name: str) -> Any:
+    """A module of tests/cloud (its broker and coordinator helpers), loaded under a unique name."""
+    import importlib.util
+    import sys
+
+    key = f"_edgefleet_cloud_{name}"
+    if key not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "cloud" / f"{name}.py"
+        sys.path.insert(0, str(path.parent))  # tests/cloud modules import their siblings by name
+        spec = importlib.util.spec_from_file_location(key, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+class CloudFleet:
+    """A real mosquitto, a coordinator on it with its HTTP API in a thread, and the device syncs made."""
+
+    TOKEN = "fed-s3cret"
+
+    def __init__(self, root: Path, fleet: str = "f1") -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        from edgefleet.cloud_sync.coordinator.api import create_app
+
+        self.cloud = _load_cloud("conftest")
+        self.helpers = _load_cloud("helpers")
+        self.fleet = fleet
+        self.broker = self.cloud.Broker(root / "broker")
+        self.broker.start()
+        self.coord = self.helpers.coordinator(self.broker.url, root / "registry.db", fleet)
+        port = free_port()
+        # log_config=None: uvicorn's dictConfig would close the handlers of loggers set up earlier in this
+        # process (absl's, once TensorFlow was imported, whose stream is pytest's capture file)
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.coord, self.TOKEN), host="127.0.0.1", port=port,
+                                                    log_level="error", log_config=None))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.api = f"http://127.0.0.1:{port}"
+        self.syncs: list[Any] = []
+
+    def connect(self, agent: Any, root: Path, group: str = "g") -> Any:
+        s = self.helpers.device(self.broker.url, agent, root, self.fleet, group)
+        self.syncs.append(s)
+        return s
+
+    def wait_for(self, cond: Any, timeout: float = 30.0) -> Any:
+        return self.cloud.wait_for(cond, timeout)
+
+    def close(self) -> None:
+        for s in self.syncs:
+            s.stop()
+        self.server.should_exit = True
+        self.coord.stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def cloud_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudFleet]:
+    c = CloudFleet(tmp_path_factory.mktemp("cloud"))
+    try:
+        yield c
+    finally:
+        c.close()

@@ -21,7 +21,7 @@ from edgefleet.cloud_sync.federated.partition import non_iid_partitions
 from edgefleet.cloud_sync.federated.runner import read_rounds, run_federated
 from edgefleet.cloud_sync.federated.trainer import MLPSpec, TrainConfig, evaluate, split_holdout, train
 
-from .conftest import Digits, Fleet
+from .conftest import CloudFleet, Digits, Fleet
 
 pytestmark = pytest.mark.slow
 
@@ -40,25 +40,28 @@ def _accuracy(doc: dict[str, Any], d: Digits) -> float:
     return evaluate(w, d.x_test, d.y_test)[1]
 
 
-def _agent(root: Path, pub: Path, key_file: Path | None = None) -> Any:
+def _agent(root: Path, pub: Path, key_file: Path | None = None, monitor: bool = False) -> Any:
     from edgefleet.device_agent import Agent
     from edgefleet.device_agent.config import AgentConfig, SamplesConfig, UpdateConfig
 
     cfg = AgentConfig(state_dir=str(root), device_id=root.name, trusted_keys=(str(pub),),
                       update=UpdateConfig(probation_seconds=0.0),
                       samples=SamplesConfig(enabled=True, key_file=str(key_file) if key_file else None))
-    return Agent(cfg, monitor=False)
+    return Agent(cfg, monitor=monitor, tick_seconds=0.05)
 
 
-def test_federated_loop_end_to_end_beats_every_local_model_and_agents_serve_the_next_version(
-        fleet: Fleet, digits: Digits, tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rollout(
+        fleet: Fleet, cloud_fleet: CloudFleet, digits: Digits, tmp_path: Path, keypair: tuple[Path, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli import main as cli_main
     from edgefleet.cloud_sync.federated import cli
     from edgefleet.cloud_sync.federated.loop import save_keras
     from edgefleet.compiler import CompileConfig, compile_model
     from edgefleet.device_agent.samples import generate_device_key
 
-    # Arrange: v1 (device 0's local-only model) compiled, signed and installed on 3 agents which capture
-    # their non-IID samples through agent.feedback (device 1 encrypts them); plus a device with 5 samples
+    # Arrange: v1 (device 0's local-only model) compiled, signed and installed on 3 agents connected to the
+    # coordinator through a real broker; they capture their non-IID samples through agent.feedback (device 1
+    # encrypts them); plus a device with 5 samples
     priv, pub = keypair
     spec = MLPSpec.parse(TRAINING["layers"])
     parts = non_iid_partitions(digits.y_train, 3, seed=0)
@@ -77,28 +80,34 @@ def test_federated_loop_end_to_end_beats_every_local_model_and_agents_serve_the_
     agents = []
     for i, p in enumerate(parts):
         key = device_key if i == 1 else None
-        agent = _agent(tmp_path / f"agent{i}", pub, key)
+        agent = _agent(tmp_path / f"agent{i}", pub, key, monitor=True)
         agent.install(v1)
         for xi, yi in zip(digits.x_train[p], digits.y_train[p]):
             agent.feedback(xi, int(yi))
         agents.append(agent)
-        fleet.add_node_for(f"dev{i}", agent.root / "samples.db", key)
+        cloud_fleet.connect(agent, tmp_path)
+        fleet.add_node_for(f"agent{i}", agent.root / "samples.db", key)
     fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
+    reg = cloud_fleet.coord.registry
+    cloud_fleet.wait_for(lambda: sum(d["online"] for d in reg.devices("f1")) == 3)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    args = parser.parse_args([
-        "federated", "run", "--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
-        "--local-epochs", "10", "--learning-rate", "0.2", "--round-timeout", "90", "--timeout", "300",
-        "--model", str(src), "--deployed", str(v1), "--holdout", str(holdout), "--key", str(priv),
-        "--margin", "0.05", "--out", str(tmp_path / "run")])
+    base = ["federated", "run", "--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
+            "--local-epochs", "10", "--learning-rate", "0.2", "--round-timeout", "90", "--timeout", "300",
+            "--model", str(src), "--holdout", str(holdout), "--key", str(priv), "--margin", "0.05",
+            "--group", "g", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN]
+    args = parser.parse_args([*base, "--deployed", str(v1), "--out", str(tmp_path / "run"), "--deploy",
+                              "--canary", "34%", "--waves", "100%", "--max-failure", "0%"])
 
     # Act
     try:
         code = args.func(args)
     finally:
         fleet.stop_nodes()
+    printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    jobs = [a.install(summary["gate"]["bundle"]) for a in agents]
+    dep_id = summary["deployment"]["id"]
+    cloud_fleet.wait_for(lambda: reg.deployment(dep_id)["state"] == "completed", 60)
 
     # Assert: the aggregate beats every device's local-only model; the tiny device declined each round
     assert code == 0
@@ -111,13 +120,50 @@ def test_federated_loop_end_to_end_beats_every_local_model_and_agents_serve_the_
     assert abs(rounds[-1]["central"]["accuracy"] - federated) < 1e-6
     assert all(r["train_replies"] == 3 and r["declined"] == 1 for r in rounds)
     assert all("eval-accuracy" in r["evaluate"] for r in rounds)
-    # the gate signed v2 and the agents serve it
+    # the gate signed v2 with its lineage; a staged rollout (canary, then a wave) took it to every agent
     gate = summary["gate"]
     assert gate["promoted"] and gate["version"] == "2" and gate["candidate_accuracy"] > gate["deployed_accuracy"] + 0.05
-    for agent, job in zip(agents, jobs):
-        assert agent.active_version == "2", job
+    assert f"deployment {dep_id}: digits 2 to 3 device(s) of group g" in printed
+    from edgefleet.bundle import open_bundle
+
+    lineage = open_bundle(Path(gate["bundle"]))[0].manifest.lineage
+    assert lineage["parent_version"] == "1"
+    assert lineage["federated"]["run_id"] == summary["record_id"]
+    assert lineage["federated"]["rounds"] == 3 and lineage["federated"]["strategy"] == "fedavg"
+    assert lineage["federated"]["flower_run_id"] == run["run_id"] and lineage["recipe"]["output"]["key"] is None
+    jobs = reg.jobs(dep_id)
+    stages = sorted(j["stage"] for j in jobs)
+    assert len(jobs) == 3 and stages[0] == 0 and stages[-1] == 1 and {j["status"] for j in jobs} == {"SUCCEEDED"}
+    for agent in agents:
+        assert agent.active_version == "2"
         probs = np.asarray(agent.predict(digits.x_test[:100] * 16.0))
         assert float(np.mean(probs.argmax(1) == digits.y_test[:100])) > max(local_acc)
+    # the per-round metrics are in the registry, served by the API and shown by fleet status
+    rec = reg.fed_run(summary["record_id"])
+    assert rec["status"] == "deployed" and rec["group"] == "g" and rec["result"]["deployment"]["id"] == dep_id
+    assert [r["round"] for r in rec["round_metrics"]] == [1, 2, 3]
+    assert all(r["participants"] == 3 and r["declined"] == 1 and r["strategy"] == "fedavg"
+               for r in rec["round_metrics"])
+    last = rec["round_metrics"][-1]
+    assert last["central_accuracy"] == pytest.approx(federated) and last["eval_accuracy"] is not None
+    assert last["train_loss"] is not None and last["seconds"] > 0 and last["dp_epsilon"] is None
+    assert cli_main(["fleet", "status", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["federated_runs"][0]["id"] == rec["id"] and len(status["federated_runs"][0]["round_metrics"]) == 3
+    assert cli_main(["fleet", "status", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN]) == 0
+    table = capsys.readouterr().out
+    assert f"federated run {rec['id']} (group g, fedavg, trigger manual): deployed, 3/3 round(s); gate: promoted v2; " \
+           f"deployment {dep_id}" in table, table
+    assert f"{last['central_accuracy']:.3f}" in table, table
+
+    # Act/Assert: gated against v2 itself, the same aggregate is not promoted: no deployment, a clear message
+    args = parser.parse_args([*base, "--deployed", gate["bundle"], "--out", str(tmp_path / "run2"), "--deploy"])
+    result = cli._close(args, FederatedConfig(layers=TRAINING["layers"], rounds=3), run, digits.preprocessing,
+                        tmp_path / "run2", None, cloud_fleet.api)
+    assert not result["gate"]["promoted"] and result["deployment"] is None
+    assert "deploy: nothing to roll out - the aggregate was not promoted" in capsys.readouterr().out
+    assert len(reg.deployments("f1")) == 1
+    for agent in agents:
         agent.close()
 
 

@@ -1,0 +1,201 @@
+"""Drift alerts start federated runs: the coordinator side of the trigger.
+
+The operator enables it per group (``edgefleet fleet retrain --group G --on-drift on
+... -- RUN OPTIONS``); the settings live in the registry, so every coordinator of
+the fleet and a restarted one see them. :class:`AutoRetrain` is attached to a
+:class:`~edgefleet.cloud_sync.coordinator.service.Coordinator`: each drift record
+that telemetry ingest commits goes through the pure :class:`~.trigger.DriftTrigger`
+(enough distinct devices within the window, not while a run of the group is in
+progress, not within the cool-down since the last one); when it fires, a run record
+is created (trigger ``drift``, the reason and the exact command) and
+``edgefleet federated run --group G --rounds N --strategy S --api URL --record-id ID
+RUN OPTIONS`` starts as a child process, with the API token in its environment
+(never on its command line). The run writes its rounds and result into that
+record; if it dies without doing so, its exit code is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgefleet.errors import ConfigError
+
+from .config import StrategyName
+from .trigger import DriftAlert, DriftTrigger, TriggerPolicy
+
+log = logging.getLogger("edgefleet.cloud_sync.federated.autorun")
+
+# options the launcher sets itself; an operator's run options may not override them
+RESERVED = ("--group", "--rounds", "--strategy", "--api", "--token", "--record-id", "--out")
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    group: str
+    on_drift: bool = False
+    min_devices: int = 1
+    window_s: float = 3600.0
+    cooldown_s: float = 6 * 3600.0
+    rounds: int = 3
+    strategy: str = "fedavg"
+    args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(str(a) for a in self.args))
+        try:
+            StrategyName(self.strategy)
+        except ValueError:
+            raise ConfigError(f"strategy must be one of {[s.value for s in StrategyName]}, "
+                              f"got {self.strategy!r}") from None
+        self.policy()  # validates the numbers
+        for a in self.args:
+            if a.split("=", 1)[0] in RESERVED:
+                raise ConfigError(f"run option {a.split('=', 1)[0]} is set by the trigger itself; "
+                                  f"use the retrain settings (--rounds/--strategy) instead")
+        from .cli import parse_run_args
+
+        parse_run_args(["--group", self.group, *self.args])  # the run's own parser names a bad option
+
+    def policy(self) -> TriggerPolicy:
+        return TriggerPolicy(enabled=self.on_drift, min_devices=self.min_devices, window_s=self.window_s,
+                             cooldown_s=self.cooldown_s, rounds=self.rounds, strategy=self.strategy)
+
+    def policy_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("group")
+        doc.pop("on_drift")
+        doc["args"] = list(self.args)
+        return doc
+
+    @classmethod
+    def from_registry(cls, row: dict[str, Any]) -> RetrainSettings:
+        p = dict(row.get("policy") or {})
+        return cls(group=row["group"], on_drift=bool(row["on_drift"]), **p)
+
+
+def _score(data: dict[str, Any]) -> float:
+    v = data.get("psi_max", 0.0)
+    return float(v) if isinstance(v, (int, float)) else 0.0
+
+
+class AutoRetrain:
+    """Start federated runs on drift alerts for the groups whose operator enabled it."""
+
+    def __init__(self, coord: Any, api: str, token: str, work_dir: str | os.PathLike[str] = "federated-runs", *,
+                 python: str = sys.executable, clock: Callable[[], float] = time.time) -> None:
+        self.coord = coord
+        self.registry = coord.registry
+        self.fleet = coord.fleet
+        self.api = api
+        self.token = token
+        self.work_dir = Path(work_dir)
+        self.python = python
+        self.clock = clock
+        self.trigger = DriftTrigger()
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self._seeded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def attach(self) -> AutoRetrain:
+        """Hook into the coordinator's telemetry ingest."""
+        self.coord.on_drift = self.on_drift
+        return self
+
+    def on_drift(self, device: str, group: str, data: dict[str, Any]) -> str | None:
+        """A committed drift record of ``device`` in ``group``; returns the run id when it starts a run."""
+        rows = self.registry.retrain(self.fleet, group)
+        if not rows or not rows[0]["on_drift"]:
+            return None
+        try:
+            settings = RetrainSettings.from_registry(rows[0])
+        except ConfigError as exc:
+            log.warning("retrain settings of group %s are invalid: %s", group, exc)
+            return None
+        with self._lock:
+            self.trigger.set_policy(group, settings.policy())
+            self._seed(group)
+            start = self.trigger.handle(DriftAlert(group, device, str(data.get("version", "")),
+                                                   _score(data)), self.clock())
+            if start is None:
+                return None
+            for run in self.registry.fed_runs(self.fleet, group, 5):  # another coordinator of the fleet was faster
+                if run["trigger"] == "drift" and self.clock() - float(run["created"]) < settings.cooldown_s:
+                    self.trigger.restore(group, float(run["created"]))
+                    self.trigger.finished(group)
+                    return None
+            return self._launch(settings, start.reason)
+
+    def _seed(self, group: str) -> None:
+        """After a restart (or on another coordinator), the cool-down counts from the last recorded drift run."""
+        if group in self._seeded:
+            return
+        self._seeded.add(group)
+        for run in self.registry.fed_runs(self.fleet, group, 10):
+            if run["trigger"] == "drift":
+                self.trigger.restore(group, float(run["created"]))
+
+    def command(self, settings: RetrainSettings, run_id: str) -> list[str]:
+        out = self.work_dir / run_id
+        return [self.python, "-m", "edgefleet.cli", "federated", "run", "--group", settings.group,
+                "--rounds", str(settings.rounds), "--strategy", settings.strategy, "--api", self.api,
+                "--record-id", run_id, "--out", str(out), *settings.args]
+
+    def _launch(self, settings: RetrainSettings, reason: str) -> str:
+        run_id = self.registry.create_fed_run(self.fleet, settings.group, settings.strategy, settings.rounds,
+                                              trigger="drift", reason=reason, status="starting")
+        argv = self.command(settings, run_id)
+        self.registry.set_fed_run(run_id, result={"command": shlex.join(argv)})
+        out = self.work_dir / run_id
+        out.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, EDGEFLEET_TOKEN=self.token)
+        logf = open(out / "run.log", "ab")
+        try:
+            proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except OSError as exc:
+            logf.close()
+            self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
+            self.trigger.finished(settings.group)
+            return run_id
+        self.children[run_id] = proc
+        log.info("drift on group %s: started federated run %s (pid %d): %s", settings.group, run_id, proc.pid, reason)
+        threading.Thread(target=self._reap, args=(run_id, settings.group, proc, logf), daemon=True,
+                         name=f"edgefleet-retrain-{run_id}").start()
+        return run_id
+
+    def _reap(self, run_id: str, group: str, proc: subprocess.Popen[bytes], logf: Any) -> None:
+        code = proc.wait()
+        logf.close()
+        run = self.registry.fed_run(run_id)
+        if run is not None and run["status"] in ("starting", "running"):
+            self.registry.set_fed_run(run_id, status=f"failed: exit code {code}; see {self.work_dir / run_id / 'run.log'}"[:128])
+        with self._lock:
+            self.children.pop(run_id, None)
+            self.trigger.finished(group)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the runs this coordinator started (their process groups)."""
+        import signal
+
+        for proc in list(self.children.values()):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in list(self.children.values()):
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+__all__ = ["AutoRetrain", "RetrainSettings", "RESERVED"]

@@ -1,0 +1,138 @@
+"""Federated runs in the fleet registry: per-round metrics, run status and result, through the coordinator's API.
+
+- :func:`round_metrics` flattens one round of the ServerApp's ``rounds.json`` into
+  the registry's ``fed_rounds`` columns (participants, failures, train/eval
+  loss and accuracy, the coordinator's holdout, duration, strategy, DP epsilon);
+- :class:`RunRecord` is the run's side: it creates (or adopts) a run record,
+  stores each round as it finishes and the final status/result. Recording never
+  aborts a run that is training: after the record exists, a failed request is a
+  warning on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from edgefleet.errors import EdgefleetError
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def round_metrics(r: Mapping[str, Any], strategy: str) -> dict[str, Any]:
+    """One ``rounds.json`` row as registry fields."""
+    train = r.get("train") or {}
+    ev = r.get("evaluate") or {}
+    central = r.get("central") or {}
+    return {
+        "participants": int(r.get("train_replies", 0) or 0),
+        "failures": int(r.get("train_failures", 0) or 0),
+        "declined": int(r.get("declined", 0) or 0),
+        "examples": int(r.get("examples", 0) or 0),
+        "train_loss": _num(train.get("train-loss")),
+        "train_accuracy": _num(train.get("train-accuracy")),
+        "eval_loss": _num(ev.get("eval-loss")),
+        "eval_accuracy": _num(ev.get("eval-accuracy")),
+        "central_loss": _num(central.get("loss")),
+        "central_accuracy": _num(central.get("accuracy")),
+        "seconds": _num(r.get("seconds")),
+        "dp_epsilon": _num(r.get("dp_epsilon")),
+        "strategy": strategy,
+    }
+
+
+class RunRecord:
+    """A federated run's record in the registry, written through the coordinator's HTTP API."""
+
+    def __init__(self, api: str, token: str | None, run_id: str) -> None:
+        self.api = api
+        self.token = token
+        self.run_id = run_id
+        self.warnings: list[str] = []
+
+    @classmethod
+    def open(cls, api: str, token: str | None, *, group: str, strategy: str, rounds: int,
+             run_id: str | None = None, config: Mapping[str, Any] | None = None) -> RunRecord:
+        """Create the record (or adopt ``run_id``, created by the coordinator's drift trigger). Errors raise:
+        a run asked to record must not start unrecorded."""
+        from edgefleet.cloud_sync.cli import api_call
+
+        if run_id:
+            api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}", json={"status": "running"})
+        else:
+            doc = api_call(api, token, "POST", "/v1/federated/runs",
+                           json={"group": group, "strategy": strategy, "rounds": rounds, "status": "running",
+                                 "config": dict(config or {})})
+            run_id = str(doc["id"])
+        return cls(api, token, run_id)
+
+    def _send(self, method: str, path: str, body: Mapping[str, Any]) -> None:
+        from edgefleet.cloud_sync.cli import api_call
+
+        try:
+            api_call(self.api, self.token, method, path, json=dict(body))
+        except EdgefleetError as exc:
+            msg = f"warning: could not record federated run {self.run_id} at {self.api}: {exc}"
+            self.warnings.append(msg)
+            print(msg, file=sys.stderr, flush=True)
+
+    def round(self, r: Mapping[str, Any], strategy: str) -> None:
+        self._send("PUT", f"/v1/federated/runs/{self.run_id}/rounds/{int(r['round'])}", round_metrics(r, strategy))
+
+    def update(self, *, status: str | None = None, flower_run_id: Any = None,
+               result: Mapping[str, Any] | None = None) -> None:
+        body: dict[str, Any] = {}
+        if status is not None:
+            body["status"] = status[:128]
+        if flower_run_id is not None:
+            body["flower_run_id"] = str(flower_run_id)
+        if result is not None:
+            body["result"] = dict(result)
+        self._send("PATCH", f"/v1/federated/runs/{self.run_id}", body)
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def run_line(run: Mapping[str, Any]) -> str:
+    res = run.get("result") or {}
+    gate = res.get("gate") or {}
+    dep = res.get("deployment") or {}
+    line = (f"federated run {run['id']} (group {run['group']}, {run['strategy']}, trigger {run['trigger']}): "
+            f"{run['status']}, {run['rounds_done']}/{run['rounds']} round(s)")
+    if gate:
+        line += f"; gate: {'promoted v' + str(gate.get('version')) if gate.get('promoted') else 'not promoted'}"
+    if dep:
+        line += f"; deployment {dep.get('id')}"
+    return line
+
+
+def print_runs(runs: list[Mapping[str, Any]]) -> None:
+    """The federated-runs section of ``edgefleet fleet status``: each run, then its rounds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(soft_wrap=True)
+    if not runs:
+        print("federated runs: none")
+        return
+    for run in runs:
+        print(run_line(run))
+        if run.get("reason"):
+            print(f"  {run['reason']}")
+        rows = run.get("round_metrics") or []
+        if not rows:
+            continue
+        t = Table("round", "devices", "failed", "train loss", "train acc", "eval loss", "eval acc", "holdout acc",
+                  "s", "eps")
+        for r in rows:
+            t.add_row(str(r["round"]), str(r["participants"]), str(r["failures"]), _f(r["train_loss"]),
+                      _f(r["train_accuracy"]), _f(r["eval_loss"]), _f(r["eval_accuracy"]), _f(r["central_accuracy"]),
+                      _f(r["seconds"], ".1f"), _f(r["dp_epsilon"], ".2f"))
+        c.print(t)
+
+
+__all__ = ["round_metrics", "RunRecord", "run_line", "print_runs"]

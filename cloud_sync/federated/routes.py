@@ -1,0 +1,120 @@
+"""The coordinator API's federated endpoints (FastAPI), mounted by :func:`~edgefleet.cloud_sync.coordinator.api.create_app`.
+
+- ``GET/POST /v1/federated/runs``, ``GET/PATCH /v1/federated/runs/{id}`` - run records
+  (status, strategy, Flower run id, result: gate verdict, signed version, deployment);
+- ``PUT /v1/federated/runs/{id}/rounds/{n}`` - one round's metrics, written by the run;
+- ``GET /v1/retrain``, ``PUT /v1/retrain/{group}`` - whether a drift alert of the group
+  starts a run, with the policy (devices, window, cool-down) and the run's options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from edgefleet.errors import EdgefleetError
+
+_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+class RunIn(BaseModel):
+    group: str = Field(pattern=_ID)
+    strategy: str = Field(min_length=1, max_length=32)
+    rounds: int = Field(ge=1)
+    status: str = Field("running", max_length=128)
+    trigger: str = Field("manual", max_length=32)
+    reason: str = Field("", max_length=4000)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunPatch(BaseModel):
+    status: str | None = Field(None, max_length=128)
+    flower_run_id: str | None = Field(None, max_length=32)
+    result: dict[str, Any] | None = None
+
+
+class RoundIn(BaseModel):
+    participants: int = Field(0, ge=0)
+    failures: int = Field(0, ge=0)
+    declined: int = Field(0, ge=0)
+    examples: int = Field(0, ge=0)
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    central_loss: float | None = None
+    central_accuracy: float | None = None
+    seconds: float | None = None
+    dp_epsilon: float | None = None
+    strategy: str = Field("", max_length=32)
+
+
+class RetrainIn(BaseModel):
+    on_drift: bool
+    min_devices: int = Field(1, ge=1)
+    window_s: float = Field(3600.0, gt=0)
+    cooldown_s: float = Field(6 * 3600.0, ge=0)
+    rounds: int = Field(3, ge=1)
+    strategy: str = "fedavg"
+    args: list[str] = Field(default_factory=list, description="further `edgefleet federated run` options")
+
+
+def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
+    reg, fleet = coord.registry, coord.fleet
+    dep = [Depends(auth)]
+
+    def run_or_404(run_id: str) -> dict[str, Any]:
+        run = reg.fed_run(run_id)
+        if run is None or run["fleet"] != fleet:
+            raise HTTPException(404, f"no federated run {run_id!r}")
+        return dict(run)
+
+    @app.get("/v1/federated/runs", dependencies=dep)
+    def runs(group: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return list(reg.fed_runs(fleet, group, max(1, min(limit, 200))))
+
+    @app.post("/v1/federated/runs", dependencies=dep, status_code=201)
+    def create_run(body: RunIn) -> dict[str, Any]:
+        run_id = reg.create_fed_run(fleet, body.group, body.strategy, body.rounds, trigger=body.trigger,
+                                    reason=body.reason, status=body.status, config=body.config)
+        return run_or_404(run_id)
+
+    @app.get("/v1/federated/runs/{run_id}", dependencies=dep)
+    def get_run(run_id: str) -> dict[str, Any]:
+        return run_or_404(run_id)
+
+    @app.patch("/v1/federated/runs/{run_id}", dependencies=dep)
+    def patch_run(run_id: str, body: RunPatch) -> dict[str, Any]:
+        run_or_404(run_id)
+        fields = {k: v for k, v in (("status", body.status), ("flower_run_id", body.flower_run_id)) if v is not None}
+        reg.set_fed_run(run_id, result=body.result, **fields)
+        return run_or_404(run_id)
+
+    @app.put("/v1/federated/runs/{run_id}/rounds/{rnd}", dependencies=dep)
+    def put_round(run_id: str, rnd: int, body: RoundIn) -> dict[str, Any]:
+        run_or_404(run_id)
+        if rnd < 1:
+            raise HTTPException(400, "rounds are numbered from 1")
+        reg.put_fed_round(run_id, rnd, **body.model_dump())
+        reg.set_fed_run(run_id)
+        return run_or_404(run_id)
+
+    @app.get("/v1/retrain", dependencies=dep)
+    def retrain(group: str | None = None) -> list[dict[str, Any]]:
+        return list(reg.retrain(fleet, group))
+
+    @app.put("/v1/retrain/{group}", dependencies=dep)
+    def set_retrain(group: str, body: RetrainIn) -> dict[str, Any]:
+        from .autorun import RetrainSettings
+
+        try:
+            settings = RetrainSettings(group=group, **body.model_dump())
+        except EdgefleetError as exc:
+            raise HTTPException(400, str(exc)) from None
+        reg.set_retrain(fleet, group, settings.on_drift, settings.policy_doc())
+        return dict(reg.retrain(fleet, group)[0])
+
+
+__all__ = ["add_routes"]
