@@ -431,7 +431,11 @@ def render(sections: list[Section], results_dir: Path, quick: bool, md_path: Pat
             "Each JSON records the machine it ran on; the load average is the one recorded with it (the machine is "
             "shared, so absolute latencies are noisy: ratios measured side by side in one run are the robust figures).", "",
             *table(["suite", "JSON", "produced (UTC)", "CPU", "cores", "load average 1/5/15 min", "OS", "Python", "versions"],
-                   [machine_row(s, runs.get(s.suite.name)) for s in sections if s.doc is not None])]
+                   machines := [machine_row(s, runs.get(s.suite.name)) for s in sections if s.doc is not None])]
+    hosts = sorted({f"{m[3]} ({m[6]})" for m in machines if m[3] != "not recorded"})
+    if len(hosts) > 1:
+        out += [f"**These results come from {len(hosts)} different machines** ({'; '.join(hosts)}): compare absolute "
+                "figures only within one suite.", ""]
     if runs:
         latest = max(runs.values(), key=lambda r: r.get("finished_utc", ""))
         pk = latest.get("environment", {}).get("packages", {})
