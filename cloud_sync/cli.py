@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
     serve.add_argument("--allow", default=None, help="file with allowed device ids, one a line")
     serve.add_argument("--chunk-size", type=int, default=64 * 1024)
+    serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
+                       help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
+                            "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
     serve.add_argument("--federated-dir", default="federated-runs",
                        help="where runs started by drift alerts keep their files (see fleet retrain)")
     serve.set_defaults(func=_serve)
@@ -70,6 +73,8 @@ def register(sub: Any) -> None:
     p.add_argument("--canary", default="5%")
     p.add_argument("--waves", default="25%,50%,100%")
     p.add_argument("--max-failure", default="2%")
+    p.add_argument("--job-timeout", default="1h",
+                   help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
     p.set_defaults(func=_fleet_deploy)
     p = common(fsub.add_parser("status", help="deployments and federated runs, or one deployment's per-state counts"))
     p.add_argument("deployment", nargs="?")
@@ -135,10 +140,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.allow:
         with open(args.allow) as fh:
             allow = {line.strip() for line in fh if line.strip() and not line.startswith("#")}
+    signing_key = None
+    if args.signing_key:
+        from edgefleet.keys import load_private_key
+
+        signing_key = load_private_key(args.signing_key)
     reg = Registry(args.db)
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
-                        chunk_size=args.chunk_size, allow_list=allow)
+                        chunk_size=args.chunk_size, allow_list=allow, signing_key=signing_key)
     coord.start()
     from .federated.autorun import AutoRetrain
 
@@ -282,7 +292,7 @@ def _fleet_devices(args: argparse.Namespace) -> int:
 
 
 def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
-                  waves: str = "25%,50%,100%", max_failure: str = "2%") -> Any:
+                  waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h") -> Any:
     """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
     from pathlib import Path
 
@@ -300,11 +310,13 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
         raise ConfigError(f"{src} does not exist")
     return api_call(api, token, "POST", "/v1/deployments", content=body,
                     headers={"Content-Type": "application/octet-stream"},
-                    params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure})
+                    params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure,
+                            "job_timeout": job_timeout})
 
 
 def _fleet_deploy(args: argparse.Namespace) -> int:
-    data = deploy_bundle(args.api, args.token, args.bundle, args.group, args.canary, args.waves, args.max_failure)
+    data = deploy_bundle(args.api, args.token, args.bundle, args.group, args.canary, args.waves, args.max_failure,
+                         args.job_timeout)
     if args.json:
         _print(args, data, None)
     else:

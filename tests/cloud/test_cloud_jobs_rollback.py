@@ -55,6 +55,16 @@ def test_check_order(keys: dict[str, Any]) -> None:
     assert check_order(None, **{**ok, "require_signature": False}) is None  # a device that verifies nothing
 
 
+def test_serve_refuses_a_bad_signing_key(tmp_path: Path, capsys: Any) -> None:
+    from edgefleet.cli import main as cli_main
+
+    (tmp_path / "pub.pem").write_bytes(b"not a key")
+    for path in (tmp_path / "missing.key", tmp_path / "pub.pem"):
+        assert cli_main(["cloud", "serve", "--fleet", "f1", "--token", "t", "--db", f"sqlite:///{tmp_path}/r.db",
+                         "--signing-key", str(path)]) == 2
+        assert str(path) in capsys.readouterr().err
+
+
 def test_rollback_orders_signed_and_verified(broker: Any, tmp_path: Path, make_agent: Any, archives: dict[str, Path],
                                              keys: dict[str, Any], monkeypatch: Any) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db", signing_key=keys["priv"])

@@ -36,6 +36,18 @@ def test_timeout_rules_and_gate() -> None:
     assert d.halt and "1 of 1" in d.halt
 
 
+def test_cli_passes_the_job_timeout(archives: dict[str, Path], monkeypatch: Any, capsys: Any) -> None:
+    from edgefleet.cli import main as cli_main
+    from edgefleet.cloud_sync import cli as cloud_cli
+
+    sent: dict[str, Any] = {}
+    monkeypatch.setattr(cloud_cli, "api_call", lambda api, token, method, path, **kw: sent.update(kw) or {"id": "x"})
+    assert cli_main(["fleet", "deploy", str(archives["2"]), "--group", "g", "--job-timeout", "10m", "--token", "t",
+                     "--json"]) == 0
+    assert sent["params"]["job_timeout"] == "10m"
+    capsys.readouterr()
+
+
 def test_started_job_times_out_offline_device_does_not(broker: Any, tmp_path: Path, make_agent: Any,
                                                        archives: dict[str, Path]) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
