@@ -129,6 +129,20 @@ def test_find_mosquitto(tmp_path: Path) -> None:
         find_mosquitto({"PATH": str(tmp_path), "EDGEFLEET_MOSQUITTO": str(tmp_path / "gone")})
 
 
+def test_missing_flower_tools_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgefleet.device_agent.flower_node as fn
+    from edgefleet.cloud_sync.demo.procs import check_flower_tools
+
+    def find_tool(name: str) -> str:
+        if name == "flower-superlink":
+            raise ConfigError(f"{name} not found")
+        return "/bin/true"
+
+    monkeypatch.setattr(fn, "find_tool", find_tool)
+    with pytest.raises(ConfigError, match=r"flower-superlink not found: .*pip install 'edgefleet\[federated\]'"):
+        check_flower_tools()
+
+
 def test_a_broker_url_that_is_not_an_mqtt_broker_is_explained() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

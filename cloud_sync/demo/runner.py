@@ -297,6 +297,8 @@ class Demo:
         self.wait(lambda: sum(1 for x in self.get("/v1/devices") if x["online"]) >= n, 90,
                   f"{n} devices online at the coordinator")
         self.say(f"  {n}/{n} devices registered and online (no model yet)")
+        self.say(f"  (in another terminal while it runs: EDGEFLEET_TOKEN={self.token} edgefleet fleet devices "
+                 f"--api {self.api})")
 
     def _wait_api(self, child: procs.Child, timeout: float = 60.0) -> bool:
         import httpx

@@ -97,7 +97,7 @@ def summary_rows(summary: Mapping[str, Any]) -> dict[str, list[list[str]]]:
         stages = ", ".join(f"{st['name']} ({st['devices']})" for st in r.get("stages", []))
         rollouts.append([f"v{r['version']}", stages, f"{r['seconds']:.1f}s", f"{r['bytes']:,}",
                          f"{'bsdiff delta' if r.get('deltas') else 'full'} (archive {r['archive_bytes']:,} B)"])
-    timing = [[name, f"{sec:.1f}s"] for name, sec in summary.get("stages", {}).items()]
+    timing = [[name.replace("_", " "), f"{sec:.1f}s"] for name, sec in summary.get("stages", {}).items()]
     devices = []
     for d in devs:
         devices.append([d["device_id"], f"v{d['version']}" if d.get("version") else "-", ",".join(map(str, d["classes"])),
