@@ -60,7 +60,8 @@ class RunRecord:
         from edgefleet.cloud_sync.cli import api_call
 
         if run_id:
-            api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}", json={"status": "running"})
+            api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}",
+                     json={"status": "running", "config": dict(config or {})})
         else:
             doc = api_call(api, token, "POST", "/v1/federated/runs",
                            json={"group": group, "strategy": strategy, "rounds": rounds, "status": "running",

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException
@@ -33,6 +34,7 @@ class RunPatch(BaseModel):
     status: str | None = Field(None, max_length=128)
     flower_run_id: str | None = Field(None, max_length=32)
     result: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None
 
 
 class RoundIn(BaseModel):
@@ -88,7 +90,10 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
     @app.patch("/v1/federated/runs/{run_id}", dependencies=dep)
     def patch_run(run_id: str, body: RunPatch) -> dict[str, Any]:
         run_or_404(run_id)
-        fields = {k: v for k, v in (("status", body.status), ("flower_run_id", body.flower_run_id)) if v is not None}
+        fields: dict[str, Any] = {k: v for k, v in (("status", body.status), ("flower_run_id", body.flower_run_id))
+                                  if v is not None}
+        if body.config is not None:
+            fields["config"] = json.dumps(body.config, default=str)
         reg.set_fed_run(run_id, result=body.result, **fields)
         return run_or_404(run_id)
 
