@@ -37,8 +37,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from edgefleet.errors import ConfigError
 
@@ -231,7 +231,7 @@ class Registry:
                 for col in table.columns:
                     if col.name in present:
                         continue
-                    default = col.default.arg if col.default is not None else None
+                    default = getattr(col.default, "arg", None)
                     ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)}"
                     if isinstance(default, (int, float, str)):  # bool is an int
                         lit = "'" + default.replace("'", "''") + "'" if isinstance(default, str) else repr(default)

@@ -400,7 +400,7 @@ class Coordinator:
         each group when it has completed (devices that join the group later get it)."""
         heads = self.registry.deployment_heads(self.fleet)
         devices: dict[str, dict[str, Any]] | None = None
-        for dep_id, state, group in heads["live"]:
+        for dep_id, _state, group in heads["live"]:
             if devices is None:
                 devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
             self._tick_leased(dep_id, heads["newest"].get(group) == dep_id, devices)

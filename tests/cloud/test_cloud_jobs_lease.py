@@ -48,6 +48,30 @@ def test_lease_is_compare_and_set(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_older_registry_gets_the_new_columns(backend: str, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    url = _pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
+    if url is None:
+        pytest.skip("PostgreSQL is not reachable")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    reg = Registry(url, prefix=prefix)
+    dep = reg.create_deployment("f", "a" * 64, "m", "2", "g", 0.1, [1.0], 0.0, ["d1"])
+    with reg.engine.begin() as c:  # as a registry written before timeouts, joiners and leases existed
+        for col in ("job_timeout", "planned", "lease_owner", "lease_until"):
+            c.execute(text(f"ALTER TABLE {prefix}deployments DROP COLUMN {col}"))
+    reg.close()
+    reg = Registry(url, prefix=prefix)
+    try:
+        row = reg.deployment(dep)
+        assert row is not None and (row["job_timeout"], row["planned"], row["lease_owner"]) == (3600.0, -1, "")
+        assert reg.acquire_lease(dep, "A", 30)
+    finally:
+        reg.drop_all()
+        reg.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_two_coordinators_tick_one_rollout(backend: str, broker: Any, archives: dict[str, Path],
                                            tmp_path: Path) -> None:
     url = _pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'shared.db'}"

@@ -13,7 +13,6 @@ from conftest import wait_for
 from helpers import coordinator, device
 from jobs_fakes import FakeDevices
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan, View, evaluate, parse_duration, timed_out
 from edgefleet.errors import ConfigError
 
