@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edgefleet._version import __version__
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, SyncError
 
 from .rollout import RolloutPlan, parse_duration, parse_percent
 from .service import Coordinator
@@ -95,6 +95,8 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
             raise HTTPException(404, f"unknown action {action!r}")
         try:
             return coord.summary(coord.set_state(dep_id, action))
+        except SyncError as exc:  # another coordinator holds the deployment
+            raise HTTPException(409, str(exc)) from None
         except EdgefleetError as exc:
             raise HTTPException(404, str(exc)) from None
 

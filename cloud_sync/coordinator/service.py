@@ -449,7 +449,12 @@ class Coordinator:
             return
         if dec.dispatch:
             stage = dep["stage"] if dec.stage is None else dec.stage
+            renewed = time.monotonic()
             for device in dec.dispatch:
+                if time.monotonic() - renewed > self.lease_seconds / 3:  # a long stage: keep the lease
+                    if not self.registry.acquire_lease(dep["id"], self.node, self.lease_seconds):
+                        break  # another coordinator took over; it dispatches what is missing
+                    renewed = time.monotonic()
                 if device not in jobs:
                     self._dispatch(dep, device, devices.get(device), stage)
             if stage != dep["stage"] and self.registry.set_deployment(dep["id"], expect={"stage": dep["stage"]},

@@ -47,6 +47,27 @@ def test_lease_is_compare_and_set(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_operator_action_waits_for_the_lease(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from edgefleet.cloud_sync.coordinator.api import create_app
+    from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    coord = Coordinator(reg, MemoryTransport(MemoryBroker(), "coord"), "f", lease_seconds=0.2)
+    dep = reg.create_deployment("f", "a" * 64, "m", "2", "g", 0.1, [1.0], 0.0, ["d1"])
+    api = TestClient(create_app(coord, "t"), headers={"Authorization": "Bearer t"})
+    assert reg.acquire_lease(dep, "other-coordinator", 60)  # busy in a long tick elsewhere
+    r = api.post(f"/v1/deployments/{dep}/pause")
+    assert r.status_code == 409 and "another coordinator" in r.json()["detail"]
+    assert reg.deployment(dep)["state"] == "running"
+    reg.release_lease(dep, "other-coordinator")
+    assert api.post(f"/v1/deployments/{dep}/pause").json()["state"] == "paused"
+    assert [e["kind"] for e in reg.events(dep)] == ["paused"]
+    assert api.post("/v1/deployments/nope/pause").status_code == 404
+    reg.close()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_older_registry_gets_the_new_columns(backend: str, tmp_path: Path) -> None:
     from sqlalchemy import text
