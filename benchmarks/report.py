@@ -477,6 +477,10 @@ def generate(results_dir: Path = RESULTS, quick: bool = False, md_path: Path | N
     md_path = Path(md_path) if md_path else default_report_path(results_dir, quick)
     plots_dir = results_dir / ("plots_quick" if quick else "plots")
     sections = read_sections(results_dir, quick, plots_dir, suites)
+    for s in sections:  # a plot that could not be drawn this time must not leave an older PNG looking current
+        for _, png, reason in s.plots:
+            if reason is not None:
+                png.unlink(missing_ok=True)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(render(sections, results_dir, quick, md_path))
     return md_path, sections
