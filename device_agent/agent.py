@@ -72,6 +72,7 @@ from .updates import (
 )
 
 if TYPE_CHECKING:
+    from .flower_node import FlowerNode
     from .samples import SampleStore
 
 
@@ -254,9 +255,29 @@ class Agent:
             self.close()
             raise
         self.tick_seconds = tick_seconds
+        self.flower_node: FlowerNode | None = None
+        if config.federated.enabled and self.owner and monitor:
+            try:
+                self.flower_node = self._start_flower_node()
+            except BaseException:
+                self.close()
+                raise
         if monitor:
             self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
             self._thread.start()
+
+    def _start_flower_node(self) -> FlowerNode:
+        """Enrolled for federated training: supervise this device's ``flower-supernode`` (restarted if it dies)."""
+        from .flower_node import FlowerNode, FlowerNodeConfig
+
+        f = self.config.federated
+        cfg = FlowerNodeConfig.for_agent(
+            self.config, f.superlink, port=f.port, insecure=f.insecure, root_certificates=f.root_certificates,
+            auth_private_key=f.auth_private_key, auth_public_key=f.auth_public_key,
+            log_path=f.log_file or str(self.root / "flower-node.log"))
+        node = FlowerNode(cfg)
+        node.start()
+        return node
 
     @property
     def runtimes(self) -> tuple[str, ...]:
@@ -733,6 +754,9 @@ class Agent:
         out["shadow"] = shadow.stats.report() if shadow else None
         out["telemetry"] = {**self.telemetry.queue.stats(), "window": self.telemetry.snapshot()}
         out["samples"] = {"count": len(self.samples), "encrypted": self.samples.encrypted} if self.samples else None
+        node = self.flower_node
+        out["federated"] = {"superlink": node.config.superlink, "running": node.running, "pid": node.pid,
+                            "restarts": node.restarts} if node else None
         return out
 
     # -- telemetry ----------------------------------------------------------------------------
@@ -813,6 +837,9 @@ class Agent:
             return
         self._stop.set()
         self._wake.set()
+        node = getattr(self, "flower_node", None)
+        if node is not None:
+            node.stop()  # the SuperNode and its process group (superexec, ClientApp)
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self._shadow is not None:

@@ -19,6 +19,11 @@ are refused (a typo must not silently fall back to a default). Example::
     [samples]
     enabled = true
     key_file = "/etc/edgefleet/device.key"
+
+    [federated]                     # take part in federated retraining (needs [samples])
+    enabled = true
+    superlink = "fl.example.com:9092"
+    root_certificates = "/etc/edgefleet/flower-ca.pem"   # TLS; or insecure = true (loopback only)
 """
 
 from __future__ import annotations
@@ -154,6 +159,38 @@ class SamplesConfig:
 
 
 @dataclass(frozen=True)
+class FederatedNodeConfig:
+    """``[federated]``: the agent runs and supervises this device's ``flower-supernode``."""
+
+    enabled: bool = False
+    superlink: str = ""  # HOST:PORT of the coordinator's SuperLink
+    root_certificates: str | None = None  # CA certificate of a TLS SuperLink
+    insecure: bool = False  # plain HTTP: refused unless the SuperLink is on loopback
+    port: int = 9094  # the node's local ClientApp I/O port
+    auth_private_key: str | None = None  # SuperNode authentication (flwr supernode register)
+    auth_public_key: str | None = None
+    log_file: str | None = None  # default: <state_dir>/flower-node.log
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        from .flower_node import is_loopback
+
+        if ":" not in self.superlink:
+            raise ConfigError(f"federated.superlink must be HOST:PORT, got {self.superlink!r}")
+        if self.insecure and not is_loopback(self.superlink):
+            raise ConfigError("federated.insecure is for a SuperLink on loopback only; "
+                              "set federated.root_certificates for TLS")
+        if not self.insecure and not self.root_certificates:
+            raise ConfigError("federated.root_certificates is required for a TLS SuperLink "
+                              "(or insecure = true for one on loopback)")
+        if bool(self.auth_private_key) != bool(self.auth_public_key):
+            raise ConfigError("federated node authentication needs both auth_private_key and auth_public_key")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"federated.port must be in 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     state_dir: str = "edgefleet-state"
     device_id: str = ""
@@ -166,11 +203,14 @@ class AgentConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    federated: FederatedNodeConfig = field(default_factory=FederatedNodeConfig)
 
     def __post_init__(self) -> None:
         if not self.state_dir:
             raise ConfigError("agent.state_dir must not be empty")
         _positive("agent.threads", self.threads)
+        if self.federated.enabled and not self.samples.enabled:
+            raise ConfigError("federated training needs local samples: set enabled = true in the [samples] section")
 
     @property
     def state_path(self) -> Path:
@@ -184,14 +224,14 @@ class AgentConfig:
         """Build from the parsed TOML document; relative paths resolve against ``base_dir``."""
         if not isinstance(data, Mapping):
             raise ConfigError("the config must be a table")
-        sections = {"agent", "store", "update", "telemetry", "samples"}
+        sections = {"agent", "store", "update", "telemetry", "samples", "federated"}
         unknown = sorted(set(data) - sections)
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
         agent_raw = dict(data.get("agent") or {})
         if not isinstance(data.get("agent", {}), Mapping):
             raise ConfigError("[agent] must be a table")
-        nested = {"store", "update", "telemetry", "samples"} & set(agent_raw)
+        nested = {"store", "update", "telemetry", "samples", "federated"} & set(agent_raw)
         if nested:
             raise ConfigError(f"{sorted(nested)} are sections of their own, not [agent] options")
         top = _section(_AgentTop, agent_raw, "agent")
@@ -203,6 +243,10 @@ class AgentConfig:
 
         if samples.key_file:
             samples = replace(samples, key_file=resolve(samples.key_file))
+        federated = _section(FederatedNodeConfig, data.get("federated"), "federated")
+        federated = replace(federated, **{k: resolve(v) for k in ("root_certificates", "auth_private_key",
+                                                                  "auth_public_key", "log_file")
+                                          if isinstance(v := getattr(federated, k), str) and v})
         return cls(
             state_dir=resolve(top.state_dir),
             device_id=top.device_id,
@@ -215,6 +259,7 @@ class AgentConfig:
             update=_section(UpdateConfig, data.get("update"), "update"),
             telemetry=_section(TelemetryConfig, data.get("telemetry"), "telemetry"),
             samples=samples,
+            federated=federated,
         )
 
 
