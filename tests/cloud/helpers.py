@@ -14,6 +14,17 @@ from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 _ids = itertools.count()
 
 
+def pg_url() -> str | None:
+    """The test PostgreSQL (127.0.0.1:5432, database ``test``), or None when it is not running."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
+    except OSError:
+        return None
+    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
 def mqtt(url: str, client_id: str, will: Any = None, **kw: Any) -> MqttTransport:
     return MqttTransport(MqttConfig(url=url, client_id=client_id, reconnect_min=0.2, reconnect_max=1.0, **kw), will)
 

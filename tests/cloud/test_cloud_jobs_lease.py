@@ -12,22 +12,12 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import mqtt
+from helpers import mqtt, pg_url
 from jobs_fakes import FakeDevices
 
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 from edgefleet.cloud_sync.coordinator.service import Coordinator
-
-
-def _pg_url() -> str | None:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
-    except OSError:
-        return None
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def test_lease_is_compare_and_set(tmp_path: Path) -> None:
@@ -72,7 +62,7 @@ def test_operator_action_waits_for_the_lease(tmp_path: Path) -> None:
 def test_older_registry_gets_the_new_columns(backend: str, tmp_path: Path) -> None:
     from sqlalchemy import text
 
-    url = _pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
+    url = pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'old.db'}"
     if url is None:
         pytest.skip("PostgreSQL is not reachable")
     prefix = f"t{uuid.uuid4().hex[:8]}_"
@@ -95,7 +85,7 @@ def test_older_registry_gets_the_new_columns(backend: str, tmp_path: Path) -> No
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_two_coordinators_tick_one_rollout(backend: str, broker: Any, archives: dict[str, Path],
                                            tmp_path: Path) -> None:
-    url = _pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'shared.db'}"
+    url = pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'shared.db'}"
     if url is None:
         pytest.skip("PostgreSQL is not reachable")
     prefix = f"t{uuid.uuid4().hex[:8]}_"

@@ -10,6 +10,7 @@ import zlib
 from typing import Any
 
 import pytest
+from helpers import pg_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,22 +184,12 @@ def test_rollout_stages_gate_and_catch_up() -> None:
     assert evaluate(plan, View("running", 2, targets, {t: "SUCCEEDED" for t in targets}, online)).complete
 
 
-def _pg_url() -> str | None:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
-    except OSError:
-        return None
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_registry_backends(backend: str, tmp_path: Any) -> None:
     from edgefleet.cloud_sync.coordinator.registry import Registry
 
     if backend == "postgresql":
-        url = _pg_url()
+        url = pg_url()
         if url is None:
             pytest.skip("PostgreSQL is not reachable")
     else:
