@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from edgefleet.errors import ConfigError, SyncError
@@ -334,6 +335,13 @@ def _status_table(d: dict[str, Any]) -> None:
             f"{' (' + d['reason'] + ')' if d['reason'] else ''}, stage {d['stage']}")
     c.print(ProgressBar(total=max(1, d["targets"]), completed=d["done"], width=40))
     c.print(f"{d['done']}/{d['targets']} done  " + "  ".join(f"{k}={v}" for k, v in sorted(d["counts"].items())))
+    if d.get("rollbacks"):
+        c.print("rollback orders: " + "  ".join(f"{k}={v}" for k, v in sorted(d["rollbacks"].items())))
+    if "job_timeout" in d:
+        c.print(f"job timeout {d['job_timeout']:g}s")
+    for e in d.get("events", [])[-8:]:  # the latest rollout events
+        when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+        c.print(f"  {when} {e['kind']} (stage {e['stage']}){': ' + e['detail'] if e['detail'] else ''}")
 
 
 def _fleet_status(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ def test_joiners_follow_the_stage() -> None:
 
 
 def test_devices_joining_mid_rollout_and_after(broker: Any, tmp_path: Path, make_agent: Any,
-                                               archives: dict[str, Path]) -> None:
+                                               archives: dict[str, Path], monkeypatch: Any, capsys: Any) -> None:
     from fastapi.testclient import TestClient
 
     from edgefleet.cloud_sync.coordinator.api import create_app
@@ -81,6 +81,15 @@ def test_devices_joining_mid_rollout_and_after(broker: Any, tmp_path: Path, make
     kinds = [e["kind"] for e in coord.registry.events(dep["id"])]
     assert kinds.count("stage") == 2 and kinds.count("joined") == 3 and kinds[-2:] == ["completed", "joined"]
     assert sorted(j["device_id"] for j in coord.registry.jobs(dep["id"])) == ["d0", "d1", "j2", "j3", "j4"]
+    # the operator sees it: `fleet status DEPLOYMENT` lists the rollout events
+    from edgefleet.cli import main as cli_main
+    from edgefleet.cloud_sync import cli as cloud_cli
+
+    monkeypatch.setattr(cloud_cli, "api_call", lambda url, tok, method, path, **kw: api.request(method, path, **kw).json())
+    capsys.readouterr()
+    assert cli_main(["fleet", "status", dep["id"], "--token", "t0k"]) == 0
+    out = capsys.readouterr().out
+    assert "5/5 done" in out and "job timeout 600s" in out and "joined (stage 1): j4" in out and "completed" in out
     # a halted deployment dispatches to nobody who joins its group
     fake = FakeDevices(broker.port, "f1", ["h0"], "h", answer=lambda dev, d: ["DOWNLOADING", "REJECTED"])
     wait_for(lambda: coord.registry.device("f1", "h0") is not None)
