@@ -329,7 +329,9 @@ class JobUpdate(Message):
     """A device's job status. ``version`` rises with every change the device makes; the
     coordinator applies an update only when ``version`` is newer than what it holds
     (``expected_version`` is the version the device last saw accepted), so a duplicate
-    or an out-of-order (stale) update is rejected."""
+    or an out-of-order (stale) update is rejected. A job the coordinator ended itself
+    (TIMED_OUT) is final, as in AWS IoT Jobs: a late update from the device is counted
+    and ignored (the version the device reports running is still recorded)."""
 
     TYPE: ClassVar[str] = "job"
     job_id: str

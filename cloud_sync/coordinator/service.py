@@ -400,9 +400,14 @@ class Coordinator:
         each group when it has completed (devices that join the group later get it)."""
         heads = self.registry.deployment_heads(self.fleet)
         devices: dict[str, dict[str, Any]] | None = None
-        for dep_id, _state, group in heads["live"]:
+        for dep_id, state, group in heads["live"]:
             if devices is None:
                 devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
+            if state == "completed":  # nothing to do (and no lease to take) unless someone joined the group
+                dep = self.registry.deployment(dep_id)
+                known = set(dep["targets"]) if dep else set()
+                if not any(row["group"] == group and d not in known for d, row in devices.items()):
+                    continue
             self._tick_leased(dep_id, heads["newest"].get(group) == dep_id, devices)
 
     def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, dict[str, Any]]) -> None:
