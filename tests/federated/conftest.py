@@ -179,3 +179,66 @@ def cloud_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudFleet
         yield c
     finally:
         c.close()
+
+
+def make_tls(out: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it: (ca.pem, server.pem, server.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgefleet test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class TlsLink:
+    """A SuperLink serving TLS with a certificate of a CA made for the test (``make_tls``)."""
+
+    def __init__(self, root: Path) -> None:
+        from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig
+
+        self.ca, cert, key = make_tls(root / "tls")
+        self.link = SuperLink(SuperLinkConfig(port=free_port(), insecure=False, ssl_certfile=str(cert),
+                                              ssl_keyfile=str(key), ssl_ca_certfile=str(self.ca),
+                                              log_path=str(root / "superlink-tls.log")))
+        self.link.start()
+        try:
+            self.link.wait_ready()
+        except BaseException:
+            self.link.stop()
+            raise
+        self.address = self.link.address
+
+
+@pytest.fixture
+def tls_link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsLink]:
+    t = TlsLink(tmp_path_factory.mktemp("tls"))
+    try:
+        yield t
+    finally:
+        t.link.stop()

@@ -1,5 +1,7 @@
 """The agent runs this device's ``flower-supernode`` from its ``[federated]`` config: connects to a real
-SuperLink, is restarted when killed, and leaves no process behind when the agent shuts down."""
+SuperLink over TLS (a CA made for the test with ``cryptography``: ``--ssl-certfile/--ssl-keyfile/
+--ssl-ca-certfile`` on the link, ``--root-certificates`` on the node), is restarted when killed, and
+leaves no process behind when the agent shuts down."""
 
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ import pytest
 
 from edgefleet.errors import ConfigError
 
-from .conftest import Fleet, free_port
+from .conftest import TlsLink, free_port
 
 
-def _nodes(fleet: Fleet, home: Path) -> list[dict[str, Any]]:
-    """The SuperNodes the SuperLink knows, from Flower's own CLI (``flwr supernode list``)."""
+def _nodes(tls: TlsLink, home: Path) -> list[dict[str, Any]]:
+    """The SuperNodes the SuperLink knows, from Flower's own CLI (``flwr supernode list``, over TLS)."""
     from edgefleet.cloud_sync.federated.runner import write_flwr_home
     from edgefleet.device_agent.flower_node import find_tool, flower_env
 
-    write_flwr_home(home, fleet.link.address)
+    write_flwr_home(home, tls.address, insecure=False, root_certificates=str(tls.ca))
     proc = subprocess.run([find_tool("flwr"), "supernode", "list", "edgefleet", "--format", "json"],
                           env=flower_env({"FLWR_HOME": str(home)}), capture_output=True, text=True, timeout=60)
     doc = json.loads(proc.stdout)
@@ -56,13 +58,14 @@ def _toml(tmp: Path, federated: str, samples: bool = True) -> Path:
 
 
 @pytest.mark.slow
-def test_federated_agent_supervises_its_supernode_from_config(fleet: Fleet, tmp_path: Path) -> None:
+def test_federated_agent_supervises_its_supernode_from_config(tls_link: TlsLink, tmp_path: Path) -> None:
     from edgefleet.device_agent import Agent
     from edgefleet.device_agent.config import load_config
 
-    # Arrange
-    cfg = load_config(_toml(tmp_path, f'enabled = true\nsuperlink = "{fleet.link.address}"\ninsecure = true\n'
-                                      f"port = {free_port()}\n"))
+    # Arrange: a TLS SuperLink; the agent's config names it and the CA (relative to the config file)
+    (tmp_path / "flower-ca.pem").write_bytes(tls_link.ca.read_bytes())
+    cfg = load_config(_toml(tmp_path, f'enabled = true\nsuperlink = "{tls_link.address}"\n'
+                                      f'root_certificates = "flower-ca.pem"\nport = {free_port()}\n'))
     home = tmp_path / "flwr-home"
 
     # Act 1: the agent starts; its SuperNode registers with the SuperLink
@@ -71,14 +74,16 @@ def test_federated_agent_supervises_its_supernode_from_config(fleet: Fleet, tmp_
         node = agent.flower_node
         assert node is not None and node.config.samples_db == str(tmp_path / "state" / "samples.db")
         assert 'device-id="dev-7"' in node.config.node_config()
-        first = _wait(lambda: [n for n in _nodes(fleet, home) if n["status"] == "online"])
+        assert "--insecure" not in node.argv and node.argv[node.argv.index("--root-certificates") + 1] == \
+            str(tmp_path / "flower-ca.pem")
+        first = _wait(lambda: [n for n in _nodes(tls_link, home) if n["status"] == "online"])
         pid = node.pid
         assert pid is not None and agent.status()["federated"]["running"]
 
         # Act 2: the SuperNode dies (SIGKILL to its group); the agent restarts it and it registers again
         node.kill()
         _wait(lambda: node.restarts >= 1 and node.running and node.pid != pid, 30)
-        _wait(lambda: len(_nodes(fleet, home)) > len(first))
+        _wait(lambda: len(_nodes(tls_link, home)) > len(first))
         new_pid = node.pid
         assert new_pid is not None
     finally:

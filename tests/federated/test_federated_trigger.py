@@ -1,4 +1,5 @@
-"""Drift alerts from telemetry start a federated run for a group whose operator enabled it, once per cool-down.
+"""Drift alerts from telemetry start a federated run for a group whose operator enabled it, once per cool-down;
+the run uses central differential privacy (clipping + noise) and records the budget it spent.
 
 Real pieces: mosquitto, the coordinator and its HTTP API, agents whose drift events travel as telemetry,
 ``flower-superlink`` and supervised ``flower-supernode`` processes, and the run the trigger launches
@@ -12,9 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from edgefleet.cloud_sync.federated.aggregate import gaussian_epsilon
 from edgefleet.cloud_sync.federated.partition import non_iid_partitions
+from edgefleet.cloud_sync.federated.trainer import MLPSpec
 
 from .conftest import CloudFleet, Digits, Fleet
 
@@ -49,9 +53,10 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
                 agent.feedback(xi, int(yi))
             fleet.add_node_for(name, agent.root / "samples.db")
     cloud_fleet.wait_for(lambda: sum(d["online"] for d in reg.devices(fleet_id)) == 3)
+    clip, noise = 0.01, 0.5  # central DP: each update clipped to norm 0.01, Gaussian noise std 0.5 * 0.01 / 2
     run_options = ["--superlink", fleet.link.address, "--min-nodes", "2", "--local-epochs", "1",
-                   "--round-timeout", "60", "--timeout", "150", "--layers", "64,10",
-                   "--preprocessing", digits.preprocessing]
+                   "--round-timeout", "60", "--timeout", "150", "--layers", "64,10", "--dp-noise", str(noise),
+                   "--dp-clip", str(clip), "--preprocessing", digits.preprocessing]
     common = ["--api", cloud_fleet.api, "--token", CloudFleet.TOKEN]
     assert cli_main(["fleet", "retrain", *common, "--group", "g", "--on-drift", "on", "--min-devices", "2",
                      "--cooldown", "3600", "--rounds", "1", "--", *run_options]) == 0
@@ -89,6 +94,16 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
     assert run["rounds"] == 1 and run["flower_run_id"] and run["config"]["min-nodes"] == 2
     assert [r["participants"] for r in run["round_metrics"]] == [2]
     assert run["round_metrics"][0]["train_accuracy"] is not None
+    # central DP: the budget spent is recorded per round and for the run ...
+    eps = gaussian_epsilon(noise, 1, 1e-5)
+    assert run["round_metrics"][0]["dp_epsilon"] == pytest.approx(eps)
+    assert run["result"]["privacy"]["epsilon"] == pytest.approx(eps)
+    # ... and the aggregate moved by the clipped mean (<= 0.01) plus noise of about 0.0025 * sqrt(650) = 0.064,
+    # far less than an unclipped local update
+    with np.load(tmp_path / "runs" / run["id"] / "out" / "aggregate.npz") as z:
+        w = [z[f"arr_{i}"] for i in range(len(z.files))]
+    moved = float(np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(w, MLPSpec.parse("64,10").init(0)))))
+    assert 0.04 < moved < 0.1, moved
     command = run["result"]["command"]
     assert f"--record-id {run['id']}" in command and "--group g" in command and "--rounds 1" in command
     assert CloudFleet.TOKEN not in command and not retrain.children
