@@ -1,5 +1,5 @@
 """``edgefleet demo``: the whole loop in a small configuration and the facts of its summary, its cleanup
-(also on Ctrl-C in the middle of the federated round), and clear errors when a piece is missing."""
+(also on Ctrl-C in the middle of the federated run), and clear errors when a piece is missing."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from edgefleet.cloud_sync.demo.procs import MARK, check_broker, find_mosquitto
 from edgefleet.cloud_sync.demo.status import status_line, summary_rows
 from edgefleet.errors import ConfigError, SyncError
 
-STAGES = ("data", "train", "compile", "broker", "fleet", "rollout_v1", "serve", "drift", "federated", "compile_v2",
-          "rollout_v2")
+STAGES = ("data", "train", "compile", "broker", "fleet", "rollout_v1", "serve", "federation", "drift", "federated",
+          "compile_v2", "rollout_v2")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -66,7 +66,9 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     assert s["final_version"] == "2" and s["all_on_final"], s["device_results"]
     assert [d["version"] for d in s["device_results"]] == ["2", "2"]
     assert s["accuracy_after"] >= s["accuracy_before"], (s["accuracy_before"], s["accuracy_after"])
-    assert s["federated"]["gate"]["promoted"] and len(s["federated"]["rounds"]) == 1
+    fed = s["federated"]
+    assert fed["trigger"] == "drift" and fed["status"] == "deployed" and len(fed["rounds"]) == 1, fed
+    assert fed["gate"]["promoted"] and fed["deployment"]["id"] == s["rollouts"][1]["deployment"]
     assert s["bytes_shipped"] > 0 and [r["version"] for r in s["rollouts"]] == ["1", "2"]
     for r in s["rollouts"]:
         assert r["bytes"] > 0 and r["state"] == "completed"
@@ -74,27 +76,28 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     assert s["rollouts"][1]["deltas"] == 2 and s["rollouts"][1]["bytes"] < s["rollouts"][0]["bytes"]
     assert set(STAGES) <= set(s["stages"]) and all(v >= 0 for v in s["stages"].values())
     assert {a["device_id"] for a in s["drift_alerts"]} == {"dev-02"}
-    for text in ("DRIFT ALERT from dev-02", "round 1: 2 device(s) trained", "signed as v2", "devices 2/2 online"):
+    for text in ("DRIFT ALERT from dev-02", "the coordinator started federated run", "round 1: 2 device(s) trained",
+                 "signed as v2", "devices 2/2 online"):
         assert text in proc.stdout, text
     assert not leftovers(wd)
     print(f"demo (2 devices, 1 round) took {took:.0f}s; stages {s['stages']}")
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_the_federated_round_stops_every_process(tmp_path: Path) -> None:
+def test_ctrl_c_during_the_federated_run_stops_every_process(tmp_path: Path) -> None:
     wd = tmp_path / "demo"
     out = tmp_path / "out.txt"
     with open(out, "w") as fh:
         proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
     try:
         deadline = time.monotonic() + 300
-        while "one flower-supernode per device" not in out.read_text():
+        while "the coordinator started federated run" not in out.read_text():
             assert proc.poll() is None, out.read_text()[-3000:]
             assert time.monotonic() < deadline, out.read_text()[-3000:]
             time.sleep(0.5)
-        time.sleep(2)
+        time.sleep(3)
         running = leftovers(wd)
-        assert len(running) >= 6, running  # mosquitto, coordinator, 2 devices, superlink, supernodes ...
+        assert len(running) >= 7, running  # mosquitto, coordinator and its federated run, 2 devices, superlink, supernodes ...
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130, out.read_text()[-3000:]

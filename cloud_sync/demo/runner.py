@@ -2,9 +2,11 @@
 
 data -> train a deliberately weak v1 -> compile (pruned + int8, signed, with its report) ->
 Mosquitto -> coordinator + N device processes -> staged rollout of v1 -> devices predict on
-their local data (telemetry) -> drift injected on some devices, alert -> federated round
-(flower-superlink + one supervised flower-supernode per device, on the devices' own samples)
--> aggregate compiled, gated and signed as v2 -> staged rollout of v2 -> summary.
+their local data (telemetry) -> a flower-superlink, a supervised flower-supernode per device,
+and the group opted in to retraining on drift -> drift injected on some devices, alert -> the
+coordinator starts ``edgefleet federated run --deploy`` by itself: rounds on the devices' own
+samples (recorded in the registry), the aggregate compiled with v1's recipe, gated on the
+holdout, signed as v2 and rolled out in stages -> summary (also ``summary.json``).
 
 Every process it starts is stopped on the way out, also on Ctrl-C or SIGTERM; see :mod:`.procs`.
 """
@@ -77,7 +79,7 @@ class Demo:
         self.stage_labels: list[str] = []
         self._status_stop = threading.Event()
         self._status_thread: threading.Thread | None = None
-        self._client: Any = None
+        self.rounds_shown = 0
         self.summary: dict[str, Any] = {}
 
     # -- output -------------------------------------------------------------------------------
@@ -168,34 +170,43 @@ class Demo:
             src, float_acc = self.train(scen, paths)
         with self.stage("compile", "compile v1: prune 50% + int8 TFLite, signed, with its report"):
             keys = self.keys()
-            v1, v1_archive, v1_acc = self.compile_v1(src, paths, keys[0])
+            v1, v1_archive = self.compile_v1(src, paths, keys[0])
         with self.stage("broker", "MQTT broker"):
             url = self.broker()
-        with self.stage("fleet", f"start the coordinator and {self.cfg.devices} device processes"):
+        plural = "es" if self.cfg.devices != 1 else ""
+        with self.stage("fleet", f"start the coordinator and {self.cfg.devices} device process{plural}"):
             self.start_fleet(url, scen, keys[1])
         self.start_status()
         with self.stage("rollout_v1", "staged rollout of v1 (canary, then waves)"):
             r1 = self.rollout(v1_archive, "1")
         with self.stage("serve", "devices predict on their local sensor data; telemetry flows to the coordinator"):
             self.serve()
+        with self.stage("federation", "federated retraining on drift: a SuperLink, a SuperNode on every device"):
+            self.federation_up(src, paths, v1, keys[0])
         with self.stage("drift", "inject sensor drift on some devices and wait for the drift alert"):
             alerts = self.drift()
-        with self.stage("federated", f"federated round(s) with Flower: {self.cfg.rounds} round(s) on the devices' samples"):
-            fed = self.federated(src, paths)
-        with self.stage("compile_v2", "compile the aggregate with v1's recipe, gate it on the holdout, sign v2"):
-            gate = self.close_loop(fed, src, paths, v1, keys)
+        with self.stage("federated", f"the drift alert starts a federated run: {self.cfg.rounds} round(s) with Flower "
+                                     "on the devices' own samples"):
+            run = self.follow_run(until="aggregated")
+        self.federation_down()
+        bytes_before = self.device_stats()
+        with self.stage("compile_v2", "the run compiles the aggregate with v1's recipe, gates it on the holdout, "
+                                      "signs v2 and deploys it"):
+            run = self.follow_run(run["id"], until="final")
+        gate = run["result"].get("gate") or {}
+        dep = run["result"].get("deployment") or {}
         rollouts = [r1]
         final_version = "1"
-        if gate["promoted"]:
+        if gate.get("promoted") and dep.get("id"):
             from edgefleet.bundle import write_archive
 
-            v2_archive = write_archive(Path(gate["bundle"]), wd / "bundles" / "digits-v2.efb")
-            with self.stage("rollout_v2", "staged rollout of v2 (canary, then waves)"):
-                rollouts.append(self.rollout(v2_archive, gate["version"]))
+            v2_archive = write_archive(Path(gate["bundle"]), wd / "bundles" / f"digits-v{gate['version']}.efb")
+            with self.stage("rollout_v2", f"staged rollout of v{gate['version']} (canary, then waves)"):
+                rollouts.append(self.rollout(v2_archive, str(gate["version"]), dep["id"], bytes_before))
             final_version = str(gate["version"])
             self.settle(final_version)
         self.stop_status()
-        self.finish(scen, paths, v1, gate, float_acc, v1_acc, rollouts, alerts, fed, final_version)
+        self.finish(scen, v1, gate, float_acc, rollouts, alerts, run, final_version)
 
     # -- steps ----------------------------------------------------------------------------------
     def _describe(self, scen: Scenario) -> None:
@@ -231,7 +242,7 @@ class Demo:
         self.say(f"  signing key {priv.relative_to(self.workdir)} (devices trust {pub.name})")
         return priv, pub
 
-    def compile_v1(self, src: Path, paths: Mapping[str, Path], key: Path) -> tuple[Path, Path, float]:
+    def compile_v1(self, src: Path, paths: Mapping[str, Path], key: Path) -> tuple[Path, Path]:
         from edgefleet.compiler import CompileConfig, compile_model
 
         cfg = CompileConfig.from_dict({
@@ -248,10 +259,9 @@ class Demo:
         archive = res.bundle_path.with_suffix(".efb")
         if not archive.exists():
             archive = res.bundle_path.parent / (res.bundle_path.name + ".efb")
-        acc = float(res.chosen.score.value) / 100 if res.chosen.score else float("nan")
         self.say(f"  bundle {res.bundle_path.relative_to(self.workdir)} ({archive.stat().st_size:,} B archive), "
                  f"report {res.report_dir.relative_to(self.workdir) if res.report_dir else '-'}/report.md")
-        return res.bundle_path, archive, acc
+        return res.bundle_path, archive
 
     def broker(self) -> str:
         assert self.children is not None
@@ -316,33 +326,31 @@ class Demo:
             time.sleep(0.2)
         return False
 
-    def rollout(self, archive: Path, version: str) -> dict[str, Any]:
-        before = self.device_stats()
-        dep = self.post_deployment(archive)
+    def rollout(self, archive: Path, version: str, dep_id: str | None = None,
+                before: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+        """Start a staged rollout of ``archive`` (or follow deployment ``dep_id``) until it completes."""
+        before = before if before is not None else self.device_stats()
+        dep = self.post_deployment(archive) if dep_id is None else self.get(f"/v1/deployments/{dep_id}")
         ends = _stage_ends(len(self.device_dirs))
         self.stage_labels = stage_names(len(ends))
         self.say(f"  deployment {dep['id']}: digits v{version} to {dep['targets']} device(s) of group {GROUP}; stages "
                  + ", ".join(f"{n} ({e} device{'s' if e > 1 else ''})" for n, e in zip(self.stage_labels, ends)))
-        t, stage, seen = time.monotonic(), -1, []
-        deadline = t + self.cfg.rollout_timeout
+        stage = -1
+        deadline = time.monotonic() + self.cfg.rollout_timeout
         while True:
             self.check_children()
             d = self.get(f"/v1/deployments/{dep['id']}")
-            if d["stage"] != stage:
-                stage = d["stage"]
-                if stage >= 0:
-                    seen.append({"name": self.stage_labels[stage] if stage < len(self.stage_labels) else str(stage),
-                                 "devices": ends[stage] if stage < len(ends) else None,
-                                 "at": round(time.monotonic() - t, 2)})
-                    self.say(f"  -> {seen[-1]['name']} dispatched ({ends[stage] if stage < len(ends) else '?'} "
-                             f"device(s) in total)")
+            for st in range(stage + 1, int(d["stage"]) + 1):
+                name = self.stage_labels[st] if st < len(self.stage_labels) else str(st)
+                self.say(f"  -> {name} dispatched ({ends[st] if st < len(ends) else '?'} device(s) in total)")
+            stage = max(stage, int(d["stage"]))
             if d["state"] in ("completed", "halted", "rolled_back"):
                 break
             if time.monotonic() > deadline:
                 raise SyncError(f"the rollout of v{version} did not finish within {self.cfg.rollout_timeout:.0f}s "
                                 f"(state {d['state']}, {d['done']}/{d['targets']} done): see {self.workdir}/logs/")
             time.sleep(0.3)
-        seconds = time.monotonic() - t
+        seconds = max(0.0, float(d.get("updated", 0)) - float(d.get("created", 0))) or 0.0
         if d["state"] != "completed":
             raise SyncError(f"the rollout of v{version} ended {d['state']}: {d.get('reason')}; jobs: "
                             + ", ".join(f"{j['device_id']} {j['status']} {j['reason']}" for j in d["jobs"]))
@@ -352,9 +360,17 @@ class Demo:
         after = self.device_stats()
         got = {k: after[k]["bytes_received"] - before.get(k, {}).get("bytes_received", 0) for k in after}
         deltas = sum(after[k]["delta_used"] - before.get(k, {}).get("delta_used", 0) for k in after)
+        per_stage: dict[int, int] = {}
+        for j in d["jobs"]:
+            if j["action"] == "install":
+                per_stage[int(j["stage"])] = per_stage.get(int(j["stage"]), 0) + 1
+        stages, total = [], 0
+        for st in sorted(per_stage):
+            total += per_stage[st]
+            stages.append({"name": self.stage_labels[st] if st < len(self.stage_labels) else str(st), "devices": total})
         self.say(f"  v{version} on {d['done']}/{d['targets']} devices in {seconds:.1f}s; {sum(got.values()):,} bytes "
                  f"shipped ({'bsdiff delta' if deltas else 'full bundle'}; archive {archive.stat().st_size:,} B)")
-        return {"version": version, "deployment": d["id"], "seconds": round(seconds, 2), "stages": seen,
+        return {"version": version, "deployment": d["id"], "seconds": round(seconds, 2), "stages": stages,
                 "bytes": int(sum(got.values())), "bytes_per_device": got, "deltas": int(deltas),
                 "archive_bytes": archive.stat().st_size, "state": d["state"]}
 
@@ -385,11 +401,7 @@ class Demo:
                    if a["kind"] == "drift" and a["device_id"] in targets and float(a["ts"]) >= since - 1]
             return got if {a["device_id"] for a in got} >= set(targets) else []
 
-        try:
-            found = self.wait(alerts, self.cfg.drift_timeout, "the drift alert")
-        except SyncError as exc:
-            self.say(f"  no drift alert: {exc}")
-            found = []
+        found = self.wait(alerts, self.cfg.drift_timeout, f"a drift alert from {', '.join(targets)}")
         for a in sorted(found, key=lambda a: a["ts"]):
             d = a["data"]
             self.say(f"  DRIFT ALERT from {a['device_id']} (v{a['version']}): PSI {d.get('psi_max', 0):.2f} over the "
@@ -401,18 +413,11 @@ class Demo:
         return [{"device_id": a["device_id"], "version": a["version"], "psi_max": a["data"].get("psi_max"),
                  "ts": a["ts"]} for a in found]
 
-    def federated(self, src: Path, paths: Mapping[str, Path]) -> dict[str, Any]:
-        from edgefleet.cloud_sync.federated.config import FederatedConfig
-        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig, run_federated
-        from edgefleet.cloud_sync.federated.server_app import save_weights
+    def federation_up(self, src: Path, paths: Mapping[str, Path], v1: Path, key: Path) -> None:
+        """A supervised flower-superlink, a flower-supernode on every device, and the group opted in to
+        retraining on drift (``edgefleet fleet retrain``) with the options of its ``federated run``."""
+        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig
 
-        with self.quiet():
-            from edgefleet.cloud_sync.federated.loop import weights_from_keras
-
-            weights, spec = weights_from_keras(src)
-        fed_dir = self.workdir / "federated"
-        fed_dir.mkdir(parents=True, exist_ok=True)
-        save_weights(fed_dir / "initial.npz", weights)
         for attempt in range(3):  # a port picked free can be taken before the link binds it
             self.superlink = SuperLink(SuperLinkConfig(port=procs.free_port(),
                                                        log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")))
@@ -432,48 +437,67 @@ class Demo:
             self.control(k, superlink=addr)
         self.wait(lambda: all((self.device_status(k) or {}).get("node", {}).get("running") for k in self.device_dirs),
                   30, "a flower-supernode on every device")
-        self.say("  one flower-supernode per device, each reading only its own agent's samples.db")
+        self.say("  a flower-supernode on every device, each reading only its own agent's samples.db")
         n = len(self.device_dirs)
-        cfg = FederatedConfig(rounds=self.cfg.rounds, layers=str(spec), min_nodes=n, round_timeout=90.0,
-                              local_epochs=self.cfg.local_epochs, learning_rate=0.1, batch_size=16, min_samples=20,
-                              preprocessing=json.dumps(PREPROCESSING), initial_weights=str(fed_dir / "initial.npz"),
-                              holdout=str(paths["holdout"]), seed=self.cfg.seed)
+        run_args = ["--superlink", addr, "--min-nodes", str(n), "--round-timeout", "90",
+                    "--local-epochs", str(self.cfg.local_epochs), "--learning-rate", "0.1", "--batch-size", "16",
+                    "--model", str(src), "--deployed", str(v1), "--holdout", str(paths["holdout"]), "--key", str(key),
+                    "--margin", "0.02", "--deploy", "--canary", "5%", "--waves", "50%,100%", "--max-failure", "0%",
+                    "--timeout", str(self.cfg.rounds * 150 + 120)]
+        body = {"on_drift": True, "min_devices": 1, "window_s": 3600.0, "cooldown_s": 3600.0,
+                "rounds": self.cfg.rounds, "strategy": "fedavg", "args": run_args}
+        self._request("PUT", f"/v1/retrain/{GROUP}", json=body)
+        shown = " ".join(a if not a.startswith("/") else Path(a).name for a in run_args)
+        self.say(f"  edgefleet fleet retrain --group {GROUP} --on-drift on --rounds {self.cfg.rounds} -- {shown}")
 
-        def on_round(r: Mapping[str, Any]) -> None:
-            parts = [f"  round {r['round']}: {r.get('train_replies', 0)} device(s) trained"]
-            if "train" in r:
-                parts.append(f"local train acc {r['train'].get('train-accuracy', float('nan')):.3f}")
-            if "central" in r:
-                parts.append(f"coordinator holdout acc {r['central']['accuracy']:.3f}")
-            parts.append(f"{r.get('seconds', 0):.1f}s")
-            self.say(", ".join(parts))
-
-        try:
-            doc = run_federated(cfg, addr, work_dir=fed_dir, timeout=self.cfg.rounds * 120 + 60, on_round=on_round)
-        finally:
-            for k in self.device_dirs:
-                self.control(k, superlink=None)
+    def federation_down(self) -> None:
+        for k in self.device_dirs:
+            self.control(k, superlink=None)
+        if self.superlink is not None:
             self.superlink.stop()
             self.superlink = None
-        if not doc.get("aggregate"):
-            raise SyncError(f"the federated run produced no aggregate (see {fed_dir})")
-        self.say(f"  aggregate: {Path(doc['aggregate']).relative_to(self.workdir)} (Flower run {doc.get('run_id')})")
-        return doc
 
-    def close_loop(self, fed: Mapping[str, Any], src: Path, paths: Mapping[str, Path], v1: Path,
-                   keys: tuple[Path, Path]) -> dict[str, Any]:
-        from edgefleet.cloud_sync.federated.trainer import MLPSpec
-        from edgefleet.keys import load_public_key
-
-        with self.quiet():
-            from edgefleet.cloud_sync.federated.loop import close_loop
-
-            res = close_loop(fed["aggregate"], MLPSpec.parse(LAYERS), paths["holdout"],
-                             self.workdir / "bundles" / "digits-v2", private_key=str(keys[0]), deployed=v1,
-                             margin=0.02, trusted_keys=[load_public_key(keys[1])])
-        verdict = f"signed as v{res.version}" if res.promoted else "not promoted: v1 stays"
-        self.say(f"  gate on the coordinator's holdout: {res.reason}: {verdict}")
-        return res.to_dict()
+    def follow_run(self, run_id: str | None = None, until: str = "final") -> dict[str, Any]:
+        """Follow the federated run the drift alert started (through the API) until its rounds are
+        aggregated or it is over; prints each round once."""
+        if run_id is None:
+            runs = self.wait(lambda: [r for r in self.get("/v1/federated/runs") if r["group"] == GROUP
+                                      and r["trigger"] == "drift"], 30, "the coordinator to start a federated run")
+            run = runs[0]
+            self.say(f"  the coordinator started federated run {run['id']}: {run['reason']}")
+            self.say(f"  (its output: {self.workdir / 'federated' / run['id'] / 'run.log'})")
+            run_id = run["id"]
+        deadline = time.monotonic() + self.cfg.rounds * 150 + 180
+        while True:
+            self.check_children()
+            run = self.get(f"/v1/federated/runs/{run_id}")
+            for r in run["round_metrics"][self.rounds_shown:]:
+                self.rounds_shown += 1
+                parts = [f"  round {r['round']}: {r['participants']} device(s) trained on {r['examples']} samples"]
+                if r.get("train_accuracy") is not None:
+                    parts.append(f"local train acc {r['train_accuracy']:.3f}")
+                if r.get("central_accuracy") is not None:
+                    parts.append(f"coordinator holdout acc {r['central_accuracy']:.3f}")
+                parts.append(f"{r.get('seconds') or 0:.1f}s")
+                self.say(", ".join(parts))
+            status = str(run["status"])
+            if status.startswith("failed"):
+                log = self.workdir / "federated" / run_id / "run.log"
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+                raise SyncError(f"federated run {run_id} {status}\n{tail}")
+            if status in ("promoted", "deployed", "finished") or (until == "aggregated" and status == "aggregated"):
+                break
+            if time.monotonic() > deadline:
+                raise SyncError(f"federated run {run_id} is still {status}; see {self.workdir / 'federated' / run_id}")
+            time.sleep(0.5)
+        gate = run["result"].get("gate")
+        if gate:
+            verdict = f"signed as v{gate['version']}" if gate["promoted"] else "not promoted: v1 stays"
+            self.say(f"  gate on the coordinator's holdout: {gate['reason']}: {verdict}")
+        dep = run["result"].get("deployment")
+        if dep:
+            self.say(f"  the run started deployment {dep['id']} of v{dep['version']} to group {dep['group']}")
+        return dict(run)
 
     def settle(self, version: str, seconds: float = 3.0) -> None:
         """Let the devices predict with the final version for a moment (their local accuracy)."""
@@ -486,13 +510,13 @@ class Demo:
             time.sleep(0.5)
         time.sleep(min(seconds, 1.0))
 
-    def finish(self, scen: Scenario, paths: Mapping[str, Path], v1: Path, gate: Mapping[str, Any], float_acc: float,
-               v1_acc: float, rollouts: list[dict[str, Any]], alerts: list[dict[str, Any]], fed: Mapping[str, Any],
+    def finish(self, scen: Scenario, v1: Path, gate: Mapping[str, Any], float_acc: float,
+               rollouts: list[dict[str, Any]], alerts: list[dict[str, Any]], run: Mapping[str, Any],
                final_version: str) -> None:
         from edgefleet.cloud_sync.federated.loop import bundle_accuracy
 
         before = bundle_accuracy(v1, scen.test_x, scen.test_y)
-        after = bundle_accuracy(gate["bundle"], scen.test_x, scen.test_y) if gate["promoted"] else before
+        after = bundle_accuracy(gate["bundle"], scen.test_x, scen.test_y) if gate.get("promoted") else before
         devices = {d["device_id"]: d for d in self.get("/v1/devices")}
         alerted = {a["device_id"] for a in alerts}
         results = []
@@ -514,8 +538,10 @@ class Demo:
             "all_on_final": all(r["version"] == final_version for r in results),
             "bytes_shipped": int(sum(r["bytes"] for r in rollouts)),
             "rollouts": rollouts, "stages": dict(self.stages), "drift_alerts": alerts, "device_results": results,
-            "federated": {"rounds": [r for r in fed.get("rounds", []) if r.get("round", 0) > 0],
-                          "run_id": fed.get("run_id"), "gate": dict(gate)},
+            "federated": {"run_id": run.get("id"), "trigger": run.get("trigger"), "reason": run.get("reason"),
+                          "status": run.get("status"), "flower_run_id": run.get("flower_run_id"),
+                          "rounds": run.get("round_metrics", []), "gate": dict(gate),
+                          "deployment": (run.get("result") or {}).get("deployment")},
             "total_seconds": round(time.monotonic() - self.t0, 2),
         }
         write_json(self.workdir / "summary.json", self.summary)
@@ -583,7 +609,8 @@ class Demo:
         dep = self.get(f"/v1/deployments/{deps[-1]['id']}") if deps else None
         tel = self.get("/v1/telemetry")
         statuses = {k: s for k in self.device_dirs if (s := self.device_status(k))}
-        return status_line(devices, dep, tel, statuses, self.stage_labels)
+        runs = self.get("/v1/federated/runs?limit=1")
+        return status_line(devices, dep, tel, statuses, self.stage_labels, runs[0] if runs else None)
 
     # -- helpers --------------------------------------------------------------------------------
     def get(self, path: str) -> Any:

@@ -49,8 +49,9 @@ def rollout_text(dep: Mapping[str, Any] | None, stage_names: Sequence[str] = ())
 
 def status_line(devices: Sequence[Mapping[str, Any]], dep: Mapping[str, Any] | None,
                 telemetry: Mapping[str, Any] | None, statuses: Mapping[str, Mapping[str, Any]],
-                stage_names: Sequence[str] = ()) -> str:
-    """One line: devices online, versions, rollout progress, telemetry, drift alerts, local accuracy."""
+                stage_names: Sequence[str] = (), run: Mapping[str, Any] | None = None) -> str:
+    """One line: devices online, versions, rollout progress, telemetry, drift alerts, the latest federated
+    run, local accuracy."""
     online = sum(1 for d in devices if d.get("online"))
     versions = Counter(str(d.get("active_version") or "-") for d in devices)
     vtext = " ".join(f"v{v}x{n}" if v != "-" else f"none x{n}" for v, n in sorted(versions.items()))
@@ -67,6 +68,8 @@ def status_line(devices: Sequence[Mapping[str, Any]], dep: Mapping[str, Any] | N
     parts = [f"devices {online}/{len(devices)} online", f"versions {vtext or '-'}", rollout_text(dep, stage_names),
              f"telemetry {ingested:,} predict calls {errors} errors",
              f"drift alerts {','.join(drift) if drift else 'none'}"]
+    if run:
+        parts.append(f"federated run {run.get('status')} {run.get('rounds_done', 0)}/{run.get('rounds')} rounds")
     if acc:
         parts.append("local acc " + " ".join(acc))
     return " | ".join(parts)
