@@ -99,8 +99,10 @@ def check_order(
 ) -> RollbackOrder | None:
     """Verify an order for this device and job; raise :class:`OrderRefused` naming the reason.
 
-    Returns ``None`` when there is no order and the device does not require
-    signatures (no trusted keys, ``require_signature = false``: a development setup).
+    Without ``require_signature`` (a device with no trusted keys and
+    ``require_signature = false``: a development setup) nothing is verified and
+    ``None`` is returned when there is no order; an order that is present must
+    still name this device and job and be fresh.
     ``last_job`` is the job of ``last_seq``: resuming that same job after a restart
     is not a replay.
     """
@@ -115,7 +117,7 @@ def check_order(
     if not isinstance(doc, Mapping) or not isinstance(doc.get("order"), Mapping):
         raise refuse("order_malformed", "not an order document")
     body = dict(doc["order"])
-    if doc.get("signature") or require_signature:
+    if require_signature:
         if not trusted:
             raise refuse("order_signature", "this device trusts no key to verify it with")
         try:

@@ -53,6 +53,10 @@ def test_check_order(keys: dict[str, Any]) -> None:
     bad_body = {"order": {**good["order"], "seq": "x"}, "signature": {}}
     assert refused(bad_body, require_signature=False) == "order_malformed"
     assert check_order(None, **{**ok, "require_signature": False}) is None  # a device that verifies nothing
+    dev = {**ok, "require_signature": False, "trusted": []}  # ... still checks addressing and freshness
+    assert check_order({"order": good["order"]}, **dev) is not None
+    assert refused({"order": good["order"]}, **{**dev, "device_id": "d9"}) == "order_misaddressed"
+    assert refused(good, **{**dev, "last_seq": 11}) == "order_replayed"
 
 
 def test_serve_refuses_a_bad_signing_key(tmp_path: Path, capsys: Any) -> None:
