@@ -609,7 +609,7 @@ class Demo:
         dep = self.get(f"/v1/deployments/{deps[-1]['id']}") if deps else None
         tel = self.get("/v1/telemetry")
         statuses = {k: s for k in self.device_dirs if (s := self.device_status(k))}
-        runs = self.get("/v1/federated/runs?limit=1")
+        runs = self._request("GET", "/v1/federated/runs", params={"limit": 1})
         return status_line(devices, dep, tel, statuses, self.stage_labels, runs[0] if runs else None)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -617,21 +617,14 @@ class Demo:
         return self._request("GET", path)
 
     def post_deployment(self, archive: Path) -> Any:
-        return self._request("POST", "/v1/deployments", content=archive.read_bytes(),
-                             headers={"Content-Type": "application/octet-stream"},
-                             params={"group": GROUP, "canary": "5%", "waves": "50%,100%", "max_failure": "0%"})
+        from edgefleet.cloud_sync.cli import deploy_bundle
+
+        return deploy_bundle(self.api, self.token, archive, GROUP, canary="5%", waves="50%,100%", max_failure="0%")
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
+        from edgefleet.cloud_sync.cli import api_call
 
-        try:
-            r = httpx.request(method, self.api + path, headers={"Authorization": f"Bearer {self.token}",
-                                                                **kw.pop("headers", {})}, timeout=30, **kw)
-        except httpx.HTTPError as exc:
-            raise SyncError(f"cannot reach the coordinator at {self.api}: {exc}") from None
-        if r.status_code >= 400:
-            raise SyncError(f"coordinator: {r.status_code} {r.text[:500]}")
-        return r.json()
+        return api_call(self.api, self.token, method, path, **kw)
 
     def device_status(self, device_id: str) -> dict[str, Any] | None:
         doc = read_json(self.device_dirs[device_id] / STATUS)
