@@ -176,3 +176,27 @@ def test_status_line_and_summary_rows() -> None:
     assert rows["head"][0] == ["accuracy on 450 held-out digits", "50.0%", "90.0%"]
     assert rows["rollouts"] == [["v2", "canary (1)", "2.0s", "10", "bsdiff delta (archive 30 B)"]]
     assert rows["devices"][0][:5] == ["dev-01", "v2", "0,1", "50.0%", "-"]
+
+
+def test_scenario_gives_the_cloud_a_weak_set_and_the_devices_what_it_lacks() -> None:
+    import numpy as np
+
+    from edgefleet.cloud_sync.demo.scenario import drifted_devices, make_scenario
+
+    s = make_scenario(3, seed=0)
+    again = make_scenario(3, seed=0)
+    assert set(np.unique(s.cloud_y)) == set(range(6)) and len(s.cloud_y) == 120
+    assert set(np.unique(s.test_y)) == set(range(10)) == set(np.unique(s.gate_y))
+    seen = set()
+    for d, d2 in zip(s.devices, again.devices):
+        assert np.array_equal(d.sample_x, d2.sample_x)  # deterministic for a seed
+        assert len(d.sample_y) >= 20 and len(d.sensor_y) >= 20
+        top = np.bincount(np.concatenate([d.sample_y, d.sensor_y]), minlength=10).argsort()[::-1][:len(d.classes)]
+        assert set(top.tolist()) == set(d.classes)  # non-IID: mostly its own classes
+        seen |= set(np.unique(d.sample_y).tolist())
+    assert set(range(6, 10)) <= seen  # the devices hold the classes the cloud never saw
+    held = len(s.cloud_y) + len(s.gate_y) + len(s.test_y) + sum(len(d.sample_y) + len(d.sensor_y) for d in s.devices)
+    assert held <= 1797  # every digit is used at most once
+    assert drifted_devices(["a", "b", "c"]) == ["c"] and drifted_devices(["a"]) == ["a"]
+    with pytest.raises(ConfigError, match="at least one device"):
+        make_scenario(0)
