@@ -124,6 +124,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("updated", Float, nullable=False),
             Column("started", Float, nullable=False, default=0.0),  # the device's first report
             Column("delivered", Float, nullable=False, default=0.0),  # reached the online device (0: offline)
+            Column("desired", Text, nullable=False, default=""),  # the Desired message, re-sent when needed
         ),
         "rollout_events": Table(  # stage starts, halts, completion, timeouts: each recorded once
             f"{p}rollout_events", meta,
@@ -429,7 +430,7 @@ class Registry:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
     def add_job(self, fleet: str, dep_id: str, device_id: str, action: str, stage: int, from_version: str = "",
-                delivered: bool = False) -> str:
+                delivered: bool = False, desired: str = "") -> str:
         """Create the job of ``action`` for a device in a deployment; "" if it exists already.
 
         The id is derived from (deployment, device, action), so two coordinators that
@@ -442,7 +443,7 @@ class Registry:
                 c.execute(insert(self.t["jobs"]).values(
                     job_id=job_id, deployment_id=dep_id, fleet=fleet, device_id=device_id, action=action,
                     status="QUEUED", step="", reason="", message="", version=0, stage=stage, from_version=from_version,
-                    created=now, updated=now, started=0.0, delivered=now if delivered else 0.0))
+                    created=now, updated=now, started=0.0, delivered=now if delivered else 0.0, desired=desired))
         except IntegrityError:
             return ""
         return job_id
@@ -483,6 +484,14 @@ class Registry:
                                                t.c.status == job["status"]))
                           .values(status="TIMED_OUT", reason="timeout", message=message[:2000], updated=time.time()))
             return bool(r.rowcount)
+
+    def latest_job(self, fleet: str, device_id: str) -> dict[str, Any] | None:
+        """The device's newest job of any deployment (the one its retained desired state should hold)."""
+        t = self.t["jobs"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(and_(t.c.fleet == fleet, t.c.device_id == device_id))
+                            .order_by(t.c.created.desc(), t.c.job_id.desc()).limit(1)).mappings().first()
+        return dict(row) if row else None
 
     def mark_delivered(self, fleet: str, device_id: str) -> None:
         """The device (re)connected: its queued jobs have reached it now (restarts their queued-timeout clock)."""

@@ -35,7 +35,7 @@ from .. import protocol as P
 from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..transfer import make_delta, serve_request
 from ..transport import Transport
-from .registry import Registry
+from .registry import Registry, job_key
 from .rollout import DEFAULT_JOB_TIMEOUT, RolloutPlan, View, evaluate, timed_out
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
@@ -197,7 +197,19 @@ class Coordinator:
         else:
             self.registry.set_device(self.fleet, device, **fields)
             if s.online:
-                self.registry.mark_delivered(self.fleet, device)  # its queued jobs reach it now
+                self._redeliver(device)
+
+    def _redeliver(self, device: str) -> None:
+        """A device (re)connected: its queued jobs reach it now (their queued clock restarts), and the desired
+        state of its newest job is published again if that job has not started. The retained copy may be gone
+        (a broker that lost its store, a coordinator that died between recording a job and publishing it);
+        a device takes a repeated job as the same job."""
+        self.registry.mark_delivered(self.fleet, device)
+        job = self.registry.latest_job(self.fleet, device)
+        if job is not None and job["status"] == "QUEUED" and job["desired"]:
+            self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), job["desired"].encode(), qos=1,
+                                   retain=True)
+            self.counters["desired_redelivered"] += 1
 
     def _group(self, device: str) -> str:
         g = self._groups.get(device)
@@ -470,9 +482,8 @@ class Coordinator:
 
     def _dispatch(self, dep: dict[str, Any], device: str, row: dict[str, Any] | None, stage: int) -> None:
         from_version = row["active_version"] if row else ""
-        job_id = self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version,
-                                       delivered=bool(row and row["online"]))
-        if not job_id:
+        job_id = job_key(dep["id"], device, "install")
+        if self.registry.job(job_id) is not None:
             self.counters["duplicate_dispatches_avoided"] += 1  # another coordinator made it first
             return
         f = self._file(dep["artifact_id"])
@@ -483,6 +494,10 @@ class Coordinator:
             base = row["archive_sha256"] if delta else ""
         desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep["id"], dep["version"], f[0], delta, base,
                             ts=time.time())
+        if not self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version,
+                                     delivered=bool(row and row["online"]), desired=desired.to_bytes().decode()):
+            self.counters["duplicate_dispatches_avoided"] += 1
+            return
         self._publish_desired(device, desired)
         self.counters["dispatched"] += 1
 
@@ -524,8 +539,8 @@ class Coordinator:
         installs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
         for device in devices:
             to = installs[device]["from_version"] if device in installs else ""
-            job_id = self.registry.add_job(self.fleet, dep["id"], device, "rollback", -1, dep["version"])
-            if not job_id:
+            job_id = job_key(dep["id"], device, "rollback")
+            if self.registry.job(job_id) is not None:
                 continue  # ordered already (by this coordinator or another)
             order = None
             if self.signing_key is not None:
@@ -535,9 +550,12 @@ class Coordinator:
                                       now + self.order_ttl if self.order_ttl else 0.0).sign(self.signing_key)
             else:
                 self.counters["unsigned_orders"] += 1
-            self._publish_desired(device, P.Desired(job_id, P.JobAction.ROLLBACK.value, dep["id"],
-                                                    target_version=to, rollback_to=to, rollback_order=order,
-                                                    ts=time.time()))
+            desired = P.Desired(job_id, P.JobAction.ROLLBACK.value, dep["id"], target_version=to, rollback_to=to,
+                                rollback_order=order, ts=time.time())
+            if not self.registry.add_job(self.fleet, dep["id"], device, "rollback", -1, dep["version"],
+                                         desired=desired.to_bytes().decode()):
+                continue
+            self._publish_desired(device, desired)
             self.counters["rollbacks_ordered"] += 1
 
     # -- helpers for tests and the API -------------------------------------------------------------------------

@@ -88,3 +88,24 @@ def test_started_job_times_out_offline_device_does_not(broker: Any, tmp_path: Pa
     for s in (a0, b1):
         s.stop()
     coord.stop()
+
+
+def test_lost_desired_is_redelivered_when_the_device_returns(broker: Any, tmp_path: Path, make_agent: Any,
+                                                             archives: dict[str, Path], monkeypatch: Any) -> None:
+    coord = coordinator(broker.url, tmp_path / "reg.db")
+    agent = make_agent("d0", install=archives["1"])
+    s = device(broker.url, agent, tmp_path)
+    wait_for(lambda: (coord.registry.device("f1", "d0") or {}).get("online"))
+    publish, lost = coord._publish_desired, []
+    # the coordinator recorded the job but the message never left (it died, or the broker lost it)
+    monkeypatch.setattr(coord, "_publish_desired", lambda dev, d: lost.append(d) if not lost else publish(dev, d))
+    dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.0, (1.0,), 0.0))
+    wait_for(lambda: len(lost) == 1, 10)
+    time.sleep(0.5)
+    assert [j["status"] for j in coord.registry.jobs(dep["id"])] == ["QUEUED"] and agent.active_version == "1"
+    s.stop()
+    s = device(broker.url, agent, tmp_path)  # it reconnects: its newest queued job is published again
+    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+    assert agent.active_version == "2" and coord.counters["desired_redelivered"] == 1
+    s.stop()
+    coord.stop()
