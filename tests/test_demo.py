@@ -110,6 +110,32 @@ def test_ctrl_c_during_the_federated_run_stops_every_process(tmp_path: Path) -> 
     assert stopped_in < 40
 
 
+@pytest.mark.slow
+def test_a_device_process_that_dies_is_named_and_everything_else_stopped(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+    try:
+        deadline = time.monotonic() + 240
+        while "devices registered and online" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
+            time.sleep(0.3)
+        status = wd / "devices" / "dev-02" / "status.json"
+        while not status.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        pid = json.loads(status.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)  # a device crashes
+        assert proc.wait(timeout=120) == 14, out.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.read_text()
+    assert f"dev-02 (pid {pid}) exited with -9" in text and "the logs are in" in text
+    assert (wd / "logs" / "dev-02.log").exists() and not leftovers(wd)
+
+
 def test_missing_mosquitto_is_explained_before_anything_starts(tmp_path: Path) -> None:
     wd = tmp_path / "demo"
     env = _env(EDGEFLEET_MOSQUITTO=str(tmp_path / "no" / "mosquitto"), PATH=str(Path(sys.executable).parent))

@@ -122,22 +122,27 @@ class Demo:
         signal.signal(signal.SIGTERM, _raise_interrupt)
         os.environ[procs.MARK] = str(self.workdir)  # inherited by every process started from here
         self.children = procs.Children(self.workdir, self.workdir / "logs")
-        ok = False
+        outcome = "failed"
         try:
             self.say(f"edgefleet demo: {self.cfg.devices} device(s), fleet {self.fleet}, work in {self.workdir}")
             self._run()
-            ok = True
+            outcome = "ok"
             return self.summary
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+            raise
         finally:
             self.cleanup()
             for s, h in old.items():
                 signal.signal(s, h)
             os.environ.pop(procs.MARK, None)
-            if temp and not self.cfg.keep:
+            if outcome == "failed":  # keep what explains it, temporary or not
+                self.say(f"the logs are in {self.workdir / 'logs'}")
+            elif temp and not self.cfg.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-                if ok:
+                if outcome == "ok":
                     self.say(f"(work directory {self.workdir} removed; --keep keeps it)")
-            elif ok:
+            elif outcome == "ok":
                 self.say(f"everything is in {self.workdir} (summary.json, logs/, bundles/, devices/)")
 
     def preflight(self) -> None:
