@@ -43,7 +43,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import platform
 import selectors
 import shutil
 import socket
@@ -91,7 +90,7 @@ def _machine() -> dict[str, Any]:
     from edgefleet.bench import machine_info
 
     out = machine_info()
-    pkgs = {}
+    pkgs: dict[str, str | None] = {}
     for name in ("paho-mqtt", "SQLAlchemy", "bsdiff4", "onnx"):
         try:
             pkgs[name] = version(name)
@@ -155,8 +154,6 @@ class SimDevice:
         self.client.on_socket_close = loop.sock_close
         self.client.on_socket_register_write = loop.want_write
         self.client.on_socket_unregister_write = loop.no_write
-        self.client.wire_in = 0  # type: ignore[attr-defined]
-        self.client.wire_out = 0  # type: ignore[attr-defined]
         self.ready = False
         self.receiver: Any = None
         self.buf = bytearray()
@@ -271,14 +268,17 @@ class DeviceLoop:
         class CountingClient(mqtt.Client):
             """Counts the bytes read from and written to the socket (MQTT framing included)."""
 
+            wire_in = 0
+            wire_out = 0
+
             def _sock_recv(self, bufsize: int) -> bytes:
                 data = super()._sock_recv(bufsize)
-                self.wire_in += len(data)  # type: ignore[attr-defined]
+                self.wire_in += len(data)
                 return data
 
-            def _sock_send(self, buf: bytes) -> int:
+            def _sock_send(self, buf: bytes | bytearray) -> int:
                 n = super()._sock_send(buf)
-                self.wire_out += n  # type: ignore[attr-defined]
+                self.wire_out += n
                 return n
 
         self.client_cls = CountingClient
@@ -517,7 +517,7 @@ def _plain_subscriber(conn: Any, port: int, total: int) -> None:
     c.on_connect = lambda cl, *a: cl.subscribe("edgefleet/v1/tel/devices/+/up/telemetry", qos=1)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 120
     while got[0] < total and time.monotonic() < deadline:
         time.sleep(0.01)
     conn.send((got[0], got[1]))
@@ -525,14 +525,77 @@ def _plain_subscriber(conn: Any, port: int, total: int) -> None:
     c.loop_stop()
 
 
-def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch: int) -> dict[str, Any]:
+def _legacy_ingest(reg: Any) -> Any:
+    """The registry ingest as it was before the batched rewrite (commit 5ec6467): per batch, SQLAlchemy
+    statements built anew, one marks query, one update per aggregate and one mark update. Kept here only so
+    the benchmark can measure before and after side by side (``--ingest-baseline``)."""
+    from sqlalchemy import and_, insert, select, update
+
+    from edgefleet.cloud_sync.coordinator.registry import _int
+
+    def one(c: Any, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
+        d, tt, al = reg.t["devices"], reg.t["telemetry"], reg.t["alerts"]
+        row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                        .with_for_update()).first()
+        mark = int(row[0]) if row else 0
+        fresh = [r for r in records if r["seq"] > mark]
+        if not fresh:
+            return 0
+        agg: dict[tuple[str, str], list[int]] = {}
+        for r in fresh:
+            data = r["data"]
+            if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
+                for v, st in data["versions"].items():
+                    if not isinstance(st, dict):
+                        continue
+                    a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
+                    a[0] += 1
+                    a[1] += _int(st.get("predictions"))
+                    a[2] += _int(st.get("errors"))
+                    a[3] += _int(st.get("invalid_inputs"))
+                if not data["versions"]:
+                    agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
+            else:
+                agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
+            if r["kind"] == "drift":
+                c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
+                                            version=str(data.get("version", "")), data=json.dumps(data),
+                                            ts=float(r["ts"])))
+        for (version, kind), (n, pred, err, inv) in agg.items():
+            key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
+            res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
+                                                         errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
+            if not res.rowcount:
+                c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
+                                            predictions=pred, errors=err, invalid=inv))
+        c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
+                  .values(telemetry_seq=max(r["seq"] for r in fresh)))
+        return len(fresh)
+
+    def ingest_many(fleet: str, batches: list[tuple[str, str, list[dict[str, Any]]]]) -> list[int]:
+        with reg._lock, reg.engine.begin() as c:
+            return [one(c, fleet, device_id, group, records) for device_id, group, records in batches]
+
+    return ingest_many
+
+
+def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch: int,
+                    legacy: bool = False) -> dict[str, Any]:
+    import dataclasses
+
+    from edgefleet.cloud_sync import protocol as P
     from edgefleet.cloud_sync.coordinator.registry import Registry
     from edgefleet.cloud_sync.coordinator.service import Coordinator
     from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
     ctx = mp.get_context("spawn")
     total = devices * batches * per_batch
-    reg = Registry(f"sqlite:///{root / 'tel.db'}")
+    reg = Registry(f"sqlite:///{tempfile.mkdtemp(dir=root)}/tel.db")  # a fresh registry for every run
+    ack_to_dict = P.TelemetryAck.to_dict
+    if legacy:  # the pre-change ingest and acknowledgement encoding (dataclasses.asdict)
+        reg.ingest_many = _legacy_ingest(reg)  # type: ignore[method-assign]
+        P.TelemetryAck.to_dict = lambda self: {"v": P.SCHEMA_VERSION, "type": self.TYPE,  # type: ignore[method-assign]
+                                               **dataclasses.asdict(self)}
     coord = Coordinator(reg, MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id="tel-coord")), "tel",
                         tick_seconds=5)
     got = [0, 0.0]
@@ -557,10 +620,12 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
     time.sleep(0.5)  # the coordinator's subscription is in place (it subscribed before the helpers started)
     pub_conn.send("go")
     t_pub0, t_pub1 = pub_conn.recv()
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 120
     while got[0] < total and time.monotonic() < deadline:
         time.sleep(0.01)
-    plain_n, plain_t = plain_conn.recv() if plain_conn.poll(600) else (0, float("nan"))
+    if got[0] < total:
+        print(f"telemetry: the coordinator counted {got[0]} of {total} records", file=sys.stderr)
+    plain_n, plain_t = plain_conn.recv() if plain_conn.poll(120) else (0, float("nan"))
     for p in (plain, pub):
         p.join(10)
         if p.is_alive():
@@ -572,6 +637,7 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
     counters = {k: coord.counters[k] for k in ("telemetry_records", "telemetry_batches", "telemetry_duplicates")}
     coord.stop()
     reg.close()
+    P.TelemetryAck.to_dict = ack_to_dict  # type: ignore[method-assign]
     ratio = (res["coordinator"]["records_per_s"] / res["plain"]["records_per_s"]
              if res["coordinator"]["records_per_s"] and res["plain"]["records_per_s"] else None)
     return {"devices": devices, "batches_per_device": batches, "records_per_batch": per_batch, "records": total,
@@ -586,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 devices and a smaller telemetry stream (< 60 s)")
     ap.add_argument("--only", choices=("ota", "delta", "telemetry"), action="append",
                     help="run only these parts (repeatable; the others are null in the JSON)")
+    ap.add_argument("--ingest-baseline", action="store_true",
+                    help="also measure the pre-change (per-batch) coordinator ingest in the same run")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fleet_ota.json, "
                                                 "with --quick fleet_ota_quick.json)")
     args = ap.parse_args(argv)
@@ -611,6 +679,18 @@ def main(argv: list[str] | None = None) -> int:
                 "telemetry": bench_telemetry(port, root, tel["devices"], tel["batches"], tel["per_batch"])
                 if "telemetry" in parts else None,
             }
+            if args.ingest_baseline and "telemetry" in parts:  # before (legacy ingest) and after, alternating
+                runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+                for _ in range(3):
+                    for which in ("before", "after"):
+                        runs[which].append(bench_telemetry(port, root, tel["devices"], tel["batches"],
+                                                           tel["per_batch"], legacy=which == "before"))
+                result["telemetry_before_after"] = {
+                    k: {"ratios": [r["ratio"] for r in v],
+                        "coordinator_records_per_s": [r["coordinator"]["records_per_s"] for r in v],
+                        "plain_records_per_s": [r["plain"]["records_per_s"] for r in v],
+                        "coordinator_records": [r["coordinator"]["records"] for r in v],
+                        "plain_records": [r["plain"]["records"] for r in v]} for k, v in runs.items()}
         finally:
             proc.terminate()
             proc.wait(10)

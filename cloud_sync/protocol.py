@@ -446,6 +446,9 @@ class TelemetryAck(Message):
     batch_id: str
     seqs: tuple[int, ...]
 
+    def to_dict(self) -> dict[str, Any]:  # dataclasses.asdict copies every seq: a hot path of telemetry ingest
+        return {"v": SCHEMA_VERSION, "type": self.TYPE, "batch_id": self.batch_id, "seqs": list(self.seqs)}
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TelemetryAck:
         seqs = _get(d, "seqs", list)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -513,49 +514,81 @@ class Registry:
         """Aggregate the records newer than each device's high-water mark; returns how many were new per batch.
 
         One transaction: the aggregates and the high-water marks move together, so a
-        batch re-sent after a lost acknowledgement is never counted twice.
+        batch re-sent after a lost acknowledgement is never counted twice. The batches
+        are summed in Python first, so the statements per call are one marks query, one
+        update (or insert) per (group, version, kind) and one executemany of the marks,
+        however many batches and records came in.
         """
+        s = self._ingest_statements()
+        devices = sorted({device_id for device_id, _, _ in batches})
+        news: list[int] = []
+        agg: dict[tuple[str, str, str], list[int]] = {}
+        alerts: list[dict[str, Any]] = []
         with self._lock, self.engine.begin() as c:
-            return [self._ingest(c, fleet, device_id, group, records) for device_id, group, records in batches]
+            # rows locked in device order, so coordinators sharing a PostgreSQL registry cannot deadlock
+            marks = {dev: int(seq) for dev, seq in c.execute(s["marks"], {"b_fleet": fleet, "b_ids": devices})}
+            moved: dict[str, int] = {}
+            for device_id, group, records in batches:
+                mark = moved.get(device_id, marks.get(device_id, 0))
+                fresh = [r for r in records if r["seq"] > mark]
+                news.append(len(fresh))
+                if not fresh:
+                    continue
+                moved[device_id] = max(r["seq"] for r in fresh)
+                for r in fresh:
+                    data, kind = r["data"], r["kind"]
+                    versions = data.get("versions") if kind == "metrics" else None
+                    if isinstance(versions, dict):
+                        for v, st in versions.items():
+                            if not isinstance(st, dict):
+                                continue
+                            a = agg.get((group, str(v), "metrics"))
+                            if a is None:
+                                a = agg[(group, str(v), "metrics")] = [0, 0, 0, 0]
+                            a[0] += 1
+                            p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
+                            a[1] += p if type(p) is int else _int(p)
+                            a[2] += e if type(e) is int else _int(e)
+                            a[3] += i if type(i) is int else _int(i)
+                        if not versions:
+                            agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
+                    else:
+                        agg.setdefault((group, str(data.get("version", "")), kind), [0, 0, 0, 0])[0] += 1
+                    if kind == "drift":
+                        alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
+                                       "version": str(data.get("version", "")), "data": json.dumps(data),
+                                       "ts": float(r["ts"])})
+            if alerts:
+                c.execute(insert(self.t["alerts"]), alerts)
+            for (group, version, kind), (n, pred, err, inv) in agg.items():
+                key = {"b_fleet": fleet, "b_group": group, "b_version": version, "b_kind": kind}
+                res = c.execute(s["add"], {**key, "b_n": n, "b_pred": pred, "b_err": err, "b_inv": inv})
+                if not res.rowcount:
+                    c.execute(insert(self.t["telemetry"]).values(
+                        fleet=fleet, group_name=group, version=version, kind=kind, records=n, predictions=pred,
+                        errors=err, invalid=inv))
+            if moved:
+                c.execute(s["mark"], [{"b_fleet": fleet, "b_dev": dev, "b_seq": seq} for dev, seq in moved.items()])
+        return news
 
-    def _ingest(self, c: Any, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
-        d, tt, al = self.t["devices"], self.t["telemetry"], self.t["alerts"]
-        row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                        .with_for_update()).first()
-        mark = int(row[0]) if row else 0
-        fresh = [r for r in records if r["seq"] > mark]
-        if not fresh:
-            return 0
-        agg: dict[tuple[str, str], list[int]] = {}
-        for r in fresh:
-            data = r["data"]
-            if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
-                for v, s in data["versions"].items():
-                    if not isinstance(s, dict):
-                        continue
-                    a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
-                    a[0] += 1
-                    a[1] += _int(s.get("predictions"))
-                    a[2] += _int(s.get("errors"))
-                    a[3] += _int(s.get("invalid_inputs"))
-                if not data["versions"]:
-                    agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
-            else:
-                agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
-            if r["kind"] == "drift":
-                c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
-                                            version=str(data.get("version", "")), data=json.dumps(data),
-                                            ts=float(r["ts"])))
-        for (version, kind), (n, pred, err, inv) in agg.items():
-            key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
-            res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
-                                                         errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
-            if not res.rowcount:
-                c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
-                                            predictions=pred, errors=err, invalid=inv))
-        c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                  .values(telemetry_seq=max(r["seq"] for r in fresh)))
-        return len(fresh)
+    def _ingest_statements(self) -> dict[str, Any]:
+        """The ingest statements, built once with bound parameters (SQLAlchemy then reuses their compiled form)."""
+        s: dict[str, Any] | None = getattr(self, "_ingest_stmts", None)
+        if s is None:
+            d, tt = self.t["devices"], self.t["telemetry"]
+            s = {
+                "marks": select(d.c.device_id, d.c.telemetry_seq)
+                .where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id.in_(bindparam("b_ids", expanding=True))))
+                .order_by(d.c.device_id).with_for_update(),
+                "add": update(tt).where(and_(tt.c.fleet == bindparam("b_fleet"), tt.c.group_name == bindparam("b_group"),
+                                             tt.c.version == bindparam("b_version"), tt.c.kind == bindparam("b_kind")))
+                .values(records=tt.c.records + bindparam("b_n"), predictions=tt.c.predictions + bindparam("b_pred"),
+                        errors=tt.c.errors + bindparam("b_err"), invalid=tt.c.invalid + bindparam("b_inv")),
+                "mark": update(d).where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id == bindparam("b_dev")))
+                .values(telemetry_seq=bindparam("b_seq")),
+            }
+            self._ingest_stmts = s
+        return s
 
     def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
         tt = self.t["telemetry"]

@@ -69,6 +69,8 @@ class Coordinator:
         allow_list: set[str] | None = None,
         deltas: bool = True,
         resend_guard: float = 2.0,
+        max_transfers: int = 64,
+        transfer_idle: float = 30.0,
         signing_key: Any = None,
         order_ttl: float = DEFAULT_ORDER_TTL,
         lease_seconds: float = 15.0,
@@ -84,6 +86,14 @@ class Coordinator:
         self.counters: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # chunks served per device
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
+        self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
+        # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
+        # in arrival order. 1,000 devices each asking for a 1 MiB window at once would otherwise queue a
+        # gigabyte behind the broker: every chunk arrives late, stall timers fire and chunks are sent twice.
+        self.max_transfers = max_transfers
+        self.transfer_idle = transfer_idle  # seconds without a request before a transfer gives up its slot
+        self._serving: dict[tuple[str, str], float] = {}
+        self._deferred: dict[tuple[str, str], P.ChunkRequest] = {}  # insertion order = arrival order
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -290,6 +300,40 @@ class Coordinator:
         except ProtocolError:
             self.counters["malformed"] += 1
             return
+        if not self._admit(device, req):
+            self.counters["chunk_requests_deferred"] += 1
+            return
+        self._serve(device, req, f[0], chunks)
+        self._next_transfers()
+
+    def _admit(self, device: str, req: P.ChunkRequest) -> bool:
+        """True if this transfer may be served now; otherwise its latest request waits its turn."""
+        if self.max_transfers <= 0:
+            return True
+        key, now = (device, req.file_id), time.monotonic()
+        if key in self._serving:
+            self._serving[key] = now
+            return True
+        for k, t in list(self._serving.items()):
+            if now - t > self.transfer_idle:  # the device went away mid-transfer: free its slot
+                del self._serving[k]
+        if len(self._serving) < self.max_transfers and not self._deferred:
+            self._serving[key] = now
+            return True
+        self._deferred[key] = req  # a repeated request (stall) replaces the waiting one and keeps its place
+        return False
+
+    def _next_transfers(self) -> None:
+        while self._deferred and len(self._serving) < self.max_transfers:
+            key = next(iter(self._deferred))
+            req = self._deferred.pop(key)
+            f = self._file(req.file_id)
+            if f is None:
+                continue
+            self._serving[key] = time.monotonic()
+            self._serve(key[0], req, f[0], serve_request(req, f[0], f[1]))
+
+    def _serve(self, device: str, req: P.ChunkRequest, info: P.FileInfo, chunks: list[P.Chunk]) -> None:
         topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
         now = time.monotonic()
         sent = self._recent.setdefault((device, req.file_id), {})
@@ -299,10 +343,15 @@ class Coordinator:
                 self.counters["duplicate_requests_skipped"] += 1
                 continue  # the same chunk left moments ago (a request queued behind our backlog)
             sent[c.index] = now
-            self.transport.publish(topic, c.to_bytes(), qos=1)
+            frame = self._frames.get((req.file_id, c.index))
+            if frame is None:
+                frame = self._frames[(req.file_id, c.index)] = c.to_bytes()
+            self.transport.publish(topic, frame, qos=1)
             n += 1
         self.served[device] += n
         self.counters["chunks_served"] += n
+        if len(sent) >= info.chunks:  # every chunk has gone out once: the slot goes to the next transfer
+            self._serving.pop((device, req.file_id), None)
 
     def _job_update(self, device: str, u: P.JobUpdate) -> None:
         job = self.registry.job(u.job_id)
