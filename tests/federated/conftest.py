@@ -108,7 +108,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         f.close()
 
 
-def _load_cloud(name: str) -> Any:
+def load_cloud(name: str) -> Any:
     """A module of tests/cloud (its broker and coordinator helpers), loaded under a unique name."""
     import importlib.util
     import sys
@@ -138,8 +138,8 @@ class CloudFleet:
 
         from edgefleet.cloud_sync.coordinator.api import create_app
 
-        self.cloud = _load_cloud("conftest")
-        self.helpers = _load_cloud("helpers")
+        self.cloud = load_cloud("conftest")
+        self.helpers = load_cloud("helpers")
         self.fleet = fleet
         self.broker = self.cloud.Broker(root / "broker")
         self.broker.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -14,7 +13,7 @@ import pytest
 
 from edgefleet.cloud_sync.federated.records import round_metrics
 
-from .conftest import free_port
+from .conftest import load_cloud, free_port
 
 TOKEN = "rec-s3cret"
 ROUND = {"round": 2, "train_replies": 3, "train_failures": 1, "declined": 1, "examples": 480,
@@ -23,19 +22,11 @@ ROUND = {"round": 2, "train_replies": 3, "train_failures": 1, "declined": 1, "ex
          "seconds": 6.2, "dp_epsilon": 3.5}
 
 
-def _pg_url() -> str | None:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
-    except OSError:
-        return None
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_federated_registry_keeps_runs_rounds_and_retrain_settings(backend: str, tmp_path: Path) -> None:
     from edgefleet.cloud_sync.coordinator.registry import Registry
 
-    url = f"sqlite:///{tmp_path / 'r.db'}" if backend == "sqlite" else _pg_url()
+    url = f"sqlite:///{tmp_path / 'r.db'}" if backend == "sqlite" else load_cloud("helpers").pg_url()
     if url is None:
         pytest.skip("PostgreSQL is not reachable")
     reg = Registry(url, prefix=f"t{uuid.uuid4().hex[:8]}_")
