@@ -13,7 +13,7 @@ import pytest
 
 from edgefleet.cloud_sync.federated.records import round_metrics
 
-from .conftest import load_cloud, free_port
+from .conftest import free_port, load_cloud
 
 TOKEN = "rec-s3cret"
 ROUND = {"round": 2, "train_replies": 3, "train_failures": 1, "declined": 1, "examples": 480,
