@@ -40,19 +40,24 @@ def _accuracy(doc: dict[str, Any], d: Digits) -> float:
     return evaluate(w, d.x_test, d.y_test)[1]
 
 
-def _agent(root: Path, pub: Path, key_file: Path | None = None, monitor: bool = False) -> Any:
+def _agent(root: Path, pub: Path, key_file: Path | None = None, superlink: str = "") -> Any:
+    """An agent capturing samples; with ``superlink`` it is enrolled and runs its own SuperNode."""
     from edgefleet.device_agent import Agent
-    from edgefleet.device_agent.config import AgentConfig, SamplesConfig, UpdateConfig
+    from edgefleet.device_agent.config import AgentConfig, FederatedNodeConfig, SamplesConfig, UpdateConfig
+
+    from .conftest import free_port
 
     cfg = AgentConfig(state_dir=str(root), device_id=root.name, trusted_keys=(str(pub),),
                       update=UpdateConfig(probation_seconds=0.0),
-                      samples=SamplesConfig(enabled=True, key_file=str(key_file) if key_file else None))
-    return Agent(cfg, monitor=monitor, tick_seconds=0.05)
+                      samples=SamplesConfig(enabled=True, key_file=str(key_file) if key_file else None),
+                      federated=FederatedNodeConfig(enabled=bool(superlink), superlink=superlink, insecure=True,
+                                                    port=free_port()))
+    return Agent(cfg, tick_seconds=0.05)
 
 
 def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rollout(
         fleet: Fleet, cloud_fleet: CloudFleet, digits: Digits, tmp_path: Path, keypair: tuple[Path, Path],
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest) -> None:
     from edgefleet.cli import main as cli_main
     from edgefleet.cloud_sync.federated import cli
     from edgefleet.cloud_sync.federated.loop import save_keras
@@ -60,8 +65,8 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     from edgefleet.device_agent.samples import generate_device_key
 
     # Arrange: v1 (device 0's local-only model) compiled, signed and installed on 3 agents connected to the
-    # coordinator through a real broker; they capture their non-IID samples through agent.feedback (device 1
-    # encrypts them); plus a device with 5 samples
+    # coordinator through a real broker; each runs its own SuperNode ([federated] config) and captures its
+    # non-IID samples through agent.feedback (device 1 encrypts them); plus a device with 5 samples
     priv, pub = keypair
     spec = MLPSpec.parse(TRAINING["layers"])
     parts = non_iid_partitions(digits.y_train, 3, seed=0)
@@ -77,16 +82,16 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     holdout = tmp_path / "holdout.npz"
     np.savez(holdout, x=digits.x_test * 16.0, y=digits.y_test)
     device_key = generate_device_key(tmp_path / "dev1.key")
-    agents = []
+    agents: list[Any] = []
+    request.addfinalizer(lambda: [a.close() for a in agents])  # stops their SuperNodes whatever happens
     for i, p in enumerate(parts):
         key = device_key if i == 1 else None
-        agent = _agent(tmp_path / f"agent{i}", pub, key, monitor=True)
+        agent = _agent(tmp_path / f"agent{i}", pub, key, superlink=fleet.link.address)
+        agents.append(agent)
         agent.install(v1)
         for xi, yi in zip(digits.x_train[p], digits.y_train[p]):
             agent.feedback(xi, int(yi))
-        agents.append(agent)
         cloud_fleet.connect(agent, tmp_path)
-        fleet.add_node_for(f"agent{i}", agent.root / "samples.db", key)
     fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
     reg = cloud_fleet.coord.registry
     cloud_fleet.wait_for(lambda: sum(d["online"] for d in reg.devices("f1")) == 3)
@@ -100,10 +105,7 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
                               "--canary", "34%", "--waves", "100%", "--max-failure", "0%"])
 
     # Act
-    try:
-        code = args.func(args)
-    finally:
-        fleet.stop_nodes()
+    code = args.func(args)
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     dep_id = summary["deployment"]["id"]
@@ -163,8 +165,6 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     assert not result["gate"]["promoted"] and result["deployment"] is None
     assert "deploy: nothing to roll out - the aggregate was not promoted" in capsys.readouterr().out
     assert len(reg.deployments("f1")) == 1
-    for agent in agents:
-        agent.close()
 
 
 def test_federated_fedprox_round_survives_a_supernode_killed_mid_run(fleet: Fleet, digits: Digits, tmp_path: Path) -> None:
