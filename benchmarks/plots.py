@@ -139,7 +139,7 @@ def fleet_progress(doc: dict[str, Any], png: Path) -> str | None:
     pts = np.asarray(series, dtype=float).reshape(-1, 2)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.step(pts[:, 0], pts[:, 1], where="post", color=COLORS[0], label="devices with the bundle verified")
+    ax.step(pts[:, 0], pts[:, 1], where="post", color=COLORS[0], label="jobs SUCCEEDED, as the coordinator sees them")
     n = ota.get("devices")
     if n:
         ax.axhline(n, color="grey", linestyle=":", label=f"{n:,} devices")
@@ -148,7 +148,7 @@ def fleet_progress(doc: dict[str, Any], png: Path) -> str | None:
     mb = ota.get("bundle_bytes", 0) / 1e6
     ax.set_title(f"Fleet OTA: rollout progress over time ({mb:.1f} MB bundle, one Mosquitto)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="upper left")
     _save(fig, png)
     return None
 

@@ -188,9 +188,12 @@ def _flat(d: dict[str, Any]) -> list[list[Any]]:
     for k, v in d.items():
         items = v.items() if isinstance(v, dict) else [("", v)]
         for sub, x in items:
+            key = f"{k} {sub}".strip().replace("_", " ")
+            digits = 4 if "ratio" in key else 2
             if isinstance(x, (int, float, str)) and not isinstance(x, bool):
-                key = f"{k} {sub}".strip().replace("_", " ")
-                rows.append([key, _n(x, 4 if "ratio" in key else 2) if isinstance(x, (int, float)) else x])
+                rows.append([key, _n(x, digits) if isinstance(x, (int, float)) else x])
+            elif isinstance(x, list) and x and all(isinstance(e, (int, float, str)) for e in x):
+                rows.append([key, ", ".join(_n(e, digits) if isinstance(e, (int, float)) else e for e in x)])
     return rows
 
 
@@ -248,6 +251,10 @@ def fleet_ota(s: Section, plots_dir: Path) -> None:
             s.body += table([name, "value"], _flat({k: v for k, v in part.items() if k != "progress"}))
         else:
             s.body += [f"No {name} part in this JSON.", ""]
+    known = {"benchmark", "machine", "quick", "parameters", "ota", "delta", "telemetry"}
+    for key, part in doc.items():  # parts added to the benchmark later are shown as they are
+        if key not in known and isinstance(part, dict) and _flat(part):
+            s.body += table([key.replace("_", " "), "value"], _flat(part))
     png = plots_dir / "fleet_rollout_progress.png"
     s.plots.append(("Rollout progress over time", png, plots.fleet_progress(doc, png)))
 
