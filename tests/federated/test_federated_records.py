@@ -151,3 +151,42 @@ def test_federated_fleet_retrain_settings_are_validated(api: tuple[str, Any], ca
     assert shown == [{"group": "g", "on_drift": True, "updated": shown[0]["updated"],
                       "policy": {"min_devices": 2, "window_s": 3600.0, "cooldown_s": 60.0, "rounds": 2,
                                  "strategy": "fedavg", "args": ["--superlink", "127.0.0.1:9999", "--min-nodes", "1"]}}]
+
+
+def test_federated_autoretrain_respects_recorded_runs_and_records_a_run_that_dies(api: tuple[str, Any],
+                                                                                 tmp_path: Path) -> None:
+    from edgefleet.cloud_sync.federated.autorun import AutoRetrain
+
+    # Arrange: group g had a drift run 10 s ago (a restarted coordinator, or another one of the fleet, started it);
+    # group h has none. The launcher's "interpreter" is a script: the launched run dies after 1 s without a word.
+    _, coord = api
+    dies = tmp_path / "dies.sh"
+    dies.write_text("#!/bin/sh\nsleep 1\nexit 3\n")
+    dies.chmod(0o755)
+    reg = coord.registry
+    for group, cooldown in (("g", 3600.0), ("h", 0.0)):
+        reg.set_retrain("f1", group, True, {"min_devices": 1, "cooldown_s": cooldown, "rounds": 1})
+    earlier = reg.create_fed_run("f1", "g", "fedavg", 1, trigger="drift", status="finished")
+    reg.set_fed_run(earlier, created=time.time() - 10)
+    auto = AutoRetrain(coord, "http://127.0.0.1:9", TOKEN, tmp_path / "runs", python=str(dies))
+    drift = {"psi_max": 0.9, "version": "1"}
+
+    # Act
+    in_cooldown = auto.on_drift("d1", "g", drift)
+    started = auto.on_drift("d2", "h", drift)
+    while_running = auto.on_drift("d3", "h", drift)
+    deadline = time.monotonic() + 10
+    while auto.children and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = auto.on_drift("d2", "h", drift)  # cool-down 0: the next alert may start the next run
+    while auto.children and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    # Assert
+    assert in_cooldown is None and started is not None and after is not None and after != started
+    assert while_running is None
+    run = reg.fed_run(started)
+    assert run["trigger"] == "drift" and run["reason"] == "drift on 1 device(s) of h: d2"
+    assert run["status"].startswith("failed: exit code 3; see ") and str(tmp_path / "runs" / started) in run["status"]
+    assert "--record-id " + started in run["result"]["command"] and TOKEN not in run["result"]["command"]
+    assert [r["id"] for r in reg.fed_runs("f1", "g")] == [earlier]
