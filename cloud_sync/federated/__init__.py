@@ -6,7 +6,9 @@
 - :mod:`.runner` - the supervised SuperLink, the generated Flower app, ``flwr run`` submission;
 - :mod:`.loop` - aggregate -> Keras -> compile -> gate against the deployed version -> signed next version;
 - :mod:`.trigger` - the drift-alert policy that starts a run for an opted-in group;
-- :mod:`.cli` - ``edgefleet federated run``.
+- :mod:`.autorun` - the coordinator side of it: drift alerts from telemetry launch ``federated run``;
+- :mod:`.records` / :mod:`.routes` - runs and per-round metrics in the registry, through the coordinator API;
+- :mod:`.cli` - ``edgefleet federated run`` (``--deploy`` rolls the promoted aggregate out through the API).
 
 Attributes load lazily: importing this package loads neither flwr nor TensorFlow.
 """
@@ -32,6 +34,9 @@ _LAZY = {
     "read_rounds": ("edgefleet.cloud_sync.federated.runner", "read_rounds"),
     "DriftTrigger": ("edgefleet.cloud_sync.federated.trigger", "DriftTrigger"),
     "TriggerPolicy": ("edgefleet.cloud_sync.federated.trigger", "TriggerPolicy"),
+    "AutoRetrain": ("edgefleet.cloud_sync.federated.autorun", "AutoRetrain"),
+    "RetrainSettings": ("edgefleet.cloud_sync.federated.autorun", "RetrainSettings"),
+    "RunRecord": ("edgefleet.cloud_sync.federated.records", "RunRecord"),
 }
 
 

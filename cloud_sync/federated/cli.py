@@ -4,7 +4,11 @@
 - ``federated run`` submits a run (``flwr run``) to a SuperLink, prints progress per
   round, keeps ``rounds.json`` in ``--out`` and, given ``--deployed``, ``--holdout``
   and ``--key``, compiles the aggregate with the deployed version's recipe and signs
-  it as the next version only if it beats the deployed one by ``--margin``;
+  it as the next version only if it beats the deployed one by ``--margin``; with a
+  coordinator API (``--api``/``EDGEFLEET_API``) it records the run and each round in
+  the registry, and with ``--deploy`` it starts a staged rollout of the promoted
+  version to ``--group`` (``--canary``/``--waves``/``--max-failure`` as for
+  ``fleet deploy``);
 - ``federated status`` shows the per-round metrics of a run directory.
 
 This module is light: handlers import flwr/TensorFlow only when they run.
