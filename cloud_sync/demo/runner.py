@@ -172,7 +172,7 @@ class Demo:
             paths = scen.write(wd / "data")
             self._describe(scen)
         with self.stage("train", "train the example digits model (64-32-10 dense network) on the cloud's small set"):
-            src, float_acc = self.train(scen, paths)
+            src, float_acc = self.train(scen)
         with self.stage("compile", "compile v1: prune 50% + int8 TFLite, signed, with its report"):
             keys = self.keys()
             v1, v1_archive = self.compile_v1(src, paths, keys[0])
@@ -195,8 +195,9 @@ class Demo:
             run = self.follow_run(until="aggregated")
         self.federation_down()
         bytes_before = self.device_stats()
-        with self.stage("compile_v2", "the run compiles the aggregate with v1's recipe, gates it on the holdout, "
-                                      "signs v2 and deploys it"):
+        with self.stage("compile_v2", "the run compiles the aggregate with v1's recipe (int8; no pruning: its "
+                                      "fine-tuning needs training data the coordinator lacks), gates it on the "
+                                      "holdout, signs v2 and deploys it"):
             run = self.follow_run(run["id"], until="final")
         gate = run["result"].get("gate") or {}
         dep = run["result"].get("deployment") or {}
@@ -221,7 +222,7 @@ class Demo:
             self.say(f"  {d.device_id}: mostly classes {','.join(map(str, d.classes))}; {len(d.sample_y)} labelled "
                      f"samples, {len(d.sensor_y)} sensor inputs (never leave the device)")
 
-    def train(self, scen: Scenario, paths: Mapping[str, Path]) -> tuple[Path, float]:
+    def train(self, scen: Scenario) -> tuple[Path, float]:
         from edgefleet.cloud_sync.federated.trainer import MLPSpec, TrainConfig, evaluate, train
 
         spec = MLPSpec.parse(LAYERS)
