@@ -167,8 +167,8 @@ class FederatedNodeConfig:
     root_certificates: str | None = None  # CA certificate of a TLS SuperLink
     insecure: bool = False  # plain HTTP: refused unless the SuperLink is on loopback
     port: int = 9094  # the node's local ClientApp I/O port
-    auth_private_key: str | None = None  # SuperNode authentication (flwr supernode register)
-    auth_public_key: str | None = None
+    auth_private_key: str | None = None  # SuperNode authentication: OpenSSH EC key (flwr supernode register)
+    auth_public_key: str | None = None  # not needed with Flower 1.41 (derived from the private key)
     log_file: str | None = None  # default: <state_dir>/flower-node.log
 
     def __post_init__(self) -> None:
@@ -184,8 +184,8 @@ class FederatedNodeConfig:
         if not self.insecure and not self.root_certificates:
             raise ConfigError("federated.root_certificates is required for a TLS SuperLink "
                               "(or insecure = true for one on loopback)")
-        if bool(self.auth_private_key) != bool(self.auth_public_key):
-            raise ConfigError("federated node authentication needs both auth_private_key and auth_public_key")
+        if self.auth_public_key and not self.auth_private_key:
+            raise ConfigError("federated node authentication needs auth_private_key")
         if not 0 < self.port < 65536:
             raise ConfigError(f"federated.port must be in 1..65535, got {self.port}")
 

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
@@ -68,7 +69,12 @@ def is_loopback(address: str) -> bool:
 
 
 class ChildProcess:
-    """A supervised child: restarted when it dies, stopped with its whole process group."""
+    """A supervised child: restarted when it dies, stopped with its whole process group.
+
+    Restarts back off exponentially (``backoff`` doubling up to ``max_backoff``); a child
+    that ran at least ``healthy_seconds`` starts the count afresh, so only ``max_restarts``
+    *consecutive* quick failures end supervision (``max_restarts=0``: never give up).
+    """
 
     def __init__(
         self,
@@ -79,7 +85,9 @@ class ChildProcess:
         log_path: str | os.PathLike | None = None,
         restart: bool = True,
         backoff: float = 0.5,
+        max_backoff: float | None = None,
         max_restarts: int = 20,
+        healthy_seconds: float = 60.0,
         poll_seconds: float = 0.2,
     ) -> None:
         self.argv = list(argv)
@@ -88,9 +96,13 @@ class ChildProcess:
         self.log_path = Path(log_path) if log_path else None
         self.restart_enabled = restart
         self.backoff = backoff
+        self.max_backoff = max_backoff if max_backoff is not None else backoff * 16
         self.max_restarts = max_restarts
+        self.healthy_seconds = healthy_seconds
         self.poll_seconds = poll_seconds
-        self.restarts = 0
+        self.restarts = 0  # all restarts so far
+        self.failures = 0  # consecutive quick exits
+        self._started_at = 0.0
         self.exit_codes: list[int] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -119,6 +131,7 @@ class ChildProcess:
             out = subprocess.DEVNULL
         self._proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self._started_at = time.monotonic()
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
@@ -128,10 +141,14 @@ class ChildProcess:
                     continue
                 self.exit_codes.append(int(proc.returncode))
                 self._reap_group(proc.pid)
-                if not self.restart_enabled or self.restarts >= self.max_restarts:
+                if time.monotonic() - self._started_at >= self.healthy_seconds:
+                    self.failures = 0
+                if not self.restart_enabled or 0 < self.max_restarts <= self.failures:
                     self._proc = None
                     return
-            if self._stopping.wait(self.backoff * min(2 ** min(self.restarts, 5), 16)):
+                delay = min(self.backoff * 2 ** min(self.failures, 20), self.max_backoff)
+                self.failures += 1
+            if self._stopping.wait(delay):
                 return
             with self._lock:
                 if self._stopping.is_set():
@@ -208,8 +225,8 @@ class FlowerNodeConfig:
     insecure: bool = False
     allow_insecure_remote: bool = False
     root_certificates: str | None = None
-    auth_private_key: str | None = None
-    auth_public_key: str | None = None
+    auth_private_key: str | None = None  # OpenSSH EC key registered with `flwr supernode register`
+    auth_public_key: str | None = None  # deprecated by Flower 1.41 (derived from the private key); passed if given
     extra_node_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     log_path: str | None = None
 
@@ -221,8 +238,8 @@ class FlowerNodeConfig:
                               "give root_certificates for TLS")
         if not self.insecure and not self.root_certificates:
             raise ConfigError("a TLS connection needs root_certificates (or insecure=True on loopback)")
-        if bool(self.auth_private_key) != bool(self.auth_public_key):
-            raise ConfigError("node authentication needs both auth_private_key and auth_public_key")
+        if self.auth_public_key and not self.auth_private_key:
+            raise ConfigError("node authentication needs auth_private_key (the public key alone is not enough)")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1..65535, got {self.port}")
 
@@ -260,17 +277,25 @@ class FlowerNodeConfig:
         else:
             assert self.root_certificates
             cmd += ["--root-certificates", self.root_certificates]
-        if self.auth_private_key and self.auth_public_key:
-            cmd += ["--auth-supernode-private-key", self.auth_private_key,
-                    "--auth-supernode-public-key", self.auth_public_key]
+        if self.auth_private_key:
+            cmd += ["--auth-supernode-private-key", self.auth_private_key]
+        if self.auth_public_key:
+            cmd += ["--auth-supernode-public-key", self.auth_public_key]
         return cmd
 
 
 class FlowerNode(ChildProcess):
-    """This device's supervised ``flower-supernode``."""
+    """This device's supervised ``flower-supernode``.
+
+    A device keeps trying for as long as it runs (the SuperLink may be away for hours), at most
+    once a minute. With node authentication a SuperNode that crashed is refused until the
+    SuperLink's heartbeat timeout marks its old session offline (about a minute in Flower 1.41).
+    """
 
     def __init__(self, config: FlowerNodeConfig, **kwargs: object) -> None:
         self.config = config
+        kwargs.setdefault("max_restarts", 0)
+        kwargs.setdefault("max_backoff", 60.0)
         super().__init__(config.argv(), name=f"supernode-{config.device_id}", log_path=config.log_path,
                          **kwargs)  # type: ignore[arg-type]
 

@@ -216,16 +216,31 @@ def make_tls(out: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class TlsLink:
-    """A SuperLink serving TLS with a certificate of a CA made for the test (``make_tls``)."""
+def make_node_key(out: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode authentication key pair (P-384, OpenSSH format, as Flower expects): (private, public)."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    def __init__(self, root: Path) -> None:
-        from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig
+    key = ec.generate_private_key(ec.SECP384R1())
+    out.mkdir(parents=True, exist_ok=True)
+    priv, pub = out / f"{name}.key", out / f"{name}.pub"
+    priv.write_bytes(key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()))
+    priv.chmod(0o600)
+    pub.write_bytes(key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH))
+    return priv, pub
+
+
+class TlsLink:
+    """A SuperLink serving TLS with a certificate of a CA made for the test (``make_tls``); with ``auth`` it
+    admits only SuperNodes whose keys were registered (``--enable-supernode-auth``, ``flwr supernode register``)."""
+
+    def __init__(self, root: Path, auth: bool = False) -> None:
+        from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig, write_flwr_home
 
         self.ca, cert, key = make_tls(root / "tls")
         self.link = SuperLink(SuperLinkConfig(port=free_port(), insecure=False, ssl_certfile=str(cert),
                                               ssl_keyfile=str(key), ssl_ca_certfile=str(self.ca),
-                                              log_path=str(root / "superlink-tls.log")))
+                                              enable_supernode_auth=auth, log_path=str(root / "superlink-tls.log")))
         self.link.start()
         try:
             self.link.wait_ready()
@@ -233,6 +248,19 @@ class TlsLink:
             self.link.stop()
             raise
         self.address = self.link.address
+        self.home = write_flwr_home(root / "flwr-home", self.address, insecure=False, root_certificates=str(self.ca))
+
+    def flwr(self, *argv: str) -> dict[str, Any]:
+        """``flwr ARGV... edgefleet --format json`` against this SuperLink (Flower's own CLI, over TLS)."""
+        import subprocess
+
+        from edgefleet.device_agent.flower_node import find_tool, flower_env
+
+        proc = subprocess.run([find_tool("flwr"), *argv, "edgefleet", "--format", "json"],
+                              env=flower_env({"FLWR_HOME": str(self.home)}), capture_output=True, text=True, timeout=60)
+        doc = json.loads(proc.stdout)
+        assert doc.get("success"), proc.stdout + proc.stderr
+        return dict(doc)
 
 
 @pytest.fixture

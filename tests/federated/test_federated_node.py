@@ -1,13 +1,11 @@
 """The agent runs this device's ``flower-supernode`` from its ``[federated]`` config: connects to a real
 SuperLink over TLS (a CA made for the test with ``cryptography``: ``--ssl-certfile/--ssl-keyfile/
---ssl-ca-certfile`` on the link, ``--root-certificates`` on the node), is restarted when killed, and
-leaves no process behind when the agent shuts down."""
+--ssl-ca-certfile`` on the link, ``--root-certificates`` on the node) that admits only registered node
+keys, is restarted when killed, and leaves no process behind when the agent shuts down."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,20 +14,12 @@ import pytest
 
 from edgefleet.errors import ConfigError
 
-from .conftest import TlsLink, free_port
+from .conftest import TlsLink, free_port, make_node_key
 
 
-def _nodes(tls: TlsLink, home: Path) -> list[dict[str, Any]]:
-    """The SuperNodes the SuperLink knows, from Flower's own CLI (``flwr supernode list``, over TLS)."""
-    from edgefleet.cloud_sync.federated.runner import write_flwr_home
-    from edgefleet.device_agent.flower_node import find_tool, flower_env
-
-    write_flwr_home(home, tls.address, insecure=False, root_certificates=str(tls.ca))
-    proc = subprocess.run([find_tool("flwr"), "supernode", "list", "edgefleet", "--format", "json"],
-                          env=flower_env({"FLWR_HOME": str(home)}), capture_output=True, text=True, timeout=60)
-    doc = json.loads(proc.stdout)
-    assert doc.get("success"), proc.stdout + proc.stderr
-    return list(doc["nodes"])
+def _nodes(tls: TlsLink) -> list[dict[str, Any]]:
+    """The SuperNodes the SuperLink knows (``flwr supernode list``)."""
+    return list(tls.flwr("supernode", "list")["nodes"])
 
 
 def _wait(cond: Any, timeout: float = 60.0) -> Any:
@@ -66,9 +56,8 @@ def test_federated_agent_supervises_its_supernode_from_config(tls_link: TlsLink,
     (tmp_path / "flower-ca.pem").write_bytes(tls_link.ca.read_bytes())
     cfg = load_config(_toml(tmp_path, f'enabled = true\nsuperlink = "{tls_link.address}"\n'
                                       f'root_certificates = "flower-ca.pem"\nport = {free_port()}\n'))
-    home = tmp_path / "flwr-home"
 
-    # Act 1: the agent starts; its SuperNode registers with the SuperLink
+    # Act 1: the agent starts; its SuperNode comes online
     agent = Agent(cfg, tick_seconds=0.05)
     try:
         node = agent.flower_node
@@ -76,14 +65,14 @@ def test_federated_agent_supervises_its_supernode_from_config(tls_link: TlsLink,
         assert 'device-id="dev-7"' in node.config.node_config()
         assert "--insecure" not in node.argv and node.argv[node.argv.index("--root-certificates") + 1] == \
             str(tmp_path / "flower-ca.pem")
-        first = _wait(lambda: [n for n in _nodes(tls_link, home) if n["status"] == "online"])
+        first = _wait(lambda: [n for n in _nodes(tls_link) if n["status"] == "online"])
         pid = node.pid
         assert pid is not None and agent.status()["federated"]["running"]
 
         # Act 2: the SuperNode dies (SIGKILL to its group); the agent restarts it and it registers again
         node.kill()
         _wait(lambda: node.restarts >= 1 and node.running and node.pid != pid, 30)
-        _wait(lambda: len(_nodes(tls_link, home)) > len(first))
+        _wait(lambda: len(_nodes(tls_link)) > len(first))
         new_pid = node.pid
         assert new_pid is not None
     finally:
@@ -96,6 +85,46 @@ def test_federated_agent_supervises_its_supernode_from_config(tls_link: TlsLink,
     _wait(lambda: not _group_alive(new_pid), 10)
     assert agent.flower_node is not None and not agent.flower_node.running
     assert "supernode" in (tmp_path / "state" / "flower-node.log").read_text().lower()
+
+
+@pytest.mark.slow
+def test_federated_superlink_with_node_auth_admits_only_registered_supernodes(tmp_path: Path) -> None:
+    from edgefleet.device_agent.config import load_config
+    from edgefleet.device_agent.flower_node import FlowerNode, FlowerNodeConfig
+
+    # Arrange: a TLS SuperLink with node authentication; the operator registers the device's key, which the
+    # device's agent config names; a rogue node's key is unknown to the link
+    tls = TlsLink(tmp_path / "link", auth=True)
+    nodes: list[FlowerNode] = []
+    try:
+        (tmp_path / "flower-ca.pem").write_bytes(tls.ca.read_bytes())
+        _, pub = make_node_key(tmp_path, "node")
+        registered = str(tls.flwr("supernode", "register", str(pub))["node-id"])
+        cfg = load_config(_toml(tmp_path, f'enabled = true\nsuperlink = "{tls.address}"\n'
+                                          f'root_certificates = "flower-ca.pem"\nauth_private_key = "node.key"\n'
+                                          f"port = {free_port()}\n"))
+        device = FlowerNodeConfig.for_agent(cfg, cfg.federated.superlink, port=cfg.federated.port,
+                                            root_certificates=cfg.federated.root_certificates,
+                                            auth_private_key=cfg.federated.auth_private_key)
+        rogue_key, _ = make_node_key(tmp_path / "rogue", "rogue")
+        rogue = FlowerNodeConfig(superlink=tls.address, samples_db=str(tmp_path / "r.db"), device_id="rogue",
+                                 port=free_port(), root_certificates=str(tls.ca), auth_private_key=str(rogue_key))
+
+        # Act
+        for c in (device, rogue):
+            nodes.append(FlowerNode(c, restart=False))
+            nodes[-1].start()
+        online = _wait(lambda: [n for n in _nodes(tls) if n["status"] == "online"])
+        _wait(lambda: nodes[1].exit_codes, 30)
+    finally:
+        for n in nodes:
+            n.stop()
+        tls.link.stop()
+
+    # Assert: the registered device is online under its key; the rogue was refused and exited
+    assert device.argv()[device.argv().index("--auth-supernode-private-key") + 1] == str(tmp_path / "node.key")
+    assert [n["node-id"] for n in online] == [registered]
+    assert nodes[1].exit_codes[0] != 0 and not nodes[0].exit_codes
 
 
 def test_federated_agent_config_refuses_unsafe_or_incomplete_settings(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,6 +260,34 @@ def test_federated_child_process_is_restarted_when_it_dies_and_stopped_with_its_
         import os
 
         os.kill(second, 0)
+
+
+def test_federated_child_process_gives_up_only_after_consecutive_quick_failures() -> None:
+    from edgefleet.device_agent.flower_node import ChildProcess
+
+    def wait_until(cond: Any, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    # Arrange: a child failing at once; one that fails after running "healthily" for 0.3 s; an unlimited one
+    quick = ChildProcess(["/bin/sh", "-c", "exit 3"], backoff=0.01, max_restarts=3, poll_seconds=0.01)
+    healthy = ChildProcess(["/bin/sh", "-c", "sleep 0.3; exit 4"], backoff=0.01, max_restarts=2, healthy_seconds=0.2,
+                           poll_seconds=0.01)
+    forever = ChildProcess(["/bin/sh", "-c", "exit 5"], backoff=0.01, max_backoff=0.02, max_restarts=0,
+                           poll_seconds=0.01)
+
+    # Act
+    with quick, healthy, forever:
+        wait_until(lambda: len(quick.exit_codes) == 4 and quick.pid is None)
+        wait_until(lambda: healthy.restarts >= 4)
+        wait_until(lambda: forever.restarts >= 8)
+        still = healthy.running or healthy.pid is not None, forever.pid is not None
+
+    # Assert
+    assert quick.exit_codes == [3, 3, 3, 3] and quick.restarts == 3 and not quick.running
+    assert healthy.restarts >= 4 and set(healthy.exit_codes) == {4} and healthy.failures <= 1
+    assert forever.restarts >= 8 and still == (True, True)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
