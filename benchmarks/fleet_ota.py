@@ -1,6 +1,7 @@
 """Fleet OTA over a real mosquitto: many simulated devices per process, the real protocol and coordinator.
 
     python -m benchmarks.fleet_ota [--devices 1000] [--workers 4] [--quick] [--out PATH]
+                                   [--only ota|delta|telemetry|queue_limit] [--ingest-baseline]
 
 Starts its own mosquitto on a free loopback port, a coordinator (SQLite
 registry, paho) in this process and the simulated devices in ``--workers``
@@ -30,7 +31,12 @@ Measures:
   bundle (target <= 30%);
 * coordinator telemetry ingest rate vs a plain paho subscriber counting the same
   stream in the same run (target >= 0.8x), each in its own process, both from
-  the moment the publisher starts.
+  the moment the publisher starts; with ``--ingest-baseline`` also three
+  alternating runs each of the pre-change ingest (``_legacy_ingest``) and the
+  current one (``telemetry_before_after``);
+* what mosquitto's default queue limit does to a QoS 1 subscriber that stops
+  reading (``queue_limit``: messages received of 5,000, default vs lifted), the
+  fact behind the queue sizing of ``edgefleet cloud broker-config``.
 
 Writes benchmarks/results/fleet_ota.json (``--quick``: fleet_ota_quick.json);
 both modes write the same schema.
@@ -68,12 +74,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _broker(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _broker(root: Path, limits: str = "max_queued_messages 0\nmax_inflight_messages 100\n",
+            name: str = "mosquitto.conf") -> tuple[subprocess.Popen[bytes], int]:
     """A mosquitto sized for the benchmark: queue limits lifted (the default 1000 drops QoS 1 to a slow client)."""
     port = _free_port()
-    conf = root / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-                    "max_inflight_messages 100\nlog_dest none\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    conf = root / name
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{limits}log_dest none\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""))
     proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)])
     for _ in range(100):
         try:
@@ -465,6 +472,47 @@ def bench_delta(v1: bytes, v2: bytes) -> dict[str, Any]:
             "diff_seconds": round(time.perf_counter() - t, 2), "change": "2% of the weights nudged (fine-tune)"}
 
 
+# -- the broker's queue limit ---------------------------------------------------------------------------
+def bench_queue_limit(root: Path, messages: int = 5000) -> dict[str, Any]:
+    """QoS 1 messages a subscriber that stops reading gets in the end, with mosquitto's default queue limit
+    (max_queued_messages 1000) and with the limit lifted as ``edgefleet cloud broker-config`` writes it."""
+    import paho.mqtt.client as mqtt
+
+    out: dict[str, Any] = {"messages": messages, "qos": 1}
+    for label, limits in (("default_limits", ""), ("lifted", "max_queued_messages 0\nmax_inflight_messages 100\n")):
+        proc, port = _broker(root, limits, f"queue-{label}.conf")
+        try:
+            got: list[int] = []
+            sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"slow-{label}", protocol=mqtt.MQTTv5)
+            sub.on_message = lambda c, u, m, got=got: got.append(int(m.payload))
+            sub.connect("127.0.0.1", port)
+            sub.subscribe("q/#", qos=1)
+            for _ in range(50):  # CONNACK, SUBACK
+                sub.loop(0.05)
+            pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{label}", protocol=mqtt.MQTTv5)
+            pub.max_inflight_messages_set(1000)
+            pub.max_queued_messages_set(0)
+            pub.connect("127.0.0.1", port)
+            pub.loop_start()
+            infos = [pub.publish("q/x", str(i).encode(), qos=1) for i in range(messages)]
+            for info in infos:  # the broker accepted every message (the subscriber meanwhile reads nothing)
+                info.wait_for_publish(30)
+            pub.disconnect()
+            pub.loop_stop()
+            deadline = time.monotonic() + 10
+            last = -1
+            while time.monotonic() < deadline and len(got) != last:  # now the subscriber catches up
+                last = len(got)
+                for _ in range(20):
+                    sub.loop(0.05)
+            sub.disconnect()
+            out[label] = {"received": len(got), "lost": messages - len(got), "in_order": got == sorted(got)}
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return out
+
+
 # -- telemetry ---------------------------------------------------------------------------------------------------
 def _telemetry_payloads(devices: int, batches: int, per_batch: int) -> list[tuple[str, bytes]]:
     from edgefleet.cloud_sync import protocol as P
@@ -572,9 +620,11 @@ def _legacy_ingest(reg: Any) -> Any:
                   .values(telemetry_seq=max(r["seq"] for r in fresh)))
         return len(fresh)
 
-    def ingest_many(fleet: str, batches: list[tuple[str, str, list[dict[str, Any]]]]) -> list[int]:
+    def ingest_many(fleet: str, batches: list[tuple[str, str, list[Any]]]) -> list[int]:
+        work = [(d, g, [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in records])
+                for d, g, records in batches]  # the coordinator built these dicts before the change
         with reg._lock, reg.engine.begin() as c:
-            return [one(c, fleet, device_id, group, records) for device_id, group, records in batches]
+            return [one(c, fleet, device_id, group, records) for device_id, group, records in work]
 
     return ingest_many
 
@@ -650,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=None, help="simulated devices (default 1000; --quick 50)")
     ap.add_argument("--workers", type=int, default=None, help="device worker processes (default 4; --quick 2)")
     ap.add_argument("--quick", action="store_true", help="50 devices and a smaller telemetry stream (< 60 s)")
-    ap.add_argument("--only", choices=("ota", "delta", "telemetry"), action="append",
+    ap.add_argument("--only", choices=("ota", "delta", "telemetry", "queue_limit"), action="append",
                     help="run only these parts (repeatable; the others are null in the JSON)")
     ap.add_argument("--ingest-baseline", action="store_true",
                     help="also measure the pre-change (per-batch) coordinator ingest in the same run")
@@ -660,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.devices or (50 if args.quick else 1000)
     workers = args.workers or (2 if args.quick else 4)
     out = Path(args.out or RESULTS / ("fleet_ota_quick.json" if args.quick else "fleet_ota.json"))
-    parts = set(args.only or ("ota", "delta", "telemetry"))
+    parts = set(args.only or ("ota", "delta", "telemetry", "queue_limit"))
     tel = {"devices": 20, "batches": 20 if args.quick else 50, "per_batch": 100}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -678,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
                 "delta": bench_delta(v1, v2) if "delta" in parts else None,
                 "telemetry": bench_telemetry(port, root, tel["devices"], tel["batches"], tel["per_batch"])
                 if "telemetry" in parts else None,
+                "queue_limit": bench_queue_limit(root) if "queue_limit" in parts else None,
+                "telemetry_before_after": None,
             }
             if args.ingest_baseline and "telemetry" in parts:  # before (legacy ingest) and after, alternating
                 runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edgefleet.errors import ConfigError
 
+from ..protocol import TelemetryRecord
 from .rollout import DEFAULT_JOB_TIMEOUT
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
@@ -507,10 +508,12 @@ class Registry:
             c.execute(update(t).where(t.c.job_id == job_id).values(updated=time.time(), **fields))
 
     # -- telemetry -------------------------------------------------------------------------------------------------
-    def ingest(self, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
-        return self.ingest_many(fleet, [(device_id, group, records)])[0]
+    def ingest(self, fleet: str, device_id: str, group: str, records: Sequence[Mapping[str, Any]]) -> int:
+        """:meth:`ingest_many` for one batch of records given as mappings (seq, ts, kind, data)."""
+        recs = [TelemetryRecord(int(r["seq"]), float(r["ts"]), str(r["kind"]), dict(r["data"])) for r in records]
+        return self.ingest_many(fleet, [(device_id, group, recs)])[0]
 
-    def ingest_many(self, fleet: str, batches: list[tuple[str, str, list[dict[str, Any]]]]) -> list[int]:
+    def ingest_many(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]]) -> list[int]:
         """Aggregate the records newer than each device's high-water mark; returns how many were new per batch.
 
         One transaction: the aggregates and the high-water marks move together, so a
@@ -530,13 +533,13 @@ class Registry:
             moved: dict[str, int] = {}
             for device_id, group, records in batches:
                 mark = moved.get(device_id, marks.get(device_id, 0))
-                fresh = [r for r in records if r["seq"] > mark]
+                fresh = [r for r in records if r.seq > mark]
                 news.append(len(fresh))
                 if not fresh:
                     continue
-                moved[device_id] = max(r["seq"] for r in fresh)
+                moved[device_id] = max(r.seq for r in fresh)
                 for r in fresh:
-                    data, kind = r["data"], r["kind"]
+                    data, kind = r.data, r.kind
                     versions = data.get("versions") if kind == "metrics" else None
                     if isinstance(versions, dict):
                         for v, st in versions.items():
@@ -557,7 +560,7 @@ class Registry:
                     if kind == "drift":
                         alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
                                        "version": str(data.get("version", "")), "data": json.dumps(data),
-                                       "ts": float(r["ts"])})
+                                       "ts": float(r.ts)})
             if alerts:
                 c.execute(insert(self.t["alerts"]), alerts)
             for (group, version, kind), (n, pred, err, inv) in agg.items():

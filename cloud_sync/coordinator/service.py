@@ -68,7 +68,7 @@ class Coordinator:
         tick_seconds: float = 0.5,
         allow_list: set[str] | None = None,
         deltas: bool = True,
-        resend_guard: float = 2.0,
+        resend_guard: float = 30.0,
         max_transfers: int = 64,
         transfer_idle: float = 30.0,
         signing_key: Any = None,
@@ -93,6 +93,7 @@ class Coordinator:
         self.max_transfers = max_transfers
         self.transfer_idle = transfer_idle  # seconds without a request before a transfer gives up its slot
         self._serving: dict[tuple[str, str], float] = {}
+        self._job_devices: dict[str, str] = {}  # job id -> device, for jobs that have asked for chunks
         self._deferred: dict[tuple[str, str], P.ChunkRequest] = {}  # insertion order = arrival order
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -100,7 +101,15 @@ class Coordinator:
         self._lock = threading.RLock()  # rollout changes from the API and the tick
         self._groups: dict[str, str] = {}
         self._recent: dict[tuple[str, str], dict[int, float]] = {}
+        # A chunk the broker has taken for a device's persistent session (QoS 1) reaches the device unless a
+        # connection in between was lost: re-requests of it are the device's stall timer running out while
+        # the chunk waits in a queue (under load), and answering them only adds to that queue. So a chunk goes
+        # out again only if the device or this coordinator has reconnected since it was sent (the session or
+        # the broker's store may be gone), or after ``resend_guard`` seconds.
         self.resend_guard = resend_guard
+        self._sent_epoch = 0.0  # this coordinator's latest (re)connection
+        self._births: dict[str, float] = {}  # each device's latest birth
+        transport.on_connect(self._reconnected)
         self.on_ingest: Callable[[int], None] | None = None
         self.signing_key = signing_key  # edgefleet.keys.PrivateKey: signs rollback orders
         self.order_ttl = order_ttl
@@ -110,6 +119,9 @@ class Coordinator:
             log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
         self.on_drift: Callable[[str, str, dict[str, Any]], Any] | None = None  # (device, group, record data)
         transport.on_message(self._on_message)
+
+    def _reconnected(self) -> None:
+        self._sent_epoch = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -207,6 +219,7 @@ class Coordinator:
         else:
             self.registry.set_device(self.fleet, device, **fields)
             if s.online:
+                self._births[device] = time.monotonic()
                 self._redeliver(device)
 
     def _redeliver(self, device: str) -> None:
@@ -250,8 +263,7 @@ class Coordinator:
                 break  # keep the order of everything else
         if self.allow_list is not None:
             batches = [(d, b) for d, b in batches if d in self.allow_list]
-        work = [(d, self._group(d), [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in b.records])
-                for d, b in batches]
+        work = [(d, self._group(d), b.records) for d, b in batches]
         news = self.registry.ingest_many(self.fleet, work)
         for (device, b), new in zip(batches, news):
             self.counters["telemetry_records"] += new
@@ -287,10 +299,20 @@ class Coordinator:
         return f
 
     def _chunks(self, device: str, req: P.ChunkRequest) -> None:
-        job = self.registry.job(req.job_id)
-        if job is None or job["device_id"] != device:
-            self.counters["refused_chunk_requests"] += 1
+        key = (device, req.file_id)
+        waiting = self._deferred.get(key)
+        if waiting is not None and waiting.job_id == req.job_id:  # a stall re-request of a waiting transfer
+            self._deferred[key] = req
+            self.counters["chunk_requests_deferred"] += 1
             return
+        if self._job_devices.get(req.job_id) != device:
+            job = self.registry.job(req.job_id)
+            if job is None or job["device_id"] != device:
+                self.counters["refused_chunk_requests"] += 1
+                return
+            if len(self._job_devices) >= 100_000:
+                self._job_devices.clear()
+            self._job_devices[req.job_id] = device  # a job never changes device: no query per request
         f = self._file(req.file_id)
         if f is None:
             self.counters["unknown_files"] += 1
@@ -330,18 +352,25 @@ class Coordinator:
             f = self._file(req.file_id)
             if f is None:
                 continue
+            try:
+                chunks = serve_request(req, f[0], f[1])
+            except ProtocolError:
+                self.counters["malformed"] += 1
+                continue
             self._serving[key] = time.monotonic()
-            self._serve(key[0], req, f[0], serve_request(req, f[0], f[1]))
+            self._serve(key[0], req, f[0], chunks)
 
     def _serve(self, device: str, req: P.ChunkRequest, info: P.FileInfo, chunks: list[P.Chunk]) -> None:
         topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
         now = time.monotonic()
         sent = self._recent.setdefault((device, req.file_id), {})
         n = 0
+        since = max(self._sent_epoch, self._births.get(device, 0.0))
         for c in chunks:
-            if now - sent.get(c.index, -1e9) < self.resend_guard:
+            prev = sent.get(c.index)
+            if prev is not None and prev >= since and now - prev < self.resend_guard:
                 self.counters["duplicate_requests_skipped"] += 1
-                continue  # the same chunk left moments ago (a request queued behind our backlog)
+                continue  # already on its way (see resend_guard)
             sent[c.index] = now
             frame = self._frames.get((req.file_id, c.index))
             if frame is None:

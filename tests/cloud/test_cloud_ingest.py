@@ -1,4 +1,5 @@
-"""Batched telemetry ingest and the coordinator's limit on concurrent transfers (SQLite, in-memory broker)."""
+"""Batched telemetry ingest, the coordinator's limit on concurrent transfers and its chunk re-send rule
+(SQLite, in-memory broker)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
 
 
-def _rec(seq: int, kind: str = "metrics", **data: Any) -> dict[str, Any]:
+def _rec(seq: int, kind: str = "metrics", **data: Any) -> P.TelemetryRecord:
     if kind == "metrics" and not data:
         data = {"versions": {"2": {"predictions": 10, "errors": 1, "invalid_inputs": 2}}}
-    return {"seq": seq, "ts": 1.0, "kind": kind, "data": data}
+    return P.TelemetryRecord(seq, 1.0, kind, data)
 
 
 def test_ingest_many_sums_batches_of_one_call_like_separate_calls(tmp_path: Path) -> None:
@@ -80,6 +81,9 @@ def test_transfers_beyond_the_limit_wait_their_turn(tmp_path: Path) -> None:
         assert got["d2"] == [0, 1, 2, 3]
         ask("d1", [3])  # admitted again (no transfer waits), but the chunk left moments ago: not sent twice
         assert got["d1"] == [0, 1, 2, 3] and coord.counters["duplicate_requests_skipped"] == 1
+        coord.handle("d1", P.Status("d1", True, 2))  # d1 reconnected: its session may be gone
+        ask("d1", [3])
+        assert got["d1"] == [0, 1, 2, 3, 3]
     finally:
         coord.transport.close()
         reg.close()
