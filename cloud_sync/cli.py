@@ -41,6 +41,24 @@ def register(sub: Any) -> None:
     acl.add_argument("--coordinator", action="append", default=[], help="privileged MQTT user (repeatable)")
     acl.add_argument("--out", required=True)
     acl.set_defaults(func=_acl)
+    bc = cloud.add_parser("broker-config", help="write a production mosquitto.conf (TLS, auth, ACL, sized queues)")
+    bc.add_argument("--out", required=True, help="directory for mosquitto.conf, the ACL and the persistence data")
+    bc.add_argument("--port", type=int, default=8883)
+    bc.add_argument("--bind", default="", help="address to listen on (default: every interface)")
+    bc.add_argument("--tls-cert", default=None, help="the broker's certificate (PEM)")
+    bc.add_argument("--tls-key", default=None, help="its private key (PEM, unencrypted)")
+    bc.add_argument("--cafile", default=None, help="CA certificate(s) that signed device certificates (PEM)")
+    bc.add_argument("--require-certificate", action="store_true",
+                    help="clients must present a certificate; its CN is their username (= device id)")
+    bc.add_argument("--acl", default=None, help="an existing ACL file (default: write one for --fleet)")
+    bc.add_argument("--fleet", default=None, help="fleet whose ACL to write when --acl is not given")
+    bc.add_argument("--coordinator", action="append", default=[], help="privileged MQTT user (repeatable)")
+    bc.add_argument("--password-file", default=None, help="mosquitto_passwd file")
+    bc.add_argument("--allow-anonymous", action="store_true", help="let clients connect without credentials")
+    bc.add_argument("--max-devices", type=int, default=1000, help="fleet size the queues and limits are sized for")
+    bc.add_argument("--insecure", action="store_true", help="a listener without TLS (loopback test benches only)")
+    bc.add_argument("--run-as", default=None, help="the 'user' mosquitto drops to when started as root")
+    bc.set_defaults(func=_broker_config)
 
     sync = sub.add_parser("sync", help="connect a device agent to the fleet").add_subparsers(dest="sync_cmd",
                                                                                            metavar="CMD")
@@ -165,6 +183,20 @@ def _serve(args: argparse.Namespace) -> int:
         retrain.stop()
         coord.stop()
         reg.close()
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from .broker import BrokerConfig, write_broker_config
+
+    files = write_broker_config(BrokerConfig(
+        args.out, port=args.port, bind=args.bind, tls_cert=args.tls_cert, tls_key=args.tls_key, cafile=args.cafile,
+        require_certificate=args.require_certificate, acl_file=args.acl, fleet=args.fleet,
+        coordinators=tuple(args.coordinator or ["edgefleet-coordinator"]), password_file=args.password_file,
+        allow_anonymous=args.allow_anonymous, max_devices=args.max_devices, insecure=args.insecure,
+        run_as=args.run_as))
+    print(files.conf)
+    print(f"start it with: mosquitto -c {files.conf}", file=sys.stderr)
     return 0
 
 
