@@ -7,10 +7,12 @@ second (telemetry and drift statistics flow through the agent), and its labelled
 captured with ``agent.feedback`` for federated training. The simulation knows the true labels
 of its sensor stream, so it also counts its local accuracy per version.
 
+Its ``agent.toml`` enrols it for federated training (``[federated]``): the agent itself starts
+and supervises its ``flower-supernode``, which reads only this agent's ``samples.db``.
+
 The demo steers it through ``control.json`` in its directory (checked every loop):
-``{"drift": {"gain": g, "offset": o} | null, "superlink": "HOST:PORT" | null}``. With a
-superlink it starts its supervised ``flower-supernode`` (stopped when the key goes back to
-null). It writes ``status.json`` twice a second. SIGTERM/SIGINT stop it cleanly, and it stops
+``{"drift": {"gain": g, "offset": o} | null}``. It writes ``status.json`` twice a second.
+SIGTERM/SIGINT stop it cleanly (the agent stops its SuperNode's process group), and it stops
 by itself when the demo that started it is gone.
 """
 
@@ -48,8 +50,8 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def agent_toml(state_dir: Path, device_id: str, trusted_key: Path, *, probation: float = 2.0,
-               drift_threshold: float = 2.0, drift_window: int = 100) -> str:
+def agent_toml(state_dir: Path, device_id: str, trusted_key: Path, superlink: str, node_port: int, *,
+               probation: float = 2.0, drift_threshold: float = 2.0, drift_window: int = 100) -> str:
     """The device's agent configuration (the same file ``edgefleet agent run --config`` reads)."""
     return "\n".join([
         "[agent]",
@@ -67,6 +69,12 @@ def agent_toml(state_dir: Path, device_id: str, trusted_key: Path, *, probation:
         "",
         "[samples]",
         "enabled = true",
+        "",
+        "[federated]",
+        "enabled = true",
+        f'superlink = "{superlink}"',
+        "insecure = true  # loopback only",
+        f"port = {node_port}",
         "",
     ])
 
@@ -90,8 +98,6 @@ class SimDevice:
                                self.dir / "sync", group=args.group, telemetry_interval=1.0, stall_seconds=2.0)
         self.stop = threading.Event()
         self.parent = os.getppid()
-        self.node: Any = None
-        self.superlink: str | None = None
         self.drift: dict[str, float] | None = None
         self.control_mtime = 0.0
         self.pos = 0
@@ -122,12 +128,11 @@ class SimDevice:
                 self.write_status()
 
     def close(self) -> None:
-        self.set_superlink(None)
         try:
             self.sync.stop()
+            self.write_status()
         finally:
-            self.agent.close()
-        self.write_status()
+            self.agent.close()  # stops its flower-supernode's process group too
 
     # -- control -------------------------------------------------------------------------------
     def follow_control(self) -> None:
@@ -144,25 +149,6 @@ class SimDevice:
         self.control_mtime = mtime
         drift = doc.get("drift")
         self.drift = {"gain": float(drift["gain"]), "offset": float(drift["offset"])} if isinstance(drift, dict) else None
-        self.set_superlink(doc.get("superlink") or None)
-
-    def set_superlink(self, address: str | None) -> None:
-        if address == self.superlink:
-            return
-        if self.node is not None:
-            self.node.stop()
-            self.node = None
-            print(f"device {self.device_id}: flower-supernode stopped", flush=True)
-        self.superlink = address
-        if address:
-            from edgefleet.device_agent.flower_node import FlowerNode, FlowerNodeConfig
-
-            from .procs import free_port
-
-            cfg = FlowerNodeConfig.for_agent(self.cfg, address, port=free_port(), insecure=True,
-                                             log_path=str(self.dir / "flower-supernode.log"))
-            self.node = FlowerNode(cfg, backoff=0.5).start()
-            print(f"device {self.device_id}: flower-supernode started against {address}", flush=True)
 
     # -- the sensor ----------------------------------------------------------------------------------
     def predict_batch(self) -> None:
@@ -194,7 +180,7 @@ class SimDevice:
 
     def write_status(self) -> None:
         self.last_status = time.monotonic()
-        node = self.node
+        node = self.agent.flower_node
         doc = {
             "device_id": self.device_id,
             "pid": os.getpid(),
@@ -206,7 +192,7 @@ class SimDevice:
             "drift": self.drift,
             "samples": len(self.agent.samples) if self.agent.samples is not None else 0,
             "sync": dict(self.sync.stats),
-            "node": {"superlink": self.superlink, "running": bool(node and node.running),
+            "node": {"superlink": node.config.superlink if node else None, "running": bool(node and node.running),
                      "restarts": node.restarts if node else 0},
         }
         write_json(self.dir / STATUS, doc)

@@ -101,6 +101,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes] | None = field(default=None, repr=False)
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -131,7 +132,8 @@ class Children:
         bindir = str(Path(sys.executable).parent)  # Flower starts flower-superexec by name
         self.env["PATH"] = bindir + os.pathsep + self.env.get("PATH", "")
 
-    def spawn(self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> Child:
+    def spawn(self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "ab")
@@ -144,12 +146,12 @@ class Children:
         except OSError as exc:
             log.close()
             raise ConfigError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
-        child = Child(name, proc, log_path, log)
+        child = Child(name, proc, log_path, log, stop_signal)
         self.children.append(child)
         return child
 
     def stop(self, child: Child, timeout: float = 10.0) -> None:
-        _stop_group(child.proc, timeout)
+        _stop_group(child.proc, timeout, child.stop_signal)
         if child.log is not None:
             child.log.close()
             child.log = None
@@ -157,10 +159,11 @@ class Children:
             self.children.remove(child)
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        """SIGTERM every group at once (newest first), then wait, then SIGKILL what is left."""
+        """Signal every group at once (newest first; SIGTERM or the child's own stop signal), then wait,
+        then SIGKILL what is left."""
         kids = list(reversed(self.children))
         for c in kids:
-            _signal_group(c.proc, signal.SIGTERM)
+            _signal_group(c.proc, c.stop_signal)
         deadline = time.monotonic() + timeout
         for c in kids:
             try:
@@ -186,8 +189,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    _signal_group(proc, signal.SIGTERM)
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
+    _signal_group(proc, sig)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

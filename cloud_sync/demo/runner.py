@@ -2,8 +2,8 @@
 
 data -> train a deliberately weak v1 -> compile (pruned + int8, signed, with its report) ->
 Mosquitto -> coordinator + N device processes -> staged rollout of v1 -> devices predict on
-their local data (telemetry) -> a flower-superlink, a supervised flower-supernode per device,
-and the group opted in to retraining on drift -> drift injected on some devices, alert -> the
+their local data (telemetry); a flower-superlink, and a flower-supernode supervised by each
+device's agent; the group opted in to retraining on drift -> drift injected on some devices, alert -> the
 coordinator starts ``edgefleet federated run --deploy`` by itself: rounds on the devices' own
 samples (recorded in the registry), the aggregate compiled with v1's recipe, gated on the
 holdout, signed as v2 and rolled out in stages -> summary (also ``summary.json``).
@@ -179,21 +179,21 @@ class Demo:
         with self.stage("broker", "MQTT broker"):
             url = self.broker()
         plural = "es" if self.cfg.devices != 1 else ""
-        with self.stage("fleet", f"start the coordinator and {self.cfg.devices} device process{plural}"):
+        with self.stage("fleet", f"start the coordinator, the Flower SuperLink and {self.cfg.devices} device "
+                                 f"process{plural}"):
             self.start_fleet(url, scen, keys[1])
         self.start_status()
         with self.stage("rollout_v1", "staged rollout of v1 (canary, then waves)"):
             r1 = self.rollout(v1_archive, "1")
         with self.stage("serve", "devices predict on their local sensor data; telemetry flows to the coordinator"):
             self.serve()
-        with self.stage("federation", "federated retraining on drift: a SuperLink, a SuperNode on every device"):
-            self.federation_up(src, paths, v1, keys[0])
+        with self.stage("federation", "opt the group in to federated retraining when its devices report drift"):
+            self.retrain_on_drift(src, paths, v1, keys[0])
         with self.stage("drift", "inject sensor drift on some devices and wait for the drift alert"):
             alerts = self.drift()
         with self.stage("federated", f"the drift alert starts a federated run: {self.cfg.rounds} round(s) with Flower "
                                      "on the devices' own samples"):
             run = self.follow_run(until="aggregated")
-        self.federation_down()
         bytes_before = self.device_stats()
         with self.stage("compile_v2", "the run compiles the aggregate with v1's recipe (int8; no pruning: its "
                                       "fine-tuning needs training data the coordinator lacks), gates it on the "
@@ -285,7 +285,11 @@ class Demo:
             self.coordinator = self.children.spawn("coordinator", [
                 sys.executable, "-m", "edgefleet.cli", "cloud", "serve", "--broker", url,
                 "--db", f"sqlite:///{self.workdir / 'coordinator' / 'registry.db'}", "--fleet", self.fleet,
-                "--api-port", str(port)], extra_env={"EDGEFLEET_TOKEN": self.token})
+                "--api-port", str(port), "--federated-dir", str(self.workdir / "federated")],
+                extra_env={"EDGEFLEET_TOKEN": self.token},
+                # SIGINT: uvicorn re-raises a SIGTERM with the default handler after its own shutdown, so
+                # `cloud serve` would die before stopping the federated runs it started
+                stop_signal=signal.SIGINT)
             (self.workdir / "coordinator").mkdir(exist_ok=True)
             self.api = f"http://127.0.0.1:{port}"
             if self._wait_api(self.coordinator):
@@ -296,12 +300,13 @@ class Demo:
                 raise SyncError(f"the coordinator did not start (API port {port}): {tail[-800:] or 'no output'}")
         assert self.coordinator is not None
         self.say(f"  coordinator: edgefleet cloud serve, API {self.api} (pid {self.coordinator.pid})")
+        addr = self.start_superlink()
         for d in scen.devices:
             ddir = self.workdir / "devices" / d.device_id
             ddir.mkdir(parents=True, exist_ok=True)
             d.save(ddir / "data.npz")
-            (ddir / "agent.toml").write_text(agent_toml(ddir / "agent", d.device_id, pub))
-            self.controls[d.device_id] = {"drift": None, "superlink": None}
+            (ddir / "agent.toml").write_text(agent_toml(ddir / "agent", d.device_id, pub, addr, procs.free_port()))
+            self.controls[d.device_id] = {"drift": None}
             write_json(ddir / CONTROL, self.controls[d.device_id])
             self.device_dirs[d.device_id] = ddir
             self.device_procs[d.device_id] = self.children.spawn(d.device_id, [
@@ -313,6 +318,10 @@ class Demo:
         self.wait(lambda: sum(1 for x in self.get("/v1/devices") if x["online"]) >= n, 90,
                   f"{n} devices online at the coordinator")
         self.say(f"  {n}/{n} devices registered and online (no model yet)")
+        self.wait(lambda: all((self.device_status(k) or {}).get("node", {}).get("running") for k in self.device_dirs),
+                  30, "a flower-supernode on every device")
+        self.say("  each agent supervises its own flower-supernode ([federated] in its agent.toml), which reads only "
+                 "that agent's samples.db")
         self.say(f"  (in another terminal while it runs: EDGEFLEET_TOKEN={self.token} edgefleet fleet devices "
                  f"--api {self.api})")
 
@@ -419,12 +428,11 @@ class Demo:
         return [{"device_id": a["device_id"], "version": a["version"], "psi_max": a["data"].get("psi_max"),
                  "ts": a["ts"]} for a in found]
 
-    def federation_up(self, src: Path, paths: Mapping[str, Path], v1: Path, key: Path) -> None:
-        """A supervised flower-superlink, a flower-supernode on every device, and the group opted in to
-        retraining on drift (``edgefleet fleet retrain``) with the options of its ``federated run``."""
+    def start_superlink(self) -> str:
+        """The coordinator side's supervised flower-superlink (another port if the one picked was taken)."""
         from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig
 
-        for attempt in range(3):  # a port picked free can be taken before the link binds it
+        for attempt in range(3):
             self.superlink = SuperLink(SuperLinkConfig(port=procs.free_port(),
                                                        log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")))
             self.superlink.start()
@@ -437,15 +445,15 @@ class Demo:
                 if attempt == 2:
                     raise
         assert self.superlink is not None
-        addr = self.superlink.address
-        self.say(f"  flower-superlink on {addr} (pid {self.superlink.pid})")
-        for k in self.device_dirs:
-            self.control(k, superlink=addr)
-        self.wait(lambda: all((self.device_status(k) or {}).get("node", {}).get("running") for k in self.device_dirs),
-                  30, "a flower-supernode on every device")
-        self.say("  a flower-supernode on every device, each reading only its own agent's samples.db")
+        self.say(f"  flower-superlink on {self.superlink.address} (pid {self.superlink.pid})")
+        return str(self.superlink.address)
+
+    def retrain_on_drift(self, src: Path, paths: Mapping[str, Path], v1: Path, key: Path) -> None:
+        """Opt the group in to retraining on drift (``edgefleet fleet retrain``) with the options of the
+        ``federated run`` the coordinator will start."""
+        assert self.superlink is not None
         n = len(self.device_dirs)
-        run_args = ["--superlink", addr, "--min-nodes", str(n), "--round-timeout", "90",
+        run_args = ["--superlink", self.superlink.address, "--min-nodes", str(n), "--round-timeout", "90",
                     "--local-epochs", str(self.cfg.local_epochs), "--learning-rate", "0.1", "--batch-size", "16",
                     "--model", str(src), "--deployed", str(v1), "--holdout", str(paths["holdout"]), "--key", str(key),
                     "--margin", "0.02", "--deploy", "--canary", "5%", "--waves", "50%,100%", "--max-failure", "0%",
@@ -455,13 +463,6 @@ class Demo:
         self._request("PUT", f"/v1/retrain/{GROUP}", json=body)
         shown = " ".join(a if not a.startswith("/") else Path(a).name for a in run_args)
         self.say(f"  edgefleet fleet retrain --group {GROUP} --on-drift on --rounds {self.cfg.rounds} -- {shown}")
-
-    def federation_down(self) -> None:
-        for k in self.device_dirs:
-            self.control(k, superlink=None)
-        if self.superlink is not None:
-            self.superlink.stop()
-            self.superlink = None
 
     def follow_run(self, run_id: str | None = None, until: str = "final") -> dict[str, Any]:
         """Follow the federated run the drift alert started (through the API) until its rounds are
@@ -674,12 +675,12 @@ class Demo:
             signal.signal(s, signal.SIG_IGN)
         try:
             self.stop_status()
+            if self.children is not None and self.children.children:
+                self.say(f"\nstopping {len(self.children.children) + (self.superlink is not None)} process(es) ...")
+                self.children.stop_all()  # the devices' agents stop their SuperNodes
             if self.superlink is not None:
                 self.superlink.stop()
                 self.superlink = None
-            if self.children is not None and self.children.children:
-                self.say(f"\nstopping {len(self.children.children)} process(es) ...")
-                self.children.stop_all()
             left = procs.sweep(str(self.workdir))
             if left:
                 self.say(f"ended {len(left)} leftover process(es): {'; '.join(left)}")
