@@ -232,7 +232,8 @@ def _agent_run(args: argparse.Namespace, local: Any) -> int:
     if not args.broker:
         given = [f for f, v in (("--fleet", args.fleet), ("--device-id", args.device_id), ("--group", args.group)) if v]
         if given:
-            raise ConfigError(f"{', '.join(given)} only apply with --broker URL (the fleet's MQTT broker)")
+            raise ConfigError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --broker URL "
+                              "(the fleet's MQTT broker)")
         return int(local(args) or 0)
     from edgefleet.device_agent.cli import config_from_args
 

@@ -42,7 +42,7 @@ def test_agent_run_with_broker_joins_the_fleet_and_installs_a_rollout(broker: An
 
 def test_agent_run_sync_options_need_a_broker(tmp_path: Path, capsys: Any) -> None:
     assert cli_main(["agent", "run", "--state-dir", str(tmp_path / "s"), "--fleet", "f1"]) == 2
-    assert "--fleet only apply with --broker" in capsys.readouterr().err
+    assert "--fleet needs --broker URL" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, missing", [(["--broker", "mqtt://127.0.0.1:1"], "--fleet and --device-id")])
