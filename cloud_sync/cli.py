@@ -33,8 +33,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
                        help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
                             "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
-    serve.add_argument("--federated-dir", default="federated-runs",
-                       help="where runs started by drift alerts keep their files (see fleet retrain)")
+    from .federated.cli import add_serve_args
+
+    add_serve_args(serve)  # --federated-dir, --superlink-port and its TLS/auth options
     serve.set_defaults(func=_serve)
     acl = cloud.add_parser("acl", help="write a Mosquitto ACL confining each device to its own topics")
     acl.add_argument("--fleet", required=True)
@@ -169,14 +170,21 @@ def _serve(args: argparse.Namespace) -> int:
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
                         chunk_size=args.chunk_size, allow_list=allow, signing_key=signing_key)
     coord.start()
-    from .federated.autorun import AutoRetrain
+    from .federated.autorun import start_for_coordinator
 
-    api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
-    retrain = AutoRetrain(coord, f"http://{api_host}:{args.api_port}", args.token, args.federated_dir).attach()
+    try:
+        retrain = start_for_coordinator(args, coord)  # drift-started runs; the supervised SuperLink if asked
+    except BaseException:
+        coord.stop()
+        raise
     server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
                                            log_level="warning"))
     print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API http://{args.api_host}:{args.api_port}",
           file=sys.stderr, flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with the default handler the process would die
+        # right there, before the cleanup below (and leave the SuperLink and drift-started runs behind)
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()
     finally:

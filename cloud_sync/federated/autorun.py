@@ -91,8 +91,9 @@ class AutoRetrain:
     """Start federated runs on drift alerts for the groups whose operator enabled it."""
 
     def __init__(self, coord: Any, api: str, token: str, work_dir: str | os.PathLike[str] = "federated-runs", *,
-                 python: str = sys.executable, clock: Callable[[], float] = time.time) -> None:
+                 python: str = sys.executable, clock: Callable[[], float] = time.time, superlink: Any = None) -> None:
         self.coord = coord
+        self.superlink = superlink  # the coordinator's supervised SuperLink: runs use it unless told otherwise
         self.registry = coord.registry
         self.fleet = coord.fleet
         self.api = api
@@ -145,9 +146,16 @@ class AutoRetrain:
 
     def command(self, settings: RetrainSettings, run_id: str) -> list[str]:
         out = self.work_dir / run_id
+        link: list[str] = []
+        given = {a.split("=", 1)[0] for a in settings.args}
+        if self.superlink is not None and "--superlink" not in given:
+            link = ["--superlink", self.superlink.address]
+            ca = self.superlink.config.ssl_ca_certfile
+            if ca and not self.superlink.config.insecure and "--root-certificates" not in given:
+                link += ["--root-certificates", str(ca)]
         return [self.python, "-m", "edgefleet.cli", "federated", "run", "--group", settings.group,
                 "--rounds", str(settings.rounds), "--strategy", settings.strategy, "--api", self.api,
-                "--record-id", run_id, "--out", str(out), *settings.args]
+                "--record-id", run_id, "--out", str(out), *link, *settings.args]
 
     def _launch(self, settings: RetrainSettings, reason: str) -> str:
         run_id = self.registry.create_fed_run(self.fleet, settings.group, settings.strategy, settings.rounds,
@@ -183,7 +191,14 @@ class AutoRetrain:
             self.trigger.finished(group)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the runs this coordinator started (their process groups)."""
+        """End the runs this coordinator started (their process groups), then its SuperLink."""
+        try:
+            self._stop_runs(timeout)
+        finally:
+            if self.superlink is not None:
+                self.superlink.stop()
+
+    def _stop_runs(self, timeout: float) -> None:
         import signal
 
         for proc in list(self.children.values()):
@@ -198,4 +213,35 @@ class AutoRetrain:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-__all__ = ["AutoRetrain", "RetrainSettings", "RESERVED"]
+def start_for_coordinator(args: Any, coord: Any) -> AutoRetrain:
+    """``edgefleet cloud serve``: the supervised SuperLink (``--superlink-port``) and the drift launcher.
+
+    ``args`` carries the options :func:`~.cli.add_serve_args` registers plus ``api_host``,
+    ``api_port`` and ``token``. ``stop()`` of the result ends the runs and the SuperLink.
+    """
+    link = None
+    if args.superlink_port:
+        from .runner import SuperLink, SuperLinkConfig
+
+        tls = bool(args.superlink_ssl_certfile)
+        cfg = SuperLinkConfig(host=args.superlink_host, port=args.superlink_port, insecure=not tls,
+                              state_dir=str(Path(args.federated_dir) / "superlink"),
+                              ssl_certfile=args.superlink_ssl_certfile, ssl_keyfile=args.superlink_ssl_keyfile,
+                              ssl_ca_certfile=args.superlink_ssl_ca_certfile,
+                              enable_supernode_auth=args.superlink_node_auth,
+                              log_path=str(Path(args.federated_dir) / "superlink.log"))
+        link = SuperLink(cfg)
+        link.start()
+        try:
+            link.wait_ready()
+        except BaseException:
+            link.stop()
+            raise
+        print(f"flower-superlink supervised on {link.address} ({'TLS' if tls else 'insecure, loopback'})",
+              file=sys.stderr, flush=True)
+    api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
+    return AutoRetrain(coord, f"http://{api_host}:{args.api_port}", args.token, args.federated_dir,
+                       superlink=link).attach()
+
+
+__all__ = ["AutoRetrain", "RetrainSettings", "RESERVED", "start_for_coordinator"]

@@ -98,6 +98,21 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     c.add_argument("--record-id", default=None, help=argparse.SUPPRESS)  # a run record made by the drift trigger
 
 
+def add_serve_args(serve: argparse.ArgumentParser) -> None:
+    """The federated options of ``edgefleet cloud serve`` (see :func:`.autorun.start_for_coordinator`)."""
+    g = serve.add_argument_group("federated retraining")
+    g.add_argument("--federated-dir", default="federated-runs",
+                   help="where runs started by drift alerts (see fleet retrain) and the SuperLink keep their files")
+    g.add_argument("--superlink-port", type=int, default=0,
+                   help="also run a supervised flower-superlink on this port (runs started by drift use it)")
+    g.add_argument("--superlink-host", default="127.0.0.1", help="its address (insecure only on loopback)")
+    g.add_argument("--superlink-ssl-certfile", help="TLS certificate of the SuperLink")
+    g.add_argument("--superlink-ssl-keyfile", help="its private key")
+    g.add_argument("--superlink-ssl-ca-certfile", help="the CA certificate devices verify it with")
+    g.add_argument("--superlink-node-auth", action="store_true",
+                   help="admit only SuperNodes registered with `flwr supernode register` (needs TLS)")
+
+
 def parse_run_args(argv: list[str]) -> argparse.Namespace:
     """Parse ``federated run`` options; a bad option raises ``ConfigError`` naming it."""
     p = _RunArgsParser(prog="edgefleet federated run", add_help=False)

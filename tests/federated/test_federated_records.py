@@ -190,3 +190,83 @@ def test_federated_autoretrain_respects_recorded_runs_and_records_a_run_that_die
     assert run["status"].startswith("failed: exit code 3; see ") and str(tmp_path / "runs" / started) in run["status"]
     assert "--record-id " + started in run["result"]["command"] and TOKEN not in run["result"]["command"]
     assert [r["id"] for r in reg.fed_runs("f1", "g")] == [earlier]
+
+
+def test_federated_drift_runs_use_the_coordinators_superlink_unless_told_otherwise(api: tuple[str, Any],
+                                                                                  tmp_path: Path) -> None:
+    from edgefleet.cloud_sync.federated.autorun import AutoRetrain, RetrainSettings
+    from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig
+
+    _, coord = api
+    tls = SuperLink(SuperLinkConfig(host="10.0.0.2", port=9092, insecure=False, ssl_certfile="c.pem",
+                                    ssl_keyfile="k.pem", ssl_ca_certfile="/etc/ca.pem"))  # configured, not started
+    auto = AutoRetrain(coord, "http://127.0.0.1:8080", TOKEN, tmp_path, superlink=tls)
+
+    default = auto.command(RetrainSettings("g", args=("--min-nodes", "3")), "r1")
+    explicit = auto.command(RetrainSettings("g", args=("--superlink=127.0.0.1:9", "--min-nodes", "3")), "r2")
+
+    assert default[default.index("--superlink") + 1] == "10.0.0.2:9092"
+    assert default[default.index("--root-certificates") + 1] == "/etc/ca.pem"
+    assert "--root-certificates" not in explicit and explicit.count("--superlink") == 0
+    assert "--superlink=127.0.0.1:9" in explicit
+
+
+@pytest.mark.slow
+def test_federated_cloud_serve_supervises_a_superlink_and_stops_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from edgefleet.cloud_sync.federated.runner import write_flwr_home
+    from edgefleet.device_agent.flower_node import find_tool, flower_env
+
+    # Arrange: a real broker; `edgefleet cloud serve` with --superlink-port
+    broker = load_cloud("conftest").Broker(tmp_path / "broker")
+    broker.start()
+    api_port, link_port = free_port(), free_port()
+    serve = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "cloud", "serve", "--broker", broker.url,
+                              "--db", f"sqlite:///{tmp_path / 'reg.db'}", "--fleet", "f1", "--api-port", str(api_port),
+                              "--token", TOKEN, "--federated-dir", str(tmp_path / "fed"),
+                              "--superlink-port", str(link_port)],
+                             env=flower_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        # Act 1: the coordinator's API answers and its SuperLink serves Flower's own CLI
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        home = write_flwr_home(tmp_path / "home", f"127.0.0.1:{link_port}")
+        listed = subprocess.run([find_tool("flwr"), "supernode", "list", "edgefleet", "--format", "json"],
+                                env=flower_env({"FLWR_HOME": str(home)}), capture_output=True, text=True, timeout=60)
+        links = subprocess.run(["pgrep", "-f", f"flower-superlink .*--port {link_port}"], capture_output=True,
+                               text=True).stdout.split()
+
+        # Act 2: SIGTERM ends the coordinator, which stops its SuperLink
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=30)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+        broker.stop()
+    stderr = serve.stderr.read().decode() if serve.stderr else ""
+
+    # Assert
+    assert json.loads(listed.stdout)["success"] is True, listed.stdout + listed.stderr
+    assert len(links) == 1 and f"flower-superlink supervised on 127.0.0.1:{link_port}" in stderr, stderr
+    assert code == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(int(links[0]), 0)  # the SuperLink leads its own process group
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the SuperLink outlived the coordinator")
