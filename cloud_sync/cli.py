@@ -429,8 +429,6 @@ def _fleet_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def _fleet_action(args: argparse.Namespace) -> int:
     data = _call(args, "POST", f"/v1/deployments/{args.deployment}/{args.action}")
     if args.json:
