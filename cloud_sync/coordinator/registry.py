@@ -708,6 +708,7 @@ def _dep_out(row: Any) -> dict[str, Any]:
     out["group"] = out.pop("group_name")
     return out
 
+
 def _run_out(row: Any, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(row)
     out["group"] = out.pop("group_name")
