@@ -6,7 +6,6 @@ keys, is restarted when killed, and leaves no process behind when the agent shut
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from edgefleet.errors import ConfigError
 
-from .conftest import TlsLink, free_port, make_node_key
+from .conftest import TlsLink, free_port, load_cloud, make_node_key
 
 
 def _nodes(tls: TlsLink) -> list[dict[str, Any]]:
@@ -23,13 +22,7 @@ def _nodes(tls: TlsLink) -> list[dict[str, Any]]:
 
 
 def _wait(cond: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"condition not met within {timeout}s")
+    return load_cloud("conftest").wait_for(cond, timeout, interval=0.3)
 
 
 def _group_alive(pgid: int) -> bool:
