@@ -95,6 +95,7 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     c.add_argument("--canary", default="5%", help="with --deploy: canary share (as for fleet deploy)")
     c.add_argument("--waves", default="25%,50%,100%", help="with --deploy: wave shares")
     c.add_argument("--max-failure", default="2%", help="with --deploy: failure rate that halts the rollout")
+    c.add_argument("--job-timeout", default="1h", help="with --deploy: a device job running longer is TIMED_OUT")
     c.add_argument("--record-id", default=None, help=argparse.SUPPRESS)  # a run record made by the drift trigger
 
 
@@ -273,7 +274,8 @@ def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preproces
     from edgefleet.cloud_sync.cli import deploy_bundle
 
     assert api is not None
-    dep = deploy_bundle(api, args.token, res.bundle, args.group, args.canary, args.waves, args.max_failure)
+    dep = deploy_bundle(api, args.token, res.bundle, args.group, args.canary, args.waves, args.max_failure,
+                        args.job_timeout)
     result["deployment"] = {"id": dep["id"], "version": dep["version"], "group": dep["group"],
                             "targets": dep["targets"], "state": dep["state"]}
     print(f"deployment {dep['id']}: {dep['name']} {dep['version']} to {dep['targets']} device(s) of group "
