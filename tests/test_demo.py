@@ -83,18 +83,26 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     print(f"demo (2 devices, 1 round) took {took:.0f}s; stages {s['stages']}")
 
 
+def _start_demo_until(wd: Path, out: Path, line: str, timeout: float = 300) -> subprocess.Popen[bytes]:
+    """Start a 2-device demo with its output in ``out``; return once ``line`` appears in it."""
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+    deadline = time.monotonic() + timeout
+    while line not in out.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise AssertionError(f"no {line!r} in the demo's output: {out.read_text()[-3000:]}")
+        time.sleep(0.3)
+    return proc
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_the_federated_run_stops_every_process(tmp_path: Path) -> None:
     wd = tmp_path / "demo"
     out = tmp_path / "out.txt"
-    with open(out, "w") as fh:
-        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+    proc = _start_demo_until(wd, out, "the coordinator started federated run")
     try:
-        deadline = time.monotonic() + 300
-        while "the coordinator started federated run" not in out.read_text():
-            assert proc.poll() is None, out.read_text()[-3000:]
-            assert time.monotonic() < deadline, out.read_text()[-3000:]
-            time.sleep(0.5)
         time.sleep(3)
         running = leftovers(wd)
         assert len(running) >= 7, running  # mosquitto, coordinator and its federated run, 2 devices, superlink, supernodes ...
@@ -114,13 +122,9 @@ def test_ctrl_c_during_the_federated_run_stops_every_process(tmp_path: Path) -> 
 def test_a_device_process_that_dies_is_named_and_everything_else_stopped(tmp_path: Path) -> None:
     wd = tmp_path / "demo"
     out = tmp_path / "out.txt"
-    with open(out, "w") as fh:
-        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+    proc = _start_demo_until(wd, out, "devices registered and online")
     try:
-        deadline = time.monotonic() + 240
-        while "devices registered and online" not in out.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()[-3000:]
-            time.sleep(0.3)
+        deadline = time.monotonic() + 30
         status = wd / "devices" / "dev-02" / "status.json"
         while not status.exists():
             assert time.monotonic() < deadline
