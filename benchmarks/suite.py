@@ -72,6 +72,8 @@ SUITES: tuple[Suite, ...] = (
           ("-m", "benchmarks.fleet_ota"), timeout_s=3600, quick_timeout_s=900),
     Suite("federated_digits", "Federated retraining on non-IID digits (issue 6)",
           ("-m", "benchmarks.federated_digits"), timeout_s=3600, quick_timeout_s=1200),
+    Suite("demo_loop", "The closed loop end to end: edgefleet demo (issue 7)",
+          ("-m", "benchmarks.demo_loop"), timeout_s=3000, quick_timeout_s=900),
     Suite("compiler_thirdparty", "The compiler on third-party models from PyPI packages (issue 3)",
           ("-m", "benchmarks.compiler_thirdparty"), quick_args=("--runs", "20"), out_flag="--json", default=False,
           timeout_s=3600, quick_timeout_s=1800,

@@ -88,7 +88,7 @@ def test_report_from_full_results_marks_missed_targets(tmp_path: Path) -> None:
     md_path, sections = report.generate(tmp_path, quick=False, md_path=tmp_path / "BENCHMARKS.md")
     md = md_path.read_text()
     by_name = {s.suite.name: s for s in sections}
-    for name in ("sdk_overhead", "compiler_digits", "agent_footprint", "fleet_ota", "federated_digits"):
+    for name in ("sdk_overhead", "compiler_digits", "agent_footprint", "fleet_ota", "federated_digits", "demo_loop"):
         assert not by_name[name].problem, by_name[name].problem
         assert any(c.met is not None for c in by_name[name].checks), name
         assert f"## {by_name[name].suite.title}" in md
