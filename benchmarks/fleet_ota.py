@@ -531,7 +531,8 @@ def _publisher(conn: Any, port: int, devices: int, batches: int, per_batch: int)
     from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
     payloads = _telemetry_payloads(devices, batches, per_batch)
-    pub = MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id="tel-pub", max_inflight=1000))
+    pub = MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-pub-{os.getpid()}",
+                                   max_inflight=1000, clean_start=True, session_expiry=0))
     pub.connect(timeout=10)
     conn.send("ready")
     conn.recv()
@@ -646,7 +647,11 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
         reg.ingest_many = _legacy_ingest(reg)  # type: ignore[method-assign]
         P.TelemetryAck.to_dict = lambda self: {"v": P.SCHEMA_VERSION, "type": self.TYPE,  # type: ignore[method-assign]
                                                **dataclasses.asdict(self)}
-    coord = Coordinator(reg, MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id="tel-coord")), "tel",
+    # A new MQTT session for every run: a session resumed from the previous run would hand this run's fresh
+    # registry the QoS 1 messages the previous coordinator had not acknowledged when it stopped.
+    conf = MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-coord-{time.monotonic_ns()}", clean_start=True,
+                      session_expiry=0)
+    coord = Coordinator(reg, MqttTransport(conf), "tel",
                         tick_seconds=5)
     got = [0, 0.0]
 

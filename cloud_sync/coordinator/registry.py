@@ -526,6 +526,7 @@ class Registry:
         devices = sorted({device_id for device_id, _, _ in batches})
         news: list[int] = []
         agg: dict[tuple[str, str, str], list[int]] = {}
+        per_version: dict[str, dict[str, list[int]]] = {}
         alerts: list[dict[str, Any]] = []
         with self._lock, self.engine.begin() as c:
             # rows locked in device order, so coordinators sharing a PostgreSQL registry cannot deadlock
@@ -538,16 +539,17 @@ class Registry:
                 if not fresh:
                     continue
                 moved[device_id] = max(r.seq for r in fresh)
+                metrics = per_version.setdefault(group, {})  # the hot path: metrics records, by version
                 for r in fresh:
                     data, kind = r.data, r.kind
                     versions = data.get("versions") if kind == "metrics" else None
-                    if isinstance(versions, dict):
-                        for v, st in versions.items():
-                            if not isinstance(st, dict):
+                    if type(versions) is dict:
+                        for v, st in versions.items():  # JSON object keys: always str
+                            if type(st) is not dict:
                                 continue
-                            a = agg.get((group, str(v), "metrics"))
+                            a = metrics.get(v)
                             if a is None:
-                                a = agg[(group, str(v), "metrics")] = [0, 0, 0, 0]
+                                a = metrics[v] = [0, 0, 0, 0]
                             a[0] += 1
                             p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
                             a[1] += p if type(p) is int else _int(p)
@@ -561,6 +563,10 @@ class Registry:
                         alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
                                        "version": str(data.get("version", "")), "data": json.dumps(data),
                                        "ts": float(r.ts)})
+            for group, by_version in per_version.items():
+                for v, (n, pred, err, inv) in by_version.items():
+                    a = agg.setdefault((group, str(v), "metrics"), [0, 0, 0, 0])
+                    a[0], a[1], a[2], a[3] = a[0] + n, a[1] + pred, a[2] + err, a[3] + inv
             if alerts:
                 c.execute(insert(self.t["alerts"]), alerts)
             for (group, version, kind), (n, pred, err, inv) in agg.items():

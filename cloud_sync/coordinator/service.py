@@ -247,13 +247,21 @@ class Coordinator:
     def _telemetry(self, device: str, b: P.TelemetryBatch) -> None:
         self._telemetry_many([(device, b)])
 
-    def _telemetry_many(self, first: list[tuple[str, P.TelemetryBatch]], limit: int = 64) -> None:
-        """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each."""
+    def _telemetry_many(self, first: list[tuple[str, P.TelemetryBatch]], limit: int = 64,
+                        linger: float = 0.02) -> None:
+        """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each.
+
+        Waits up to ``linger`` seconds for more telemetry to fill the transaction: a commit costs
+        more than aggregating a batch, and a stream that arrives just as fast as it is handled would
+        otherwise be committed one batch at a time. Any other message ends the wait at once.
+        """
         batches = list(first)
         others: list[tuple[str, Any]] = []
+        deadline = time.monotonic() + linger
         while len(batches) < limit:
             try:
-                item = self._q.get_nowait()
+                wait = deadline - time.monotonic()
+                item = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
             except queue.Empty:
                 break
             if isinstance(item[1], P.TelemetryBatch):
