@@ -324,20 +324,26 @@ class Coordinator:
             if len(self._job_devices) >= 100_000:
                 self._job_devices.clear()
             self._job_devices[req.job_id] = device  # a job never changes device: no query per request
-        f = self._file(req.file_id)
-        if f is None:
-            self.counters["unknown_files"] += 1
-            return
-        try:
-            chunks = serve_request(req, f[0], f[1])
-        except ProtocolError:
-            self.counters["malformed"] += 1
+        answer = self._requested(req)
+        if answer is None:
             return
         if not self._admit(device, req):
             self.counters["chunk_requests_deferred"] += 1
             return
-        self._serve(device, req, f[0], chunks)
+        self._serve(device, req, *answer)
         self._next_transfers()
+
+    def _requested(self, req: P.ChunkRequest) -> tuple[P.FileInfo, list[P.Chunk]] | None:
+        """The file and the chunks a request asks for; None (and counted) if it cannot be answered."""
+        f = self._file(req.file_id)
+        if f is None:
+            self.counters["unknown_files"] += 1
+            return None
+        try:
+            return f[0], serve_request(req, f[0], f[1])
+        except ProtocolError:
+            self.counters["malformed"] += 1
+            return None
 
     def _admit(self, device: str, req: P.ChunkRequest) -> bool:
         """True if this transfer may be served now; otherwise its latest request waits its turn."""
@@ -360,16 +366,10 @@ class Coordinator:
         while self._deferred and len(self._serving) < self.max_transfers:
             key = next(iter(self._deferred))
             req = self._deferred.pop(key)
-            f = self._file(req.file_id)
-            if f is None:
-                continue
-            try:
-                chunks = serve_request(req, f[0], f[1])
-            except ProtocolError:
-                self.counters["malformed"] += 1
-                continue
-            self._serving[key] = time.monotonic()
-            self._serve(key[0], req, f[0], chunks)
+            answer = self._requested(req)
+            if answer is not None:
+                self._serving[key] = time.monotonic()
+                self._serve(key[0], req, *answer)
 
     def _serve(self, device: str, req: P.ChunkRequest, info: P.FileInfo, chunks: list[P.Chunk]) -> None:
         topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
