@@ -52,7 +52,13 @@ def _pki(d: Path) -> dict[str, Path]:
     out = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key", "other_key": d / "other.key"}
     out["ca"].write_bytes(ca.public_bytes(pem))
     out["cert"].write_bytes(srv.public_bytes(pem))
-    for name, k in (("key", srv_key), ("other_key", ca_key)):
+    keys = [("key", srv_key), ("other_key", ca_key)]
+    for device in ("d1", "coord"):  # client certificates: CN = MQTT username
+        k = ec.generate_private_key(ec.SECP256R1())
+        out[f"{device}_cert"], out[f"{device}_key"] = d / f"{device}.pem", d / f"{device}.key"
+        out[f"{device}_cert"].write_bytes(cert(device, k, ca_name, ca_key, False).public_bytes(pem))
+        keys.append((f"{device}_key", k))
+    for name, k in keys:
         out[name].write_bytes(k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return out
 
@@ -120,6 +126,44 @@ def test_generated_config_runs_tls_auth_and_acl(tmp_path: Path, pki: dict[str, P
     log = err.decode(errors="replace")
     assert "disconnected, not authorised" in log  # the broker itself refused the anonymous client
     assert "unknown ca" in log  # and the client that did not trust its certificate
+
+
+def test_client_certificates_are_the_identity(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """--require-certificate: no certificate, no connection; the certificate's CN is the username the ACL uses."""
+    port = free_port()
+    files = write_broker_config(BrokerConfig(
+        tmp_path / "broker", port=port, bind="127.0.0.1", tls_cert=str(pki["cert"]), tls_key=str(pki["key"]),
+        cafile=str(pki["ca"]), require_certificate=True, fleet="f1", coordinators=("coord",),
+        run_as="root" if os.geteuid() == 0 else None))
+    assert "use_identity_as_username true" in files.conf.read_text().splitlines()
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_port(port, proc)
+        url = f"mqtts://127.0.0.1:{port}"
+        bare = mqtt(url, "d1", ca_file=str(pki["ca"]))  # trusts the broker but brings no certificate
+        with pytest.raises(Exception, match="could not connect"):
+            bare.connect(timeout=2)
+        bare.close()
+        seen: list[str] = []
+        coord = mqtt(url, "coord", ca_file=str(pki["ca"]), cert_file=str(pki["coord_cert"]),
+                     key_file=str(pki["coord_key"]))
+        coord.on_message(lambda t, p: seen.append(t))
+        coord.subscribe(P.up_filter("f1", None))
+        coord.connect(timeout=10)
+        d1 = mqtt(url, "d1", ca_file=str(pki["ca"]), cert_file=str(pki["d1_cert"]), key_file=str(pki["d1_key"]))
+        d1.connect(timeout=10)
+        d1.publish_wait(P.up_topic("f1", "d2", P.Up.STATUS), P.Status("d2", True, 9).to_bytes())  # not its id
+        time.sleep(0.3)
+        wait_for(lambda: d1.connected, 10)
+        d1.publish_wait(P.up_topic("f1", "d1", P.Up.STATUS), P.Status("d1", True, 1).to_bytes())
+        wait_for(lambda: P.up_topic("f1", "d1", P.Up.STATUS) in seen, 10)
+        time.sleep(0.3)
+        assert P.up_topic("f1", "d2", P.Up.STATUS) not in seen
+        d1.close()
+        coord.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
