@@ -285,7 +285,9 @@ class Demo:
             self.coordinator = self.children.spawn("coordinator", [
                 sys.executable, "-m", "edgefleet.cli", "cloud", "serve", "--broker", url,
                 "--db", f"sqlite:///{self.workdir / 'coordinator' / 'registry.db'}", "--fleet", self.fleet,
-                "--api-port", str(port), "--federated-dir", str(self.workdir / "federated")],
+                "--api-port", str(port), "--federated-dir", str(self.workdir / "federated"),
+                # the operator key signs rollback orders; devices refuse unsigned ones
+                "--signing-key", str(pub.with_suffix(".key"))],
                 extra_env={"EDGEFLEET_TOKEN": self.token},
                 # SIGINT: uvicorn re-raises a SIGTERM with the default handler after its own shutdown, so
                 # `cloud serve` would die before stopping the federated runs it started
