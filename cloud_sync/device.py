@@ -84,7 +84,8 @@ class MqttSink:
         batch_id = uuid.uuid4().hex[:16]
         msg = P.TelemetryBatch(self.sync.device_id, batch_id, tuple(
             P.TelemetryRecord(r.seq, r.ts, r.kind, r.data) for r in records))
-        ev, got = threading.Event(), []
+        ev = threading.Event()
+        got: list[int] = []
         with self._lock:
             self._waiting[batch_id] = (ev, got)
         try:
