@@ -276,6 +276,7 @@ class MqttTransport:
         self._on_connect_cbs: list[Callable[[], None]] = []
         self._subs: dict[str, int] = {}
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
         self._lock = threading.Lock()
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
@@ -328,6 +329,7 @@ class MqttTransport:
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._connected.clear()
+        self._disconnected.set()
 
     def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.received_bytes += len(msg.payload)
@@ -364,10 +366,28 @@ class MqttTransport:
         if self.connected:
             self.client.subscribe(topic_filter, qos=qos)
 
-    def close(self) -> None:
-        """A clean disconnect (no last will)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """A clean disconnect (no last will) that flushes first.
+
+        Waits up to ``timeout`` seconds while connected for every queued or in-flight QoS 1/2 publish to be
+        acknowledged by the broker (paho holds back those beyond ``max_inflight``), then sends DISCONNECT and
+        waits for it to be written before the network thread stops: stopping the loop straight after
+        ``disconnect()`` dropped what was still queued, and the broker published the last will of a client
+        that had meant to leave. Publishes still unacknowledged after ``timeout`` (or while disconnected) are
+        abandoned; with a persistent session the broker redelivers nothing of them, so log how many.
+        """
+        deadline = time.monotonic() + timeout
+        on_loop = threading.current_thread() is getattr(self.client, "_thread", None)
+        if self._started and not on_loop:
+            while self.connected and self.client._out_messages and time.monotonic() < deadline:
+                time.sleep(0.005)
+        pending = len(self.client._out_messages)
+        if pending:
+            log.warning("closing with %d publishes the broker has not acknowledged", pending)
+        self._disconnected.clear()
         try:
-            self.client.disconnect()
+            if self.client.disconnect() == self._mqtt.MQTT_ERR_SUCCESS and self._started and not on_loop:
+                self._disconnected.wait(max(0.0, deadline - time.monotonic()) + 0.5)  # DISCONNECT written
         finally:
             self.client.loop_stop()
             self._connected.clear()
