@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edgefleet.cloud_sync.transport import Will
-
 from conftest import wait_for
 from helpers import mqtt
+
+from edgefleet.cloud_sync.transport import Will
 
 
 def _listener(url: str, client_id: str, topic_filter: str) -> tuple[Any, list[tuple[str, bytes]]]:
