@@ -40,6 +40,8 @@ SCHEMA_VERSION = 1
 PREFIX = "edgefleet/v1"
 MAX_MESSAGE_BYTES = 4 << 20  # nothing we parse may be larger
 MAX_TELEMETRY_RECORDS = 5000
+_MAX_SEQ = 1 << 62  # as _nonneg
+_MAX_TS = 1e18  # seconds: finite, and an int this large still converts to float
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_CHUNKS = 1 << 16
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -399,10 +401,18 @@ class TelemetryRecord:
 
     @classmethod
     def from_dict(cls, d: Any) -> TelemetryRecord:
+        if type(d) is dict:  # the hot path of telemetry ingest: the same checks with exact JSON types
+            seq, ts, kind, data = d.get("seq"), d.get("ts"), d.get("kind"), d.get("data")
+            if (type(seq) is int and 0 <= seq <= _MAX_SEQ and type(kind) is str and len(kind) <= 64
+                    and type(data) is dict
+                    and ((type(ts) is float and -_MAX_TS < ts < _MAX_TS) or (type(ts) is int and -_MAX_TS < ts < _MAX_TS))):
+                return cls(seq, float(ts), kind, data)
         if not isinstance(d, Mapping):
             raise ProtocolError("a telemetry record must be an object")
-        return cls(_nonneg(d, "seq"), float(_get(d, "ts", (int, float))), _str(d, "kind", max_len=64),
-                   _get(d, "data", dict))
+        ts = _get(d, "ts", (int, float))
+        if not -_MAX_TS < ts < _MAX_TS:
+            raise ProtocolError("field 'ts' is out of range (seconds since the epoch)")
+        return cls(_nonneg(d, "seq"), float(ts), _str(d, "kind", max_len=64), _get(d, "data", dict))
 
 
 @dataclass(frozen=True)

@@ -529,6 +529,8 @@ class Registry:
         per_version: dict[str, dict[str, list[int]]] = {}
         alerts: list[dict[str, Any]] = []
         with self._lock, self.engine.begin() as c:
+            if self.sqlite:  # take SQLite's write lock first, so the marks read below are still true at commit
+                c.execute(s["lock"], {"b_fleet": fleet, "b_ids": devices})  # (other processes may share the file)
             # rows locked in device order, so coordinators sharing a PostgreSQL registry cannot deadlock
             marks = {dev: int(seq) for dev, seq in c.execute(s["marks"], {"b_fleet": fleet, "b_ids": devices})}
             moved: dict[str, int] = {}
@@ -593,6 +595,9 @@ class Registry:
                                              tt.c.version == bindparam("b_version"), tt.c.kind == bindparam("b_kind")))
                 .values(records=tt.c.records + bindparam("b_n"), predictions=tt.c.predictions + bindparam("b_pred"),
                         errors=tt.c.errors + bindparam("b_err"), invalid=tt.c.invalid + bindparam("b_inv")),
+                "lock": update(d).where(and_(d.c.fleet == bindparam("b_fleet"),
+                                             d.c.device_id.in_(bindparam("b_ids", expanding=True))))
+                .values(telemetry_seq=d.c.telemetry_seq),
                 "mark": update(d).where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id == bindparam("b_dev")))
                 .values(telemetry_seq=bindparam("b_seq")),
             }

@@ -87,3 +87,34 @@ def test_transfers_beyond_the_limit_wait_their_turn(tmp_path: Path) -> None:
     finally:
         coord.transport.close()
         reg.close()
+
+
+def test_two_registries_sharing_a_sqlite_file_count_a_redelivered_batch_once(tmp_path: Path) -> None:
+    """Two coordinator processes on one SQLite file (each Registry its own engine and lock, as separate
+    processes have) ingest the same batch at the same moment, as after a shared-subscription redelivery:
+    exactly one of them counts it."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = Registry(url), Registry(url)
+    try:
+        a.upsert_device("f", "d1", group_name="g")
+        counted = []
+        for round_ in range(40):
+            batch = [("d1", "g", [_rec(round_ * 10 + i + 1) for i in range(10)])]
+            start = threading.Barrier(2)
+
+            def ingest(reg: Registry, batch: Any = batch, start: threading.Barrier = start) -> None:
+                start.wait()
+                counted.append(reg.ingest_many("f", batch)[0])
+
+            threads = [threading.Thread(target=ingest, args=(r,)) for r in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        assert sum(counted) == 400
+        assert sum(r["records"] for r in a.telemetry("f")) == 400
+    finally:
+        a.close()
+        b.close()
