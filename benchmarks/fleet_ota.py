@@ -1,7 +1,8 @@
 """Fleet OTA over a real mosquitto: many simulated devices per process, the real protocol and coordinator.
 
     python -m benchmarks.fleet_ota [--devices 1000] [--workers 4] [--quick] [--out PATH]
-                                   [--only ota|delta|telemetry|queue_limit] [--ingest-baseline]
+                                   [--only ota|delta|telemetry|queue_limit] [--telemetry-only]
+                                   [--ingest-baseline]
 
 Starts its own mosquitto on a free loopback port, a coordinator (SQLite
 registry, paho) in this process and the simulated devices in ``--workers``
@@ -31,9 +32,13 @@ Measures:
   bundle (target <= 30%);
 * coordinator telemetry ingest rate vs a plain paho subscriber counting the same
   stream in the same run (target >= 0.8x), each in its own process, both from
-  the moment the publisher starts; with ``--ingest-baseline`` also three
-  alternating runs each of the pre-change ingest (``_legacy_ingest``) and the
-  current one (``telemetry_before_after``);
+  the moment the publisher starts (``telemetry``: one coordinator process, the
+  primary figure; ``telemetry_shared``: two coordinator processes sharing the
+  MQTT 5 shared subscription and one SQLite registry, against the same plain
+  subscriber in their own run); with ``--ingest-baseline`` also three
+  alternating runs each of the pre-change record validation
+  (``_legacy_record_from_dict``, in the coordinator and the plain subscriber)
+  and the current one (``telemetry_before_after``);
 * what mosquitto's default queue limit does to a QoS 1 subscriber that stops
   reading (``queue_limit``: messages received of 5,000, default vs lifted), the
   fact behind the queue sizing of ``edgefleet cloud broker-config``.
@@ -547,12 +552,41 @@ def _publisher(conn: Any, port: int, devices: int, batches: int, per_batch: int)
     pub.close()
 
 
-def _plain_subscriber(conn: Any, port: int, total: int) -> None:
+def _legacy_record_from_dict() -> Any:
+    """``TelemetryRecord.from_dict`` as it was before its exact-type fast path (commit b18e158), kept only so
+    ``--ingest-baseline`` can measure before and after side by side; the coordinator and the plain subscriber
+    both use it in a "before" run."""
+    from collections.abc import Mapping
+
+    from edgefleet.cloud_sync import protocol as P
+    from edgefleet.errors import ProtocolError
+
+    def from_dict(cls: Any, d: Any) -> Any:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("a telemetry record must be an object")
+        return cls(P._nonneg(d, "seq"), float(P._get(d, "ts", (int, float))), P._str(d, "kind", max_len=64),
+                   P._get(d, "data", dict))
+
+    return classmethod(from_dict)
+
+
+def _patch_parse(legacy: bool) -> Any:
+    """Swap in the pre-change record validation (``legacy``); returns what to restore."""
+    from edgefleet.cloud_sync import protocol as P
+
+    current = P.TelemetryRecord.__dict__["from_dict"]
+    if legacy:
+        P.TelemetryRecord.from_dict = _legacy_record_from_dict()  # type: ignore[method-assign]
+    return current
+
+
+def _plain_subscriber(conn: Any, port: int, total: int, legacy: bool = False) -> None:
     """The baseline: a plain paho subscriber that parses each batch (as the coordinator must) and counts."""
     import paho.mqtt.client as mqtt
 
     from edgefleet.cloud_sync import protocol as P
 
+    _patch_parse(legacy)
     got = [0, 0.0]
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
@@ -576,86 +610,24 @@ def _plain_subscriber(conn: Any, port: int, total: int) -> None:
     c.loop_stop()
 
 
-def _legacy_ingest(reg: Any) -> Any:
-    """The registry ingest as it was before the batched rewrite (commit 5ec6467): per batch, SQLAlchemy
-    statements built anew, one marks query, one update per aggregate and one mark update. Kept here only so
-    the benchmark can measure before and after side by side (``--ingest-baseline``)."""
-    from sqlalchemy import and_, insert, select, update
-
-    from edgefleet.cloud_sync.coordinator.registry import _int
-
-    def one(c: Any, fleet: str, device_id: str, group: str, records: list[dict[str, Any]]) -> int:
-        d, tt, al = reg.t["devices"], reg.t["telemetry"], reg.t["alerts"]
-        row = c.execute(select(d.c.telemetry_seq).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                        .with_for_update()).first()
-        mark = int(row[0]) if row else 0
-        fresh = [r for r in records if r["seq"] > mark]
-        if not fresh:
-            return 0
-        agg: dict[tuple[str, str], list[int]] = {}
-        for r in fresh:
-            data = r["data"]
-            if r["kind"] == "metrics" and isinstance(data.get("versions"), dict):
-                for v, st in data["versions"].items():
-                    if not isinstance(st, dict):
-                        continue
-                    a = agg.setdefault((str(v), "metrics"), [0, 0, 0, 0])
-                    a[0] += 1
-                    a[1] += _int(st.get("predictions"))
-                    a[2] += _int(st.get("errors"))
-                    a[3] += _int(st.get("invalid_inputs"))
-                if not data["versions"]:
-                    agg.setdefault(("", "metrics"), [0, 0, 0, 0])[0] += 1
-            else:
-                agg.setdefault((str(data.get("version", "")), r["kind"]), [0, 0, 0, 0])[0] += 1
-            if r["kind"] == "drift":
-                c.execute(insert(al).values(fleet=fleet, device_id=device_id, kind="drift",
-                                            version=str(data.get("version", "")), data=json.dumps(data),
-                                            ts=float(r["ts"])))
-        for (version, kind), (n, pred, err, inv) in agg.items():
-            key = and_(tt.c.fleet == fleet, tt.c.group_name == group, tt.c.version == version, tt.c.kind == kind)
-            res = c.execute(update(tt).where(key).values(records=tt.c.records + n, predictions=tt.c.predictions + pred,
-                                                         errors=tt.c.errors + err, invalid=tt.c.invalid + inv))
-            if not res.rowcount:
-                c.execute(insert(tt).values(fleet=fleet, group_name=group, version=version, kind=kind, records=n,
-                                            predictions=pred, errors=err, invalid=inv))
-        c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))
-                  .values(telemetry_seq=max(r["seq"] for r in fresh)))
-        return len(fresh)
-
-    def ingest_many(fleet: str, batches: list[tuple[str, str, list[Any]]]) -> list[int]:
-        work = [(d, g, [{"seq": r.seq, "ts": r.ts, "kind": r.kind, "data": r.data} for r in records])
-                for d, g, records in batches]  # the coordinator built these dicts before the change
-        with reg._lock, reg.engine.begin() as c:
-            return [one(c, fleet, device_id, group, records) for device_id, group, records in work]
-
-    return ingest_many
+_COUNTERS = ("telemetry_records", "telemetry_batches", "telemetry_duplicates")
 
 
-def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch: int,
-                    legacy: bool = False) -> dict[str, Any]:
-    import dataclasses
-
-    from edgefleet.cloud_sync import protocol as P
+def _coordinator(port: int, db_url: str, legacy: bool) -> tuple[Any, list[Any]]:
+    """A coordinator on the benchmark's broker (a new MQTT session every run: a session resumed from the
+    previous run would hand this run's fresh registry the QoS 1 messages the previous coordinator had not
+    acknowledged when it stopped). Returns it and its [records, time of the last one]."""
     from edgefleet.cloud_sync.coordinator.registry import Registry
     from edgefleet.cloud_sync.coordinator.service import Coordinator
     from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
-    ctx = mp.get_context("spawn")
-    total = devices * batches * per_batch
-    reg = Registry(f"sqlite:///{tempfile.mkdtemp(dir=root)}/tel.db")  # a fresh registry for every run
-    ack_to_dict = P.TelemetryAck.to_dict
-    if legacy:  # the pre-change ingest and acknowledgement encoding (dataclasses.asdict)
-        reg.ingest_many = _legacy_ingest(reg)  # type: ignore[method-assign]
-        P.TelemetryAck.to_dict = lambda self: {"v": P.SCHEMA_VERSION, "type": self.TYPE,  # type: ignore[method-assign]
-                                               **dataclasses.asdict(self)}
-    # A new MQTT session for every run: a session resumed from the previous run would hand this run's fresh
-    # registry the QoS 1 messages the previous coordinator had not acknowledged when it stopped.
-    conf = MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-coord-{time.monotonic_ns()}", clean_start=True,
-                      session_expiry=0)
-    coord = Coordinator(reg, MqttTransport(conf), "tel",
-                        tick_seconds=5)
-    got = [0, 0.0]
+    _patch_parse(legacy)
+    conf = MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-coord-{os.getpid()}-{time.monotonic_ns()}",
+                      clean_start=True, session_expiry=0)
+    coord = Coordinator(Registry(db_url), MqttTransport(conf), "tel", tick_seconds=5)  # default share group
+    if legacy:  # nor did the ingest take SQLite's write lock before reading the high-water marks
+        coord.registry.sqlite = False
+    got: list[Any] = [0, 0.0]
 
     def counted(k: int) -> None:
         got[0] += k
@@ -664,42 +636,110 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
     coord.on_ingest = counted
     coord.start()
     coord.transport.wait_connected(10)  # type: ignore[attr-defined]
+    return coord, got
+
+
+def _coordinator_process(conn: Any, port: int, db_url: str, legacy: bool) -> None:
+    """One of several coordinator processes sharing the subscription: reports its count as it changes."""
+    import logging
+
+    logging.getLogger("edgefleet").setLevel(logging.ERROR)
+    coord, got = _coordinator(port, db_url, legacy)
+    time.sleep(0.3)  # SUBACK
+    conn.send("ready")
+    last = -1
+    while not conn.poll(0.05):
+        if got[0] != last:
+            last = got[0]
+            conn.send((got[0], got[1]))
+    conn.recv()
+    conn.send(("done", {k: coord.counters[k] for k in _COUNTERS}))
+    coord.stop()
+    coord.registry.close()
+
+
+def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch: int,
+                    legacy: bool = False, coordinators: int = 1) -> dict[str, Any]:
+    """One run: the coordinator (``coordinators`` processes sharing the subscription and one SQLite registry,
+    or with 1 a coordinator in this process) against the plain subscriber, both counting the same stream."""
+    ctx = mp.get_context("spawn")
+    total = devices * batches * per_batch
+    db_url = f"sqlite:///{tempfile.mkdtemp(dir=root)}/tel.db"  # a fresh registry for every run
+    procs: list[Any] = []
+    conns: list[Any] = []
+    coord: Any = None
+    if coordinators == 1:
+        restore = _patch_parse(legacy)
+        coord, got = _coordinator(port, db_url, legacy)
+    else:
+        from edgefleet.cloud_sync.coordinator.registry import Registry
+
+        Registry(db_url).close()  # the tables exist before the processes race to create them
+        for _ in range(coordinators):
+            parent, child = ctx.Pipe()
+            procs.append(ctx.Process(target=_coordinator_process, args=(child, port, db_url, legacy), daemon=True))
+            conns.append(parent)
+            procs[-1].start()
     plain_conn, child = ctx.Pipe()
-    plain = ctx.Process(target=_plain_subscriber, args=(child, port, total), daemon=True)
+    plain = ctx.Process(target=_plain_subscriber, args=(child, port, total, legacy), daemon=True)
     pub_conn, child2 = ctx.Pipe()
     pub = ctx.Process(target=_publisher, args=(child2, port, devices, batches, per_batch), daemon=True)
     plain.start()
     pub.start()
-    for c in (plain_conn, pub_conn):
+    for c in (plain_conn, pub_conn, *conns):
         if not c.poll(120):
             raise RuntimeError("telemetry helper processes did not start")
         c.recv()
-    time.sleep(0.5)  # the coordinator's subscription is in place (it subscribed before the helpers started)
+    time.sleep(0.5)  # every subscription is in place
     pub_conn.send("go")
     t_pub0, t_pub1 = pub_conn.recv()
     deadline = time.monotonic() + 120
-    while got[0] < total and time.monotonic() < deadline:
+    shares = [[0, 0.0] for _ in conns]
+
+    def counted() -> tuple[int, float]:
+        if coord is not None:
+            return got[0], got[1]
+        for share, c in zip(shares, conns):
+            while c.poll():
+                share[:] = c.recv()
+        return sum(int(k) for k, _ in shares), max(t for _, t in shares)
+
+    while counted()[0] < total and time.monotonic() < deadline:
         time.sleep(0.01)
-    if got[0] < total:
-        print(f"telemetry: the coordinator counted {got[0]} of {total} records", file=sys.stderr)
+    coord_n, coord_t = counted()
+    if coord_n < total:
+        print(f"telemetry: the coordinator counted {coord_n} of {total} records", file=sys.stderr)
     plain_n, plain_t = plain_conn.recv() if plain_conn.poll(120) else (0, float("nan"))
-    for p in (plain, pub):
+    if coord is not None:
+        counters = {k: coord.counters[k] for k in _COUNTERS}
+        coord.stop()
+        coord.registry.close()
+        from edgefleet.cloud_sync import protocol as P
+
+        P.TelemetryRecord.from_dict = restore  # type: ignore[method-assign]
+    else:
+        counters = dict.fromkeys(_COUNTERS, 0)
+        for c in conns:
+            c.send("stop")
+            while c.poll(30):
+                msg = c.recv()
+                if msg[0] == "done":
+                    for k, v in msg[1].items():
+                        counters[k] += v
+                    break
+    for p in (plain, pub, *procs):
         p.join(10)
         if p.is_alive():
             p.kill()
     res = {}
-    for who, (k, t_last) in (("coordinator", got), ("plain", (plain_n, plain_t))):
+    for who, (k, t_last) in (("coordinator", (coord_n, coord_t)), ("plain", (plain_n, plain_t))):
         span = t_last - t_pub0
         res[who] = {"records": k, "seconds": round(span, 3), "records_per_s": round(k / span) if span > 0 else None}
-    counters = {k: coord.counters[k] for k in ("telemetry_records", "telemetry_batches", "telemetry_duplicates")}
-    coord.stop()
-    reg.close()
-    P.TelemetryAck.to_dict = ack_to_dict  # type: ignore[method-assign]
     ratio = (res["coordinator"]["records_per_s"] / res["plain"]["records_per_s"]
              if res["coordinator"]["records_per_s"] and res["plain"]["records_per_s"] else None)
-    return {"devices": devices, "batches_per_device": batches, "records_per_batch": per_batch, "records": total,
-            "publisher_seconds": round(t_pub1 - t_pub0, 3), **res, "coordinator_counters": counters,
-            "ratio": round(ratio, 3) if ratio else None}
+    return {"coordinator_processes": coordinators, "devices": devices, "batches_per_device": batches,
+            "records_per_batch": per_batch, "records": total, "publisher_seconds": round(t_pub1 - t_pub0, 3), **res,
+            "coordinator_counters": counters, "ratio": round(ratio, 3) if ratio else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -709,21 +749,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 devices and a smaller telemetry stream (< 60 s)")
     ap.add_argument("--only", choices=("ota", "delta", "telemetry", "queue_limit"), action="append",
                     help="run only these parts (repeatable; the others are null in the JSON)")
+    ap.add_argument("--telemetry-only", action="store_true",
+                    help="only the telemetry ingest part (as --only telemetry; no bundles are built)")
     ap.add_argument("--ingest-baseline", action="store_true",
-                    help="also measure the pre-change (per-batch) coordinator ingest in the same run")
+                    help="also measure the pre-change record validation in the same run (3 runs each, "
+                         "alternating)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fleet_ota.json, "
                                                 "with --quick fleet_ota_quick.json)")
     args = ap.parse_args(argv)
     n = args.devices or (50 if args.quick else 1000)
     workers = args.workers or (2 if args.quick else 4)
     out = Path(args.out or RESULTS / ("fleet_ota_quick.json" if args.quick else "fleet_ota.json"))
-    parts = set(args.only or ("ota", "delta", "telemetry", "queue_limit"))
+    parts = {"telemetry"} if args.telemetry_only else set(args.only or ("ota", "delta", "telemetry", "queue_limit"))
     tel = {"devices": 20, "batches": 20 if args.quick else 50, "per_batch": 100}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         proc, port = _broker(root)
         try:
-            v1, v2 = _bundles(root)
+            v1, v2 = _bundles(root) if parts & {"ota", "delta"} else (b"", b"")
             result = {
                 "benchmark": "fleet_ota",
                 "machine": _machine(),
@@ -735,10 +778,12 @@ def main(argv: list[str] | None = None) -> int:
                 "delta": bench_delta(v1, v2) if "delta" in parts else None,
                 "telemetry": bench_telemetry(port, root, tel["devices"], tel["batches"], tel["per_batch"])
                 if "telemetry" in parts else None,
+                "telemetry_shared": bench_telemetry(port, root, tel["devices"], tel["batches"], tel["per_batch"],
+                                                    coordinators=2) if "telemetry" in parts else None,
                 "queue_limit": bench_queue_limit(root) if "queue_limit" in parts else None,
                 "telemetry_before_after": None,
             }
-            if args.ingest_baseline and "telemetry" in parts:  # before (legacy ingest) and after, alternating
+            if args.ingest_baseline and "telemetry" in parts:  # before (legacy parse) and after, alternating
                 runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
                 for _ in range(3):
                     for which in ("before", "after"):
