@@ -241,7 +241,12 @@ def fleet_ota(s: Section, plots_dir: Path) -> None:
     if tel:
         ratio = tel.get("ratio")
         s.checks.append(Check("coordinator telemetry ingest rate / plain paho subscriber", _n(ratio, 3), "≥ 0.8",
-                              ratio is not None and ratio >= 0.8))
+                              ratio is not None and ratio >= 0.8, "one coordinator process"))
+    shared = doc.get("telemetry_shared") or {}
+    if shared.get("ratio") is not None:
+        s.checks.append(Check("coordinator telemetry ingest rate / plain paho subscriber, "
+                              f"{shared.get('coordinator_processes', '?')} coordinator processes sharing the subscription",
+                              _n(shared["ratio"], 3), "≥ 0.8", shared["ratio"] >= 0.8, "MQTT 5 shared subscription"))
     s.body += ["A coordinator (SQLite registry) and simulated devices (each its own MQTT 5 client running the real "
                "chunk receiver), all through one Mosquitto on this machine.", ""]
     if doc.get("quick"):
