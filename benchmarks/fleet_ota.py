@@ -36,9 +36,9 @@ Measures:
   primary figure; ``telemetry_shared``: two coordinator processes sharing the
   MQTT 5 shared subscription and one SQLite registry, against the same plain
   subscriber in their own run); with ``--ingest-baseline`` also three
-  alternating runs each of the pre-change record validation
-  (``_legacy_record_from_dict``, in the coordinator and the plain subscriber)
-  and the current one (``telemetry_before_after``);
+  alternating runs each of the code before this change (record validation
+  ``_legacy_record_from_dict`` in the coordinator and the plain subscriber, no
+  ``freeze_gc``) and the current one (``telemetry_before_after``);
 * what mosquitto's default queue limit does to a QoS 1 subscriber that stops
   reading (``queue_limit``: messages received of 5,000, default vs lifted), the
   fact behind the queue sizing of ``edgefleet cloud broker-config``.
@@ -555,7 +555,8 @@ def _publisher(conn: Any, port: int, devices: int, batches: int, per_batch: int)
 def _legacy_record_from_dict() -> Any:
     """``TelemetryRecord.from_dict`` as it was before its exact-type fast path (commit b18e158), kept only so
     ``--ingest-baseline`` can measure before and after side by side; the coordinator and the plain subscriber
-    both use it in a "before" run."""
+    both use it in a "before" run (whose coordinator also runs without ``freeze_gc`` and without the SQLite
+    write-lock statement, as before)."""
     from collections.abc import Mapping
 
     from edgefleet.cloud_sync import protocol as P
@@ -624,7 +625,12 @@ def _coordinator(port: int, db_url: str, legacy: bool) -> tuple[Any, list[Any]]:
     _patch_parse(legacy)
     conf = MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-coord-{os.getpid()}-{time.monotonic_ns()}",
                       clean_start=True, session_expiry=0)
-    coord = Coordinator(Registry(db_url), MqttTransport(conf), "tel", tick_seconds=5)  # default share group
+    if legacy:  # and objects frozen by an earlier run would still spare this one the collector's work
+        import gc
+
+        gc.unfreeze()
+    # default share group; freeze_gc as ``cloud serve`` sets it
+    coord = Coordinator(Registry(db_url), MqttTransport(conf), "tel", tick_seconds=5, freeze_gc=not legacy)
     if legacy:  # nor did the ingest take SQLite's write lock before reading the high-water marks
         coord.registry.sqlite = False
     got: list[Any] = [0, 0.0]
@@ -752,8 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--telemetry-only", action="store_true",
                     help="only the telemetry ingest part (as --only telemetry; no bundles are built)")
     ap.add_argument("--ingest-baseline", action="store_true",
-                    help="also measure the pre-change record validation in the same run (3 runs each, "
-                         "alternating)")
+                    help="also measure the pre-change ingest (record validation, no freeze_gc) in the same "
+                         "run (3 runs each, alternating)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/fleet_ota.json, "
                                                 "with --quick fleet_ota_quick.json)")
     args = ap.parse_args(argv)

@@ -168,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     reg = Registry(args.db)
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
-                        chunk_size=args.chunk_size, allow_list=allow, signing_key=signing_key)
+                        chunk_size=args.chunk_size, allow_list=allow, signing_key=signing_key, freeze_gc=True)
     coord.start()
     from .federated.autorun import start_for_coordinator
 
