@@ -36,7 +36,10 @@ def rollout_text(dep: Mapping[str, Any] | None, stage_names: Sequence[str] = ())
     if not dep:
         return "no rollout yet"
     stage = int(dep.get("stage", -1))
-    name = stage_names[stage] if 0 <= stage < len(stage_names) else f"stage {stage}"
+    if stage < 0:
+        name = "starting"  # created, no stage dispatched yet
+    else:
+        name = stage_names[stage] if stage < len(stage_names) else f"stage {stage}"
     counts = dep.get("counts") or {}
     busy = {k: v for k, v in sorted(counts.items()) if k not in ("SUCCEEDED",)}
     extra = (" " + ",".join(f"{k.lower()}={v}" for k, v in busy.items())) if busy else ""
