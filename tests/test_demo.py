@@ -230,3 +230,22 @@ def test_scenario_gives_the_cloud_a_weak_set_and_the_devices_what_it_lacks() -> 
     assert drifted_devices(["a", "b", "c"]) == ["c"] and drifted_devices(["a"]) == ["a"]
     with pytest.raises(ConfigError, match="at least one device"):
         make_scenario(0)
+
+
+@pytest.mark.slow
+def test_demo_killed_with_sigkill_leaves_nothing_running(tmp_path: Path) -> None:
+    wd = tmp_path / "demo"
+    out = tmp_path / "out.txt"
+    proc = _start_demo_until(wd, out, "devices registered and online")
+    try:
+        time.sleep(2)
+        assert len(leftovers(wd)) >= 5, leftovers(wd)  # mosquitto, coordinator, superlink, 2 devices (+ supernodes)
+        proc.kill()  # no cleanup can run in the demo itself: its watchdog sweeps
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 30
+    while leftovers(wd) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not leftovers(wd), leftovers(wd)

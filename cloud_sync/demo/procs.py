@@ -254,6 +254,36 @@ def sweep(mark_value: str, timeout: float = 5.0) -> list[str]:
     return ended
 
 
+WATCH_ENV = "EDGEFLEET_DEMO_WATCH"
+
+
+def start_watchdog(mark_value: str) -> subprocess.Popen[bytes]:
+    """A detached process that sweeps the demo's processes if the demo dies without cleaning up (``kill -9``).
+
+    The demo's children live in their own process groups, so nothing else would end them. The watchdog carries
+    the mark under another name (so it never sweeps itself) and polls the demo's pid.
+    """
+    env = {k: v for k, v in os.environ.items() if k != MARK}
+    env[WATCH_ENV] = mark_value
+    return subprocess.Popen([sys.executable, "-m", "edgefleet.cloud_sync.demo.procs", "watch", str(os.getpid())],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def watch(parent: int, mark_value: str, poll: float = 0.5) -> None:
+    while _alive(parent):
+        time.sleep(poll)
+    sweep(mark_value)
+
+
 # -- Mosquitto ----------------------------------------------------------------------------------------------
 def mosquitto_conf(root: Path, port: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -312,4 +342,10 @@ def check_broker(url: str, timeout: float = 5.0) -> None:
 
 
 __all__ = ["Children", "Child", "find_mosquitto", "check_flower_tools", "check_modules", "start_mosquitto",
-           "check_broker", "sweep", "marked_pids", "free_port", "port_open", "MARK", "MOSQUITTO_ENV"]
+           "check_broker", "sweep", "marked_pids", "free_port", "port_open", "MARK", "MOSQUITTO_ENV",
+           "start_watchdog"]
+
+
+if __name__ == "__main__":  # python -m edgefleet.cloud_sync.demo.procs watch PID (the mark in EDGEFLEET_DEMO_WATCH)
+    if len(sys.argv) == 3 and sys.argv[1] == "watch" and os.environ.get(WATCH_ENV):
+        watch(int(sys.argv[2]), os.environ[WATCH_ENV])

@@ -121,6 +121,7 @@ class Demo:
         old = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
         signal.signal(signal.SIGTERM, _raise_interrupt)
         os.environ[procs.MARK] = str(self.workdir)  # inherited by every process started from here
+        watchdog = procs.start_watchdog(str(self.workdir))  # sweeps them if this process is killed with SIGKILL
         self.children = procs.Children(self.workdir, self.workdir / "logs")
         outcome = "failed"
         try:
@@ -133,6 +134,8 @@ class Demo:
             raise
         finally:
             self.cleanup()
+            watchdog.terminate()
+            watchdog.wait()
             for s, h in old.items():
                 signal.signal(s, h)
             os.environ.pop(procs.MARK, None)
