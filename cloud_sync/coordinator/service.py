@@ -627,8 +627,8 @@ class Coordinator:
 
     def _withdraw(self, dep: dict[str, Any], job: dict[str, Any]) -> None:
         """Clear a device's retained desired state of ``job``, unless a newer job has replaced it there."""
-        latest = self.registry.jobs(device_id=job["device_id"])
-        if latest and latest[-1]["job_id"] != job["job_id"]:
+        latest = self.registry.latest_job(self.fleet, job["device_id"])
+        if latest is not None and latest["job_id"] != job["job_id"]:
             return
         self._publish_desired(job["device_id"], P.Desired(job["job_id"], P.JobAction.NONE.value, dep["id"]))
 
