@@ -17,7 +17,6 @@ The coordinator (which may use TensorFlow and the compiler; devices never do):
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,8 +188,6 @@ def close_loop(
         if dep is not None and cand < dep + margin:
             return LoopResult(False, f"candidate {cand:.4f} does not beat deployed {dep:.4f} by {margin:.4f}",
                               cand, dep, margin, None, None)
-        if out.exists():
-            shutil.rmtree(out)
         extra = {"parent_version": man.version if man is not None else None,
                  "parent_name": man.name if man is not None else None,
                  "gate": {"candidate_accuracy": cand, "deployed_accuracy": dep, "margin": margin}, **dict(lineage or {})}
