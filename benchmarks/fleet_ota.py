@@ -617,12 +617,12 @@ _COUNTERS = ("telemetry_records", "telemetry_batches", "telemetry_duplicates")
 def _coordinator(port: int, db_url: str, legacy: bool) -> tuple[Any, list[Any]]:
     """A coordinator on the benchmark's broker (a new MQTT session every run: a session resumed from the
     previous run would hand this run's fresh registry the QoS 1 messages the previous coordinator had not
-    acknowledged when it stopped). Returns it and its [records, time of the last one]."""
+    acknowledged when it stopped). Returns it and its [records, time of the last one]. The caller has
+    already swapped in the record validation ``legacy`` asks for (:func:`_patch_parse`)."""
     from edgefleet.cloud_sync.coordinator.registry import Registry
     from edgefleet.cloud_sync.coordinator.service import Coordinator
     from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
-    _patch_parse(legacy)
     conf = MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id=f"tel-coord-{os.getpid()}-{time.monotonic_ns()}",
                       clean_start=True, session_expiry=0)
     if legacy:  # and objects frozen by an earlier run would still spare this one the collector's work
@@ -650,6 +650,7 @@ def _coordinator_process(conn: Any, port: int, db_url: str, legacy: bool) -> Non
     import logging
 
     logging.getLogger("edgefleet").setLevel(logging.ERROR)
+    _patch_parse(legacy)
     coord, got = _coordinator(port, db_url, legacy)
     time.sleep(0.3)  # SUBACK
     conn.send("ready")
