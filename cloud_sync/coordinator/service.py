@@ -37,7 +37,7 @@ from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..transfer import make_delta, serve_request
 from ..transport import Transport
 from .registry import Registry, job_key
-from .rollout import DEFAULT_JOB_TIMEOUT, RolloutPlan, View, evaluate, timed_out
+from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, evaluate, timed_out
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
 
@@ -441,7 +441,7 @@ class Coordinator:
                           job_timeout: float = DEFAULT_JOB_TIMEOUT) -> dict[str, Any]:
         """Start a staged rollout of ``archive`` to ``group``; a started job not ended within
         ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate)."""
-        if not 0 < job_timeout <= 7 * 86400:
+        if not 0 < job_timeout <= MAX_JOB_TIMEOUT:
             raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
         file_id, name, version = self.add_artifact(archive)
         targets = [d["device_id"] for d in self.registry.devices(self.fleet, group)]
