@@ -40,7 +40,7 @@ SCHEMA_VERSION = 1
 PREFIX = "edgefleet/v1"
 MAX_MESSAGE_BYTES = 4 << 20  # nothing we parse may be larger
 MAX_TELEMETRY_RECORDS = 5000
-_MAX_SEQ = 1 << 62  # as _nonneg
+_MAX_SEQ = 1 << 62  # the largest counter (seq, version, size) a message may carry
 _MAX_TS = 1e18  # seconds: finite, and an int this large still converts to float
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_CHUNKS = 1 << 16
@@ -130,7 +130,7 @@ def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: 
 
 def _nonneg(d: Mapping[str, Any], key: str, default: Any = ...) -> int:
     v = _get(d, key, int, default)
-    if v < 0 or v > (1 << 62):
+    if v < 0 or v > _MAX_SEQ:
         raise ProtocolError(f"field {key!r} is out of range: {v}")
     return int(v)
 
