@@ -55,8 +55,6 @@ import json
 import multiprocessing as mp
 import os
 import selectors
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,28 +69,23 @@ sys.path.insert(0, str(HERE.parent / "tests" / "agent"))
 FLEET = "bench"
 STALL_SECONDS = 5.0  # as DeviceSync's default
 WINDOW = 16  # as DeviceSync's default
+LIFTED_LIMITS = "max_queued_messages 0\nmax_inflight_messages 100\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _broker(root: Path, limits: str = "max_queued_messages 0\nmax_inflight_messages 100\n",
+def _broker(root: Path, limits: str = LIFTED_LIMITS,
             name: str = "mosquitto.conf") -> tuple[subprocess.Popen[bytes], int]:
     """A mosquitto sized for the benchmark: queue limits lifted (the default 1000 drops QoS 1 to a slow client)."""
-    port = _free_port()
+    from edgefleet.cloud_sync.demo.procs import find_mosquitto, free_port, port_open
+
+    port = free_port()
     conf = root / name
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{limits}log_dest none\n"
                     + ("user root\n" if os.geteuid() == 0 else ""))
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)])
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)])
     for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if port_open("127.0.0.1", port, timeout=0.2):
             break
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     return proc, port
 
 
@@ -100,6 +93,8 @@ def _machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     from edgefleet.bench import machine_info
+    from edgefleet.cloud_sync.demo.procs import find_mosquitto
+    from edgefleet.errors import ConfigError
 
     out = machine_info()
     pkgs: dict[str, str | None] = {}
@@ -109,10 +104,10 @@ def _machine() -> dict[str, Any]:
         except PackageNotFoundError:
             pkgs[name] = None
     try:
-        line = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True,
+        line = subprocess.run([find_mosquitto(), "-h"], capture_output=True,
                               text=True, timeout=10).stdout.splitlines()[0]
         pkgs["mosquitto"] = line.split("version", 1)[1].strip()
-    except (OSError, IndexError, subprocess.SubprocessError):
+    except (ConfigError, OSError, IndexError, subprocess.SubprocessError):
         pkgs["mosquitto"] = None
     out["packages"] = pkgs
     return out
@@ -486,7 +481,7 @@ def bench_queue_limit(root: Path, messages: int = 5000) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
 
     out: dict[str, Any] = {"messages": messages, "qos": 1}
-    for label, limits in (("default_limits", ""), ("lifted", "max_queued_messages 0\nmax_inflight_messages 100\n")):
+    for label, limits in (("default_limits", ""), ("lifted", LIFTED_LIMITS)):
         proc, port = _broker(root, limits, f"queue-{label}.conf")
         try:
             got: list[int] = []
