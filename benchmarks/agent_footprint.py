@@ -170,6 +170,8 @@ def main() -> None:
         runs = [_measure(state, args.idle) for _ in range(args.runs)]
         results[runtime] = {"model": model.name, "model_bytes": model.stat().st_size, "runs": runs,
                             "summary": _summary(runs)}
+    from edgefleet.bench import cpu_name
+
     lit = results["litert"]["summary"]  # type: ignore[index]
     out = {
         "benchmark": "agent_footprint",
@@ -178,7 +180,7 @@ def main() -> None:
         "targets": {"idle_rss_mb_litert": 60, "cold_start_ms": 300},
         "met": {"idle_rss": lit["idle_rss_mb"]["median"] <= 60, "cold_start": lit["cold_start_ms"]["median"] <= 300},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": _cpu(), "cpus": os.cpu_count(),
+                    "cpu": cpu_name(), "cpus": os.cpu_count(),
                     "load_average_at_end": os.getloadavg(),
                     "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "definitions": {
@@ -204,17 +206,6 @@ def main() -> None:
               f"(process spawn to first prediction {s['process_to_first_prediction_ms']['median']:.0f} ms), "
               f"agent.predict {s['agent_predict_us']['median']:.0f} us vs model {s['model_predict_us']['median']:.0f} us")
     print(f"wrote {args.json}")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
