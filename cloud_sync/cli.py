@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
                        help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
                             "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
-    from .federated.cli import add_serve_args
+    from .federated.cli import STRATEGIES, add_serve_args
 
     add_serve_args(serve)  # --federated-dir, --superlink-port and its TLS/auth options
     serve.set_defaults(func=_serve)
@@ -107,7 +107,7 @@ def register(sub: Any) -> None:
     p.add_argument("--window", type=float, default=3600.0, help="... within this many seconds (default 3600)")
     p.add_argument("--cooldown", type=float, default=6 * 3600.0, help="seconds between two automatic runs (default 6h)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
+    p.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
     p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN OPTIONS",
                    help="options for `edgefleet federated run` on the coordinator host, after --, e.g. "
                         "-- --superlink 127.0.0.1:9092 --holdout h.npz --key k --deployed v1.efb --deploy")

@@ -22,6 +22,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+# StrategyName's values, spelled out so that registering the CLI imports no numpy (fleet retrain uses it too)
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+
 
 def register(sub: Any) -> None:
     f = sub.add_parser("federated", help="federated retraining with Flower (coordinator side)")
@@ -61,7 +64,7 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink (omit for insecure loopback)")
     r.add_argument("--group", default="default", help="device group the run is for (and --deploy rolls out to)")
     r.add_argument("--rounds", type=int, default=3)
-    r.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
+    r.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
     r.add_argument("--min-nodes", type=int, default=2, help="minimum devices per round")
     r.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for devices in a round")
     r.add_argument("--local-epochs", type=int, default=2)

@@ -168,6 +168,12 @@ def test_federated_config_round_trips_through_run_config_and_validates() -> None
             FederatedConfig(**bad)  # type: ignore[arg-type]
 
 
+def test_federated_cli_strategy_choices_are_the_strategy_names() -> None:
+    from edgefleet.cloud_sync.federated.cli import STRATEGIES
+
+    assert STRATEGIES == tuple(s.value for s in StrategyName)
+
+
 def test_federated_build_strategy_picks_the_flower_class() -> None:
     from flwr.serverapp import strategy as fs
 
