@@ -435,21 +435,10 @@ class Demo:
 
     def start_superlink(self) -> str:
         """The coordinator side's supervised flower-superlink (another port if the one picked was taken)."""
-        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig
+        from edgefleet.cloud_sync.federated.runner import SuperLinkConfig, start_ready_superlink
 
-        for attempt in range(3):
-            self.superlink = SuperLink(SuperLinkConfig(port=procs.free_port(),
-                                                       log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")))
-            self.superlink.start()
-            try:
-                self.superlink.wait_ready()
-                break
-            except FederatedError:
-                self.superlink.stop()
-                self.superlink = None
-                if attempt == 2:
-                    raise
-        assert self.superlink is not None
+        self.superlink = start_ready_superlink(lambda attempt: SuperLinkConfig(
+            port=procs.free_port(), log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")), attempts=3)
         self.say(f"  flower-superlink on {self.superlink.address} (pid {self.superlink.pid})")
         return str(self.superlink.address)
 

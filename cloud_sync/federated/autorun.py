@@ -221,7 +221,7 @@ def start_for_coordinator(args: Any, coord: Any) -> AutoRetrain:
     """
     link = None
     if args.superlink_port:
-        from .runner import SuperLink, SuperLinkConfig
+        from .runner import SuperLinkConfig, start_ready_superlink
 
         tls = bool(args.superlink_ssl_certfile)
         cfg = SuperLinkConfig(host=args.superlink_host, port=args.superlink_port, insecure=not tls,
@@ -230,13 +230,7 @@ def start_for_coordinator(args: Any, coord: Any) -> AutoRetrain:
                               ssl_ca_certfile=args.superlink_ssl_ca_certfile,
                               enable_supernode_auth=args.superlink_node_auth,
                               log_path=str(Path(args.federated_dir) / "superlink.log"))
-        link = SuperLink(cfg)
-        link.start()
-        try:
-            link.wait_ready()
-        except BaseException:
-            link.stop()
-            raise
+        link = start_ready_superlink(lambda _: cfg)
         print(f"flower-superlink supervised on {link.address} ({'TLS' if tls else 'insecure, loopback'})",
               file=sys.stderr, flush=True)
     api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host

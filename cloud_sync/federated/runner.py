@@ -105,6 +105,25 @@ class SuperLink(ChildProcess):
         raise FederatedError(f"flower-superlink did not start on {self.address} within {timeout:.0f}s")
 
 
+def start_ready_superlink(config_for: Callable[[int], SuperLinkConfig], attempts: int = 1) -> SuperLink:
+    """Start a SuperLink and wait until it accepts connections; stop it if that fails.
+
+    ``config_for(attempt)`` gives each attempt's configuration: with ``attempts > 1`` it should pick a new free
+    port, because a port picked free can be taken by another process before the SuperLink binds it.
+    """
+    for attempt in range(attempts):
+        link = SuperLink(config_for(attempt))
+        link.start()
+        try:
+            link.wait_ready()
+            return link
+        except BaseException as exc:
+            link.stop()
+            if not isinstance(exc, FederatedError) or attempt == attempts - 1:
+                raise
+    raise ConfigError(f"attempts must be >= 1, got {attempts}")
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -57,20 +57,12 @@ class Fleet:
     """A SuperLink and the SuperNodes started against it; everything stopped at teardown."""
 
     def __init__(self, root: Path) -> None:
-        from edgefleet.cloud_sync.federated.runner import FederatedError, SuperLink, SuperLinkConfig
+        from edgefleet.cloud_sync.federated.runner import SuperLinkConfig, start_ready_superlink
 
         self.root = root
         self.nodes: list[Any] = []
-        for attempt in range(3):  # a port picked free can be taken by another process before the link binds it
-            self.link = SuperLink(SuperLinkConfig(port=free_port(), log_path=str(root / f"superlink{attempt}.log")))
-            self.link.start()
-            try:
-                self.link.wait_ready()
-                break
-            except FederatedError:
-                self.link.stop()
-                if attempt == 2:
-                    raise
+        self.link = start_ready_superlink(
+            lambda attempt: SuperLinkConfig(port=free_port(), log_path=str(root / f"superlink{attempt}.log")), attempts=3)
 
     def add_node(self, name: str, x: np.ndarray, y: np.ndarray, **extra: Any) -> Any:
         """A device whose samples are written straight into a sample store."""
@@ -235,18 +227,12 @@ class TlsLink:
     admits only SuperNodes whose keys were registered (``--enable-supernode-auth``, ``flwr supernode register``)."""
 
     def __init__(self, root: Path, auth: bool = False) -> None:
-        from edgefleet.cloud_sync.federated.runner import SuperLink, SuperLinkConfig, write_flwr_home
+        from edgefleet.cloud_sync.federated.runner import SuperLinkConfig, start_ready_superlink, write_flwr_home
 
         self.ca, cert, key = make_tls(root / "tls")
-        self.link = SuperLink(SuperLinkConfig(port=free_port(), insecure=False, ssl_certfile=str(cert),
-                                              ssl_keyfile=str(key), ssl_ca_certfile=str(self.ca),
-                                              enable_supernode_auth=auth, log_path=str(root / "superlink-tls.log")))
-        self.link.start()
-        try:
-            self.link.wait_ready()
-        except BaseException:
-            self.link.stop()
-            raise
+        self.link = start_ready_superlink(lambda _: SuperLinkConfig(
+            port=free_port(), insecure=False, ssl_certfile=str(cert), ssl_keyfile=str(key),
+            ssl_ca_certfile=str(self.ca), enable_supernode_auth=auth, log_path=str(root / "superlink-tls.log")))
         self.address = self.link.address
         self.home = write_flwr_home(root / "flwr-home", self.address, insecure=False, root_certificates=str(self.ca))
 
