@@ -217,14 +217,20 @@ def marked_pids(mark_value: str, exclude: Sequence[int] = ()) -> list[int]:
             continue
         try:
             env = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":  # a zombie holds nothing; its parent reaps it
-            continue
-        if needle in env.split(b"\0"):
+        if needle in env.split(b"\0") and _alive(pid):
             out.append(pid)
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie holds nothing: its parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def describe(pid: int) -> str:
@@ -268,14 +274,6 @@ def start_watchdog(mark_value: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "edgefleet.cloud_sync.demo.procs", "watch", str(os.getpid())],
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def watch(parent: int, mark_value: str, poll: float = 0.5) -> None:
