@@ -169,6 +169,52 @@ def _nodes_of_ops(model_path: Path, ops: Sequence[str]) -> list[str]:
 _ORT_METHODS = {CalibrationMethod.MINMAX: "MinMax", CalibrationMethod.ENTROPY: "Entropy", CalibrationMethod.PERCENTILE: "Percentile"}
 
 
+def pre_process_onnx(float_model: Path, out: Path) -> str:
+    """ONNX Runtime's ``quant_pre_process``: shape inference, then graph optimisation (BatchNorm folded into
+    the Conv before it, ``Constant`` weights turned into initializers, ...), so the quantizer sees the graph
+    ORT will run. Without it, an exporter's unfolded BatchNorm and Constant-node weights get quantize/
+    dequantize pairs of their own and the "int8" model is larger and slower than the float one.
+
+    ORT's symbolic shape inference gives up on some exporters' shape arithmetic (e.g. a Concat of shape
+    values on axis -1); ONNX's own shape inference is then used, which still lets the optimiser fold.
+    Returns how the model was prepared (for the variant's notes); ``skipped: ...`` if nothing worked.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    errors = []
+    for how, skip_symbolic in (("symbolic shape inference + optimisation", False), ("onnx shape inference + optimisation", True)):
+        try:
+            with quiet():
+                quant_pre_process(str(float_model), str(out), skip_symbolic_shape=skip_symbolic)
+            return how
+        except Exception as exc:  # ORT raises assertions and its own types from deep inside shape inference
+            errors.append(f"{type(exc).__name__}: {str(exc)[:120]}".rstrip(": "))
+    out.write_bytes(float_model.read_bytes())
+    return "skipped: " + "; ".join(errors)
+
+
+# DequantizeLinear takes a per-channel ``axis`` from opset 13 on; ORT's quantizer writes one for a folded Conv's
+# bias whatever the opset, so an opset-11 model (paddle2onnx's default) came out invalid once its BatchNorm folded.
+PER_CHANNEL_OPSET = 13
+
+
+def _raise_opset(path: Path, opset: int, notes: dict[str, Any]) -> None:
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    have = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if have >= opset:
+        return
+    try:
+        converted = version_converter.convert_version(model, opset)
+    except Exception as exc:
+        raise CompileError(f"quantize: per-channel int8 needs ONNX opset {opset}, and the model's opset {have} "
+                           f"could not be converted ({str(exc)[:200]}); use --no-per-channel") from None
+    onnx.save(converted, str(path))
+    notes["opset"] = f"{have} -> {opset}"
+
+
 def quantize_onnx(
     float_model: Path,
     variant: str,
@@ -194,12 +240,16 @@ def quantize_onnx(
             m16 = convert_float_to_float16(onnx.load(str(float_model)), keep_io_types=True)
         onnx.save(m16, str(out))
     elif variant == "dynamic":
+        pre = out.with_name(out.stem + ".pre.onnx")
+        notes["pre_process"] = pre_process_onnx(float_model, pre)
         try:
             with quiet():
-                quantize_dynamic(str(float_model), str(out), weight_type=QuantType.QInt8,
+                quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
                                  per_channel=options.onnx_per_channel, nodes_to_exclude=excluded or None)
         except Exception as exc:
             raise CompileError(f"quantize: ONNX dynamic quantization failed: {str(exc)[:300]}") from None
+        finally:
+            pre.unlink(missing_ok=True)
     else:
         if calibration is None or len(calibration) == 0:
             raise InvalidInputError("quantize: the calibration set is empty; give --calibration DATA (or --train DATA)")
@@ -210,13 +260,9 @@ def quantize_onnx(
             excluded = list(dict.fromkeys(excluded + keep))
             notes["float_layers"] = keep
         pre = out.with_name(out.stem + ".pre.onnx")
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            with quiet():
-                quant_pre_process(str(float_model), str(pre), skip_symbolic_shape=False)
-        except Exception:
-            pre.write_bytes(float_model.read_bytes())  # pre-processing is an optimisation, not required
+        notes["pre_process"] = pre_process_onnx(float_model, pre)
+        if options.onnx_per_channel:
+            _raise_opset(pre, PER_CHANNEL_OPSET, notes)
         input_name = onnx.load(str(pre)).graph.input[0].name
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if options.onnx_calibration is CalibrationMethod.PERCENTILE:
@@ -240,4 +286,4 @@ def quantize_onnx(
     return out, notes
 
 
-__all__ = ["quantize_tflite", "quantize_onnx", "sensitive_tflite_nodes", "TFLITE_VARIANTS", "ONNX_VARIANTS"]
+__all__ = ["quantize_tflite", "quantize_onnx", "pre_process_onnx", "sensitive_tflite_nodes", "TFLITE_VARIANTS", "ONNX_VARIANTS"]

@@ -1,0 +1,82 @@
+"""Build the models the compiler's multi-input and quantization tests use.
+
+ONNX models are written by hand with ``onnx.helper`` (importable, no TensorFlow);
+Keras models are built when this file runs as a script
+(``python tests/compiler/make_compiler_models.py OUTDIR``) so that the pytest
+process imports TensorFlow only when a test compiles a Keras source.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SEED = 7
+
+
+def _bn_params(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    return [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n), rng.uniform(0.5, 1.5, n)]
+
+
+def conv_bn_onnx(out: Path, channels: tuple[int, ...] = (16, 32, 64), hw: int = 24) -> Path:
+    """A small conv net written the way paddle2onnx writes one (PP-OCR's direction classifier, the model issue 11
+    measured): Conv -> BatchNormalization -> Relu blocks whose weights are ``Constant`` nodes, not initializers,
+    and a flatten computed from the tensor's shape (Shape -> Slice -> Concat(axis=-1) -> Reshape), which ONNX
+    Runtime's symbolic shape inference cannot follow. Input ``image`` (N, 3, hw, hw) -> ``probs`` (N, 10)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    nodes, inits = [], []
+    prev, cin = "image", 3
+    for i, cout in enumerate(channels):
+        w = (rng.normal(0, 1, (cout, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"conv{i}.w"))
+        nodes.append(helper.make_node("Conv", [prev, f"conv{i}.w"], [f"conv{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        names = [f"bn{i}.{k}" for k in ("scale", "bias", "mean", "var")]
+        inits += [numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip(_bn_params(rng, cout), names)]
+        nodes.append(helper.make_node("BatchNormalization", [f"conv{i}", *names], [f"bn{i}"], name=f"bn{i}"))
+        nodes.append(helper.make_node("Relu", [f"bn{i}"], [f"relu{i}"], name=f"relu{i}"))
+        nodes.append(helper.make_node("MaxPool", [f"relu{i}"], [f"pool{i}"], kernel_shape=[2, 2], strides=[2, 2], name=f"pool{i}"))
+        prev, cin = f"pool{i}", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"))
+    # flatten to (N, C) from the runtime shape, as exporters do: concat([shape[:1], [-1]], axis=-1)
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in
+              (([0], "s.start"), ([1], "s.end"), ([0], "s.axes"), ([-1], "minus_one"))]
+    nodes += [
+        helper.make_node("Shape", ["gap"], ["gap.shape"], name="shape"),
+        helper.make_node("Slice", ["gap.shape", "s.start", "s.end", "s.axes"], ["batch"], name="slice"),
+        helper.make_node("Concat", ["batch", "minus_one"], ["flat.shape"], axis=-1, name="concat"),
+        helper.make_node("Reshape", ["gap", "flat.shape"], ["flat"], name="flatten"),
+    ]
+    inits.append(numpy_helper.from_array((rng.normal(0, 1, (10, cin)) / np.sqrt(cin)).astype(np.float32), "fc.w"))
+    inits.append(numpy_helper.from_array(np.zeros(10, np.float32), "fc.b"))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], transB=1, name="fc"))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"))
+    consts = [helper.make_node("Constant", [], [t.name], value=t, name=f"const.{t.name}") for t in inits]
+    graph = helper.make_graph(
+        consts + nodes, "conv_bn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, hw, hw])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = out / "conv_bn.onnx"
+    onnx.save(model, str(path))
+    x = rng.random((48, 3, hw, hw), dtype=np.float32)
+    np.savez(out / "conv_bn_data.npz", x=x)
+    return path
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    conv_bn_onnx(out)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main(Path(sys.argv[1]))
