@@ -16,6 +16,7 @@ _LAZY = {
     "Model": ("edgefleet.model", "Model"),
     "Manifest": ("edgefleet.manifest", "Manifest"),
     "TensorSpec": ("edgefleet.manifest", "TensorSpec"),
+    "Session": ("edgefleet.session", "Session"),
     "Pipeline": ("edgefleet.preprocess", "Pipeline"),
     "verify_bundle": ("edgefleet.bundle", "open_bundle"),
 }

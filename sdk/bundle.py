@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from .canonical import sha256_file
 from .errors import (
     BundleFormatError,
@@ -52,6 +54,16 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / self.manifest.model_file
+
+    def read_array(self, name: str) -> np.ndarray:
+        """A ``.npy`` file listed in the manifest (hash-checked when the bundle was opened);
+        never unpickled."""
+        if name not in self.manifest.files:
+            raise BundleFormatError(f"bundle file {name!r} is not listed in the manifest")
+        try:
+            return np.load(self.path / name, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleFormatError(f"bundle file {name!r} is not a readable .npy array: {exc}") from None
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

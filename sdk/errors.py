@@ -6,10 +6,12 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
 
     EdgefleetError (1)
     ├── ConfigError (2)                 bad option, flag or config file value
+    │   └── SampleRequiredError (2)     pack cannot make up inputs the model runs on: give --sample
     ├── InvalidInputError (3)           input tensor of the wrong shape/dtype, NaN/inf, unreadable input file
     ├── BundleError (4)
     │   ├── BundleFormatError (4)       missing/unparseable manifest, unknown fields, bad archive
     │   │   └── UnsupportedFormatError (5)  model format, manifest format version or runtime we cannot run
+    │   │       └── UnsupportedModelError (5)   a model tensor type no edgefleet API can carry (ONNX sequence/optional)
     │   ├── BundleIntegrityError (6)    hash or size mismatch, missing or extra file, truncated archive
     │   └── SignatureError (7)          unsigned, wrong key, bad signature
     ├── UnsafeArchiveError (8)          archive with absolute paths, "..", links, or over the size cap
@@ -18,8 +20,10 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
     │   └── AccuracyBudgetError (11)    no variant met the accuracy budget
     ├── UpdateRejectedError (12)        the device agent refused an update (reason attached)
     ├── StoreError (13)                 the device model store is missing or inconsistent
-    └── SyncError (14)                  cloud sync: broker, protocol or coordinator failures
-        └── ProtocolError (15)          a malformed or unsupported message
+    ├── SyncError (14)                  cloud sync: broker, protocol or coordinator failures
+    │   └── ProtocolError (15)          a malformed or unsupported message
+    └── SessionError (16)               a model Session can no longer run (its model was swapped for
+                                        one with another signature, or closed)
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ class EdgefleetError(Exception):
 
 
 class ConfigError(EdgefleetError):
+    exit_code = 2
+
+
+class SampleRequiredError(ConfigError):
+    """Synthetic smoke-test inputs do not run the model; real sample inputs are needed."""
+
     exit_code = 2
 
 
@@ -48,6 +58,12 @@ class BundleFormatError(BundleError):
 
 
 class UnsupportedFormatError(BundleFormatError):
+    exit_code = 5
+
+
+class UnsupportedModelError(UnsupportedFormatError):
+    """The model has a tensor whose type edgefleet cannot pass (named in the message)."""
+
     exit_code = 5
 
 
@@ -97,13 +113,19 @@ class ProtocolError(SyncError):
     exit_code = 15
 
 
+class SessionError(EdgefleetError):
+    exit_code = 16
+
+
 __all__ = [
     "EdgefleetError",
     "ConfigError",
+    "SampleRequiredError",
     "InvalidInputError",
     "BundleError",
     "BundleFormatError",
     "UnsupportedFormatError",
+    "UnsupportedModelError",
     "BundleIntegrityError",
     "SignatureError",
     "UnsafeArchiveError",
@@ -114,4 +136,5 @@ __all__ = [
     "StoreError",
     "SyncError",
     "ProtocolError",
+    "SessionError",
 ]

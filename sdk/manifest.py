@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .canonical import canonical_json
 from .errors import BundleFormatError, UnsupportedFormatError
@@ -23,7 +23,13 @@ SIGNATURE_NAME = "signature"
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+DTYPES = (
+    "float32", "float16", "float64",
+    "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64",
+    "bool", "string",
+)
+_DIM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 
 
 class ModelFormat(str, Enum):
@@ -77,36 +83,86 @@ class Quantization:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A model input or output. ``shape`` uses -1 for dynamic dimensions (batch first)."""
+    """A model input or output: its signature.
+
+    ``shape`` uses -1 for dynamic dimensions; ``dims`` names them where the model does
+    (ONNX symbolic dimensions such as ``"batch"``), ``None`` elsewhere. ``batch_axis`` is
+    the axis that stacks samples, or ``None``: a tensor without one is passed exactly as
+    given (a scalar stays 0-d). See :func:`infer_batch_axes` for how it is inferred.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     quantization: Quantization | None = None
+    dims: tuple[str | None, ...] | None = None
+    batch_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise BundleFormatError(f"tensor {self.name!r} has unsupported dtype {self.dtype!r}")
         if any((not isinstance(d, int)) or d < -1 or d == 0 for d in self.shape):
             raise BundleFormatError(f"tensor {self.name!r} has an invalid shape {list(self.shape)}")
+        if self.dims is not None:
+            if len(self.dims) != len(self.shape) or not all(
+                d is None or (isinstance(d, str) and _DIM_NAME_RE.match(d)) for d in self.dims
+            ):
+                raise BundleFormatError(f"tensor {self.name!r} has invalid dimension names {list(self.dims)}")
+            if all(d is None for d in self.dims):
+                object.__setattr__(self, "dims", None)
+        if self.batch_axis is not None:
+            if isinstance(self.batch_axis, bool) or not isinstance(self.batch_axis, int) or not 0 <= self.batch_axis < len(self.shape):
+                raise BundleFormatError(
+                    f"tensor {self.name!r}: batch_axis {self.batch_axis!r} is not an axis of shape {list(self.shape)}"
+                )
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return self.shape[1:]
+        """The shape of one sample: ``shape`` without the batch axis (all of it when there is none)."""
+        ax = self.batch_axis
+        if ax is None:
+            return self.shape
+        return self.shape[:ax] + self.shape[ax + 1 :]
+
+    def dim_name(self, axis: int) -> str | None:
+        return self.dims[axis] if self.dims is not None else None
+
+    @property
+    def dynamic_dims(self) -> list[str]:
+        """Readable names of the dynamic dimensions (``name[axis]`` where the model gives none)."""
+        return [self.dim_name(i) or f"{self.name}[{i}]" for i, d in enumerate(self.shape) if d == -1]
+
+    def shape_text(self) -> str:
+        """``(batch, 3, H, W)``: dynamic dimensions by name (``N`` for an unnamed batch axis,
+        ``?`` for other unnamed ones)."""
+        parts = [
+            str(d) if d != -1 else (self.dim_name(i) or ("N" if i == self.batch_axis else "?"))
+            for i, d in enumerate(self.shape)
+        ]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
         out["quantization"] = self.quantization.to_dict() if self.quantization else None
+        if self.dims is not None:
+            out["dims"] = list(self.dims)
+        out["batch_axis"] = self.batch_axis
         return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> TensorSpec:
+        """Parse one tensor; a manifest written before signatures (no ``batch_axis`` key) is
+        given the inferred batch axes by :meth:`Manifest.from_dict`."""
         if not isinstance(data, dict):
             raise BundleFormatError(f"manifest {where} must be an object")
         name = _require(data, "name", str, where)
         shape = _require(data, "shape", list, where)
-        if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            raise BundleFormatError(f"manifest {where}.shape must be a list of integers")
+        if len(shape) > 64 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise BundleFormatError(f"manifest {where}.shape must be a list of at most 64 integers")
         dtype = _require(data, "dtype", str, where)
         q = data.get("quantization")
         quant = None
@@ -118,7 +174,98 @@ class TensorSpec:
             if not scale > 0:
                 raise BundleFormatError(f"manifest {where}.quantization.scale must be > 0")
             quant = Quantization(float(scale), int(zp))
-        return cls(name=name, shape=tuple(shape), dtype=dtype, quantization=quant)
+        dims = data.get("dims")
+        if dims is not None and not isinstance(dims, list):
+            raise BundleFormatError(f"manifest {where}.dims must be a list of names or null")
+        batch_axis = data.get("batch_axis")
+        if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
+            raise BundleFormatError(f"manifest {where}.batch_axis must be an integer or null")
+        return cls(
+            name=name,
+            shape=tuple(shape),
+            dtype=dtype,
+            quantization=quant,
+            dims=tuple(dims) if dims is not None else None,
+            batch_axis=batch_axis,
+        )
+
+
+def _same_dim(a: TensorSpec, ax_a: int, b: TensorSpec, ax_b: int) -> bool:
+    """Whether two dynamic dimensions are the same one: equal names, or both unnamed."""
+    return a.dim_name(ax_a) == b.dim_name(ax_b)
+
+
+def infer_batch_axes(
+    inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> tuple[list[int | None], list[int | None]]:
+    """The batch axis of every input and output, read off the model's shapes.
+
+    - A dynamic axis 0 shared by the inputs is the batch axis: the first input with a
+      dynamic axis 0 names it, and every input whose axis 0 is dynamic with the same name
+      (or, unnamed, as TFLite's are) shares it. Other inputs (scalars, a recurrent state
+      with a fixed axis 0, a dimension named differently) have none.
+    - Without any dynamic axis 0: when every input has rank >= 2 and axis 0 of size 1
+      (a fixed batch of one, as many exported TFLite models have), axis 0 is the batch axis.
+    - An output shares the batch axis when its axis 0 is the same dimension (same name or
+      both unnamed dynamic; size 1 for a fixed batch of one). Never guessed otherwise.
+    """
+    none_in: list[int | None] = [None] * len(inputs)
+    none_out: list[int | None] = [None] * len(outputs)
+    lead = next((s for s in inputs if s.rank >= 1 and s.shape[0] == -1), None)
+    if lead is not None:
+        ins: list[int | None] = [
+            0 if s.rank >= 1 and s.shape[0] == -1 and _same_dim(s, 0, lead, 0) else None for s in inputs
+        ]
+        outs: list[int | None] = [
+            0 if s.rank >= 1 and s.shape[0] == -1 and _same_dim(s, 0, lead, 0) else None for s in outputs
+        ]
+        return ins, outs
+    if inputs and all(s.rank >= 2 and s.shape[0] == 1 for s in inputs):
+        return [0] * len(inputs), [0 if s.rank >= 1 and s.shape[0] in (1, -1) else None for s in outputs]
+    return none_in, none_out
+
+
+def with_batch_axes(
+    inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """``inputs`` and ``outputs`` with their inferred batch axes set."""
+    ins, outs = infer_batch_axes(inputs, outputs)
+    return (
+        tuple(replace(s, batch_axis=a) for s, a in zip(inputs, ins)),
+        tuple(replace(s, batch_axis=a) for s, a in zip(outputs, outs)),
+    )
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """A recurrent state: the model's ``output`` is fed back as its ``input`` on the next call.
+
+    ``initial`` is ``None`` for zeros of the input's shape, or the name of a ``.npy`` file
+    in the bundle holding the initial value.
+    """
+
+    output: str
+    input: str
+    initial: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "input": self.input, "initial": {"file": self.initial} if self.initial else {"zeros": True}}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> StateSpec:
+        if not isinstance(data, dict):
+            raise BundleFormatError(f"manifest {where} must be an object")
+        out = _require(data, "output", str, where)
+        inp = _require(data, "input", str, where)
+        init = data.get("initial") or {"zeros": True}
+        if not isinstance(init, dict):
+            raise BundleFormatError(f"manifest {where}.initial must be an object")
+        initial = None
+        if "file" in init:
+            initial = check_file_name(init["file"])
+        elif init.get("zeros") is not True:
+            raise BundleFormatError(f"manifest {where}.initial must be {{\"zeros\": true}} or {{\"file\": NAME}}")
+        return cls(out, inp, initial)
 
 
 @dataclass(frozen=True)
@@ -163,6 +310,33 @@ class Manifest:
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
+    state: tuple[StateSpec, ...] = ()
+    stateful_variables: bool = False
+
+    def __post_init__(self) -> None:
+        in_names = [s.name for s in self.inputs]
+        out_names = [s.name for s in self.outputs]
+        for what, names in (("input", in_names), ("output", out_names)):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise BundleFormatError(f"manifest has several {what}s named {dup}")
+        seen_in: set[str] = set()
+        seen_out: set[str] = set()
+        for i, st in enumerate(self.state):
+            if st.output not in out_names:
+                raise BundleFormatError(f"manifest state[{i}]: the model has no output {st.output!r}; outputs are {out_names}")
+            if st.input not in in_names:
+                raise BundleFormatError(f"manifest state[{i}]: the model has no input {st.input!r}; inputs are {in_names}")
+            if st.input in seen_in or st.output in seen_out:
+                raise BundleFormatError(f"manifest state[{i}]: {st.output!r} -> {st.input!r} repeats a state tensor")
+            seen_in.add(st.input)
+            seen_out.add(st.output)
+            if st.initial is not None and st.initial not in self.files:
+                raise BundleFormatError(f"manifest state[{i}]: initial value file {st.initial!r} is not listed in files")
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.state) or self.stateful_variables
 
     @property
     def version_tuple(self) -> tuple[int, ...]:
@@ -192,6 +366,10 @@ class Manifest:
                 "lineage": dict(self.lineage),
             }
         )
+        if self.state:
+            out["state"] = [st.to_dict() for st in self.state]
+        if self.stateful_variables:
+            out["stateful_variables"] = True
         return out
 
     def to_bytes(self) -> bytes:
@@ -240,8 +418,19 @@ class Manifest:
         outputs = tuple(
             TensorSpec.from_dict(t, f"outputs[{i}]") for i, t in enumerate(_require(data, "outputs", list, ""))
         )
-        if not inputs or not outputs:
-            raise BundleFormatError("manifest must declare at least one input and one output")
+        if not outputs:
+            raise BundleFormatError("manifest must declare at least one output")
+        raw_tensors = [t for t in data["inputs"] + data["outputs"] if isinstance(t, dict)]
+        if any("batch_axis" not in t for t in raw_tensors):
+            # written before signatures: batch axes as this version infers them
+            inputs, outputs = with_batch_axes(inputs, outputs)
+        state_raw = data.get("state") or []
+        if not isinstance(state_raw, list):
+            raise BundleFormatError("manifest state must be a list")
+        state = tuple(StateSpec.from_dict(t, f"state[{i}]") for i, t in enumerate(state_raw))
+        stateful_variables = data.get("stateful_variables", False)
+        if not isinstance(stateful_variables, bool):
+            raise BundleFormatError("manifest stateful_variables must be true or false")
         files_raw = _require(data, "files", dict, "")
         files: dict[str, FileEntry] = {}
         for fname, entry in files_raw.items():
@@ -267,7 +456,7 @@ class Manifest:
         known = {
             "format_version", "name", "version", "created_at", "model", "target", "inputs",
             "outputs", "preprocessing", "labels", "files", "reference_stats", "smoke_tests",
-            "metrics", "lineage",
+            "metrics", "lineage", "state", "stateful_variables",
         }
         return cls(
             name=name,
@@ -287,4 +476,6 @@ class Manifest:
             created_at=str(data.get("created_at", "")),
             format_version=fmt,
             extra={k: v for k, v in data.items() if k not in known},
+            state=state,
+            stateful_variables=stateful_variables,
         )

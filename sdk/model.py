@@ -8,7 +8,7 @@ from collections import abc
 from dataclasses import dataclass
 from math import isfinite
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -25,10 +25,13 @@ from .manifest import Manifest, ModelFormat, TensorSpec
 from .preprocess import Pipeline, PipelineStream, decode_labels
 from .runtime import Backend, format_of, open_backend
 
-ArrayLike = Union[np.ndarray, Sequence[Any], float, int]
-Inputs = Union[ArrayLike, Mapping[str, ArrayLike]]
-_FLOAT_KINDS = ("f",)
+if TYPE_CHECKING:
+    from .session import Session
+
+ArrayLike = Union[np.ndarray, Sequence[Any], float, int, str]
+Inputs = Union[ArrayLike, Mapping[str, ArrayLike], None]
 _NUMERIC_KINDS = ("f", "i", "u", "b")
+_STRING_KINDS = ("U", "S", "O")
 
 
 @dataclass(frozen=True)
@@ -38,26 +41,57 @@ class SmokeResult:
     message: str
 
 
+def np_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype for a manifest dtype name (strings are object arrays)."""
+    return np.dtype(object) if dtype == "string" else np.dtype(dtype)
+
+
 class _InputPlan:
     """Everything ``predict`` needs to know about one input, computed once."""
 
-    __slots__ = ("spec", "pipeline", "raw_rank", "dtype", "quant", "sample_shape", "fixed_batch", "qparams")
+    __slots__ = (
+        "spec", "pipeline", "raw_rank", "dtype", "quant", "sample_shape", "axis", "model_batch",
+        "qparams", "is_string", "cast_check", "shape",
+    )
 
-    def __init__(self, spec: TensorSpec, pipeline: Pipeline) -> None:
+    def __init__(self, spec: TensorSpec, pipeline: Pipeline, model_spec: TensorSpec) -> None:
         self.spec = spec
         self.pipeline = pipeline
+        self.axis = spec.batch_axis
+        self.shape = spec.shape
         self.sample_shape = spec.sample_shape
+        if not pipeline.is_identity and self.axis not in (0, None):
+            raise BundleFormatError(
+                f"input {spec.name!r}: preprocessing needs the batch axis first (or none), "
+                f"but the manifest declares batch_axis {self.axis}"
+            )
         if pipeline.input_shape is not None:
             self.raw_rank = len(pipeline.input_shape)
         else:
             self.raw_rank = len(spec.sample_shape)
-        self.dtype = np.dtype(spec.dtype)
+        self.dtype = np_dtype(spec.dtype)
+        self.is_string = spec.dtype == "string"
         self.quant = spec.quantization
-        self.fixed_batch = spec.shape[0] if spec.shape and spec.shape[0] > 0 else None
+        # the batch size the model file itself fixes (None: dynamic), which decides whether
+        # a larger batch runs in one call or one sample at a time
+        ax = self.axis
+        self.model_batch = (
+            model_spec.shape[ax] if ax is not None and ax < len(model_spec.shape) and model_spec.shape[ax] > 0 else None
+        )
         self.qparams: tuple[np.float32, np.float32, int, int] | None = None
-        if self.quant is not None:
+        if self.quant is not None and self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
             self.qparams = (np.float32(1.0 / self.quant.scale), np.float32(self.quant.zero_point), int(info.min), int(info.max))
+        #: a cast into this dtype can lose values and must be checked (narrowing floats, ints)
+        self.cast_check = self.dtype.kind in "fiu"
+
+
+def smoke_array(value: Any, spec: TensorSpec) -> np.ndarray:
+    """A smoke-test input read back from its JSON form in the input's own dtype (real
+    values for quantized inputs)."""
+    if spec.quantization is not None:
+        return np.asarray(value, dtype=np.float32)
+    return np.asarray(value, dtype=np_dtype(spec.dtype))
 
 
 def _dequant(o: np.ndarray, zero_point: int, scale: float) -> np.ndarray:
@@ -67,21 +101,35 @@ def _dequant(o: np.ndarray, zero_point: int, scale: float) -> np.ndarray:
     return out
 
 
-def _shape_ok(sample: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    if len(sample) != len(expected):
+def _shape_ok(got: tuple[int, ...], expected: tuple[int, ...], skip: int | None = None) -> bool:
+    if len(got) != len(expected):
         return False
-    for got, want in zip(sample, expected):
-        if want != -1 and got != want:
+    for i, (g, want) in enumerate(zip(got, expected)):
+        if want != -1 and g != want and i != skip:
             return False
     return True
 
 
 def _fmt_shape(shape: Iterable[int]) -> str:
-    return "(" + ", ".join("N" if d == -1 else str(d) for d in shape) + ")"
+    dims = ["N" if d == -1 else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _take(o: np.ndarray, axis: int) -> np.ndarray:
+    """Drop a batch axis of size 1."""
+    if o.ndim <= axis or o.shape[axis] != 1:
+        return o
+    return o[0] if axis == 0 else np.take(o, 0, axis=axis)
 
 
 class Model:
-    """A loaded model. ``predict`` is safe to call from several threads."""
+    """A loaded model. ``predict`` is safe to call from several threads.
+
+    Every input and output carries its signature (``TensorSpec``): name, dtype, shape with
+    named dynamic dimensions, and a batch axis or none. Inputs without a batch axis are
+    passed exactly as given; the outputs' batch axis is dropped only when the caller gave
+    one unbatched sample for every batched input.
+    """
 
     def __init__(
         self,
@@ -103,26 +151,35 @@ class Model:
             raise BundleFormatError(f"manifest preprocessing names unknown inputs {sorted(unknown)}")
         try:
             self._plans = [
-                _InputPlan(spec, Pipeline.from_spec(pre.get(spec.name), manifest.reference_stats))
-                for spec in self.inputs
+                _InputPlan(spec, Pipeline.from_spec(pre.get(spec.name), manifest.reference_stats), mspec)
+                for spec, mspec in zip(self.inputs, backend.inputs)
             ]
         except ConfigError as exc:
             raise BundleFormatError(f"manifest preprocessing is invalid: {exc}") from None
         self._names = [s.name for s in self.inputs]
+        self._index = {n: i for i, n in enumerate(self._names)}
         self._out_quant = [s.quantization for s in self.outputs]
         self._any_out_quant = any(q is not None for q in self._out_quant)
-        # Fast path: one float input, no preprocessing, fixed sample shape, no quantization.
-        plan0 = self._plans[0]
+        self._out_axes = [s.batch_axis for s in self.outputs]
+        self._batched = [i for i, p in enumerate(self._plans) if p.axis is not None]
+        self._fixed = [i for i in self._batched if self._plans[i].model_batch is not None]
+        self._state_inputs = {st.input: st for st in manifest.state}
+        self._variables = manifest.stateful_variables
+        self._initial_cache: dict[str, np.ndarray] = {}
+        # Fast path: one float input with its batch axis first, no preprocessing, fixed sample
+        # shape, no input quantization, a batch the model file does not fix.
         self._fast: tuple[np.dtype, int, tuple[int, ...]] | None = None
-        if (
-            len(self._plans) == 1
-            and plan0.pipeline.is_identity
-            and plan0.quant is None
-            and plan0.dtype.kind == "f"
-            and -1 not in plan0.sample_shape
-            and (self._backend.batch_resizable or plan0.fixed_batch is None)
-        ):
-            self._fast = (plan0.dtype, len(plan0.sample_shape) + 1, plan0.sample_shape)
+        if len(self._plans) == 1 and not self._variables:
+            plan0 = self._plans[0]
+            if (
+                plan0.pipeline.is_identity
+                and plan0.quant is None
+                and plan0.dtype.kind == "f"
+                and plan0.axis == 0
+                and -1 not in plan0.sample_shape
+                and plan0.model_batch is None
+            ):
+                self._fast = (plan0.dtype, len(plan0.sample_shape) + 1, plan0.sample_shape)
 
     # -- facts -------------------------------------------------------------
     @property
@@ -145,6 +202,11 @@ class Model:
     def labels(self) -> tuple[str, ...]:
         return self.manifest.labels
 
+    @property
+    def stateful(self) -> bool:
+        """Whether the model carries state from call to call (state pairs or LiteRT variables)."""
+        return self.manifest.stateful
+
     def _check_backend_agrees(self) -> None:
         got = [(s.name, s.dtype) for s in self._backend.inputs]
         want = [(s.name, s.dtype) for s in self.manifest.inputs]
@@ -152,53 +214,80 @@ class Model:
             raise BundleIntegrityError(
                 f"the manifest's inputs/outputs {want} do not describe the model file, which has {got}"
             )
+        for mine, theirs in zip(self.manifest.inputs, self._backend.inputs):
+            if len(mine.shape) != len(theirs.shape) or any(
+                a > 0 and b > 0 and a != b for a, b in zip(mine.shape, theirs.shape)
+            ):
+                raise BundleIntegrityError(
+                    f"the manifest declares input {mine.name!r} as {mine.shape_text()}, "
+                    f"but the model file takes {theirs.shape_text()}"
+                )
 
     # -- inference ---------------------------------------------------------
-    def _feeds(self, x: Inputs) -> list[Any]:
-        if not isinstance(x, np.ndarray) and isinstance(x, abc.Mapping):
-            missing = [n for n in self._names if n not in x]
-            extra = [n for n in x if n not in self._names]
+    def _feeds(self, x: Inputs, skip: Mapping[str, Any] = {}) -> list[Any]:
+        """One value per input, in input order; ``skip`` names inputs filled elsewhere (state)."""
+        names = self._names
+        if x is None or (not isinstance(x, np.ndarray) and isinstance(x, abc.Mapping)):
+            given = {} if x is None else x
+            missing = [n for n in names if n not in given and n not in skip]
+            extra = [n for n in given if n not in self._index or n in skip]
             if missing or extra:
+                wanted = [n for n in names if n not in skip]
                 raise InvalidInputError(
-                    f"inputs must be named {self._names}; missing {missing}, unexpected {extra}"
+                    f"inputs must be named {wanted}; missing {missing}, unexpected {sorted(map(str, extra))}"
                 )
-            return [x[n] for n in self._names]
-        if len(self._names) != 1:
+            return [given.get(n) if n not in skip else None for n in names]
+        free = [n for n in names if n not in skip]
+        if len(free) != 1:
             raise InvalidInputError(
-                f"model has {len(self._names)} inputs {self._names}: pass a dict of named arrays"
+                f"model has {len(free)} inputs {free}: pass a dict of named arrays"
+                if free else "model takes no inputs: call predict() or predict({})"
             )
-        return [x]
+        return [x if n == free[0] else None for n in names]
 
-    def _prepare(self, plan: _InputPlan, value: Any, preprocess: bool, raw: bool) -> tuple[np.ndarray, bool]:
-        """Return (batched array in the model's dtype, whether the caller gave one sample)."""
+    def _prepare(self, plan: _InputPlan, value: Any, preprocess: bool, raw: bool) -> tuple[np.ndarray, bool | None]:
+        """Return (array in the model's layout and dtype, whether the caller gave one unbatched
+        sample: ``None`` for an input without a batch axis)."""
         spec = plan.spec
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-        if arr.dtype.kind not in _NUMERIC_KINDS:
+        kind = arr.dtype.kind
+        if plan.is_string:
+            if kind not in _STRING_KINDS:
+                raise InvalidInputError(f"input {spec.name!r}: expected strings, got dtype {arr.dtype}")
+        elif kind not in _NUMERIC_KINDS:
             raise InvalidInputError(f"input {spec.name!r}: expected numbers, got dtype {arr.dtype}")
         pipeline = plan.pipeline
         use_pipeline = preprocess and not pipeline.is_identity
-        if use_pipeline and pipeline.has_window:
+        axis = plan.axis
+        single: bool | None = None
+        if axis is None:
+            if use_pipeline:
+                arr = pipeline.apply(arr[np.newaxis], f"input {spec.name!r}")[0]
+        elif use_pipeline and pipeline.has_window:
             single = False
         else:
             rank = plan.raw_rank if use_pipeline else len(plan.sample_shape)
             if arr.ndim == rank:
-                arr = arr[np.newaxis]
+                arr = arr[np.newaxis] if axis == 0 else np.expand_dims(arr, axis)
                 single = True
             elif arr.ndim == rank + 1:
                 single = False
             else:
+                shown = plan.sample_shape if not use_pipeline or pipeline.input_shape is None else pipeline.input_shape
                 raise InvalidInputError(
-                    f"input {spec.name!r}: expected shape {_fmt_shape(plan.sample_shape if not use_pipeline or pipeline.input_shape is None else pipeline.input_shape)} "
-                    f"for one sample or a batch of them, got {arr.shape}"
+                    f"input {spec.name!r}: expected shape {_fmt_shape(shown)} for one sample or a batch of them "
+                    f"(batch axis {axis}), got {arr.shape}"
                 )
-        if use_pipeline:
+        if use_pipeline and axis is not None:
             arr = pipeline.apply(arr, f"input {spec.name!r}")
-        if not _shape_ok(arr.shape[1:], plan.sample_shape):
+        if not _shape_ok(arr.shape, plan.shape, axis):
             raise InvalidInputError(
-                f"input {spec.name!r}: expected shape {_fmt_shape(spec.shape)}, got {arr.shape}"
+                f"input {spec.name!r}: expected shape {spec.shape_text()}"
+                + (" (no batch axis: passed as given)" if axis is None else "")
+                + f", got {arr.shape}"
                 + (" after preprocessing" if use_pipeline else "")
             )
-        if arr.dtype.kind == "f" and (not use_pipeline or pipeline.allows_missing):
+        if kind == "f" and (not use_pipeline or pipeline.allows_missing):
             self._check_finite(spec, arr)
         if plan.qparams is not None and not raw:
             inv_scale, zero_point, lo, hi = plan.qparams
@@ -210,12 +299,43 @@ class Model:
                 raise InvalidInputError(
                     f"input {spec.name!r}: raw mode needs {spec.dtype} values, got {arr.dtype}"
                 )
-            arr = arr.astype(plan.dtype)
+            arr = self._cast(plan, arr)
         return arr, single
 
     @staticmethod
+    def _cast(plan: _InputPlan, arr: np.ndarray) -> np.ndarray:
+        """Convert to the model's dtype; a value the dtype cannot hold is an error, never a silent change."""
+        spec, want = plan.spec, plan.dtype
+        if plan.is_string:
+            return arr.astype(object)
+        src = arr.dtype.kind
+        if want.kind == "f":
+            with np.errstate(over="ignore"):
+                out = arr.astype(want)
+            if src == "f" and arr.size and not isfinite(float(out.sum(dtype=np.float64))) and isfinite(float(arr.sum(dtype=np.float64))):
+                bad = np.isfinite(arr) & ~np.isfinite(out)
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise InvalidInputError(
+                    f"input {spec.name!r}: {int(bad.sum())} values overflow {spec.dtype} "
+                    f"(e.g. {arr[first]!r} at index {first})"
+                )
+            return out
+        if want.kind in "iu" and arr.size:
+            if src == "f":
+                if not np.array_equal(arr, np.trunc(arr)):
+                    raise InvalidInputError(f"input {spec.name!r}: expected whole numbers for {spec.dtype}, got fractions")
+            if src in "fiu":
+                info = np.iinfo(want)
+                lo, hi = arr.min(), arr.max()
+                if lo < info.min or hi > info.max:
+                    raise InvalidInputError(
+                        f"input {spec.name!r}: values from {lo} to {hi} do not fit {spec.dtype} ({info.min}..{info.max})"
+                    )
+        return arr.astype(want)
+
+    @staticmethod
     def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
-        if isfinite(arr.sum()):  # finite sum: no NaN or inf (cheap common path)
+        if not arr.size or isfinite(arr.sum()):  # finite sum: no NaN or inf (cheap common path)
             return
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -227,23 +347,72 @@ class Model:
             )
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        plan0 = self._plans[0]
-        n = arrays[0].shape[0]
-        if any(a.shape[0] != n for a in arrays):
-            raise InvalidInputError(f"inputs have different batch sizes {[a.shape[0] for a in arrays]}")
-        if plan0.fixed_batch is not None and n != plan0.fixed_batch and not self._backend.batch_resizable:
-            if plan0.fixed_batch != 1:
-                raise InvalidInputError(f"model takes batches of exactly {plan0.fixed_batch}, got {n}")
-            parts = [self._backend.run([a[i : i + 1] for a in arrays]) for i in range(n)]
-            return [np.concatenate([p[k] for p in parts]) for k in range(len(self.outputs))]
+        batched = self._batched
+        if not batched:
+            return self._invoke(arrays)
+        plans = self._plans
+        sizes = [arrays[i].shape[plans[i].axis] for i in batched]  # type: ignore[index]
+        n = sizes[0]
+        if any(s != n for s in sizes):
+            raise InvalidInputError(
+                "batched inputs have different batch sizes "
+                + ", ".join(f"{self._names[i]}={s}" for i, s in zip(batched, sizes))
+            )
+        for i in self._fixed:
+            fixed = plans[i].model_batch
+            if n != fixed:
+                if fixed != 1:
+                    raise InvalidInputError(f"model takes batches of exactly {fixed}, got {n}")
+                return self._run_one_by_one(arrays, n)
+        return self._invoke(arrays)
+
+    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._variables:
+            return self._backend.run(arrays, reset=True)
         return self._backend.run(arrays)
 
-    def predict(self, x: Inputs, *, raw: bool = False, preprocess: bool = True) -> Any:
+    def _run_one_by_one(self, arrays: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """A model file that fixes a batch of one, given a batch of ``n``: one call per sample."""
+        missing = [s.name for s, ax in zip(self.outputs, self._out_axes) if ax is None]
+        if missing:
+            raise InvalidInputError(
+                f"model takes batches of exactly 1 and its outputs {missing} have no batch axis: pass one sample at a time"
+            )
+        axes = [p.axis for p in self._plans]
+        parts = []
+        for k in range(n):
+            feed = [a if ax is None else (a[k : k + 1] if ax == 0 else np.take(a, [k], axis=ax)) for a, ax in zip(arrays, axes)]
+            parts.append(self._invoke(feed))
+        return [np.concatenate([p[j] for p in parts], axis=self._out_axes[j]) for j in range(len(self.outputs))]  # type: ignore[arg-type]
+
+    def _call(self, feeds: Sequence[Any], preprocess: bool, raw: bool) -> list[np.ndarray]:
+        arrays: list[np.ndarray] = []
+        singles: list[bool] = []
+        for plan, value in zip(self._plans, feeds):
+            arr, single = self._prepare(plan, value, preprocess, raw)
+            arrays.append(arr)
+            if single is not None:
+                singles.append(single)
+        outs = self._run(arrays)
+        if self._any_out_quant and not raw:
+            outs = self._dequantize(outs)
+        if singles and all(singles):
+            outs = [o if ax is None else _take(o, ax) for o, ax in zip(outs, self._out_axes)]
+        return outs
+
+    def _pack(self, outs: list[np.ndarray]) -> Any:
+        if len(outs) == 1:
+            return outs[0]
+        return {s.name: o for s, o in zip(self.outputs, outs)}
+
+    def predict(self, x: Inputs = None, *, raw: bool = False, preprocess: bool = True) -> Any:
         """Predict on one sample or a batch.
 
-        ``x`` is an array (single-input models) or a dict of named arrays. Returns an
-        array for single-output models, else a dict by output name. Quantized models
-        take and return real values unless ``raw=True``.
+        ``x`` is an array (single-input models) or a dict of named arrays (``None`` or
+        ``{}`` for a model without inputs). Returns an array for single-output models, else
+        a dict by output name. Quantized models take and return real values unless
+        ``raw=True``. State inputs of a stateful model that are not given start from their
+        initial value (use :meth:`session` to carry state from call to call).
         """
         fast = self._fast
         if fast is not None and type(x) is np.ndarray and x.dtype == fast[0] and x.ndim == fast[1] and x.shape[1:] == fast[2]:
@@ -253,19 +422,87 @@ class Model:
             if self._any_out_quant and not raw:
                 outs = self._dequantize(outs)
             return outs[0] if len(outs) == 1 else {s.name: o for s, o in zip(self.outputs, outs)}
-        arrays: list[np.ndarray] = []
-        single = False
-        for plan, value in zip(self._plans, self._feeds(x)):
-            arr, single = self._prepare(plan, value, preprocess, raw)
-            arrays.append(arr)
-        outs = self._run(arrays)
-        if self._any_out_quant and not raw:
-            outs = self._dequantize(outs)
+        if self._state_inputs and isinstance(x, abc.Mapping) and any(n not in x for n in self._state_inputs):
+            return self._pack(self._call_stateful(x, None, raw=raw, preprocess=preprocess)[0])
+        if self._state_inputs and not isinstance(x, abc.Mapping) and len(self._names) > 1:
+            return self._pack(self._call_stateful(x, None, raw=raw, preprocess=preprocess)[0])
+        return self._pack(self._call(self._feeds(x), preprocess, raw))
+
+    # -- state ---------------------------------------------------------------
+    def initial_state(self, name: str) -> np.ndarray:
+        """The initial value of state input ``name`` as the bundle declares it (batch of one
+        where the input has a batch axis, dynamic dimensions as 1)."""
+        st = self._state_inputs.get(name)
+        if st is None:
+            raise ConfigError(f"{name!r} is not a state input; state inputs are {sorted(self._state_inputs)}")
+        cached = self._initial_cache.get(name)
+        if cached is not None:
+            return cached
+        plan = self._plans[self._index[name]]
+        if st.initial is None or self.bundle is None:
+            shape = tuple(1 if d == -1 else d for d in plan.shape)
+            value = np.zeros(shape, np_dtype(plan.spec.dtype) if plan.quant is None else np.float32)
+        else:
+            value = self.bundle.read_array(st.initial)
+            if not _shape_ok(value.shape, plan.shape):
+                raise BundleFormatError(
+                    f"initial state {st.initial!r} has shape {value.shape}; input {name!r} takes {plan.spec.shape_text()}"
+                )
+        value.setflags(write=False)
+        self._initial_cache[name] = value
+        return value
+
+    def _initial_for(self, name: str, single: bool | None, n: int | None) -> np.ndarray:
+        """The initial state shaped for a call: unbatched for one sample, repeated for ``n``."""
+        value = self.initial_state(name)
+        ax = self._plans[self._index[name]].axis
+        if ax is None:
+            return value
         if single:
-            outs = [o[0] for o in outs]
-        if len(outs) == 1:
-            return outs[0]
-        return {s.name: o for s, o in zip(self.outputs, outs)}
+            return _take(value, ax)
+        if n is not None and value.shape[ax] != n:
+            value = np.repeat(value, n, axis=ax) if value.shape[ax] == 1 else value
+        return value
+
+    def _call_stateful(
+        self,
+        x: Inputs,
+        state: Mapping[str, np.ndarray] | None,
+        *,
+        raw: bool = False,
+        preprocess: bool = True,
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """One call with the state inputs taken from ``state`` (initial values where absent).
+
+        Returns every output, and the next state by state input name."""
+        given = dict(x) if isinstance(x, abc.Mapping) else None
+        skip = {n: True for n in self._state_inputs if given is None or n not in given}
+        feeds = self._feeds(x if given is None else {k: v for k, v in given.items()}, skip)
+        # batching of the call, read off the inputs the caller gave
+        single: bool | None = None
+        n: int | None = None
+        for i, plan in enumerate(self._plans):
+            if plan.axis is None or self._names[i] in skip:
+                continue
+            arr = feeds[i] if isinstance(feeds[i], np.ndarray) else np.asarray(feeds[i])
+            use_pipeline = preprocess and not plan.pipeline.is_identity
+            rank = plan.raw_rank if use_pipeline else len(plan.sample_shape)
+            single = arr.ndim == rank and not (use_pipeline and plan.pipeline.has_window)
+            n = None if single or arr.ndim <= plan.axis else arr.shape[plan.axis]
+            break
+        for i, name in enumerate(self._names):
+            if name in skip:
+                feeds[i] = state[name] if state is not None and name in state else self._initial_for(name, single, n)
+        outs = self._call(feeds, preprocess, raw)
+        by_name = {s.name: o for s, o in zip(self.outputs, outs)}
+        nxt = {st.input: by_name[st.output] for st in self.manifest.state}
+        return outs, nxt
+
+    def session(self) -> Session:
+        """A :class:`Session` that carries this model's state from call to call."""
+        from .session import Session
+
+        return Session(self)
 
     def prepare(self, x: Inputs, *, raw: bool = False, preprocess: bool = True) -> list[np.ndarray]:
         """The inputs exactly as the runtime takes them (preprocessed, quantized, batched), in input order.
@@ -304,27 +541,36 @@ class Model:
         raise ConfigError(f"no input named {input_name!r}; inputs are {self._names}")
 
     def run_smoke_tests(self) -> SmokeResult:
-        """Run the manifest's smoke-test vectors (model inputs, no preprocessing)."""
+        """Run the manifest's smoke-test vectors (model inputs, no preprocessing, state given)."""
         smoke = self.manifest.smoke_tests
         if not smoke:
             return SmokeResult(True, 0.0, "no smoke tests in manifest")
         try:
-            feeds = {k: np.asarray(v, dtype=np.float64) for k, v in smoke["inputs"].items()}
-            expected = {k: np.asarray(v, dtype=np.float64) for k, v in smoke["outputs"].items()}
+            feeds = {s.name: smoke_array(smoke["inputs"][s.name], s) for s in self.inputs}
+            expected = dict(smoke["outputs"])
             atol, rtol = float(smoke.get("atol", 1e-3)), float(smoke.get("rtol", 1e-3))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            return SmokeResult(False, float("inf"), f"smoke tests are malformed: {exc}")
-        feeds = {k: v.astype(np.dtype(s.dtype) if s.quantization is None else np.float32) for s in self.inputs for k, v in feeds.items() if k == s.name}
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            return SmokeResult(False, float("inf"), f"smoke tests are malformed: {exc!r}")
         try:
-            out = self.predict(feeds if len(feeds) > 1 else next(iter(feeds.values())), preprocess=False)
+            out = self.predict(feeds if len(feeds) != 1 else next(iter(feeds.values())), preprocess=False)
         except Exception as exc:  # a smoke test reports, it does not crash the caller
             return SmokeResult(False, float("inf"), f"smoke test failed to run: {exc}")
         got = out if isinstance(out, dict) else {self.outputs[0].name: out}
         worst = 0.0
-        for name, want in expected.items():
+        for name, want_raw in expected.items():
             if name not in got:
                 return SmokeResult(False, float("inf"), f"smoke test expects output {name!r}, model has none")
-            g = np.asarray(got[name], dtype=np.float64)
+            g = np.asarray(got[name])
+            if g.dtype == object or g.dtype.kind in "US":
+                want_s = np.asarray(want_raw, dtype=object)
+                if g.shape != want_s.shape or not all(str(a) == str(b) for a, b in zip(g.ravel(), want_s.ravel())):
+                    return SmokeResult(False, float("inf"), f"output {name!r} differs from the expected strings")
+                continue
+            try:
+                want = np.asarray(want_raw, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                return SmokeResult(False, float("inf"), f"smoke tests are malformed: {exc}")
+            g = g.astype(np.float64)
             if g.shape != want.shape:
                 return SmokeResult(False, float("inf"), f"output {name!r} shape {g.shape} != expected {want.shape}")
             err = float(np.max(np.abs(g - want))) if g.size else 0.0

@@ -14,10 +14,22 @@ class Backend(Protocol):
     version: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    batch_resizable: bool
+    #: the model keeps state inside the runtime between calls (LiteRT resource variables)
+    has_variables: bool
 
-    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Run on arrays in the order of ``inputs`` (already the right dtype). Thread-safe."""
+    def run(self, arrays: Sequence[np.ndarray], reset: bool = False) -> list[np.ndarray]:
+        """Run on arrays in the order of ``inputs`` (already the right dtype). Thread-safe.
+
+        ``reset=True`` first resets the model's variables, so the call does not depend on
+        earlier ones."""
+        ...
+
+    def reset_variables(self) -> None:
+        """Back to the variables' initial values (nothing to do for a model without any)."""
+        ...
+
+    def clone(self) -> Backend:
+        """A second, independent instance of the same model (its own variables)."""
         ...
 
     def raw_call(self) -> RawCall:

@@ -35,11 +35,15 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     shape = [int(d) for d in (sig if sig is not None and len(sig) else detail["shape"])]
     shape = [d if d > 0 else -1 for d in shape]
     scale, zero_point = detail.get("quantization", (0.0, 0))
-    dtype = np.dtype(detail["dtype"]).name
+    dt = np.dtype(detail["dtype"])
+    dtype = "string" if dt.kind in "SUO" else dt.name
     quant = None
     if scale and dtype in ("int8", "uint8", "int16", "int32"):
         quant = Quantization(float(scale), int(zero_point))
     return TensorSpec(name=str(detail["name"]), shape=tuple(shape), dtype=dtype, quantization=quant)
+
+
+_VARIABLE_OPS = {"VAR_HANDLE", "ASSIGN_VARIABLE", "READ_VARIABLE"}
 
 
 class LiteRTBackend:
@@ -47,22 +51,50 @@ class LiteRTBackend:
 
     def __init__(self, path: str, threads: int | None = None) -> None:
         cls, self.version = _interpreter_class()
-        try:
-            self._interp = cls(model_path=path, num_threads=threads)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise RuntimeBackendError(f"LiteRT cannot load {path}: {exc}") from None
+        self._cls, self._path, self._threads = cls, path, threads
+        self._interp = self._new_interpreter()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
         self.inputs = tuple(_spec(d) for d in in_details)
         self.outputs = tuple(_spec(d) for d in out_details)
         self._in_index = [int(d["index"]) for d in in_details]
         self._out_index = [int(d["index"]) for d in out_details]
-        self._current = [tuple(int(x) for x in d["shape"]) for d in in_details]
-        self.batch_resizable = all(s.shape and s.shape[0] == -1 for s in self.inputs)
+        self._initial = [tuple(int(x) for x in d["shape"]) for d in in_details]
+        self._current = list(self._initial)
+        self.has_variables = self._uses_variables()
         self._lock = threading.Lock()
-        self._single, self._in0 = len(self._in_index) == 1, self._in_index[0]
+        self._single = len(self._in_index) == 1
+        self._in0 = self._in_index[0] if self._in_index else -1
         self._single_out, self._out0 = len(self._out_index) == 1, self._out_index[0]
+
+    def _new_interpreter(self) -> Any:
+        try:
+            interp = self._cls(model_path=self._path, num_threads=self._threads)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeBackendError(f"LiteRT cannot load {self._path}: {exc}") from None
+        return interp
+
+    def _uses_variables(self) -> bool:
+        try:
+            ops = self._interp._get_ops_details()
+        except Exception:  # pragma: no cover - private API missing in some LiteRT build
+            return False
+        return any(op.get("op_name") in _VARIABLE_OPS for op in ops)
+
+    def _fresh(self) -> None:
+        """A new interpreter: resource variables back to their initial values (LiteRT's
+        reset_all_variables does not reset resource variables)."""
+        self._interp = self._new_interpreter()
+        self._current = list(self._initial)
+
+    def reset_variables(self) -> None:
+        if self.has_variables:
+            with self._lock:
+                self._fresh()
+
+    def clone(self) -> LiteRTBackend:
+        return LiteRTBackend(self._path, self._threads)
 
     def _resize(self, arrays: Sequence[np.ndarray]) -> None:
         for i, arr in enumerate(arrays):
@@ -71,11 +103,15 @@ class LiteRTBackend:
                 self._current[i] = arr.shape
         self._interp.allocate_tensors()
 
-    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        interp = self._interp
+    def run(self, arrays: Sequence[np.ndarray], reset: bool = False) -> list[np.ndarray]:
         with self._lock:
+            if reset and self.has_variables:
+                self._fresh()
+            interp = self._interp
             try:
-                if self._single:
+                if not self._in_index:
+                    pass
+                elif self._single:
                     arr = arrays[0]
                     if arr.shape != self._current[0]:
                         self._resize(arrays)

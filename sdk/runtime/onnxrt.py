@@ -6,28 +6,42 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import RuntimeBackendError
+from ..errors import RuntimeBackendError, UnsupportedModelError
 from ..manifest import TensorSpec
 
 _ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(bool)": "bool",
+    "float": "float32",
+    "float16": "float16",
+    "double": "float64",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool",
+    "string": "string",
 }
 
 
-def _spec(node: Any) -> TensorSpec:
-    dtype = _ORT_TYPES.get(node.type)
+def _spec(node: Any, what: str) -> TensorSpec:
+    kind = str(node.type)
+    if kind.startswith(("seq(", "optional(", "map(", "sparse_tensor(")):
+        raise UnsupportedModelError(
+            f"ONNX {what} {node.name!r} is a {kind}: edgefleet passes tensors only "
+            "(sequence, optional, map and sparse types cannot be given or returned)"
+        )
+    dtype = _ORT_TYPES.get(kind[len("tensor(") : -1]) if kind.startswith("tensor(") else None
     if dtype is None:
-        raise RuntimeBackendError(f"ONNX tensor {node.name!r} has unsupported type {node.type}")
-    shape = tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in node.shape)
-    return TensorSpec(name=node.name, shape=shape, dtype=dtype)
+        raise UnsupportedModelError(f"ONNX {what} {node.name!r} has the element type {kind}, which edgefleet cannot pass")
+    raw = node.shape
+    if raw is None:  # unknown rank
+        raise UnsupportedModelError(f"ONNX {what} {node.name!r} has no known rank; give the graph's {what} a shape")
+    shape = tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in raw)
+    dims = tuple(d if isinstance(d, str) and d else None for d in raw)
+    return TensorSpec(name=node.name, shape=shape, dtype=dtype, dims=dims)
 
 
 class OnnxBackend:
@@ -41,6 +55,7 @@ class OnnxBackend:
                 "ONNX Runtime is not installed: pip install 'edgefleet[device]' (onnxruntime)"
             ) from None
         self.version = f"onnxruntime {ort.__version__}"
+        self._path, self._threads = path, threads
         opts = ort.SessionOptions()
         # Never busy-wait between inferences: an idle device must not burn CPU.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -53,13 +68,13 @@ class OnnxBackend:
             self._session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise RuntimeBackendError(f"ONNX Runtime cannot load {path}: {exc}") from None
-        self.inputs = tuple(_spec(n) for n in self._session.get_inputs())
-        self.outputs = tuple(_spec(n) for n in self._session.get_outputs())
+        self.inputs = tuple(_spec(n, "input") for n in self._session.get_inputs())
+        self.outputs = tuple(_spec(n, "output") for n in self._session.get_outputs())
         self._in_names = [s.name for s in self.inputs]
         self._out_names = [s.name for s in self.outputs]
-        self.batch_resizable = all(s.shape and s.shape[0] == -1 for s in self.inputs)
+        self.has_variables = False
 
-    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, arrays: Sequence[np.ndarray], reset: bool = False) -> list[np.ndarray]:
         try:
             return list(self._session.run(self._out_names, dict(zip(self._in_names, arrays))))
         except Exception as exc:
@@ -72,6 +87,12 @@ class OnnxBackend:
             return list(session.run(out_names, dict(zip(in_names, arrays))))
 
         return call
+
+    def reset_variables(self) -> None:
+        return None
+
+    def clone(self) -> OnnxBackend:
+        return OnnxBackend(self._path, self._threads)
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]
