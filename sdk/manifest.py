@@ -97,6 +97,10 @@ class TensorSpec:
     quantization: Quantization | None = None
     dims: tuple[str | None, ...] | None = None
     batch_axis: int | None = None
+    #: inputs only: NaN and inf are refused (``InvalidInputError``) unless this is False.
+    #: Bundles check by default (``pack --allow-non-finite NAME`` lifts it); a bare model
+    #: file, which declares nothing, takes what its runtime takes.
+    finite: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -151,6 +155,8 @@ class TensorSpec:
         if self.dims is not None:
             out["dims"] = list(self.dims)
         out["batch_axis"] = self.batch_axis
+        if not self.finite:
+            out["finite"] = False
         return out
 
     @classmethod
@@ -180,6 +186,9 @@ class TensorSpec:
         batch_axis = data.get("batch_axis")
         if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
             raise BundleFormatError(f"manifest {where}.batch_axis must be an integer or null")
+        finite = data.get("finite", True)
+        if not isinstance(finite, bool):
+            raise BundleFormatError(f"manifest {where}.finite must be true or false")
         return cls(
             name=name,
             shape=tuple(shape),
@@ -187,6 +196,7 @@ class TensorSpec:
             quantization=quant,
             dims=tuple(dims) if dims is not None else None,
             batch_axis=batch_axis,
+            finite=finite,
         )
 
 

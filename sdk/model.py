@@ -287,7 +287,7 @@ class Model:
                 + f", got {arr.shape}"
                 + (" after preprocessing" if use_pipeline else "")
             )
-        if kind == "f" and (not use_pipeline or pipeline.allows_missing):
+        if kind == "f" and spec.finite and (not use_pipeline or pipeline.allows_missing):
             self._check_finite(spec, arr)
         if plan.qparams is not None and not raw:
             inv_scale, zero_point, lo, hi = plan.qparams
@@ -416,7 +416,7 @@ class Model:
         """
         fast = self._fast
         if fast is not None and type(x) is np.ndarray and x.dtype == fast[0] and x.ndim == fast[1] and x.shape[1:] == fast[2]:
-            if not isfinite(x.sum()):
+            if not isfinite(x.sum()) and self._plans[0].spec.finite:
                 self._check_finite(self._plans[0].spec, x)
             outs = self._backend.run((x,))
             if self._any_out_quant and not raw:
@@ -642,7 +642,7 @@ def load(
             raise SignatureError(f"{p} is a bare model file with no signature; pack and sign it first")
         from .pack import manifest_for_model
 
-        manifest, be = manifest_for_model(p, backend=backend, threads=threads)
+        manifest, be = manifest_for_model(p, backend=backend, threads=threads, finite=False)
         return Model(manifest, be)
     bundle, tmp = open_bundle(p, trusted_keys, require_signature=require_signature)
     try:

@@ -33,14 +33,22 @@ def manifest_for_model(
     threads: int | None = None,
     batch_axes: Mapping[str, int | None] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    finite: bool | Sequence[str] = True,
 ) -> tuple[Manifest, Backend]:
     """A minimal manifest read off the model file itself (used for bare model files):
-    the signatures with their inferred batch axes, then the overrides."""
+    the signatures with their inferred batch axes, then the overrides. ``finite``: whether
+    inputs refuse NaN/inf (True: all, False: none, or the names of those that may hold them)."""
     path = Path(model_path)
     fmt = format_of(path)
     be = open_backend(path, fmt, backend=backend, threads=threads)
     try:
         inputs, outputs = signatures(be, batch_axes, input_shapes)
+        if finite is not True:
+            lifted = [s.name for s in inputs] if finite is False else list(finite)
+            unknown = sorted(set(lifted) - {s.name for s in inputs})
+            if unknown:
+                raise ConfigError(f"--allow-non-finite names unknown inputs {unknown}; inputs are {[s.name for s in inputs]}")
+            inputs = tuple(replace(s, finite=s.name not in lifted) for s in inputs)
     except BaseException:
         be.close()
         raise
@@ -348,6 +356,7 @@ def pack(
     state: Mapping[str, str] | None = None,
     state_initial: Mapping[str, np.ndarray] | None = None,
     sample_inputs: Mapping[str, np.ndarray] | None = None,
+    allow_non_finite: Sequence[str] = (),
 ) -> tuple[Bundle, Path | None]:
     """Write a bundle for ``model_path``; with ``archive=True`` also ``<out>.efb``.
 
@@ -366,7 +375,10 @@ def pack(
     except Exception as exc:
         raise ConfigError(str(exc)) from None
     fmt = format_of(model_path)
-    base, be = manifest_for_model(model_path, name=name, version=version, batch_axes=batch_axes, input_shapes=input_shapes)
+    base, be = manifest_for_model(
+        model_path, name=name, version=version, batch_axes=batch_axes, input_shapes=input_shapes,
+        finite=list(allow_non_finite) if allow_non_finite else True,
+    )
     be.close()
     pairs = propose_state_pairs(base.inputs, base.outputs) if state is None else dict(state)
     states, state_files = state_specs(pairs, base.inputs, base.outputs, state_initial)
