@@ -25,7 +25,8 @@ from edgefleet.errors import CompileError, ConfigError, InvalidInputError
 
 from .config import CompileConfig, QuantMode
 from .data import Dataset, load_data
-from .evaluate import Score, VariantResult, evaluate_bundle, file_sizes, predict_all, score_outputs
+from .evaluate import (Score, VariantResult, describe_regressions, evaluate_bundle, file_sizes, measure_latency, predict_all,
+                       regressions_of, score_outputs)
 from .gate import GateDecision, run_gate
 from .progress import Progress
 from .report import report_dir_for, rows_of, write_report
@@ -43,6 +44,10 @@ class CompileResult:
     baseline: Score | None
     gate_message: str
     report: dict[str, Any]
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.report.get("warnings", []))
 
 
 def _sanitize(name: str) -> str:
@@ -307,9 +312,20 @@ class _Compiler:
                 if self.baseline is None:
                     self.baseline = score if variant == "float32" else self.baseline
                 r.drop = score.drop_from(self.baseline) if self.baseline is not None else 0.0
+            else:
+                r.p50_ms, r.p50_invoke_ms = measure_latency(bundle.path, self._latency_sample(), self.cfg.output.latency_runs)
+            r.regressions = regressions_of(r, self._results.get((fmt, "float32")))
             advance()
         self._results[key] = r
         return r
+
+    def _latency_sample(self) -> Any:
+        """Without eval data: one raw calibration sample, else None (synthetic inputs of the declared shapes)."""
+        if self.calib is not None:
+            self.latency_input = "calibration sample"
+            return self.calib.x[:1]
+        self.latency_input = "synthetic inputs of the declared shapes"
+        return None
 
     def _float_reference(self, fmt: str, bundle_path: Path) -> np.ndarray:
         """Outputs of the unmodified source on the eval data (non-Keras sources: its float32 export)."""
@@ -342,6 +358,9 @@ class _Compiler:
         extra = [r for r in self._results.values() if not any(r is x for x in decision.results)]
         decision.results = sorted(decision.results + extra, key=lambda r: (r.format, order.get(r.quantization, 9)))
         assert chosen.model_path is not None
+        warnings = [describe_regressions(chosen)] if chosen.regressions else []
+        for w in warnings:
+            self.progress.warn(f"{w}; pick another --quantize mode, or --quantize auto, which skips such variants")
         key = load_private_key(cfg.output.key) if cfg.output.key else None
         smoke = None
         if self.eval_x is not None:
@@ -376,6 +395,8 @@ class _Compiler:
             "gate": decision.message,
             "toolchain": _toolchain(),
             "parent_version": None,
+            # the model given to compile, not the packed (quantized) file, whose hash is in the manifest's files
+            "source_model_sha256": self.src.sha256,
         }
         bundle, archive = pack(
             chosen.model_path, self.out, name=self._name(), version=cfg.output.version, labels=self.labels,
@@ -396,6 +417,9 @@ class _Compiler:
             "passes": self.passes,
             "export_check": getattr(self, "export_check", {}),
             "eval_samples": len(self.eval) if self.eval is not None else 0,
+            "latency_input": "eval sample" if self.eval is not None else getattr(self, "latency_input", None),
+            "regressions": {r.name: r.regressions for r in decision.results if r.regressions},
+            "warnings": warnings,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "recipe": cfg.to_dict(),
             "machine": machine_info(),

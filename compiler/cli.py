@@ -98,7 +98,8 @@ def _print_summary(result: Any) -> None:
         table.add_row(
             r.name, f"{r.size:,}", f"{r.gzip_size:,}",
             "-" if r.score is None else f"{r.score.value:.2f}", f"{r.drop:.2f}",
-            f"{r.p50_ms:.3f}", "yes" if r.chosen else ("error" if r.notes.get("error") else ""),
+            f"{r.p50_ms:.3f}",
+            ("yes" if r.chosen else ("error" if r.notes.get("error") else "")) + (f" ({'/'.join(r.regressions)})" if r.regressions else ""),
         )
     console.print(table)
     if result.baseline:

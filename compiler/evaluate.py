@@ -11,7 +11,13 @@ data through the same preprocessing and runtime a device uses. Metrics:
 
 Latency is the median (p50) of single-sample ``predict()`` calls with one
 thread, after a warm-up, plus the p50 of the bare runtime call on the same
-prepared input (what the model costs without Python-side checks).
+prepared input (what the model costs without Python-side checks). It is
+measured for every variant, with or without eval data: on an eval sample, else
+a calibration sample, else synthetic inputs of the model's declared shapes.
+
+A quantized variant larger or slower than the float32 model of its format is a
+*regression* (``VariantResult.regressions``, with both figures): the report
+flags it, ``auto`` never chooses it and an explicit ``--quantize`` warns.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class VariantResult:
     params: int = 0
     within_budget: bool | None = None
     chosen: bool = False
+    regressions: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     outputs: np.ndarray | None = field(default=None, repr=False)
 
@@ -74,8 +81,37 @@ class VariantResult:
             "p50_invoke_ms": round(self.p50_invoke_ms, 4),
             "within_budget": self.within_budget,
             "chosen": self.chosen,
+            "regressions": self.regressions,
             "notes": self.notes,
         }
+
+
+# p50 noise between two runs of the same tiny model is a few percent: "slower" means beyond this margin.
+SLOWER_MARGIN = 0.05
+
+
+def regressions_of(r: VariantResult, float32: VariantResult | None) -> dict[str, dict[str, float]]:
+    """How ``r`` is worse than the float32 variant of its format: ``larger`` (bytes) and/or ``slower`` (p50)."""
+    if float32 is None or r is float32 or r.model_path is None or r.quantization == "float32":
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    if float32.size and r.size > float32.size:
+        out["larger"] = {"size_bytes": r.size, "float32_size_bytes": float32.size}
+    if float32.p50_ms > 0 and r.p50_ms > float32.p50_ms * (1 + SLOWER_MARGIN):
+        out["slower"] = {"p50_ms": round(r.p50_ms, 4), "float32_p50_ms": round(float32.p50_ms, 4)}
+    return out
+
+
+def describe_regressions(r: VariantResult) -> str:
+    """``onnx-int8 is larger than float32 (756,136 vs 585,532 bytes) and slower (p50 12.8 vs 1.5 ms)``."""
+    parts = []
+    if "larger" in r.regressions:
+        g = r.regressions["larger"]
+        parts.append(f"larger than float32 ({g['size_bytes']:,} vs {g['float32_size_bytes']:,} bytes)")
+    if "slower" in r.regressions:
+        g = r.regressions["slower"]
+        parts.append(f"slower than float32 (p50 {g['p50_ms']:.4g} vs {g['float32_p50_ms']:.4g} ms)")
+    return f"{r.name} is " + " and ".join(parts) if parts else ""
 
 
 def file_sizes(path: Path) -> tuple[int, int]:
@@ -108,20 +144,42 @@ def predict_all(model: Any, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def latency(model: Any, sample: np.ndarray, runs: int, warmup: int = 20) -> tuple[float, float]:
+def synthetic_inputs(specs: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """One model-ready input per spec, of its declared shape (dynamic dimensions as 1), in its real-valued dtype."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = tuple(d if d > 0 else 1 for d in spec.shape)
+        dtype = np.dtype(spec.dtype)
+        q = getattr(spec, "quantization", None)
+        if q is not None:  # quantized I/O takes real values within the representable range
+            info = np.iinfo(dtype)
+            lo, hi = (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
+            feeds[spec.name] = rng.uniform(lo, hi, size=shape).astype(np.float32)
+        elif dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
+
+
+def latency(model: Any, sample: Any, runs: int, warmup: int = 20, preprocess: bool = True) -> tuple[float, float]:
     """(p50 ms of ``predict`` on one sample, p50 ms of the bare runtime call)."""
+    kw = {} if preprocess else {"preprocess": False}
     for _ in range(warmup):
-        model.predict(sample)
+        model.predict(sample, **kw)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter_ns()
-        model.predict(sample)
+        model.predict(sample, **kw)
         times.append(time.perf_counter_ns() - t0)
     p50 = statistics.median(times) / 1e6
     invoke_p50 = 0.0
     try:
         call = model.raw_call()
-        arrays = model.prepare(sample)
+        arrays = model.prepare(sample, **kw)
         for _ in range(warmup):
             call(arrays)
         raw = []
@@ -156,4 +214,20 @@ def evaluate_bundle(
     return score, outputs, p50, p50_invoke
 
 
-__all__ = ["Score", "VariantResult", "file_sizes", "score_outputs", "evaluate_bundle", "latency", "predict_all"]
+def measure_latency(bundle_path: Path, sample: Any | None, latency_runs: int) -> tuple[float, float]:
+    """p50s of a bundle on one raw ``sample`` (preprocessed by the bundle), or on synthetic model-ready inputs."""
+    import edgefleet
+
+    model = edgefleet.load(bundle_path, threads=1)
+    try:
+        if sample is not None:
+            return latency(model, sample, latency_runs)
+        feeds = synthetic_inputs(model.manifest.inputs)
+        x = next(iter(feeds.values())) if len(feeds) == 1 else feeds
+        return latency(model, x, latency_runs, preprocess=False)
+    finally:
+        model.close()
+
+
+__all__ = ["Score", "VariantResult", "file_sizes", "score_outputs", "evaluate_bundle", "latency", "predict_all",
+           "measure_latency", "synthetic_inputs", "regressions_of", "describe_regressions", "SLOWER_MARGIN"]

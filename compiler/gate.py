@@ -8,7 +8,8 @@ rejected, and the next, less aggressive variant is tried::
 
 ``auto`` measures all of them and keeps the *fastest* (p50) within the budget:
 on small CPUs an int8 model is not always the fastest, so we measure and never
-assume. The gate is pure logic: it calls ``evaluate(format, variant)`` and
+assume. A variant larger or slower than float32 (``VariantResult.regressions``)
+is never chosen by ``auto``. The gate is pure logic: it calls ``evaluate(format, variant)`` and
 decides; building and measuring variants is the caller's business.
 """
 
@@ -100,12 +101,17 @@ def run_gate(formats: Sequence[str], mode: QuantMode, budget: float | None, eval
             int8 = by_variant.get("int8")
             if int8 is None or not int8.within_budget:
                 _try(evaluate, fmt, "int8-mixed", results, budget, last=False)
-        ok = [r for r in results if r.within_budget]
-        if not ok:
+        within = [r for r in results if r.within_budget]
+        if not within:
             raise _budget_error(results, budget)
+        ok = [r for r in within if not r.regressions] or [r for r in within if r.quantization == "float32"] or within
         chosen = min(ok, key=lambda r: (r.p50_ms, r.size))
+        skipped = [r for r in within if r.regressions]
         message = (f"auto: {chosen.name} is the fastest variant within {budget:g} points "
                    f"(p50 {chosen.p50_ms:.3f} ms, drop {chosen.drop:.2f}) of {len(results)} measured")
+        if skipped:
+            message += "; skipped as larger or slower than float32: " + ", ".join(
+                f"{r.name} ({'/'.join(r.regressions)})" for r in skipped)
     else:
         winners: list[tuple[VariantResult, str]] = []
         for fmt in formats:

@@ -34,6 +34,13 @@ class Progress:
         if self._progress is not None:
             self._progress.console.print(message)
 
+    def warn(self, message: str) -> None:
+        """Always shown, on stderr (through the progress console when bars are on, so they are not torn)."""
+        if self._progress is not None:
+            self._progress.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
     @contextlib.contextmanager
     def task(self, description: str, total: int) -> Iterator[Any]:
         """Yields ``advance(n=1)``."""

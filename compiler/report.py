@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from .evaluate import VariantResult
 
-COLUMNS = ("variant", "format", "quantization", "sparsity", "params", "size_bytes", "gzip_bytes", "score", "drop", "p50_ms", "p50_invoke_ms", "chosen")
+COLUMNS = ("variant", "format", "quantization", "sparsity", "params", "size_bytes", "gzip_bytes", "score", "drop", "p50_ms", "p50_invoke_ms", "flags", "chosen")
 
 
 def report_dir_for(bundle: str | os.PathLike) -> Path:
@@ -42,11 +42,25 @@ def markdown(doc: Mapping[str, Any]) -> str:
     if doc.get("baseline"):
         b = doc["baseline"]
         lines.append(f"Baseline (source model): {b['metric']} = {b['value']:.4g} on {doc['eval_samples']} eval samples.")
+    if doc.get("latency_input"):
+        lines.append(f"Latency (p50, one thread) measured on: {doc['latency_input']}.")
     if doc.get("budget") is not None:
         lines.append(f"Accuracy budget: at most {doc['budget']:g} points of drop.")
     lines += [f"Gate: {doc['gate']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+        cells = {**r, "flags": ", ".join(r.get("regressions") or ())}
+        lines.append("| " + " | ".join(_fmt(cells.get(c)) for c in COLUMNS) + " |")
+    flagged = [r for r in rows if r.get("regressions")]
+    if flagged:
+        lines.append("\nRegressions (a quantized variant larger or slower than float32 of its format; `auto` never chooses one):")
+    for r in flagged:
+        g = r["regressions"]
+        what = []
+        if "larger" in g:
+            what.append(f"**larger**: {g['larger']['size_bytes']:,} vs {g['larger']['float32_size_bytes']:,} bytes")
+        if "slower" in g:
+            what.append(f"**slower**: p50 {g['slower']['p50_ms']:.4g} vs {g['slower']['float32_p50_ms']:.4g} ms")
+        lines.append(f"- `{r['variant']}` {'; '.join(what)}" + (" (chosen: asked for explicitly)" if r.get("chosen") else ""))
     errors = [r for r in rows if r.get("notes", {}).get("error")]
     for r in errors:
         lines.append(f"\n- `{r['variant']}` failed: {r['notes']['error']}")

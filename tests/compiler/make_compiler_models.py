@@ -72,9 +72,33 @@ def conv_bn_onnx(out: Path, channels: tuple[int, ...] = (16, 32, 64), hw: int = 
     return path
 
 
+def tiny_dense_onnx(out: Path) -> Path:
+    """``x`` (N, 8) -> ``y`` (N, 4) through one 8x4 MatMul + Add: 36 weights, so int8's quantize/dequantize
+    nodes and scales outweigh what int8 saves -- the int8 file is larger than the float32 one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"), helper.make_node("Add", ["h", "B"], ["y"], name="add")],
+        "tiny_dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(rng.normal(0, 1, (8, 4)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.normal(0, 1, 4).astype(np.float32), "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = out / "tiny_dense.onnx"
+    onnx.save(model, str(path))
+    np.savez(out / "tiny_dense_data.npz", x=rng.normal(0, 1, (64, 8)).astype(np.float32))
+    return path
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     conv_bn_onnx(out)
+    tiny_dense_onnx(out)
 
 
 if __name__ == "__main__":

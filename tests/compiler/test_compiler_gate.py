@@ -75,3 +75,18 @@ def test_impossible_budget_names_what_to_change() -> None:
     evaluate, _ = fake({k: 5.0 for k in DROPS})
     with pytest.raises(AccuracyBudgetError, match="raise --max-accuracy-drop to at least 5.00"):
         run_gate(["tflite"], QuantMode.INT8, 0.5, evaluate)
+
+
+def test_auto_never_chooses_a_regression_even_when_it_is_fastest() -> None:
+    p50 = {"int8": 0.05, "int8-mixed": 0.4, "dynamic": 0.3, "float16": 0.2, "float32": 0.1}
+    inner, _ = fake(DROPS, p50)
+
+    def evaluate(fmt: str, variant: str) -> VariantResult:
+        r = inner(fmt, variant)
+        if variant == "int8":
+            r.regressions = {"larger": {"size_bytes": 2000, "float32_size_bytes": 1000}}
+        return r
+
+    d = run_gate(["onnx"], QuantMode.AUTO, 5.0, evaluate)
+    assert d.chosen.quantization == "float32"
+    assert "skipped as larger or slower than float32: onnx-int8 (larger)" in d.message

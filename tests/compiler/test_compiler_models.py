@@ -54,3 +54,51 @@ def test_onnx_int8_folds_batchnorm_and_is_smaller_than_float(conv_bn: tuple[Path
     x = np.load(data)["x"][:8]
     with edgefleet.load(tmp_path / "f32") as mf, edgefleet.load(tmp_path / "i8") as mq:
         assert np.mean(mf.predict(x).argmax(1) == mq.predict(x).argmax(1)) >= 0.75
+
+
+@pytest.fixture(scope="module")
+def tiny_dense(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("tiny_dense")
+    return mk.tiny_dense_onnx(out), out / "tiny_dense_data.npz"
+
+
+def test_a_larger_variant_is_flagged_and_warned_about(tiny_dense: tuple[Path, Path], tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    src, data = tiny_dense
+    result = compile_model(src, tmp_path / "b", _cfg(data, QuantMode.INT8))
+    r = result.chosen
+    assert r.quantization == "int8" and "larger" in r.regressions
+    f32 = next(v for v in result.variants if v.quantization == "float32")
+    assert r.regressions["larger"] == {"size_bytes": r.size, "float32_size_bytes": f32.size}
+    err = capfd.readouterr().err
+    assert f"onnx-int8 is larger than float32 ({r.size:,} vs {f32.size:,} bytes)" in err
+    assert result.warnings and result.warnings[0] in err
+    row = next(x for x in json.loads((result.report_dir / "report.json").read_text())["variants"] if x["variant"] == "onnx-int8")
+    assert row["regressions"]["larger"]["size_bytes"] == r.size
+    md = (result.report_dir / "report.md").read_text()
+    assert f"**larger**: {r.size:,} vs {f32.size:,} bytes" in md
+
+
+def test_auto_never_chooses_a_larger_or_slower_variant(tiny_dense: tuple[Path, Path], tmp_path: Path) -> None:
+    src, data = tiny_dense
+    cfg = replace(_cfg(data, QuantMode.AUTO, eval=str(data)), max_accuracy_drop=100.0)
+    result = compile_model(src, tmp_path / "b", cfg)
+    flagged = [v for v in result.variants if v.regressions]
+    assert any(v.quantization == "int8" for v in flagged)
+    assert not result.chosen.regressions
+    assert "skipped as larger or slower than float32" in result.gate_message
+
+
+def test_latency_and_source_hash_without_eval(conv_bn: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 11: without --eval the manifest and report recorded p50 0.0; lineage hashed the quantized file."""
+    import hashlib
+
+    src, data = conv_bn
+    for name, cfg in (("calib", _cfg(data, QuantMode.INT8)),
+                      ("synthetic", CompileConfig(format=OutputFormat.ONNX, output=OutputConfig(latency_runs=20)))):
+        result = compile_model(src, tmp_path / name, cfg)
+        assert all(v.p50_ms > 0 for v in result.variants if v.model_path is not None)
+        with edgefleet.load(tmp_path / name) as m:
+            assert m.manifest.metrics["p50_latency_ms"] > 0
+            assert m.manifest.lineage["source_model_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+        assert result.report["latency_input"] == ("calibration sample" if name == "calib" else "synthetic inputs of the declared shapes")
