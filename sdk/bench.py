@@ -13,9 +13,9 @@ import platform
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,12 @@ class BenchConfig:
     backend: str | None = None
     compare_raw: bool = False
     block: int = 50
+    #: full shapes of inputs (``NAME -> dims``) for models with dynamic dimensions
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    #: real inputs: an .npz with one array per input name (used as given)
+    sample: str | None = None
+    #: time a stateful streaming loop (``Session.predict``, state carried) instead of predict
+    session: bool = False
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch < 1 or self.block < 1:
@@ -75,27 +81,92 @@ def _percentiles(samples_ns: list[int]) -> dict[str, Any]:
     }
 
 
-def sample_inputs(model: Any, batch: int, seed: int = 0) -> tuple[Any, list[np.ndarray]]:
-    """(inputs for predict(), the same inputs prepared as the runtime takes them)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for plan in model._plans:
-        spec = plan.spec
-        shape = plan.pipeline.input_shape if not plan.pipeline.is_identity and plan.pipeline.input_shape else spec.sample_shape
-        shape = tuple(d if d > 0 else 1 for d in shape)
-        stats = model.manifest.reference_stats
-        if not plan.pipeline.is_identity and stats and tuple(stats.get("shape", ())) == shape:
-            mean = np.asarray(stats["mean"], dtype=np.float32).reshape(shape)
-            std = np.asarray(stats["std"], dtype=np.float32).reshape(shape)
-            x = mean + std * rng.standard_normal((batch,) + shape).astype(np.float32)
-        elif spec.quantization is not None:
-            q = spec.quantization
-            x = ((rng.integers(-100, 100, size=(batch,) + shape)) * q.scale).astype(np.float32)
-        else:
-            x = rng.standard_normal((batch,) + shape).astype(np.float32)
-        feeds[spec.name] = x
-    x_in: Any = feeds if len(feeds) > 1 else next(iter(feeds.values()))
+def sample_inputs(
+    model: Any,
+    batch: int,
+    seed: int = 0,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
+    skip: Sequence[str] = (),
+) -> tuple[Any, list[np.ndarray]]:
+    """(inputs for predict(), the same inputs prepared as the runtime takes them).
+
+    Inputs come from ``sample`` (by input name, as given), else are synthetic: ``batch``
+    samples along each batch axis, the shapes in ``input_shapes`` as given. A dynamic
+    dimension that neither fixes is refused (``ConfigError`` naming it): timing a model at
+    a made-up size says nothing. ``skip`` names inputs fed elsewhere (session state).
+    """
+    from .pack import synthetic_inputs
+
+    names = [s.name for s in model.inputs if s.name not in skip]
+    if sample is not None:
+        missing = [n for n in names if n not in sample]
+        if missing:
+            raise ConfigError(f"--sample lacks inputs {missing}; it must hold one array per input name {names}")
+        feeds = {n: np.asarray(sample[n]) for n in names}
+    else:
+        unknown = sorted(set(input_shapes or {}) - {s.name for s in model.inputs})
+        if unknown:
+            raise ConfigError(f"--input-shape names unknown inputs {unknown}; inputs are {[s.name for s in model.inputs]}")
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        dynamic: list[str] = []
+        for plan in model._plans:
+            spec = plan.spec
+            if spec.name in skip:
+                continue
+            given = (input_shapes or {}).get(spec.name)
+            if given is not None:
+                spec = replace(spec, shape=tuple(given), dims=None, batch_axis=None)
+                feeds[spec.name] = synthetic_inputs([spec], batch, seed)[spec.name]
+                continue
+            if not plan.pipeline.is_identity and plan.pipeline.input_shape:
+                shape = tuple(plan.pipeline.input_shape)
+                stats = model.manifest.reference_stats
+                if stats and tuple(stats.get("shape", ())) == shape:
+                    mean = np.asarray(stats["mean"], dtype=np.float32).reshape(shape)
+                    std = np.asarray(stats["std"], dtype=np.float32).reshape(shape)
+                    feeds[spec.name] = mean + std * rng.standard_normal((batch,) + shape).astype(np.float32)
+                else:
+                    feeds[spec.name] = rng.standard_normal((batch,) + shape).astype(np.float32)
+                continue
+            dynamic += [d for i, d in zip(range(spec.rank), _dyn_axes(spec)) if d]
+            if spec.quantization is not None:
+                q = spec.quantization
+                shape = tuple(batch if i == spec.batch_axis else max(d, 1) for i, d in enumerate(spec.shape))
+                feeds[spec.name] = ((rng.integers(-100, 100, size=shape)) * q.scale).astype(np.float32)
+            else:
+                feeds[spec.name] = synthetic_inputs([spec], batch, seed)[spec.name]
+        if dynamic:
+            raise ConfigError(
+                f"the model has dynamic dimensions {dynamic}: pass --input-shape NAME=DIMS (e.g. "
+                f"{model.inputs[0].name}=1x3x224x224) or --sample FILE.npz to time it at a real size"
+            )
+    x_in: Any = feeds if len(feeds) != 1 else next(iter(feeds.values()))
+    if skip:
+        return x_in, []
     return x_in, model.prepare(x_in)
+
+
+def _dyn_axes(spec: Any) -> list[str | None]:
+    """Per axis: the name of a dynamic dimension other than the batch axis, else None."""
+    return [
+        (spec.dim_name(i) or f"{spec.name}[{i}]") if d == -1 and i != spec.batch_axis else None
+        for i, d in enumerate(spec.shape)
+    ]
+
+
+def read_sample(path: str) -> dict[str, np.ndarray]:
+    """An .npz of named arrays (never unpickled)."""
+    from .errors import InvalidInputError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InvalidInputError(f"{path}: expected an .npz with one array per input name")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read sample inputs {path}: {exc}") from None
 
 
 def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> dict[str, Any]:
@@ -105,13 +176,25 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
     model = load(target, backend=cfg.backend, threads=cfg.threads)
     init_ms = (time.perf_counter() - t0) * 1e3
     try:
-        x, prepared = sample_inputs(model, cfg.batch)
+        sample = read_sample(cfg.sample) if cfg.sample else None
+        if cfg.session:
+            if not model.stateful:
+                raise ConfigError(f"{model.name} is not stateful (no state pairs or variables): drop --session")
+            state_names = [st.input for st in model.manifest.state]
+            x, _ = sample_inputs(model, cfg.batch, 0, cfg.input_shapes, sample, skip=state_names)
+            sess = model.session()
+            predict: Any = sess.predict
+            raw = _raw_session(model, x) if cfg.compare_raw else None
+            prepared: Any = None
+        else:
+            x, prepared = sample_inputs(model, cfg.batch, 0, cfg.input_shapes, sample)
+            predict = model.predict
+            raw = model.raw_call() if cfg.compare_raw else None
         t0 = time.perf_counter()
-        model.predict(x)
+        predict(x)
         first_ms = (time.perf_counter() - t0) * 1e3
-        raw = model.raw_call() if cfg.compare_raw else None
         for _ in range(cfg.warmup):
-            model.predict(x)
+            predict(x)
             if raw is not None:
                 raw(prepared)
         predict_ns: list[int] = []
@@ -119,7 +202,6 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
         clock = time.perf_counter_ns
         cpu0 = time.process_time()
         wall0 = time.perf_counter()
-        predict = model.predict
         done = 0
         while done < cfg.runs:
             n = min(cfg.block, cfg.runs - done)
@@ -142,7 +224,8 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
             "model": {"name": model.name, "version": model.version, "format": model.manifest.model_format.value, "size_bytes": size},
             "backend": model.backend_name,
             "runtime_version": model.runtime_version,
-            "config": asdict(cfg),
+            "config": {**asdict(cfg), "input_shapes": {k: list(v) for k, v in (cfg.input_shapes or {}).items()}},
+            "inputs": {k: list(np.shape(v)) for k, v in (x.items() if isinstance(x, dict) else [(_only_input(model, cfg.session), x)])},
             "init_ms": init_ms,
             "first_inference_ms": first_ms,
             "predict": _percentiles(predict_ns),
@@ -165,13 +248,41 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
         model.close()
 
 
+def _only_input(model: Any, session: bool) -> str:
+    state = {st.input for st in model.manifest.state} if session else set()
+    return next(s.name for s in model.inputs if s.name not in state)
+
+
+def _raw_session(model: Any, x: Any) -> Any:
+    """The bare runtime loop a session stands for: prepared inputs, the state outputs fed
+    back by hand as the next call's state inputs (in the runtime's own dtypes)."""
+    state = model.manifest.state
+    names = [s.name for s in model.inputs]
+    out_index = {s.name: i for i, s in enumerate(model.outputs)}
+    feeds = dict(x) if isinstance(x, dict) else {_only_input(model, True): x}
+    for st in state:
+        feeds[st.input] = model._initial_for(st.input, None, None)
+    arrays = model.prepare(feeds)
+    call = model.raw_call()
+    pairs = [(names.index(st.input), out_index[st.output]) for st in state]
+
+    def loop(_: Any) -> Any:
+        outs = call(arrays)
+        for i, j in pairs:
+            arrays[i] = outs[j]
+        return outs
+
+    return loop
+
+
 def format_report(r: dict[str, Any]) -> str:
     p = r["predict"]
     lines = [
         f"{r['model']['name']} v{r['model']['version']} ({r['model']['format']}, {r['model']['size_bytes']:,} bytes) on {r['runtime_version']}",
         f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
         f"init {r['init_ms']:.1f} ms, first inference {r['first_inference_ms']:.2f} ms",
-        f"predict latency over {r['config']['runs']} runs (batch {r['config']['batch']}): "
+        "inputs " + ", ".join(f"{k}{tuple(v)}" for k, v in r.get("inputs", {}).items()),
+        f"{'session step' if r['config'].get('session') else 'predict'} latency over {r['config']['runs']} runs (batch {r['config']['batch']}): "
         f"p50 {p['p50_us']:.1f} us  p90 {p['p90_us']:.1f} us  p99 {p['p99_us']:.1f} us  max {p['max_us']:.1f} us",
         f"throughput {r['throughput_per_s']:,.0f} samples/s; CPU {r['cpu_seconds_per_inference'] * 1e6:.1f} us per inference "
         f"(utilisation {r['cpu_utilisation']:.2f}); peak RSS {r['peak_rss_mb']:.1f} MB",

@@ -32,6 +32,17 @@ def register(sub: Any) -> None:
     pk.add_argument("--hardware-tag", action="append", default=[], dest="hardware_tags")
     pk.add_argument("--archive", action="store_true", help="also write OUTPUT.efb")
     pk.add_argument("--force", action="store_true", help="replace an existing bundle")
+    pk.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS|none",
+                    help="an input's batch axis, or none to pass it exactly as given (default: inferred)")
+    pk.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                    help="declare an input's shape, e.g. image=1x3x48x192 ('?' keeps a dimension dynamic)")
+    pk.add_argument("--state", action="append", default=[], metavar="OUT=IN",
+                    help="a state pair: output OUT is fed back as input IN on the next call "
+                    "(repeatable; default: proposed from names such as h0/hn, state/stateN; 'none' for no state)")
+    pk.add_argument("--state-init", metavar="FILE.npz", help="initial state values, one array per state input (default zeros)")
+    pk.add_argument("--sample", metavar="FILE.npz", help="real inputs for the smoke tests, one array per input name")
+    pk.add_argument("--allow-non-finite", action="append", default=[], metavar="NAME",
+                    help="let input NAME hold NaN/inf (refused by default)")
     pk.set_defaults(func=cmd_pack)
 
     vf = sub.add_parser("verify", help="verify a bundle's signature, hashes and sizes")
@@ -64,6 +75,10 @@ def register(sub: Any) -> None:
     bn.add_argument("--backend", choices=["litert", "onnxruntime"])
     bn.add_argument("--json", dest="json_file", help="write the results to this JSON file")
     bn.add_argument("--compare-raw", action="store_true", help="also time the bare runtime call")
+    bn.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                    help="the shape to time an input at, e.g. image=1x3x640x640 (needed for dynamic dimensions)")
+    bn.add_argument("--sample", metavar="FILE.npz", help="real inputs, one array per input name, used as given")
+    bn.add_argument("--session", action="store_true", help="time a stateful streaming loop (state carried call to call)")
     bn.set_defaults(func=cmd_bench)
 
 
@@ -99,6 +114,62 @@ def read_array_file(path: str) -> Any:
     raise InvalidInputError(f"{path}: unsupported input file type (use .npy, .npz or .csv)")
 
 
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        name, sep, rest = v.rpartition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{flag} {v!r}: expected NAME=VALUE")
+        out.append((name, rest))
+    return out
+
+
+def parse_shapes(values: list[str], flag: str = "--input-shape", dynamic_ok: bool = False) -> dict[str, tuple[int, ...]]:
+    """``NAME=1x3x48x192`` (``?`` for a dynamic dimension where allowed) -> {NAME: dims}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, text in _pairs(values, flag):
+        dims = []
+        for part in text.lower().split("x"):
+            if part in ("?", "-1") and dynamic_ok:
+                dims.append(-1)
+            elif part.isdigit() and 0 < int(part) <= 1 << 31:
+                dims.append(int(part))
+            else:
+                raise ConfigError(f"{flag} {name}={text}: dimensions are positive integers joined by 'x'" + (" ('?' for dynamic)" if dynamic_ok else ""))
+        if len(dims) > 64:
+            raise ConfigError(f"{flag} {name}: at most 64 dimensions")
+        shapes[name] = tuple(dims)
+    return shapes
+
+
+def parse_batch_axes(values: list[str]) -> dict[str, int | None]:
+    axes: dict[str, int | None] = {}
+    for name, text in _pairs(values, "--batch-axis"):
+        if text.lower() == "none":
+            axes[name] = None
+        elif text.isdigit() and int(text) < 64:
+            axes[name] = int(text)
+        else:
+            raise ConfigError(f"--batch-axis {name}={text}: expected an axis number or 'none'")
+    return axes
+
+
+def parse_state(values: list[str]) -> dict[str, str] | None:
+    if not values:
+        return None
+    if values == ["none"]:
+        return {}
+    state = dict(_pairs(values, "--state"))
+    return state
+
+
+def _npz(path: str, what: str) -> dict[str, Any]:
+    data = read_array_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected an .npz with one array per input name")
+    return data
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from .keys import load_private_key
     from .pack import pack, read_labels
@@ -130,9 +201,23 @@ def cmd_pack(args: argparse.Namespace) -> int:
         reference_stats=reference,
         hardware_tags=args.hardware_tags,
         overwrite=args.force,
+        batch_axes=parse_batch_axes(args.batch_axis) or None,
+        input_shapes=parse_shapes(args.input_shape, dynamic_ok=True) or None,
+        state=parse_state(args.state),
+        state_initial=_npz(args.state_init, "--state-init") if args.state_init else None,
+        sample_inputs=_npz(args.sample, "--sample") if args.sample else None,
+        allow_non_finite=args.allow_non_finite,
     )
     m = bundle.manifest
     print(f"packed {m.name} v{m.version} ({m.model_format.value}) -> {bundle.path}")
+    for t in m.inputs:
+        print(f"  input  {t.name}: {t.dtype}{t.shape_text()} batch axis {t.batch_axis if t.batch_axis is not None else 'none'}")
+    for t in m.outputs:
+        print(f"  output {t.name}: {t.dtype}{t.shape_text()} batch axis {t.batch_axis if t.batch_axis is not None else 'none'}")
+    for st in m.state:
+        print(f"  state  {st.output} -> {st.input} (initial: {st.initial or 'zeros'})")
+    if m.stateful_variables:
+        print("  state  kept in the model's resource variables (each Session has its own)")
     print("signed by key " + key.public.key_id if key else "UNSIGNED (pass --key to sign)")
     if archive:
         print(f"archive: {archive}")
@@ -165,7 +250,13 @@ def _manifest_summary(m: Any) -> str:
     for kind, specs in (("input", m.inputs), ("output", m.outputs)):
         for s in specs:
             q = f" quant(scale={s.quantization.scale:.6g}, zp={s.quantization.zero_point})" if s.quantization else ""
-            lines.append(f"{kind + ':':11} {s.name} {list(s.shape)} {s.dtype}{q}")
+            ax = "none" if s.batch_axis is None else str(s.batch_axis)
+            fin = "" if s.finite or kind == "output" else " NaN/inf allowed"
+            lines.append(f"{kind + ':':11} {s.name} {s.shape_text()} {s.dtype}{q} batch axis {ax}{fin}")
+    for st in m.state:
+        lines.append(f"state:      {st.output} -> {st.input} (initial: {st.initial or 'zeros'})")
+    if m.stateful_variables:
+        lines.append("state:      kept in resource variables (each Session has its own)")
     for name, steps in (m.preprocessing or {}).items():
         ops = [st.get("op") for st in (steps.get("steps", []) if isinstance(steps, dict) else steps)]
         lines.append(f"preprocess: {name}: {' -> '.join(ops) or '(none)'}")
@@ -208,9 +299,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = load(args.bundle, backend=args.backend, threads=args.threads, trusted_keys=args.pub)
     with model:
         data = read_array_file(args.input)
-        if isinstance(data, dict) and len(model.inputs) == 1:
-            name = model.inputs[0].name
-            data = data.get(name, data.get("x", next(iter(data.values()))))
+        names = [t.name for t in model.inputs]
+        if isinstance(data, dict):
+            if len(names) == 1:
+                name = names[0]
+                data = data.get(name, data.get("x", next(iter(data.values()))))
+            else:
+                state = {st.input for st in model.manifest.state}
+                wanted = [n for n in names if n not in state or n in data]
+                missing = [n for n in wanted if n not in data]
+                if missing:
+                    raise InvalidInputError(f"{args.input} lacks inputs {missing}; the .npz must hold one array per input name {names}")
+                data = {n: data[n] for n in wanted}
         out = model.predict(data, raw=args.raw)
         outs = out if isinstance(out, dict) else {model.outputs[0].name: out}
         if args.output:
@@ -246,6 +346,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         backend=args.backend,
         compare_raw=args.compare_raw,
+        input_shapes=parse_shapes(args.input_shape) or None,
+        sample=args.sample,
+        session=args.session,
     )
     result = run_bench(args.target, cfg)
     print(format_report(result))

@@ -212,8 +212,10 @@ def infer_batch_axes(
 
     - A dynamic axis 0 shared by the inputs is the batch axis: the first input with a
       dynamic axis 0 names it, and every input whose axis 0 is dynamic with the same name
-      (or, unnamed, as TFLite's are) shares it. Other inputs (scalars, a recurrent state
-      with a fixed axis 0, a dimension named differently) have none.
+      (or, unnamed, as TFLite's are) shares it. Where the model names that dimension, a
+      tensor holding it once at another axis (a recurrent state shaped (layers, batch,
+      units)) has its batch axis there. Other inputs (scalars, a dimension named
+      differently) have none.
     - Without any dynamic axis 0: when every input has rank >= 2 and axis 0 of size 1
       (a fixed batch of one, as many exported TFLite models have), axis 0 is the batch axis.
     - An output shares the batch axis when its axis 0 is the same dimension (same name or
@@ -223,13 +225,16 @@ def infer_batch_axes(
     none_out: list[int | None] = [None] * len(outputs)
     lead = next((s for s in inputs if s.rank >= 1 and s.shape[0] == -1), None)
     if lead is not None:
-        ins: list[int | None] = [
-            0 if s.rank >= 1 and s.shape[0] == -1 and _same_dim(s, 0, lead, 0) else None for s in inputs
-        ]
-        outs: list[int | None] = [
-            0 if s.rank >= 1 and s.shape[0] == -1 and _same_dim(s, 0, lead, 0) else None for s in outputs
-        ]
-        return ins, outs
+        name = lead.dim_name(0)
+
+        def axis_of(s: TensorSpec) -> int | None:
+            if s.rank >= 1 and s.shape[0] == -1 and _same_dim(s, 0, lead, 0):
+                return 0
+            if name is not None and s.dims is not None and s.dims.count(name) == 1:
+                return s.dims.index(name)  # a named batch elsewhere: a state (layers, batch, units)
+            return None
+
+        return [axis_of(s) for s in inputs], [axis_of(s) for s in outputs]
     if inputs and all(s.rank >= 2 and s.shape[0] == 1 for s in inputs):
         return [0] * len(inputs), [0 if s.rank >= 1 and s.shape[0] in (1, -1) else None for s in outputs]
     return none_in, none_out
