@@ -30,7 +30,7 @@ import numpy as np
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.canonical import sha256_bytes
-from edgefleet.errors import ConfigError, EdgefleetError, InvalidInputError, StoreError, UpdateRejectedError
+from edgefleet.errors import ConfigError, EdgefleetError, InvalidInputError, SessionError, StoreError, UpdateRejectedError
 from edgefleet.keys import PublicKey
 from edgefleet.manifest import MANIFEST_NAME, Manifest
 
@@ -346,6 +346,19 @@ class Agent:
     # -- serving ------------------------------------------------------------------
     def predict(self, x: Any, **kwargs: Any) -> Any:
         """Predict with the active version (thread-safe; never fails because of an update)."""
+        return self._serve(lambda slot: slot.model.predict(x, **kwargs), x, kwargs, shadow=True)
+
+    def session(self) -> AgentSession:
+        """A stateful session (streaming models) on whatever version the agent serves.
+
+        When an update or a rollback swaps the model, the session's state moves to the new
+        version if its signature (inputs, outputs, state pairs, preprocessing) is the same;
+        otherwise the session's next call raises ``SessionError`` (``reset()`` starts it
+        again on the new version)."""
+        return AgentSession(self)
+
+    def _serve(self, call: Callable[[Any], Any], x: Any, kwargs: Mapping[str, Any], shadow: bool) -> Any:
+        """Run ``call(model)`` on the active version with telemetry, probation and shadow."""
         while True:
             slot = self._slot
             if slot is None:
@@ -355,8 +368,8 @@ class Agent:
         version = slot.entry.version
         t0 = time.perf_counter()
         try:
-            out = slot.model.predict(x, **kwargs)
-        except InvalidInputError:
+            out = call(slot)
+        except (InvalidInputError, SessionError):
             slot.release(None)
             if self.config.telemetry.enabled:
                 self.telemetry.record_prediction(version, 0.0, "invalid")
@@ -377,9 +390,9 @@ class Agent:
         probation = self._probation
         if probation is not None and self._slot is slot:
             probation.record(True, ms)
-        shadow = self._shadow
-        if shadow is not None:
-            shadow.offer(x, kwargs, out, ms)
+        shadow_ = self._shadow if shadow else None
+        if shadow_ is not None:
+            shadow_.offer(x, kwargs, out, ms)
         return out
 
     @property
@@ -864,6 +877,58 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AgentSession:
+    """A stateful model session that follows the agent's active version (see
+    :meth:`Agent.session`). Thread-safe: calls are serialised."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._lock = threading.RLock()
+        self._slot: _Slot | None = None
+        self._session: Any = None
+        self._broken: str | None = None
+
+    def _bind(self, slot: _Slot) -> Any:
+        if slot is self._slot and self._session is not None:
+            return self._session
+        if self._broken is not None:
+            raise SessionError(self._broken)
+        model = slot.model
+        if self._session is None:
+            self._session = model.session()  # type: ignore[attr-defined]
+        else:
+            try:
+                self._session.move_to(model)
+            except SessionError as exc:
+                self._broken = f"the agent swapped to v{slot.entry.version}: {exc}"
+                raise SessionError(self._broken) from None
+        self._slot = slot
+        return self._session
+
+    def predict(self, x: Any = None, **kwargs: Any) -> Any:
+        """One step on the active version (state carried, see ``edgefleet.Session``)."""
+        with self._lock:
+            return self._agent._serve(lambda slot: self._bind(slot).predict(x, **kwargs), x, kwargs, shadow=False)
+
+    def push(self, chunk: Any) -> Any:
+        with self._lock:
+            return self._agent._serve(lambda slot: self._bind(slot).push(chunk), chunk, {}, shadow=False)
+
+    @property
+    def version(self) -> str | None:
+        return self._slot.entry.version if self._slot is not None else None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {} if self._session is None else self._session.state
+
+    def reset(self) -> None:
+        """Start again (initial state) on whatever version is active at the next call."""
+        with self._lock:
+            self._slot, self._session, self._broken = None, None, None
 
 
 def read_status(state_dir: str | Path) -> dict[str, Any]:

@@ -187,6 +187,11 @@ class Session:
         Raises ``SessionError`` when the new model's signature differs: its state would not
         mean the same thing there."""
         with self._lock:
+            if model.manifest.stateful_variables:
+                raise SessionError(
+                    f"{model.name} keeps its state in the runtime's variables, which cannot move to "
+                    f"v{model.version}: open a new session"
+                )
             if signature_key(model) != signature_key(self._model):
                 raise SessionError(
                     f"{model.name} v{model.version} has another signature than v{self._model.version} "
