@@ -209,7 +209,9 @@ def build_simple_tflite(out: Path) -> None:
     got = tflite_run(out / "multi_in.tflite", {im_name: xi, vec_name: xv})[outs[0]]
     close(got, model.predict([xi, xv], verbose=0), 1e-5, "multi_in.tflite")
 
-    @tf.function(input_signature=[tf.TensorSpec([3, 4], tf.float32, name="a"), tf.TensorSpec([4], tf.float32, name="b")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([3, 4], tf.float32, name="a"), tf.TensorSpec([4], tf.float32, name="b")]
+    )
     def bcast(a: Any, b: Any) -> Any:
         return 2.0 * a + b
 
@@ -219,7 +221,9 @@ def build_simple_tflite(out: Path) -> None:
     a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     close(tflite_run(out / "bcast.tflite", {"a": a, "b": b})["out"], 2 * a + b, 1e-6, "bcast.tflite")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x"), tf.TensorSpec([], tf.float32, name="gain")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x"), tf.TensorSpec([], tf.float32, name="gain")]
+    )
     def scalar_gain(x: Any, gain: Any) -> Any:
         return x * gain
 
@@ -284,13 +288,17 @@ def build_int8(out: Path) -> None:
 
     keras.utils.set_random_seed(1)
     a_in, b_in = keras.Input((8,), name="a"), keras.Input((4,), name="b")
-    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a_in), keras.layers.Dense(8, activation="relu")(b_in)])
+    h = keras.layers.Concatenate()(
+        [keras.layers.Dense(16, activation="relu")(a_in), keras.layers.Dense(8, activation="relu")(b_in)]
+    )
     model = keras.Model([a_in, b_in], keras.layers.Dense(3)(h))
     rng = np.random.default_rng(2)
     cal_a = rng.uniform(-1, 1, (200, 8)).astype(np.float32)
     cal_b = rng.uniform(0, 2, (200, 4)).astype(np.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="a"), tf.TensorSpec([None, 4], tf.float32, name="b")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, 8], tf.float32, name="a"), tf.TensorSpec([None, 4], tf.float32, name="b")]
+    )
     def fn(a: Any, b: Any) -> Any:
         return model([a, b])
 
@@ -367,7 +375,12 @@ def build_gru(out: Path) -> None:
     gru_u.set_weights(gru.get_weights())
     dense_u.set_weights(dense.get_weights())
 
-    @tf.function(input_signature=[tf.TensorSpec([None, T, F], tf.float32, name="x"), tf.TensorSpec([None, UNITS], tf.float32, name="h0")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, T, F], tf.float32, name="x"),
+            tf.TensorSpec([None, UNITS], tf.float32, name="h0"),
+        ]
+    )
     def fn(x: Any, h0: Any) -> Any:
         y, h = export([x, h0])
         return {"y": y, "hn": h}
@@ -429,7 +442,12 @@ def build_gru(out: Path) -> None:
         h_o = o["hn"]
         close(h_o, ref_h[k], 1e-5, f"gru.onnx state {k}")
     # a fresh state gives other outputs than the carried one (the loop is really stateful)
-    assert np.abs(tflite_run(out / "gru.tflite", {"x": chunks[1], "h0": np.zeros((B, UNITS), np.float32)})["y"] - ref_y[1]).max() > 1e-3
+    assert (
+        np.abs(
+            tflite_run(out / "gru.tflite", {"x": chunks[1], "h0": np.zeros((B, UNITS), np.float32)})["y"] - ref_y[1]
+        ).max()
+        > 1e-3
+    )
 
 
 def main() -> None:
