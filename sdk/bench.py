@@ -120,6 +120,11 @@ def sample_inputs(
                 spec = replace(spec, shape=tuple(given), dims=None, batch_axis=None)
                 feeds[spec.name] = synthetic_inputs([spec], batch, seed)[spec.name]
                 continue
+            win = plan.pipeline._window
+            if win is not None:  # a stream: enough samples for ``batch`` windows
+                feats = tuple(max(d, 1) for d in (plan.pipeline.input_shape or spec.sample_shape[1:]))
+                feeds[spec.name] = rng.standard_normal((win.size + win.hop * (batch - 1),) + feats).astype(np.float32)
+                continue
             if not plan.pipeline.is_identity and plan.pipeline.input_shape:
                 shape = tuple(plan.pipeline.input_shape)
                 stats = model.manifest.reference_stats

@@ -51,7 +51,7 @@ class _InputPlan:
 
     __slots__ = (
         "spec", "pipeline", "raw_rank", "dtype", "quant", "sample_shape", "axis", "model_batch",
-        "qparams", "is_string", "cast_check", "shape",
+        "qparams", "is_string", "cast_check", "shape", "qlut", "simple", "sample_static",
     )
 
     def __init__(self, spec: TensorSpec, pipeline: Pipeline, model_spec: TensorSpec) -> None:
@@ -84,6 +84,12 @@ class _InputPlan:
             self.qparams = (np.float32(1.0 / self.quant.scale), np.float32(self.quant.zero_point), int(info.min), int(info.max))
         #: a cast into this dtype can lose values and must be checked (narrowing floats, ints)
         self.cast_check = self.dtype.kind in "fiu"
+        #: 8-bit quantization of float32 values as a table lookup (see ``_quant_lut``)
+        self.qlut = _quant_lut(self.qparams, self.dtype) if self.qparams is not None else None
+        #: one sample has a fixed shape (``_prepare`` compares shapes as tuples)
+        self.sample_static = -1 not in self.sample_shape
+        #: ``_prepare``'s short route applies: no preprocessing, numbers, batch axis first or none
+        self.simple = pipeline.is_identity and not self.is_string and self.sample_static and self.axis in (0, None)
 
 
 def smoke_array(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -99,6 +105,83 @@ def _dequant(o: np.ndarray, zero_point: int, scale: float) -> np.ndarray:
     out -= zero_point
     out *= np.float32(scale)
     return out
+
+
+def _quantize_formula(arr: np.ndarray, qparams: tuple[np.float32, np.float32, int, int], dtype: np.dtype) -> np.ndarray:
+    """Real values to the input's integer type: round(x / scale) + zero point, clipped."""
+    inv_scale, zero_point, lo, hi = qparams
+    q = np.rint(arr * inv_scale)
+    q += zero_point
+    return np.clip(q, lo, hi, out=q).astype(dtype)
+
+
+def _float32_from_ordinal(o: np.ndarray) -> np.ndarray:
+    """float32 values from their rank among the finite float32 values (0 is +-0.0)."""
+    bits = np.where(o >= 0, o, (-o) | 0x80000000).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _quant_lut(qparams: tuple[np.float32, np.float32, int, int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """Quantizing float32 values to an 8-bit type as one ``searchsorted`` and one ``take``.
+
+    ``_quantize_formula`` is a non-decreasing step function of its float32 input, so it is
+    fully described by the smallest float32 value reaching each level above the lowest
+    (found by bisection over the ordered float32 values, evaluating the formula itself).
+    Returns (thresholds, levels): ``levels.take(thresholds.searchsorted(x, "right"))``
+    equals ``_quantize_formula(x)`` for every finite float32 ``x`` (and for +-inf)."""
+    if dtype.itemsize != 1:
+        return None
+    lo, hi = qparams[2], qparams[3]
+    levels = np.arange(lo, hi + 1, dtype=np.int64)
+    want = levels[1:]
+    top = np.int64(0x7F7FFFFF)  # the ordinal of the largest finite float32
+    below = np.full(want.shape, -top)  # formula(below) < want
+    above = np.full(want.shape, top)  # formula(above) >= want
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (_quantize_formula(_float32_from_ordinal(below), qparams, dtype) < want).all():
+            return None
+        if not (_quantize_formula(_float32_from_ordinal(above), qparams, dtype) >= want).all():
+            return None
+        while (above - below > 1).any():
+            mid = below + (above - below) // 2
+            ok = _quantize_formula(_float32_from_ordinal(mid), qparams, dtype).astype(np.int64) >= want
+            above = np.where(ok, mid, above)
+            below = np.where(ok, below, mid)
+        thresholds = _float32_from_ordinal(above)
+        lut = (thresholds, levels.astype(dtype))
+        # belt and braces: the table must reproduce the formula around every step
+        probe = np.concatenate([thresholds, _float32_from_ordinal(below), np.float32([0.0, -0.0, np.inf, -np.inf])])
+        if not np.array_equal(lut[1].take(lut[0].searchsorted(probe, "right")), _quantize_formula(probe, qparams, dtype)):
+            return None
+    return lut
+
+
+def _dequant_table(q: Any, dtype: np.dtype) -> np.ndarray | None:
+    """``_dequant`` of every value of an 8-bit type, indexed by the value itself (an int8 -1
+    is index -1, the last entry), so dequantizing is one ``take``."""
+    if q is None or dtype.kind not in "iu" or dtype.itemsize != 1:
+        return None
+    values = np.arange(256, dtype=np.uint8).view(dtype)
+    return _dequant(values, q.zero_point, q.scale)
+
+
+class _FastPath:
+    """``predict`` for one input given as a ready array (no preprocessing, no casts): the
+    checks and conversions decided once at load."""
+
+    __slots__ = ("dtype", "sample_shape", "rank", "batched", "shape", "model_batch", "finite", "lut", "spec")
+
+    def __init__(self, plan: _InputPlan) -> None:
+        self.spec = plan.spec
+        self.sample_shape = plan.sample_shape
+        self.rank = len(plan.sample_shape) + 1
+        self.batched = plan.axis == 0
+        self.shape = plan.shape
+        self.model_batch = plan.model_batch
+        self.finite = plan.spec.finite
+        # a quantized input takes float32 real values, quantized with a table
+        self.lut = plan.qlut
+        self.dtype = np.dtype(np.float32) if plan.qlut is not None else plan.dtype
 
 
 def _shape_ok(got: tuple[int, ...], expected: tuple[int, ...], skip: int | None = None) -> bool:
@@ -486,8 +569,14 @@ class Model:
                 continue
             arr = feeds[i] if isinstance(feeds[i], np.ndarray) else np.asarray(feeds[i])
             use_pipeline = preprocess and not plan.pipeline.is_identity
+            win = plan.pipeline._window if use_pipeline else None
+            if win is not None:  # a stream: one sample per complete window
+                single = False
+                t = arr.shape[0] if arr.ndim else 0
+                n = 0 if t < win.size else 1 + (t - win.size) // win.hop
+                break
             rank = plan.raw_rank if use_pipeline else len(plan.sample_shape)
-            single = arr.ndim == rank and not (use_pipeline and plan.pipeline.has_window)
+            single = arr.ndim == rank
             n = None if single or arr.ndim <= plan.axis else arr.shape[plan.axis]
             break
         for i, name in enumerate(self._names):

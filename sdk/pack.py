@@ -225,7 +225,7 @@ def synthetic_inputs(inputs: Sequence[TensorSpec], batch: int, seed: int) -> dic
     feeds: dict[str, np.ndarray] = {}
     for spec in inputs:
         shape = tuple(
-            batch if i == spec.batch_axis else (d if d > 0 else 1) for i, d in enumerate(spec.shape)
+            (batch if d == -1 else d) if i == spec.batch_axis else (d if d > 0 else 1) for i, d in enumerate(spec.shape)
         )
         dt = np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
         if spec.quantization is not None and dt.kind in "iu":

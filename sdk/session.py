@@ -133,49 +133,62 @@ class Session:
             return named[0][1]
         return dict(named)
 
-    def push(self, chunk: Any, input_name: str | None = None) -> Any:
+    def push(self, chunk: Any, input_name: str | None = None, *, other_inputs: Mapping[str, Any] | None = None) -> Any:
         """Feed a chunk of a stream (time first).
 
         With a sliding-window preprocessing step on the input, the chunk is cut into
         windows and each completed window runs through the session in order (state
         carried); returns their outputs stacked (first axis: window), or ``None`` when no
-        window completed. Without a window step, ``push`` is ``predict``.
+        window completed. ``other_inputs`` gives the model's remaining non-state inputs
+        (a sample rate, say), the same for every window. Without a window step, ``push`` is
+        ``predict``.
         """
         with self._lock:
-            stream = self._window_stream(input_name)
+            others = dict(other_inputs or {})
+            stream = self._window_stream(input_name, others)
             if stream is None:
-                return self.predict(chunk if input_name is None else {input_name: chunk})
-            return self._run_windows(stream.push(np.asarray(chunk)))
+                name = input_name or next(n for n in self._free if n not in others)
+                return self.predict({name: chunk, **others} if others or input_name else chunk)
+            return self._run_windows(stream.push(np.asarray(chunk)), others)
 
-    def flush(self) -> Any:
+    def flush(self, *, other_inputs: Mapping[str, Any] | None = None) -> Any:
         """End the stream: run the zero-padded last window when the window step pads."""
         with self._lock:
             if self._stream is None:
                 return None
-            return self._run_windows(self._stream.flush())
+            return self._run_windows(self._stream.flush(), dict(other_inputs or {}))
 
-    def _window_stream(self, input_name: str | None) -> PipelineStream | None:
+    def _window_stream(self, input_name: str | None, others: Mapping[str, Any]) -> PipelineStream | None:
         if self._stream is not None and input_name in (None, self._stream_input):
             return self._stream
         model = self._model
+        unknown = sorted(set(others) - set(self._free))
+        if unknown:
+            raise ConfigError(f"other_inputs names {unknown}, which are not non-state inputs {self._free}")
+        streamed = [n for n in self._free if n not in others]
         if input_name is None:
-            if len(self._free) != 1:
-                raise ConfigError(f"name the input to push to: the model takes {self._free}")
-            input_name = self._free[0]
+            if len(streamed) != 1:
+                raise ConfigError(
+                    f"name the input to push to, and give the others with other_inputs: the model takes {self._free}"
+                )
+            input_name = streamed[0]
         if input_name not in self._free:
             raise ConfigError(f"no non-state input named {input_name!r}; inputs are {self._free}")
+        missing = [n for n in streamed if n != input_name]
+        if missing:
+            raise ConfigError(f"push streams one input: give {missing} with other_inputs")
         plan = model._plans[model._index[input_name]]
         if not plan.pipeline.has_window:
             return None
-        if len(self._free) != 1:
-            raise ConfigError(f"push streams one input; the model also takes {[n for n in self._free if n != input_name]}")
         self._stream, self._stream_input = plan.pipeline.stream(), input_name
         return self._stream
 
-    def _run_windows(self, windows: np.ndarray) -> Any:
+    def _run_windows(self, windows: np.ndarray, others: Mapping[str, Any]) -> Any:
         if windows.shape[0] == 0:
             return None
-        results = [self.predict({self._stream_input: w} if len(self._model.inputs) > 1 else w, preprocess=False) for w in windows]
+        name = self._stream_input
+        multi = len(self._model.inputs) > 1
+        results = [self.predict({name: w, **others} if multi else w, preprocess=False) for w in windows]
         if isinstance(results[0], dict):
             return {k: np.stack([r[k] for r in results]) for k in results[0]}
         return np.stack(results)

@@ -63,7 +63,10 @@ class OnnxBackend:
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        # kernel errors come back as a named RuntimeBackendError with ORT's message, so ORT's
+        # own logger (which prints them to stderr again, in colour) keeps to fatal ones
+        opts.log_severity_level = 4
+        ort.set_default_logger_severity(4)
         try:
             self._session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
