@@ -24,7 +24,7 @@ import numpy as np
 from edgefleet.errors import CompileError, ConfigError, InvalidInputError
 
 from .config import CompileConfig, QuantMode
-from .data import Dataset, load_data
+from .data import Dataset, Inputs, load_data, n_samples, take
 from .evaluate import (Score, VariantResult, describe_regressions, evaluate_bundle, file_sizes, measure_latency, predict_all,
                        regressions_of, score_outputs)
 from .gate import GateDecision, run_gate
@@ -77,6 +77,17 @@ def _single_spec(spec: Any) -> Any:
     return spec
 
 
+def match_name(name: str, bundle_names: list[str]) -> str:
+    """The bundle input called ``name``: exactly, or as TFLite's converter spells it (``serving_default_NAME:0``)."""
+    if name in bundle_names:
+        return name
+    for b in bundle_names:
+        bare = b.split(":")[0]
+        if bare == name or bare.removeprefix("serving_default_") == name:
+            return b
+    raise InvalidInputError(f"data array {name!r} names no input of the model; its inputs are {bundle_names}")
+
+
 def _toolchain() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -124,13 +135,15 @@ class _Compiler:
     def _load_data(self) -> None:
         d = self.cfg.data
         col = d.csv_label_column
-        self.train = load_data(d.train, csv_label_column=col, what="training") if d.train else None
-        calib = load_data(d.calibration, csv_label_column=col, what="calibration") if d.calibration else self.train
+        self.train = load_data(d.train, csv_label_column=col, what="training", label=d.label) if d.train else None
+        calib = (load_data(d.calibration, csv_label_column=col, what="calibration", label=d.label, require_label=False)
+                 if d.calibration else self.train)
         self.calib = calib.head(d.max_calibration_samples) if calib is not None else None
-        ev = load_data(d.eval, csv_label_column=col, what="eval") if d.eval else None
+        ev = load_data(d.eval, csv_label_column=col, what="eval", label=d.label) if d.eval else None
         self.eval: Dataset | None = ev.head(d.max_eval_samples) if ev is not None else None
         ref_data = self.train or self.calib or self.eval
-        self.reference = _reference_stats(ref_data.x) if ref_data is not None else None
+        # reference statistics describe one input; multi-input models get none (drift checks are per single input)
+        self.reference = _reference_stats(ref_data.x) if ref_data is not None and not ref_data.multi else None
 
     def _preprocessing(self) -> None:
         from edgefleet.preprocess import Pipeline
@@ -140,15 +153,45 @@ class _Compiler:
         labels = self.cfg.labels if self.cfg.labels is not None else side.get("labels")
         self.labels = tuple(str(v) for v in labels) if labels else None
         spec = _single_spec(self.prep_spec)
-        self.pipeline = Pipeline.from_spec(spec, self.reference) if spec is not None else None
+        self.pipeline = None
+        self.pipelines: dict[str, Any] = {}
+        if isinstance(spec, dict) and "steps" not in spec:  # several inputs: a pipeline per input name
+            self.pipelines = {k: Pipeline.from_spec(v, None) for k, v in spec.items()}
+        elif spec is not None:
+            self.pipeline = Pipeline.from_spec(spec, self.reference)
 
-    def prep(self, x: np.ndarray, what: str) -> np.ndarray:
-        if self.pipeline is not None:
+    def prep(self, x: Inputs, what: str) -> Inputs:
+        if isinstance(x, dict):
+            unknown = sorted(set(self.pipelines) - set(x))
+            if unknown:
+                raise InvalidInputError(f"{what} data has arrays {sorted(x)}; the preprocessing names inputs {unknown}")
+            return {k: self._prep_one(v, self.pipelines.get(k), f"{what} data {k!r}") for k, v in x.items()}
+        if self.pipelines:
+            raise InvalidInputError(f"{what} data is one array 'x', but the preprocessing is keyed by input names "
+                                    f"{sorted(self.pipelines)}: store one array per input name")
+        return self._prep_one(x, self.pipeline, f"{what} data")
+
+    @staticmethod
+    def _prep_one(x: np.ndarray, pipeline: Any, what: str) -> np.ndarray:
+        if pipeline is not None:
             try:
-                x = self.pipeline.apply(x)
+                x = pipeline.apply(x)
             except (InvalidInputError, ConfigError, ValueError) as exc:
-                raise InvalidInputError(f"{what} data does not fit the preprocessing: {exc}") from None
-        return np.asarray(x, dtype=np.float32)
+                raise InvalidInputError(f"{what} does not fit the preprocessing: {exc}") from None
+        x = np.asarray(x)
+        return x.astype(np.float32) if x.dtype.kind == "f" or pipeline is not None or x.dtype == np.float64 else x
+
+    def _check_inputs(self, names: list[str], x: Inputs, what: str) -> None:
+        """Multi-input data must hold exactly one array per model input name."""
+        if len(names) == 1 and not isinstance(x, dict):
+            return
+        if not isinstance(x, dict):
+            raise InvalidInputError(f"the model has inputs {names}: the {what} .npz must hold one array per input name "
+                                    "(and 'y' or --label KEY for labels), not 'x'")
+        missing, extra = [n for n in names if n not in x], sorted(set(x) - set(names))
+        if missing or extra:
+            raise InvalidInputError(f"the {what} data has arrays {sorted(x)} but the model's inputs are {names}: "
+                                    f"missing {missing}, unexpected {extra}" + (" (name the labels with --label KEY)" if extra else ""))
 
     def _check_shape(self, shape: tuple[int, ...], x: np.ndarray, what: str) -> None:
         got = tuple(x.shape[1:])
@@ -181,38 +224,60 @@ class _Compiler:
         ev = self.eval
         self.eval_x = self.prep(ev.x, "eval") if ev is not None else None
         self.calib_x = self.prep(self.calib.x, "calibration") if self.calib is not None else None
-        if self.calib_x is not None and len(self.calib_x) == 0:
+        if self.calib_x is not None and n_samples(self.calib_x) == 0:
             raise InvalidInputError("quantize: the calibration set is empty")
-        self.source_outputs: np.ndarray | None = None
+        self.source_outputs: list[np.ndarray] | None = None
         self.baseline: Score | None = None
         if kind == "keras":
             from .passes._train import set_seed
 
             set_seed(self.cfg.seed)
             self.model = load_keras(self.src)
-            if len(self.model.inputs) != 1 or len(self.model.outputs) != 1:
-                raise CompileError("load: only single-input, single-output models are supported for now")
-            shape = tuple(int(d) if d is not None else -1 for d in self.model.inputs[0].shape[1:])
+            names = [t.name for t in self.model.inputs]
+            shapes = {t.name: tuple(int(d) if d is not None else -1 for d in t.shape[1:]) for t in self.model.inputs}
             for name, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
                 if arr is not None:
-                    self._check_shape(shape, arr, name)
+                    self._check_inputs(names, arr, name)
+                    for k, a in (arr.items() if isinstance(arr, dict) else [(names[0], arr)]):
+                        self._check_shape(shapes[k], a, name if len(names) == 1 else f"{name} {k!r}")
             if self.eval_x is not None:
-                self.source_outputs = np.asarray(self.model.predict(self.eval_x, batch_size=256, verbose=0))
+                self.source_outputs = self._keras_outputs(self.eval_x)
+            shape = shapes[names[0]]
+            if len(names) > 1 and (self.cfg.prune.enabled or self.cfg.structured.enabled or self.cfg.distill.enabled):
+                raise ConfigError(f"pruning and distillation take single-input models; this one has inputs {names}")
             self._keras_passes(shape)
             from .passes.distill import count_params
             from .passes.prune import sparsity_of
 
             self._params = count_params(self.model)
             self._sparsity = sparsity_of(self.model)
-            self.opt_outputs = np.asarray(self.model.predict(self.eval_x, batch_size=256, verbose=0)) if self.eval_x is not None else None
+            self.opt_outputs = self._keras_outputs(self.eval_x) if self.eval_x is not None else None
         else:
             if kind in ("onnx", "tflite"):
                 check_model_file(self.src)
+            if kind == "onnx":
+                import onnx
+
+                graph = onnx.load(str(self.src.path), load_external_data=False).graph
+                inits = {t.name for t in graph.initializer}
+                names = [i.name for i in graph.input if i.name not in inits]
+                for what, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
+                    if arr is not None:
+                        self._check_inputs(names, arr, what)
             if kind == "savedmodel" and self.cfg.prune.enabled:
                 raise ConfigError("pruning needs a Keras source")
             self.opt_outputs = None
         if self.eval is not None and self.source_outputs is not None:
-            self.baseline = score_outputs(self.source_outputs, self.eval.y, self.eval.task, self.source_outputs)
+            self.baseline = score_outputs(self.source_outputs[0], self.eval.y, self.eval.task, self.source_outputs[0])
+
+    def _keras_outputs(self, x: Inputs) -> list[np.ndarray]:
+        """The Keras model's outputs on ``x``, as a list in ``model.outputs`` order."""
+        out = self.model.predict(x, batch_size=256, verbose=0)
+        if isinstance(out, dict):
+            out = [out[n] for n in self.model.output_names]
+        elif not isinstance(out, (list, tuple)):
+            out = [out]
+        return [np.asarray(o) for o in out]
 
     def _keras_passes(self, shape: tuple[int, ...]) -> None:
         cfg = self.cfg
@@ -261,7 +326,7 @@ class _Compiler:
     def build(self, fmt: str, variant: str) -> tuple[Path, dict[str, Any]]:
         out = self.work / f"{fmt}-{variant}.{fmt}"
         calib = self.calib_x
-        if variant in ("int8", "int8-mixed", "int16x8") and (calib is None or len(calib) == 0):
+        if variant in ("int8", "int8-mixed", "int16x8") and (calib is None or n_samples(calib) == 0):
             raise InvalidInputError(f"quantize: {variant} needs a non-empty calibration set (--calibration DATA)")
         if fmt == "tflite":
             if self.src.kind == "tflite":
@@ -304,7 +369,7 @@ class _Compiler:
                 if ref is None and variant == "float32":
                     ref = None
                 score, outputs, p50, p50_invoke = evaluate_bundle(
-                    bundle.path, self.eval.x, self.eval.y, self.eval.task,
+                    bundle.path, self._by_bundle_names(bundle, self.eval.x), self.eval.y, self.eval.task,
                     ref if ref is not None else self._float_reference(fmt, bundle.path), self.cfg.output.latency_runs)
                 r.score, r.outputs, r.p50_ms, r.p50_invoke_ms = score, outputs, p50, p50_invoke
                 if variant == "float32":
@@ -313,7 +378,9 @@ class _Compiler:
                     self.baseline = score if variant == "float32" else self.baseline
                 r.drop = score.drop_from(self.baseline) if self.baseline is not None else 0.0
             else:
-                r.p50_ms, r.p50_invoke_ms = measure_latency(bundle.path, self._latency_sample(), self.cfg.output.latency_runs)
+                sample = self._latency_sample()
+                sample = self._by_bundle_names(bundle, sample) if sample is not None else None
+                r.p50_ms, r.p50_invoke_ms = measure_latency(bundle.path, sample, self.cfg.output.latency_runs)
             r.regressions = regressions_of(r, self._results.get((fmt, "float32")))
             advance()
         self._results[key] = r
@@ -323,7 +390,7 @@ class _Compiler:
         """Without eval data: one raw calibration sample, else None (synthetic inputs of the declared shapes)."""
         if self.calib is not None:
             self.latency_input = "calibration sample"
-            return self.calib.x[:1]
+            return take(self.calib.x, slice(0, 1))
         self.latency_input = "synthetic inputs of the declared shapes"
         return None
 
@@ -334,8 +401,15 @@ class _Compiler:
 
             assert self.eval is not None
             with edgefleet.load(bundle_path, threads=1) as m:
-                self.source_outputs = predict_all(m, self.eval.x)
+                self.source_outputs = predict_all(m, self._by_bundle_names(m, self.eval.x))
         return self.source_outputs
+
+    def _by_bundle_names(self, bundle: Any, x: Inputs) -> Inputs:
+        """Data keyed by the source's input names, keyed by the bundle's (TFLite names them serving_default_NAME:0)."""
+        if not isinstance(x, dict):
+            return x
+        names = [s.name for s in bundle.manifest.inputs]
+        return {match_name(k, names): v for k, v in x.items()}
 
     def _check_export(self, fmt: str, outputs: np.ndarray) -> None:
         from .passes.export import check_export
@@ -368,7 +442,9 @@ class _Compiler:
             from edgefleet.bundle import open_bundle
 
             b, _ = open_bundle(scratch)
-            smoke = {b.manifest.inputs[0].name: self.eval_x[:4]}
+            smoke = self._by_bundle_names(b, take(self.eval_x, slice(0, 4)))
+            if not isinstance(smoke, dict):
+                smoke = {b.manifest.inputs[0].name: smoke}
         metrics: dict[str, Any] = {
             "variant": chosen.name,
             "quantization": chosen.quantization,

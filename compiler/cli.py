@@ -36,6 +36,8 @@ def register(sub: Any) -> None:
     c.add_argument("--train", metavar="DATA", help=".npz (x, y) or .csv for fine-tuning")
     c.add_argument("--calibration", metavar="DATA", help="data for int8 calibration (default: --train)")
     c.add_argument("--eval", metavar="DATA", help="held-out data for accuracy, the gate and the report")
+    c.add_argument("--label", metavar="KEY", help="npz array holding the eval labels (default y); multi-input data "
+                   "files hold one array per input name")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
     c.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"])
     c.add_argument("--no-per-channel", action="store_true", help="per-tensor ONNX weight quantization")

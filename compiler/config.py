@@ -96,6 +96,7 @@ class DataConfig:
     calibration: str | None = None
     eval: str | None = None
     csv_label_column: int | None = -1
+    label: str | None = None  # npz key of the labels (default "y"); the other arrays are inputs by name
     max_calibration_samples: int = 300
     max_eval_samples: int = 2000
 
@@ -407,6 +408,7 @@ def config_from_args(args: Any, base: CompileConfig | None = None) -> CompileCon
         "train": "data.train",
         "calibration": "data.calibration",
         "eval": "data.eval",
+        "label": "data.label",
         "name": "output.name",
         "version": "output.version",
         "key": "output.key",

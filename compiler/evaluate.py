@@ -134,14 +134,32 @@ def score_outputs(outputs: np.ndarray, y: np.ndarray | None, task: str, referenc
     return Score("mae", float(np.mean(np.abs(out - ref))), False)
 
 
-def predict_all(model: Any, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    outs = []
-    for i in range(0, len(x), batch):
-        out = model.predict(x[i : i + batch])
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        outs.append(np.asarray(out))
-    return np.concatenate(outs)
+def predict_all(model: Any, x: Any, batch: int = 512) -> list[np.ndarray]:
+    """Every output of ``model`` on ``x`` (an array, or a dict by input name), in the manifest's output order."""
+    from .data import n_samples, take
+
+    names = [s.name for s in model.manifest.outputs]
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, n_samples(x), batch):
+        out = model.predict(take(x, slice(i, i + batch)))
+        parts.append([np.asarray(out[n]) for n in names] if isinstance(out, dict) else [np.asarray(out)])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def align_outputs(reference: list[np.ndarray] | None, got: list[np.ndarray]) -> list[np.ndarray]:
+    """``got`` reordered like ``reference`` (a converter may reorder outputs: TFLite names them
+    ``StatefulPartitionedCall:N``): each reference output takes the same-shaped output nearest to it."""
+    if reference is None or len(reference) != len(got) or len(got) == 1:
+        return got
+    left = list(range(len(got)))
+    order = []
+    for ref in reference:
+        same = [i for i in left if got[i].shape == ref.shape] or left
+        best = min(same, key=lambda i: float(np.mean(np.abs(np.asarray(got[i], np.float64) - ref)))
+                   if got[i].shape == ref.shape else np.inf)
+        order.append(best)
+        left.remove(best)
+    return [got[i] for i in order]
 
 
 def synthetic_inputs(specs: Any, seed: int = 0) -> dict[str, np.ndarray]:
@@ -195,20 +213,24 @@ def latency(model: Any, sample: Any, runs: int, warmup: int = 20, preprocess: bo
 
 def evaluate_bundle(
     bundle_path: Path,
-    x: np.ndarray,
+    x: Any,
     y: np.ndarray | None,
     task: str,
-    reference: np.ndarray | None,
+    reference: list[np.ndarray] | None,
     latency_runs: int,
-) -> tuple[Score, np.ndarray, float, float]:
-    """Load a bundle with the SDK and return (score, outputs, p50 ms, p50 invoke ms)."""
+) -> tuple[Score, list[np.ndarray], float, float]:
+    """Load a bundle with the SDK and return (score, outputs, p50 ms, p50 invoke ms).
+
+    Outputs come back in ``reference``'s order; the first one is scored against the labels."""
     import edgefleet
+
+    from .data import take
 
     model = edgefleet.load(bundle_path, threads=1)
     try:
-        outputs = predict_all(model, x)
-        score = score_outputs(outputs, y, task, reference)
-        p50, p50_invoke = latency(model, x[:1], latency_runs)
+        outputs = align_outputs(reference, predict_all(model, x))
+        score = score_outputs(outputs[0], y, task, reference[0] if reference is not None else None)
+        p50, p50_invoke = latency(model, take(x, slice(0, 1)), latency_runs)
     finally:
         model.close()
     return score, outputs, p50, p50_invoke
@@ -230,4 +252,4 @@ def measure_latency(bundle_path: Path, sample: Any | None, latency_runs: int) ->
 
 
 __all__ = ["Score", "VariantResult", "file_sizes", "score_outputs", "evaluate_bundle", "latency", "predict_all",
-           "measure_latency", "synthetic_inputs", "regressions_of", "describe_regressions", "SLOWER_MARGIN"]
+           "measure_latency", "synthetic_inputs", "align_outputs", "regressions_of", "describe_regressions", "SLOWER_MARGIN"]

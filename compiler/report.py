@@ -52,7 +52,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(_fmt(cells.get(c)) for c in COLUMNS) + " |")
     flagged = [r for r in rows if r.get("regressions")]
     if flagged:
-        lines.append("\nRegressions (a quantized variant larger or slower than float32 of its format; `auto` never chooses one):")
+        lines.append("\nRegressions against the float32 variant of the same format (`auto` never chooses one):")
     for r in flagged:
         g = r["regressions"]
         what = []

@@ -63,8 +63,8 @@ def to_tflite(model: Any, out: Path) -> Path:
 
 def _ensure_called(model: Any) -> None:
     """Keras refuses to export a freshly loaded model that has never been called."""
-    shape = [1 if d is None else int(d) for d in model.inputs[0].shape]
-    model(np.zeros(shape, dtype=model.inputs[0].dtype or "float32"))
+    zeros = {t.name: np.zeros([1 if d is None else int(d) for d in t.shape], dtype=t.dtype or "float32") for t in model.inputs}
+    model(next(iter(zeros.values())) if len(zeros) == 1 else zeros)
 
 
 def to_onnx(model: Any, out: Path, source_kind: str = "keras") -> Path:
@@ -87,22 +87,30 @@ def to_onnx(model: Any, out: Path, source_kind: str = "keras") -> Path:
     return out
 
 
-def compare_outputs(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Max absolute difference and (for class scores) top-1 agreement between two output arrays."""
-    reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    got = np.asarray(got, np.float64).reshape(len(got), -1)
+def _rows(outputs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(all outputs flattened side by side, the first output's rows) -- one output may be given bare."""
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    first = np.asarray(outs[0], np.float64).reshape(len(outs[0]), -1)
+    return np.concatenate([np.asarray(o, np.float64).reshape(len(o), -1) for o in outs], axis=1), first
+
+
+def compare_outputs(reference: Any, got: Any) -> dict[str, float]:
+    """Max absolute difference over all outputs and (for class scores) top-1 agreement of the first output.
+    ``reference`` and ``got`` are one array, or lists of the outputs in the same order."""
+    (reference, ref_first), (got, got_first) = _rows(reference), _rows(got)
     if reference.shape != got.shape:
         raise CompileError(f"export: exported model outputs {got.shape}, the source {reference.shape}")
     result = {"max_abs_diff": float(np.max(np.abs(reference - got))) if reference.size else 0.0}
-    if reference.shape[1] > 1:
-        result["agreement"] = float(np.mean(reference.argmax(1) == got.argmax(1)) * 100.0)
+    if ref_first.shape[1] > 1 and ref_first.shape == got_first.shape:
+        result["agreement"] = float(np.mean(ref_first.argmax(1) == got_first.argmax(1)) * 100.0)
     return result
 
 
-def check_export(reference: np.ndarray, got: np.ndarray, what: str, atol: float = 1e-3) -> dict[str, float]:
+def check_export(reference: Any, got: Any, what: str, atol: float = 1e-3) -> dict[str, float]:
     """Raise if a float export does not reproduce the source's outputs."""
     cmp = compare_outputs(reference, got)
-    scale = max(1.0, float(np.max(np.abs(reference))) if np.size(reference) else 1.0)
+    ref = _rows(reference)[0]
+    scale = max(1.0, float(np.max(np.abs(ref))) if np.size(ref) else 1.0)
     if cmp["max_abs_diff"] > atol * scale:
         raise CompileError(
             f"export: the {what} export differs from the source by up to {cmp['max_abs_diff']:.3g} on the eval data; "

@@ -34,6 +34,7 @@ import numpy as np
 from edgefleet.errors import CompileError, InvalidInputError
 
 from ..config import CalibrationMethod, QuantizeOptions
+from ..data import n_samples, take
 from .export import convert_tflite, quiet, tflite_converter
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8", "int8-mixed", "int16x8")
@@ -41,11 +42,20 @@ ONNX_VARIANTS = ("float32", "float16", "dynamic", "int8", "int8-mixed")
 _WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
-def _representative(calibration: np.ndarray) -> Any:
-    if calibration is None or len(calibration) == 0:
+def _representative(calibration: Any) -> Any:
+    """TFLite's representative dataset: one sample at a time; several inputs as a dict by input (signature) name."""
+    if calibration is None or n_samples(calibration) == 0:
         raise InvalidInputError(
             "quantize: the calibration set is empty; give --calibration DATA (or --train DATA) with samples"
         )
+    if isinstance(calibration, dict):
+        arrays = {k: np.asarray(v) for k, v in calibration.items()}
+
+        def gen_multi() -> Iterable[dict[str, np.ndarray]]:
+            for i in range(n_samples(arrays)):
+                yield {k: v[i : i + 1] for k, v in arrays.items()}
+
+        return gen_multi
     data = np.asarray(calibration, dtype=np.float32)
 
     def gen() -> Iterable[list[np.ndarray]]:
@@ -64,7 +74,7 @@ def sensitive_tflite_nodes(model: Any, calibration: np.ndarray, count: int) -> l
     conv.representative_dataset = _representative(calibration)
     try:
         with quiet():
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_representative(calibration[:64]))
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=_representative(take(calibration, slice(0, 64))))
             debugger.run()
             buf = io.StringIO()
             debugger.layer_statistics_dump(buf)
@@ -132,7 +142,7 @@ def _selective(model: Any, out: Path, calibration: np.ndarray, nodes: list[str],
         with quiet():
             opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
             debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=conv, debug_dataset=_representative(calibration[:8]), debug_options=opts
+                converter=conv, debug_dataset=_representative(take(calibration, slice(0, 8))), debug_options=opts
             )
             data = debugger.get_nondebug_quantized_model()
     except Exception as exc:
@@ -143,10 +153,15 @@ def _selective(model: Any, out: Path, calibration: np.ndarray, nodes: list[str],
 
 
 class _Reader:
-    """ORT ``CalibrationDataReader``: one preprocessed sample per call."""
+    """ORT ``CalibrationDataReader``: one preprocessed sample per call (every input, by name)."""
 
-    def __init__(self, name: str, data: np.ndarray) -> None:
-        self._it = iter([{name: data[i : i + 1].astype(np.float32)} for i in range(len(data))])
+    def __init__(self, names: list[str], data: Any) -> None:
+        if not isinstance(data, dict):
+            data = {names[0]: np.asarray(data, np.float32)}
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise InvalidInputError(f"quantize: the calibration data has arrays {sorted(data)}; the model's inputs are {names}")
+        self._it = iter([{n: np.asarray(data[n][i : i + 1]) for n in names} for i in range(n_samples(data))])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
@@ -251,7 +266,7 @@ def quantize_onnx(
         finally:
             pre.unlink(missing_ok=True)
     else:
-        if calibration is None or len(calibration) == 0:
+        if calibration is None or n_samples(calibration) == 0:
             raise InvalidInputError("quantize: the calibration set is empty; give --calibration DATA (or --train DATA)")
         if variant == "int8-mixed":
             weighted = _weighted_nodes(float_model)
@@ -263,14 +278,16 @@ def quantize_onnx(
         notes["pre_process"] = pre_process_onnx(float_model, pre)
         if options.onnx_per_channel:
             _raise_opset(pre, PER_CHANNEL_OPSET, notes)
-        input_name = onnx.load(str(pre)).graph.input[0].name
+        graph = onnx.load(str(pre)).graph
+        inits = {t.name for t in graph.initializer}
+        input_names = [i.name for i in graph.input if i.name not in inits]
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
         if options.onnx_calibration is CalibrationMethod.PERCENTILE:
             extra["CalibPercentile"] = options.percentile
         try:
             with quiet():
                 quantize_static(
-                    str(pre), str(out), _Reader(input_name, np.asarray(calibration, np.float32)),
+                    str(pre), str(out), _Reader(input_names, calibration),
                     quant_format=QuantFormat.QDQ, per_channel=options.onnx_per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=excluded or None,

@@ -95,10 +95,83 @@ def tiny_dense_onnx(out: Path) -> Path:
     return path
 
 
+def _two_input_data(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    a = rng.normal(0, 1, (n, 6)).astype(np.float32)
+    b = rng.normal(0, 1, (n, 4, 4, 1)).astype(np.float32)
+    # a rule both inputs take part in: class = which of three sums is largest
+    sums = np.stack([a[:, :3].sum(1), a[:, 3:].sum(1), b.reshape(n, -1).mean(1) * 4], axis=1)
+    return {"a": a, "b": b, "target": sums.argmax(1).astype(np.int64)}
+
+
+def two_input_onnx(out: Path) -> Path:
+    """``a`` (N, 6) and ``b`` (N, 16) -> ``probs`` (N, 3) and ``score`` (N, 1): two inputs, two outputs.
+    Writes ``two_input_onnx.npz`` with arrays ``a``, ``b`` and labels ``target``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    d = _two_input_data(rng, 96)
+    d["b"] = d["b"].reshape(len(d["b"]), 16)
+    # weights that compute the rule (plus noise), so the labels mean something
+    wa = np.zeros((6, 3), np.float32)
+    wa[:3, 0] = wa[3:, 1] = 1.0
+    wb = np.zeros((16, 3), np.float32)
+    wb[:, 2] = 0.25
+    wa += rng.normal(0, 0.05, wa.shape).astype(np.float32)
+    inits = [numpy_helper.from_array(v, k) for k, v in (("Wa", wa), ("Wb", wb),
+                                                        ("Ws", rng.normal(0, 1, (3, 1)).astype(np.float32)))]
+    nodes = [
+        helper.make_node("MatMul", ["a", "Wa"], ["ha"], name="mm_a"),
+        helper.make_node("MatMul", ["b", "Wb"], ["hb"], name="mm_b"),
+        helper.make_node("Add", ["ha", "hb"], ["logits"], name="add"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["logits", "Ws"], ["score"], name="mm_s"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_input",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 6]), helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = out / "two_input.onnx"
+    onnx.save(model, str(path))
+    np.savez(out / "two_input_onnx.npz", **d)
+    return path
+
+
+def two_input_keras(out: Path) -> Path:
+    """Keras: ``a`` (6,) and ``b`` (4, 4, 1) -> outputs ``probs`` (3,) and ``value`` (1,), briefly trained on
+    the rule of ``_two_input_data``. Writes ``two_input_keras.npz`` (``a``, ``b``, labels ``target``)."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    d = _two_input_data(rng, 600)
+    a = keras.Input((6,), name="a")
+    b = keras.Input((4, 4, 1), name="b")
+    hb = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(b))
+    h = keras.layers.Concatenate()([keras.layers.Dense(16, activation="relu")(a), hb])
+    model = keras.Model({"a": a, "b": b}, {"probs": keras.layers.Dense(3, activation="softmax", name="probs")(h),
+                                           "value": keras.layers.Dense(1, name="value")(h)})
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss={"probs": "sparse_categorical_crossentropy", "value": "mse"})
+    x = {"a": d["a"], "b": d["b"]}
+    model.fit(x, {"probs": d["target"], "value": d["a"].sum(1, keepdims=True)}, epochs=8, batch_size=32, verbose=0)
+    path = out / "two_input.keras"
+    model.save(path)
+    np.savez(out / "two_input_keras.npz", **{k: v[:200] for k, v in d.items()})
+    return path
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     conv_bn_onnx(out)
     tiny_dense_onnx(out)
+    two_input_onnx(out)
+    two_input_keras(out)
 
 
 if __name__ == "__main__":

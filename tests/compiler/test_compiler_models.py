@@ -50,6 +50,7 @@ def test_onnx_int8_folds_batchnorm_and_is_smaller_than_float(conv_bn: tuple[Path
     report = json.loads((i8.report_dir / "report.json").read_text())
     int8_row = next(r for r in report["variants"] if r["variant"] == "onnx-int8")
     assert int8_row["size_bytes"] <= next(r for r in report["variants"] if r["variant"] == "onnx-float32")["size_bytes"]
+    assert "larger" not in int8_row["regressions"]
     assert "larger" not in (i8.report_dir / "report.md").read_text()
     x = np.load(data)["x"][:8]
     with edgefleet.load(tmp_path / "f32") as mf, edgefleet.load(tmp_path / "i8") as mq:
@@ -102,3 +103,64 @@ def test_latency_and_source_hash_without_eval(conv_bn: tuple[Path, Path], tmp_pa
             assert m.manifest.metrics["p50_latency_ms"] > 0
             assert m.manifest.lineage["source_model_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
         assert result.report["latency_input"] == ("calibration sample" if name == "calib" else "synthetic inputs of the declared shapes")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every model of make_compiler_models.py; Keras ones are built in a child process."""
+    out = tmp_path_factory.mktemp("built")
+    subprocess.run([sys.executable, str(HERE / "make_compiler_models.py"), str(out)], check=True, capture_output=True)
+    return out
+
+
+def _multi_cfg(data: Path, quantize: QuantMode, fmt: OutputFormat) -> CompileConfig:
+    return CompileConfig(quantize=quantize, format=fmt, max_accuracy_drop=None,
+                         data=DataConfig(calibration=str(data), eval=str(data), label="target", max_calibration_samples=64),
+                         output=OutputConfig(latency_runs=20))
+
+
+@pytest.mark.parametrize("kind,fmt", [("keras", OutputFormat.TFLITE), ("keras", OutputFormat.ONNX), ("onnx", OutputFormat.ONNX)])
+def test_two_input_two_output_models_compile_end_to_end(built: Path, tmp_path: Path, kind: str, fmt: OutputFormat) -> None:
+    src = built / f"two_input.{kind}"
+    data = built / f"two_input_{kind}.npz"
+    d = dict(np.load(data))
+    x = {"a": d["a"], "b": d["b"]}
+    for q in (QuantMode.NONE, QuantMode.INT8):
+        out = tmp_path / f"{fmt.value}-{q.value}"
+        result = compile_model(src, out, _multi_cfg(data, q, fmt))
+        assert result.chosen.quantization == ("float32" if q is QuantMode.NONE else "int8")
+        assert result.baseline is not None and result.baseline.metric == "accuracy"
+        assert result.chosen.p50_ms > 0
+        with edgefleet.load(out) as m:
+            names = [s.name for s in m.manifest.inputs]
+            assert len(names) == 2 and len(m.manifest.outputs) == 2
+            assert m.run_smoke_tests().ok
+            feed = {n: x["a" if "a" in n.split(":")[0].split("_")[-1:] else "b"] for n in names}
+            pred = m.predict(feed)
+            assert isinstance(pred, dict) and len(pred) == 2
+            probs = next(v for v in pred.values() if v.shape[-1] == 3)
+            acc = float(np.mean(probs.argmax(1) == d["target"]) * 100)
+            assert acc == pytest.approx(result.chosen.score.value, abs=1e-6)
+            if q is QuantMode.NONE:
+                assert acc == pytest.approx(result.baseline.value, abs=1e-6)
+            else:
+                assert acc >= result.baseline.value - 15
+
+
+def test_multi_input_data_errors_are_named(built: Path, tmp_path: Path) -> None:
+    from edgefleet.errors import InvalidInputError
+
+    src = built / "two_input.onnx"
+    data = built / "two_input_onnx.npz"
+    with pytest.raises(InvalidInputError, match=r"unexpected \['target'\].*--label"):  # labels not named
+        compile_model(src, tmp_path / "b", replace(_multi_cfg(data, QuantMode.NONE, OutputFormat.ONNX),
+                                                   data=DataConfig(eval=str(data))))
+    with pytest.raises(InvalidInputError, match="--label nope names none"):
+        compile_model(src, tmp_path / "b", replace(_multi_cfg(data, QuantMode.NONE, OutputFormat.ONNX),
+                                                   data=DataConfig(eval=str(data), label="nope")))
+    single = tmp_path / "x.npz"
+    np.savez(single, x=np.zeros((4, 6), np.float32))
+    with pytest.raises(InvalidInputError, match="one array per input name"):
+        compile_model(src, tmp_path / "b", replace(_multi_cfg(data, QuantMode.INT8, OutputFormat.ONNX),
+                                                   data=DataConfig(calibration=str(single))))
+    assert not (tmp_path / "b").exists()
