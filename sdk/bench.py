@@ -294,7 +294,7 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     if "raw" in r:
         lines.append(
-            f"raw runtime call: p50 {r['raw']['p50_us']:.1f} us; predict() overhead {r['overhead_us_p50']:.2f} us "
+            f"raw runtime call: p50 {r['raw']['p50_us']:.1f} us; {'session step' if r['config'].get('session') else 'predict()'} overhead {r['overhead_us_p50']:.2f} us "
             f"(median of blocks {r['overhead_us_median_of_blocks']:.2f} us), ratio {r['ratio_p50']:.3f}"
         )
     return "\n".join(lines)
