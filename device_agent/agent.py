@@ -30,7 +30,14 @@ import numpy as np
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.canonical import sha256_bytes
-from edgefleet.errors import ConfigError, EdgefleetError, InvalidInputError, SessionError, StoreError, UpdateRejectedError
+from edgefleet.errors import (
+    ConfigError,
+    EdgefleetError,
+    InvalidInputError,
+    SessionError,
+    StoreError,
+    UpdateRejectedError,
+)
 from edgefleet.keys import PublicKey
 from edgefleet.manifest import MANIFEST_NAME, Manifest
 
