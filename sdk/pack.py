@@ -229,7 +229,7 @@ def synthetic_inputs(inputs: Sequence[TensorSpec], batch: int, seed: int) -> dic
         )
         dt = np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
         if spec.quantization is not None and dt.kind in "iu":
-            info = np.iinfo(dt)
+            info = np.iinfo(dt)  # type: ignore[type-var]
             q = spec.quantization
             lo, hi = (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
             feeds[spec.name] = rng.uniform(lo, hi, size=shape).astype(np.float32)

@@ -187,6 +187,7 @@ class Session:
         if windows.shape[0] == 0:
             return None
         name = self._stream_input
+        assert name is not None  # set with the stream
         multi = len(self._model.inputs) > 1
         results = [self.predict({name: w, **others} if multi else w, preprocess=False) for w in windows]
         if isinstance(results[0], dict):
