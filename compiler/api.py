@@ -344,8 +344,20 @@ class _Compiler:
         from edgefleet.pack import pack
 
         bundle, _ = pack(model_path, self.work / "bundles" / name, name=self._name(), version=self.cfg.output.version,
-                         labels=self.labels, preprocessing=self.prep_spec, reference_stats=self.reference, overwrite=True)
+                         labels=self.labels, preprocessing=self.prep_spec, reference_stats=self.reference, overwrite=True,
+                         **self._batch_axes(model_path))
         return bundle
+
+    def _batch_axes(self, model_path: Path) -> dict[str, Any]:
+        """Keras models take batches on axis 0 of every input; say so, since exporters give each input's batch
+        dimension its own name (``unk__74``, ``unk__75``) and pack would otherwise infer no shared batch axis."""
+        if self.src.kind != "keras" or len(self.model.inputs) < 2:
+            return {}
+        from edgefleet.pack import manifest_for_model
+
+        manifest, be = manifest_for_model(model_path)
+        be.close()
+        return {"batch_axes": {s.name: 0 for s in manifest.inputs}}
 
     def _name(self) -> str:
         return self.cfg.output.name or _sanitize(self.src.path.stem if self.src.path.is_file() else self.src.path.name)
@@ -478,6 +490,7 @@ class _Compiler:
             chosen.model_path, self.out, name=self._name(), version=cfg.output.version, labels=self.labels,
             preprocessing=self.prep_spec, private_key=key, archive=cfg.output.archive, reference_stats=self.reference,
             smoke_inputs=smoke, metrics=metrics, lineage=lineage, overwrite=cfg.output.overwrite,
+            **self._batch_axes(chosen.model_path),
         )
         from edgefleet.bench import machine_info
 
