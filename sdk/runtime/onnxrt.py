@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,6 +27,11 @@ _ORT_TYPES = {
 }
 
 
+#: dimension names exporters make up for "unknown" (tf2onnx and Keras's ONNX export write
+#: unk__6, unk__7 for the batch of each input): no name, not distinct dimensions
+_GENERATED_DIM = re.compile(r"^unk__\d+$")
+
+
 def _spec(node: Any, what: str) -> TensorSpec:
     kind = str(node.type)
     if kind.startswith(("seq(", "optional(", "map(", "sparse_tensor(")):
@@ -40,7 +46,7 @@ def _spec(node: Any, what: str) -> TensorSpec:
     if raw is None:  # unknown rank
         raise UnsupportedModelError(f"ONNX {what} {node.name!r} has no known rank; give the graph's {what} a shape")
     shape = tuple(int(d) if isinstance(d, int) and d > 0 else -1 for d in raw)
-    dims = tuple(d if isinstance(d, str) and d else None for d in raw)
+    dims = tuple(d if isinstance(d, str) and d and not _GENERATED_DIM.match(d) else None for d in raw)
     return TensorSpec(name=node.name, shape=shape, dtype=dtype, dims=dims)
 
 
