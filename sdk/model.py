@@ -51,7 +51,7 @@ class _InputPlan:
 
     __slots__ = (
         "spec", "pipeline", "raw_rank", "dtype", "quant", "sample_shape", "axis", "model_batch",
-        "qparams", "is_string", "cast_check", "shape", "qlut", "simple", "sample_static",
+        "qparams", "is_string", "cast_check", "shape", "qlut", "simple", "sample_static", "check_finite", "expand",
     )
 
     def __init__(self, spec: TensorSpec, pipeline: Pipeline, model_spec: TensorSpec) -> None:
@@ -88,8 +88,12 @@ class _InputPlan:
         self.qlut = _quant_lut(self.qparams, self.dtype) if self.qparams is not None else None
         #: one sample has a fixed shape (``_prepare`` compares shapes as tuples)
         self.sample_static = -1 not in self.sample_shape
-        #: ``_prepare``'s short route applies: no preprocessing, numbers, batch axis first or none
-        self.simple = pipeline.is_identity and not self.is_string and self.sample_static and self.axis in (0, None)
+        #: ``_prepare``'s short route applies: no preprocessing, numbers, fixed sample shape
+        self.simple = pipeline.is_identity and not self.is_string and self.sample_static
+        #: the index that adds the batch axis to one sample (``np.expand_dims`` as a view)
+        self.expand = None if self.axis is None else (slice(None),) * self.axis + (np.newaxis,)
+        #: the short route's NaN/inf check of ready float values (the model's own dtype)
+        self.check_finite = spec.finite and self.dtype.kind == "f"
 
 
 def smoke_array(value: Any, spec: TensorSpec) -> np.ndarray:
@@ -128,7 +132,9 @@ def _quant_lut(qparams: tuple[np.float32, np.float32, int, int], dtype: np.dtype
     fully described by the smallest float32 value reaching each level above the lowest
     (found by bisection over the ordered float32 values, evaluating the formula itself).
     Returns (thresholds, levels): ``levels.take(thresholds.searchsorted(x, "right"))``
-    equals ``_quantize_formula(x)`` for every finite float32 ``x`` (and for +-inf)."""
+    equals ``_quantize_formula(x)`` for every float32 ``x`` but NaN and +inf, for which the
+    last threshold (+inf) makes ``take`` raise ``IndexError`` (the caller then uses the
+    formula)."""
     if dtype.itemsize != 1:
         return None
     lo, hi = qparams[2], qparams[3]
@@ -147,13 +153,21 @@ def _quant_lut(qparams: tuple[np.float32, np.float32, int, int], dtype: np.dtype
             ok = _quantize_formula(_float32_from_ordinal(mid), qparams, dtype).astype(np.int64) >= want
             above = np.where(ok, mid, above)
             below = np.where(ok, below, mid)
-        thresholds = _float32_from_ordinal(above)
-        lut = (thresholds, levels.astype(dtype))
+        steps = _float32_from_ordinal(above)
+        lut = (np.append(steps, np.float32(np.inf)), levels.astype(dtype))
         # belt and braces: the table must reproduce the formula around every step
-        probe = np.concatenate([thresholds, _float32_from_ordinal(below), np.float32([0.0, -0.0, np.inf, -np.inf])])
+        probe = np.concatenate([steps, _float32_from_ordinal(below), np.array([0.0, -0.0, -np.inf], dtype=np.float32)])
         if not np.array_equal(lut[1].take(lut[0].searchsorted(probe, "right")), _quantize_formula(probe, qparams, dtype)):
             return None
     return lut
+
+
+def _finite_fast(arr: np.ndarray) -> bool:
+    """A cheap filter: True means no NaN or inf. False may also be a large finite value
+    (an overflow of the sum of squares): ``Model._check_finite`` then looks properly."""
+    if arr.dtype.itemsize < 4:  # float16 squares overflow from 256: a plain sum
+        return isfinite(arr.sum())
+    return isfinite(np.vdot(arr, arr))
 
 
 def _dequant_table(q: Any, dtype: np.dtype) -> np.ndarray | None:
@@ -169,7 +183,9 @@ class _FastPath:
     """``predict`` for one input given as a ready array (no preprocessing, no casts): the
     checks and conversions decided once at load."""
 
-    __slots__ = ("dtype", "sample_shape", "rank", "batched", "shape", "model_batch", "finite", "lut", "spec")
+    __slots__ = ("dtype", "sample_shape", "rank", "batched", "shape", "model_batch", "finite", "lut", "spec", "search", "levels")
+    search: Any  # the thresholds' bound searchsorted (None: not quantized)
+    levels: Any  # the levels' bound take
 
     def __init__(self, plan: _InputPlan) -> None:
         self.spec = plan.spec
@@ -181,6 +197,8 @@ class _FastPath:
         self.finite = plan.spec.finite
         # a quantized input takes float32 real values, quantized with a table
         self.lut = plan.qlut
+        self.search = plan.qlut[0].searchsorted if plan.qlut is not None else None
+        self.levels = plan.qlut[1].take if plan.qlut is not None else None
         self.dtype = np.dtype(np.float32) if plan.qlut is not None else plan.dtype
 
 
@@ -249,20 +267,18 @@ class Model:
         self._state_inputs = {st.input: st for st in manifest.state}
         self._variables = manifest.stateful_variables
         self._initial_cache: dict[str, np.ndarray] = {}
-        # Fast path: one float input with its batch axis first, no preprocessing, fixed sample
-        # shape, no input quantization, a batch the model file does not fix.
-        self._fast: tuple[np.dtype, int, tuple[int, ...]] | None = None
+        # dequantizing an 8-bit output is one table lookup (None: no table, ``_dequant``)
+        self._out_tables = [_dequant_table(q, np_dtype(s.dtype)) for s, q in zip(self.outputs, self._out_quant)]
+        self._out_dropped = [i for i, ax in enumerate(self._out_axes) if ax is not None]
+        self._out_table0 = self._out_tables[0] if len(self._out_tables) == 1 else None
+        # Fast path: one input given as a ready array in the model's own layout: float values
+        # of the model's dtype, or float32 real values of an 8-bit quantized input; batch axis
+        # first (or none), no preprocessing, fixed sample shape, no resource variables.
+        self._fast: _FastPath | None = None
         if len(self._plans) == 1 and not self._variables:
             plan0 = self._plans[0]
-            if (
-                plan0.pipeline.is_identity
-                and plan0.quant is None
-                and plan0.dtype.kind == "f"
-                and plan0.axis == 0
-                and -1 not in plan0.sample_shape
-                and plan0.model_batch is None
-            ):
-                self._fast = (plan0.dtype, len(plan0.sample_shape) + 1, plan0.sample_shape)
+            if plan0.simple and plan0.axis in (0, None) and (plan0.dtype.kind == "f" and plan0.quant is None or plan0.qlut is not None):
+                self._fast = _FastPath(plan0)
 
     # -- facts -------------------------------------------------------------
     @property
@@ -333,6 +349,23 @@ class Model:
         sample: ``None`` for an input without a batch axis)."""
         spec = plan.spec
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if plan.simple and arr.dtype == plan.dtype and (plan.qparams is None or raw):
+            # short route (same checks, same result): ready values, no preprocessing
+            shape = arr.shape
+            axis = plan.axis
+            one: bool | None
+            if axis is None:
+                match, one = shape == plan.shape, None
+            elif len(shape) == len(plan.shape) and (shape[1:] if axis == 0 else shape[:axis] + shape[axis + 1 :]) == plan.sample_shape:
+                match, one = True, False
+            else:
+                match = one = shape == plan.sample_shape
+            if match:  # otherwise the general route below says what is wrong
+                if one:
+                    arr = arr[plan.expand]
+                if plan.check_finite and not _finite_fast(arr):
+                    self._check_finite(spec, arr)
+                return arr, one
         kind = arr.dtype.kind
         if plan.is_string:
             if kind not in _STRING_KINDS:
@@ -373,10 +406,13 @@ class Model:
         if kind == "f" and spec.finite and (not use_pipeline or pipeline.allows_missing):
             self._check_finite(spec, arr)
         if plan.qparams is not None and not raw:
-            inv_scale, zero_point, lo, hi = plan.qparams
-            q = np.rint(arr * inv_scale)
-            q += zero_point
-            arr = np.clip(q, lo, hi, out=q).astype(plan.dtype)
+            lut = plan.qlut
+            try:
+                if lut is None or arr.dtype != np.float32:
+                    raise IndexError
+                arr = lut[1].take(lut[0].searchsorted(arr, "right"))
+            except IndexError:  # no table, or NaN/+inf, which the formula decides
+                arr = _quantize_formula(arr, plan.qparams, plan.dtype)
         elif arr.dtype != plan.dtype:
             if raw and plan.quant is not None and arr.dtype.kind == "f":
                 raise InvalidInputError(
@@ -434,9 +470,10 @@ class Model:
         if not batched:
             return self._invoke(arrays)
         plans = self._plans
-        sizes = [arrays[i].shape[plans[i].axis] for i in batched]  # type: ignore[index]
-        n = sizes[0]
-        if any(s != n for s in sizes):
+        first = batched[0]
+        n = arrays[first].shape[plans[first].axis]  # type: ignore[index]
+        if len(batched) > 1 and any(arrays[i].shape[plans[i].axis] != n for i in batched):  # type: ignore[index]
+            sizes = [arrays[i].shape[plans[i].axis] for i in batched]  # type: ignore[index]
             raise InvalidInputError(
                 "batched inputs have different batch sizes "
                 + ", ".join(f"{self._names[i]}={s}" for i, s in zip(batched, sizes))
@@ -483,6 +520,37 @@ class Model:
             outs = [o if ax is None else _take(o, ax) for o, ax in zip(outs, self._out_axes)]
         return outs
 
+    def _predict_fast(self, fast: _FastPath, x: np.ndarray, raw: bool) -> list[np.ndarray] | None:
+        """``predict`` for the fast path's input (see ``_FastPath``); ``None``: take the general path."""
+        shape = x.shape
+        single = False
+        if not fast.batched:
+            if shape != fast.shape:
+                return None
+        elif len(shape) == fast.rank and shape[1:] == fast.sample_shape:
+            if fast.model_batch is not None and shape[0] != fast.model_batch:
+                return None  # one call per sample, or the error: the general path
+        elif shape == fast.sample_shape and (fast.model_batch is None or fast.model_batch == 1):
+            single = True
+            x = x[np.newaxis]
+        else:
+            return None
+        if fast.finite and not _finite_fast(x):
+            self._check_finite(fast.spec, x)
+        if fast.search is not None:
+            try:
+                x = fast.levels(fast.search(x, "right"))
+            except IndexError:  # NaN or +inf: the formula decides
+                return None
+        outs = self._backend.run((x,))
+        if self._any_out_quant and not raw:
+            outs = self._dequantize(outs)
+        if single:
+            axes = self._out_axes
+            for i in self._out_dropped:
+                outs[i] = _take(outs[i], axes[i])  # type: ignore[arg-type]
+        return outs
+
     def _pack(self, outs: list[np.ndarray]) -> Any:
         if len(outs) == 1:
             return outs[0]
@@ -498,13 +566,16 @@ class Model:
         initial value (use :meth:`session` to carry state from call to call).
         """
         fast = self._fast
-        if fast is not None and type(x) is np.ndarray and x.dtype == fast[0] and x.ndim == fast[1] and x.shape[1:] == fast[2]:
-            if not isfinite(x.sum()) and self._plans[0].spec.finite:
-                self._check_finite(self._plans[0].spec, x)
-            outs = self._backend.run((x,))
-            if self._any_out_quant and not raw:
-                outs = self._dequantize(outs)
-            return outs[0] if len(outs) == 1 else {s.name: o for s, o in zip(self.outputs, outs)}
+        if fast is not None and type(x) is np.ndarray and (fast.lut is None or not raw) and (x.dtype is fast.dtype or x.dtype == fast.dtype):
+            outs = self._predict_fast(fast, x, raw)
+            if outs is not None:
+                return outs[0] if len(outs) == 1 else {s.name: o for s, o in zip(self.outputs, outs)}
+        if type(x) is dict and not self._state_inputs and len(x) == len(self._names):
+            try:  # every input named (what ``_feeds`` checks, in one pass)
+                feeds = [x[n] for n in self._names]
+            except KeyError:
+                feeds = self._feeds(x)
+            return self._pack(self._call(feeds, preprocess, raw))
         if self._state_inputs and isinstance(x, abc.Mapping) and any(n not in x for n in self._state_inputs):
             return self._pack(self._call_stateful(x, None, raw=raw, preprocess=preprocess)[0])
         if self._state_inputs and not isinstance(x, abc.Mapping) and len(self._names) > 1:
@@ -601,7 +672,13 @@ class Model:
         return [self._prepare(plan, value, preprocess, raw)[0] for plan, value in zip(self._plans, self._feeds(x))]
 
     def _dequantize(self, outs: list[np.ndarray]) -> list[np.ndarray]:
-        return [o if q is None else _dequant(o, q.zero_point, q.scale) for o, q in zip(outs, self._out_quant)]
+        table = self._out_table0
+        if table is not None and outs[0].ndim:  # the common case: one 8-bit output
+            return [table.take(outs[0])]
+        return [
+            o if q is None else (t.take(o) if t is not None and o.ndim else _dequant(o, q.zero_point, q.scale))
+            for o, q, t in zip(outs, self._out_quant, self._out_tables)
+        ]
 
     def predict_labels(self, x: Inputs, top_k: int = 1) -> Any:
         """Decode class labels with the manifest's labels: a string for one sample, a list for a batch."""
