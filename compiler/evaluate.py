@@ -163,24 +163,11 @@ def align_outputs(reference: list[np.ndarray] | None, got: list[np.ndarray]) -> 
 
 
 def synthetic_inputs(specs: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """One model-ready input per spec, of its declared shape (dynamic dimensions as 1), in its real-valued dtype."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = tuple(d if d > 0 else 1 for d in spec.shape)
-        dtype = np.dtype(spec.dtype)
-        q = getattr(spec, "quantization", None)
-        if q is not None:  # quantized I/O takes real values within the representable range
-            info = np.iinfo(dtype)
-            lo, hi = (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
-            feeds[spec.name] = rng.uniform(lo, hi, size=shape).astype(np.float32)
-        elif dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
-    return feeds
+    """One model-ready input per spec, of its declared shape (a batch of one, other dynamic
+    dimensions 1), in its real-valued dtype: the SDK's own synthetic inputs."""
+    from edgefleet.pack import synthetic_inputs as sdk_synthetic_inputs
+
+    return sdk_synthetic_inputs(specs, 1, seed)
 
 
 def latency(model: Any, sample: Any, runs: int, warmup: int = 20, preprocess: bool = True) -> tuple[float, float]:

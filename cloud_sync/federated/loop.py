@@ -88,7 +88,7 @@ def bundle_accuracy(bundle: str | Path, x: np.ndarray, y: np.ndarray, trusted_ke
     from edgefleet.compiler.evaluate import predict_all
 
     with edgefleet.load(bundle, trusted_keys=list(trusted_keys) if trusted_keys else None, threads=1) as m:
-        out = predict_all(m, np.asarray(x, np.float32))
+        out = predict_all(m, np.asarray(x, np.float32))[0]  # the first output holds the class scores
     return float(np.mean(out.reshape(len(out), -1).argmax(axis=1) == np.asarray(y).reshape(-1)))
 
 
