@@ -265,6 +265,23 @@ class Model:
         self._batched = [i for i, p in enumerate(self._plans) if p.axis is not None]
         self._fixed = [i for i in self._batched if self._plans[i].model_batch is not None]
         self._state_inputs = {st.input: st for st in manifest.state}
+        #: input index -> position in manifest.state
+        self._state_slots = {self._index[st.input]: k for k, st in enumerate(manifest.state)}
+        out_index = {s.name: j for j, s in enumerate(self.outputs)}
+        free = [i for i in range(len(self._names)) if i not in self._state_slots]
+        #: the one non-state input of a streaming model (index, plan), for Session's fast step
+        self._one_free: tuple[int, _InputPlan] | None = (free[0], self._plans[free[0]]) if len(free) == 1 and self._state_slots else None
+        #: per state pair: (input index, output index, whether the output's raw array can be
+        #: fed back as it is: same dtype and quantization)
+        self._state_feedback = [
+            (
+                self._index[st.input],
+                out_index[st.output],
+                self.outputs[out_index[st.output]].dtype == self.inputs[self._index[st.input]].dtype
+                and self.outputs[out_index[st.output]].quantization == self.inputs[self._index[st.input]].quantization,
+            )
+            for st in manifest.state
+        ]
         self._variables = manifest.stateful_variables
         self._initial_cache: dict[str, np.ndarray] = {}
         # dequantizing an 8-bit output is one table lookup (None: no table, ``_dequant``)
@@ -576,10 +593,11 @@ class Model:
             except KeyError:
                 feeds = self._feeds(x)
             return self._pack(self._call(feeds, preprocess, raw))
-        if self._state_inputs and isinstance(x, abc.Mapping) and any(n not in x for n in self._state_inputs):
-            return self._pack(self._call_stateful(x, None, raw=raw, preprocess=preprocess)[0])
-        if self._state_inputs and not isinstance(x, abc.Mapping) and len(self._names) > 1:
-            return self._pack(self._call_stateful(x, None, raw=raw, preprocess=preprocess)[0])
+        if self._state_inputs and not (isinstance(x, abc.Mapping) and all(n in x for n in self._state_inputs)):
+            # state inputs not given: from their initial values (explicit ones in a dict win)
+            given = {n: x[n] for n in self._state_inputs if n in x} if isinstance(x, abc.Mapping) else None
+            rest = {k: v for k, v in x.items() if k not in self._state_inputs} if isinstance(x, abc.Mapping) else x
+            return self._pack(self._step(rest, None, given, raw=raw, preprocess=preprocess)[0])
         return self._pack(self._call(self._feeds(x), preprocess, raw))
 
     # -- state ---------------------------------------------------------------
@@ -618,45 +636,89 @@ class Model:
             value = np.repeat(value, n, axis=ax) if value.shape[ax] == 1 else value
         return value
 
-    def _call_stateful(
+    def _step(
         self,
         x: Inputs,
-        state: Mapping[str, np.ndarray] | None,
+        raw_state: list[np.ndarray] | None,
+        state: Mapping[str, Any] | None,
         *,
         raw: bool = False,
         preprocess: bool = True,
-    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-        """One call with the state inputs taken from ``state`` (initial values where absent).
+    ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
+        """One call of a stateful model: ``x`` holds the other inputs.
 
-        Returns every output, and the next state by state input name."""
-        given = dict(x) if isinstance(x, abc.Mapping) else None
-        skip = {n: True for n in self._state_inputs if given is None or n not in given}
-        feeds = self._feeds(x if given is None else {k: v for k, v in given.items()}, skip)
-        # batching of the call, read off the inputs the caller gave
-        single: bool | None = None
+        The state inputs come from ``raw_state`` (the runtime's own arrays from the previous
+        step, in ``manifest.state`` order) or else from ``state`` (real values by name) or else
+        their initial values. Returns (every output as ``predict`` gives them, the next raw
+        state, whether the call was one unbatched sample)."""
+        one_free = self._one_free
+        if raw_state is not None and one_free is not None and isinstance(x, np.ndarray):
+            # the streaming loop: one input given, the state the runtime returned last time
+            i0, plan0 = one_free
+            arr, single = self._prepare(plan0, x, preprocess, raw)
+            arrays_ = self._merge(i0, arr, raw_state)
+            outs = self._run(arrays_)
+            nxt = [outs[j] if direct else self._prepare(self._plans[i], self._dequantize_one(outs[j], j), False, False)[0]
+                   for i, j, direct in self._state_feedback]
+            if self._any_out_quant and not raw:
+                outs = self._dequantize(outs)
+            if single:
+                outs = [o if ax is None else _take(o, ax) for o, ax in zip(outs, self._out_axes)]
+            return outs, nxt, bool(single)
+        feeds = self._feeds(x, self._state_inputs)
+        slots = self._state_slots
+        arrays: list[Any] = [None] * len(feeds)
+        singles: list[bool] = []
         n: int | None = None
-        for i, plan in enumerate(self._plans):
-            if plan.axis is None or self._names[i] in skip:
+        for i, (plan, value) in enumerate(zip(self._plans, feeds)):
+            if i in slots:
                 continue
-            arr = feeds[i] if isinstance(feeds[i], np.ndarray) else np.asarray(feeds[i])
-            use_pipeline = preprocess and not plan.pipeline.is_identity
-            win = plan.pipeline._window if use_pipeline else None
-            if win is not None:  # a stream: one sample per complete window
-                single = False
-                t = arr.shape[0] if arr.ndim else 0
-                n = 0 if t < win.size else 1 + (t - win.size) // win.hop
-                break
-            rank = plan.raw_rank if use_pipeline else len(plan.sample_shape)
-            single = arr.ndim == rank
-            n = None if single or arr.ndim <= plan.axis else arr.shape[plan.axis]
-            break
-        for i, name in enumerate(self._names):
-            if name in skip:
-                feeds[i] = state[name] if state is not None and name in state else self._initial_for(name, single, n)
-        outs = self._call(feeds, preprocess, raw)
-        by_name = {s.name: o for s, o in zip(self.outputs, outs)}
-        nxt = {st.input: by_name[st.output] for st in self.manifest.state}
-        return outs, nxt
+            arr, single = self._prepare(plan, value, preprocess, raw)
+            arrays[i] = arr
+            if single is not None:
+                singles.append(single)
+                if n is None:
+                    n = arr.shape[plan.axis]  # type: ignore[index]
+        one = bool(singles) and all(singles)
+        if raw_state is not None:
+            for i, k in slots.items():
+                arrays[i] = raw_state[k]
+        else:
+            for i in slots:
+                name = self._names[i]
+                value = state[name] if state is not None and name in state else self._initial_for(name, one, None if one else n)
+                arrays[i] = self._prepare(self._plans[i], value, False, False)[0]
+        outs = self._run(arrays)
+        nxt = [
+            outs[j] if direct else self._prepare(self._plans[i], self._dequantize_one(outs[j], j), False, False)[0]
+            for i, j, direct in self._state_feedback
+        ]
+        if self._any_out_quant and not raw:
+            outs = self._dequantize(outs)
+        if one:
+            outs = [o if ax is None else _take(o, ax) for o, ax in zip(outs, self._out_axes)]
+        return outs, nxt, one
+
+    def _merge(self, i0: int, arr: np.ndarray, raw_state: list[np.ndarray]) -> list[np.ndarray]:
+        """The runtime's inputs in order: ``arr`` at ``i0``, the state at its slots."""
+        arrays = [arr] * len(self._plans)
+        for i, k in self._state_slots.items():
+            arrays[i] = raw_state[k]
+        return arrays
+
+    def _dequantize_one(self, o: np.ndarray, j: int) -> np.ndarray:
+        q = self._out_quant[j]
+        return o if q is None else _dequant(o, q.zero_point, q.scale)
+
+    def _state_values(self, raw_state: list[np.ndarray], one: bool) -> dict[str, np.ndarray]:
+        """Real values by state input name, shaped as the caller sees them (one sample: no batch axis)."""
+        out: dict[str, np.ndarray] = {}
+        for (i, _, _), arr in zip(self._state_feedback, raw_state):
+            plan = self._plans[i]
+            q = plan.quant
+            value = arr if q is None else _dequant(arr, q.zero_point, q.scale)
+            out[self._names[i]] = np.array(_take(value, plan.axis) if one and plan.axis is not None else value)
+        return out
 
     def session(self) -> Session:
         """A :class:`Session` that carries this model's state from call to call."""

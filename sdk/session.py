@@ -48,7 +48,13 @@ class Session:
 
     def __init__(self, model: Model) -> None:
         self._lock = threading.RLock()
+        #: the next state as real values by name (set by the caller or moved from another
+        #: model), used when there is no raw state
         self._state: dict[str, np.ndarray] | None = None
+        #: the runtime's own arrays for the next call (previous outputs), and whether that
+        #: call was one unbatched sample
+        self._raw: list[np.ndarray] | None = None
+        self._one = False
         self._stream: PipelineStream | None = None
         self._stream_input: str | None = None
         self._runner: Model = model
@@ -67,7 +73,10 @@ class Session:
         else:
             self._runner = model
         self._state_names = [st.input for st in model.manifest.state]
-        self._state_outputs = {st.output for st in model.manifest.state}
+        state_outputs = {st.output for st in model.manifest.state}
+        self._out_names = [s.name for s in model.outputs]
+        #: the outputs a call returns: all but the state
+        self._keep = [j for j, n in enumerate(self._out_names) if n not in state_outputs] or list(range(len(self._out_names)))
         self._free = [s.name for s in model.inputs if s.name not in model._state_inputs]
 
     @property
@@ -79,6 +88,8 @@ class Session:
     def state(self) -> dict[str, np.ndarray]:
         """The state the next call will be fed, by state input name (copies)."""
         with self._lock:
+            if self._raw is not None:
+                return self._runner._state_values(self._raw, self._one)
             if self._state is None:
                 return {n: np.array(self._model.initial_state(n)) for n in self._state_names}
             return {k: np.array(v) for k, v in self._state.items()}
@@ -106,12 +117,12 @@ class Session:
                 )
             new[name] = arr
         with self._lock:
-            self._state = new
+            self._state, self._raw = new, None
 
     def reset(self) -> None:
         """Back to the initial state (and a fresh stream of windows)."""
         with self._lock:
-            self._state = None
+            self._state, self._raw = None, None
             if self._stream is not None:
                 self._stream.reset()
             if self._runner is not self._model:
@@ -122,16 +133,11 @@ class Session:
         """Run one step: ``x`` holds the non-state inputs; returns the non-state outputs
         (an array for one, a dict by name for several) and keeps the next state."""
         with self._lock:
-            outs, nxt = self._runner._call_stateful(x, self._state, raw=raw, preprocess=preprocess)
-            if self._state_names:
-                self._state = nxt
-            return self._result(outs)
-
-    def _result(self, outs: list[np.ndarray]) -> Any:
-        named = [(s.name, o) for s, o in zip(self._model.outputs, outs) if s.name not in self._state_outputs]
-        if len(named) == 1:
-            return named[0][1]
-        return dict(named)
+            outs, self._raw, self._one = self._runner._step(x, self._raw, self._state, raw=raw, preprocess=preprocess)
+            keep = self._keep
+            if len(keep) == 1:
+                return outs[keep[0]]
+            return {self._out_names[j]: outs[j] for j in keep}
 
     def push(self, chunk: Any, input_name: str | None = None, *, other_inputs: Mapping[str, Any] | None = None) -> Any:
         """Feed a chunk of a stream (time first).
@@ -211,9 +217,10 @@ class Session:
                     f"{model.name} v{model.version} has another signature than v{self._model.version} "
                     "(inputs, outputs, state or preprocessing): open a new session"
                 )
-            state = self._state
+            # real values travel: the new version may quantize its state differently
+            state = self._runner._state_values(self._raw, self._one) if self._raw is not None else self._state
             self._bind(model)
-            self._state = state
+            self._state, self._raw = state, None
             self._stream = None
 
     def __repr__(self) -> str:
