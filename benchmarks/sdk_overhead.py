@@ -114,18 +114,6 @@ def build_gru(out: Path, features: int = 16, hidden: int = 64) -> None:
     onnx.save(model, str(out))
 
 
-def _percentiles(samples_ns: list[int]) -> dict[str, Any]:
-    arr = np.asarray(samples_ns, dtype=np.float64) / 1e3
-    return {
-        "p50_us": float(np.percentile(arr, 50)),
-        "p90_us": float(np.percentile(arr, 90)),
-        "p99_us": float(np.percentile(arr, 99)),
-        "max_us": float(arr.max()),
-        "mean_us": float(arr.mean()),
-        "quantiles_us": [round(float(v), 3) for v in np.percentile(arr, np.arange(101))],
-    }
-
-
 def compare(step: Callable[[], Any], raw_step: Callable[[], Any], runs: int, warmup: int = 200) -> dict[str, Any]:
     """Time ``step`` and ``raw_step`` in alternating blocks of 50 (as ``edgefleet bench --compare-raw``)."""
     for _ in range(warmup):
@@ -148,7 +136,9 @@ def compare(step: Callable[[], Any], raw_step: Callable[[], Any], runs: int, war
             raw_ns.append(clock() - s)
         done += n
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    pred, raw = _percentiles(predict_ns), _percentiles(raw_ns)
+    from edgefleet.bench import percentiles
+
+    pred, raw = percentiles(predict_ns), percentiles(raw_ns)
     return {
         "predict": pred,
         "raw": raw,

@@ -68,7 +68,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _percentiles(samples_ns: list[int]) -> dict[str, Any]:
+def percentiles(samples_ns: list[int]) -> dict[str, Any]:
+    """Latency figures in microseconds from samples in nanoseconds."""
     arr = np.asarray(samples_ns, dtype=np.float64) / 1e3
     return {
         "p50_us": float(np.percentile(arr, 50)),
@@ -233,7 +234,7 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
             "inputs": {k: list(np.shape(v)) for k, v in (x.items() if isinstance(x, dict) else [(_only_input(model, cfg.session), x)])},
             "init_ms": init_ms,
             "first_inference_ms": first_ms,
-            "predict": _percentiles(predict_ns),
+            "predict": percentiles(predict_ns),
             "throughput_per_s": cfg.batch * len(predict_ns) / (sum(predict_ns) / 1e9),
             "cpu_seconds_per_inference": cpu / calls,
             "cpu_utilisation": cpu / wall if wall else 0.0,
@@ -241,7 +242,7 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
             "machine": machine_info(),
         }
         if raw is not None:
-            result["raw"] = _percentiles(raw_ns)
+            result["raw"] = percentiles(raw_ns)
             result["overhead_us_p50"] = result["predict"]["p50_us"] - result["raw"]["p50_us"]
             result["ratio_p50"] = result["predict"]["p50_us"] / result["raw"]["p50_us"]
             result["overhead_us_median_of_blocks"] = statistics.median(

@@ -7,9 +7,6 @@ subprocess: this process never imports TensorFlow).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -25,22 +22,6 @@ SCRIPT = HERE / "make_signature_models.py"
 UNITS, T, F = 8, 5, 3
 FORMATS = ["tflite", "onnx"]
 TOL = 1e-5  # LiteRT / ONNX Runtime against Keras (float32, different kernels)
-
-
-def build_signature_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the build script once per pytest process (shared with test_sdk_signatures.py)."""
-    out = tmp_path_factory.getbasetemp() / "signature_models"
-    if not (out / "gru_ref.npz").exists():
-        work = tmp_path_factory.mktemp("signature_models_build")
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(work)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        os.replace(work, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sig_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_signature_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ the ONNX models of the hypothesis tests are generated here with ``onnx.helper``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +22,6 @@ from edgefleet.pack import pack
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "make_signature_models.py"
-
-
-def build_signature_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the build script once per pytest process (both test modules share the result)."""
-    out = tmp_path_factory.getbasetemp() / "signature_models"
-    if not (out / "gru_ref.npz").exists():
-        work = tmp_path_factory.mktemp("signature_models_build")
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(work)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        os.replace(work, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sig_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_signature_models(tmp_path_factory)
 
 
 class Packed:
