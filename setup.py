@@ -47,6 +47,7 @@ DEVICE = [
     "onnxruntime>=1.18",
     "cryptography>=42",
     "paho-mqtt>=2.0",
+    "tuf>=7,<8",  # edgefleet.trust: TUF metadata (roles, thresholds, expiry, root rotation)
 ]
 COMPILER = [
     "tensorflow>=2.16",
@@ -62,6 +63,7 @@ COMPILER = [
 ]
 CLOUD = [
     "paho-mqtt>=2.0",
+    "tuf>=7,<8",
     "sqlalchemy>=2.0",
     "fastapi",
     "uvicorn",

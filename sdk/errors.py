@@ -14,6 +14,21 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
     │   │       └── UnsupportedModelError (5)   a model tensor type no edgefleet API can carry (ONNX sequence/optional)
     │   ├── BundleIntegrityError (6)    hash or size mismatch, missing or extra file, truncated archive
     │   └── SignatureError (7)          unsigned, wrong key, bad signature
+    │       └── TrustError (17)         TUF repository metadata refused (edgefleet.trust, python-tuf)
+    │           ├── ThresholdError (18)       a role signed by fewer than its threshold of its own keys
+    │           │                             (one of two root keys; the online key signing targets)
+    │           ├── MetadataExpiredError (19) expired metadata beyond the clock-skew tolerance (freeze)
+    │           ├── RollbackError (20)        a metadata version older than one already trusted
+    │           ├── MixAndMatchError (21)     metadata whose version is not the one timestamp/snapshot name
+    │           ├── TargetMismatchError (22)  a bundle whose length or sha256 differs from its signed
+    │           │                             target (tampered, extraneous or endless data), or whose
+    │           │                             manifest version differs from the target's
+    │           ├── UnknownTargetError (23)   no signed target for this model and version
+    │           │   └── UnknownModelError (24)    no delegation for this model name
+    │           ├── WrongModelError (25)      a model key signing another model's name, or a bundle whose
+    │           │                             manifest names another model than its target path
+    │           ├── RevokedKeyError (26)      signed by a key revoked for that model
+    │           └── MetadataFormatError (27)  unparseable, oversized (endless data) or missing metadata
     ├── UnsafeArchiveError (8)          archive with absolute paths, "..", links, or over the size cap
     ├── RuntimeBackendError (9)         backend missing or failed to load/run a model
     ├── CompileError (10)               a compiler pass failed; names the pass and what to change
@@ -75,6 +90,52 @@ class SignatureError(BundleError):
     exit_code = 7
 
 
+class TrustError(SignatureError):
+    """TUF repository metadata refused the update (see :mod:`edgefleet.trust`)."""
+
+    exit_code = 17
+
+
+class ThresholdError(TrustError):
+    exit_code = 18
+
+
+class MetadataExpiredError(TrustError):
+    exit_code = 19
+
+
+class RollbackError(TrustError):
+    exit_code = 20
+
+
+class MixAndMatchError(TrustError):
+    exit_code = 21
+
+
+class TargetMismatchError(TrustError):
+    exit_code = 22
+
+
+class UnknownTargetError(TrustError):
+    exit_code = 23
+
+
+class UnknownModelError(UnknownTargetError):
+    exit_code = 24
+
+
+class WrongModelError(TrustError):
+    exit_code = 25
+
+
+class RevokedKeyError(TrustError):
+    exit_code = 26
+
+
+class MetadataFormatError(TrustError):
+    exit_code = 27
+
+
 class UnsafeArchiveError(BundleError):
     exit_code = 8
 
@@ -128,6 +189,17 @@ __all__ = [
     "UnsupportedModelError",
     "BundleIntegrityError",
     "SignatureError",
+    "TrustError",
+    "ThresholdError",
+    "MetadataExpiredError",
+    "RollbackError",
+    "MixAndMatchError",
+    "TargetMismatchError",
+    "UnknownTargetError",
+    "UnknownModelError",
+    "WrongModelError",
+    "RevokedKeyError",
+    "MetadataFormatError",
     "UnsafeArchiveError",
     "RuntimeBackendError",
     "CompileError",
