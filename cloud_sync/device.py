@@ -161,9 +161,9 @@ class DeviceSync:
             return {}
 
     def _save_state(self) -> None:
-        tmp = self.dir / "sync.json.tmp"
-        tmp.write_text(json.dumps(self._state))
-        tmp.replace(self.dir / "sync.json")
+        from edgefleet.device_agent.store import _write_atomic  # temp file, fsync, rename, fsync of the directory
+
+        _write_atomic(self.dir / "sync.json", json.dumps(self._state).encode())
 
     def _finished(self) -> dict[str, Any]:
         return self._state.setdefault("finished", {})
@@ -452,11 +452,21 @@ class DeviceSync:
     def _check_order(self, d: P.Desired) -> RollbackOrder | None:
         """Verify the signed order of a rollback job against the agent's trusted keys (see :mod:`.orders`)."""
         keys = list(getattr(self.agent, "trusted_keys", []) or [])
-        require = bool(getattr(getattr(self.agent, "config", None), "require_signature", True)) or bool(keys)
+        cfg = getattr(self.agent, "config", None)
+        require = bool(getattr(cfg, "require_signature", True)) or bool(keys)
+        ledger = getattr(self.agent, "orders", None)  # the agent's durable order ledger: last seq, signed-time floor
+        if ledger is not None:
+            ledger.reload()
+        last_seq, last_job = int(self._state.get("order_seq", 0)), str(self._state.get("order_job", ""))
+        if ledger is not None and ledger.seq > last_seq:
+            last_seq, last_job = ledger.seq, ledger.job
+        upd = getattr(cfg, "update", None)
+        self._order_verified = require  # a verified signature: its issued_at may raise the signed-time floor
         return check_order(d.rollback_order, trusted=keys, require_signature=require, fleet=self.fleet,
                            device_id=self.device_id, job_id=d.job_id, deployment_id=d.deployment_id,
-                           to_version=d.rollback_to, last_seq=int(self._state.get("order_seq", 0)),
-                           last_job=str(self._state.get("order_job", "")))
+                           to_version=d.rollback_to, last_seq=last_seq, last_job=last_job,
+                           clock=getattr(upd, "clock", "auto"), skew=getattr(upd, "clock_skew_seconds", 300.0),
+                           floor=ledger.floor if ledger is not None else 0.0)
 
     def _rollback(self, a: _Active) -> None:
         d = a.desired
@@ -467,9 +477,14 @@ class DeviceSync:
             log.warning("job %s: %s", d.job_id, exc)
             self._report(a, "REJECTED", reason=exc.reason, message=str(exc))
             return
-        if order is not None:  # executed at most once: remember it before acting
+        if order is not None:  # executed at most once: remember it (durably, fsynced) before acting
             self._state["order_seq"], self._state["order_job"] = order.seq, order.job_id
             self._save_state()
+            ledger = getattr(self.agent, "orders", None)
+            if ledger is not None:
+                ledger.record(f"fleet:{order.job_id}:{order.seq}", order.issued_at,
+                              signed=self._order_verified,
+                              seq=order.seq, job=order.job_id)
         active = self.agent.active_version
         if d.rollback_to and active == d.rollback_to:
             self._report(a, "SUCCEEDED", reason="already_there")

@@ -18,6 +18,7 @@ A device refuses an order, reporting the job REJECTED with one of these reasons:
 ``order_misaddressed``  another fleet or device
 ``order_mismatch``      the desired state around it names another job, deployment or version
 ``order_expired``       past ``expires_at``
+``order_not_yet_valid`` ``issued_at`` after the device's now (plus the skew): its clock is behind the signer's
 ``order_replayed``      ``seq`` not above the last order this device accepted
 
 ``seq`` rises across the registry (its counter starts at the creation time in
@@ -25,6 +26,12 @@ milliseconds, so a fresh registry still issues higher numbers than an old one).
 The device persists the last accepted ``seq`` before it acts, so an order can
 be executed once: a replayed copy of an old order is refused even after the
 device has forgotten the job.
+
+Time bounds follow the device's clock policy (``[update] clock``, ``clock_skew_seconds``;
+see :mod:`edgefleet.device_agent.orders`): ``issued_at <= now + skew`` and
+``now <= expires_at``, where ``now`` is the device clock (``system``) or,
+on a device without a reliable clock (``none``, or ``auto`` with an unsynchronized
+kernel clock), the newest signed ``issued_at`` it has verified (``floor``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from edgefleet.canonical import canonical_json
+from edgefleet.device_agent.orders import ClockPolicy, check_time_bounds
 from edgefleet.errors import SignatureError, UpdateRejectedError
 from edgefleet.keys import PrivateKey, PublicKey, sign_payload, verify_payload
 
@@ -96,6 +104,10 @@ def check_order(
     last_seq: int,
     last_job: str = "",
     now: float | None = None,
+    clock: str = "auto",
+    skew: float = 300.0,
+    floor: float = 0.0,
+    synchronized: bool | None = None,
 ) -> RollbackOrder | None:
     """Verify an order for this device and job; raise :class:`OrderRefused` naming the reason.
 
@@ -129,8 +141,10 @@ def check_order(
         raise refuse("order_misaddressed", f"it is addressed to device {order.device_id!r} of fleet {order.fleet!r}")
     if (order.job_id, order.deployment_id, order.to_version) != (job_id, deployment_id, to_version):
         raise refuse("order_mismatch", "it names another job, deployment or version than the desired state")
-    if order.expires_at and (time.time() if now is None else now) > order.expires_at:
-        raise refuse("order_expired", "it has expired")
+    problem = check_time_bounds(order.issued_at, order.expires_at, policy=ClockPolicy(clock, skew), floor=floor,
+                                now=time.time() if now is None else now, synchronized=synchronized)
+    if problem:
+        raise refuse(*problem)
     if order.seq < last_seq or (order.seq == last_seq and order.job_id != last_job):
         raise refuse("order_replayed", f"sequence {order.seq} is not newer than {last_seq}, the last one executed")
     return order

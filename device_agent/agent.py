@@ -16,6 +16,8 @@ so that a rollback is instant.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -43,6 +45,7 @@ from edgefleet.manifest import MANIFEST_NAME, Manifest
 
 from .config import AgentConfig
 from .health import LatencyHistogram, Probation, ShadowStats, outputs_agree
+from .orders import LEDGER_NAME, ClockPolicy, OrderLedger, check_rollback_order
 from .store import Entry, Store, StoreState
 from .telemetry import DriftMonitor, Telemetry, TelemetryQueue, TelemetrySink, drain
 from .updates import (
@@ -220,7 +223,13 @@ class Agent:
         )
         self._load = loader or sdk_loader(config.backend, config.threads)
         self.jobs = JobLog(self.root / "jobs")
-        self.telemetry = Telemetry(TelemetryQueue(self.root / "telemetry.db", config.telemetry.max_events), config.device_id)
+        self.orders = OrderLedger(self.root / LEDGER_NAME)
+        # One process owns the state dir (the daemon, or the embedding app): it resumes jobs and repairs the
+        # telemetry queue. Others (CLI commands while a daemon runs) are guests: they use the store under its lock.
+        self._owner_fd: int | None = None
+        self.owner = self._take_ownership()
+        self.telemetry = Telemetry(TelemetryQueue(self.root / "telemetry.db", config.telemetry.max_events,
+                                                  repair=self.owner), config.device_id)
         self.samples: SampleStore | None = None
         if config.samples.enabled:
             from .samples import SampleStore, load_device_key
@@ -241,11 +250,7 @@ class Agent:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._done = threading.Condition()
-        # One process owns the state dir (the daemon, or the embedding app): it resumes jobs.
-        # Others (CLI commands while a daemon runs) are guests: they use the store under its lock.
-        self._owner_fd: int | None = None
         self._runtimes: tuple[str, ...] | None = None
-        self.owner = self._take_ownership()
         self._thread: threading.Thread | None = None
         try:
             unfinished = self.jobs.unfinished() if self.owner else []
@@ -253,7 +258,9 @@ class Agent:
                 for job in unfinished:
                     if job.target_id:
                         self.store.pin(job.target_id)  # keep what a resumed job needs through recovery
-                self.store.recover()
+                repaired = self.store.recover(self._rolled_back_ids())
+                if repaired is not None:
+                    self.telemetry.event("store_repaired", {"damaged": "pointer", **repaired})
                 self._slot = self._load_active()
             self._set_drift(self._slot)
             if resume and self.owner:
@@ -292,6 +299,13 @@ class Agent:
         if self._runtimes is None:
             self._runtimes = available_runtimes()
         return self._runtimes
+
+    def _rolled_back_ids(self) -> list[str]:
+        """Versions this device's job log saw fail their probation (for rebuilding a damaged pointer)."""
+        try:
+            return [j.target_id for j in self.jobs.load_all() if j.status is JobStatus.ROLLED_BACK and j.target_id]
+        except Exception:
+            return []
 
     def _take_ownership(self) -> bool:
         fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -488,7 +502,14 @@ class Agent:
             assert self._machine is not None
             actions = self._machine.handle(event)
             job = self._machine.job
-            self.jobs.save(job)
+            try:
+                self.jobs.save(job)
+            except OSError as exc:  # a job that cannot be persisted cannot be resumed: it ends here
+                if not job.status.terminal:
+                    actions = self._machine.handle(Failed(*_io_failure(exc, "the job log")))
+                    job = self._machine.job
+                    with contextlib.suppress(OSError):
+                        self.jobs.save(job)
         self._report(job)
         if job.status.terminal:
             self._finish(job)
@@ -504,7 +525,7 @@ class Agent:
                 except EdgefleetError as exc:
                     event = Failed("store_error" if isinstance(exc, StoreError) else "error", str(exc))
                 except OSError as exc:  # disk full, read-only file system, I/O error
-                    event = Failed("io_error", f"{exc.strerror or exc}: {exc.filename or ''}".strip(": "))
+                    event = Failed(*_io_failure(exc))
                 except Exception as exc:  # an action must end in a state, not a crashed driver
                     event = Failed("internal_error", f"{type(exc).__name__}: {exc}")
                 if event is not None:
@@ -596,11 +617,13 @@ class Agent:
             problem = check_target(manifest, AGENT_VERSION, cfg.hardware_tags, self.runtimes)
             if problem:
                 return refuse(*problem)
-            if job.allow_older:
-                from .orders import check_rollback_order
-
+            if job.allow_older:  # single-use and time-bounded (see .orders); recorded before it takes effect
+                ledger = self.orders.reload()
                 try:
-                    check_rollback_order(self._rollback_order or {}, object_id, self.trusted_keys, cfg.device_id)
+                    accepted = check_rollback_order(
+                        self._rollback_order or {}, object_id, self.trusted_keys, cfg.device_id, ledger=ledger,
+                        clock=ClockPolicy(cfg.update.clock, cfg.update.clock_skew_seconds))
+                    ledger.record(accepted.order_id, accepted.issued_at, signed=accepted.signed)
                 except UpdateRejectedError as exc:
                     return refuse(exc.reason, str(exc))
             active = state.active
@@ -945,13 +968,17 @@ def read_status(state_dir: str | Path) -> dict[str, Any]:
         raise StoreError(f"{root} is not an agent state directory")
     from .store import POINTER
 
+    pointer_error = ""
     try:
         state = StoreState.from_bytes((root / POINTER).read_bytes())
     except FileNotFoundError:
         state = StoreState()
+    except (StoreError, OSError) as exc:  # the agent rebuilds it when it next starts (Store.repair_pointer)
+        state, pointer_error = StoreState(), str(exc)
     jobs = JobLog(root / "jobs").load_all() if (root / "jobs").is_dir() else []
     last = jobs[-1] if jobs else None
-    return {
+    extra = {"pointer_error": pointer_error} if pointer_error else {}
+    return {**extra,
         "state_dir": str(root),
         "agent_version": AGENT_VERSION,
         "active": state.active.to_dict() if state.active else None,
@@ -960,3 +987,14 @@ def read_status(state_dir: str | Path) -> dict[str, Any]:
         "known_bad": list(state.bad),
         "job": replace(last, history=last.history[-10:]).to_dict() if last else None,
     }
+
+
+def _io_failure(exc: OSError, what: str = "") -> tuple[str, str]:
+    """A named reason for an I/O error: ``disk_full`` (ENOSPC, EDQUOT), ``read_only`` (EROFS) or ``io_error``."""
+    reason = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only"}.get(exc.errno or 0,
+                                                                                                 "io_error")
+    where = f"{what}: " if what else ""
+    detail = f"{exc.strerror or exc}: {exc.filename or ''}".strip(": ")
+    if reason == "disk_full":
+        detail = f"no space left on the device ({detail}); the active version keeps serving"
+    return reason, where + detail

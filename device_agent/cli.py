@@ -83,7 +83,23 @@ def _config(args: argparse.Namespace, **update: Any) -> Any:
     return replace(cfg, **changes)
 
 
-config_from_args = _config  # the agent config from the common flags (cloud_sync's ``agent run --broker`` uses it)
+def _keep_trusted(args: argparse.Namespace, cfg: Any) -> None:
+    """``--trust KEY`` keys are kept in STATE_DIR/trust/, so later commands (``agent predict``) verify with them."""
+    if not args.trust:
+        return
+    from .store import Store
+
+    store = Store(cfg.state_dir)
+    for key in args.trust:
+        store.add_trusted_key(key)
+
+
+def config_from_args(args: argparse.Namespace, **update: Any) -> Any:
+    """The agent config from the common flags, ``--trust`` keys kept with the device (``agent run``, also
+    cloud_sync's ``agent run --broker``)."""
+    cfg = _config(args, **update)
+    _keep_trusted(args, cfg)
+    return cfg
 
 
 def _job_line(job: Any) -> str:
@@ -99,16 +115,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     from edgefleet.errors import StoreError, UpdateRejectedError
 
     from .agent import Agent
-    from .store import Store
 
     cfg = _config(args, probation_seconds=args.probation)
     order = None
     if args.rollback_order:
         with open(args.rollback_order, encoding="utf-8") as fh:
             order = json.load(fh)
-    store = Store(cfg.state_dir)
-    for key in args.trust:
-        store.add_trusted_key(key)
+    _keep_trusted(args, cfg)
     agent = Agent(cfg, monitor=args.probation > 0, tick_seconds=0.2)
     try:
         job = agent.install(args.bundle, rollback_order=order, wait=args.probation > 0,
@@ -139,7 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if db.exists():
         from .telemetry import TelemetryQueue
 
-        q = TelemetryQueue(db, cfg.telemetry.max_events)
+        q = TelemetryQueue(db, cfg.telemetry.max_events, repair=False)  # read-only: the agent repairs its queue
         status["telemetry"] = q.stats()
         q.close()
     if args.json:
@@ -154,9 +167,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if job:
         print(f"last job:  {job['job_id']} {job['status']} ({job['reason']})"
               + (f" step {job['step']}" if job["step"] else ""))
+    if status.get("pointer_error"):
+        print(f"pointer:   DAMAGED ({status['pointer_error']}); the agent rebuilds it from the newest verified "
+              "version when it next starts")
     if "telemetry" in status:
         t = status["telemetry"]
-        print(f"telemetry: {t['queued']} queued, {t['dropped']} dropped")
+        line = f"telemetry: {t['queued']} queued, {t['dropped']} dropped"
+        if t.get("lost_queues"):
+            line += f", {t['lost_queues']} corrupt queue(s) moved aside ({t.get('lost_bytes', 0)} bytes lost)"
+        if t.get("degraded"):
+            line += f", in memory only ({t['degraded']})"
+        print(line)
     return 0
 
 
@@ -207,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .agent import Agent
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

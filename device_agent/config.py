@@ -12,6 +12,8 @@ are refused (a typo must not silently fall back to a default). Example::
     [update]
     probation_seconds = 60
     shadow = false
+    clock = "auto"                  # rollback orders' time bounds: "system", "none" (no reliable clock) or auto
+    clock_skew_seconds = 300
 
     [telemetry]
     max_events = 100000
@@ -118,8 +120,13 @@ class UpdateConfig:
     shadow_seconds: float = 300.0
     min_agreement: float = 0.95
     agreement_atol: float = 1e-3
+    clock: str = "auto"  # rollback orders' time bounds: "auto", "system" or "none" (no reliable clock); see .orders
+    clock_skew_seconds: float = 300.0  # tolerated difference between the order signer's clock and this device's
 
     def __post_init__(self) -> None:
+        if self.clock not in ("auto", "system", "none"):
+            raise ConfigError(f"update.clock must be one of 'auto', 'system', 'none', got {self.clock!r}")
+        _positive("update.clock_skew_seconds", self.clock_skew_seconds, allow_zero=True)
         _positive("update.probation_seconds", self.probation_seconds, allow_zero=True)
         _positive("update.probation_min_predictions", self.probation_min_predictions, allow_zero=True)
         if not 0.0 <= self.max_error_rate <= 1.0:

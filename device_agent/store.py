@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -45,6 +46,7 @@ from edgefleet.errors import (
     BundleError,
     BundleFormatError,
     BundleIntegrityError,
+    EdgefleetError,
     SignatureError,
     StoreError,
     UnsafeArchiveError,
@@ -54,6 +56,8 @@ from edgefleet.keys import PublicKey, load_public_key
 from edgefleet.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
 from ._failpoints import failpoint
+
+log = logging.getLogger("edgefleet.device_agent.store")
 
 POINTER = "current"
 MAX_BAD = 32
@@ -223,14 +227,68 @@ class Store:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def recover(self) -> None:
-        """Clear what a crash may have left: staging copies, trash, temp pointers, unreferenced objects."""
+    def recover(self, known_bad: Sequence[str] = ()) -> dict[str, Any] | None:
+        """Clear what a crash may have left: staging copies, trash, temp pointers, unreferenced objects.
+
+        An unreadable pointer is rebuilt first (:meth:`repair_pointer`); what was done is returned
+        (``None`` when the pointer was fine)."""
         for d in (self.staging, self.trash):
             for p in d.iterdir():
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         for p in self.root.glob(f".{POINTER}.tmp-*"):
             p.unlink(missing_ok=True)
+        repaired = None
+        try:
+            self.state()
+        except StoreError as exc:
+            repaired = self.repair_pointer(str(exc), known_bad)
         self.gc()
+        return repaired
+
+    def repair_pointer(self, why: str, known_bad: Sequence[str] = ()) -> dict[str, Any]:
+        """The pointer is unreadable (garbage, truncated, empty, bad checksum): rebuild it from the store.
+
+        Every stored object is verified (manifest hash = id, signature, sizes, hashes); the newest
+        verified version becomes active and the next newest previous. Versions a job log names as
+        rolled back (``known_bad``) are passed over while any other verifies. The damaged pointer is
+        kept as ``current.corrupt-<time>``; the repair is logged. Call it holding ``lock()``.
+        """
+        from edgefleet.manifest import parse_version
+
+        found: list[tuple[Any, float, Entry]] = []
+        for p in sorted(self.objects.iterdir()):
+            try:
+                bundle = self.verify(p.name)
+            except EdgefleetError:
+                continue
+            except OSError:
+                continue
+            m = bundle.manifest
+            try:
+                key: Any = parse_version(m.version)
+            except Exception:
+                continue
+            found.append((key, p.stat().st_mtime, Entry(p.name, m.name, m.version, p.stat().st_mtime)))
+        found.sort(key=lambda t: (t[0], t[1]), reverse=True)
+        bad = set(known_bad)
+        good = [e for _, _, e in found if e.id not in bad] or [e for _, _, e in found]
+        aside = self.root / f"{POINTER}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        with contextlib.suppress(OSError):
+            os.replace(self.pointer, aside)
+        new = StoreState(active=good[0] if good else None, previous=good[1] if len(good) > 1 else None,
+                         generation=int(time.time()), bad=tuple(i for i in bad if i in {e.id for _, _, e in found}))
+        self._write_state(new)
+        info = {"why": why, "kept_as": aside.name, "verified": [e.version for e in good],
+                "active": new.active.to_dict() if new.active else None,
+                "previous": new.previous.to_dict() if new.previous else None}
+        if new.active is None:
+            log.error("store pointer %s was unreadable (%s) and no stored version verifies: nothing to serve",
+                      self.pointer, why)
+        else:
+            log.warning("store pointer %s was unreadable (%s): rebuilt, serving the newest verified version %s v%s "
+                        "(previous %s); the damaged pointer is kept as %s", self.pointer, why, new.active.name,
+                        new.active.version, new.previous.version if new.previous else "none", aside.name)
+        return info
 
     # -- the pointer -------------------------------------------------------------
     def state(self) -> StoreState:

@@ -21,6 +21,7 @@ a power cut may lose the last few milliseconds of records.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sqlite3
@@ -33,6 +34,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from .health import LatencyHistogram
+
+log = logging.getLogger("edgefleet.device_agent.telemetry")
 
 
 @dataclass(frozen=True)
@@ -70,76 +73,197 @@ class MemorySink:
 
 
 class TelemetryQueue:
-    """A bounded, durable FIFO of telemetry records in SQLite (WAL)."""
+    """A bounded, durable FIFO of telemetry records in SQLite (WAL).
 
-    def __init__(self, path: str | os.PathLike, max_events: int = 100_000) -> None:
+    Telemetry never stops the agent. A queue file that SQLite finds corrupt (not a
+    database, malformed pages) is moved aside as ``telemetry.db.corrupt-<time>``, the
+    loss counted in ``telemetry.lost.json`` (``stats()``: ``lost_queues``,
+    ``quarantined``) and a new queue started; only the owner of the state directory
+    (``repair=True``) does that, others fall back to an in-memory queue. When the disk
+    is full or failing, records that cannot be written are dropped and counted
+    (``write_errors``) and a queue that cannot even be opened is kept in memory
+    (``degraded``): predictions, status and everything else go on.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_events: int = 100_000, *, repair: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_events = int(max_events)
+        self.repair = repair
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,"
-            " kind TEXT NOT NULL, data TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        self.write_errors = 0
+        self.degraded = ""
+        self._lost_path = self.path.with_name(self.path.name.replace(".db", "") + ".lost.json")
+        self._count = 0
+        try:
+            self._connect(str(self.path))
+        except sqlite3.Error as exc:
+            self._recover(exc)
+
+    def _connect(self, target: str) -> None:
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            if target != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,"
+                " kind TEXT NOT NULL, data TEXT NOT NULL)"
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _recover(self, exc: BaseException) -> None:
+        """After an error from SQLite: a corrupt file is moved aside (owner only), anything else degrades to memory."""
+        try:
+            self._db.close()
+        except Exception:
+            pass
+        if _is_corrupt(exc) and self.repair:
+            aside = self._quarantine(exc)
+            try:
+                self._connect(str(self.path))
+                log.warning("telemetry queue %s was corrupt (%s): moved aside to %s, a new queue started",
+                            self.path, exc, aside)
+                return
+            except sqlite3.Error as again:
+                exc = again
+        self.degraded = f"{'corrupt' if _is_corrupt(exc) else 'unwritable'}: {exc}"
+        log.warning("telemetry queue %s cannot be used (%s): telemetry is kept in memory only", self.path, exc)
+        self._connect(":memory:")
+
+    def _quarantine(self, exc: BaseException) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        size = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            try:
+                size += p.stat().st_size
+                os.replace(p, Path(str(aside) + suffix)) if suffix != "-shm" else p.unlink()
+            except FileNotFoundError:
+                pass
+        lost = self._lost()
+        lost["lost_queues"] = int(lost.get("lost_queues", 0)) + 1
+        lost["lost_bytes"] = int(lost.get("lost_bytes", 0)) + size
+        lost["quarantined"] = (list(lost.get("quarantined", [])) + [f"{aside.name}: {exc}"])[-10:]
+        for old in sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*"))[:-3]:  # keep the newest three
+            old.unlink(missing_ok=True)
+        self._lost_cache = lost
+        try:
+            from .store import _write_atomic
+
+            _write_atomic(self._lost_path, json.dumps(lost, sort_keys=True).encode())
+        except OSError:
+            pass  # (a full disk) the count stays in memory for this process
+        return aside.name
+
+    def _lost(self) -> dict[str, Any]:
+        cached = getattr(self, "_lost_cache", None)
+        if cached is not None:
+            return dict(cached)
+        try:
+            d = json.loads(self._lost_path.read_text("utf-8"))
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _run(self, op: Callable[[], Any], default: Any, records: int = 0) -> Any:
+        """Run ``op`` (holding the lock); on a SQLite error repair or degrade, retry once, else ``default``."""
+        try:
+            return op()
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                self._recover(exc)
+                try:
+                    return op()
+                except sqlite3.Error:
+                    pass
+            self.write_errors += records
+            return default
 
     def put(self, kind: str, data: Mapping[str, Any], ts: float | None = None) -> int:
-        return self.put_many([(kind, data, ts)])[-1]
+        seqs = self.put_many([(kind, data, ts)])
+        return seqs[-1] if seqs else 0
 
     def put_many(self, items: Sequence[tuple[str, Mapping[str, Any], float | None]]) -> list[int]:
-        """Append records in one transaction; drop the oldest beyond the bound (counted)."""
+        """Append records in one transaction; drop the oldest beyond the bound (counted).
+
+        Records that cannot be written (full disk, I/O error) are dropped, counted in ``write_errors``."""
         if not items:
             return []
         rows = [(time.time() if ts is None else ts, kind, json.dumps(dict(data), default=_jsonable)) for kind, data, ts in items]
         with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            return self._run(lambda: self._put_rows(rows), [], len(rows))  # type: ignore[no-any-return]
+
+    def _put_rows(self, rows: list[tuple[float, str, str]]) -> list[int]:
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            seqs = []
+            for row in rows:
+                cur.execute("INSERT INTO events (ts, kind, data) VALUES (?, ?, ?)", row)
+                seqs.append(int(cur.lastrowid or 0))
+            over = self._count + len(rows) - self.max_events
+            if over > 0:
+                cur.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
+                dropped = cur.rowcount
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                    (dropped,),
+                )
+            else:
+                dropped = 0
+            cur.execute("COMMIT")
+        except BaseException:
             try:
-                seqs = []
-                for row in rows:
-                    cur.execute("INSERT INTO events (ts, kind, data) VALUES (?, ?, ?)", row)
-                    seqs.append(int(cur.lastrowid or 0))
-                over = self._count + len(rows) - self.max_events
-                if over > 0:
-                    cur.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (over,))
-                    dropped = cur.rowcount
-                    cur.execute(
-                        "INSERT INTO meta (key, value) VALUES ('dropped', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                        (dropped,),
-                    )
-                else:
-                    dropped = 0
-                cur.execute("COMMIT")
-            except BaseException:
                 cur.execute("ROLLBACK")
-                raise
-            self._count += len(rows) - dropped
+            except sqlite3.Error:
+                pass
+            raise
+        self._count += len(rows) - dropped
         return seqs
 
     def peek(self, limit: int = 500, after: int = 0) -> list[Record]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._run(lambda: self._db.execute(
                 "SELECT seq, ts, kind, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
-        return [Record(int(s), float(t), str(k), json.loads(d)) for s, t, k, d in rows]
+            ).fetchall(), [])
+        out = []
+        for s, t, k, d in rows:
+            try:
+                out.append(Record(int(s), float(t), str(k), json.loads(d)))
+            except (TypeError, ValueError):
+                continue
+        return out
 
     def ack(self, seqs: Iterable[int]) -> int:
         ids = [(int(s),) for s in seqs]
         if not ids:
             return 0
-        with self._lock:
+
+        def op() -> int:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
-            cur.executemany("DELETE FROM events WHERE seq = ?", ids)
-            cur.execute("COMMIT")
+            try:
+                cur.executemany("DELETE FROM events WHERE seq = ?", ids)
+                cur.execute("COMMIT")
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
             self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             return len(ids)
+
+        with self._lock:
+            return self._run(op, 0)  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return self._count
@@ -148,25 +272,47 @@ class TelemetryQueue:
         """Keep a small JSON document (e.g. drift statistics) across restarts."""
         text = json.dumps(dict(value), default=_jsonable)
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, text))
+            self._run(lambda: self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, text)),
+                      None)
 
     def load_state(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+            row = self._run(lambda: self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone(), None)
+        try:
+            return json.loads(row[0]) if row else None
+        except (TypeError, ValueError):
+            return None
 
     @property
     def dropped(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+            row = self._run(lambda: self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone(), None)
         return int(row[0]) if row else 0
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": len(self), "dropped": self.dropped, "max_events": self.max_events}
+        lost = self._lost()
+        out = {"queued": len(self), "dropped": self.dropped, "max_events": self.max_events,
+               "lost_queues": int(lost.get("lost_queues", 0)), "lost_bytes": int(lost.get("lost_bytes", 0)),
+               "quarantined": list(lost.get("quarantined", [])), "write_errors": self.write_errors}
+        if self.degraded:
+            out["degraded"] = self.degraded
+        return out
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB (the file is damaged), as opposed to full, busy or I/O errors."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    msg = str(exc).lower()
+    return "malformed" in msg or "not a database" in msg
 
 
 def drain(queue: TelemetryQueue, sink: TelemetrySink, batch: int = 500, max_batches: int | None = None) -> int:

@@ -16,6 +16,9 @@ import random
 import signal
 import sys
 import time
+from typing import Any, Callable
+
+FRESH: Callable[[str], Any]
 
 
 def child(state: str, pub: str, orders: list[tuple[str, dict]], log: str, seed: int) -> None:
@@ -40,6 +43,7 @@ def child(state: str, pub: str, orders: list[tuple[str, dict]], log: str, seed: 
             agent.rollback()
         else:
             path, order = orders[rng.randrange(len(orders))]
+            order = FRESH(path)  # an order is used once (issue 12): each install gets its own
             say("begin", order["order"]["manifest_sha256"])
             job = agent.install(path, rollback_order=order)
             if job.status.value != "SUCCEEDED":
@@ -57,7 +61,9 @@ def main() -> None:
     from edgefleet.device_agent.orders import make_rollback_order
     from edgefleet.keys import load_private_key
 
+    global FRESH
     key = load_private_key(priv)
+    FRESH = lambda b: make_rollback_order(key, b)  # noqa: E731
     orders = [(b, make_rollback_order(key, b)) for b in bundles]
     print("hello", flush=True)
     pid = 0

@@ -45,8 +45,8 @@ def test_zero_failed_predictions_during_installs_and_rollbacks(agent_config: Any
         t.start()
     swaps = 0
     try:
-        orders = {v: make_rollback_order(keys["priv"], b) for v, b in bundles.items()}
         for _ in range(3):
+            orders = {v: make_rollback_order(keys["priv"], b) for v, b in bundles.items()}  # each is used once
             for v in ("2", "3", "4"):
                 job = agent.install(bundles[v], rollback_order=orders[v])
                 assert job.status is JobStatus.SUCCEEDED, job.message
