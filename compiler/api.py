@@ -476,7 +476,8 @@ class _Compiler:
                     for k, d in (("train", self.train), ("calibration", self.calib), ("eval", self.eval)) if d is not None}
         lineage = {
             "source": {"file": self.src.path.name, "kind": self.src.kind, "sha256": self.src.sha256},
-            "recipe": cfg.to_dict(),
+            "recipe": {k: {f: Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v for f, v in t.items()}
+                       if isinstance(t, dict) else t for k, t in cfg.to_dict().items()},  # file names: no host paths
             "datasets": datasets,
             "passes": self.passes,
             "variant": chosen.name,
