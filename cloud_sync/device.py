@@ -479,12 +479,16 @@ class DeviceSync:
             return
         if order is not None:  # executed at most once: remember it (durably, fsynced) before acting
             self._state["order_seq"], self._state["order_job"] = order.seq, order.job_id
-            self._save_state()
             ledger = getattr(self.agent, "orders", None)
-            if ledger is not None:
-                ledger.record(f"fleet:{order.job_id}:{order.seq}", order.issued_at,
-                              signed=self._order_verified,
-                              seq=order.seq, job=order.job_id)
+            try:
+                self._save_state()
+                if ledger is not None:
+                    ledger.record(f"fleet:{order.job_id}:{order.seq}", order.issued_at, signed=self._order_verified,
+                                  seq=order.seq, job=order.job_id)
+            except OSError as exc:  # not remembered, so not executed (a full disk): the active version stays
+                self._report(a, "FAILED", reason="disk_full" if exc.errno == 28 else "io_error",
+                             message=f"cannot record the rollback order: {exc}")
+                return
         active = self.agent.active_version
         if d.rollback_to and active == d.rollback_to:
             self._report(a, "SUCCEEDED", reason="already_there")
