@@ -20,7 +20,18 @@ from .errors import BundleFormatError, UnsupportedFormatError
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature"
-_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
+#: a version: 1 to 4 dot-separated components of 1 to 9 ASCII digits each (no signs, spaces or
+#: trailing newline), so every parse is cheap and every comparison is of small integers
+_VERSION_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,3}")
+MAX_VERSION_CHARS = 4 * 9 + 3
+#: the most files one bundle may list (and so the most members an archive may have, plus two)
+MAX_FILES = 256
+#: the most inputs or outputs a manifest may declare, and the most labels
+MAX_TENSORS = 1024
+MAX_LABELS = 100_000
+#: the largest dimension and the largest file size a manifest may declare
+MAX_DIM = 2**31 - 1
+MAX_FILE_BYTES = 1 << 40
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DTYPES = (
@@ -43,8 +54,11 @@ class ModelFormat(str, Enum):
 
 def parse_version(text: str) -> tuple[int, ...]:
     """'1.2.3' -> (1, 2, 3); versions compare as integer tuples."""
-    if not isinstance(text, str) or not _VERSION_RE.match(text):
-        raise BundleFormatError(f"version {text!r} must be dotted integers such as '3' or '1.4.0'")
+    if not isinstance(text, str) or len(text) > MAX_VERSION_CHARS or not _VERSION_RE.fullmatch(text):
+        shown = repr(text) if not isinstance(text, str) or len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+        raise BundleFormatError(
+            f"version {shown} must be 1 to 4 dotted integers of at most 9 digits, such as '3' or '1.4.0'"
+        )
     parts = tuple(int(p) for p in text.split("."))
     return parts + (0,) * (4 - len(parts))
 
@@ -70,6 +84,17 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BundleFormatError(f"manifest {where}.{key} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _check_preprocessing_shape(input_name: str, spec: Any) -> None:
+    """The manifest's preprocessing for one input is a list of step objects with an ``op``, or
+    an object whose ``steps`` is one (parameters are checked when the pipeline is built)."""
+    steps = spec.get("steps", []) if isinstance(spec, dict) else spec
+    if not isinstance(steps, list) or not all(isinstance(st, dict) and isinstance(st.get("op"), str) for st in steps):
+        raise BundleFormatError(
+            f"manifest preprocessing[{input_name[:60]!r}] must be a list of steps (objects with an 'op') "
+            "or an object with such a 'steps' list"
+        )
 
 
 @dataclass(frozen=True)
@@ -167,8 +192,8 @@ class TensorSpec:
             raise BundleFormatError(f"manifest {where} must be an object")
         name = _require(data, "name", str, where)
         shape = _require(data, "shape", list, where)
-        if len(shape) > 64 or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            raise BundleFormatError(f"manifest {where}.shape must be a list of at most 64 integers")
+        if len(shape) > 64 or not all(isinstance(d, int) and not isinstance(d, bool) and d <= MAX_DIM for d in shape):
+            raise BundleFormatError(f"manifest {where}.shape must be a list of at most 64 integers up to {MAX_DIM}")
         dtype = _require(data, "dtype", str, where)
         q = data.get("quantization")
         quant = None
@@ -177,8 +202,8 @@ class TensorSpec:
                 raise BundleFormatError(f"manifest {where}.quantization must be an object or null")
             scale = _require(q, "scale", (int, float), where + ".quantization")
             zp = _require(q, "zero_point", int, where + ".quantization")
-            if not scale > 0:
-                raise BundleFormatError(f"manifest {where}.quantization.scale must be > 0")
+            if not scale > 0 or not abs(zp) <= MAX_DIM:
+                raise BundleFormatError(f"manifest {where}.quantization needs scale > 0 and a 32-bit zero_point")
             quant = Quantization(float(scale), int(zp))
         dims = data.get("dims")
         if dims is not None and not isinstance(dims, list):
@@ -427,6 +452,9 @@ class Manifest:
             min_agent_version=min_agent,
             hardware_tags=tuple(tags),
         )
+        for key in ("inputs", "outputs"):
+            if len(_require(data, key, list, "")) > MAX_TENSORS:
+                raise BundleFormatError(f"manifest declares more than {MAX_TENSORS} {key}")
         inputs = tuple(
             TensorSpec.from_dict(t, f"inputs[{i}]") for i, t in enumerate(_require(data, "inputs", list, ""))
         )
@@ -447,6 +475,8 @@ class Manifest:
         if not isinstance(stateful_variables, bool):
             raise BundleFormatError("manifest stateful_variables must be true or false")
         files_raw = _require(data, "files", dict, "")
+        if len(files_raw) > MAX_FILES:
+            raise BundleFormatError(f"manifest lists {len(files_raw)} files; a bundle has at most {MAX_FILES}")
         files: dict[str, FileEntry] = {}
         for fname, entry in files_raw.items():
             check_file_name(fname)
@@ -454,17 +484,19 @@ class Manifest:
                 raise BundleFormatError(f"manifest files[{fname!r}] must be an object")
             digest = _require(entry, "sha256", str, f"files[{fname!r}]")
             size = _require(entry, "size", int, f"files[{fname!r}]")
-            if not re.fullmatch(r"[0-9a-f]{64}", digest) or size < 0:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest) or not 0 <= size <= MAX_FILE_BYTES:
                 raise BundleFormatError(f"manifest files[{fname!r}] has an invalid sha256 or size")
             files[fname] = FileEntry(digest, size)
         if model_file not in files:
             raise BundleFormatError(f"manifest files does not list the model file {model_file!r}")
         labels = data.get("labels") or []
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise BundleFormatError("manifest labels must be a list of strings")
+        if not isinstance(labels, list) or len(labels) > MAX_LABELS or not all(isinstance(x, str) for x in labels):
+            raise BundleFormatError(f"manifest labels must be a list of at most {MAX_LABELS} strings")
         for key in ("preprocessing", "metrics", "lineage"):
             if not isinstance(data.get(key) or {}, dict):
                 raise BundleFormatError(f"manifest {key} must be an object")
+        for input_name, spec in (data.get("preprocessing") or {}).items():
+            _check_preprocessing_shape(input_name, spec)
         for key in ("reference_stats", "smoke_tests"):
             if data.get(key) is not None and not isinstance(data[key], dict):
                 raise BundleFormatError(f"manifest {key} must be an object or null")

@@ -43,6 +43,12 @@ be dropped. A :class:`PipelineStream` never emits a partial window from ``push``
 emits that padded window, so ``push``-ing a stream in any chunks and then
 ``flush()``-ing gives exactly ``apply`` on the whole stream.
 
+Bounds (a spec may come from a hostile, even signed, manifest): a resize side is at most
+:data:`MAX_RESIZE_SIDE`, a window's size and hop at most :data:`MAX_WINDOW`; no step may make
+more than :data:`MAX_SAMPLE_ELEMENTS` values per sample (``ConfigError`` when the pipeline is
+built with an ``input_shape``, ``InvalidInputError`` on the first input otherwise), nor one
+call more than :data:`MAX_CALL_ELEMENTS` at any step (``InvalidInputError``: split the batch).
+
 ``input_shape`` is the per-sample shape the caller supplies; for a pipeline that
 starts with a window it is the shape of one time step (``features``).
 """
@@ -76,6 +82,14 @@ DTYPES: dict[str, type[np.generic]] = {
 _F32_MAX = float(np.finfo(np.float32).max)
 _INT_MAX = 2**31 - 1
 _MAX_DEPTH = 8
+#: Bounds on what a (possibly hostile, even signed) preprocessing spec can make us allocate.
+#: A resize side, a window's size and hop:
+MAX_RESIZE_SIDE = 16384
+MAX_WINDOW = 1 << 20
+#: the values of one sample at any step (64 Mi: 256 MiB of float32) ...
+MAX_SAMPLE_ELEMENTS = 1 << 26
+#: ... and of one call's whole batch at any step (256 Mi: 1 GiB of float32); split larger batches
+MAX_CALL_ELEMENTS = 1 << 28
 _REQUIRED: Any = object()
 
 
@@ -126,12 +140,13 @@ class _Params:
             return default, False
         return value, True
 
-    def int_(self, name: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
+    def int_(self, name: str, default: Any = _REQUIRED, minimum: int = 1, maximum: int = _INT_MAX) -> int:
         value, found = self._get(name, default)
         if not found:
             return value  # type: ignore[no-any-return]
-        if not _is_int(value) or not minimum <= int(value) <= _INT_MAX:
-            raise self.fail(f"parameter {name!r} must be an integer >= {minimum}, got {_short(value)}")
+        if not _is_int(value) or not minimum <= int(value) <= maximum:
+            bound = f">= {minimum}" + (f" and <= {maximum}" if maximum != _INT_MAX else "")
+            raise self.fail(f"parameter {name!r} must be an integer {bound}, got {_short(value)}")
         return int(value)
 
     def choice(self, name: str, options: Sequence[str], default: Any = _REQUIRED) -> str:
@@ -648,8 +663,8 @@ class ResizeStep:
     @classmethod
     def parse(cls, p: _Params) -> ResizeStep:
         return cls(
-            p.int_("height"),
-            p.int_("width"),
+            p.int_("height", maximum=MAX_RESIZE_SIDE),
+            p.int_("width", maximum=MAX_RESIZE_SIDE),
             p.choice("method", ("bilinear", "nearest"), "bilinear"),
             p.choice("layout", ("NHWC", "NCHW"), "NHWC"),
         )
@@ -767,8 +782,8 @@ class WindowStep:
 
     @classmethod
     def parse(cls, p: _Params) -> WindowStep:
-        size = p.int_("size")
-        return cls(size, p.int_("hop", size), p.choice("pad", ("none", "zero"), "none"))
+        size = p.int_("size", maximum=MAX_WINDOW)
+        return cls(size, p.int_("hop", size, maximum=MAX_WINDOW), p.choice("pad", ("none", "zero"), "none"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "size": self.size, "hop": self.hop, "pad": self.pad}
@@ -792,6 +807,12 @@ class WindowStep:
             n += 1
             missing = (n - 1) * self.hop + self.size - t
             x = np.concatenate([x, np.zeros((missing, *x.shape[1:]), dtype=x.dtype)])
+        framed = n * self.size * math.prod(x.shape[1:])
+        if framed > MAX_CALL_ELEMENTS:
+            raise InvalidInputError(
+                f"framing {t} samples into {n} windows of {self.size} would make {framed} elements, over the cap "
+                f"of {MAX_CALL_ELEMENTS}; pass a shorter stream"
+            )
         index = (np.arange(n) * self.hop)[:, None] + np.arange(self.size)
         return x[index]
 
@@ -872,7 +893,7 @@ class Pipeline:
         body = self.steps[1:] if self.has_window else self.steps
         offset = 1 if self.has_window else 0
         self._kernels: list[tuple[str, _Kernel]] = []
-        self._shapes_ok: set[Shape] = set()
+        self._shapes_ok: dict[Shape, int] = {}  # per-sample input shape -> most values at any step
         for i, step in enumerate(body, start=offset):
             where = _where(i, step.op)
             self._kernels.append((where, step.compile(ref, where)))
@@ -917,14 +938,26 @@ class Pipeline:
         }
 
     def _infer(self, shape: Shape) -> Shape:
+        return self._infer_peak(shape)[0]
+
+    def _infer_peak(self, shape: Shape) -> tuple[Shape, int]:
+        """The output shape of one sample and the most values one sample has at any step;
+        a step making more than :data:`MAX_SAMPLE_ELEMENTS` is an ``_InferError``."""
         if self._window is not None:
             shape = (self._window.size, *shape)
+        peak = math.prod(shape)
         for where, kernel in self._kernels:
             try:
                 shape = kernel.infer(shape)
             except _ShapeError as exc:
                 raise _InferError(where, str(exc)) from None
-        return shape
+            size = math.prod(shape)
+            if size > MAX_SAMPLE_ELEMENTS:
+                raise _InferError(
+                    where, f"makes {size} elements per sample {list(shape)}, over the cap of {MAX_SAMPLE_ELEMENTS}"
+                )
+            peak = max(peak, size)
+        return shape, peak
 
     def _check(self, x: Any, what: str) -> np.ndarray:
         arr = _numeric(x, what)
@@ -947,15 +980,28 @@ class Pipeline:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         sample_shape = x.shape[1:]
-        if sample_shape not in self._shapes_ok:  # shape inference once per input shape, not per call
+        peak = self._shapes_ok.get(sample_shape)
+        if peak is None:  # shape inference once per input shape, not per call
             shape = sample_shape
+            peak = math.prod(shape)
             for where, kernel in self._kernels:
                 try:
                     shape = kernel.infer(shape)
                 except _ShapeError as exc:
                     raise InvalidInputError(f"{where}: {exc}") from None
+                size = math.prod(shape)
+                if size > MAX_SAMPLE_ELEMENTS:
+                    raise InvalidInputError(
+                        f"{where}: makes {size} elements per sample {list(shape)}, over the cap of {MAX_SAMPLE_ELEMENTS}"
+                    )
+                peak = max(peak, size)
             if len(self._shapes_ok) < 64:
-                self._shapes_ok.add(sample_shape)
+                self._shapes_ok[sample_shape] = peak
+        if x.shape[0] * peak > MAX_CALL_ELEMENTS:
+            raise InvalidInputError(
+                f"preprocessing {x.shape[0]} samples would make {x.shape[0] * peak} elements at one step, over the "
+                f"cap of {MAX_CALL_ELEMENTS}; pass a smaller batch"
+            )
         for _, kernel in self._kernels:
             x = kernel.run(x)
         return np.ascontiguousarray(x)
