@@ -19,6 +19,7 @@ def register(sub: Any) -> None:
     gen.add_argument("--name", default="edgefleet", help="file name stem (default: edgefleet)")
     gen.add_argument("--force", action="store_true", help="overwrite existing key files")
     gen.set_defaults(func=cmd_keys_generate)
+    _register_trust(ksub, sub)
 
     pk = sub.add_parser("pack", help="pack a .tflite/.onnx model into a signed bundle")
     pk.add_argument("model", help="a .tflite or .onnx file")
@@ -47,7 +48,13 @@ def register(sub: Any) -> None:
 
     vf = sub.add_parser("verify", help="verify a bundle's signature, hashes and sizes")
     vf.add_argument("bundle")
-    vf.add_argument("--pub", action="append", required=True, help="trusted public key (repeatable)")
+    vf.add_argument("--pub", action="append", help="trusted public key (repeatable; optional with --repo)")
+    vf.add_argument("--repo", help="also check the .efb against this TUF repository's signed metadata")
+    vf.add_argument("--trusted-root", metavar="ROOT.json",
+                    help="the root to start the chain from (default: the state's or the repository's 1.root.json)")
+    vf.add_argument("--state", metavar="DIR",
+                    help="keep the verifier's trusted metadata here between runs (rollback and clock floor memory)")
+    vf.add_argument("--clock-skew", default="5m", help="accept metadata expired less than this ago (default 5m)")
     vf.set_defaults(func=cmd_verify)
 
     ins = sub.add_parser("inspect", help="show a bundle's manifest")
@@ -227,6 +234,25 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .bundle import open_bundle
 
+    if not args.pub and not args.repo:
+        raise ConfigError("give --pub KEY (bare-key check) or --repo DIR (TUF metadata), or both")
+    if args.repo:
+        from .trust import parse_duration, verify_bundle
+
+        v = verify_bundle(
+            args.bundle,
+            args.repo,
+            trusted_root=args.trusted_root,
+            state_dir=args.state,
+            clock_skew=parse_duration(args.clock_skew, "--clock-skew"),
+        )
+        print(
+            f"OK: {v.path} is a signed target (root v{v.root_version}, timestamp v{v.timestamp_version}, "
+            f"snapshot v{v.snapshot_version}); {v.length} bytes sha256 {v.sha256[:16]}...; "
+            f"bundle signed by model key {v.signer.key_id if v.signer else '?'}; trust anchor: {v.anchor}"
+        )
+        if not args.pub:
+            return 0
     bundle, tmp = open_bundle(args.bundle, trusted_keys=args.pub, require_signature=True)
     try:
         m = bundle.manifest
@@ -357,3 +383,149 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.json_file).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print(f"results written to {args.json_file}")
     return 0
+
+
+# ---------------------------------------------------------------- TUF repository (edgefleet.trust)
+
+
+def _register_trust(ksub: Any, sub: Any) -> None:
+    def expiry_flags(p: Any, *roles: str) -> None:
+        defaults = {"expires": "365d", "snapshot-expires": "7d", "timestamp-expires": "1d", "targets-expires": "365d"}
+        for role in roles:
+            p.add_argument(f"--{role}", default=defaults[role], help=f"expiry (default {defaults[role]}; s/m/h/d/w)")
+
+    ri = ksub.add_parser("root-init", help="create a TUF repository: root v1 with a threshold of offline keys")
+    ri.add_argument("--repo", required=True, help="repository directory (metadata/ and targets/)")
+    ri.add_argument("--root-key", action="append", required=True,
+                    help="an offline root key (repeatable); a .key file also signs, a .pub file is only listed")
+    ri.add_argument("--threshold", type=int, required=True, help="root (and targets) signatures required")
+    ri.add_argument("--online-key", required=True,
+                    help="the coordinator's online key (.pub; a .key also signs the first snapshot/timestamp)")
+    expiry_flags(ri, "expires", "targets-expires", "snapshot-expires", "timestamp-expires")
+    ri.set_defaults(func=cmd_keys_root_init)
+
+    rr = ksub.add_parser("rotate-root", help="write the next root version, signed by the old and the new root keys")
+    rr.add_argument("--repo", required=True)
+    rr.add_argument("--old-key", action="append", default=[], help="a current root private key (repeatable)")
+    rr.add_argument("--root-key", action="append", required=True,
+                    help="a root key of the new version (repeatable; .key signs, .pub is only listed)")
+    rr.add_argument("--threshold", type=int, required=True)
+    rr.add_argument("--online-key", help="replace the online key (.pub, or .key to publish right away)")
+    expiry_flags(rr, "expires", "targets-expires", "snapshot-expires", "timestamp-expires")
+    rr.set_defaults(func=cmd_keys_rotate_root)
+
+    dg = ksub.add_parser("delegate", help="let a model key sign model NAME (paths NAME/*, terminating)")
+    dg.add_argument("--repo", required=True)
+    dg.add_argument("--model", required=True)
+    dg.add_argument("--key", action="append", required=True, help="model signing key (.pub; repeatable)")
+    dg.add_argument("--threshold", type=int, help="signatures of the model's keys required (default 1)")
+    dg.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
+    dg.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
+    expiry_flags(dg, "targets-expires", "snapshot-expires", "timestamp-expires")
+    dg.set_defaults(func=cmd_keys_delegate)
+
+    rv = ksub.add_parser("revoke", help="remove a key from model NAME and record it as revoked")
+    rv.add_argument("--repo", required=True)
+    rv.add_argument("--model", required=True)
+    rv.add_argument("--key", action="append", required=True, help="the key to revoke (.pub; repeatable)")
+    rv.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
+    rv.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
+    expiry_flags(rv, "targets-expires", "snapshot-expires", "timestamp-expires")
+    rv.set_defaults(func=cmd_keys_revoke)
+
+    repo = sub.add_parser("repo", help="publish bundles in a TUF repository (edgefleet keys root-init creates one)")
+    rsub = repo.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
+    ad = rsub.add_parser("add", help="add a bundle archive as target NAME/VERSION.efb, signed by the model key")
+    ad.add_argument("bundle", help="the .efb archive")
+    ad.add_argument("--repo", required=True)
+    ad.add_argument("--key", action="append", required=True, help="the model's private key (repeatable for a threshold)")
+    ad.add_argument("--delta", help="also add this delta file (applies to --delta-base) as a target")
+    ad.add_argument("--delta-base", metavar="VERSION", help="the published version the delta applies to")
+    ad.add_argument("--online-key", help="online private key: update snapshot and timestamp now")
+    expiry_flags(ad, "expires", "snapshot-expires", "timestamp-expires")
+    ad.set_defaults(func=cmd_repo_add)
+
+    pb = rsub.add_parser("publish", help="sign a fresh timestamp (and snapshot if needed); run it periodically")
+    pb.add_argument("--repo", required=True)
+    pb.add_argument("--online-key", required=True, help="the online private key")
+    expiry_flags(pb, "snapshot-expires", "timestamp-expires")
+    pb.set_defaults(func=cmd_repo_publish)
+
+
+def _expiries(args: argparse.Namespace) -> dict[str, Any]:
+    from .trust import parse_duration
+
+    out = {}
+    for flag in ("expires", "targets_expires", "snapshot_expires", "timestamp_expires"):
+        if getattr(args, flag, None) is not None:
+            out[flag] = parse_duration(getattr(args, flag), "--" + flag.replace("_", "-"))
+    return out
+
+
+def _report(published: Any) -> int:
+    for path in published.written:
+        print(f"wrote {path}")
+    for note in published.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_keys_root_init(args: argparse.Namespace) -> int:
+    from .trust import init_repository, load_key_arg
+
+    exp = _expiries(args)
+    return _report(init_repository(
+        args.repo, [load_key_arg(k) for k in args.root_key], args.threshold, load_key_arg(args.online_key),
+        exp["expires"], exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_keys_rotate_root(args: argparse.Namespace) -> int:
+    from .trust import load_key_arg, rotate_root
+
+    exp = _expiries(args)
+    return _report(rotate_root(
+        args.repo, [load_key_arg(k) for k in args.old_key], [load_key_arg(k) for k in args.root_key], args.threshold,
+        load_key_arg(args.online_key) if args.online_key else None,
+        exp["expires"], exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_keys_delegate(args: argparse.Namespace) -> int:
+    from .trust import delegate, load_key_arg
+
+    exp = _expiries(args)
+    return _report(delegate(
+        args.repo, args.model, [load_key_arg(k) for k in args.key], [load_key_arg(k) for k in args.root_key],
+        args.threshold, load_key_arg(args.online_key) if args.online_key else None,
+        exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from .trust import load_key_arg, revoke
+
+    exp = _expiries(args)
+    return _report(revoke(
+        args.repo, args.model, [load_key_arg(k) for k in args.key], [load_key_arg(k) for k in args.root_key],
+        load_key_arg(args.online_key) if args.online_key else None,
+        exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_repo_add(args: argparse.Namespace) -> int:
+    from .trust import add_bundle, load_key_arg
+
+    exp = _expiries(args)
+    return _report(add_bundle(
+        args.repo, args.bundle, [load_key_arg(k) for k in args.key],
+        load_key_arg(args.online_key) if args.online_key else None,
+        args.delta, args.delta_base, exp["expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_repo_publish(args: argparse.Namespace) -> int:
+    from .trust import load_key_arg, publish
+
+    exp = _expiries(args)
+    return _report(publish(args.repo, load_key_arg(args.online_key), exp["snapshot_expires"], exp["timestamp_expires"]))
