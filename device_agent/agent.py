@@ -76,6 +76,7 @@ from .updates import (
     Verified,
     Verify,
     available_runtimes,
+    check_identity,
     check_target,
     check_version,
     new_job,
@@ -617,6 +618,11 @@ class Agent:
             problem = check_target(manifest, AGENT_VERSION, cfg.hardware_tags, self.runtimes)
             if problem:
                 return refuse(*problem)
+            active = state.active
+            active_name = active.name if active is not None else None
+            problem = check_identity(manifest, cfg.model_name, active_name)
+            if problem:
+                return refuse(*problem)
             if job.allow_older:  # single-use and time-bounded (see .orders); recorded before it takes effect
                 ledger = self.orders.reload()
                 try:
@@ -626,9 +632,8 @@ class Agent:
                     ledger.record(accepted.order_id, accepted.issued_at, signed=accepted.signed)
                 except UpdateRejectedError as exc:
                     return refuse(exc.reason, str(exc))
-            active = state.active
             problem = check_version(manifest, object_id, active.id if active else None,
-                                    active.version if active else None, state.bad, job.allow_older)
+                                    active.version if active else None, state.bad, job.allow_older, active_name)
             if problem:
                 return refuse(*problem)
             if active is not None and active.id == object_id:

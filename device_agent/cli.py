@@ -24,6 +24,9 @@ def register(sub: Any) -> None:
         p.add_argument("--hardware-tag", action="append", default=[], metavar="TAG",
                        help="a hardware tag of this device (repeatable; adds to the config's)")
         p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned bundles (development only)")
+        p.add_argument("--model-name", metavar="NAME",
+                       help="the model this device serves (default: the config's, else the first installed); "
+                       "bundles of another name are refused")
 
     run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)")
     common(run)
@@ -78,6 +81,8 @@ def _config(args: argparse.Namespace, **update: Any) -> Any:
         changes["hardware_tags"] = tuple(cfg.hardware_tags) + tuple(args.hardware_tag)
     if getattr(args, "allow_unsigned", False):
         changes["require_signature"] = False
+    if getattr(args, "model_name", None):
+        changes["model_name"] = args.model_name
     if update:
         changes["update"] = replace(cfg.update, **update)
     return replace(cfg, **changes)

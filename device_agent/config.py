@@ -6,6 +6,7 @@ are refused (a typo must not silently fall back to a default). Example::
     [agent]
     state_dir = "/var/lib/edgefleet"
     device_id = "press-7"
+    model_name = "digits"           # the one model this device serves (default: the first installed)
     hardware_tags = ["arm64"]
     trusted_keys = ["/etc/edgefleet/fleet.pub"]
 
@@ -36,7 +37,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.manifest import check_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -201,6 +203,9 @@ class FederatedNodeConfig:
 class AgentConfig:
     state_dir: str = "edgefleet-state"
     device_id: str = ""
+    #: the model this device serves; a bundle of another name is refused (``wrong_model``).
+    #: Empty: the name of the first model installed (setting it to another name re-assigns).
+    model_name: str = ""
     hardware_tags: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()  # PEM files; also every *.pub in <state_dir>/trust/
     require_signature: bool = True
@@ -215,6 +220,11 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if not self.state_dir:
             raise ConfigError("agent.state_dir must not be empty")
+        if self.model_name:
+            try:
+                check_name(self.model_name, "agent.model_name")
+            except EdgefleetError as exc:
+                raise ConfigError(str(exc)) from None
         _positive("agent.threads", self.threads)
         if self.federated.enabled and not self.samples.enabled:
             raise ConfigError("federated training needs local samples: set enabled = true in the [samples] section")
@@ -257,6 +267,7 @@ class AgentConfig:
         return cls(
             state_dir=resolve(top.state_dir),
             device_id=top.device_id,
+            model_name=top.model_name,
             hardware_tags=top.hardware_tags,
             trusted_keys=tuple(resolve(k) for k in top.trusted_keys),
             require_signature=top.require_signature,
@@ -274,6 +285,7 @@ class AgentConfig:
 class _AgentTop:
     state_dir: str = "edgefleet-state"
     device_id: str = ""
+    model_name: str = ""
     hardware_tags: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
     require_signature: bool = True

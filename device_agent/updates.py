@@ -414,6 +414,20 @@ def check_target(
     return None
 
 
+def check_identity(candidate: Manifest, assigned: str, active_name: str | None) -> tuple[str, str] | None:
+    """A device serves one model: ``assigned`` (the config's ``model_name``) or else the model
+    it serves now. A bundle of another name is refused, whatever its signature and version
+    (a signed doorbell model must not replace a camera's)."""
+    expected = assigned or active_name
+    if expected and candidate.name != expected:
+        how = "is assigned" if assigned else "serves"
+        return "wrong_model", (
+            f"bundle is model {candidate.name!r} v{candidate.version}; this device {how} {expected!r} "
+            "(set agent.model_name to re-assign it)"
+        )
+    return None
+
+
 def check_version(
     candidate: Manifest,
     candidate_id: str,
@@ -421,6 +435,7 @@ def check_version(
     active_version: str | None,
     bad_ids: tuple[str, ...] = (),
     allow_older: bool = False,
+    active_name: str | None = None,
 ) -> tuple[str, str] | None:
     """Anti-rollback: the candidate must be newer than the active version unless a signed order allows it."""
     if candidate_id in bad_ids and not allow_older:
@@ -429,6 +444,8 @@ def check_version(
         return None
     if candidate_id == active_id:
         return None
+    if active_name is not None and candidate.name != active_name:
+        return None  # a re-assigned device: versions of two models do not compare
     if parse_version(candidate.version) <= parse_version(active_version):
         return "version_not_newer", (
             f"{candidate.name} v{candidate.version} is not newer than the active v{active_version}; "
