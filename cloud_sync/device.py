@@ -13,6 +13,9 @@
 * Bundles arrive in chunks (:mod:`.transfer`), kept on disk so a restart or a
   broker outage resumes; a bsdiff4 delta is used when offered against the
   archive the device holds, the full file otherwise or when the delta fails.
+  A file declared larger than ``max_bundle_bytes`` (default: the agent's store
+  quota) is REJECTED ``bundle_too_large`` before any work: nothing is
+  preallocated and no chunk is asked for (the size is not signed).
 * Telemetry is drained from the agent's durable queue through :class:`MqttSink`,
   which returns only the sequence numbers the coordinator acknowledged.
 
@@ -45,11 +48,13 @@ from .transfer import (
     Complete,
     Fail,
     Receiver,
+    TOO_LARGE,
     Request,
     Stalled,
     Store,
     Verified,
     apply_delta,
+    too_large_message,
 )
 from .transport import Transport, Will
 
@@ -67,6 +72,14 @@ class _Active:
     using_delta: bool = False
     last_chunk: float = 0.0
     installing: bool = False
+
+
+def _default_cap(agent: Any) -> int:
+    """The agent's store quota (a bundle larger than it could never be installed), else the default."""
+    from .transfer import DEFAULT_MAX_BUNDLE_BYTES
+
+    quota = getattr(getattr(getattr(agent, "config", None), "store", None), "quota_mb", None)
+    return int(quota * (1 << 20)) if isinstance(quota, (int, float)) and quota > 0 else DEFAULT_MAX_BUNDLE_BYTES
 
 
 class MqttSink:
@@ -121,6 +134,7 @@ class DeviceSync:
         telemetry_batch: int = 500,
         stall_seconds: float = 5.0,
         window: int = 16,
+        max_bundle_bytes: int | None = None,
     ) -> None:
         self.agent = agent
         self.fleet = P.check_id(fleet, "fleet")
@@ -132,6 +146,7 @@ class DeviceSync:
         self.telemetry_batch = telemetry_batch
         self.stall_seconds = stall_seconds
         self.window = window
+        self.max_bundle_bytes = int(max_bundle_bytes) if max_bundle_bytes is not None else _default_cap(agent)
         self._state = self._load_state()
         self._state["session"] = int(self._state.get("session", 0)) + 1
         self._save_state()
@@ -348,9 +363,12 @@ class DeviceSync:
         if self.agent.active_version == d.target_version and d.target_version:
             self._report(a, "SUCCEEDED", reason="already_active")
             return
+        if d.file.size > self.max_bundle_bytes:  # the size is not signed: bound it before any work
+            self._report(a, "REJECTED", reason=TOO_LARGE, message=too_large_message(d.file.size, self.max_bundle_bytes))
+            return
         self._report(a, "DOWNLOADING", step="downloading")
         base = None
-        if d.delta is not None and d.delta_base:
+        if d.delta is not None and d.delta_base and d.delta.size <= self.max_bundle_bytes:
             try:
                 base = self.base_archive()
             except Exception:
@@ -362,8 +380,8 @@ class DeviceSync:
 
     def _start_transfer(self, a: _Active, info: P.FileInfo, using_delta: bool) -> None:
         a.using_delta = using_delta
-        a.file = ChunkFile(self.dir / "transfers", info)
-        a.receiver = Receiver(a.desired.job_id, info, window=self.window)
+        a.file = ChunkFile(self.dir / "transfers", info, max_bytes=self.max_bundle_bytes)
+        a.receiver = Receiver(a.desired.job_id, info, window=self.window, max_bytes=self.max_bundle_bytes)
         a.last_chunk = time.monotonic()
         self._drive(a, a.receiver.handle(Begin(frozenset(a.file.have))))
 

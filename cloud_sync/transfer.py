@@ -9,6 +9,12 @@ is enforced: no endless data) and, once complete, asks the driver to check the
 whole file's sha256. :class:`ChunkFile` is that driver's disk part, so a device
 restarted mid-transfer resumes from the chunks it already has.
 
+The size and id of a file come from the (unsigned) ``desired`` message, so both sides
+of the receiver are bounded by a configured maximum bundle size before any work:
+:class:`Receiver` fails at once with ``bundle_too_large`` and :class:`ChunkFile`
+refuses to preallocate (``max_bytes``); :func:`apply_delta` checks the size a patch
+declares before decompressing or applying it, and never decompresses more than that.
+
 The coordinator side is :func:`serve_request`: which chunk frames answer a
 request. Deltas are bsdiff4 patches between the deterministic ``.efb``
 archives of two versions; :func:`make_delta` returns ``None`` when a delta
@@ -30,6 +36,9 @@ from edgefleet.errors import ProtocolError, SyncError
 from .protocol import Chunk, ChunkRequest, FileInfo
 
 DEFAULT_WINDOW = 16  # chunks asked for at once (1 MiB at the default chunk size)
+#: the largest file a device receives unless configured otherwise (DeviceSync uses the store quota)
+DEFAULT_MAX_BUNDLE_BYTES = 1 << 30
+TOO_LARGE = "bundle_too_large"
 MAX_SERVE = 64  # chunks the coordinator sends for one request, whatever it asks
 
 
@@ -95,6 +104,8 @@ class Receiver:
     job_id: str
     info: FileInfo
     window: int = DEFAULT_WINDOW
+    #: refuse (``Fail(TOO_LARGE)``) a file declared larger than this, before asking for a chunk
+    max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     have: set[int] = field(default_factory=set)
     outstanding: set[int] = field(default_factory=set)
     done: bool = False
@@ -123,6 +134,9 @@ class Receiver:
         if self.done or self.failed:
             return []
         if isinstance(event, Begin):
+            if self.info.size > self.max_bytes:
+                self.failed = True
+                return [Fail(TOO_LARGE, too_large_message(self.info.size, self.max_bytes))]
             self.have = {i for i in event.have if 0 <= i < self.info.chunks}
             self.outstanding.clear()
             if len(self.have) == self.info.chunks:
@@ -182,6 +196,10 @@ def serve_request(req: ChunkRequest, info: FileInfo, data: bytes) -> list[Chunk]
     return out
 
 
+def too_large_message(size: int, cap: int) -> str:
+    return f"the file is declared as {size} bytes, over this device's maximum bundle size of {cap} bytes"
+
+
 def file_info(data: bytes, chunk_size: int) -> FileInfo:
     return FileInfo(hashlib.sha256(data).hexdigest(), len(data), chunk_size)
 
@@ -190,7 +208,9 @@ def file_info(data: bytes, chunk_size: int) -> FileInfo:
 class ChunkFile:
     """A preallocated partial file plus a bitmap of the chunks it holds, surviving restarts."""
 
-    def __init__(self, root: str | os.PathLike, info: FileInfo) -> None:
+    def __init__(self, root: str | os.PathLike, info: FileInfo, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> None:
+        if info.size > max_bytes:  # before a directory or a preallocated byte exists
+            raise SyncError(too_large_message(info.size, max_bytes))
         self.info = info
         self.dir = Path(root) / info.file_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -277,12 +297,47 @@ def make_delta(old: bytes, new: bytes, max_ratio: float = 0.95) -> bytes | None:
     return bytes(patch)
 
 
-def apply_delta(old: bytes, patch: bytes, expected: FileInfo) -> bytes:
-    """Apply a patch and check the result against the declared size and sha256."""
-    import bsdiff4
+def _bounded_bz2(data: bytes, limit: int, what: str) -> bytes:
+    """bz2-decompress at most ``limit`` bytes (a patch block is never larger than the file it makes)."""
+    import bz2
 
+    d = bz2.BZ2Decompressor()
     try:
-        out = bsdiff4.patch(old, patch)
+        out = d.decompress(data, max_length=limit + 1)
+    except (OSError, ValueError, EOFError) as exc:
+        raise SyncError(f"delta does not apply: its {what} block is not bz2 ({exc})") from None
+    if len(out) > limit:
+        raise SyncError(f"delta does not apply: its {what} block decompresses past {limit} bytes")
+    if not d.eof:
+        raise SyncError(f"delta does not apply: its {what} block is truncated")
+    return out
+
+
+def apply_delta(old: bytes, patch: bytes, expected: FileInfo) -> bytes:
+    """Apply a bsdiff4 patch and check the result against the declared size and sha256.
+
+    The size the patch declares is checked against ``expected`` before anything is
+    decompressed, and no block is decompressed past what that size allows (no bz2 bombs)."""
+    import bsdiff4.core as core
+
+    if len(patch) < 32 or patch[:7] != b"BSDIFF4":
+        raise SyncError("delta does not apply: not a bsdiff4 patch")
+    try:
+        len_control, len_diff, len_dst = (core.decode_int64(patch[i : i + 8]) for i in (8, 16, 24))
+    except Exception as exc:
+        raise SyncError(f"delta does not apply: {exc}") from None
+    if len_dst != expected.size:
+        raise SyncError(f"delta declares a {len_dst}-byte result, the file is {expected.size} bytes")
+    if not (0 <= len_control and 0 <= len_diff and 32 + len_control + len_diff <= len(patch)):
+        raise SyncError("delta does not apply: its block lengths do not fit the patch")
+    body = patch[32:]
+    control = _bounded_bz2(body[:len_control], 24 * (expected.size + 1), "control")
+    diff = _bounded_bz2(body[len_control : len_control + len_diff], expected.size, "diff")
+    extra = _bounded_bz2(body[len_control + len_diff :], expected.size, "extra")
+    if len(control) % 24:
+        raise SyncError("delta does not apply: invalid control block")
+    try:
+        out = core.patch(old, len_dst, control, diff, extra)
     except Exception as exc:
         raise SyncError(f"delta does not apply: {exc}") from None
     if len(out) != expected.size or hashlib.sha256(out).hexdigest() != expected.file_id:
@@ -293,4 +348,5 @@ def apply_delta(old: bytes, patch: bytes, expected: FileInfo) -> bytes:
 __all__ = [
     "Receiver", "Begin", "ChunkArrived", "Stalled", "Verified", "Request", "Store", "CheckWhole", "Complete", "Fail",
     "serve_request", "file_info", "ChunkFile", "make_delta", "apply_delta", "DEFAULT_WINDOW",
+    "DEFAULT_MAX_BUNDLE_BYTES", "TOO_LARGE",
 ]
