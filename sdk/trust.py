@@ -234,7 +234,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _regular_file_size(path: Path, what: str, cap: int) -> int:
+def _regular_file_size(path: Path, what: str, cap: int, too_big: type[Exception] = ConfigError) -> int:
     try:
         st = os.lstat(path)
     except OSError as exc:
@@ -242,7 +242,7 @@ def _regular_file_size(path: Path, what: str, cap: int) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {path} is not a regular file")
     if st.st_size > cap:
-        raise TargetMismatchError(f"{what} {path} is {st.st_size} bytes, over the {cap}-byte cap")
+        raise too_big(f"{what} {path} is {st.st_size} bytes, over the {cap}-byte cap")
     return st.st_size
 
 
@@ -364,9 +364,13 @@ class Repository:
 
         path = self.file_for(role, version)
         try:
-            size = _regular_file_size(path, f"{role} metadata", 16 << 20)
-            data = path.read_bytes()[:size]
-        except (ConfigError, TargetMismatchError):
+            size = _regular_file_size(path, f"{role} metadata", 16 << 20, MetadataFormatError)
+            try:
+                with os.fdopen(_open_regular(path), "rb") as fh:
+                    data = fh.read(size + 1)
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc}") from None
+        except ConfigError:
             if not path.exists():
                 raise ConfigError(
                     f"{self.path} has no {role} metadata ({path.name}); create the repository with "
@@ -1038,7 +1042,7 @@ class TrustClient:
         from tuf.api.exceptions import LengthOrHashMismatchError
 
         p = Path(path)
-        size = _regular_file_size(p, "bundle", MAX_BUNDLE_BYTES)
+        size = _regular_file_size(p, "bundle", MAX_BUNDLE_BYTES, TargetMismatchError)
         if size != info.length:
             raise TargetMismatchError(
                 f"{p} is {size} bytes but the signed target {info.path} is {info.length} (extraneous or missing data)"
@@ -1122,7 +1126,7 @@ class TrustClient:
 
 def read_trusted_root(path: str | os.PathLike) -> bytes:
     p = Path(path)
-    _regular_file_size(p, "trusted root", 512_000)
+    _regular_file_size(p, "trusted root", 512_000, MetadataFormatError)
     try:
         return p.read_bytes()
     except OSError as exc:
