@@ -15,18 +15,27 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgefleet.errors import CompileError, ConfigError, InvalidInputError
+from edgefleet.errors import ConfigError, InvalidInputError
 
 from .config import CompileConfig, QuantMode
 from .data import Dataset, Inputs, load_data, n_samples, take
-from .evaluate import (Score, VariantResult, describe_regressions, evaluate_bundle, file_sizes, measure_latency, predict_all,
-                       regressions_of, score_outputs)
+from .evaluate import (
+    Score,
+    VariantResult,
+    describe_regressions,
+    evaluate_bundle,
+    file_sizes,
+    measure_latency,
+    predict_all,
+    regressions_of,
+    score_outputs,
+)
 from .gate import GateDecision, run_gate
 from .progress import Progress
 from .report import report_dir_for, rows_of, write_report
@@ -111,6 +120,12 @@ class _Compiler:
         self._results: dict[tuple[str, str], VariantResult] = {}
         self._params = 0
         self._sparsity = 0.0
+        # stateful models (see stateful.py): pairs output -> input in source names; None: unknown (SavedModel)
+        self.state_pairs: dict[str, str] | None = None
+        self.state_names: Any = None
+        self.state_notes: dict[str, str] = {}
+        self.score_index = 0
+        self._recorded: dict[str, np.ndarray] | None = None
 
     # -- inputs ---------------------------------------------------------
     def _check_options(self) -> None:
@@ -181,14 +196,15 @@ class _Compiler:
         x = np.asarray(x)
         return x.astype(np.float32) if x.dtype.kind == "f" or pipeline is not None or x.dtype == np.float64 else x
 
-    def _check_inputs(self, names: list[str], x: Inputs, what: str) -> None:
-        """Multi-input data must hold exactly one array per model input name."""
+    def _check_inputs(self, names: list[str], x: Inputs, what: str, optional: Sequence[str] = ()) -> None:
+        """Multi-input data must hold exactly one array per model input name (``optional``: state inputs
+        the compiler can fill)."""
         if len(names) == 1 and not isinstance(x, dict):
             return
         if not isinstance(x, dict):
             raise InvalidInputError(f"the model has inputs {names}: the {what} .npz must hold one array per input name "
                                     "(and 'y' or --label KEY for labels), not 'x'")
-        missing, extra = [n for n in names if n not in x], sorted(set(x) - set(names))
+        missing, extra = [n for n in names if n not in x and n not in optional], sorted(set(x) - set(names))
         if missing or extra:
             raise InvalidInputError(f"the {what} data has arrays {sorted(x)} but the model's inputs are {names}: "
                                     f"missing {missing}, unexpected {extra}" + (" (name the labels with --label KEY)" if extra else ""))
@@ -233,11 +249,14 @@ class _Compiler:
 
             set_seed(self.cfg.seed)
             self.model = load_keras(self.src)
+            from .stateful import keras_signature
+
+            self._setup_state(*keras_signature(self.model))
             names = [t.name for t in self.model.inputs]
             shapes = {t.name: tuple(int(d) if d is not None else -1 for d in t.shape[1:]) for t in self.model.inputs}
             for name, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
                 if arr is not None:
-                    self._check_inputs(names, arr, name)
+                    self._check_inputs(names, arr, name, optional=self._state_inputs())
                     for k, a in (arr.items() if isinstance(arr, dict) else [(names[0], arr)]):
                         self._check_shape(shapes[k], a, name if len(names) == 1 else f"{name} {k!r}")
             if self.eval_x is not None:
@@ -255,6 +274,9 @@ class _Compiler:
         else:
             if kind in ("onnx", "tflite"):
                 check_model_file(self.src)
+                from .stateful import file_signature
+
+                self._setup_state(*file_signature(self.src.path))
             if kind == "onnx":
                 import onnx
 
@@ -263,12 +285,100 @@ class _Compiler:
                 names = [i.name for i in graph.input if i.name not in inits]
                 for what, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
                     if arr is not None:
-                        self._check_inputs(names, arr, what)
+                        self._check_inputs(names, arr, what, optional=self._state_inputs())
             if kind == "savedmodel" and self.cfg.prune.enabled:
                 raise ConfigError("pruning needs a Keras source")
             self.opt_outputs = None
         if self.eval is not None and self.source_outputs is not None:
-            self.baseline = score_outputs(self.source_outputs[0], self.eval.y, self.eval.task, self.source_outputs[0])
+            first = self.source_outputs[self.score_index]
+            self.baseline = score_outputs(first, self.eval.y, self.eval.task, first)
+
+    # -- stateful models (stateful.py) -------------------------------------
+    def _state_inputs(self) -> list[str]:
+        return list((self.state_pairs or {}).values())
+
+    def _setup_state(self, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
+        """Decide the state pairs in the source's names; give eval data the initial state where it holds none,
+        and calibration data the state it stores beside ``x``."""
+        from .stateful import (
+            StateNames,
+            check_batch_first,
+            complete,
+            initial_states,
+            resolve_pairs,
+            score_index,
+            states_from_file,
+        )
+
+        self.state_pairs = resolve_pairs(self.cfg.state_pairs, inputs, outputs)
+        if not self.state_pairs:
+            return
+        self.src_inputs = tuple(inputs)
+        self.score_index = score_index(outputs, self.state_pairs)
+        self.state_names = StateNames(inputs, outputs, self._probe_reference)
+        state_in = self._state_inputs()
+        free = [s.name for s in inputs if s.name not in state_in]
+        if self.eval is not None:
+            x = complete(self.eval.x, free)
+            if isinstance(x, dict):
+                x = {**x, **states_from_file(self.eval.source, [n for n in state_in if n not in x], len(self.eval))}
+                missing = [n for n in state_in if n not in x]
+                check_batch_first(inputs, missing, "the initial state of every eval sample")
+                x.update(initial_states(inputs, missing, len(self.eval)))
+                self.state_notes["eval"] = (f"initial state (zeros) of {missing} for every eval sample" if missing
+                                            else "from the eval data")
+            self.eval = replace(self.eval, x=x)
+            self.eval_x = self.prep(x, "eval")
+        if self.calib is not None:
+            x = complete(self.calib.x, free)
+            if isinstance(x, dict):
+                x = {**x, **states_from_file(self.calib.source, [n for n in state_in if n not in x], len(self.calib))}
+                if all(n in x for n in state_in):
+                    self.state_notes["calibration"] = f"from the calibration data (arrays {state_in})"
+            self.calib = replace(self.calib, x=x)
+            self.calib_x = self.prep(x, "calibration")
+
+    def _probe_reference(self, probe: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The source's outputs (source order) on model-ready inputs by source name: finds outputs in converted files."""
+        if self.src.kind == "keras":
+            return self._keras_outputs(probe)
+        import edgefleet
+
+        with edgefleet.load(self.src.path, threads=1) as m:
+            out = m.predict(probe, preprocess=False)
+            return [np.asarray(out[s.name]) for s in m.manifest.outputs] if isinstance(out, dict) else [np.asarray(out)]
+
+    def _state_for(self, model_path: Path) -> dict[str, Any]:
+        """``pack``'s ``state`` argument for a converted file: the pairs in the file's own names."""
+        if self.state_pairs is None:  # a SavedModel source: names as given, or pack's proposal
+            pairs = self.cfg.state_pairs
+            return {} if pairs is None else {"state": pairs}
+        if not self.state_pairs:
+            return {"state": {}}
+        return {"state": self.state_names.pairs_in(model_path, self.state_pairs)}
+
+    def _calibration(self, fmt: str) -> Inputs | None:
+        """Calibration data with every state input: stored in the data, else a recorded stream of the float32
+        model's session over the calibration samples (state carried), never zeros or random values."""
+        calib = self.calib_x
+        if not self.state_pairs or not isinstance(calib, dict):
+            return calib
+        missing = [n for n in self._state_inputs() if n not in calib]
+        if not missing:
+            return calib
+        if self._recorded is None:
+            from .stateful import check_batch_first, record_state_stream
+
+            check_batch_first(self.src_inputs, missing, "a recorded stream of states")
+            f32 = self.evaluate(fmt, "float32")
+            assert f32.model_path is not None
+            ins, _ = self.state_names.of(f32.model_path)
+            self._recorded = record_state_stream(self.work / "bundles" / f32.name, {ins[k]: v for k, v in calib.items()},
+                                                 {n: ins[n] for n in missing})
+            self.state_notes["calibration"] = (
+                f"recorded stream of {missing}: the float32 {fmt} model's session over the {n_samples(calib)} "
+                "calibration samples in order, state carried from the initial state (zeros)")
+        return {**calib, **self._recorded}
 
     def _keras_outputs(self, x: Inputs) -> list[np.ndarray]:
         """The Keras model's outputs on ``x``, as a list in ``model.outputs`` order."""
@@ -326,8 +436,17 @@ class _Compiler:
     def build(self, fmt: str, variant: str) -> tuple[Path, dict[str, Any]]:
         out = self.work / f"{fmt}-{variant}.{fmt}"
         calib = self.calib_x
-        if variant in ("int8", "int8-mixed", "int16x8") and (calib is None or n_samples(calib) == 0):
-            raise InvalidInputError(f"quantize: {variant} needs a non-empty calibration set (--calibration DATA)")
+        if variant in ("int8", "int8-mixed", "int16x8"):
+            if calib is None or n_samples(calib) == 0:
+                raise InvalidInputError(f"quantize: {variant} needs a non-empty calibration set (--calibration DATA)")
+            calib = self._calibration(fmt)
+            path, notes = self._build(fmt, variant, out, calib)
+            if "calibration" in self.state_notes:
+                notes["state_calibration"] = self.state_notes["calibration"]
+            return path, notes
+        return self._build(fmt, variant, out, calib)
+
+    def _build(self, fmt: str, variant: str, out: Path, calib: Inputs | None) -> tuple[Path, dict[str, Any]]:
         if fmt == "tflite":
             if self.src.kind == "tflite":
                 shutil.copyfile(self.src.path, out)
@@ -345,7 +464,7 @@ class _Compiler:
 
         bundle, _ = pack(model_path, self.work / "bundles" / name, name=self._name(), version=self.cfg.output.version,
                          labels=self.labels, preprocessing=self.prep_spec, reference_stats=self.reference, overwrite=True,
-                         **self._batch_axes(model_path))
+                         **self._batch_axes(model_path), **self._state_for(model_path))
         return bundle
 
     def _batch_axes(self, model_path: Path) -> dict[str, Any]:
@@ -382,7 +501,8 @@ class _Compiler:
                     ref = None
                 score, outputs, p50, p50_invoke = evaluate_bundle(
                     bundle.path, self._by_bundle_names(bundle, self.eval.x), self.eval.y, self.eval.task,
-                    ref if ref is not None else self._float_reference(fmt, bundle.path), self.cfg.output.latency_runs)
+                    ref if ref is not None else self._float_reference(fmt, bundle.path), self.cfg.output.latency_runs,
+                    self.score_index)
                 r.score, r.outputs, r.p50_ms, r.p50_invoke_ms = score, outputs, p50, p50_invoke
                 if variant == "float32":
                     self._check_export(fmt, outputs)
@@ -402,7 +522,13 @@ class _Compiler:
         """Without eval data: one raw calibration sample, else None (synthetic inputs of the declared shapes)."""
         if self.calib is not None:
             self.latency_input = "calibration sample"
-            return take(self.calib.x, slice(0, 1))
+            sample = take(self.calib.x, slice(0, 1))
+            if self.state_pairs and isinstance(sample, dict):  # the stream's first step: the initial state
+                from .stateful import initial_states
+
+                missing = [n for n in self._state_inputs() if n not in sample]
+                sample = {**sample, **initial_states(self.src_inputs, missing, 1)}
+            return sample
         self.latency_input = "synthetic inputs of the declared shapes"
         return None
 
@@ -491,7 +617,7 @@ class _Compiler:
             chosen.model_path, self.out, name=self._name(), version=cfg.output.version, labels=self.labels,
             preprocessing=self.prep_spec, private_key=key, archive=cfg.output.archive, reference_stats=self.reference,
             smoke_inputs=smoke, metrics=metrics, lineage=lineage, overwrite=cfg.output.overwrite,
-            **self._batch_axes(chosen.model_path),
+            **self._batch_axes(chosen.model_path), **self._state_for(chosen.model_path),
         )
         from edgefleet.bench import machine_info
 
@@ -509,6 +635,8 @@ class _Compiler:
             "eval_samples": len(self.eval) if self.eval is not None else 0,
             "latency_input": "eval sample" if self.eval is not None else getattr(self, "latency_input", None),
             "regressions": {r.name: r.regressions for r in decision.results if r.regressions},
+            "state": ({"pairs": self.state_pairs, "bundle_pairs": {s.output: s.input for s in bundle.manifest.state},
+                       "scored_output": self.score_index, **self.state_notes} if self.state_pairs else None),
             "warnings": warnings,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "recipe": cfg.to_dict(),

@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
     c.add_argument("--eval", metavar="DATA", help="held-out data for accuracy, the gate and the report")
     c.add_argument("--label", metavar="KEY", help="npz array holding the eval labels (default y); multi-input data "
                    "files hold one array per input name")
+    c.add_argument("--state", action="append", metavar="OUT=IN", help="a state pair of a stateful model: output OUT "
+                   "feeds input IN on the next call (source names; repeat for several); 'none' for none; default: "
+                   "proposed from names and shapes (h0/hn, state/stateN, ...)")
     c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
     c.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"])
     c.add_argument("--no-per-channel", action="store_true", help="per-tensor ONNX weight quantization")

@@ -7,6 +7,7 @@ in a TOML recipe. A recipe looks like::
     format = "tflite"            # tflite | onnx | both
     max_accuracy_drop = 0.5      # accuracy points
     seed = 0
+    state = ["hn=h0"]            # stateful models: OUTPUT=INPUT pairs ([] for none; default: proposed)
 
     [data]
     train = "train.npz"
@@ -226,13 +227,31 @@ class CompileConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     quantize_options: QuantizeOptions = field(default_factory=QuantizeOptions)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: state pairs ``"OUT=IN"`` in the source's tensor names; ``None``: proposed from names and shapes; ``()``: none
+    state: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        self.state_pairs  # noqa: B018  (validates the pairs)
         if self.max_accuracy_drop is not None:
             if isinstance(self.max_accuracy_drop, bool) or not isinstance(self.max_accuracy_drop, (int, float)) or self.max_accuracy_drop < 0:
                 raise ConfigError(f"max_accuracy_drop must be a number of points >= 0, got {self.max_accuracy_drop!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def state_pairs(self) -> dict[str, str] | None:
+        """``state`` as output -> input (``None``: let the compiler propose them)."""
+        if self.state is None:
+            return None
+        pairs: dict[str, str] = {}
+        for item in self.state:
+            out, sep, inp = str(item).partition("=")
+            if not sep or not out.strip() or not inp.strip():
+                raise ConfigError(f"state pair {item!r} must be OUTPUT=INPUT (e.g. hn=h0), or give --state none")
+            if out.strip() in pairs:
+                raise ConfigError(f"state output {out.strip()!r} is paired twice")
+            pairs[out.strip()] = inp.strip()
+        return pairs
 
     # -- (de)serialisation ------------------------------------------------
     @classmethod
@@ -426,6 +445,14 @@ def config_from_args(args: Any, base: CompileConfig | None = None) -> CompileCon
         if attr in ("train", "calibration", "eval", "key", "student"):
             value = str(Path(value).resolve())
         overrides[dotted] = value
+    state = getattr(args, "state", None)
+    if state:
+        if "none" in state:
+            if len(state) > 1:
+                raise ConfigError(f"--state none cannot be combined with state pairs {[v for v in state if v != 'none']}")
+            overrides["state"] = []
+        else:
+            overrides["state"] = list(state)
     if getattr(args, "no_per_channel", False):
         overrides["quantize_options.onnx_per_channel"] = False
     if getattr(args, "preprocess", None):

@@ -27,7 +27,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -125,7 +125,11 @@ def score_outputs(outputs: np.ndarray, y: np.ndarray | None, task: str, referenc
         pred = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0.5).astype(np.int64)
         return Score("accuracy", float(np.mean(pred == y.reshape(-1).astype(np.int64)) * 100.0), True)
     if task == "regression" and y is not None:
-        return Score("mae", float(np.mean(np.abs(out - np.asarray(y, np.float64).reshape(out.shape)))), False)
+        target = np.asarray(y, np.float64)
+        if target.size != out.size:
+            raise InvalidInputError(f"evaluate: the labels have shape {target.shape} but the scored output has "
+                                    f"{np.shape(outputs)}; name the labels with --label KEY")
+        return Score("mae", float(np.mean(np.abs(out - target.reshape(out.shape)))), False)
     if reference is None:
         raise InvalidInputError("evaluate: unlabeled eval data needs the source model's outputs to compare with")
     ref = np.asarray(reference, dtype=np.float64).reshape(out.shape)
@@ -151,6 +155,11 @@ def align_outputs(reference: list[np.ndarray] | None, got: list[np.ndarray]) -> 
     ``StatefulPartitionedCall:N``): each reference output takes the same-shaped output nearest to it."""
     if reference is None or len(reference) != len(got) or len(got) == 1:
         return got
+    return [got[i] for i in align_order(reference, got)]
+
+
+def align_order(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> list[int]:
+    """For each reference output, the index of the same-shaped output of ``got`` nearest to it (greedy)."""
     left = list(range(len(got)))
     order = []
     for ref in reference:
@@ -159,7 +168,7 @@ def align_outputs(reference: list[np.ndarray] | None, got: list[np.ndarray]) -> 
                    if got[i].shape == ref.shape else np.inf)
         order.append(best)
         left.remove(best)
-    return [got[i] for i in order]
+    return order
 
 
 def synthetic_inputs(specs: Any, seed: int = 0) -> dict[str, np.ndarray]:
@@ -205,10 +214,12 @@ def evaluate_bundle(
     task: str,
     reference: list[np.ndarray] | None,
     latency_runs: int,
+    score_index: int = 0,
 ) -> tuple[Score, list[np.ndarray], float, float]:
     """Load a bundle with the SDK and return (score, outputs, p50 ms, p50 invoke ms).
 
-    Outputs come back in ``reference``'s order; the first one is scored against the labels."""
+    Outputs come back in ``reference``'s order; output ``score_index`` (the first non-state one of a
+    stateful model) is scored against the labels."""
     import edgefleet
 
     from .data import take
@@ -216,7 +227,7 @@ def evaluate_bundle(
     model = edgefleet.load(bundle_path, threads=1)
     try:
         outputs = align_outputs(reference, predict_all(model, x))
-        score = score_outputs(outputs[0], y, task, reference[0] if reference is not None else None)
+        score = score_outputs(outputs[score_index], y, task, reference[score_index] if reference is not None else None)
         p50, p50_invoke = latency(model, take(x, slice(0, 1)), latency_runs)
     finally:
         model.close()
@@ -239,4 +250,4 @@ def measure_latency(bundle_path: Path, sample: Any | None, latency_runs: int) ->
 
 
 __all__ = ["Score", "VariantResult", "file_sizes", "score_outputs", "evaluate_bundle", "latency", "predict_all",
-           "measure_latency", "synthetic_inputs", "align_outputs", "regressions_of", "describe_regressions", "SLOWER_MARGIN"]
+           "measure_latency", "synthetic_inputs", "align_outputs", "align_order", "regressions_of", "describe_regressions", "SLOWER_MARGIN"]

@@ -44,6 +44,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
         lines.append(f"Baseline (source model): {b['metric']} = {b['value']:.4g} on {doc['eval_samples']} eval samples.")
     if doc.get("latency_input"):
         lines.append(f"Latency (p50, one thread) measured on: {doc['latency_input']}.")
+    st = doc.get("state")
+    if st:
+        pairs = ", ".join(f"`{o}` -> `{i}`" for o, i in st["pairs"].items())
+        lines.append(f"State (output -> input): {pairs}; state inputs calibrated "
+                     f"{st.get('calibration', 'not at all (no calibrating variant)')}; evaluated with "
+                     f"{st.get('eval', 'no eval data')}.")
     if doc.get("budget") is not None:
         lines.append(f"Accuracy budget: at most {doc['budget']:g} points of drop.")
     lines += [f"Gate: {doc['gate']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -97,7 +97,7 @@ def quantize_tflite(
     model: Any,
     variant: str,
     out: Path,
-    calibration: np.ndarray | None = None,
+    calibration: Any = None,
     options: QuantizeOptions = QuantizeOptions(),
 ) -> tuple[Path, dict[str, Any]]:
     """Convert a Keras model (or SavedModel directory) to ``.tflite`` as ``variant``; return (path, notes)."""
@@ -234,7 +234,7 @@ def quantize_onnx(
     float_model: Path,
     variant: str,
     out: Path,
-    calibration: np.ndarray | None = None,
+    calibration: Any = None,
     options: QuantizeOptions = QuantizeOptions(),
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize a float ``.onnx`` as ``variant`` (QDQ format for static int8); return (path, notes)."""
