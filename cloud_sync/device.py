@@ -41,6 +41,7 @@ from edgefleet.errors import EdgefleetError, ProtocolError, SyncError
 from . import protocol as P
 from .orders import OrderRefused, RollbackOrder, check_order
 from .transfer import (
+    TOO_LARGE,
     Begin,
     CheckWhole,
     ChunkArrived,
@@ -48,7 +49,6 @@ from .transfer import (
     Complete,
     Fail,
     Receiver,
-    TOO_LARGE,
     Request,
     Stalled,
     Store,

@@ -239,8 +239,8 @@ def verify_bundle_dir(
     signer = _check_signature(raw, sig, keys, must_sign, str(root))
     present: set[str] = set()
     with os.scandir(root) as it:
-        for entry in it:
-            present.add(entry.name)
+        for dirent in it:
+            present.add(dirent.name)
             if len(present) > MAX_ARCHIVE_MEMBERS:
                 raise BundleIntegrityError(f"{root} holds more than {MAX_ARCHIVE_MEMBERS} files; not a bundle")
     present -= {MANIFEST_NAME, SIGNATURE_NAME}

@@ -485,7 +485,7 @@ def _consume(m: Manifest) -> None:
     from edgefleet.commands import _manifest_summary
 
     _manifest_summary(m)
-    m.version_tuple
+    assert len(m.version_tuple) == 4
     parse_version(m.target.min_agent_version)
     m.to_bytes()
 
