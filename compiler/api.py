@@ -602,8 +602,7 @@ class _Compiler:
                     for k, d in (("train", self.train), ("calibration", self.calib), ("eval", self.eval)) if d is not None}
         lineage = {
             "source": {"file": self.src.path.name, "kind": self.src.kind, "sha256": self.src.sha256},
-            "recipe": {k: {f: Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v for f, v in t.items()}
-                       if isinstance(t, dict) else t for k, t in cfg.to_dict().items()},  # file names: no host paths
+            "recipe": _file_names_only(cfg.to_dict()),
             "datasets": datasets,
             "passes": self.passes,
             "variant": chosen.name,
@@ -669,3 +668,13 @@ def compile_model(
 
 
 __all__ = ["compile_model", "CompileResult"]
+
+
+def _file_names_only(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with every path replaced by its file name: a bundle goes to devices and must not
+    carry the build host's paths (data files, the signing key)."""
+    return {
+        section: {k: Path(v).name if isinstance(v, str) and ("/" in v or "\\" in v) else v for k, v in fields.items()}
+        if isinstance(fields, dict) else fields
+        for section, fields in recipe.items()
+    }

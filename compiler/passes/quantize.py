@@ -24,6 +24,7 @@ per-node measure.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -199,8 +200,10 @@ def pre_process_onnx(float_model: Path, out: Path) -> str:
     errors = []
     for how, skip_symbolic in (("symbolic shape inference + optimisation", False), ("onnx shape inference + optimisation", True)):
         try:
-            with quiet():
-                quant_pre_process(str(float_model), str(out), skip_symbolic_shape=skip_symbolic)
+            # ORT's symbolic shape inference writes sym_shape_infer_temp.onnx into the working
+            # directory: run it in the output's folder (absolute paths), never the user's
+            with quiet(), contextlib.chdir(out.resolve().parent):
+                quant_pre_process(str(float_model.resolve()), str(out.resolve()), skip_symbolic_shape=skip_symbolic)
             return how
         except Exception as exc:  # ORT raises assertions and its own types from deep inside shape inference
             errors.append(f"{type(exc).__name__}: {str(exc)[:120]}".rstrip(": "))
