@@ -50,6 +50,7 @@ from edgefleet.errors import (
     SignatureError,
     StoreError,
     UnsafeArchiveError,
+    UnsignedBundleError,
     UpdateRejectedError,
 )
 from edgefleet.keys import PublicKey, load_public_key
@@ -411,12 +412,20 @@ class Store:
             if src.is_dir():
                 bundle_dir = self._copy_dir(src, work)
             elif src.exists() and is_archive(src):
-                try:
-                    bundle_dir = extract_archive(src, work, max_bytes=self.quota_bytes)
+                keys = self.trusted_keys
+                try:  # the manifest and (with keys) its signature are checked before any data is written
+                    bundle_dir = extract_archive(src, work, max_bytes=self.quota_bytes,
+                                                 trusted_keys=keys or None, require_signature=bool(keys))
                 except UnsafeArchiveError as exc:
                     raise UpdateRejectedError(str(exc), reason="unsafe_archive") from None
                 except BundleIntegrityError as exc:
                     raise UpdateRejectedError(str(exc), reason="archive_corrupt") from None
+                except UnsignedBundleError as exc:
+                    raise UpdateRejectedError(str(exc), reason="unsigned") from None
+                except SignatureError as exc:
+                    raise UpdateRejectedError(str(exc), reason="bad_signature") from None
+                except BundleFormatError as exc:
+                    raise UpdateRejectedError(str(exc), reason="bad_manifest") from None
             elif not src.exists():
                 raise UpdateRejectedError(f"{src} does not exist", reason="not_found")
             else:

@@ -44,6 +44,7 @@ from .errors import (
     BundleIntegrityError,
     ConfigError,
     SignatureError,
+    UnsignedBundleError,
     UnsafeArchiveError,
 )
 from .keys import KeySource, PrivateKey, PublicKey, load_trusted_keys, sign_payload, verify_payload
@@ -202,7 +203,7 @@ def _check_signature(
     if not must_sign:
         return None
     if sig is None:
-        raise SignatureError(f"{where} is unsigned, but a signature from a trusted key is required")
+        raise UnsignedBundleError(f"{where} is unsigned, but a signature from a trusted key is required")
     if not keys:
         raise SignatureError("a signature is required but no trusted keys were given")
     doc = load_json_bounded(sig, max_bytes=MAX_SIGNATURE_BYTES, max_depth=4, error=SignatureError,

@@ -14,6 +14,7 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
     │   │       └── UnsupportedModelError (5)   a model tensor type no edgefleet API can carry (ONNX sequence/optional)
     │   ├── BundleIntegrityError (6)    hash or size mismatch, missing or extra file, truncated archive
     │   └── SignatureError (7)          unsigned, wrong key, bad signature
+    │       ├── UnsignedBundleError (7) a signature is required and the bundle has none
     │       └── TrustError (17)         TUF repository metadata refused (edgefleet.trust, python-tuf)
     │           ├── ThresholdError (18)       a role signed by fewer than its threshold of its own keys
     │           │                             (one of two root keys; the online key signing targets)
@@ -87,6 +88,10 @@ class BundleIntegrityError(BundleError):
 
 
 class SignatureError(BundleError):
+    exit_code = 7
+
+
+class UnsignedBundleError(SignatureError):
     exit_code = 7
 
 
@@ -189,6 +194,7 @@ __all__ = [
     "UnsupportedModelError",
     "BundleIntegrityError",
     "SignatureError",
+    "UnsignedBundleError",
     "TrustError",
     "ThresholdError",
     "MetadataExpiredError",
