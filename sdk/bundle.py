@@ -44,8 +44,8 @@ from .errors import (
     BundleIntegrityError,
     ConfigError,
     SignatureError,
-    UnsignedBundleError,
     UnsafeArchiveError,
+    UnsignedBundleError,
 )
 from .keys import KeySource, PrivateKey, PublicKey, load_trusted_keys, sign_payload, verify_payload
 from .manifest import MANIFEST_NAME, MAX_FILES, SIGNATURE_NAME, FileEntry, Manifest, check_file_name
