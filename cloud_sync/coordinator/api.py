@@ -46,7 +46,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         d = reg.device(fleet, device_id)
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
-        return {**d, "jobs": reg.jobs(device_id=device_id)[-20:]}
+        return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)])
     def set_device(device_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
     @app.get("/v1/telemetry", dependencies=[Depends(auth)])
     def telemetry(group: str | None = None, version: str | None = None) -> dict[str, Any]:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
-                "counters": dict(coord.counters)}
+                "counters": dict(coord.counters), "rejected": dict(coord.rejected)}
 
     from edgefleet.cloud_sync.federated.routes import add_routes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from edgefleet.errors import ConfigError
 
@@ -149,10 +150,10 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("group_name", String(128), primary_key=True),
             Column("version", String(128), primary_key=True),
             Column("kind", String(64), primary_key=True),
-            Column("records", Integer, nullable=False, default=0),
-            Column("predictions", Integer, nullable=False, default=0),
-            Column("errors", Integer, nullable=False, default=0),
-            Column("invalid", Integer, nullable=False, default=0),
+            Column("records", BigInteger, nullable=False, default=0),
+            Column("predictions", BigInteger, nullable=False, default=0),
+            Column("errors", BigInteger, nullable=False, default=0),
+            Column("invalid", BigInteger, nullable=False, default=0),
         ),
         "alerts": Table(
             f"{p}alerts", meta,
@@ -513,7 +514,8 @@ class Registry:
         recs = [TelemetryRecord(int(r["seq"]), float(r["ts"]), str(r["kind"]), dict(r["data"])) for r in records]
         return self.ingest_many(fleet, [(device_id, group, recs)])[0]
 
-    def ingest_many(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]]) -> list[int]:
+    def ingest_many(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]],
+                    rejected: list[int] | None = None) -> list[int]:
         """Aggregate the records newer than each device's high-water mark; returns how many were new per batch.
 
         One transaction: the aggregates and the high-water marks move together, so a
@@ -521,10 +523,38 @@ class Registry:
         are summed in Python first, so the statements per call are one marks query, one
         update (or insert) per (group, version, kind) and one executemany of the marks,
         however many batches and records came in.
+
+        Each new record is validated first (:func:`record_problem`: counts within a BIGINT,
+        floats finite, names within their columns); a bad one is rejected alone (the mark moves
+        past it, so a re-send is not counted again). Should the database still refuse the shared
+        transaction (sums beyond a column's range), every batch is retried in its own
+        transaction and one the database refuses is rejected whole: one device's batches never
+        roll back another's. ``rejected``, when given, receives the rejected records per batch.
         """
+        try:
+            news, rej = self._ingest_tx(fleet, batches)
+        except (SQLAlchemyError, OverflowError, ValueError):
+            if len(batches) < 2:
+                news, rej = [0] * len(batches), [len(b[2]) for b in batches]
+            else:
+                news, rej = [], []
+                for batch in batches:  # in order: a later batch of the same device sees the earlier one's mark
+                    try:
+                        n, r = self._ingest_tx(fleet, [batch])
+                    except (SQLAlchemyError, OverflowError, ValueError):
+                        n, r = [0], [len(batch[2])]
+                    news += n
+                    rej += r
+        if rejected is not None:
+            rejected[:] = rej
+        return news
+
+    def _ingest_tx(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]]
+                   ) -> tuple[list[int], list[int]]:
         s = self._ingest_statements()
         devices = sorted({device_id for device_id, _, _ in batches})
         news: list[int] = []
+        rejected: list[int] = []
         agg: dict[tuple[str, str, str], list[int]] = {}
         per_version: dict[str, dict[str, list[int]]] = {}
         alerts: list[dict[str, Any]] = []
@@ -537,34 +567,48 @@ class Registry:
             for device_id, group, records in batches:
                 mark = moved.get(device_id, marks.get(device_id, 0))
                 fresh = [r for r in records if r.seq > mark]
-                news.append(len(fresh))
                 if not fresh:
+                    news.append(0)
+                    rejected.append(0)
                     continue
                 moved[device_id] = max(r.seq for r in fresh)
                 metrics = per_version.setdefault(group, {})  # the hot path: metrics records, by version
+                bad = 0
                 for r in fresh:
                     data, kind = r.data, r.kind
                     versions = data.get("versions") if kind == "metrics" else None
                     if type(versions) is dict:
-                        for v, st in versions.items():  # JSON object keys: always str
-                            if type(st) is not dict:
-                                continue
+                        counts = _metric_counts(versions)
+                        if counts is None:
+                            bad += 1
+                            continue
+                        for v, p, e, i in counts:
                             a = metrics.get(v)
                             if a is None:
                                 a = metrics[v] = [0, 0, 0, 0]
                             a[0] += 1
-                            p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
-                            a[1] += p if type(p) is int else _int(p)
-                            a[2] += e if type(e) is int else _int(e)
-                            a[3] += i if type(i) is int else _int(i)
+                            a[1] += p
+                            a[2] += e
+                            a[3] += i
                         if not versions:
                             agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
-                    else:
-                        agg.setdefault((group, str(data.get("version", "")), kind), [0, 0, 0, 0])[0] += 1
+                        continue
+                    version = data.get("version", "")
+                    version = version if type(version) is str else str(version)
+                    if len(version) > MAX_NAME or "\x00" in version or "\x00" in kind:
+                        bad += 1
+                        continue
                     if kind == "drift":
+                        try:
+                            doc = json.dumps(data, allow_nan=False)
+                        except (ValueError, TypeError, RecursionError):
+                            bad += 1
+                            continue
                         alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
-                                       "version": str(data.get("version", "")), "data": json.dumps(data),
-                                       "ts": float(r.ts)})
+                                       "version": version, "data": doc, "ts": float(r.ts)})
+                    agg.setdefault((group, version, kind), [0, 0, 0, 0])[0] += 1
+                news.append(len(fresh) - bad)
+                rejected.append(bad)
             for group, by_version in per_version.items():
                 for v, (n, pred, err, inv) in by_version.items():
                     a = agg.setdefault((group, str(v), "metrics"), [0, 0, 0, 0])
@@ -572,6 +616,8 @@ class Registry:
             if alerts:
                 c.execute(insert(self.t["alerts"]), alerts)
             for (group, version, kind), (n, pred, err, inv) in agg.items():
+                if max(n, pred, err, inv) > MAX_BIGINT:
+                    raise OverflowError("telemetry sums exceed a BIGINT")
                 key = {"b_fleet": fleet, "b_group": group, "b_version": version, "b_kind": kind}
                 res = c.execute(s["add"], {**key, "b_n": n, "b_pred": pred, "b_err": err, "b_inv": inv})
                 if not res.rowcount:
@@ -580,7 +626,7 @@ class Registry:
                         errors=err, invalid=inv))
             if moved:
                 c.execute(s["mark"], [{"b_fleet": fleet, "b_dev": dev, "b_seq": seq} for dev, seq in moved.items()])
-        return news
+        return news, rejected
 
     def _ingest_statements(self) -> dict[str, Any]:
         """The ingest statements, built once with bound parameters (SQLAlchemy then reuses their compiled form)."""
@@ -701,8 +747,39 @@ def job_key(dep_id: str, device_id: str, action: str) -> str:
     return hashlib.sha256(f"{dep_id}\0{device_id}\0{action}".encode()).hexdigest()[:16]
 
 
-def _int(v: Any) -> int:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+MAX_BIGINT = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT
+MAX_NAME = 128  # version and group columns
+
+
+def _metric_counts(versions: dict[str, Any]) -> list[tuple[str, int, int, int]] | None:
+    """The (version, predictions, errors, invalid_inputs) of a metrics record, or None if any is out of bounds:
+    counts are absent, null, or integers (or finite floats, truncated) within 0..BIGINT; version names fit their column."""
+    out = []
+    for v, st in versions.items():  # JSON object keys: always str
+        if type(st) is not dict:
+            continue
+        if len(v) > MAX_NAME or "\x00" in v:
+            return None
+        p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
+        if not (type(p) is int and 0 <= p <= MAX_BIGINT):
+            p = _count(p)
+        if not (type(e) is int and 0 <= e <= MAX_BIGINT):
+            e = _count(e)
+        if not (type(i) is int and 0 <= i <= MAX_BIGINT):
+            i = _count(i)
+        if p < 0 or e < 0 or i < 0:
+            return None
+        out.append((v, p, e, i))
+    return out
+
+
+def _count(v: Any) -> int:
+    """A bounded count (absent or null: 0), or -1 for a value out of bounds or of the wrong type."""
+    if v is None:
+        return 0
+    if type(v) is float and math.isfinite(v) and 0 <= v <= MAX_BIGINT:
+        return int(v)
+    return -1
 
 
 def _device_out(row: Any) -> dict[str, Any]:

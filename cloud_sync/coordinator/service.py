@@ -87,6 +87,8 @@ class Coordinator:
         self.deltas = deltas
         self.counters: Counter[str] = Counter()
         self.served: Counter[str] = Counter()  # chunks served per device
+        self.rejected: Counter[str] = Counter()  # telemetry records refused per device (out of bounds, or refused
+        # by the database): counted against the device that sent them, never against the fleet's other batches
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
         self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
         # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
@@ -284,10 +286,17 @@ class Coordinator:
         if self.allow_list is not None:
             batches = [(d, b) for d, b in batches if d in self.allow_list]
         work = [(d, self._group(d), b.records) for d, b in batches]
-        news = self.registry.ingest_many(self.fleet, work)
-        for (device, b), new in zip(batches, news):
+        rejected: list[int] = []
+        news = self.registry.ingest_many(self.fleet, work, rejected=rejected)
+        for (device, b), new, bad in zip(batches, news, rejected):
             self.counters["telemetry_records"] += new
-            self.counters["telemetry_duplicates"] += len(b.records) - new
+            self.counters["telemetry_duplicates"] += len(b.records) - new - bad
+            if bad:  # acknowledged all the same: a batch the device re-sent forever would block its queue
+                before = self.rejected[device]
+                self.rejected[device] += bad
+                self.counters["telemetry_rejected"] += bad
+                if len(str(before)) != len(str(before + bad)):  # logged at 1, 10, 100...: a flood is not a log flood
+                    log.warning("rejected telemetry records of %s (out of bounds): %d so far", device, before + bad)
             self.counters["telemetry_batches"] += 1
             if self.on_ingest is not None:
                 self.on_ingest(new)
