@@ -27,7 +27,7 @@ def _names(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", nargs="?", default="run", choices=("run", "report", "list"),
                     help="run the suites then the report (default), only the report, or list the suites")

@@ -135,7 +135,7 @@ def _summary(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--tflite", help="use this .tflite model instead of building one")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle", type=float, default=2.0, help="seconds idle before reading RSS")

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=500, help="latency samples per variant")
     ap.add_argument("--quick", action="store_true", help="fewer epochs and latency runs (CI-sized)")
     ap.add_argument("--out", help="JSON file (default benchmarks/results/compiler_digits[_quick].json)")

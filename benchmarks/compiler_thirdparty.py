@@ -487,7 +487,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", metavar="KEY", help=f"models to run: {[s.key for s in SPECS]}")
     ap.add_argument("--runs", type=int, default=100, help="timed predict() calls per variant")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)

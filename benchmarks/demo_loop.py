@@ -62,7 +62,7 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seeds", default="0,1,2", help="one demo run per seed (data split and training)")

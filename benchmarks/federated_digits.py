@@ -237,7 +237,7 @@ def flower_part(devices: int, rounds: int, root: Path, pairs: int) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and real devices (CI-sized)")
     ap.add_argument("--no-flower", action="store_true", help="skip part 2 (real Flower processes)")
     ap.add_argument("--out", default=str(RESULTS / "federated_digits.json"))

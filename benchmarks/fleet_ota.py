@@ -745,7 +745,7 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=None, help="simulated devices (default 1000; --quick 50)")
     ap.add_argument("--workers", type=int, default=None, help="device worker processes (default 4; --quick 2)")
     ap.add_argument("--quick", action="store_true", help="50 devices and a smaller telemetry stream (< 60 s)")

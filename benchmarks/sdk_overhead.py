@@ -208,7 +208,7 @@ def free_outputs(model: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="CI-sized run (500 runs)")
     ap.add_argument("--out", help="JSON file (default benchmarks/results/sdk_overhead[_quick].json)")

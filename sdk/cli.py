@@ -13,7 +13,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._version import __version__
 from .errors import EdgefleetError
@@ -36,8 +36,19 @@ def _available(module: str) -> bool:
         return False
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes no prefix abbreviations (``--ou`` is not ``--out``).
+
+    ``add_subparsers`` makes its parsers of the parent's class, so every parser of the
+    ``edgefleet`` command tree refuses abbreviations, whichever package registered it.
+    """
+
+    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgefleet",
         description="Compile models for small devices, run them offline, keep a fleet improving.",
     )

@@ -199,7 +199,7 @@ class SimDevice:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgefleet.cloud_sync.demo.device",
+    p = argparse.ArgumentParser(prog="python -m edgefleet.cloud_sync.demo.device", allow_abbrev=False,
                                 description="A simulated edgefleet device (used by `edgefleet demo`).")
     p.add_argument("--dir", required=True, help="the device's directory (control.json, status.json, sync/)")
     p.add_argument("--config", required=True, help="its agent.toml")

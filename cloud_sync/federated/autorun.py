@@ -57,13 +57,14 @@ class RetrainSettings:
             raise ConfigError(f"strategy must be one of {[s.value for s in StrategyName]}, "
                               f"got {self.strategy!r}") from None
         self.policy()  # validates the numbers
-        for a in self.args:
-            if a.split("=", 1)[0] in RESERVED:
-                raise ConfigError(f"run option {a.split('=', 1)[0]} is set by the trigger itself; "
-                                  f"use the retrain settings (--rounds/--strategy) instead")
-        from .cli import parse_run_args
+        from .cli import given_run_options
 
-        parse_run_args(["--group", self.group, *self.args])  # the run's own parser names a bad option
+        # the run's own parser (no abbreviations) names a bad option; reserved ones are found on its result
+        given = given_run_options(list(self.args))
+        for opt in RESERVED:
+            if opt in given:
+                raise ConfigError(f"run option {opt} is set by the trigger itself; "
+                                  f"use the retrain settings (--rounds/--strategy) instead")
 
     def policy(self) -> TriggerPolicy:
         return TriggerPolicy(enabled=self.on_drift, min_devices=self.min_devices, window_s=self.window_s,
@@ -147,7 +148,9 @@ class AutoRetrain:
     def command(self, settings: RetrainSettings, run_id: str) -> list[str]:
         out = self.work_dir / run_id
         link: list[str] = []
-        given = {a.split("=", 1)[0] for a in settings.args}
+        from .cli import given_run_options
+
+        given = given_run_options(list(settings.args))
         if self.superlink is not None and "--superlink" not in given:
             link = ["--superlink", self.superlink.address]
             ca = self.superlink.config.ssl_ca_certfile

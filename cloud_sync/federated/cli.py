@@ -117,11 +117,23 @@ def add_serve_args(serve: argparse.ArgumentParser) -> None:
                    help="admit only SuperNodes registered with `flwr supernode register` (needs TLS)")
 
 
-def parse_run_args(argv: list[str]) -> argparse.Namespace:
-    """Parse ``federated run`` options; a bad option raises ``ConfigError`` naming it."""
-    p = _RunArgsParser(prog="edgefleet federated run", add_help=False)
+def parse_run_args(argv: list[str], namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+    """Parse ``federated run`` options (no prefix abbreviations); a bad option raises ``ConfigError`` naming it."""
+    p = _RunArgsParser(prog="edgefleet federated run", add_help=False, allow_abbrev=False)
     add_run_args(p)
-    return p.parse_args(argv)
+    return p.parse_args(argv, namespace)
+
+
+def given_run_options(argv: list[str]) -> set[str]:
+    """The ``federated run`` options ``argv`` sets, as their option strings (``--out``), read from the parsed
+    result: however an option was spelled, it is named here (a bad option raises ``ConfigError``)."""
+    p = _RunArgsParser(prog="edgefleet federated run", add_help=False, allow_abbrev=False)
+    add_run_args(p)
+    unset = object()
+    ns = argparse.Namespace(**{a.dest: unset for a in p._actions if a.option_strings})
+    p.parse_args(argv, ns)  # argparse fills in defaults only where the namespace has no value
+    return {a.option_strings[-1] for a in p._actions
+            if a.option_strings and getattr(ns, a.dest, unset) is not unset}
 
 
 def _spec_text(value: str | None) -> str:

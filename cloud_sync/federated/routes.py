@@ -116,8 +116,8 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
 
         try:
             settings = RetrainSettings(group=group, **body.model_dump())
-        except EdgefleetError as exc:
-            raise HTTPException(400, str(exc)) from None
+        except EdgefleetError as exc:  # a named ConfigError: unknown, abbreviated or reserved run option
+            raise HTTPException(422, str(exc)) from None
         reg.set_retrain(fleet, group, settings.on_drift, settings.policy_doc())
         return dict(reg.retrain(fleet, group)[0])
 

@@ -1,0 +1,74 @@
+"""Argparse prefix abbreviations (issue 13, finding 2): no parser of the project accepts ``--ou`` for
+``--out``, and the retrain launcher checks its reserved options on the parsed result."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from edgefleet.cloud_sync.coordinator.api import create_app
+from edgefleet.cloud_sync.coordinator.registry import Registry
+from edgefleet.cloud_sync.coordinator.service import Coordinator
+from edgefleet.cloud_sync.federated.autorun import RetrainSettings
+from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.errors import ConfigError
+
+TOKEN = "t0ken"
+SMUGGLED = ["--ou=/tmp/attacker", "--ap=http://attacker", "--tok=t", "--grou=g"]
+
+
+def _parsers(p: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield p.prog, p
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_parser_of_the_edgefleet_command_refuses_abbreviations() -> None:
+    from edgefleet.cli import build_parser
+
+    found = dict(_parsers(build_parser()))
+    assert len(found) > 20 and "edgefleet federated run" in found and "edgefleet cloud serve" in found
+    assert [prog for prog, p in found.items() if p.allow_abbrev] == []
+
+
+def test_standalone_parsers_refuse_abbreviations() -> None:
+    from edgefleet.cloud_sync.federated.cli import parse_run_args
+
+    with pytest.raises(ConfigError, match="unrecognized arguments: --ou=x"):
+        parse_run_args(["--ou=x"])
+
+
+@pytest.mark.parametrize("arg", SMUGGLED + ["--out=/tmp/x", "--api", "http://attacker", "--record-id=r"])
+def test_retrain_settings_refuse_reserved_options_however_spelled(arg: str) -> None:
+    with pytest.raises(ConfigError):
+        RetrainSettings("g", on_drift=True, args=(arg,) if arg != "--api" else (arg, "http://attacker"))
+
+
+def test_reserved_option_given_with_its_default_value_is_still_refused() -> None:
+    with pytest.raises(ConfigError, match="--rounds is set by the trigger itself"):
+        RetrainSettings("g", args=("--rounds=3",))
+    assert RetrainSettings("g", args=("--min-nodes", "3", "--superlink=127.0.0.1:9")).args  # others pass
+
+
+@pytest.fixture()
+def client(tmp_path: Any) -> Iterator[TestClient]:
+    reg = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+    coord = Coordinator(reg, MemoryTransport(MemoryBroker(), "coord"), "f")
+    with TestClient(create_app(coord, TOKEN)) as c:
+        yield c
+    reg.close()
+
+
+def test_api_refuses_abbreviated_reserved_retrain_options(client: TestClient) -> None:
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.put("/v1/retrain/g", headers=h, json={"on_drift": True, "args": SMUGGLED})
+    assert r.status_code == 422, r.text
+    assert "unrecognized arguments" in r.json()["detail"]
+    r = client.put("/v1/retrain/g", headers=h, json={"on_drift": True, "args": ["--out", "/tmp/x"]})
+    assert r.status_code == 422 and "--out is set by the trigger itself" in r.json()["detail"]
+    assert client.get("/v1/retrain", headers=h).json() == []  # nothing stored
