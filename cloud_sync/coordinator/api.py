@@ -17,7 +17,74 @@ from edgefleet.errors import EdgefleetError, SyncError
 from .rollout import RolloutPlan, parse_duration, parse_percent
 from .service import Coordinator
 
-MAX_UPLOAD = 256 << 20
+MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
+MAX_JSON_BODY = 1 << 20  # every other request body
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route: the bearer token is checked (401) and the body size
+    limited (413) before any body is read or parsed. A declared Content-Length beyond the route's limit is
+    refused at once; a streamed body is counted as it arrives and refused when it passes the limit."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        if scope["path"] not in PUBLIC_PATHS:
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                await _reply(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+                return
+        limit = MAX_UPLOAD if (scope["method"], scope["path"]) == ("POST", "/v1/deployments") else MAX_JSON_BODY
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _reply(send, 413, f"request body larger than {limit} bytes")
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge as exc:
+            if started:
+                raise
+            await _reply(send, 413, str(exc.detail))
+
+
+async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(coord: Coordinator, token: str) -> FastAPI:
@@ -25,6 +92,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         raise ValueError("an API token is required")
     app = FastAPI(title="edgefleet coordinator", version=__version__,
                   description="Fleet registry, staged rollouts and telemetry of one edgefleet fleet.")
+    app.add_middleware(RequestGuard, token=token)
     bearer = HTTPBearer(auto_error=False)
 
     def auth(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -51,12 +119,18 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)])
     def set_device(device_id: str, body: dict[str, Any]) -> dict[str, Any]:
         import json
+        import re
 
         fields: dict[str, Any] = {}
         if isinstance(body.get("group"), str):
+            if not re.match(_ID, body["group"]):
+                raise HTTPException(422, "group must be 1-128 letters, digits, '_', '.' or '-'")
             fields["group_name"] = body["group"]
         if isinstance(body.get("tags"), list):
-            fields["tags"] = json.dumps([str(t) for t in body["tags"]])
+            tags = [str(t) for t in body["tags"]]
+            if len(tags) > 64 or any(len(t) > 128 for t in tags):
+                raise HTTPException(422, "at most 64 tags of at most 128 characters each")
+            fields["tags"] = json.dumps(tags)
         if not fields or not reg.set_device(fleet, device_id, **fields):
             raise HTTPException(404, f"no device {device_id!r} or nothing to change")
         coord._groups.pop(device_id, None)

@@ -212,6 +212,7 @@ class Registry:
         self.sqlite = url.startswith("sqlite")
         if self.sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_sqlite_file(url)
         self.engine: Engine = create_engine(url, echo=echo, **kwargs)
         if self.sqlite:
             @event.listens_for(self.engine, "connect")
@@ -732,6 +733,27 @@ class Registry:
         with self.engine.connect() as c:
             return [{"group": r["group_name"], "on_drift": bool(r["on_drift"]), "policy": json.loads(r["policy"]),
                      "updated": r["updated"]} for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The registry holds the fleet's bundles and state: its SQLite file is the owner's alone (0600), made so
+    before SQLite creates it (its -wal and -shm files take the database file's mode)."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the registry file {path}: {exc}") from None
 
 
 class _NoLock:

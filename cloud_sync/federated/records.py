@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Mapping
 
@@ -18,7 +19,8 @@ from edgefleet.errors import EdgefleetError
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A finite number, or None (the API refuses NaN and infinity: a diverged round records no loss)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def round_metrics(r: Mapping[str, Any], strategy: str) -> dict[str, Any]:

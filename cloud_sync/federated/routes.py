@@ -13,21 +13,38 @@ import json
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import Path as PathParam
+from pydantic import BaseModel, Field, field_validator
 
 from edgefleet.errors import EdgefleetError
 
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"
+# every integer fits its column (fed_rounds' counts are INTEGER: 32 bits on PostgreSQL), every float is finite
+MAX_ROUNDS = 100_000
+MAX_COUNT = 2**31 - 1
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+def _finite_doc(v: Any) -> Any:
+    """A JSON document without NaN or infinity (``1e400`` parses as infinity and could not be answered)."""
+    if v is not None:
+        try:
+            json.dumps(v, allow_nan=False)
+        except ValueError:
+            raise ValueError("numbers must be finite") from None
+    return v
 
 
 class RunIn(BaseModel):
     group: str = Field(pattern=_ID)
     strategy: str = Field(min_length=1, max_length=32)
-    rounds: int = Field(ge=1)
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
     status: str = Field("running", max_length=128)
     trigger: str = Field("manual", max_length=32)
     reason: str = Field("", max_length=4000)
     config: dict[str, Any] = Field(default_factory=dict)
+
+    _finite = field_validator("config")(_finite_doc)
 
 
 class RunPatch(BaseModel):
@@ -36,31 +53,34 @@ class RunPatch(BaseModel):
     result: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
 
+    _finite = field_validator("result", "config")(_finite_doc)
+
 
 class RoundIn(BaseModel):
-    participants: int = Field(0, ge=0)
-    failures: int = Field(0, ge=0)
-    declined: int = Field(0, ge=0)
-    examples: int = Field(0, ge=0)
-    train_loss: float | None = None
-    train_accuracy: float | None = None
-    eval_loss: float | None = None
-    eval_accuracy: float | None = None
-    central_loss: float | None = None
-    central_accuracy: float | None = None
-    seconds: float | None = None
-    dp_epsilon: float | None = None
+    participants: int = Field(0, ge=0, le=MAX_COUNT)
+    failures: int = Field(0, ge=0, le=MAX_COUNT)
+    declined: int = Field(0, ge=0, le=MAX_COUNT)
+    examples: int = Field(0, ge=0, le=MAX_COUNT)
+    train_loss: float | None = Field(None, allow_inf_nan=False)
+    train_accuracy: float | None = Field(None, allow_inf_nan=False)
+    eval_loss: float | None = Field(None, allow_inf_nan=False)
+    eval_accuracy: float | None = Field(None, allow_inf_nan=False)
+    central_loss: float | None = Field(None, allow_inf_nan=False)
+    central_accuracy: float | None = Field(None, allow_inf_nan=False)
+    seconds: float | None = Field(None, allow_inf_nan=False)
+    dp_epsilon: float | None = Field(None, allow_inf_nan=False)
     strategy: str = Field("", max_length=32)
 
 
 class RetrainIn(BaseModel):
     on_drift: bool
-    min_devices: int = Field(1, ge=1)
-    window_s: float = Field(3600.0, gt=0)
-    cooldown_s: float = Field(6 * 3600.0, ge=0)
-    rounds: int = Field(3, ge=1)
-    strategy: str = "fedavg"
-    args: list[str] = Field(default_factory=list, description="further `edgefleet federated run` options")
+    min_devices: int = Field(1, ge=1, le=MAX_COUNT)
+    window_s: float = Field(3600.0, gt=0, le=MAX_SECONDS)
+    cooldown_s: float = Field(6 * 3600.0, ge=0, le=MAX_SECONDS)
+    rounds: int = Field(3, ge=1, le=MAX_ROUNDS)
+    strategy: str = Field("fedavg", max_length=32)
+    args: list[str] = Field(default_factory=list, max_length=256,
+                            description="further `edgefleet federated run` options")
 
 
 def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
@@ -98,7 +118,7 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
         return run_or_404(run_id)
 
     @app.put("/v1/federated/runs/{run_id}/rounds/{rnd}", dependencies=dep)
-    def put_round(run_id: str, rnd: int, body: RoundIn) -> dict[str, Any]:
+    def put_round(run_id: str, body: RoundIn, rnd: int = PathParam(le=MAX_ROUNDS)) -> dict[str, Any]:
         run_or_404(run_id)
         if rnd < 1:
             raise HTTPException(400, "rounds are numbered from 1")
