@@ -18,6 +18,8 @@ from edgefleet.errors import ConfigError, SyncError
 
 
 def register(sub: Any) -> None:
+    from .coordinator.rollout import percent_option
+
     cloud = sub.add_parser("cloud", help="run the fleet coordinator").add_subparsers(dest="cloud_cmd", metavar="CMD")
     serve = cloud.add_parser("serve", help="coordinator: registry, rollouts, telemetry ingest, HTTP API")
     _broker_args(serve)
@@ -90,9 +92,10 @@ def register(sub: Any) -> None:
     p = common(fsub.add_parser("deploy", help="start a staged rollout of a bundle"))
     p.add_argument("bundle", help="bundle archive (.efb) or directory")
     p.add_argument("--group", required=True)
-    p.add_argument("--canary", default="5%")
-    p.add_argument("--waves", default="25%,50%,100%")
-    p.add_argument("--max-failure", default="2%")
+    p.add_argument("--canary", default="5%", type=percent_option("canary"), help="5%% or 0.05 (default %(default)s)")
+    p.add_argument("--waves", default="25%,50%,100%", type=percent_option("wave", many=True))
+    p.add_argument("--max-failure", default="2%", type=percent_option("max failure"),
+                   help="failure rate that halts the rollout: 2%% or 0.02 (default %(default)s)")
     p.add_argument("--job-timeout", default="1h",
                    help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
     p.set_defaults(func=_fleet_deploy)
@@ -337,6 +340,10 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
                   waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h") -> Any:
     """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
     from pathlib import Path
+
+    from .coordinator.rollout import parse_plan
+
+    parse_plan(canary, waves, max_failure)  # refused here, before a bundle is uploaded
 
     src = Path(bundle)
     if src.is_dir():

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from edgefleet._version import __version__
 from edgefleet.errors import EdgefleetError, SyncError
 
-from .rollout import RolloutPlan, parse_duration, parse_percent
+from .rollout import parse_duration, parse_plan
 from .service import Coordinator
 
 MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
@@ -145,8 +145,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         if not data or len(data) > MAX_UPLOAD:
             raise HTTPException(400, "the body must be a bundle archive (.efb)")
         try:
-            plan = RolloutPlan(parse_percent(canary), tuple(parse_percent(w) for w in waves.split(",") if w.strip()),
-                               parse_percent(max_failure))
+            plan = parse_plan(canary, waves, max_failure)
             dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout))
         except EdgefleetError as exc:
             raise HTTPException(400, str(exc)) from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgefleet.errors import ConfigError
 
@@ -101,17 +102,45 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def parse_percent(text: str) -> float:
+def parse_percent(text: str, what: str = "percentage") -> float:
+    """``5%`` or ``0.05`` as 0.05. A bare number of 1 or more is refused as ambiguous: ``1`` could be 1% or
+    100% (it was read as 100% while ``2`` was 2%, so ``--max-failure 1`` switched the health gate off)."""
     t = str(text).strip()
+    pct = t.endswith("%")
     try:
-        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        v = float(t[:-1]) / 100 if pct else float(t)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a percentage (like 5% or 0.05)") from None
-    if v > 1 and not t.endswith("%"):
-        v = v / 100
-    if not 0 <= v <= 1:
-        raise ConfigError(f"{text!r} is not within 0..100%")
+        raise ConfigError(f"{what} {text!r} is not a percentage (like 5% or 0.05)") from None
+    if not pct and v >= 1:
+        raise ConfigError(f"{what} {text!r} is ambiguous: write a percentage with % (like {t}% or 100%) "
+                          f"or a fraction below 1 (like 0.05)")
+    if not (math.isfinite(v) and 0 <= v <= 1):
+        raise ConfigError(f"{what} {text!r} is not within 0..100%")
     return v
+
+
+def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
+    """A rollout plan from its option strings (``fleet deploy``, ``federated run --deploy``, the API)."""
+    return RolloutPlan(parse_percent(canary, "canary"),
+                       tuple(parse_percent(w, "wave") for w in str(waves).split(",") if w.strip()),
+                       parse_percent(max_failure, "max failure"))
+
+
+def percent_option(what: str, many: bool = False) -> Any:
+    """An argparse ``type`` that checks a percentage option (comma-separated if ``many``) and keeps its text."""
+    import argparse
+
+    def check(text: str) -> str:
+        try:
+            for part in (text.split(",") if many else [text]):
+                if part.strip() or not many:
+                    parse_percent(part, what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    check.__name__ = what.replace(" ", "_")
+    return check
 
 
 @dataclass(frozen=True)
@@ -184,5 +213,5 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
     return Decision(counts=counts)
 
 
-__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_duration", "timed_out", "BAD",
+__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_plan", "percent_option", "parse_duration", "timed_out", "BAD",
            "ENDED", "STARTED", "DEFAULT_JOB_TIMEOUT"]

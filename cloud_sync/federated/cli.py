@@ -60,6 +60,8 @@ class _RunArgsParser(argparse.ArgumentParser):
 
 
 def add_run_args(r: argparse.ArgumentParser) -> None:
+    from edgefleet.cloud_sync.coordinator.rollout import percent_option
+
     r.add_argument("--superlink", default="127.0.0.1:9092", help="HOST:PORT of the SuperLink (default %(default)s)")
     r.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink (omit for insecure loopback)")
     r.add_argument("--group", default="default", help="device group the run is for (and --deploy rolls out to)")
@@ -95,9 +97,12 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
     c.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
     c.add_argument("--deploy", action="store_true",
                    help="when the gate promotes the aggregate, start a staged rollout of it to --group")
-    c.add_argument("--canary", default="5%", help="with --deploy: canary share (as for fleet deploy)")
-    c.add_argument("--waves", default="25%,50%,100%", help="with --deploy: wave shares")
-    c.add_argument("--max-failure", default="2%", help="with --deploy: failure rate that halts the rollout")
+    c.add_argument("--canary", default="5%", type=percent_option("canary"),
+                   help="with --deploy: canary share, 5%% or 0.05 (as for fleet deploy)")
+    c.add_argument("--waves", default="25%,50%,100%", type=percent_option("wave", many=True),
+                   help="with --deploy: wave shares")
+    c.add_argument("--max-failure", default="2%", type=percent_option("max failure"),
+                   help="with --deploy: failure rate that halts the rollout, 2%% or 0.02")
     c.add_argument("--job-timeout", default="1h", help="with --deploy: a device job running longer is TIMED_OUT")
     c.add_argument("--record-id", default=None, help=argparse.SUPPRESS)  # a run record made by the drift trigger
 
