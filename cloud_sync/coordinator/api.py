@@ -176,7 +176,8 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
     @app.get("/v1/telemetry", dependencies=[Depends(auth)])
     def telemetry(group: str | None = None, version: str | None = None) -> dict[str, Any]:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
-                "counters": dict(coord.counters), "rejected": dict(coord.rejected)}
+                "counters": dict(coord.counters), "rejected": dict(coord.rejected),
+                "refused": dict(coord.refused)}
 
     from edgefleet.cloud_sync.federated.routes import add_routes
 

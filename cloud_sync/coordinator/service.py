@@ -89,6 +89,7 @@ class Coordinator:
         self.served: Counter[str] = Counter()  # chunks served per device
         self.rejected: Counter[str] = Counter()  # telemetry records refused per device (out of bounds, or refused
         # by the database): counted against the device that sent them, never against the fleet's other batches
+        self.refused: Counter[str] = Counter()  # messages of devices outside the allow-list, per device
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
         self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
         # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
@@ -202,7 +203,7 @@ class Coordinator:
     # -- message handling ---------------------------------------------------------------------------
     def handle(self, device: str, msg: Any) -> None:
         if self.allow_list is not None and device not in self.allow_list:
-            self.counters["refused_devices"] += 1
+            self._refuse(device)
             return
         if isinstance(msg, P.TelemetryBatch):
             self._telemetry(device, msg)
@@ -214,6 +215,14 @@ class Coordinator:
             self._status(device, msg)
         elif isinstance(msg, P.Reported):
             self.registry.set_device(self.fleet, device, active_version=msg.active_version, last_seen=time.time())
+
+    def _refuse(self, device: str) -> None:
+        """A message of a device outside the allow-list: counted (per device too), never acted on."""
+        if not self.refused[device]:
+            log.warning("refused messages of %s: not in the allow-list", device)
+        if device in self.refused or len(self.refused) < 10_000:  # bounded: device ids are the sender's choice
+            self.refused[device] += 1
+        self.counters["refused_devices"] += 1
 
     def _status(self, device: str, s: P.Status) -> None:
         row = self.registry.device(self.fleet, device)
@@ -284,6 +293,9 @@ class Coordinator:
                 others.append(item)
                 break  # keep the order of everything else
         if self.allow_list is not None:
+            for d, _ in batches:
+                if d not in self.allow_list:
+                    self._refuse(d)
             batches = [(d, b) for d, b in batches if d in self.allow_list]
         work = [(d, self._group(d), b.records) for d, b in batches]
         rejected: list[int] = []
