@@ -109,7 +109,7 @@ def compile_candidate(keras_path: str | Path, out: str | Path, holdout_npz: str 
     base["output"].update({"version": version, "key": private_key, "overwrite": True, "report": False,
                            "name": name or (man.name if man is not None else "federated")})
     base["data"].update({"eval": str(holdout_npz)})
-    base["data"].setdefault("calibration", None)
+    base["data"]["calibration"] = _local_data_file(base["data"].get("calibration"), Path(holdout_npz))
     base["data"]["train"] = None
     for p in ("prune", "structured", "distill"):  # passes that fine-tune need the training data the cloud lacks
         base.pop(p, None)
@@ -123,6 +123,18 @@ def compile_candidate(keras_path: str | Path, out: str | Path, holdout_npz: str 
     if cfg.quantize.value not in ("none",) and not cfg.data.calibration:
         cfg = cfg.with_overrides({"data.calibration": str(holdout_npz)})
     return compile_model(keras_path, out, cfg).bundle_path
+
+
+def _local_data_file(name: Any, holdout_npz: Path) -> str | None:
+    """A data file the recipe names, found on this host: a bundle's lineage records file names only
+    (no build-host paths), so the name is looked up beside the holdout, then in the working
+    directory; ``None`` (calibrate on the holdout) when neither has it."""
+    if not isinstance(name, str) or not name:
+        return None
+    for candidate in (Path(name), holdout_npz.parent / Path(name).name, Path(Path(name).name)):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 @dataclass(frozen=True)
