@@ -43,6 +43,7 @@ from edgefleet.errors import (
 from edgefleet.keys import PublicKey
 from edgefleet.manifest import MANIFEST_NAME, Manifest
 
+from . import tuf_mode
 from .config import AgentConfig
 from .health import LatencyHistogram, Probation, ShadowStats, outputs_agree
 from .orders import LEDGER_NAME, ClockPolicy, OrderLedger, check_rollback_order
@@ -221,7 +222,13 @@ class Agent:
             trusted_keys=config.trusted_keys,
             require_signature=config.require_signature,
             quota_bytes=int(config.store.quota_mb * (1 << 20)),
+            key_dirs=(tuf_mode.tuf_dir(self.root) / tuf_mode.KEYS_DIR,),
         )
+        if config.tuf_root and not tuf_mode.provisioned(self.root):  # [agent] tuf_root: pinned at first start
+            tuf_mode.provision_root(self.root, config.tuf_root)
+        #: a ``tuf.ngclient.FetcherInterface`` for repository metadata and targets (the MQTT/HTTP seam);
+        #: default: the directory given as ``install(..., repo=DIR)``
+        self.tuf_fetcher: Any = None
         self._load = loader or sdk_loader(config.backend, config.threads)
         self.jobs = JobLog(self.root / "jobs")
         self.orders = OrderLedger(self.root / LEDGER_NAME)
@@ -245,6 +252,7 @@ class Agent:
         self._probation: Probation | None = None
         self._shadow: _Shadow | None = None
         self._rollback_order: Mapping[str, Any] | None = None
+        self._repo: str | None = None
         self._slot: _Slot | None = None
         self._generation = -1
         self._last_flush = time.monotonic()
@@ -331,7 +339,7 @@ class Agent:
             raise StoreError(f"version {entry.version} ({entry.id[:12]}) is missing from the store") from None
         if sha256_bytes(raw) != entry.id:
             raise StoreError(f"version {entry.version} ({entry.id[:12]}) does not match its id")
-        keys = self.trusted_keys
+        keys = self.store.verify_keys  # the trusted keys and those that signed TUF-verified installs
         model = self._load(path, keys, self.config.require_signature or bool(keys))
         return _Slot(model, entry)
 
@@ -437,13 +445,20 @@ class Agent:
         job_id: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
+        repo: str | os.PathLike | None = None,
     ) -> Job:
         """Install a bundle directory or archive. Returns the job (terminal, or on probation/shadow).
 
         With ``wait=True`` returns only when the job is finished (after probation).
         A refused bundle gives a job in REJECTED with a named ``reason``; the active
         version keeps serving throughout.
+
+        ``repo``: the TUF repository directory to check the archive against. A device in TUF
+        mode (:attr:`tuf_mode`) requires it (or :attr:`tuf_fetcher`); see :mod:`.tuf_mode`.
         """
+        if repo is not None and not self.tuf_mode:
+            raise ConfigError("a repository needs a pinned TUF root on this device: run "
+                              "'edgefleet agent trust-root ROOT.json' (or set [agent] tuf_root) first")
         use_shadow = self.config.update.shadow if shadow is None else shadow
         job = new_job(str(source), shadow=use_shadow, allow_older=rollback_order is not None, job_id=job_id)
         with self._drive_lock:
@@ -462,6 +477,7 @@ class Agent:
                 return machine.job
             self._machine = machine
             self._rollback_order = rollback_order
+            self._repo = None if repo is None else str(repo)
             state = self.store.state()
             self._drive(self._advance(Start(state.active.id if state.active else "",
                                             state.active.version if state.active else "")))
@@ -563,6 +579,7 @@ class Agent:
         if standby is not None and standby is not self._slot:
             standby.retire()
         self._rollback_order = None
+        self._repo = None
         self.jobs.prune()
 
     def _entry(self, object_id: str) -> Entry:
@@ -603,6 +620,9 @@ class Agent:
                     bundle = self.store.verify(action.target_id)
                     object_id, manifest = action.target_id, bundle.manifest
                     size = sum(e.size for e in manifest.files.values())
+                elif self.tuf_mode:
+                    staged = self._stage_tuf(job.source)
+                    object_id, manifest, size = staged.entry.id, staged.manifest, staged.size
                 else:
                     staged = self.store.stage(job.source)
                     object_id, manifest, size = staged.entry.id, staged.manifest, staged.size
@@ -643,6 +663,50 @@ class Agent:
                 return refuse("quota_exceeded", f"{size} new bytes + {keep} kept exceed the store quota of "
                                                 f"{self.store.quota_bytes} bytes")
         return Verified(object_id, manifest.version)
+
+    @property
+    def tuf_mode(self) -> bool:
+        """Whether this device holds a pinned TUF root: every install is then checked against TUF metadata."""
+        return tuf_mode.provisioned(self.root)
+
+    def _stage_tuf(self, source: str) -> Any:
+        """TUF mode: the signed target (length, sha256) is checked before anything is staged, then the
+        checked copy is staged accepting only the keys delegated to the device's model. Refusals are
+        ``UpdateRejectedError`` with a named reason (see ``tuf_mode.TRUST_REASONS``). Call holding the lock."""
+        import shutil
+        import uuid
+
+        cfg = self.config
+        active = self.store.state().active
+        identity = cfg.model_name or (active.name if active is not None else "")
+        work = self.store.staging / f"tuf-{uuid.uuid4().hex[:12]}"
+        try:
+            checked = tuf_mode.check_archive(
+                self.root, source, self._repo, identity, work, fetcher=self.tuf_fetcher,
+                clock=cfg.update.clock, clock_skew=cfg.update.clock_skew_seconds)
+            try:
+                staged = self.store.stage(checked.archive, trusted_keys=checked.keys)
+            except UpdateRejectedError as exc:
+                if exc.reason in ("bad_signature", "no_trusted_keys"):
+                    raise UpdateRejectedError(
+                        f"{checked.target} is not signed by a key delegated to model {checked.model!r} "
+                        f"(a key of another role or model, or the coordinator's online key, is not accepted): {exc}",
+                        reason="key_not_delegated") from None
+                raise
+            m = staged.manifest
+            if (m.name, m.version) != (checked.model, checked.version):
+                self.store.discard(staged.entry.id)
+                raise UpdateRejectedError(f"the manifest names {m.name} v{m.version} but the signed target is "
+                                          f"{checked.target}", reason="target_mismatch")
+            if staged.bundle.signer is not None:
+                tuf_mode.remember_key(self.root, staged.bundle.signer)
+            checked.client.done()
+            self.telemetry.event("tuf_verified", {"target": checked.target, "sha256": checked.sha256,
+                                                  "signer": staged.bundle.signer.key_id if staged.bundle.signer
+                                                  else None})
+            return staged
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def _smoke(self, target_id: str) -> Event:
         try:
@@ -990,6 +1054,7 @@ def read_status(state_dir: str | Path) -> dict[str, Any]:
         "previous": state.previous.to_dict() if state.previous else None,
         "generation": state.generation,
         "known_bad": list(state.bad),
+        "tuf_root_version": tuf_mode.root_version(root),
         "job": replace(last, history=last.history[-10:]).to_dict() if last else None,
     }
 

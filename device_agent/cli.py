@@ -37,10 +37,17 @@ def register(sub: Any) -> None:
     ins.add_argument("bundle", metavar="BUNDLE|ARCHIVE")
     common(ins)
     ins.add_argument("--rollback-order", metavar="FILE", help="a signed order allowing an older version")
+    ins.add_argument("--repo", metavar="DIR",
+                     help="TUF repository to check the archive against (required once a TUF root is pinned)")
     ins.add_argument("--probation", type=float, default=0.0, metavar="SECONDS",
                      help="stay and watch the new version this long (default 0: a running daemon serves it)")
     ins.add_argument("--json", action="store_true", help="print the job as JSON")
     ins.set_defaults(func=cmd_install)
+
+    tr = asub.add_parser("trust-root", help="pin a TUF root: installs are then checked against TUF metadata")
+    tr.add_argument("root", metavar="ROOT.json", help="the repository's root metadata (e.g. metadata/1.root.json)")
+    common(tr)
+    tr.set_defaults(func=cmd_trust_root)
 
     st = asub.add_parser("status", help="show the active and previous versions and the last job")
     common(st)
@@ -130,7 +137,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     agent = Agent(cfg, monitor=args.probation > 0, tick_seconds=0.2)
     try:
         job = agent.install(args.bundle, rollback_order=order, wait=args.probation > 0,
-                            timeout=args.probation + 30 if args.probation > 0 else None)
+                            timeout=args.probation + 30 if args.probation > 0 else None, repo=args.repo)
     finally:
         agent.close()
     if args.json:
@@ -143,6 +150,26 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise UpdateRejectedError(f"update {status.lower()}: {job.reason}: {job.message}", reason=job.reason)
     if status == "FAILED":
         raise StoreError(f"update failed: {job.reason}: {job.message}")
+    return 0
+
+
+def cmd_trust_root(args: argparse.Namespace) -> int:
+    """Pin a TUF root in the agent's state (``STATE_DIR/tuf/``)."""
+    from pathlib import Path
+
+    from .tuf_mode import provision_root, tuf_dir
+
+    cfg = _config(args)
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    done = provision_root(cfg.state_dir, args.root)
+    where = tuf_dir(cfg.state_dir)
+    if not done.changed:
+        print(f"TUF root v{done.version} is already pinned in {where}")
+        return 0
+    print(f"pinned TUF root v{done.version} (threshold {done.threshold} of {len(done.keyids)} key(s)) in {where}; "
+          "installs are now checked against TUF metadata (agent install ARCHIVE --repo DIR)")
+    if done.cleared:
+        print(f"re-provisioned: dropped metadata trusted under the previous root ({', '.join(done.cleared)})")
     return 0
 
 
@@ -168,6 +195,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"state dir: {status['state_dir']}")
     print(f"active:    {act['name']} v{act['version']} ({act['id'][:12]})" if act else "active:    (none)")
     print(f"previous:  {prev['name']} v{prev['version']} ({prev['id'][:12]})" if prev else "previous:  (none)")
+    if status.get("tuf_root_version") is not None:
+        print(f"trust:     TUF root v{status['tuf_root_version']} pinned (installs are checked against TUF "
+              "metadata: --repo DIR)")
     job = status["job"]
     if job:
         print(f"last job:  {job['job_id']} {job['status']} ({job['reason']})"

@@ -9,6 +9,7 @@ are refused (a typo must not silently fall back to a default). Example::
     model_name = "digits"           # the one model this device serves (default: the first installed)
     hardware_tags = ["arm64"]
     trusted_keys = ["/etc/edgefleet/fleet.pub"]
+    tuf_root = "/etc/edgefleet/root.json"   # pin a TUF root: installs are checked against TUF metadata
 
     [update]
     probation_seconds = 60
@@ -208,6 +209,9 @@ class AgentConfig:
     model_name: str = ""
     hardware_tags: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()  # PEM files; also every *.pub in <state_dir>/trust/
+    #: a TUF root.json pinned into <state_dir>/tuf/ at the first start (``agent trust-root``): from then
+    #: on installs are checked against TUF metadata (see .tuf_mode); the device keeps its own chain after
+    tuf_root: str | None = None
     require_signature: bool = True
     backend: str | None = None
     threads: int = 1
@@ -270,6 +274,7 @@ class AgentConfig:
             model_name=top.model_name,
             hardware_tags=top.hardware_tags,
             trusted_keys=tuple(resolve(k) for k in top.trusted_keys),
+            tuf_root=resolve(top.tuf_root) if top.tuf_root else None,
             require_signature=top.require_signature,
             backend=top.backend,
             threads=top.threads,
@@ -288,6 +293,7 @@ class _AgentTop:
     model_name: str = ""
     hardware_tags: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
+    tuf_root: str | None = None
     require_signature: bool = True
     backend: str | None = None
     threads: int = 1

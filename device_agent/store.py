@@ -176,6 +176,7 @@ class Store:
         trusted_keys: Sequence[Any] = (),
         require_signature: bool = True,
         quota_bytes: int = 512 << 20,
+        key_dirs: Sequence[str | os.PathLike] = (),
     ) -> None:
         self.root = Path(root)
         self.objects = self.root / "objects"
@@ -189,6 +190,9 @@ class Store:
         for d in (self.root, self.objects, self.staging, self.trash, self.trust_dir, self.pins):
             d.mkdir(parents=True, exist_ok=True)
         self._extra_keys = [load_public_key(k) for k in trusted_keys]
+        # keys that signed installs verified by other means (TUF: STATE/tuf/keys): they re-verify stored
+        # objects (verify, repair, loading) but are not trusted for new bundles or rollback orders
+        self.key_dirs = tuple(Path(d) for d in key_dirs)
 
     # -- keys ----------------------------------------------------------------
     @property
@@ -203,6 +207,19 @@ class Store:
                 seen.add(k.key_id)
                 out.append(k)
         return out
+
+    @property
+    def verify_keys(self) -> list[PublicKey]:
+        """Keys that re-verify stored objects: the trusted keys and those in ``key_dirs``."""
+        keys = self.trusted_keys
+        seen = {k.key_id for k in keys}
+        for d in self.key_dirs:
+            for p in sorted(d.glob("*.pub")) if d.is_dir() else []:
+                k = load_public_key(p)
+                if k.key_id not in seen:
+                    seen.add(k.key_id)
+                    keys.append(k)
+        return keys
 
     def add_trusted_key(self, source: Any) -> PublicKey:
         """Keep a public key in ``trust/`` so later commands verify against it."""
@@ -395,27 +412,30 @@ class Store:
         if manifest_id(raw) != object_id:
             raise StoreError(f"object {object_id[:12]} has a manifest that does not match its id")
         try:
-            return verify_bundle_dir(path, self.trusted_keys, require_signature=self.require_signature)
+            return verify_bundle_dir(path, self.verify_keys, require_signature=self.require_signature)
         except BundleError as exc:
             raise StoreError(f"stored version {object_id[:12]} fails verification: {exc}") from None
 
     # -- staging -------------------------------------------------------------------
-    def stage(self, source: str | os.PathLike) -> Staged:
+    def stage(self, source: str | os.PathLike, trusted_keys: Sequence[PublicKey] | None = None) -> Staged:
         """Copy a bundle dir or archive into the store and verify the copy; return it staged.
 
         Raises ``UpdateRejectedError`` with a named reason for anything wrong with
         the bundle itself. The verified copy is renamed into ``objects/`` whole.
+        ``trusted_keys``: the only keys accepted for this bundle (TUF: those delegated to its
+        model), instead of the store's trusted keys; a signature is then always required.
         """
+        only = None if trusted_keys is None else list(trusted_keys)
         src = Path(source)
         work = self.staging / uuid.uuid4().hex[:12]
         try:
             if src.is_dir():
                 bundle_dir = self._copy_dir(src, work)
             elif src.exists() and is_archive(src):
-                keys = self.trusted_keys
+                keys = self.trusted_keys if only is None else only
                 try:  # the manifest and (with keys) its signature are checked before any data is written
-                    bundle_dir = extract_archive(src, work, max_bytes=self.quota_bytes,
-                                                 trusted_keys=keys or None, require_signature=bool(keys))
+                    bundle_dir = extract_archive(src, work, max_bytes=self.quota_bytes, trusted_keys=keys or None,
+                                                 require_signature=bool(keys) or only is not None)
                 except UnsafeArchiveError as exc:
                     raise UpdateRejectedError(str(exc), reason="unsafe_archive") from None
                 except BundleIntegrityError as exc:
@@ -431,7 +451,7 @@ class Store:
             else:
                 raise UpdateRejectedError(f"{src} is neither a bundle directory nor an archive", reason="bad_format")
             failpoint("stage.copied")
-            bundle = self._check(bundle_dir)
+            bundle = self._check(bundle_dir, only)
             object_id = manifest_id(bundle.manifest_bytes)
             size = _dir_size(bundle_dir)
             for p in bundle_dir.iterdir():
@@ -497,14 +517,15 @@ class Store:
                     left -= len(chunk)
         return work
 
-    def _check(self, root: Path) -> Bundle:
+    def _check(self, root: Path, only: list[PublicKey] | None = None) -> Bundle:
         """Ordered checks with a named reason each: manifest, signature, sizes, extra files, hashes."""
         try:
             manifest, raw = read_manifest(root)
         except BundleFormatError as exc:
             raise UpdateRejectedError(str(exc), reason="bad_manifest") from None
-        keys = self.trusted_keys
-        if self.require_signature or keys:
+        keys = self.trusted_keys if only is None else only
+        require = self.require_signature or bool(keys) or only is not None
+        if require:
             if not (root / SIGNATURE_NAME).is_file():
                 raise UpdateRejectedError(f"bundle {manifest.name} v{manifest.version} is unsigned", reason="unsigned")
             if (root / SIGNATURE_NAME).stat().st_size > MAX_SIGNATURE_BYTES:
@@ -529,7 +550,7 @@ class Store:
                     f"bundle file {name!r} is {size} bytes, shorter than the {entry.size} declared", reason="file_truncated"
                 )
         try:
-            return verify_bundle_dir(root, keys, require_signature=self.require_signature or bool(keys))
+            return verify_bundle_dir(root, keys, require_signature=require)
         except SignatureError as exc:
             raise UpdateRejectedError(str(exc), reason="bad_signature") from None
         except BundleIntegrityError as exc:
