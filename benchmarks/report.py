@@ -366,10 +366,25 @@ def compiler_thirdparty(s: Section, plots_dir: Path) -> None:
                "and the comparisons.", "", *table(["model", "package", "source bytes", "worked", "failed"], rows)]
 
 
+def onnx_conformance(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    ort_pass, ef, refused, failures = doc["ort_pass"], doc["edgefleet_pass"], doc["refused_at_load"], doc["failures"]
+    s.checks.append(Check("ONNX node cases plain ORT passes that fail through edgefleet.load().predict",
+                          f"{failures} of {ort_pass}", "0", failures == 0,
+                          f"{ef} pass, {refused} refused at load (sequence/optional tensors only)"))
+    base = doc.get("baseline_5e5384f", {})
+    s.body += [f"onnx's node-test generator built {_n(doc['cases'])} operator cases; plain ONNX Runtime passes "
+               f"{_n(ort_pass)} of them. Through `edgefleet.load(path).predict` (inputs by name, each case's "
+               f"tolerances): {_n(ef)} pass, {refused} are refused at load with `UnsupportedModelError` "
+               f"({doc.get('refused_summary', '')}), {failures} fail. Before issue 11 "
+               f"({base.get('note', 'earlier')}): {_n(base.get('edgefleet_pass'))} passed. "
+               f"{doc.get('seconds', '?')} s. The CI test `tests/sdk/test_sdk_onnx_conformance.py` runs the same code.", ""]
+
+
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
-    "compiler_thirdparty": compiler_thirdparty,
+    "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance,
 }
 
 
