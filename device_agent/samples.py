@@ -22,6 +22,8 @@ import numpy as np
 
 from edgefleet.errors import ConfigError, StoreError
 
+from ._sqlite import immediate
+
 _AAD = b"edgefleet-sample-v1"
 
 
@@ -126,9 +128,7 @@ class SampleStore:
         px, py = _pack(x), _pack(y)
         ts = time.time()
         with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._db) as cur:
                 cur.execute(
                     "INSERT INTO samples (ts, version, encrypted, x, y) VALUES (?, ?, ?, ?, ?)",
                     (ts, version, int(self.encrypted), b"", b""),
@@ -143,10 +143,6 @@ class SampleStore:
                     "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id DESC LIMIT -1 OFFSET ?)",
                     (self.max_samples,),
                 )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
         return rid
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ._sqlite import immediate
 from .health import LatencyHistogram
 
 log = logging.getLogger("edgefleet.device_agent.telemetry")
@@ -201,9 +202,7 @@ class TelemetryQueue:
             return self._run(lambda: self._put_rows(rows), [], len(rows))  # type: ignore[no-any-return]
 
     def _put_rows(self, rows: list[tuple[float, str, str]]) -> list[int]:
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self._db) as cur:
             seqs = []
             for row in rows:
                 cur.execute("INSERT INTO events (ts, kind, data) VALUES (?, ?, ?)", row)
@@ -219,13 +218,6 @@ class TelemetryQueue:
                 )
             else:
                 dropped = 0
-            cur.execute("COMMIT")
-        except BaseException:
-            try:
-                cur.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
         self._count += len(rows) - dropped
         return seqs
 
@@ -248,17 +240,8 @@ class TelemetryQueue:
             return 0
 
         def op() -> int:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._db) as cur:
                 cur.executemany("DELETE FROM events WHERE seq = ?", ids)
-                cur.execute("COMMIT")
-            except BaseException:
-                try:
-                    cur.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
             self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             return len(ids)
 
