@@ -14,7 +14,9 @@ given) and the persistence directory. What it guards against:
   authenticate with a password file or a client certificate
   (``use_identity_as_username``, so the ACL's ``%u`` is the certificate's CN).
 * **Devices acting for each other.** The ACL confines a device to its own
-  topics; ``per_listener_settings`` keeps the authentication of this listener
+  topics; ``use_username_as_clientid`` makes the client id the username (or the
+  certificate's CN), so a device cannot connect as another device's client id
+  and disconnect it (session takeover); ``per_listener_settings`` keeps the authentication of this listener
   from leaking to any other listener added later.
 * **Plain text on the network.** One TLS listener (``--insecure`` writes a plain
   one, for a loopback test bench only).
@@ -217,6 +219,15 @@ def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path 
     if passwords is not None:
         lines += ["# Username/password per device and coordinator (mosquitto_passwd); device username = device id.",
                   f"password_file {passwords}"]
+    if cfg.allow_anonymous:
+        lines += ["# NOT tying client ids to usernames (--allow-anonymous: anonymous clients have no username and",
+                  "# would be refused): any client can take over, and so disconnect, any other client's id."]
+    else:
+        lines += ["# The client id is replaced by the username (the certificate's CN with --require-certificate),",
+                  "# whatever id the client asked for: a device can only ever be its own client id, so one",
+                  "# device's credentials cannot take over (and so disconnect) another device's session. Each",
+                  "# coordinator therefore needs a username of its own (two sharing one would replace each other).",
+                  "use_username_as_clientid true"]
     lines += ["# A device may publish only under .../devices/<its id>/up/ and read only .../<its id>/down/;",
               "# coordinators get the whole fleet (edgefleet.cloud_sync.coordinator.acl).",
               f"acl_file {acl}", ""]
