@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--fleet", required=True)
     serve.add_argument("--api-host", default="127.0.0.1")
     serve.add_argument("--api-port", type=int, default=8080)
-    serve.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"), help="API bearer token (or EDGEFLEET_TOKEN)")
+    serve.add_argument("--token-file", default=None,
+                       help="file holding the coordinator's admin API token (or EDGEFLEET_TOKEN / EDGEFLEET_TOKEN_FILE)")
+    serve.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
     serve.add_argument("--share-group", default="edgefleet", help="MQTT 5 shared-subscription group ('' to disable)")
     serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
     serve.add_argument("--allow", default=None, help="file with allowed device ids, one a line")
@@ -82,7 +84,10 @@ def register(sub: Any) -> None:
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--api", default=os.environ.get("EDGEFLEET_API", "http://127.0.0.1:8080"))
-        p.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
+        p.add_argument("--token-file", default=None,
+                       help="file holding the API token (default: EDGEFLEET_TOKEN, or the file EDGEFLEET_TOKEN_FILE)")
+        p.add_argument("--token", default=None,
+                       help="API token (deprecated: other users see it in the process list; use the above)")
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
@@ -123,6 +128,21 @@ def register(sub: Any) -> None:
     p.add_argument("--group", default=None)
     p.add_argument("--version", dest="model_version", default=None)
     p.set_defaults(func=_fleet_telemetry)
+    tokens = fsub.add_parser("tokens", help="API tokens of scope read, deploy or admin (needs an admin token)")
+    tsub = tokens.add_subparsers(dest="tokens_cmd", metavar="CMD")
+    p = common(tsub.add_parser("create", help="make a token and print it (once: the coordinator keeps its hash)"))
+    p.add_argument("--name", required=True, help="its name, shown in the audit log")
+    p.add_argument("--scope", required=True, choices=["read", "deploy", "admin"],
+                   help="read: GETs; deploy: also deployments, rollouts, retraining; admin: also tokens, devices, audit")
+    p.set_defaults(func=_fleet_tokens_create)
+    p = common(tsub.add_parser("list", help="the tokens' names and scopes"))
+    p.set_defaults(func=_fleet_tokens_list)
+    p = common(tsub.add_parser("revoke", help="revoke a token by name"))
+    p.add_argument("name")
+    p.set_defaults(func=_fleet_tokens_revoke)
+    p = common(fsub.add_parser("audit", help="the audit log: every mutating API call (who, what, when, status)"))
+    p.add_argument("--limit", type=int, default=50, help="latest entries to show (default 50)")
+    p.set_defaults(func=_fleet_audit)
 
 
 def _broker_args(p: Any, default: str | None = "mqtt://127.0.0.1:1883") -> None:
@@ -149,9 +169,29 @@ def _wait_for_signal() -> None:
 
 
 # -- coordinator ---------------------------------------------------------------------------------------
+def read_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The API token: from ``token_file``, else ``token`` (the deprecated --token), else the environment
+    (``EDGEFLEET_TOKEN``, or the file named by ``EDGEFLEET_TOKEN_FILE``)."""
+    token_file = token_file or (None if token else os.environ.get("EDGEFLEET_TOKEN_FILE"))
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                value = fh.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token file {token_file}: {exc}") from None
+        if not value or len(value.split()) != 1:
+            raise ConfigError(f"the token file {token_file} must hold one token")
+        return value
+    return token or os.environ.get("EDGEFLEET_TOKEN") or None
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.token:
+        print("edgefleet: --token is visible to every user in the process list; use EDGEFLEET_TOKEN or --token-file",
+              file=sys.stderr)
+    args.token = read_token(args.token, args.token_file)
     if not args.token:
-        raise ConfigError("an API token is required: --token or EDGEFLEET_TOKEN")
+        raise ConfigError("the coordinator's admin API token is required: EDGEFLEET_TOKEN or --token-file")
     import uvicorn
 
     from .coordinator.api import create_app
@@ -295,9 +335,9 @@ def api_call(api: str, token: str | None, method: str, path: str, **kw: Any) -> 
     """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause."""
     import httpx
 
-    token = token or os.environ.get("EDGEFLEET_TOKEN")
+    token = token or read_token()
     if not token:
-        raise ConfigError("an API token is required: --token or EDGEFLEET_TOKEN")
+        raise ConfigError("an API token is required: EDGEFLEET_TOKEN or --token-file")
     try:
         with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
             r = c.request(method, path, **kw)
@@ -308,12 +348,17 @@ def api_call(api: str, token: str | None, method: str, path: str, **kw: Any) -> 
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        raise (ConfigError if r.status_code in (400, 404, 422) else SyncError)(f"coordinator: {r.status_code} {detail}")
+        raise (ConfigError if r.status_code in (400, 403, 404, 409, 422) else SyncError)(
+            f"coordinator: {r.status_code} {detail}")
     return r.json()
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    return read_token(args.token, args.token_file)
+
+
 def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
-    return api_call(args.api, args.token, method, path, **kw)
+    return api_call(args.api, _token(args), method, path, **kw)
 
 
 def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
@@ -364,7 +409,7 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
 
 
 def _fleet_deploy(args: argparse.Namespace) -> int:
-    data = deploy_bundle(args.api, args.token, args.bundle, args.group, args.canary, args.waves, args.max_failure,
+    data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
                          args.job_timeout)
     if args.json:
         _print(args, data, None)
@@ -451,4 +496,36 @@ def _fleet_telemetry(args: argparse.Namespace) -> int:
     _print(args, data, [[r["group_name"], r["version"], r["kind"], r["records"], r["predictions"], r["errors"],
                          r["invalid"]] for r in data["rows"]],
            ["group", "version", "kind", "records", "predictions", "errors", "invalid"])
+    return 0
+
+
+def _fleet_tokens_create(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", "/v1/tokens", json={"name": args.name, "scope": args.scope})
+    if args.json:
+        _print(args, data, None)
+        return 0
+    print(f"token {data['name']} (scope {data['scope']}); it is shown once, keep it in a file (--token-file) or "
+          "EDGEFLEET_TOKEN:", file=sys.stderr)
+    print(data["token"])
+    return 0
+
+
+def _fleet_tokens_list(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/v1/tokens")
+    _print(args, data, [[t["name"], t["scope"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created"]))]
+                        for t in data], ["name", "scope", "created"])
+    return 0
+
+
+def _fleet_tokens_revoke(args: argparse.Namespace) -> int:
+    _call(args, "DELETE", f"/v1/tokens/{args.name}")
+    print(f"token {args.name} revoked")
+    return 0
+
+
+def _fleet_audit(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/v1/audit", params={"limit": max(1, min(args.limit, 10_000))})
+    _print(args, data, [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])), e["who"], e["method"],
+                         e["path"], e["status"], e["summary"], e["client"]] for e in data],
+           ["when", "who", "method", "path", "status", "summary", "client"])
     return 0

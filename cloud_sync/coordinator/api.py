@@ -6,14 +6,21 @@ The operator CLI (``edgefleet fleet ...``) and any dashboard use only this API.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet._version import __version__
-from edgefleet.errors import EdgefleetError, SyncError
+from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
+from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
 from .rollout import parse_duration, parse_plan
 from .service import Coordinator
 
@@ -21,6 +28,10 @@ MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
 MAX_JSON_BODY = 1 << 20  # every other request body
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_TRACKED_CLIENTS = 10_000  # addresses whose failed authentications are remembered (oldest forgotten first)
+log = logging.getLogger("edgefleet.coordinator.api")
+_clock = time.monotonic  # lockouts (a test moves it on)
 
 
 class _BodyTooLarge(HTTPException):
@@ -29,31 +40,118 @@ class _BodyTooLarge(HTTPException):
 
 
 class RequestGuard:
-    """ASGI middleware in front of every route: the bearer token is checked (401) and the body size
-    limited (413) before any body is read or parsed. A declared Content-Length beyond the route's limit is
-    refused at once; a streamed body is counted as it arrives and refused when it passes the limit."""
+    """ASGI middleware in front of every route, before any body is read or parsed:
 
-    def __init__(self, app: Any, token: str) -> None:
+    - a client address with ``max_failures`` 401s within ``failure_window`` seconds is locked out (429, with
+      Retry-After) for ``lockout_seconds``, whatever token it sends then; other clients are unaffected;
+    - the bearer token is checked (401): the coordinator's own admin token (``cloud serve``'s, compared in
+      constant time) or a scoped token of the registry (looked up by its sha256);
+    - the token's scope must cover the route's (403): GETs ``read``; deployments, rollouts, retraining and
+      federated runs ``deploy``; tokens, the audit log and device changes ``admin`` (see :func:`required_scope`);
+    - the body size is limited (413): a declared Content-Length beyond the route's limit is refused at once; a
+      streamed body is counted as it arrives and refused when it passes the limit;
+    - every authenticated mutating call (POST, PUT, PATCH, DELETE) is written to the registry's audit log: who
+      (the token's name), method, path, a short summary, the answer's status, the client address."""
+
+    def __init__(self, app: Any, token: str | None, registry: Any = None, fleet: str = "", *,
+                 max_failures: int = 10, failure_window: float = 60.0, lockout_seconds: float = 300.0) -> None:
         self.app = app
-        self.token = token.encode()
+        self.token = token.encode() if token else None
+        self.registry = registry
+        self.fleet = fleet
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self.lockout_seconds = lockout_seconds
+        self.failures: OrderedDict[str, deque[float]] = OrderedDict()  # client -> times of its recent 401s
+        self.locked: OrderedDict[str, float] = OrderedDict()  # client -> end of its lockout
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        if scope["path"] not in PUBLIC_PATHS:
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+        method, path = scope["method"], scope["path"]
+        principal: dict[str, str] | None = None
+        if path not in PUBLIC_PATHS:
+            client = (scope.get("client") or ("", 0))[0] or ""
+            now = _clock()
+            until = self.locked.get(client)
+            if until is not None and until > now:
+                await _reply(send, 429, "too many failed authentications from this address; try again later",
+                             [(b"retry-after", str(max(1, math.ceil(until - now))).encode())])
+                return
+            principal = await self._principal(headers.get(b"authorization", b""))
+            if principal is None:
+                self._failed(client, now)
                 await _reply(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
                 return
+            need = required_scope(method, path)
+            if SCOPES.index(principal["scope"]) < SCOPES.index(need):
+                detail = f"token {principal['name']!r} has scope {principal['scope']}; {method} {path} needs scope {need}"
+                await _reply(send, 403, detail)
+                await self._audit(principal, scope, 403, "refused: needs scope " + need)
+                return
+            scope["edgefleet.principal"] = principal
+            scope["edgefleet.audit"] = {"summary": scope.get("query_string", b"").decode("latin-1")[:500]}
+        status = 500
+        try:
+            status = await self._limited(scope, headers, receive, send)
+        finally:
+            if principal is not None:
+                await self._audit(principal, scope, status, scope["edgefleet.audit"]["summary"])
+
+    async def _principal(self, header: bytes) -> dict[str, str] | None:
+        scheme, _, given = header.partition(b" ")
+        given = given.strip()
+        if scheme.lower() != b"bearer" or not given or len(given) > 512:
+            return None
+        if self.token is not None and hmac.compare_digest(given, self.token):
+            return {"name": BOOTSTRAP, "scope": "admin"}
+        if self.registry is None:
+            return None
+        try:
+            text = given.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        found: dict[str, str] | None = await run_in_threadpool(self.registry.check_token, self.fleet, text)
+        return found
+
+    def _failed(self, client: str, now: float) -> None:
+        """Count a 401 of ``client``; lock it out at ``max_failures`` within the window (memory stays bounded)."""
+        times = self.failures.pop(client, None) or deque()
+        while times and times[0] <= now - self.failure_window:
+            times.popleft()
+        times.append(now)
+        if len(times) >= self.max_failures:
+            self.locked.pop(client, None)
+            self.locked[client] = now + self.lockout_seconds
+            times.clear()
+            log.warning("API: %s locked out for %gs after %d failed authentications", client, self.lockout_seconds,
+                        self.max_failures)
+        self.failures[client] = times
+        for table in (self.failures, self.locked):
+            while len(table) > MAX_TRACKED_CLIENTS:
+                table.popitem(last=False)
+
+    async def _audit(self, principal: dict[str, str], scope: Any, status: int, summary: str) -> None:
+        if scope["method"] not in MUTATING or self.registry is None:
+            return
+        client = (scope.get("client") or ("", 0))[0] or ""
+        try:
+            await run_in_threadpool(self.registry.add_audit, self.fleet, principal["name"], scope["method"],
+                                    scope["path"], summary, status, client)
+        except Exception as exc:  # the answer is sent already; the failure is logged, never a traceback to clients
+            log.error("API: could not write the audit record of %s %s: %s", scope["method"], scope["path"], exc)
+
+    async def _limited(self, scope: Any, headers: dict[bytes, bytes], receive: Any, send: Any) -> int:
+        """Run the route with the body size limited; returns the answer's status."""
         limit = MAX_UPLOAD if (scope["method"], scope["path"]) == ("POST", "/v1/deployments") else MAX_JSON_BODY
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _reply(send, 413, f"request body larger than {limit} bytes")
-            return
+            return 413
         seen = 0
-        started = False
+        status = 0
 
         async def counted() -> Any:
             nonlocal seen
@@ -65,16 +163,38 @@ class RequestGuard:
             return message
 
         async def tracked(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
             await send(message)
 
         try:
             await self.app(scope, counted, tracked)
         except _BodyTooLarge as exc:
-            if started:
+            if status:
                 raise
             await _reply(send, 413, str(exc.detail))
+            return 413
+        return status or 500
+
+
+def required_scope(method: str, path: str) -> str:
+    """The scope a route needs: tokens and the audit log ``admin``; other reads ``read``; device changes ``admin``;
+    deployments, rollout actions, retraining and federated run records ``deploy``; anything else ``admin``."""
+    if path.startswith(("/v1/tokens", "/v1/audit")):
+        return "admin"
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if path.startswith(("/v1/deployments", "/v1/retrain", "/v1/federated/")):
+        return "deploy"
+    return "admin"
+
+
+def audit_note(request: Request, summary: str) -> None:
+    """What a mutating call did, for its audit record (replaces the default: the query string)."""
+    note = request.scope.get("edgefleet.audit")
+    if note is not None:
+        note["summary"] = summary[:500]
 
 
 async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -87,19 +207,31 @@ async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, b
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(coord: Coordinator, token: str) -> FastAPI:
-    if not token:
-        raise ValueError("an API token is required")
+class TokenIn(BaseModel):
+    name: str = Field(pattern="^" + TOKEN_NAME + "$")
+    scope: Literal["read", "deploy", "admin"]
+
+
+def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10, failure_window: float = 60.0,
+               lockout_seconds: float = 300.0) -> FastAPI:
+    """The API of ``coord``. ``token`` is the coordinator's own admin token (audited as ``bootstrap``); further
+    tokens of scope read, deploy or admin live (hashed) in the registry. A client address with ``max_failures``
+    failed authentications within ``failure_window`` seconds is locked out for ``lockout_seconds``."""
+    reg, fleet = coord.registry, coord.fleet
+    if not token and not any(t["scope"] == "admin" for t in reg.tokens(fleet)):
+        raise ConfigError("an API token is required: the coordinator's admin token or an admin token in the registry")
     app = FastAPI(title="edgefleet coordinator", version=__version__,
-                  description="Fleet registry, staged rollouts and telemetry of one edgefleet fleet.")
-    app.add_middleware(RequestGuard, token=token)
+                  description="Fleet registry, staged rollouts and telemetry of one edgefleet fleet. Bearer tokens "
+                              "of scope read (GETs), deploy (deployments, rollouts, retraining, federated runs) or "
+                              "admin (tokens, audit log, devices).")
+    app.add_middleware(RequestGuard, token=token, registry=reg, fleet=fleet, max_failures=max_failures,
+                       failure_window=failure_window, lockout_seconds=lockout_seconds)
     bearer = HTTPBearer(auto_error=False)
 
-    def auth(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if cred is None or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
+    def auth(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # RequestGuard authenticated the call and checked its scope before any body was read; this is its mark
+        if cred is None or "edgefleet.principal" not in request.scope:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    reg, fleet = coord.registry, coord.fleet
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -117,7 +249,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)])
-    def set_device(device_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def set_device(device_id: str, body: dict[str, Any], request: Request) -> dict[str, Any]:
         import json
         import re
 
@@ -131,6 +263,7 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
             if len(tags) > 64 or any(len(t) > 128 for t in tags):
                 raise HTTPException(422, "at most 64 tags of at most 128 characters each")
             fields["tags"] = json.dumps(tags)
+        audit_note(request, " ".join(f"{k}={v}" for k, v in sorted(fields.items())))
         if not fields or not reg.set_device(fleet, device_id, **fields):
             raise HTTPException(404, f"no device {device_id!r} or nothing to change")
         coord._groups.pop(device_id, None)
@@ -149,7 +282,10 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
             dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout))
         except EdgefleetError as exc:
             raise HTTPException(400, str(exc)) from None
-        return coord.summary(dep)
+        out = coord.summary(dep)
+        audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to group {group} "
+                            f"(canary {canary}, waves {waves}, max failure {max_failure})")
+        return out
 
     @app.get("/v1/deployments", dependencies=[Depends(auth)])
     def deployments() -> list[dict[str, Any]]:
@@ -178,6 +314,38 @@ def create_app(coord: Coordinator, token: str) -> FastAPI:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
                 "counters": dict(coord.counters), "rejected": dict(coord.rejected),
                 "refused": dict(coord.refused)}
+
+    @app.get("/v1/tokens", dependencies=[Depends(auth)])
+    def tokens() -> list[dict[str, Any]]:
+        """The fleet's API tokens (admin): name, scope, created; never a token or its hash."""
+        return reg.tokens(fleet)
+
+    @app.post("/v1/tokens", dependencies=[Depends(auth)], status_code=201,
+              responses={409: {"description": "a token of that name exists"}})
+    def create_token(body: TokenIn, request: Request) -> dict[str, Any]:
+        """A new token (admin). Its value is in this answer only: the registry keeps its sha256."""
+        audit_note(request, f"create token {body.name} scope {body.scope}")
+        if body.name == BOOTSTRAP:
+            raise HTTPException(422, f"{BOOTSTRAP!r} names the coordinator's own token")
+        try:
+            secret = reg.create_token(fleet, body.name, body.scope)
+        except ConfigError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"name": body.name, "scope": body.scope, "token": secret}
+
+    @app.delete("/v1/tokens/{name}", dependencies=[Depends(auth)])
+    def revoke_token(name: str, request: Request) -> dict[str, Any]:
+        audit_note(request, f"revoke token {name[:128]}")
+        if not reg.revoke_token(fleet, name):
+            raise HTTPException(404, f"no token {name[:128]!r}")
+        return {"name": name, "revoked": True}
+
+    @app.get("/v1/audit", dependencies=[Depends(auth)])
+    def audit(limit: int = Query(100, ge=1, le=10_000), since: float = Query(0.0, ge=0, le=1e11)
+              ) -> list[dict[str, Any]]:
+        """Every authenticated mutating call (admin), newest first: ts, who (token name), method, path, summary,
+        status, client."""
+        return reg.audit(fleet, limit, since)
 
     from edgefleet.cloud_sync.federated.routes import add_routes
 

@@ -191,6 +191,27 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("strategy", String(32), nullable=False, default=""),
             Column("ts", Float, nullable=False),
         ),
+        # API tokens: the sha256 of each random token (never the token), its scope; the audit log of mutating calls
+        "tokens": Table(
+            f"{p}tokens", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("name", String(128), primary_key=True),
+            Column("scope", String(16), nullable=False),
+            Column("sha256", String(64), nullable=False, unique=True),
+            Column("created", Float, nullable=False),
+        ),
+        "audit": Table(
+            f"{p}audit", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("fleet", String(128), nullable=False, index=True),
+            Column("ts", Float, nullable=False),
+            Column("who", String(128), nullable=False),
+            Column("method", String(16), nullable=False),
+            Column("path", Text, nullable=False),
+            Column("summary", Text, nullable=False, default=""),
+            Column("status", Integer, nullable=False),
+            Column("client", String(128), nullable=False, default=""),
+        ),
         "retrain": Table(
             f"{p}retrain", meta,
             Column("fleet", String(128), primary_key=True),
@@ -733,6 +754,78 @@ class Registry:
         with self.engine.connect() as c:
             return [{"group": r["group_name"], "on_drift": bool(r["on_drift"]), "policy": json.loads(r["policy"]),
                      "updated": r["updated"]} for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+
+    # -- API tokens and the audit log ------------------------------------------------------------------------------
+    def create_token(self, fleet: str, name: str, scope: str) -> str:
+        """A new random token of ``scope`` (read, deploy, admin) named ``name``; only its sha256 is stored, the token
+        itself is returned once."""
+        import re
+        import secrets
+
+        if scope not in SCOPES:
+            raise ConfigError(f"unknown token scope {scope!r}: one of {', '.join(SCOPES)}")
+        if not re.fullmatch(TOKEN_NAME, name) or name == BOOTSTRAP:
+            raise ConfigError(f"token name {name[:64]!r}: 1-64 letters, digits, '_', '.' or '-' (not {BOOTSTRAP!r})")
+        token = "eft_" + secrets.token_urlsafe(32)
+        t = self.t["tokens"]
+        try:
+            with self._lock, self.engine.begin() as c:
+                if c.execute(select(t.c.name).where(and_(t.c.fleet == fleet, t.c.name == name))).first() is not None:
+                    raise ConfigError(f"a token named {name!r} already exists")
+                c.execute(insert(t).values(fleet=fleet, name=name, scope=scope, sha256=_token_hash(token),
+                                           created=time.time()))
+        except IntegrityError:  # created concurrently by another coordinator
+            raise ConfigError(f"a token named {name!r} already exists") from None
+        return token
+
+    def check_token(self, fleet: str, token: str) -> dict[str, str] | None:
+        """``{"name", "scope"}`` of a valid token of the fleet, else None (looked up by its hash, compared in
+        constant time)."""
+        import hmac
+
+        digest = _token_hash(token)
+        t = self.t["tokens"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t.c.name, t.c.scope, t.c.sha256).where(
+                and_(t.c.fleet == fleet, t.c.sha256 == digest))).first()
+        if row is None or not hmac.compare_digest(row[2].encode(), digest.encode()):
+            return None
+        return {"name": row[0], "scope": row[1]}
+
+    def tokens(self, fleet: str) -> list[dict[str, Any]]:
+        """The fleet's tokens: name, scope, created (never the token or its hash)."""
+        t = self.t["tokens"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(t.c.name, t.c.scope, t.c.created).where(t.c.fleet == fleet).order_by(t.c.name))
+            return [dict(r) for r in rows.mappings()]
+
+    def revoke_token(self, fleet: str, name: str) -> bool:
+        t = self.t["tokens"]
+        with self._lock, self.engine.begin() as c:
+            return bool(c.execute(delete(t).where(and_(t.c.fleet == fleet, t.c.name == name))).rowcount)
+
+    def add_audit(self, fleet: str, who: str, method: str, path: str, summary: str, status: int,
+                  client: str = "") -> None:
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["audit"]).values(
+                fleet=fleet, ts=time.time(), who=who[:128], method=method[:16], path=path[:2000],
+                summary=summary[:2000], status=int(status), client=client[:128]))
+
+    def audit(self, fleet: str, limit: int = 100, since: float = 0.0) -> list[dict[str, Any]]:
+        """The latest audited calls, newest first."""
+        a = self.t["audit"]
+        q = select(a).where(and_(a.c.fleet == fleet, a.c.ts >= since)).order_by(a.c.id.desc()).limit(limit)
+        with self.engine.connect() as c:
+            return [{k: v for k, v in dict(r).items() if k != "fleet"} for r in c.execute(q).mappings()]
+
+
+SCOPES = ("read", "deploy", "admin")  # each includes the ones before it
+BOOTSTRAP = "bootstrap"  # the name the coordinator's own admin token (cloud serve's) is audited under
+TOKEN_NAME = r"[A-Za-z0-9_.-]{1,64}"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _private_sqlite_file(url: str) -> None:
