@@ -86,7 +86,10 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
 def _start_demo_until(wd: Path, out: Path, line: str, timeout: float = 300) -> subprocess.Popen[bytes]:
     """Start a 2-device demo with its output in ``out``; return once ``line`` appears in it."""
     with open(out, "w") as fh:
-        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        # a runner started in the background by a non-interactive shell ignores SIGINT, and so would the demo:
+        # give it the default disposition, as a terminal would, so Ctrl-C can be tested anywhere
+        proc = subprocess.Popen(_demo_argv(wd, "--devices", "2"), stdout=fh, stderr=subprocess.STDOUT, env=_env(),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while line not in out.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
