@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
     serve.add_argument("--share-group", default="edgefleet", help="MQTT 5 shared-subscription group ('' to disable)")
     serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
-    serve.add_argument("--allow", default=None, help="file with allowed device ids, one a line")
+    serve.add_argument("--allow", default=None,
+                       help="provisioning file: 'DEVICE' or 'DEVICE GROUP' a line (only these devices; their groups)")
     serve.add_argument("--chunk-size", type=int, default=64 * 1024)
     serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
                        help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
@@ -74,7 +75,8 @@ def register(sub: Any) -> None:
     run.add_argument("--device-id", required=True)
     run.add_argument("--state-dir", required=True)
     run.add_argument("--config", default=None, help="agent.toml (its state_dir/device_id are overridden)")
-    run.add_argument("--group", default="", help="group to join on first contact")
+    run.add_argument("--group", default="", help="the group this device asks for: recorded by the coordinator, "
+                     "applied only by the operator (fleet assign)")
     run.add_argument("--telemetry-interval", type=float, default=5.0)
     run.set_defaults(func=_sync_run)
     _extend_agent_run(sub)
@@ -94,6 +96,11 @@ def register(sub: Any) -> None:
     p = common(fsub.add_parser("devices", help="list devices"))
     p.add_argument("--group", default=None)
     p.set_defaults(func=_fleet_devices)
+    p = common(fsub.add_parser("assign", help="assign devices to a group (groups are the operator's; a device's own "
+                                              "claim is recorded, never applied)"))
+    p.add_argument("devices", nargs="+", metavar="DEVICE")
+    p.add_argument("--group", required=True)
+    p.set_defaults(func=_fleet_assign)
     p = common(fsub.add_parser("deploy", help="start a staged rollout of a bundle"))
     p.add_argument("bundle", help="bundle archive (.efb) or directory")
     p.add_argument("--group", required=True)
@@ -199,10 +206,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .coordinator.service import Coordinator
     from .transport import MqttTransport
 
-    allow = None
+    allow, groups = None, None
     if args.allow:
-        with open(args.allow) as fh:
-            allow = {line.strip() for line in fh if line.strip() and not line.startswith("#")}
+        from .coordinator.service import read_allow_file
+
+        allow, groups = read_allow_file(args.allow)
     signing_key = None
     if args.signing_key:
         from edgefleet.keys import load_private_key
@@ -211,7 +219,8 @@ def _serve(args: argparse.Namespace) -> int:
     reg = Registry(args.db)
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
-                        chunk_size=args.chunk_size, allow_list=allow, signing_key=signing_key, freeze_gc=True)
+                        chunk_size=args.chunk_size, allow_list=allow, groups=groups, signing_key=signing_key,
+                        freeze_gc=True)
     coord.start()
     from .federated.autorun import start_for_coordinator
 
@@ -273,7 +282,8 @@ def _extend_agent_run(sub: Any) -> None:
     _broker_args(g, default=None)
     g.add_argument("--fleet", help="the fleet to join (with --broker)")
     g.add_argument("--device-id", help="this device's id (default: device_id of the config)")
-    g.add_argument("--group", default="", help="group to join on first contact")
+    g.add_argument("--group", default="", help="the group this device asks for: recorded by the coordinator, "
+                   "applied only by the operator (fleet assign)")
     g.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry drains")
     local = run.get_default("func")
     run.set_defaults(func=lambda args: _agent_run(args, local))
@@ -378,6 +388,12 @@ def _fleet_devices(args: argparse.Namespace) -> int:
     data = _call(args, "GET", "/v1/devices", params={"group": args.group} if args.group else None)
     _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
                          d["agent_version"]] for d in data], ["device", "group", "state", "version", "agent"])
+    return 0
+
+
+def _fleet_assign(args: argparse.Namespace) -> int:
+    rows = [_call(args, "PATCH", f"/v1/devices/{d}", json={"group": args.group}) for d in args.devices]
+    _print(args, rows, [[r["device_id"], r["group"]] for r in rows], ["device", "group"])
     return 0
 
 

@@ -264,9 +264,12 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                 raise HTTPException(422, "at most 64 tags of at most 128 characters each")
             fields["tags"] = json.dumps(tags)
         audit_note(request, " ".join(f"{k}={v}" for k, v in sorted(fields.items())))
-        if not fields or not reg.set_device(fleet, device_id, **fields):
-            raise HTTPException(404, f"no device {device_id!r} or nothing to change")
-        coord._groups.pop(device_id, None)
+        if not fields:
+            raise HTTPException(422, "nothing to change: give a group or tags")
+        if "group_name" in fields:  # the operator's assignment; a device not seen yet is provisioned
+            coord.provision({device_id: fields.pop("group_name")})
+        if fields and not reg.set_device(fleet, device_id, **fields):
+            raise HTTPException(404, f"no device {device_id!r}")
         return reg.device(fleet, device_id) or {}
 
     @app.post("/v1/deployments", dependencies=[Depends(auth)], status_code=201)

@@ -68,6 +68,7 @@ class Coordinator:
         chunk_size: int = P.DEFAULT_CHUNK_SIZE,
         tick_seconds: float = 0.5,
         allow_list: set[str] | None = None,
+        groups: dict[str, str] | None = None,
         deltas: bool = True,
         resend_guard: float = 30.0,
         max_transfers: int = 64,
@@ -90,6 +91,11 @@ class Coordinator:
         self.rejected: Counter[str] = Counter()  # telemetry records refused per device (out of bounds, or refused
         # by the database): counted against the device that sent them, never against the fleet's other batches
         self.refused: Counter[str] = Counter()  # messages of devices outside the allow-list, per device
+        # Groups are assigned by the operator (``groups``, the registry row set by PATCH /v1/devices/{id}), never
+        # taken from a device's status message: a group a device announces that is not its assigned one is
+        # recorded here (device -> the group it claimed; bounded, device ids are the sender's choice) and counted
+        # (``group_claims``), never applied.
+        self.claims: dict[str, str] = {}
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
         self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
         # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
@@ -125,6 +131,22 @@ class Coordinator:
             log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
         self.on_drift: Callable[[str, str, dict[str, Any]], Any] | None = None  # (device, group, record data)
         transport.on_message(self._on_message)
+        if groups:
+            self.provision(groups)
+
+    def provision(self, groups: dict[str, str]) -> None:
+        """The operator's assignment (device -> group): written to the registry now, before the devices connect
+        (a device already known is moved to the group given here)."""
+        for device, group in groups.items():
+            try:
+                P.check_id(device, "device id")
+                P.check_id(group, "group")
+            except ProtocolError as exc:
+                raise ConfigError(f"cannot assign {device!r} to group {group!r}: {exc}") from None
+            _, created = self.registry.upsert_device(self.fleet, device, group_name=group)
+            if not created:
+                self.registry.set_device(self.fleet, device, group_name=group)
+            self._groups.pop(device, None)
 
     def _reconnected(self) -> None:
         self._sent_epoch = time.monotonic()
@@ -233,14 +255,32 @@ class Coordinator:
         if s.online:
             fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
                           agent_version=s.agent_version, tags=_tags(s.hardware_tags))
-        if row is None:
-            self.registry.upsert_device(self.fleet, device, group_name=s.group or "default", **fields)
+        self._claim(device, s.group, row["group"] if row is not None else "default")
+        if row is None:  # a device the operator did not provision: registered in "default", counted
+            self.registry.upsert_device(self.fleet, device, **fields)
             self.counters["registered"] += 1
+            self._unassigned(device)
         else:
             self.registry.set_device(self.fleet, device, **fields)
             if s.online:
                 self._births[device] = time.monotonic()
                 self._redeliver(device)
+
+    def _claim(self, device: str, claimed: str, assigned: str) -> None:
+        """A group a device announced (``Status.group``): recorded and counted when it is not the assigned one."""
+        if not claimed or claimed == assigned:
+            return
+        if self.claims.get(device) != claimed:
+            log.warning("device %s claims group %r; its assigned group is %r (not applied: groups are assigned "
+                        "by the operator)", device, claimed, assigned)
+        if device in self.claims or len(self.claims) < 10_000:
+            self.claims[device] = claimed
+        self.counters["group_claims"] += 1
+
+    def _unassigned(self, device: str) -> None:
+        log.warning("device %s is not provisioned: registered in group 'default' (assign it with PATCH "
+                    "/v1/devices/%s or cloud serve --allow)", device, device)
+        self.counters["unassigned_devices"] += 1
 
     def _redeliver(self, device: str) -> None:
         """A device (re)connected: its queued jobs reach it now (their queued clock restarts), and the desired
@@ -261,6 +301,7 @@ class Coordinator:
             g = row["group"] if row else "default"
             if row is None:
                 self.registry.upsert_device(self.fleet, device)
+                self._unassigned(device)
             self._groups[device] = g
         return g
 
@@ -691,6 +732,30 @@ def _tags(tags: tuple[str, ...]) -> str:
     import json
 
     return json.dumps(list(tags))
+
+
+def read_allow_file(path: str | os.PathLike) -> tuple[set[str], dict[str, str]]:
+    """The operator's provisioning file (``cloud serve --allow FILE``): ``DEVICE`` or ``DEVICE GROUP`` a line,
+    ``#`` comments. Returns (allowed device ids, device -> assigned group). A bad line is a ConfigError naming it."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--allow {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    allowed: set[str] = set()
+    groups: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            if len(words) > 2:
+                raise ProtocolError("expected DEVICE or DEVICE GROUP")
+            allowed.add(P.check_id(words[0], "device id"))
+            if len(words) == 2:
+                groups[words[0]] = P.check_id(words[1], "group")
+        except ProtocolError as exc:
+            raise ConfigError(f"--allow {path}, line {n}: {exc}") from None
+    return allowed, groups
 
 
 def default_db_url(path: str | os.PathLike = "edgefleet-registry.db") -> str:

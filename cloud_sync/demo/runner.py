@@ -323,6 +323,11 @@ class Demo:
         self.wait(lambda: sum(1 for x in self.get("/v1/devices") if x["online"]) >= n, 90,
                   f"{n} devices online at the coordinator")
         self.say(f"  {n}/{n} devices registered and online (no model yet)")
+        # Groups are assigned by the operator, never taken from what a device announces (issue 13): the
+        # devices registered in 'default'; the operator puts them into the demo's group.
+        for d in scen.devices:
+            self._request("PATCH", f"/v1/devices/{d.device_id}", json={"group": GROUP})
+        self.say(f"  the operator assigned them to group {GROUP} (PATCH /v1/devices/ID)")
         self.wait(lambda: all((self.device_status(k) or {}).get("node", {}).get("running") for k in self.device_dirs),
                   30, "a flower-supernode on every device")
         self.say("  each agent supervises its own flower-supernode ([federated] in its agent.toml), which reads only "

@@ -215,3 +215,13 @@ def big_archives(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any])
         assert arch is not None
         out[v] = arch
     return out
+
+
+@pytest.fixture(autouse=True)
+def _operated_coordinators() -> Any:
+    """``helpers.OPERATED`` holds the running test's coordinators only."""
+    from helpers import OPERATED
+
+    OPERATED.clear()
+    yield
+    OPERATED.clear()

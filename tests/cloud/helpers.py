@@ -12,6 +12,16 @@ from edgefleet.cloud_sync.device import DeviceSync
 from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
 _ids = itertools.count()
+#: coordinators started by ``coordinator()`` in the running test (cleared after each test by
+#: conftest): they play the operator for the devices the helpers add, since a device's group
+#: is assigned by the operator, never taken from its own status message
+OPERATED: list[Coordinator] = []
+
+
+def assign(devices: list[str] | tuple[str, ...], group: str) -> None:
+    """The operator assigns ``devices`` to ``group`` on the test's coordinators (before they connect)."""
+    for c in OPERATED:
+        c.provision({d: group for d in devices})
 
 
 def pg_url() -> str | None:
@@ -35,11 +45,13 @@ def coordinator(url: str, db: Path | str, fleet: str = "f1", **kw: Any) -> Coord
     c = Coordinator(reg, mqtt(url, f"coord-{next(_ids)}-{id(reg)}"), fleet, **kw)
     c.start()
     assert c.transport.wait_connected(10)  # type: ignore[attr-defined]
+    OPERATED.append(c)
     return c
 
 
 def device(url: str, agent: Any, root: Path, fleet: str = "f1", group: str = "g", **kw: Any) -> DeviceSync:
     dev = agent.config.device_id
+    assign([dev], group)  # the operator's assignment; the device's own claim (group=) is not applied
     kw.setdefault("telemetry_interval", 0.2)
     kw.setdefault("stall_seconds", 1.0)
     conn = {k: kw.pop(k) for k in ("username", "password") if k in kw}

@@ -88,6 +88,9 @@ class FakeDevices(RawClient):
 
     def __init__(self, port: int, fleet: str, devices: list[str], group: str, answer: Answer | None = None,
                  client_id: str = "fake-devices") -> None:
+        from helpers import assign
+
+        assign(devices, group)  # the operator assigns them (a device's own claim is never applied)
         super().__init__(port, client_id)
         self.fleet = fleet
         self.answer = answer

@@ -19,7 +19,7 @@ from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 
 def test_agent_run_with_broker_joins_the_fleet_and_installs_a_rollout(broker: Any, tmp_path: Path, keys: dict[str, Any],
                                                                      archives: dict[str, Path]) -> None:
-    coord = coordinator(broker.url, tmp_path / "reg.db")
+    coord = coordinator(broker.url, tmp_path / "reg.db", groups={"press-7": "g"})  # the operator's assignment
     state = tmp_path / "dev"
     proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "agent", "run", "--state-dir", str(state),
                              "--trust", str(keys["pub"]), "--hardware-tag", "test-board", "--broker", broker.url,

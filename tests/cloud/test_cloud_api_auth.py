@@ -101,7 +101,9 @@ def test_each_route_requires_its_scope(coord: Coordinator) -> None:
     assert api.post("/v1/tokens", headers=deploy, json={"name": "x", "scope": "read"}).status_code == 403
     assert api.get("/v1/tokens", headers=deploy).status_code == 403
     # admin: everything
-    assert api.patch("/v1/devices/d1", headers=admin, json={"group": "g"}).status_code == 404  # no such device
+    r = api.patch("/v1/devices/d1", headers=admin, json={"group": "g"})  # a device not seen yet is provisioned
+    assert r.status_code == 200 and r.json()["group"] == "g", r.text
+    assert api.patch("/v1/devices/d1", headers=admin, json={}).status_code == 422  # nothing to change
     listed = api.get("/v1/tokens", headers=admin).json()
     assert {t["name"]: t["scope"] for t in listed} == {"t-read": "read", "t-deploy": "deploy", "t-admin": "admin"}
     assert "token" not in json.dumps(listed).replace('"t-', "")  # names only, never a secret or its hash
@@ -258,3 +260,21 @@ def test_cloud_serve_token_is_not_on_its_command_line(how: str, broker: Any, tmp
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_fleet_assign_provisions_and_moves_devices(live: tuple[str, Coordinator], capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fleet assign``: the operator's group assignment, also for devices that have not connected yet."""
+    from edgefleet.cli import main as cli_main
+
+    base, coord = live
+    monkeypatch.setenv("EDGEFLEET_API", base)
+    monkeypatch.setenv("EDGEFLEET_TOKEN", BOOT)
+    capsys.readouterr()
+    assert cli_main(["fleet", "assign", "press-7", "press-8", "--group", "line-1", "--json"]) == 0
+    assert [(r["device_id"], r["group"]) for r in json.loads(capsys.readouterr().out)] == [
+        ("press-7", "line-1"), ("press-8", "line-1")]
+    assert coord.registry.device("f", "press-7")["group"] == "line-1"
+    assert cli_main(["fleet", "assign", "press-7", "--group", "line-2"]) == 0
+    assert coord.registry.device("f", "press-7")["group"] == "line-2"
+    assert cli_main(["fleet", "assign", "press-7", "--group", "bad/group"]) != 0  # a named 422, no traceback

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import mqtt, pg_url
+from helpers import OPERATED, mqtt, pg_url
 from jobs_fakes import FakeDevices
 
 from edgefleet.cloud_sync.coordinator.registry import Registry
@@ -94,6 +94,7 @@ def test_two_coordinators_tick_one_rollout(backend: str, broker: Any, archives: 
     for c in coords:
         c.start()
         assert c.transport.wait_connected(10)  # type: ignore[attr-defined]
+    OPERATED.extend(coords)  # they play the operator for the fake devices' groups
     devices = [f"s{i:02d}" for i in range(12)]
     fake = FakeDevices(broker.port, "f1", devices, "g", answer=lambda dev, d: ["DOWNLOADING", "SUCCEEDED"])
     try:

@@ -17,7 +17,8 @@ from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
 def _fleet(tmp_path: Path, make_agent: Any, archives: dict[str, Path], n: int, broker: MemoryBroker,
            chunk_size: int = 4096) -> tuple[Coordinator, list[DeviceSync]]:
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
-    coord = Coordinator(reg, MemoryTransport(broker, "coord"), "f1", chunk_size=chunk_size, tick_seconds=0.05)
+    coord = Coordinator(reg, MemoryTransport(broker, "coord"), "f1", chunk_size=chunk_size, tick_seconds=0.05,
+                        groups={f"d{i}": "g" for i in range(n)})  # the operator's assignment
     coord.start()
     syncs = []
     for i in range(n):
