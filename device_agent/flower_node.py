@@ -301,7 +301,7 @@ class FlowerNode(ChildProcess):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgefleet.device_agent.flower_node",
+    p = argparse.ArgumentParser(prog="python -m edgefleet.device_agent.flower_node", allow_abbrev=False,
                                 description="Run and supervise this device's flower-supernode.")
     p.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     p.add_argument("--state", help="agent state directory (its samples.db is used)")

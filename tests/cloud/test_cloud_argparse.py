@@ -72,3 +72,27 @@ def test_api_refuses_abbreviated_reserved_retrain_options(client: TestClient) ->
     r = client.put("/v1/retrain/g", headers=h, json={"on_drift": True, "args": ["--out", "/tmp/x"]})
     assert r.status_code == 422 and "--out is set by the trigger itself" in r.json()["detail"]
     assert client.get("/v1/retrain", headers=h).json() == []  # nothing stored
+
+
+def test_standalone_parsers_refuse_abbreviations_too() -> None:
+    """Parsers outside the ``edgefleet`` command tree (module entry points, benchmarks) are built with
+    ``allow_abbrev=False`` as well."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("sdk", "compiler", "device_agent", "cloud_sync", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            text = path.read_text("utf-8")
+            for m in re.finditer(r"ArgumentParser\(", text):
+                call = text[m.end(): text.find("\n\n", m.end())]
+                depth, end = 1, 0
+                for i, ch in enumerate(call):  # the call's arguments, up to its closing parenthesis
+                    depth += {"(": 1, ")": -1}.get(ch, 0)
+                    if depth == 0:
+                        end = i
+                        break
+                if "allow_abbrev" not in call[:end] and "class " not in text[max(0, m.start() - 200): m.start()]:
+                    offenders.append(f"{path.relative_to(root)}:{text[:m.start()].count(chr(10)) + 1}")
+    assert not offenders, offenders
