@@ -40,20 +40,6 @@ from edgefleet.pack import pack
 from edgefleet.preprocess import Pipeline
 
 
-@pytest.fixture()
-def signed_bundle(tmp_path: Path, model_dir: Path, keypair: tuple[Path, Path]) -> Path:
-    bundle, _ = pack(
-        model_dir / "digits.onnx",
-        tmp_path / "b",
-        name="digits",
-        version="1.0.0",
-        labels=[str(i) for i in range(10)],
-        preprocessing=[{"op": "scale", "factor": 0.0625}],
-        private_key=load_private_key(keypair[0]),
-    )
-    return bundle.path
-
-
 def _du(path: Path) -> int:
     """Bytes actually allocated on disk under ``path`` (sparse files count what they use)."""
     if not path.exists():

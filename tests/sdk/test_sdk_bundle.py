@@ -22,25 +22,10 @@ from edgefleet.errors import (
     UnsafeArchiveError,
     UnsupportedFormatError,
 )
-from edgefleet.keys import load_private_key
 from edgefleet.manifest import Manifest
 from edgefleet.pack import pack
 
 DIGITS_PRE = [{"op": "scale", "factor": 0.0625}]
-
-
-@pytest.fixture()
-def signed_bundle(tmp_path: Path, model_dir: Path, keypair: tuple[Path, Path]) -> Path:
-    bundle, _ = pack(
-        model_dir / "digits.onnx",
-        tmp_path / "b",
-        name="digits",
-        version="1.0.0",
-        labels=[str(i) for i in range(10)],
-        preprocessing=DIGITS_PRE,
-        private_key=load_private_key(keypair[0]),
-    )
-    return bundle.path
 
 
 def test_pack_writes_manifest_hashes_and_signature(signed_bundle: Path, keypair: tuple[Path, Path]) -> None:
