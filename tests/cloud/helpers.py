@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
@@ -59,3 +62,26 @@ def device(url: str, agent: Any, root: Path, fleet: str = "f1", group: str = "g"
                    **kw)
     s.start()
     return s
+
+
+@contextmanager
+def serve_api(coord: Coordinator, token: str) -> Iterator[str]:
+    """The coordinator's HTTP API on a free loopback port, served by uvicorn in a thread as ``cloud serve`` does
+    (no logging dictConfig: it would close handlers other libraries hold); yields its base URL, stops on exit."""
+    import uvicorn
+    from conftest import free_port
+
+    from edgefleet.cloud_sync.coordinator.api import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, token), host="127.0.0.1", port=port, log_level="error",
+                                           log_config=None))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the API did not start within 10 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 from conftest import free_port
 from fastapi.testclient import TestClient
-from helpers import pg_url
+from helpers import pg_url, serve_api
 
 from edgefleet.cloud_sync.coordinator.api import create_app
 from edgefleet.cloud_sync.coordinator.registry import Registry
@@ -182,18 +181,9 @@ def test_older_registry_gets_the_token_and_audit_tables(backend: str, tmp_path: 
 
 @pytest.fixture()
 def live(tmp_path: Path) -> Iterator[tuple[str, Coordinator]]:
-    import uvicorn
-
     coord = Coordinator(Registry(f"sqlite:///{tmp_path / 'reg.db'}"), MemoryTransport(MemoryBroker(), "coord"), "f")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, BOOT), host="127.0.0.1", port=port, log_level="error",
-                                           log_config=None))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", coord
-    server.should_exit = True
+    with serve_api(coord, BOOT) as url:
+        yield url, coord
     coord.registry.close()
 
 

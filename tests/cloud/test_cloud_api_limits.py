@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
+from helpers import serve_api
 
 from edgefleet.cloud_sync.coordinator import api as api_module
 from edgefleet.cloud_sync.coordinator.api import create_app
@@ -85,24 +83,14 @@ def test_bodies_beyond_the_limit_are_413_before_they_are_read(client: TestClient
 
 def test_a_huge_unauthenticated_body_is_refused_without_waiting_for_it(coord: Coordinator) -> None:
     """Headers announcing 300 MiB and no token: the live server answers 401 at once, not after reading it."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, TOKEN), host="127.0.0.1", port=port, log_level="error",
-                                           log_config=None))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with serve_api(coord, TOKEN) as url:
+        port = int(url.rsplit(":", 1)[1])
         for auth, want in ((b"", b" 401 "), (f"Authorization: Bearer {TOKEN}\r\n".encode(), b" 413 ")):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(b"POST /v1/deployments?group=g HTTP/1.1\r\nHost: x\r\n" + auth +
                           b"Content-Length: " + str(300 << 20).encode() + b"\r\n\r\n" + b"x" * 1024)
                 head = s.recv(4096)
             assert want in head.split(b"\r\n")[0], head
-    finally:
-        server.should_exit = True
 
 
 def test_registry_sqlite_file_is_private(tmp_path: Path) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_for
-from helpers import coordinator, device
+from conftest import wait_for
+from helpers import coordinator, device, serve_api
 
 from edgefleet.cli import main as cli_main
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
@@ -19,24 +19,12 @@ from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 @pytest.fixture()
 def api(tmp_path: Path) -> Any:
     """Start the HTTP API of a coordinator in a thread; yields a function (coord) -> base URL."""
-    import uvicorn
+    with ExitStack() as stack:
 
-    from edgefleet.cloud_sync.coordinator.api import create_app
+        def start(coord: Any, token: str = "s3cret") -> str:
+            return stack.enter_context(serve_api(coord, token))
 
-    servers: list[Any] = []
-
-    def start(coord: Any, token: str = "s3cret") -> str:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(coord, token), host="127.0.0.1", port=port,
-                                               log_level="error"))
-        threading.Thread(target=server.run, daemon=True).start()
-        wait_for(lambda: server.started, 10)
-        servers.append(server)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for s in servers:
-        s.should_exit = True
+        yield start
 
 
 def test_end_to_end_deploy_via_cli(broker: Any, tmp_path: Path, make_agent: Any, archives: dict[str, Path],
