@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +26,13 @@ def assign(devices: list[str] | tuple[str, ...], group: str) -> None:
     """The operator assigns ``devices`` to ``group`` on the test's coordinators (before they connect)."""
     for c in OPERATED:
         c.provision({d: group for d in devices})
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (``conftest`` re-exports it for the tests that import it from there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pg_url() -> str | None:
@@ -69,7 +77,6 @@ def serve_api(coord: Coordinator, token: str) -> Iterator[str]:
     """The coordinator's HTTP API on a free loopback port, served by uvicorn in a thread as ``cloud serve`` does
     (no logging dictConfig: it would close handlers other libraries hold); yields its base URL, stops on exit."""
     import uvicorn
-    from conftest import free_port
 
     from edgefleet.cloud_sync.coordinator.api import create_app
 
