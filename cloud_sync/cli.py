@@ -38,6 +38,12 @@ def register(sub: Any) -> None:
     serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
                        help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
                             "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
+    serve.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
+                       help="a bundle-signing public key deployments are accepted from (repeatable); without it "
+                            "and without --tuf-repo every deployment is refused")
+    serve.add_argument("--tuf-repo", default=None, metavar="DIR",
+                       help="TUF repository (edgefleet repo ...): a deployment must be a signed target of it, signed "
+                            "by a key delegated to its model; devices get its metadata with every install job")
     from .federated.cli import STRATEGIES, add_serve_args
 
     add_serve_args(serve)  # --federated-dir, --superlink-port and its TLS/auth options
@@ -216,11 +222,14 @@ def _serve(args: argparse.Namespace) -> int:
         from edgefleet.keys import load_private_key
 
         signing_key = load_private_key(args.signing_key)
+    from edgefleet.keys import load_public_key
+
+    trusted = tuple(load_public_key(k) for k in args.trust)
     reg = Registry(args.db)
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
                         chunk_size=args.chunk_size, allow_list=allow, groups=groups, signing_key=signing_key,
-                        freeze_gc=True)
+                        trusted_keys=trusted, tuf_repo=args.tuf_repo, freeze_gc=True)
     coord.start()
     from .federated.autorun import start_for_coordinator
 

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from edgefleet.errors import ConfigError, ProtocolError, SyncError
 
@@ -77,6 +77,8 @@ class Coordinator:
         order_ttl: float = DEFAULT_ORDER_TTL,
         lease_seconds: float = 15.0,
         freeze_gc: bool = False,
+        trusted_keys: Sequence[Any] | None = None,
+        tuf_repo: str | os.PathLike | None = None,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -130,6 +132,16 @@ class Coordinator:
         if signing_key is None:
             log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
         self.on_drift: Callable[[str, str, dict[str, Any]], Any] | None = None  # (device, group, record data)
+        # Which bundles may be deployed (see ``check_bundle``): signed by one of ``trusted_keys``
+        # (edgefleet.keys.PublicKey) and/or a signed target of the TUF repository ``tuf_repo``, signed by a key
+        # delegated to its model. ``cloud serve`` always passes its --trust list (empty: every deployment refused
+        # unless --tuf-repo is given); ``None`` (library and test use) checks only that the archive is well formed.
+        self.trusted_keys = None if trusted_keys is None else tuple(trusted_keys)
+        self.tuf_repo = Path(tuf_repo) if tuf_repo else None
+        if self.tuf_repo is not None and not (self.tuf_repo / "metadata").is_dir():
+            raise ConfigError(f"{self.tuf_repo} is not an edgefleet TUF repository (no metadata/)")
+        if self.trusted_keys is None and self.tuf_repo is None:
+            log.warning("no trusted bundle keys and no TUF repository: deployments are not verified here")
         transport.on_message(self._on_message)
         if groups:
             self.provision(groups)
