@@ -27,6 +27,15 @@ def register(sub: Any) -> None:
     serve.add_argument("--fleet", required=True)
     serve.add_argument("--api-host", default="127.0.0.1")
     serve.add_argument("--api-port", type=int, default=8080)
+    serve.add_argument("--tls-cert", default=None, metavar="PEM",
+                       help="serve the API over https with this certificate (PEM; with --tls-key)")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="its private key (PEM, unencrypted)")
+    serve.add_argument("--tls-ca", default=os.environ.get("EDGEFLEET_CA_CERT"), metavar="PEM",
+                       help="the CA certificate that signed --tls-cert: runs started on drift verify the API with it "
+                            "(default EDGEFLEET_CA_CERT, else the system's CAs)")
+    serve.add_argument("--api-url", default=None, metavar="URL",
+                       help="the URL runs started on drift call the API back at (default http(s)://API_HOST:API_PORT, "
+                            "127.0.0.1 when listening on every address); with TLS, a host its certificate names")
     serve.add_argument("--token-file", default=None,
                        help="file holding the coordinator's admin API token (or EDGEFLEET_TOKEN / EDGEFLEET_TOKEN_FILE)")
     serve.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
@@ -91,7 +100,11 @@ def register(sub: Any) -> None:
     fsub = fleet.add_subparsers(dest="fleet_cmd", metavar="CMD")
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--api", default=os.environ.get("EDGEFLEET_API", "http://127.0.0.1:8080"))
+        p.add_argument("--api", default=os.environ.get("EDGEFLEET_API", "http://127.0.0.1:8080"),
+                       help="the coordinator's API: http://HOST:PORT or https://HOST:PORT (default EDGEFLEET_API)")
+        p.add_argument("--ca-cert", default=os.environ.get("EDGEFLEET_CA_CERT"), metavar="PEM",
+                       help="CA certificate an https API's certificate must chain to (default EDGEFLEET_CA_CERT, "
+                            "else the system's CAs; verification is never switched off)")
         p.add_argument("--token-file", default=None,
                        help="file holding the API token (default: EDGEFLEET_TOKEN, or the file EDGEFLEET_TOKEN_FILE)")
         p.add_argument("--token", default=None,
@@ -199,6 +212,10 @@ def read_token(token: str | None = None, token_file: str | None = None) -> str |
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .api_tls import check_server_files
+
+    tls = check_server_files(args.tls_cert, args.tls_key)  # refused before anything starts
+    args.api_url = _callback_url(args, tls is not None)
     if args.token:
         print("edgefleet: --token is visible to every user in the process list; use EDGEFLEET_TOKEN or --token-file",
               file=sys.stderr)
@@ -238,10 +255,20 @@ def _serve(args: argparse.Namespace) -> int:
     except BaseException:
         coord.stop()
         raise
+    ssl_files = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls is not None else {}
     server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
-                                           log_level="warning"))
-    print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API http://{args.api_host}:{args.api_port}",
-          file=sys.stderr, flush=True)
+                                           log_level="warning", **ssl_files))
+    scheme = "https" if tls is not None else "http"
+    print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API {scheme}://{args.api_host}:"
+          f"{args.api_port}", file=sys.stderr, flush=True)
+    if tls is not None:
+        from .api_tls import self_check
+
+        why = self_check(tls, args.api_url, args.tls_ca)
+        if why:
+            print(f"edgefleet: warning: runs started on drift will not verify the API at {args.api_url} ({why}); "
+                  "set --tls-ca (the CA that signed --tls-cert) and --api-url (a host the certificate names)",
+                  file=sys.stderr, flush=True)
     for sig in (signal.SIGINT, signal.SIGTERM):
         # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with the default handler the process would die
         # right there, before the cleanup below (and leave the SuperLink and drift-started runs behind)
@@ -253,6 +280,24 @@ def _serve(args: argparse.Namespace) -> int:
         coord.stop()
         reg.close()
     return 0
+
+
+def _callback_url(args: argparse.Namespace, tls: bool) -> str:
+    """The URL the coordinator's own children (runs started on drift) call its API at."""
+    from urllib.parse import urlsplit
+
+    scheme = "https" if tls else "http"
+    if args.api_url:
+        parts = urlsplit(args.api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--api-url {args.api_url}: give http(s)://HOST:PORT")
+        if parts.scheme != scheme:
+            raise ConfigError(f"--api-url {args.api_url} must be {scheme}:// "
+                              f"({'with' if tls else 'without'} --tls-cert the API is served over {scheme})")
+        return str(args.api_url).rstrip("/")
+    host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{args.api_port}"
 
 
 def _broker_config(args: argparse.Namespace) -> int:
@@ -350,18 +395,25 @@ def _run_connected(args: argparse.Namespace, cfg: Any, sync_dir: str, tick: floa
 
 
 # -- operators -------------------------------------------------------------------------------------------------
-def api_call(api: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
-    """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause."""
+def api_call(api: str, token: str | None, method: str, path: str, *, ca_cert: str | None = None, **kw: Any) -> Any:
+    """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause.
+
+    An ``https://`` API's certificate is always verified: against ``ca_cert`` (else the CA file named by
+    ``EDGEFLEET_CA_CERT``), else the system's CAs."""
     import httpx
+
+    from .api_tls import client_verify, connect_error
 
     token = token or read_token()
     if not token:
         raise ConfigError("an API token is required: EDGEFLEET_TOKEN or --token-file")
+    verify: Any = client_verify(ca_cert) if api.lower().startswith("https:") else True
     try:
-        with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+        with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                          verify=verify) as c:
             r = c.request(method, path, **kw)
     except httpx.HTTPError as exc:
-        raise SyncError(f"cannot reach the coordinator at {api}: {exc}") from None
+        raise connect_error(api, exc) from None
     if r.status_code >= 400:
         try:
             detail = r.json().get("detail", r.text)
@@ -377,7 +429,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
-    return api_call(args.api, _token(args), method, path, **kw)
+    return api_call(args.api, _token(args), method, path, ca_cert=args.ca_cert, **kw)
 
 
 def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
@@ -407,7 +459,8 @@ def _fleet_assign(args: argparse.Namespace) -> int:
 
 
 def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
-                  waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h") -> Any:
+                  waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h", *,
+                  ca_cert: str | None = None) -> Any:
     """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
     from pathlib import Path
 
@@ -427,7 +480,7 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
         body = src.read_bytes()
     else:
         raise ConfigError(f"{src} does not exist")
-    return api_call(api, token, "POST", "/v1/deployments", content=body,
+    return api_call(api, token, "POST", "/v1/deployments", ca_cert=ca_cert, content=body,
                     headers={"Content-Type": "application/octet-stream"},
                     params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure,
                             "job_timeout": job_timeout})
@@ -435,7 +488,7 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
 
 def _fleet_deploy(args: argparse.Namespace) -> int:
     data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
-                         args.job_timeout)
+                         args.job_timeout, ca_cert=args.ca_cert)
     if args.json:
         _print(args, data, None)
     else:

@@ -8,9 +8,13 @@ that telemetry ingest commits goes through the pure :class:`~.trigger.DriftTrigg
 (enough distinct devices within the window, not while a run of the group is in
 progress, not within the cool-down since the last one); when it fires, a run record
 is created (trigger ``drift``, the reason and the exact command) and
-``edgefleet federated run --group G --rounds N --strategy S --api URL --record-id ID
-RUN OPTIONS`` starts as a child process, with the API token in its environment
-(never on its command line). The run writes its rounds and result into that
+``edgefleet federated run --group G --rounds N --strategy S --api URL [--ca-cert PEM]
+--record-id ID RUN OPTIONS`` starts as a child process. The run gets a token of its own:
+minted in the registry for that run only (named ``fedrun-ID``), of scope ``deploy`` - all
+the run calls (its run record and rounds, ``POST /v1/deployments``) - and revoked when the
+run ends; never the coordinator's admin token. The token is in the run's environment
+(never on its command line), which is built explicitly (:func:`~..childenv.child_env`):
+none of the coordinator's own secrets. The run writes its rounds and result into that
 record; if it dies without doing so, its exit code is recorded.
 """
 
@@ -29,13 +33,16 @@ from typing import Any, Callable
 
 from edgefleet.errors import ConfigError
 
+from ..childenv import child_env
 from .config import StrategyName
 from .trigger import DriftAlert, DriftTrigger, TriggerPolicy
 
 log = logging.getLogger("edgefleet.cloud_sync.federated.autorun")
 
 # options the launcher sets itself; an operator's run options may not override them
-RESERVED = ("--group", "--rounds", "--strategy", "--api", "--token", "--record-id", "--out")
+RESERVED = ("--group", "--rounds", "--strategy", "--api", "--ca-cert", "--token", "--record-id", "--out")
+RUN_TOKEN_SCOPE = "deploy"  # PATCH/PUT /v1/federated/runs/..., POST /v1/deployments: nothing a run does needs admin
+RUN_TOKEN_PREFIX = "fedrun-"  # + the run id: the name of a run's token in the registry and the audit log
 
 
 @dataclass(frozen=True)
@@ -89,28 +96,61 @@ def _score(data: dict[str, Any]) -> float:
 
 
 class AutoRetrain:
-    """Start federated runs on drift alerts for the groups whose operator enabled it."""
+    """Start federated runs on drift alerts for the groups whose operator enabled it.
 
-    def __init__(self, coord: Any, api: str, token: str, work_dir: str | os.PathLike[str] = "federated-runs", *,
-                 python: str = sys.executable, clock: Callable[[], float] = time.time, superlink: Any = None) -> None:
+    ``api`` is the URL the runs call the coordinator's API at, ``ca_cert`` the CA they verify an https API with
+    (None: the system's CAs). Each run gets a deploy-scoped token of its own (``token``, the coordinator's admin
+    token, is never given to a run; it is accepted for callers that still pass it)."""
+
+    def __init__(self, coord: Any, api: str, token: str | None = None,
+                 work_dir: str | os.PathLike[str] = "federated-runs", *, python: str = sys.executable,
+                 clock: Callable[[], float] = time.time, superlink: Any = None, ca_cert: str | None = None) -> None:
         self.coord = coord
         self.superlink = superlink  # the coordinator's supervised SuperLink: runs use it unless told otherwise
         self.registry = coord.registry
         self.fleet = coord.fleet
         self.api = api
-        self.token = token
+        self.ca_cert = str(Path(ca_cert).resolve()) if ca_cert else None
         self.work_dir = Path(work_dir)
         self.python = python
         self.clock = clock
         self.trigger = DriftTrigger()
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.run_tokens: dict[str, str] = {}  # run id -> the name of its token, until revoked
         self._seeded: set[str] = set()
         self._lock = threading.Lock()
 
     def attach(self) -> AutoRetrain:
-        """Hook into the coordinator's telemetry ingest."""
+        """Hook into the coordinator's telemetry ingest (after revoking the tokens of runs that ended while no
+        coordinator watched them)."""
+        self.revoke_stale_tokens()
         self.coord.on_drift = self.on_drift
         return self
+
+    def revoke_stale_tokens(self) -> list[str]:
+        """Revoke the run tokens (``fedrun-ID``) whose run is over (or unknown): left behind when a coordinator
+        stopped before its run ended. A run still starting or running keeps its token."""
+        revoked = []
+        for t in self.registry.tokens(self.fleet):
+            name = str(t["name"])
+            if not name.startswith(RUN_TOKEN_PREFIX):
+                continue
+            run = self.registry.fed_run(name[len(RUN_TOKEN_PREFIX):])
+            if run is None or run["status"] not in ("starting", "running"):
+                if self.registry.revoke_token(self.fleet, name):
+                    revoked.append(name)
+        if revoked:
+            log.info("revoked %d token(s) of federated runs that ended: %s", len(revoked), ", ".join(revoked))
+        return revoked
+
+    def _revoke(self, run_id: str) -> None:
+        name = self.run_tokens.pop(run_id, None)
+        if name is None:
+            return
+        try:
+            self.registry.revoke_token(self.fleet, name)
+        except Exception as exc:  # the registry is down: the next coordinator start revokes it (revoke_stale_tokens)
+            log.warning("could not revoke the token %s of federated run %s: %s", name, run_id, exc)
 
     def on_drift(self, device: str, group: str, data: dict[str, Any]) -> str | None:
         """A committed drift record of ``device`` in ``group``; returns the run id when it starts a run."""
@@ -156,9 +196,15 @@ class AutoRetrain:
             ca = self.superlink.config.ssl_ca_certfile
             if ca and not self.superlink.config.insecure and "--root-certificates" not in given:
                 link += ["--root-certificates", str(ca)]
+        ca = ["--ca-cert", self.ca_cert] if self.ca_cert and self.api.lower().startswith("https:") else []
         return [self.python, "-m", "edgefleet.cli", "federated", "run", "--group", settings.group,
-                "--rounds", str(settings.rounds), "--strategy", settings.strategy, "--api", self.api,
+                "--rounds", str(settings.rounds), "--strategy", settings.strategy, "--api", self.api, *ca,
                 "--record-id", run_id, "--out", str(out), *link, *settings.args]
+
+    def environment(self, token: str) -> dict[str, str]:
+        """The run's environment: its own token and nothing else secret (no admin token, signing key, MQTT
+        password: :func:`~..childenv.child_env`)."""
+        return child_env({"EDGEFLEET_TOKEN": token})
 
     def _launch(self, settings: RetrainSettings, reason: str) -> str:
         run_id = self.registry.create_fed_run(self.fleet, settings.group, settings.strategy, settings.rounds,
@@ -166,14 +212,23 @@ class AutoRetrain:
         argv = self.command(settings, run_id)
         self.registry.set_fed_run(run_id, result={"command": shlex.join(argv)})
         out = self.work_dir / run_id
-        out.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, EDGEFLEET_TOKEN=self.token)
-        logf = open(out / "run.log", "ab")
         try:
-            proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            out.mkdir(parents=True, exist_ok=True)
+            name = RUN_TOKEN_PREFIX + run_id
+            token = self.registry.create_token(self.fleet, name, RUN_TOKEN_SCOPE)
+            self.run_tokens[run_id] = name
+            logf = open(out / "run.log", "ab")
+        except Exception as exc:
+            self._revoke(run_id)
+            self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
+            self.trigger.finished(settings.group)
+            return run_id
+        try:
+            proc = subprocess.Popen(argv, env=self.environment(token), stdout=logf, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             logf.close()
+            self._revoke(run_id)
             self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
             self.trigger.finished(settings.group)
             return run_id
@@ -186,6 +241,8 @@ class AutoRetrain:
     def _reap(self, run_id: str, group: str, proc: subprocess.Popen[bytes], logf: Any) -> None:
         code = proc.wait()
         logf.close()
+        with self._lock:
+            self._revoke(run_id)  # the run is over: its token with it
         run = self.registry.fed_run(run_id)
         if run is not None and run["status"] in ("starting", "running"):
             self.registry.set_fed_run(run_id, status=f"failed: exit code {code}; see {self.work_dir / run_id / 'run.log'}"[:128])
@@ -214,13 +271,17 @@ class AutoRetrain:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        with self._lock:
+            for run_id in list(self.run_tokens):  # the reapers may not get to it before this process exits
+                self._revoke(run_id)
 
 
 def start_for_coordinator(args: Any, coord: Any) -> AutoRetrain:
     """``edgefleet cloud serve``: the supervised SuperLink (``--superlink-port``) and the drift launcher.
 
-    ``args`` carries the options :func:`~.cli.add_serve_args` registers plus ``api_host``,
-    ``api_port`` and ``token``. ``stop()`` of the result ends the runs and the SuperLink.
+    ``args`` carries the options :func:`~.cli.add_serve_args` registers plus ``api_host``, ``api_port``
+    and, from ``cloud serve``, ``api_url`` (the URL runs call back at, https with ``--tls-cert``) and
+    ``tls_ca`` (the CA they verify it with). ``stop()`` of the result ends the runs and the SuperLink.
     """
     link = None
     if args.superlink_port:
@@ -236,9 +297,12 @@ def start_for_coordinator(args: Any, coord: Any) -> AutoRetrain:
         link = start_ready_superlink(lambda _: cfg)
         print(f"flower-superlink supervised on {link.address} ({'TLS' if tls else 'insecure, loopback'})",
               file=sys.stderr, flush=True)
-    api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
-    return AutoRetrain(coord, f"http://{api_host}:{args.api_port}", args.token, args.federated_dir,
-                       superlink=link).attach()
+    api = getattr(args, "api_url", None)
+    if not api:
+        api_host = "127.0.0.1" if args.api_host in ("0.0.0.0", "::", "") else args.api_host
+        api = f"http://{api_host}:{args.api_port}"
+    return AutoRetrain(coord, api, None, args.federated_dir, superlink=link,
+                       ca_cert=getattr(args, "tls_ca", None)).attach()
 
 
 __all__ = ["AutoRetrain", "RetrainSettings", "RESERVED", "start_for_coordinator"]

@@ -94,6 +94,9 @@ def add_run_args(r: argparse.ArgumentParser) -> None:
                                             "through the coordinator's API")
     c.add_argument("--api", default=None, help="coordinator API URL (default: EDGEFLEET_API; with --deploy "
                                                "http://127.0.0.1:8080); rounds are recorded when an API is known")
+    c.add_argument("--ca-cert", default=None, metavar="PEM",
+                   help="CA certificate an https API's certificate must chain to (default: EDGEFLEET_CA_CERT, else "
+                        "the system's CAs)")
     c.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
     c.add_argument("--deploy", action="store_true",
                    help="when the gate promotes the aggregate, start a staged rollout of it to --group")
@@ -220,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .records import RunRecord
 
         record = RunRecord.open(api, args.token, group=args.group, strategy=cfg.strategy.value, rounds=cfg.rounds,
-                                run_id=args.record_id,
+                                run_id=args.record_id, ca_cert=args.ca_cert,
                                 config={k: v for k, v in cfg.to_run_config().items()
                                         if k not in ("preprocessing", "initial-weights", "out-dir")})
     print(f"federated run {record.run_id + ' ' if record else ''}for group {args.group!r}: {cfg.strategy.value}, "
@@ -295,7 +298,7 @@ def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preproces
 
     assert api is not None
     dep = deploy_bundle(api, args.token, res.bundle, args.group, args.canary, args.waves, args.max_failure,
-                        args.job_timeout)
+                        args.job_timeout, ca_cert=args.ca_cert)
     result["deployment"] = {"id": dep["id"], "version": dep["version"], "group": dep["group"],
                             "targets": dep["targets"], "state": dep["state"]}
     print(f"deployment {dep['id']}: {dep['name']} {dep['version']} to {dep['targets']} device(s) of group "

@@ -48,34 +48,36 @@ def round_metrics(r: Mapping[str, Any], strategy: str) -> dict[str, Any]:
 class RunRecord:
     """A federated run's record in the registry, written through the coordinator's HTTP API."""
 
-    def __init__(self, api: str, token: str | None, run_id: str) -> None:
+    def __init__(self, api: str, token: str | None, run_id: str, *, ca_cert: str | None = None) -> None:
         self.api = api
         self.token = token
         self.run_id = run_id
+        self.ca_cert = ca_cert  # the CA an https API is verified with (None: EDGEFLEET_CA_CERT, else the system's)
         self.warnings: list[str] = []
 
     @classmethod
     def open(cls, api: str, token: str | None, *, group: str, strategy: str, rounds: int,
-             run_id: str | None = None, config: Mapping[str, Any] | None = None) -> RunRecord:
+             run_id: str | None = None, config: Mapping[str, Any] | None = None,
+             ca_cert: str | None = None) -> RunRecord:
         """Create the record (or adopt ``run_id``, created by the coordinator's drift trigger). Errors raise:
         a run asked to record must not start unrecorded."""
         from edgefleet.cloud_sync.cli import api_call
 
         if run_id:
-            api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}",
+            api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}", ca_cert=ca_cert,
                      json={"status": "running", "config": dict(config or {})})
         else:
-            doc = api_call(api, token, "POST", "/v1/federated/runs",
+            doc = api_call(api, token, "POST", "/v1/federated/runs", ca_cert=ca_cert,
                            json={"group": group, "strategy": strategy, "rounds": rounds, "status": "running",
                                  "config": dict(config or {})})
             run_id = str(doc["id"])
-        return cls(api, token, run_id)
+        return cls(api, token, run_id, ca_cert=ca_cert)
 
     def _send(self, method: str, path: str, body: Mapping[str, Any]) -> None:
         from edgefleet.cloud_sync.cli import api_call
 
         try:
-            api_call(self.api, self.token, method, path, json=dict(body))
+            api_call(self.api, self.token, method, path, ca_cert=self.ca_cert, json=dict(body))
         except EdgefleetError as exc:
             msg = f"warning: could not record federated run {self.run_id} at {self.api}: {exc}"
             self.warnings.append(msg)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 from edgefleet.device_agent.flower_node import ChildProcess, find_tool, flower_env, is_loopback
 from edgefleet.errors import ConfigError, EdgefleetError
 
+from ..childenv import child_env
 from .config import FederatedConfig
 from .server_app import ROUNDS_FILE
 
@@ -81,6 +82,7 @@ class SuperLink(ChildProcess):
 
     def __init__(self, config: SuperLinkConfig, **kwargs: Any) -> None:
         self.config = config
+        kwargs.setdefault("env", child_env(base=flower_env()))  # none of the coordinator's secrets (child_env)
         super().__init__(config.argv(), name="superlink", log_path=config.log_path, **kwargs)
 
     @property
@@ -178,7 +180,7 @@ class Submitted:
 def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, connection: str = "edgefleet",
                timeout: float = 120.0) -> Submitted:
     """``flwr run APP_DIR CONNECTION`` with ``FLWR_HOME`` set; returns the run id Flower reports."""
-    env = flower_env({"FLWR_HOME": str(flwr_home)})
+    env = child_env({"FLWR_HOME": str(flwr_home)}, base=flower_env())  # no API token or other secret of the run
     cmd = [find_tool("flwr"), "run", str(app_dir), connection, "--format", "json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     out = (proc.stdout or "") + (proc.stderr or "")

@@ -73,22 +73,24 @@ def device(url: str, agent: Any, root: Path, fleet: str = "f1", group: str = "g"
 
 
 @contextmanager
-def serve_api(coord: Coordinator, token: str) -> Iterator[str]:
+def serve_api(coord: Coordinator, token: str, *, ssl_certfile: str | None = None,
+              ssl_keyfile: str | None = None) -> Iterator[str]:
     """The coordinator's HTTP API on a free loopback port, served by uvicorn in a thread as ``cloud serve`` does
-    (no logging dictConfig: it would close handlers other libraries hold); yields its base URL, stops on exit."""
+    (no logging dictConfig: it would close handlers other libraries hold); yields its base URL, stops on exit.
+    With ``ssl_certfile``/``ssl_keyfile`` (as ``cloud serve --tls-cert/--tls-key``) it serves https."""
     import uvicorn
 
     from edgefleet.cloud_sync.coordinator.api import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(coord, token), host="127.0.0.1", port=port, log_level="error",
-                                           log_config=None))
+                                           log_config=None, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 10
     while not server.started:
         assert time.monotonic() < deadline, "the API did not start within 10 s"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_certfile else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
