@@ -85,7 +85,7 @@ def test_devices_joining_mid_rollout_and_after(broker: Any, tmp_path: Path, make
     from edgefleet.cli import main as cli_main
     from edgefleet.cloud_sync import cli as cloud_cli
 
-    monkeypatch.setattr(cloud_cli, "api_call", lambda url, tok, method, path, **kw: api.request(method, path, **kw).json())
+    monkeypatch.setattr(cloud_cli, "api_call", lambda url, tok, method, path, ca_cert=None, **kw: api.request(method, path, **kw).json())
     capsys.readouterr()
     assert cli_main(["fleet", "status", dep["id"], "--token", "t0k"]) == 0
     out = capsys.readouterr().out
