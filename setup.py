@@ -73,7 +73,7 @@ CLOUD = [
     "rich",
 ]
 FEDERATED = ["flwr==1.41.*"]
-DEV = ["pytest", "hypothesis", "ruff", "mypy", "scikit-learn", "matplotlib"]
+DEV = ["pytest", "hypothesis", "schemathesis", "ruff", "mypy", "scikit-learn", "matplotlib"]
 
 setup(
     name="edgefleet",

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from edgefleet._version import __version__ as AGENT_VERSION
-from edgefleet.errors import EdgefleetError, ProtocolError, SyncError
+from edgefleet.errors import EdgefleetError, ProtocolError, SyncError, TrustError, UpdateRejectedError
 
 from . import protocol as P
 from .orders import OrderRefused, RollbackOrder, check_order
@@ -72,6 +72,7 @@ class _Active:
     using_delta: bool = False
     last_chunk: float = 0.0
     installing: bool = False
+    mirror: Path | None = None  # TUF mode: the job's metadata, the install is checked against it
 
 
 def _default_cap(agent: Any) -> int:
@@ -363,6 +364,12 @@ class DeviceSync:
         if self.agent.active_version == d.target_version and d.target_version:
             self._report(a, "SUCCEEDED", reason="already_active")
             return
+        try:
+            a.mirror = self._check_before_download(d)
+        except UpdateRejectedError as exc:
+            log.warning("job %s refused before download: %s", d.job_id, exc)
+            self._report(a, "REJECTED", reason=exc.reason, message=str(exc))
+            return
         if d.file.size > self.max_bundle_bytes:  # the size is not signed: bound it before any work
             self._report(a, "REJECTED", reason=TOO_LARGE, message=too_large_message(d.file.size, self.max_bundle_bytes))
             return
@@ -377,6 +384,41 @@ class DeviceSync:
             self._start_transfer(a, d.delta, using_delta=True)
         else:
             self._start_transfer(a, d.file, using_delta=False)
+
+    def _check_before_download(self, d: P.Desired) -> Path | None:
+        """Refusals that need no byte of the bundle: a job for another model than the one this device serves
+        (``wrong_model``), and in TUF mode a file that is not exactly the signed target of (model, version):
+        the job's metadata is refreshed by python-tuf and its length and sha256 must be the target's
+        (``target_mismatch``, or the metadata's own named reason). Returns the metadata mirror the install
+        is checked against again (TUF mode), else None."""
+        assert d.file is not None
+        identity = str(getattr(self.agent, "model_identity", "") or "")
+        if d.model and identity and d.model != identity:
+            raise UpdateRejectedError(f"the job installs model {d.model!r} v{d.target_version}; this device serves "
+                                      f"{identity!r} (set agent.model_name to re-assign it)", reason="wrong_model")
+        if not getattr(self.agent, "tuf_mode", False):
+            return None
+        from edgefleet.device_agent.tuf_mode import check_announced
+        from edgefleet.trust import write_mirror
+
+        model = identity or d.model
+        if not d.tuf or not model:
+            raise UpdateRejectedError("this device verifies updates against TUF metadata and the job carries none "
+                                      "(start the coordinator with --tuf-repo DIR)", reason="no_repository")
+        mirror = self.dir / "tuf-mirror"
+        try:
+            write_mirror(mirror, d.tuf)
+        except TrustError as exc:
+            raise UpdateRejectedError(str(exc), reason="metadata_invalid") from None
+        except OSError as exc:
+            raise UpdateRejectedError(f"cannot write the job's metadata: {exc}",
+                                      reason="disk_full" if exc.errno == 28 else "io_error") from None
+        upd = getattr(getattr(self.agent, "config", None), "update", None)
+        checked = check_announced(self.agent.root, mirror, model, d.target_version, d.file.size,
+                                  d.file.file_id, clock=getattr(upd, "clock", "system"),
+                                  clock_skew=getattr(upd, "clock_skew_seconds", 300.0))
+        log.info("job %s: %s is the signed target (%d bytes)", d.job_id, checked.target, checked.length)
+        return mirror
 
     def _start_transfer(self, a: _Active, info: P.FileInfo, using_delta: bool) -> None:
         a.using_delta = using_delta
@@ -453,7 +495,10 @@ class DeviceSync:
         a.installing = True
         self._report(a, "IN_PROGRESS", step="installing")
         try:  # every transition comes back through the agent's job hook
-            self.agent.install(path, job_id=a.desired.job_id)
+            if a.mirror is not None:  # TUF mode: checked again against the signed target, with delegated keys
+                self.agent.install(path, job_id=a.desired.job_id, repo=a.mirror)
+            else:
+                self.agent.install(path, job_id=a.desired.job_id)
         except EdgefleetError as exc:
             self._report(a, "FAILED", reason="install_error", message=str(exc))
 

@@ -288,14 +288,17 @@ class Desired(Message):
     rollback_to: str = ""  # for ROLLBACK: the version to return to
     rollback_order: dict[str, Any] | None = None
     ts: float = 0.0
+    # TUF metadata (``edgefleet.trust.client_metadata``: file name -> JSON text) when the coordinator has a
+    # repository: a device in TUF mode checks ``file`` (length, sha256) against the signed target before the
+    # first byte is asked for. Not trusted here: names and sizes are bounded, python-tuf checks the rest.
+    tuf: dict[str, str] | None = None
+    model: str = ""  # the model the job installs: a device serving another refuses it before downloading
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for k in ("file", "delta"):
-            if d[k] is None:
+        for k in ("file", "delta", "rollback_order", "tuf", "model"):
+            if d[k] is None or d[k] == "":
                 del d[k]
-        if d["rollback_order"] is None:
-            del d["rollback_order"]
         return d
 
     @classmethod
@@ -319,7 +322,27 @@ class Desired(Message):
             rollback_to=_str(d, "rollback_to", "", 128),
             rollback_order=order,
             ts=float(_get(d, "ts", (int, float), 0.0)),
+            tuf=_tuf_files(d),
+            model=_str(d, "model", "", 128),
         )
+
+
+def _tuf_files(d: Mapping[str, Any]) -> dict[str, str] | None:
+    from edgefleet.trust import CLIENT_METADATA_RE, MAX_CLIENT_METADATA_BYTES, MAX_CLIENT_METADATA_FILES
+
+    files = _get(d, "tuf", dict, None)
+    if files is None:
+        return None
+    if len(files) > MAX_CLIENT_METADATA_FILES:
+        raise ProtocolError(f"at most {MAX_CLIENT_METADATA_FILES} TUF metadata files")
+    total = 0
+    for name, text in files.items():
+        if not CLIENT_METADATA_RE.match(name) or not isinstance(text, str):
+            raise ProtocolError(f"bad TUF metadata entry {name[:80]!r}")
+        total += len(text)
+    if total > MAX_CLIENT_METADATA_BYTES:
+        raise ProtocolError(f"TUF metadata of {total} characters exceeds {MAX_CLIENT_METADATA_BYTES}")
+    return dict(files)
 
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "ROLLED_BACK", "CANCELED", "TIMED_OUT"})

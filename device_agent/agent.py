@@ -665,6 +665,15 @@ class Agent:
         return Verified(object_id, manifest.version)
 
     @property
+    def model_identity(self) -> str:
+        """The model this device serves: ``agent.model_name`` if assigned, else the active bundle's name
+        ("" before the first install). A bundle of another model is refused (``wrong_model``)."""
+        if self.config.model_name:
+            return self.config.model_name
+        active = self.store.state().active
+        return active.name if active is not None else ""
+
+    @property
     def tuf_mode(self) -> bool:
         """Whether this device holds a pinned TUF root: every install is then checked against TUF metadata."""
         return tuf_mode.provisioned(self.root)
@@ -677,8 +686,7 @@ class Agent:
         import uuid
 
         cfg = self.config
-        active = self.store.state().active
-        identity = cfg.model_name or (active.name if active is not None else "")
+        identity = self.model_identity
         work = self.store.staging / f"tuf-{uuid.uuid4().hex[:12]}"
         try:
             checked = tuf_mode.check_archive(

@@ -210,7 +210,7 @@ def check_archive(
     clock floor only (the last successful verification); otherwise at the system clock, never
     earlier than that floor (a clock reset to 1970 cannot make expired metadata valid).
     """
-    from edgefleet.trust import METADATA_DIR, TrustClient, make_repo_fetcher, peek_bundle_identity
+    from edgefleet.trust import METADATA_DIR, make_repo_fetcher, peek_bundle_identity
 
     src = Path(source)
     if fetcher is None:
@@ -235,11 +235,8 @@ def check_archive(
     if name != model:
         raise UpdateRejectedError(f"bundle is model {name!r} v{version}; this device serves {model!r} "
                                   "(set agent.model_name to re-assign it)", reason="wrong_model")
-    if now is None and clock == "none":
-        now = _EPOCH  # expiry is checked at the clock floor (the last successful verification)
     try:
-        client = TrustClient(tuf_dir(state_dir), fetcher, None, clock_skew=dt.timedelta(seconds=clock_skew), now=now)
-        info = client.get_target(model, version)
+        client, info = _signed_target(state_dir, fetcher, model, version, clock, clock_skew, now)
         work.mkdir(parents=True, exist_ok=True)
         copy = work / "bundle.efb"
         sha = client.check_file(info, src, copy_to=copy)
@@ -254,3 +251,59 @@ def check_archive(
         raise UpdateRejectedError(f"model {model!r} has no Ed25519 key delegated in the repository",
                                   reason="key_not_delegated")
     return CheckedTarget(copy, model, version, info.path, sha, keys, client)
+
+
+def _signed_target(state_dir: str | os.PathLike, fetcher: Any, model: str, version: str, clock: str,
+                   clock_skew: float, now: dt.datetime | None) -> tuple[Any, Any]:
+    """Refresh the metadata (python-tuf) and get the signed target of (model, version)."""
+    from edgefleet.trust import TrustClient
+
+    if now is None and clock == "none":
+        now = _EPOCH  # expiry is checked at the clock floor (the last successful verification)
+    client = TrustClient(tuf_dir(state_dir), fetcher, None, clock_skew=dt.timedelta(seconds=clock_skew), now=now)
+    return client, client.get_target(model, version)
+
+
+@dataclass(frozen=True)
+class AnnouncedTarget:
+    """A file announced for download whose length and sha256 are those of the signed target."""
+
+    model: str
+    version: str
+    target: str
+    length: int
+    sha256: str
+
+
+def check_announced(
+    state_dir: str | os.PathLike,
+    mirror: str | os.PathLike,
+    model: str,
+    version: str,
+    length: int,
+    sha256: str,
+    *,
+    clock: str = "system",
+    clock_skew: float = 300.0,
+    now: dt.datetime | None = None,
+) -> AnnouncedTarget:
+    """Bind an announced download (an install job's file: length, sha256) to the signed target of
+    (``model``, ``version``) before the first byte is fetched: the metadata in ``mirror`` (sent with the
+    job, see ``edgefleet.trust.write_mirror``) is refreshed by python-tuf from the device's trusted state.
+    A job whose file is not exactly the signed target is ``UpdateRejectedError`` ``target_mismatch``;
+    any metadata refusal has its named reason (``TRUST_REASONS``). The archive is checked again, with
+    the bundle's signature against the model's delegated keys, when it is installed."""
+    from edgefleet.trust import make_repo_fetcher
+
+    try:
+        _, info = _signed_target(state_dir, make_repo_fetcher(mirror), model, version, clock, clock_skew, now)
+    except TrustError as exc:
+        raise UpdateRejectedError(f"{exc}", reason=trust_reason(exc)) from None
+    except ConfigError as exc:
+        raise UpdateRejectedError(str(exc), reason="untrusted_metadata") from None
+    signed_sha = (info.hashes or {}).get("sha256", "")
+    if info.length != length or signed_sha != sha256:
+        raise UpdateRejectedError(
+            f"the job announces {length} bytes sha256 {sha256[:16]}... but the signed target {info.path} is "
+            f"{info.length} bytes sha256 {signed_sha[:16]}...; nothing was downloaded", reason="target_mismatch")
+    return AnnouncedTarget(model, version, info.path, info.length, signed_sha)

@@ -68,7 +68,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib import parse
 
 from .errors import (
@@ -837,6 +837,82 @@ def _publish(r: Repository, online_key: KeyArg, snapshot_expires: dt.timedelta, 
     ts_md = Metadata(ts)
     ts_md.sign(_signer(online_key.private))
     r.write_role("timestamp", ts_md, published)
+
+
+#: The metadata a client is sent with an update (see :func:`client_metadata`): file names as the client's
+#: fetcher asks for them, their count and sizes bounded before anything is parsed.
+CLIENT_METADATA_RE = re.compile(r"metadata/(?:timestamp|[0-9]{1,9}\.[A-Za-z0-9._%-]{1,200})\.json\Z")
+MAX_CLIENT_METADATA_FILES = 64
+MAX_CLIENT_METADATA_BYTES = 2 << 20  # all files together
+
+
+def client_metadata(repo: str | os.PathLike, model: str) -> dict[str, bytes]:
+    """The repository files a client needs to check ``model``'s targets as of now, keyed by the
+    path its fetcher asks for: every root version (the rotation chain), ``timestamp.json``, the
+    snapshot it names, and the top-level targets and the model's role at the versions that
+    snapshot names. This only chooses which files to send (a device delivered its update over
+    MQTT gets them in the job message); every check is python-tuf's, on the client.
+    """
+    from tuf.api.metadata import Metadata
+    from tuf.api.serialization import DeserializationError
+
+    model = _check_model_name(model)
+    r = Repository(repo)
+    files: dict[str, bytes] = {}
+
+    def add(path: Path) -> bytes:
+        size = _regular_file_size(path, f"metadata {path.name}", MAX_CLIENT_METADATA_BYTES, MetadataFormatError)
+        with os.fdopen(_open_regular(path), "rb") as fh:
+            data = fh.read(size + 1)
+        files[f"{METADATA_DIR}/{path.name}"] = data
+        return data
+
+    def parse_md(data: bytes, what: str) -> Any:
+        try:
+            return Metadata.from_bytes(data)
+        except DeserializationError as exc:
+            raise MetadataFormatError(f"{r.path}: {what} is not valid TUF metadata: {exc}") from None
+
+    with r.locked():  # not in the middle of a publish
+        for v in r.versions("root"):
+            add(r.file_for("root", v))
+        if not (r.metadata / "timestamp.json").exists():
+            raise ConfigError(f"{r.path} has no timestamp: run 'edgefleet repo publish'")
+        ts = parse_md(add(r.file_for("timestamp")), "timestamp.json").signed
+        snap = parse_md(add(r.file_for("snapshot", ts.snapshot_meta.version)), "snapshot").signed
+        for role in ("targets", model):
+            mf = snap.meta.get(f"{parse.quote(role, '')}.json")
+            if mf is None:
+                raise UnknownModelError(f"{r.path}: the snapshot lists no {role!r} role; delegate model {model!r} "
+                                        "and publish")
+            add(r.file_for(role, mf.version))
+    if len(files) > MAX_CLIENT_METADATA_FILES or sum(map(len, files.values())) > MAX_CLIENT_METADATA_BYTES:
+        raise MetadataFormatError(f"{r.path}: the metadata for {model!r} exceeds {MAX_CLIENT_METADATA_FILES} files or "
+                                  f"{MAX_CLIENT_METADATA_BYTES} bytes")
+    return files
+
+
+def write_mirror(directory: str | os.PathLike, files: Mapping[str, bytes | str]) -> Path:
+    """Write metadata files sent to a client (:func:`client_metadata`) into ``directory`` as a
+    repository layout :func:`make_repo_fetcher` reads. Names and sizes are checked first; the
+    content is not trusted (python-tuf verifies it when the client refreshes)."""
+    if len(files) > MAX_CLIENT_METADATA_FILES:
+        raise MetadataFormatError(f"{len(files)} metadata files exceed {MAX_CLIENT_METADATA_FILES}")
+    total = 0
+    for name, data in files.items():
+        if not isinstance(name, str) or not CLIENT_METADATA_RE.match(name):
+            raise MetadataFormatError(f"refusing metadata file name {str(name)[:80]!r}")
+        total += len(data)
+    if total > MAX_CLIENT_METADATA_BYTES:
+        raise MetadataFormatError(f"{total} bytes of metadata exceed {MAX_CLIENT_METADATA_BYTES}")
+    base = Path(directory)
+    meta = base / METADATA_DIR
+    if meta.exists():
+        shutil.rmtree(meta)
+    meta.mkdir(parents=True)
+    for name, data in files.items():
+        (base / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    return base
 
 
 # ---------------------------------------------------------------- client side

@@ -10,16 +10,19 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet._version import __version__
 from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
+from .. import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
 from .rollout import parse_duration, parse_plan
 from .service import Coordinator
@@ -27,7 +30,9 @@ from .service import Coordinator
 MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
 MAX_JSON_BODY = 1 << 20  # every other request body
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+_ID = r"^[A-Za-z0-9_.-]{1,128}$"  # a deployment id (the registry's are 12 hex digits)
+DEVICE_ID = P._ID.pattern  # device ids and group names: the protocol's ids (1-128 of A-Z a-z 0-9 _ . : -)
+NO_NUL = r"^[^\x00]*$"  # free text a query compares with the registry's: PostgreSQL text cannot hold NUL (500)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TRACKED_CLIENTS = 10_000  # addresses whose failed authentications are remembered (oldest forgotten first)
 log = logging.getLogger("edgefleet.coordinator.api")
@@ -212,18 +217,121 @@ class TokenIn(BaseModel):
     scope: Literal["read", "deploy", "admin"]
 
 
+class DevicePatch(BaseModel):
+    """The operator's change to a device: its group, its tags, or both (at least one; nothing else)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    # an explicit null is refused by the schema (SkipJsonSchema) and, like a missing field, changes nothing
+    group: Annotated[str, Field(pattern=DEVICE_ID)] | SkipJsonSchema[None] = None
+    tags: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=64)] | SkipJsonSchema[None] = None
+
+
+# -- error answers: every one is {"detail": ...}, and every status a route can answer is in /openapi.json --------
+class Error(BaseModel):
+    """Every error answer (4xx): what went wrong, in one line."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One refused field of a 422 (pydantic's error: where, what, and possibly the input and context)."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    """A 422: the request's parameters or body do not fit the schema (a list of refused fields), or the route
+    refused a value the schema cannot express (one line)."""
+
+    detail: str | list[FieldError]
+
+
+_GUARD_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    401: ("missing or wrong bearer token (RequestGuard)",
+          {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
+    403: ("the token's scope does not cover this route (read: GETs; deploy: deployments, rollouts, retraining, "
+          "federated runs; admin: everything)", {}),
+    429: ("this client address is locked out after repeated failed authentications",
+          {"Retry-After": {"description": "seconds until the lockout ends", "schema": {"type": "integer"}}}),
+}
+
+
+def document_errors(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any]:
+    """Complete ``schema`` (FastAPI's OpenAPI document of ``routes``) with every error status an operation can
+    answer, whoever answers it, each with the body really sent (idempotent):
+
+    - the ASGI guard (:class:`RequestGuard`): 413 on every route; 401, 403 and 429 on every route but the public
+      ones (``PUBLIC_PATHS``);
+    - FastAPI: 400 for a JSON body that cannot be read (``There was an error parsing the body``), 422 (model
+      :class:`Invalid`) wherever there are parameters or a body;
+    - a path parameter: 404 (no such record; also the router's answer when a value holds a ``/``);
+    - the route's own ``responses=`` (404, 409, 400, ...), given a body schema here when they have none.
+
+    Every error body is ``{"detail": ...}`` (:class:`Error`; 422: :class:`Invalid`)."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Error, Invalid):
+        doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in doc.pop("$defs", {}).items():
+            comps.setdefault(name, sub)
+        comps.setdefault(model.__name__, doc)
+    ref = {code: {"application/json": {"schema": {"$ref": "#/components/schemas/" + name}}}
+           for code, name in (("error", "Error"), ("422", "Invalid"))}
+    for route in routes:
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        for method in route.methods:
+            op = schema["paths"].get(route.path_format, {}).get(method.lower())
+            if op is None:
+                continue
+            answers = op.setdefault("responses", {})
+            params = op.get("parameters", [])
+
+            def add(code: int, description: str, headers: dict[str, Any] | None = None, *,
+                    answers: dict[str, Any] = answers) -> None:
+                entry = answers.setdefault(str(code), {"description": description})
+                if headers:
+                    entry.setdefault("headers", headers)
+
+            add(413, f"the request body is larger than {MAX_JSON_BODY} bytes ({MAX_UPLOAD} for a bundle archive), "
+                     "or its Content-Length is not a number")
+            if route.path_format not in PUBLIC_PATHS:
+                for code, (description, headers) in _GUARD_ERRORS.items():
+                    add(code, description, headers)
+            if route.body_field is not None:
+                add(400, "the body could not be read as JSON")
+            if params or "requestBody" in op:
+                add(422, "a parameter or the body does not fit the schema")
+            if any(p.get("in") == "path" for p in params):
+                add(404, "no such record (or no route: a path value holding '/')")
+            for code, entry in answers.items():
+                if code.startswith(("4", "5")):
+                    content = entry.setdefault("content", {})
+                    json_doc = content.get("application/json")
+                    if code == "422" and (json_doc is None or "HTTPValidationError" in str(json_doc)):
+                        content["application/json"] = ref["422"]["application/json"]
+                    elif json_doc is None:
+                        content["application/json"] = ref["error"]["application/json"]
+    return schema
+
+
 def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10, failure_window: float = 60.0,
                lockout_seconds: float = 300.0) -> FastAPI:
     """The API of ``coord``. ``token`` is the coordinator's own admin token (audited as ``bootstrap``); further
     tokens of scope read, deploy or admin live (hashed) in the registry. A client address with ``max_failures``
-    failed authentications within ``failure_window`` seconds is locked out for ``lockout_seconds``."""
+    failed authentications within ``failure_window`` seconds is locked out for ``lockout_seconds``.
+
+    ``/openapi.json`` documents every status each operation can answer (:func:`document_errors`); schemathesis
+    checks it against the live API (tests/cloud/test_cloud_schemathesis.py)."""
     reg, fleet = coord.registry, coord.fleet
     if not token and not any(t["scope"] == "admin" for t in reg.tokens(fleet)):
         raise ConfigError("an API token is required: the coordinator's admin token or an admin token in the registry")
     app = FastAPI(title="edgefleet coordinator", version=__version__,
                   description="Fleet registry, staged rollouts and telemetry of one edgefleet fleet. Bearer tokens "
                               "of scope read (GETs), deploy (deployments, rollouts, retraining, federated runs) or "
-                              "admin (tokens, audit log, devices).")
+                              "admin (tokens, audit log, devices). Every error answer is {\"detail\": ...}.")
     app.add_middleware(RequestGuard, token=token, registry=reg, fleet=fleet, max_failures=max_failures,
                        failure_window=failure_window, lockout_seconds=lockout_seconds)
     bearer = HTTPBearer(auto_error=False)
@@ -233,49 +341,64 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         if cred is None or "edgefleet.principal" not in request.scope:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    device_id = Path(pattern=DEVICE_ID, description="a device id (1-128 of A-Z a-z 0-9 _ . : -)")
+    group_q = Query(None, pattern=DEVICE_ID, description="only this group")
+    no_device = {404: {"description": "no such device"}}
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, "fleet": fleet, "broker_connected": coord.transport.connected}
 
     @app.get("/v1/devices", dependencies=[Depends(auth)])
-    def devices(group: str | None = None) -> list[dict[str, Any]]:
+    def devices(group: str | None = group_q) -> list[dict[str, Any]]:
         return reg.devices(fleet, group)
 
-    @app.get("/v1/devices/{device_id}", dependencies=[Depends(auth)])
-    def device(device_id: str) -> dict[str, Any]:
+    @app.get("/v1/devices/{device_id}", dependencies=[Depends(auth)], responses=no_device)
+    def device(device_id: str = device_id) -> dict[str, Any]:
         d = reg.device(fleet, device_id)
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
         return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id]}
 
-    @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)])
-    def set_device(device_id: str, body: dict[str, Any], request: Request) -> dict[str, Any]:
+    @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)],
+               responses={404: {"description": "tags for a device not seen yet (a group provisions it)"},
+                          422: {"description": "nothing to change, or a group or tags that do not fit"}})
+    def set_device(body: DevicePatch, request: Request, device_id: str = device_id) -> dict[str, Any]:
+        """The operator assigns the device's group (a device not seen yet is provisioned) and/or its tags."""
         import json
-        import re
 
         fields: dict[str, Any] = {}
-        if isinstance(body.get("group"), str):
-            if not re.match(_ID, body["group"]):
-                raise HTTPException(422, "group must be 1-128 letters, digits, '_', '.' or '-'")
-            fields["group_name"] = body["group"]
-        if isinstance(body.get("tags"), list):
-            tags = [str(t) for t in body["tags"]]
-            if len(tags) > 64 or any(len(t) > 128 for t in tags):
-                raise HTTPException(422, "at most 64 tags of at most 128 characters each")
-            fields["tags"] = json.dumps(tags)
+        if body.group is not None:
+            fields["group_name"] = body.group
+        if body.tags is not None:
+            fields["tags"] = json.dumps(body.tags)
         audit_note(request, " ".join(f"{k}={v}" for k, v in sorted(fields.items())))
         if not fields:
             raise HTTPException(422, "nothing to change: give a group or tags")
         if "group_name" in fields:  # the operator's assignment; a device not seen yet is provisioned
-            coord.provision({device_id: fields.pop("group_name")})
+            try:
+                coord.provision({device_id: fields.pop("group_name")})
+            except ConfigError as exc:
+                raise HTTPException(422, str(exc)) from None
         if fields and not reg.set_device(fleet, device_id, **fields):
             raise HTTPException(404, f"no device {device_id!r}")
         return reg.device(fleet, device_id) or {}
 
-    @app.post("/v1/deployments", dependencies=[Depends(auth)], status_code=201)
-    async def deploy(request: Request, group: str = Query(...), canary: str = "5%",
-                     waves: str = "100%", max_failure: str = "0%", job_timeout: str = "1h") -> dict[str, Any]:
-        """The request body is the bundle archive (.efb) itself. ``job_timeout`` (90s, 10m, 2h, 1d): a device job
+    plan_text = {"max_length": 64}
+    archive = {"required": True, "description": "the bundle archive (.efb) itself",
+               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+
+    @app.post("/v1/deployments", dependencies=[Depends(auth)], status_code=201,
+              openapi_extra={"requestBody": archive},
+              responses={400: {"description": "the body is not a bundle archive the coordinator may deploy "
+                                              "(unreadable, unsigned, untrusted, another model's; the detail says "
+                                              "which), or the plan or timeout cannot be read"}})
+    async def deploy(request: Request, group: str = Query(..., pattern=DEVICE_ID),
+                     canary: str = Query("5%", **plan_text), waves: str = Query("100%", **plan_text),
+                     max_failure: str = Query("0%", **plan_text),
+                     job_timeout: str = Query("1h", **plan_text)) -> dict[str, Any]:
+        """The request body is the bundle archive (.efb) itself. ``canary``, ``waves`` (comma-separated) and
+        ``max_failure`` are percentages (``5%`` or ``0.05``). ``job_timeout`` (90s, 10m, 2h, 1d): a device job
         that started but did not end within it becomes TIMED_OUT, a failure for the health gate."""
         data = await request.body()
         if not data or len(data) > MAX_UPLOAD:
@@ -283,28 +406,31 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         try:
             plan = parse_plan(canary, waves, max_failure)
             dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout))
-        except EdgefleetError as exc:
+        except EdgefleetError as exc:  # BundleError, SignatureError, UnsignedBundleError, TrustError, ConfigError
             raise HTTPException(400, str(exc)) from None
         out = coord.summary(dep)
         audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to group {group} "
                             f"(canary {canary}, waves {waves}, max failure {max_failure})")
         return out
 
+    dep_id_p = Path(pattern=_ID, description="a deployment id")
+
     @app.get("/v1/deployments", dependencies=[Depends(auth)])
     def deployments() -> list[dict[str, Any]]:
         return [coord.summary(d) for d in reg.deployments(fleet)]
 
-    @app.get("/v1/deployments/{dep_id}", dependencies=[Depends(auth)])
-    def deployment(dep_id: str) -> dict[str, Any]:
+    @app.get("/v1/deployments/{dep_id}", dependencies=[Depends(auth)],
+             responses={404: {"description": "no such deployment"}})
+    def deployment(dep_id: str = dep_id_p) -> dict[str, Any]:
         d = reg.deployment(dep_id)
         if d is None:
             raise HTTPException(404, f"no deployment {dep_id!r}")
         return coord.summary(d)
 
-    @app.post("/v1/deployments/{dep_id}/{action}", dependencies=[Depends(auth)])
-    def act(dep_id: str, action: str) -> dict[str, Any]:
-        if action not in ("pause", "resume", "rollback"):
-            raise HTTPException(404, f"unknown action {action!r}")
+    @app.post("/v1/deployments/{dep_id}/{action}", dependencies=[Depends(auth)],
+              responses={404: {"description": "no such deployment"},
+                         409: {"description": "another coordinator holds the deployment; try again"}})
+    def act(action: Literal["pause", "resume", "rollback"], dep_id: str = dep_id_p) -> dict[str, Any]:
         try:
             return coord.summary(coord.set_state(dep_id, action))
         except SyncError as exc:  # another coordinator holds the deployment
@@ -313,7 +439,10 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
             raise HTTPException(404, str(exc)) from None
 
     @app.get("/v1/telemetry", dependencies=[Depends(auth)])
-    def telemetry(group: str | None = None, version: str | None = None) -> dict[str, Any]:
+    def telemetry(group: str | None = group_q,
+                  version: str | None = Query(None, max_length=128, pattern=NO_NUL,
+                                              description="only this model version")
+                  ) -> dict[str, Any]:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
                 "counters": dict(coord.counters), "rejected": dict(coord.rejected),
                 "refused": dict(coord.refused)}
@@ -324,7 +453,9 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         return reg.tokens(fleet)
 
     @app.post("/v1/tokens", dependencies=[Depends(auth)], status_code=201,
-              responses={409: {"description": "a token of that name exists"}})
+              responses={409: {"description": "a token of that name exists"},
+                         422: {"description": f"a name or scope that does not fit, or {BOOTSTRAP!r} (the "
+                                              "coordinator's own token)"}})
     def create_token(body: TokenIn, request: Request) -> dict[str, Any]:
         """A new token (admin). Its value is in this answer only: the registry keeps its sha256."""
         audit_note(request, f"create token {body.name} scope {body.scope}")
@@ -336,11 +467,11 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
             raise HTTPException(409, str(exc)) from None
         return {"name": body.name, "scope": body.scope, "token": secret}
 
-    @app.delete("/v1/tokens/{name}", dependencies=[Depends(auth)])
-    def revoke_token(name: str, request: Request) -> dict[str, Any]:
-        audit_note(request, f"revoke token {name[:128]}")
+    @app.delete("/v1/tokens/{name}", dependencies=[Depends(auth)], responses={404: {"description": "no such token"}})
+    def revoke_token(request: Request, name: str = Path(pattern="^" + TOKEN_NAME + "$")) -> dict[str, Any]:
+        audit_note(request, f"revoke token {name}")
         if not reg.revoke_token(fleet, name):
-            raise HTTPException(404, f"no token {name[:128]!r}")
+            raise HTTPException(404, f"no token {name!r}")
         return {"name": name, "revoked": True}
 
     @app.get("/v1/audit", dependencies=[Depends(auth)])
@@ -353,4 +484,14 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     from edgefleet.cloud_sync.federated.routes import add_routes
 
     add_routes(app, coord, auth)  # /v1/federated/runs (per-round metrics), /v1/retrain (drift trigger)
+
+    generate = app.openapi  # FastAPI's own (caches its result in app.openapi_schema)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document_errors(generate(), app.routes)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

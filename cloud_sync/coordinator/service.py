@@ -16,6 +16,7 @@ state changes make a lease that ran out mid-tick harmless too.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -30,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgefleet.errors import ConfigError, ProtocolError, SyncError
+from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
 
 from .. import protocol as P
 from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
@@ -42,14 +43,36 @@ from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, ev
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
 
 
-def bundle_identity(archive: bytes) -> tuple[str, str]:
-    """(name, version) from an ``.efb`` archive's manifest (the device verifies the signature)."""
+def bundle_identity(archive: bytes, trusted_keys: Sequence[Any] | None = None,
+                    tuf_repo: str | os.PathLike | None = None) -> tuple[str, str]:
+    """(name, version) from an ``.efb`` archive's manifest, verified for deployment.
+
+    With ``trusted_keys`` the bundle must be signed by one of them; with ``tuf_repo`` it must be a signed
+    target of that repository (length, sha256) signed by a key delegated to its model (python-tuf checks the
+    metadata: thresholds, expiry, versions, from the repository's own first root). Either is enough. With
+    neither (``None``, ``None``: library use) the archive is only checked to be a well-formed bundle. Refusals
+    are named errors: ``UnsignedBundleError``, ``SignatureError``, a ``TrustError`` subclass, ``BundleError``.
+    """
     from edgefleet.bundle import open_bundle
+    from edgefleet.errors import SignatureError
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-deploy-") as tmp:
         p = Path(tmp) / "bundle.efb"
         p.write_bytes(archive)
-        bundle, handle = open_bundle(p, require_signature=False)
+        if tuf_repo is not None:
+            from edgefleet.trust import verify_bundle
+
+            try:
+                t = verify_bundle(p, tuf_repo)
+                return t.model, t.version
+            except SignatureError:  # TrustError included
+                if not trusted_keys:
+                    raise
+        if trusted_keys is not None and not trusted_keys:
+            raise SignatureError("this coordinator trusts no bundle key: start it with --trust KEY.pub (or "
+                                 "--tuf-repo DIR)")
+        bundle, handle = open_bundle(p, trusted_keys=list(trusted_keys or ()),
+                                     require_signature=trusted_keys is not None)
         try:
             return bundle.manifest.name, bundle.manifest.version
         finally:
@@ -138,6 +161,7 @@ class Coordinator:
         # unless --tuf-repo is given); ``None`` (library and test use) checks only that the archive is well formed.
         self.trusted_keys = None if trusted_keys is None else tuple(trusted_keys)
         self.tuf_repo = Path(tuf_repo) if tuf_repo else None
+        self._tuf_cache: dict[str, tuple[float, dict[str, str]]] = {}
         if self.tuf_repo is not None and not (self.tuf_repo / "metadata").is_dir():
             raise ConfigError(f"{self.tuf_repo} is not an edgefleet TUF repository (no metadata/)")
         if self.trusted_keys is None and self.tuf_repo is None:
@@ -302,8 +326,7 @@ class Coordinator:
         self.registry.mark_delivered(self.fleet, device)
         job = self.registry.latest_job(self.fleet, device)
         if job is not None and job["status"] == "QUEUED" and job["desired"]:
-            self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), job["desired"].encode(), qos=1,
-                                   retain=True)
+            self._publish_desired(device, P.Desired.parse(job["desired"].encode()))  # with fresh TUF metadata
             self.counters["desired_redelivered"] += 1
 
     def _group(self, device: str) -> str:
@@ -506,7 +529,7 @@ class Coordinator:
     # -- deployments -------------------------------------------------------------------------------------------
     def add_artifact(self, archive: bytes) -> tuple[str, str, str]:
         """Register a bundle archive (a deployment target, or a version devices already run: a delta base)."""
-        name, version = bundle_identity(archive)
+        name, version = bundle_identity(archive, self.trusted_keys, self.tuf_repo)
         file_id = hashlib.sha256(archive).hexdigest()
         self.registry.add_artifact(file_id, name, version, archive)
         return file_id, name, version
@@ -665,7 +688,7 @@ class Coordinator:
             delta = self._delta(row["archive_sha256"], dep["artifact_id"])
             base = row["archive_sha256"] if delta else ""
         desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep["id"], dep["version"], f[0], delta, base,
-                            ts=time.time())
+                            ts=time.time(), model=dep["name"])
         if not self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version,
                                      delivered=bool(row and row["online"]), desired=desired.to_bytes().decode()):
             self.counters["duplicate_dispatches_avoided"] += 1
@@ -690,8 +713,32 @@ class Coordinator:
         return P.FileInfo(row["file_id"], int(row["size"]), self.chunk_size)
 
     def _publish_desired(self, device: str, desired: P.Desired) -> None:
+        if self.tuf_repo is not None and desired.action == P.JobAction.INSTALL.value and desired.file is not None:
+            desired = dataclasses.replace(desired, tuf=self._tuf_metadata(desired.deployment_id))
         self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), desired.to_bytes(), qos=1,
                                retain=True)
+
+    def _tuf_metadata(self, dep_id: str) -> dict[str, str] | None:
+        """The repository's current metadata for the deployment's model (``trust.client_metadata``), sent with
+        each install job (and again when a device reconnects: a device that was away gets a fresh timestamp).
+        Read at most once a second per model."""
+        from edgefleet.trust import client_metadata
+
+        dep = self.registry.deployment(dep_id)
+        if dep is None or self.tuf_repo is None:
+            return None
+        model = dep["name"]
+        hit = self._tuf_cache.get(model)
+        if hit is not None and time.monotonic() - hit[0] < 1.0:
+            return hit[1]
+        try:
+            files = {k: v.decode() for k, v in client_metadata(self.tuf_repo, model).items()}
+        except EdgefleetError as exc:  # the device then refuses the job (no_repository), named
+            log.error("cannot read the TUF metadata of %s for deployment %s: %s", model, dep_id, exc)
+            self.counters["tuf_metadata_errors"] += 1
+            return None
+        self._tuf_cache[model] = (time.monotonic(), files)
+        return files
 
     def _cancel(self, dep: dict[str, Any], devices: list[str]) -> None:
         for j in self.registry.jobs(dep["id"]):

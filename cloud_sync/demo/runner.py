@@ -290,7 +290,9 @@ class Demo:
                 "--db", f"sqlite:///{self.workdir / 'coordinator' / 'registry.db'}", "--fleet", self.fleet,
                 "--api-port", str(port), "--federated-dir", str(self.workdir / "federated"),
                 # the operator key signs rollback orders; devices refuse unsigned ones
-                "--signing-key", str(pub.with_suffix(".key"))],
+                "--signing-key", str(pub.with_suffix(".key")),
+                # deployments are accepted only of bundles signed by the fleet key (v1, and v2 from the loop)
+                "--trust", str(pub)],
                 extra_env={"EDGEFLEET_TOKEN": self.token},
                 # SIGINT: uvicorn re-raises a SIGTERM with the default handler after its own shutdown, so
                 # `cloud serve` would die before stopping the federated runs it started
