@@ -375,7 +375,9 @@ class DeviceSync:
             return
         self._report(a, "DOWNLOADING", step="downloading")
         base = None
-        if d.delta is not None and d.delta_base and d.delta.size <= self.max_bundle_bytes:
+        # a delta is never larger than the file it rebuilds (whose size, in TUF mode, is the signed target's): the
+        # rebuilt archive is checked against the file's sha256 before install
+        if d.delta is not None and d.delta_base and d.delta.size <= min(self.max_bundle_bytes, d.file.size):
             try:
                 base = self.base_archive()
             except Exception:

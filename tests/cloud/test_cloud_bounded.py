@@ -113,6 +113,16 @@ def test_forged_delta_size_is_ignored_not_preallocated(tmp_path: Path) -> None:
     assert (transfers / SHA / "data").stat().st_size == 1000
 
 
+def test_a_delta_larger_than_its_file_is_ignored(tmp_path: Path) -> None:
+    """A delta is never larger than the file it rebuilds: one declared larger (within the cap) is not fetched;
+    the file is (in TUF mode its size is the signed target's)."""
+    sync, t = _sync(tmp_path, max_bundle_bytes=1 << 20)
+    sync.base_archive = lambda: (hashlib.sha256(b"base").hexdigest(), tmp_path / "base.efb")  # type: ignore[method-assign]
+    sync._on_desired(_desired(1000, delta=1001))
+    assert sync._active is not None and not sync._active.using_delta
+    assert [p.name for p in (tmp_path / "sync" / "transfers").iterdir()] == [SHA]
+
+
 def test_receiver_fails_before_asking_for_a_chunk() -> None:
     r = Receiver("j", P.FileInfo(SHA, GIB64, 1 << 20), max_bytes=1 << 20)
     actions = r.handle(Begin())
