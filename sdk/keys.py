@@ -17,8 +17,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .canonical import sha256_bytes
+from .canonical import read_regular, sha256_bytes
 from .errors import ConfigError, SignatureError
+
+#: A PEM key file is a few hundred bytes; anything larger is refused before it is read.
+MAX_KEY_FILE_BYTES = 64 << 10
 
 KeySource = Union[str, os.PathLike, bytes, Ed25519PublicKey, "PublicKey"]
 
@@ -84,11 +87,18 @@ def generate_keypair(out_dir: str | os.PathLike, name: str = "edgefleet", overwr
     return priv_path, pub_path
 
 
-def load_private_key(path: str | os.PathLike) -> PrivateKey:
+def _read_key_file(path: str | os.PathLike, what: str) -> bytes:
+    """A key file's bytes: a regular file (a FIFO or device is refused without blocking; a symlink to one
+    too) of at most :data:`MAX_KEY_FILE_BYTES`, else a :class:`ConfigError` naming it."""
     try:
-        data = Path(path).read_bytes()
+        return read_regular(path, MAX_KEY_FILE_BYTES, follow_symlinks=True, error=ConfigError,
+                            what=f"{what} {path}")
     except OSError as exc:
-        raise ConfigError(f"cannot read private key {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def load_private_key(path: str | os.PathLike) -> PrivateKey:
+    data = _read_key_file(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -108,10 +118,7 @@ def load_public_key(source: KeySource) -> PublicKey:
         data, where = source, "key bytes"
     else:
         where = str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read public key {where}: {exc.strerror}") from exc
+        data = _read_key_file(source, "public key")
     if len(data) == 32:
         return PublicKey(Ed25519PublicKey.from_public_bytes(data))
     try:

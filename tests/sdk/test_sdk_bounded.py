@@ -390,6 +390,44 @@ def test_symlink_to_dev_zero_is_not_read(signed_bundle: Path, capsys: Any, keypa
     _one_line(err)
 
 
+@pytest.mark.parametrize("kind", ["public", "private"])
+def test_fifo_key_file_does_not_hang(tmp_path: Path, capsys: Any, signed_bundle: Path, kind: str) -> None:
+    """A key path that is a FIFO (or a symlink to one) is refused at once, never waited on."""
+    from edgefleet.keys import load_public_key
+
+    fifo = tmp_path / f"key.{kind}"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.pub"
+    link.symlink_to(fifo)
+    load = load_public_key if kind == "public" else load_private_key
+    for p in (fifo, link):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            _unblocks(lambda p=p: load(p), [fifo])
+    if kind == "public":  # the CLI: one line, the config error's exit code
+        rc, err = _unblocks(lambda: _cli(["verify", str(signed_bundle), "--pub", str(fifo)], capsys), [fifo])
+        assert rc == ConfigError.exit_code and str(fifo) in err
+        _one_line(err)
+
+
+@pytest.mark.parametrize("kind", ["public", "private"])
+def test_huge_key_file_is_refused_without_reading_it(tmp_path: Path, kind: str) -> None:
+    """A 4 GiB (sparse) key file, or /dev/zero, is refused from its size before a byte is read."""
+    from edgefleet.keys import MAX_KEY_FILE_BYTES, load_public_key
+
+    huge = tmp_path / "huge.pem"
+    with open(huge, "wb") as fh:
+        fh.truncate(4 << 30)
+    zero = tmp_path / "zero.pub"
+    zero.symlink_to("/dev/zero")
+    load = load_public_key if kind == "public" else load_private_key
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=f"larger than the {MAX_KEY_FILE_BYTES}-byte cap"):
+        load(huge)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load(zero)
+    assert time.monotonic() - t0 < 1.0
+
+
 def test_many_extra_files_give_a_short_message(signed_bundle: Path) -> None:
     for i in range(600):
         (signed_bundle / f"extra{i:05d}.bin").touch()
