@@ -247,6 +247,18 @@ def test_hash_mismatch_extra_bytes_and_unlisted_version_refused(device: Callable
         assert agent.install(tbundles["cam2"], repo=repo).status is JobStatus.SUCCEEDED
 
 
+def test_a_bundle_directory_is_refused_archive_required(device: Callable[..., AgentConfig], repo: Path,
+                                                       tbundles: dict[str, Path]) -> None:
+    """A signed target is an archive's length and sha256: a device in TUF mode installs the .efb itself, never
+    a bundle directory (whose bytes no target names), even one that holds the very same signed bundle."""
+    with Agent(device()) as agent:
+        assert agent.install(tbundles["cam1"], repo=repo).status is JobStatus.SUCCEEDED
+        directory = tbundles["cam2"].with_suffix("")
+        assert directory.is_dir()
+        assert ".efb archive" in refused(agent, directory, repo, "archive_required")
+        assert agent.install(tbundles["cam2"], repo=repo).status is JobStatus.SUCCEEDED
+
+
 def test_without_tuf_mode_a_repository_is_a_config_error(agent_config: Any, bundles: dict[str, Path],
                                                          repo: Path) -> None:
     with Agent(agent_config()) as agent:
