@@ -30,15 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
+from edgefleet.childenv import child_env
 from edgefleet.errors import ConfigError
 
 _QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
-def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower processes: phone-home off, this interpreter's ``bin/`` first on PATH
-    (SuperLink/SuperNode start ``flower-superexec`` by name)."""
-    env = dict(os.environ)
+def flower_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: only the harmless variables of ``base`` (default ``os.environ``;
+    :func:`edgefleet.childenv.child_env`'s allow-list, so an agent's MQTT password or an operator's token
+    never reaches a SuperNode or its ClientApps), phone-home off, this interpreter's ``bin/`` first on PATH
+    (SuperLink/SuperNode start ``flower-superexec`` by name), then ``extra``."""
+    env = child_env(base=base)
     env.update(_QUIET_ENV)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")

@@ -1,12 +1,17 @@
-"""The environment of the processes the coordinator starts: built explicitly, never inherited whole.
+"""The environment of the processes edgefleet starts: built explicitly, never inherited whole.
 
 ``cloud serve`` holds secrets in its environment (``EDGEFLEET_TOKEN``, the admin API token;
-``EDGEFLEET_SIGNING_KEY``; ``EDGEFLEET_MQTT_PASSWORD``). Its children - the supervised
-``flower-superlink`` (and the ``flower-superexec``/ServerApp processes it starts), the runs
-started on drift and the ``flwr run`` they submit with - need none of them: a run is given
-its own deploy-scoped token explicitly (see :mod:`.federated.autorun`). :func:`child_env`
-keeps only what a Python/Flower/TensorFlow process needs to run (locale, paths, proxies,
-``FLWR_*``/``TF_*``-style settings) plus the variables passed to it.
+``EDGEFLEET_SIGNING_KEY``; ``EDGEFLEET_MQTT_PASSWORD``), and so may a device agent (its MQTT
+credentials, an operator's token or key left in the shell it was started from). Their children - the
+coordinator's supervised ``flower-superlink`` (and the ``flower-superexec``/ServerApp processes it
+starts), the runs started on drift and the ``flwr run`` they submit with, and a device's
+``flower-supernode`` with its ClientApps - need none of them: a run is given its own deploy-scoped
+token explicitly (see ``cloud_sync.federated.autorun``). :func:`child_env` keeps only what a
+Python/Flower/TensorFlow process needs to run (locale, paths, proxies, ``FLWR_*``/``TF_*``-style
+settings) plus the variables passed to it.
+
+It lives in the SDK (``edgefleet.childenv``) so that the device agent, which may import nothing
+of ``cloud_sync``, uses the same allow-list as the coordinator.
 """
 
 from __future__ import annotations
