@@ -253,6 +253,7 @@ class Agent:
         self._shadow: _Shadow | None = None
         self._rollback_order: Mapping[str, Any] | None = None
         self._repo: str | None = None
+        self._tuf_client: Any = None  # TUF mode: the metadata the current job's archive was checked against
         self._slot: _Slot | None = None
         self._generation = -1
         self._last_flush = time.monotonic()
@@ -580,6 +581,7 @@ class Agent:
             standby.retire()
         self._rollback_order = None
         self._repo = None
+        self._tuf_client = None
         self.jobs.prune()
 
     def _entry(self, object_id: str) -> Entry:
@@ -648,7 +650,8 @@ class Agent:
                 try:
                     accepted = check_rollback_order(
                         self._rollback_order or {}, object_id, self.trusted_keys, cfg.device_id, ledger=ledger,
-                        clock=ClockPolicy(cfg.update.clock, cfg.update.clock_skew_seconds))
+                        clock=ClockPolicy(cfg.update.clock, cfg.update.clock_skew_seconds),
+                        verify=self._order_verifier() if self.tuf_mode else None)
                     ledger.record(accepted.order_id, accepted.issued_at, signed=accepted.signed)
                 except UpdateRejectedError as exc:
                     return refuse(exc.reason, str(exc))
@@ -677,6 +680,16 @@ class Agent:
     def tuf_mode(self) -> bool:
         """Whether this device holds a pinned TUF root: every install is then checked against TUF metadata."""
         return tuf_mode.provisioned(self.root)
+
+    def _order_verifier(self) -> Any:
+        """TUF mode: rollback orders must be signed by a threshold of the repository's rollback role (python-tuf,
+        from the metadata this job's archive was checked against, else refreshed now); flat keys do not count."""
+        client = self._tuf_client
+        if client is None:
+            cfg = self.config
+            client = tuf_mode.refreshed_client(self.root, self._repo, fetcher=self.tuf_fetcher,
+                                               clock=cfg.update.clock, clock_skew=cfg.update.clock_skew_seconds)
+        return tuf_mode.order_verifier(client)
 
     def _stage_tuf(self, source: str) -> Any:
         """TUF mode: the signed target (length, sha256) is checked before anything is staged, then the
@@ -709,6 +722,7 @@ class Agent:
             if staged.bundle.signer is not None:
                 tuf_mode.remember_key(self.root, staged.bundle.signer)
             checked.client.done()
+            self._tuf_client = checked.client
             self.telemetry.event("tuf_verified", {"target": checked.target, "sha256": checked.sha256,
                                                   "signer": staged.bundle.signer.key_id if staged.bundle.signer
                                                   else None})

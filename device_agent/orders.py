@@ -3,12 +3,18 @@
 An order names one exact bundle (the sha256 of its manifest), optionally one
 device, a random ``order_id``, the time it was issued and an expiry, and is
 signed with a fleet key (the same Ed25519 signature document as bundles, over
-the canonical JSON of the order)::
+the canonical JSON of the order; signed by several keys, ``signatures`` lists them
+all and ``signature`` is the first)::
 
     {"order": {"type": "edgefleet.rollback", "manifest_sha256": "...", "name": "m",
                "version": "3", "device_id": "", "order_id": "9f…", "issued_at": 1764230000.1,
                "expires_at": 1764834800.1},
      "signature": {"algorithm": "ed25519", "key_id": "...", "signature": "..."}}
+
+**Who may sign.** A device without a TUF root verifies ``signature`` against its
+flat trusted keys (``--trust``). A device in TUF mode ignores those: the order must be
+signed by a threshold of the keys of the repository's ``rollback`` role
+(:func:`edgefleet.device_agent.tuf_mode.order_verifier`, python-tuf), given as ``verify``.
 
 **Single use.** The device keeps every order it has executed in
 ``STATE_DIR/orders.json`` (:class:`OrderLedger`, written atomically and fsynced
@@ -76,14 +82,15 @@ _now: Callable[[], float] = time.time  # the device's clock (tests replace it)
 
 
 def make_rollback_order(
-    private_key: PrivateKey,
+    private_key: PrivateKey | Sequence[PrivateKey],
     bundle_dir: str | os.PathLike,
     device_id: str = "",
     expires_in: float | None = DEFAULT_ORDER_TTL,
 ) -> dict[str, Any]:
     """Sign an order allowing ``bundle_dir`` (typically an older version) to be installed, once.
 
-    ``expires_in`` seconds from now (``None`` or 0: no expiry; it is still single-use)."""
+    ``expires_in`` seconds from now (``None`` or 0: no expiry; it is still single-use). Several keys
+    (a threshold of the TUF rollback role's) each sign it: ``signatures`` lists them all."""
     raw = (Path(bundle_dir) / MANIFEST_NAME).read_bytes()
     doc = json.loads(raw)
     now = time.time()
@@ -97,7 +104,20 @@ def make_rollback_order(
         "issued_at": now,
         "expires_at": now + expires_in if expires_in else 0,
     }
-    return {"order": order, "signature": sign_payload(private_key, canonical_json(order))}
+    return sign_order(order, private_key)
+
+
+def sign_order(order: Mapping[str, Any], keys: PrivateKey | Sequence[PrivateKey]) -> dict[str, Any]:
+    """``{"order": order, "signature": first}`` (and ``"signatures": [all]`` for more than one key)."""
+    signers = [keys] if isinstance(keys, PrivateKey) else list(keys)
+    if not signers:
+        raise ValueError("an order needs at least one signing key")
+    payload = canonical_json(dict(order))
+    sigs = [sign_payload(k, payload) for k in signers]
+    doc: dict[str, Any] = {"order": dict(order), "signature": sigs[0]}
+    if len(sigs) > 1:
+        doc["signatures"] = sigs
+    return doc
 
 
 # -- the clock -----------------------------------------------------------------------------------------------------
@@ -257,22 +277,28 @@ def check_rollback_order(
     clock: ClockPolicy | None = None,
     floor: float | None = None,
     synchronized: bool | None = None,
+    verify: Callable[[Mapping[str, Any], bytes], None] | None = None,
 ) -> AcceptedOrder:
     """Raise ``UpdateRejectedError`` unless the order allows exactly this bundle, now, for the first time.
 
     Reasons: ``bad_rollback_order`` (signature, type, bundle, device, no issue time), ``order_replayed``,
     ``order_not_yet_valid``, ``order_expired``. The caller records the returned order in the ledger
-    before acting on it."""
+    before acting on it. ``verify(doc, payload)`` (TUF mode: the rollback role's keys, see
+    :func:`edgefleet.device_agent.tuf_mode.order_verifier`) replaces the check against ``trusted`` and
+    raises ``UpdateRejectedError`` with its own reason."""
     def refuse(msg: str, reason: str = "bad_rollback_order") -> UpdateRejectedError:
         return UpdateRejectedError(f"rollback order refused: {msg}", reason=reason)
 
     if not isinstance(doc, Mapping) or not isinstance(doc.get("order"), Mapping):
         raise refuse("not an order document")
     order = dict(doc["order"])
-    try:
-        verify_payload(dict(doc.get("signature") or {}), canonical_json(order), list(trusted))
-    except (SignatureError, TypeError, ValueError) as exc:
-        raise refuse(str(exc)) from None
+    if verify is not None:
+        verify(doc, canonical_json(order))
+    else:
+        try:
+            verify_payload(dict(doc.get("signature") or {}), canonical_json(order), list(trusted))
+        except (SignatureError, TypeError, ValueError) as exc:
+            raise refuse(str(exc)) from None
     if order.get("type") != ORDER_TYPE:
         raise refuse(f"type is {order.get('type')!r}")
     if order.get("manifest_sha256") != manifest_id:
@@ -304,4 +330,4 @@ def _number(v: Any) -> bool:
 
 __all__ = ["ORDER_TYPE", "LEDGER_NAME", "CLOCK_MODES", "DEFAULT_CLOCK_SKEW", "DEFAULT_ORDER_TTL", "ClockPolicy",
            "OrderLedger", "AcceptedOrder", "check_time_bounds", "check_rollback_order", "clock_synchronized",
-           "make_rollback_order"]
+           "make_rollback_order", "sign_order"]

@@ -17,6 +17,13 @@ delegated to that model; the store then requires the bundle's signature to be by
 them. Every TUF check is python-tuf's (through :class:`edgefleet.trust.TrustClient`); each
 :class:`~edgefleet.errors.TrustError` becomes a named job reason (:func:`trust_reason`).
 Without a pinned root nothing here runs and installs behave as before.
+
+Rollback orders in TUF mode (local ``agent install --rollback-order`` and the coordinator's over MQTT)
+are accepted only when signed by a threshold of the keys of the repository's ``rollback`` role, as
+python-tuf verified them in the refreshed top-level targets (:func:`order_verifier`); the device's flat
+trusted keys, a model key or the online key do not count. Refusals: ``no_rollback_role`` (the repository
+delegates none), ``order_key_not_delegated`` (no signature by a rollback key), ``order_threshold``
+(some, fewer than the role's threshold), or the metadata's own reason.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from edgefleet.errors import (
     BundleFormatError,
@@ -262,6 +269,62 @@ def _signed_target(state_dir: str | os.PathLike, fetcher: Any, model: str, versi
         now = _EPOCH  # expiry is checked at the clock floor (the last successful verification)
     client = TrustClient(tuf_dir(state_dir), fetcher, None, clock_skew=dt.timedelta(seconds=clock_skew), now=now)
     return client, client.get_target(model, version)
+
+
+def refreshed_client(state_dir: str | os.PathLike, repo: str | os.PathLike | None, *, fetcher: Any = None,
+                     clock: str = "system", clock_skew: float = 300.0, now: dt.datetime | None = None) -> Any:
+    """A :class:`edgefleet.trust.TrustClient` over the device's trusted state whose metadata python-tuf has
+    refreshed from ``repo`` (a directory, or a job's metadata mirror) or ``fetcher``; refusals are
+    ``UpdateRejectedError`` with their named reason."""
+    from edgefleet.trust import METADATA_DIR, TrustClient, make_repo_fetcher
+
+    if fetcher is None:
+        if repo is None or not (Path(repo) / METADATA_DIR).is_dir():
+            raise UpdateRejectedError("this device verifies rollback orders against TUF metadata: give the "
+                                      "repository (--repo DIR)", reason="no_repository")
+        fetcher = make_repo_fetcher(repo)
+    if now is None and clock == "none":
+        now = _EPOCH
+    try:
+        client = TrustClient(tuf_dir(state_dir), fetcher, None, clock_skew=dt.timedelta(seconds=clock_skew), now=now)
+        client.refresh()
+    except TrustError as exc:
+        raise UpdateRejectedError(f"{exc}", reason=trust_reason(exc)) from None
+    except ConfigError as exc:
+        raise UpdateRejectedError(str(exc), reason="untrusted_metadata") from None
+    return client
+
+
+def order_signatures(doc: Mapping[str, Any]) -> list[Any]:
+    """The signature documents an order carries: ``signature`` and, for a threshold, ``signatures``."""
+    from edgefleet.trust import MAX_ORDER_SIGNATURES
+
+    out: list[Any] = []
+    if isinstance(doc.get("signature"), Mapping):
+        out.append(doc["signature"])
+    extra = doc.get("signatures")
+    if isinstance(extra, list):
+        out.extend(extra[:MAX_ORDER_SIGNATURES])
+    return out
+
+
+def order_verifier(client: Any) -> Callable[[Mapping[str, Any], bytes], None]:
+    """``verify(doc, payload)`` for the order checks (``device_agent.orders.check_rollback_order``,
+    ``cloud_sync.orders.check_order``): the order must be signed by a threshold of the rollback role's keys
+    (python-tuf's ``get_verification_result`` on the refreshed, verified top-level targets)."""
+    def verify(doc: Mapping[str, Any], payload: bytes) -> None:
+        try:
+            client.verify_rollback_order(payload, order_signatures(doc))
+        except UnknownModelError as exc:
+            raise UpdateRejectedError(f"rollback order refused: {exc}", reason="no_rollback_role") from None
+        except ThresholdError as exc:
+            result = getattr(exc, "result", None)
+            reason = "order_threshold" if result is not None and result.signed else "order_key_not_delegated"
+            raise UpdateRejectedError(f"rollback order refused: {exc}", reason=reason) from None
+        except TrustError as exc:
+            raise UpdateRejectedError(f"rollback order refused: {exc}", reason=trust_reason(exc)) from None
+
+    return verify
 
 
 @dataclass(frozen=True)

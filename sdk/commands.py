@@ -424,9 +424,11 @@ def _register_trust(ksub: Any, sub: Any) -> None:
     expiry_flags(dg, "targets-expires", "snapshot-expires", "timestamp-expires")
     dg.set_defaults(func=cmd_keys_delegate)
 
-    rv = ksub.add_parser("revoke", help="remove a key from model NAME and record it as revoked")
+    rv = ksub.add_parser("revoke", help="remove a key from model NAME (or the rollback role) and record it as revoked")
     rv.add_argument("--repo", required=True)
-    rv.add_argument("--model", required=True)
+    which = rv.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model")
+    which.add_argument("--rollback", action="store_true", help="revoke a key of the rollback role (rollback orders)")
     rv.add_argument("--key", action="append", required=True, help="the key to revoke (.pub; repeatable)")
     rv.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
     rv.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
@@ -444,6 +446,16 @@ def _register_trust(ksub: Any, sub: Any) -> None:
     ad.add_argument("--online-key", help="online private key: update snapshot and timestamp now")
     expiry_flags(ad, "expires", "snapshot-expires", "timestamp-expires")
     ad.set_defaults(func=cmd_repo_add)
+
+    dr = rsub.add_parser("delegate-rollback",
+                         help="delegate the rollback role (no paths: signs rollback orders only, never a bundle)")
+    dr.add_argument("key", nargs="+", help="rollback-order signing key(s) (.pub): the coordinator's --signing-key")
+    dr.add_argument("--repo", required=True)
+    dr.add_argument("--threshold", type=int, help="signatures of the rollback keys an order needs (default 1)")
+    dr.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
+    dr.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
+    expiry_flags(dr, "targets-expires", "snapshot-expires", "timestamp-expires")
+    dr.set_defaults(func=cmd_repo_delegate_rollback)
 
     pb = rsub.add_parser("publish", help="sign a fresh timestamp (and snapshot if needed); run it periodically")
     pb.add_argument("--repo", required=True)
@@ -503,11 +515,11 @@ def cmd_keys_delegate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from .trust import load_key_arg, revoke
+    from .trust import ROLLBACK_ROLE, load_key_arg, revoke
 
     exp = _expiries(args)
     return _report(revoke(
-        args.repo, args.model, [load_key_arg(k) for k in args.key], [load_key_arg(k) for k in args.root_key],
+        args.repo, ROLLBACK_ROLE if args.rollback else args.model, [load_key_arg(k) for k in args.key], [load_key_arg(k) for k in args.root_key],
         load_key_arg(args.online_key) if args.online_key else None,
         exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
     ))
@@ -521,6 +533,17 @@ def cmd_repo_add(args: argparse.Namespace) -> int:
         args.repo, args.bundle, [load_key_arg(k) for k in args.key],
         load_key_arg(args.online_key) if args.online_key else None,
         args.delta, args.delta_base, exp["expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+    ))
+
+
+def cmd_repo_delegate_rollback(args: argparse.Namespace) -> int:
+    from .trust import delegate_rollback, load_key_arg
+
+    exp = _expiries(args)
+    return _report(delegate_rollback(
+        args.repo, [load_key_arg(k) for k in args.key], [load_key_arg(k) for k in args.root_key], args.threshold,
+        load_key_arg(args.online_key) if args.online_key else None,
+        exp["targets_expires"], exp["snapshot_expires"], exp["timestamp_expires"],
     ))
 
 

@@ -28,6 +28,15 @@ Keys and roles:
   target it lists outside ``NAME/*`` is never consulted. ``keys revoke`` removes a key
   from a role and records it (with the public key) under ``x-edgefleet-revoked`` in the
   signed targets metadata, so a refusal can say "revoked" rather than "unknown key".
+- **rollback** (``repo delegate-rollback``): the role whose keys sign rollback orders (the
+  coordinator's ``--signing-key``), delegated from top-level targets with its own keys and
+  threshold. It delegates *no paths* (``paths: []``), so its keys list no target and sign no
+  bundle; no model key, root key or online key may be one of its keys, nor one of its keys a
+  model key. It has no metadata file of its own: its keys and threshold are in the signed
+  top-level targets, which a device refreshes with python-tuf, and a device in TUF mode
+  accepts a rollback order only when python-tuf finds a threshold of this role's keys among
+  the order's signatures (:meth:`TrustClient.verify_rollback_order`). ``rollback`` is
+  therefore not a model name.
 - **snapshot and timestamp**: the coordinator's online key only, which appears in no
   other role (root-init and rotate-root refuse it as a root key, delegate as a model key).
   Short expiry (timestamp 1 day, snapshot 7 days by default); ``repo publish`` re-signs
@@ -95,6 +104,10 @@ UTC = dt.timezone.utc
 METADATA_DIR = "metadata"
 TARGETS_DIR = "targets"
 TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
+#: The delegated role whose keys sign rollback orders (no paths: it signs no target).
+ROLLBACK_ROLE = "rollback"
+#: Signatures an order may carry (a threshold of the rollback role's keys); more is malformed.
+MAX_ORDER_SIGNATURES = 16
 REVOKED_FIELD = "x-edgefleet-revoked"
 DEFAULT_CLOCK_SKEW = dt.timedelta(minutes=5)
 CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=UTC)
@@ -215,8 +228,8 @@ def _check_model_name(model: str) -> str:
         check_name(model, "model name")
     except BundleFormatError as exc:
         raise ConfigError(str(exc)) from None
-    if model in TOP_LEVEL_ROLES:
-        raise ConfigError(f"model name {model!r} is reserved for a top-level TUF role")
+    if model in TOP_LEVEL_ROLES or model == ROLLBACK_ROLE:
+        raise ConfigError(f"model name {model!r} is reserved for a TUF role")
     return model
 
 
@@ -400,8 +413,9 @@ class Repository:
         return self.load("targets")
 
     def model_roles(self) -> dict[str, Any]:
+        """The delegated model roles (every delegation but the rollback role's)."""
         dl = self.top_targets().signed.delegations
-        return dict(dl.roles) if dl is not None and dl.roles else {}
+        return {k: v for k, v in dl.roles.items() if k != ROLLBACK_ROLE} if dl is not None and dl.roles else {}
 
 
 def _sign(md: Metadata, signers: Sequence[PrivateKey]) -> None:
@@ -583,6 +597,10 @@ def delegate(
                 raise ConfigError(f"{k.source} is a root or online key; a model key must sign nothing else")
         t_md = r.top_targets()
         t = t_md.signed
+        for k in keys:
+            if k.keyid in _rollback_keyids(t):
+                raise ConfigError(f"{k.source} is a rollback-order key (role {ROLLBACK_ROLE!r}); a model key must "
+                                  "sign nothing else")
         revoked = _revoked(t).get(model, {})
         for k in keys:
             if k.keyid in revoked:
@@ -620,8 +638,9 @@ def revoke(
     snapshot_expires: dt.timedelta = DEFAULT_EXPIRY["snapshot"],
     timestamp_expires: dt.timedelta = DEFAULT_EXPIRY["timestamp"],
 ) -> Published:
-    """Remove ``keys`` from model ``model``'s role and record them as revoked."""
-    model = _check_model_name(model)
+    """Remove ``keys`` from model ``model``'s role (or the rollback role, ``ROLLBACK_ROLE``) and record them
+    as revoked."""
+    model = model if model == ROLLBACK_ROLE else _check_model_name(model)
     r = Repository(repo)
     published = Published()
     with r.locked():
@@ -666,7 +685,83 @@ def _resign_targets(r: Repository, t_md: Metadata, root: Any, root_keys: Sequenc
 
 def _key_models(targets: Any, keyid: str) -> list[str]:
     roles = targets.delegations.roles if targets.delegations is not None and targets.delegations.roles else {}
-    return sorted(name for name, role in roles.items() if keyid in role.keyids)
+    return sorted(name for name, role in roles.items() if keyid in role.keyids and name != ROLLBACK_ROLE)
+
+
+def _rollback_keyids(targets: Any) -> set[str]:
+    roles = targets.delegations.roles if targets.delegations is not None and targets.delegations.roles else {}
+    role = roles.get(ROLLBACK_ROLE)
+    return set(role.keyids) if role is not None else set()
+
+
+def delegate_rollback(
+    repo: str | os.PathLike,
+    keys: Sequence[KeyArg],
+    root_keys: Sequence[KeyArg],
+    threshold: int | None = None,
+    online_key: KeyArg | None = None,
+    expires: dt.timedelta = DEFAULT_EXPIRY["targets"],
+    snapshot_expires: dt.timedelta = DEFAULT_EXPIRY["snapshot"],
+    timestamp_expires: dt.timedelta = DEFAULT_EXPIRY["timestamp"],
+) -> Published:
+    """Delegate the rollback role (``ROLLBACK_ROLE``: no paths, terminating) to ``keys``: the keys that sign
+    rollback orders (the coordinator's ``--signing-key``). A root, online or model key is refused: a
+    rollback key signs nothing else, and since the role delegates no path it can list no target."""
+    from tuf.api.metadata import DelegatedRole, Delegations
+
+    keys = _unique(keys, "rollback")
+    if not keys:
+        raise ConfigError("give at least one rollback key (KEY.pub)")
+    r = Repository(repo)
+    published = Published()
+    with r.locked():
+        root = r.root().signed
+        reserved = set(root.roles["root"].keyids) | set(root.roles["snapshot"].keyids) | set(root.roles["timestamp"].keyids)
+        t_md = r.top_targets()
+        t = t_md.signed
+        revoked = _revoked(t).get(ROLLBACK_ROLE, {})
+        for k in keys:
+            if k.keyid in reserved:
+                raise ConfigError(f"{k.source} is a root or online key; a rollback key must sign nothing else")
+            models = _key_models(t, k.keyid)
+            if models:
+                raise ConfigError(f"{k.source} is a key of model(s) {', '.join(models)}; a rollback key must sign "
+                                  "nothing else (it would sign bundles)")
+            if k.keyid in revoked:
+                raise RevokedKeyError(f"{k.source} was revoked for the rollback role; delegate a new key")
+        if t.delegations is None:
+            t.delegations = Delegations(keys={}, roles={})
+        assert t.delegations.roles is not None
+        if ROLLBACK_ROLE not in t.delegations.roles:
+            t.delegations.roles[ROLLBACK_ROLE] = DelegatedRole(
+                name=ROLLBACK_ROLE, keyids=[], threshold=threshold or 1, terminating=True, paths=[])
+        role = t.delegations.roles[ROLLBACK_ROLE]
+        if role.paths != []:
+            raise ConfigError(f"{r.path}: role {ROLLBACK_ROLE!r} delegates paths {role.paths}; it must delegate none")
+        for k in keys:
+            if k.keyid not in role.keyids:
+                t.add_key(tuf_key(k.public), ROLLBACK_ROLE)
+        if threshold is not None:
+            role.threshold = threshold
+        if not 1 <= role.threshold <= len(role.keyids):
+            raise ConfigError(f"threshold {role.threshold} for the rollback role: it has {len(role.keyids)} key(s)")
+        _resign_targets(r, t_md, root, root_keys, expires, published)
+        if online_key is not None and online_key.private is not None:
+            _publish(r, online_key, snapshot_expires, timestamp_expires, published)
+        else:
+            published.notes.append("takes effect at the next 'edgefleet repo publish'")
+    return published
+
+
+def rollback_keys(repo: str | os.PathLike) -> tuple[tuple[PublicKey, ...], int]:
+    """The rollback role's Ed25519 keys and threshold in the repository's newest targets (``(), 0``: none)."""
+    t = Repository(repo).top_targets().signed
+    roles = t.delegations.roles if t.delegations is not None and t.delegations.roles else {}
+    role = roles.get(ROLLBACK_ROLE)
+    if role is None:
+        return (), 0
+    assert t.delegations is not None and t.delegations.keys is not None
+    return tuple(pk for kid in role.keyids if (pk := edge_key(t.delegations.keys[kid])) is not None), role.threshold
 
 
 def add_bundle(
@@ -701,6 +796,9 @@ def add_bundle(
         for k in model_keys:
             if k.keyid in _revoked(t).get(name, {}):
                 raise RevokedKeyError(f"{k.source} was revoked for model {name!r}")
+            if k.keyid not in role.keyids and k.keyid in _rollback_keyids(t):
+                raise ThresholdError(f"{k.source} is a rollback-order key (role {ROLLBACK_ROLE!r}): it signs rollback "
+                                     f"orders only, never a bundle of model {name!r}")
             if k.keyid not in role.keyids:
                 others = _key_models(t, k.keyid)
                 if others:
@@ -1109,6 +1207,55 @@ class TrustClient:
         top = self._trusted("targets")
         role = top.delegations.roles[model]
         return tuple(pk for kid in role.keyids if (pk := edge_key(top.delegations.keys[kid])) is not None)
+
+    def verify_rollback_order(self, payload: bytes, signature_docs: Sequence[Any]) -> Any:
+        """python-tuf's verdict on a rollback order: ``payload`` (the canonical order) signed by a threshold
+        of the rollback role's keys, as the verified top-level targets delegate them. ``signature_docs``
+        are edgefleet signature documents (``{"algorithm": "ed25519", "key_id", "signature"}``); each one
+        naming a key of the role becomes a TUF signature by that key, the rest count for nothing.
+
+        Returns python-tuf's ``VerificationResult``. Raises :class:`UnknownModelError` when the repository
+        delegates no rollback role (or one that delegates paths), :class:`ThresholdError` when fewer than
+        its threshold of its keys signed (a flat trusted key, a model key or the online key is not one)."""
+        import base64
+        import binascii
+
+        from tuf.api.metadata import Signature
+
+        if self._updater is None:
+            self.refresh()
+        top = self._trusted("targets")
+        roles = top.delegations.roles if top.delegations is not None and top.delegations.roles else {}
+        role = roles.get(ROLLBACK_ROLE)
+        if role is None or role.paths != []:
+            raise UnknownModelError(f"the repository delegates no {ROLLBACK_ROLE!r} role (a role with no paths): no "
+                                    "key may sign rollback orders; run 'edgefleet repo delegate-rollback KEY.pub'")
+        by_edge_id = {}
+        for kid in role.keyids:
+            pk = edge_key(top.delegations.keys[kid])
+            if pk is not None:
+                by_edge_id[pk.key_id] = kid
+        sigs: dict[str, Signature] = {}
+        for doc in list(signature_docs)[:MAX_ORDER_SIGNATURES]:
+            if not isinstance(doc, Mapping) or doc.get("algorithm") != "ed25519":
+                continue
+            kid = by_edge_id.get(str(doc.get("key_id")))
+            if kid is None or kid in sigs:
+                continue
+            try:
+                raw = base64.b64decode(str(doc.get("signature", "")), validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            sigs[kid] = Signature(kid, raw.hex())
+        result = top.get_verification_result(ROLLBACK_ROLE, payload, sigs)
+        if not result.verified:
+            err = ThresholdError(
+                f"signed by {len(result.signed)} of the {ROLLBACK_ROLE!r} role's keys, threshold {result.threshold} "
+                f"(keys {', '.join(sorted(by_edge_id)) or 'none'}): a flat trusted key, a model key or the online "
+                "key does not sign rollback orders")
+            err.result = result  # type: ignore[attr-defined]
+            raise err
+        return result
 
     def check_file(self, info: Any, path: str | os.PathLike, copy_to: str | os.PathLike | None = None) -> str:
         """Length first (no hashing of endless data), then python-tuf's length+hash check.

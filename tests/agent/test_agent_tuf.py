@@ -27,7 +27,7 @@ from edgefleet.trust import KeyArg, Repository, load_key_arg
 
 UTC = dt.timezone.utc
 X = np.random.default_rng(5).normal(size=(2, 4)).astype(np.float32)
-KEY_NAMES = ("r1", "r2", "online", "cam", "door", "evil")
+KEY_NAMES = ("r1", "r2", "online", "cam", "door", "evil", "rb", "rb2")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def tbundles(tmp_path_factory: pytest.TempPathFactory, tkeys: dict[str, Any]) ->
         ("cam3", "cam", "3.0.0", "cam", 3),
         ("cam2_evil", "cam", "2.0.0", "evil", 4),
         ("cam2_online", "cam", "2.0.0", "online", 5),
+        ("cam2_rb", "cam", "2.0.0", "rb", 8),
         ("door1", "door", "1.0.0", "door", 6),
         ("door5", "door", "5.0.0", "door", 7),
     ]:
@@ -64,12 +65,13 @@ def tbundles(tmp_path_factory: pytest.TempPathFactory, tkeys: dict[str, Any]) ->
 @pytest.fixture()
 def repo(tmp_path: Path, tkeys: dict[str, Any], tbundles: dict[str, Path]) -> Path:
     """root r1+r2 (threshold 2); online key for snapshot/timestamp; cam -> cam key, door -> door key;
-    cam 1.0.0, cam 2.0.0, door 1.0.0 and door 5.0.0 published."""
+    rollback orders -> rb key (threshold 1); cam 1.0.0, cam 2.0.0, door 1.0.0 and door 5.0.0 published."""
     r = tmp_path / "repo"
     roots = [tkeys["r1"], tkeys["r2"]]
     trust.init_repository(r, roots, 2, tkeys["online.pub"])
     trust.delegate(r, "cam", [tkeys["cam.pub"]], roots)
     trust.delegate(r, "door", [tkeys["door.pub"]], roots)
+    trust.delegate_rollback(r, [tkeys["rb.pub"]], roots)
     for tag, key in (("cam1", "cam"), ("cam2", "cam"), ("door1", "door"), ("door5", "door")):
         trust.add_bundle(r, tbundles[tag], [tkeys[key]], tkeys["online"])
     return r
@@ -268,14 +270,19 @@ def test_without_tuf_mode_a_repository_is_a_config_error(agent_config: Any, bund
             agent.install(bundles["2"], repo=repo)
 
 
+def _key(tkeys: dict[str, Any], *names: str) -> Any:
+    keys = [load_private_key(tkeys["dir"] / f"{n}.key") for n in names]
+    return keys[0] if len(keys) == 1 else keys
+
+
 def test_rollback_order_in_tuf_mode_still_needs_the_signed_target(device: Callable[..., AgentConfig], repo: Path,
                                                                    tbundles: dict[str, Path],
                                                                    tkeys: dict[str, Any]) -> None:
-    """An older version comes back only with a signed, single-use order (flat keys, as before) AND
+    """An older version comes back only with a single-use order signed by the repository's rollback role AND
     as a signed target of the device's model (the TUF check runs first)."""
     from edgefleet.device_agent.orders import make_rollback_order
 
-    order = make_rollback_order(load_private_key(tkeys["dir"] / "online.key"), tbundles["cam1"].with_suffix(""))
+    order = make_rollback_order(_key(tkeys, "rb"), tbundles["cam1"].with_suffix(""))
     with Agent(device()) as agent:
         for tag in ("cam1", "cam2"):
             assert agent.install(tbundles[tag], repo=repo).status is JobStatus.SUCCEEDED
@@ -288,10 +295,121 @@ def test_rollback_order_in_tuf_mode_still_needs_the_signed_target(device: Callab
         flipped[len(flipped) // 2] ^= 1
         bad = tbundles["cam1"].parent / "flipped-cam1.efb"
         bad.write_bytes(bytes(flipped))
-        fresh = make_rollback_order(load_private_key(tkeys["dir"] / "online.key"), tbundles["cam1"].with_suffix(""))
+        fresh = make_rollback_order(_key(tkeys, "rb"), tbundles["cam1"].with_suffix(""))
         refused(agent, bad, repo, "target_mismatch", serving="2.0.0")
         assert agent.install(bad, repo=repo, rollback_order=fresh).reason == "target_mismatch"
         assert agent.active_version == "2.0.0"
+
+
+def test_rollback_order_signed_by_a_flat_or_model_key_refused_in_tuf_mode(
+        device: Callable[..., AgentConfig], repo: Path, tbundles: dict[str, Path], tkeys: dict[str, Any]) -> None:
+    """Finding 5: the flat keys the device trusts (a fleet key, the coordinator's online key), the model's own
+    delegated key and the root keys do not sign rollback orders on a TUF device: only the rollback role does.
+    Without TUF the same device accepts a flat-key order, as before."""
+    from edgefleet.device_agent.orders import make_rollback_order
+
+    cam1 = tbundles["cam1"].with_suffix("")
+    with Agent(device()) as agent:
+        for tag in ("cam1", "cam2"):
+            assert agent.install(tbundles[tag], repo=repo).status is JobStatus.SUCCEEDED
+        for signer in ("evil", "online", "cam", "r1"):
+            job = agent.install(tbundles["cam1"], repo=repo, rollback_order=make_rollback_order(_key(tkeys, signer), cam1))
+            assert job.status is JobStatus.REJECTED and job.reason == "order_key_not_delegated", (signer, job.message)
+            assert "signed by 0 of the 'rollback' role's keys, threshold 1" in job.message
+            assert agent.active_version == "2.0.0"
+        # a rollback-key signature added to an order signed by others still counts (the threshold is 1)
+        both = make_rollback_order(_key(tkeys, "evil", "rb"), cam1)
+        assert agent.install(tbundles["cam1"], repo=repo, rollback_order=both).status is JobStatus.SUCCEEDED
+        assert agent.active_version == "1.0.0"
+
+
+def test_rollback_role_threshold_two_needs_two_signatures(device: Callable[..., AgentConfig], repo: Path,
+                                                          tbundles: dict[str, Path], tkeys: dict[str, Any]) -> None:
+    from edgefleet.device_agent.orders import make_rollback_order
+
+    roots = [tkeys["r1"], tkeys["r2"]]
+    trust.delegate_rollback(repo, [tkeys["rb2.pub"]], roots, threshold=2, online_key=tkeys["online"])
+    cam1 = tbundles["cam1"].with_suffix("")
+    with Agent(device()) as agent:
+        for tag in ("cam1", "cam2"):
+            assert agent.install(tbundles[tag], repo=repo).status is JobStatus.SUCCEEDED
+        for keys in (("rb",), ("rb2",), ("rb", "rb"), ("rb", "cam")):
+            job = agent.install(tbundles["cam1"], repo=repo, rollback_order=make_rollback_order(_key(tkeys, *keys), cam1))
+            assert job.status is JobStatus.REJECTED and job.reason == "order_threshold", (keys, job.message)
+            assert "signed by 1 of the 'rollback' role's keys, threshold 2" in job.message
+        job = agent.install(tbundles["cam1"], repo=repo, rollback_order=make_rollback_order(_key(tkeys, "rb", "rb2"),
+                                                                                             cam1))
+        assert job.status is JobStatus.SUCCEEDED and agent.active_version == "1.0.0", job.message
+
+
+def test_rollback_orders_need_a_rollback_role_and_a_revoked_rollback_key_no_longer_signs(
+        device: Callable[..., AgentConfig], repo: Path, tbundles: dict[str, Path], tkeys: dict[str, Any],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.device_agent.orders import make_rollback_order
+
+    roots = [tkeys["r1"], tkeys["r2"]]
+    cam1 = tbundles["cam1"].with_suffix("")
+    # the CLI: revoke the rollback key (recorded as revoked), then delegate another one
+    root_args = ["--root-key", str(tkeys["dir"] / "r1.key"), "--root-key", str(tkeys["dir"] / "r2.key")]
+    assert cli_main(["keys", "revoke", "--repo", str(repo), "--rollback", "--key", str(tkeys["dir"] / "rb.pub"),
+                     *root_args, "--online-key", str(tkeys["dir"] / "online.key")]) == 0
+    with Agent(device()) as agent:
+        for tag in ("cam1", "cam2"):
+            assert agent.install(tbundles[tag], repo=repo).status is JobStatus.SUCCEEDED
+        job = agent.install(tbundles["cam1"], repo=repo, rollback_order=make_rollback_order(_key(tkeys, "rb"), cam1))
+        assert job.status is JobStatus.REJECTED and job.reason == "order_key_not_delegated", job.message
+        assert cli_main(["repo", "delegate-rollback", str(tkeys["dir"] / "rb2.pub"), "--repo", str(repo), *root_args,
+                         "--online-key", str(tkeys["dir"] / "online.key")]) == 0
+        capsys.readouterr()
+        job = agent.install(tbundles["cam1"], repo=repo, rollback_order=make_rollback_order(_key(tkeys, "rb2"), cam1))
+        assert job.status is JobStatus.SUCCEEDED, job.message
+    with pytest.raises(trust.RevokedKeyError):
+        trust.delegate_rollback(repo, [tkeys["rb.pub"]], roots)
+    # a repository that delegates no rollback role: every order is refused, named
+    bare = tmp_path / "bare"
+    trust.init_repository(bare, roots, 2, tkeys["online.pub"])
+    trust.delegate(bare, "cam", [tkeys["cam.pub"]], roots)
+    for tag in ("cam1", "cam2"):
+        trust.add_bundle(bare, tbundles[tag], [tkeys["cam"]], tkeys["online"])
+    state = tmp_path / "bare-state"
+    state.mkdir()
+    tuf_mode.provision_root(state, bare / "metadata" / "1.root.json")
+    cfg = dataclasses.replace(device(), state_dir=str(state))
+    with Agent(cfg) as agent:
+        for tag in ("cam1", "cam2"):
+            assert agent.install(tbundles[tag], repo=bare).status is JobStatus.SUCCEEDED
+        job = agent.install(tbundles["cam1"], repo=bare, rollback_order=make_rollback_order(_key(tkeys, "rb"), cam1))
+        assert job.status is JobStatus.REJECTED and job.reason == "no_rollback_role", job.message
+        assert "delegate-rollback" in job.message and agent.active_version == "2.0.0"
+
+
+def test_the_rollback_key_cannot_sign_an_installable_bundle(device: Callable[..., AgentConfig], repo: Path,
+                                                            tbundles: dict[str, Path], tkeys: dict[str, Any]) -> None:
+    """Whoever holds the rollback key (the coordinator's --signing-key) cannot get a bundle installed: the
+    repository tooling refuses it as a model key and its bundles as targets; a target listed by the model's
+    own key whose bundle the rollback key signed is refused (key_not_delegated); the model's metadata signed
+    by the rollback key is below threshold."""
+    from edgefleet.errors import ThresholdError
+
+    roots = [tkeys["r1"], tkeys["r2"]]
+    by_rb = tbundles["cam2_rb"]
+    with pytest.raises(ThresholdError, match="rollback-order key"):
+        trust.add_bundle(repo, by_rb, [tkeys["rb"]], tkeys["online"])
+    with pytest.raises(ConfigError, match="rollback-order key"):
+        trust.delegate(repo, "cam", [tkeys["rb.pub"]], roots)
+    for k in ("cam.pub", "online.pub", "r1.pub"):  # and no model, online or root key becomes a rollback key
+        with pytest.raises(ConfigError, match="a rollback key must sign nothing else"):
+            trust.delegate_rollback(repo, [tkeys[k]], roots)
+    with pytest.raises(ConfigError, match="reserved"):
+        trust.delegate(repo, "rollback", [tkeys["evil.pub"]], roots)
+    with Agent(device(trusted_keys=(str(tkeys["dir"] / "rb.pub"),))) as agent:  # even as a flat trusted key
+        assert agent.install(tbundles["cam1"], repo=repo).status is JobStatus.SUCCEEDED
+        forge(repo, "cam", [tkeys["cam"]], list_target("cam/2.0.0.efb", by_rb))
+        trust.publish(repo, tkeys["online"])
+        refused(agent, by_rb, repo, "key_not_delegated")
+        forge(repo, "cam", [tkeys["rb"]], list_target("cam/2.0.0.efb", by_rb))
+        trust.publish(repo, tkeys["online"])
+        refused(agent, by_rb, repo, "metadata_threshold")
 
 
 # ---------------------------------------------------------------- provisioning and the CLI
