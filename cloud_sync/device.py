@@ -9,7 +9,9 @@
   an install is running waits for it to end.
 * A rollback runs only on a signed order (:mod:`.orders`) naming this device and
   job, newer than the last one executed; anything else is reported REJECTED with
-  the order's reason and the active version stays.
+  the order's reason and the active version stays. In TUF mode the order must be
+  signed by a threshold of the repository's rollback role, checked by python-tuf
+  against the metadata sent with the job (no metadata: ``no_repository``).
 * Bundles arrive in chunks (:mod:`.transfer`), kept on disk so a restart or a
   broker outage resumes; a bsdiff4 delta is used when offered against the
   archive the device holds, the full file otherwise or when the delta fails.
@@ -401,25 +403,31 @@ class DeviceSync:
         if not getattr(self.agent, "tuf_mode", False):
             return None
         from edgefleet.device_agent.tuf_mode import check_announced
-        from edgefleet.trust import write_mirror
 
         model = identity or d.model
         if not d.tuf or not model:
             raise UpdateRejectedError("this device verifies updates against TUF metadata and the job carries none "
                                       "(start the coordinator with --tuf-repo DIR)", reason="no_repository")
-        mirror = self.dir / "tuf-mirror"
-        try:
-            write_mirror(mirror, d.tuf)
-        except TrustError as exc:
-            raise UpdateRejectedError(str(exc), reason="metadata_invalid") from None
-        except OSError as exc:
-            raise UpdateRejectedError(f"cannot write the job's metadata: {exc}",
-                                      reason="disk_full" if exc.errno == 28 else "io_error") from None
+        mirror = self._write_mirror(d)
         upd = getattr(getattr(self.agent, "config", None), "update", None)
         checked = check_announced(self.agent.root, mirror, model, d.target_version, d.file.size,
                                   d.file.file_id, clock=getattr(upd, "clock", "system"),
                                   clock_skew=getattr(upd, "clock_skew_seconds", 300.0))
         log.info("job %s: %s is the signed target (%d bytes)", d.job_id, checked.target, checked.length)
+        return mirror
+
+    def _write_mirror(self, d: P.Desired) -> Path:
+        """The job's TUF metadata written where python-tuf reads it (names and sizes checked, content not trusted)."""
+        from edgefleet.trust import write_mirror
+
+        mirror = self.dir / "tuf-mirror"
+        try:
+            write_mirror(mirror, d.tuf or {})
+        except TrustError as exc:
+            raise UpdateRejectedError(str(exc), reason="metadata_invalid") from None
+        except OSError as exc:
+            raise UpdateRejectedError(f"cannot write the job's metadata: {exc}",
+                                      reason="disk_full" if exc.errno == 28 else "io_error") from None
         return mirror
 
     def _start_transfer(self, a: _Active, info: P.FileInfo, using_delta: bool) -> None:
@@ -514,11 +522,31 @@ class DeviceSync:
         else:
             self._report(a, "IN_PROGRESS", job.step.value, job.reason, job.message)
 
+    def _tuf_order_verifier(self, d: P.Desired) -> Any:
+        """TUF mode: the job's metadata, refreshed by python-tuf from the device's trusted state; the order must be
+        signed by a threshold of the repository's rollback role (the flat trusted keys do not count)."""
+        from edgefleet.device_agent.tuf_mode import order_verifier, refreshed_client
+
+        try:
+            if not d.tuf:
+                raise UpdateRejectedError("this device verifies rollback orders against TUF metadata and the job "
+                                          "carries none (start the coordinator with --tuf-repo DIR)",
+                                          reason="no_repository")
+            upd = getattr(getattr(self.agent, "config", None), "update", None)
+            client = refreshed_client(self.agent.root, self._write_mirror(d), clock=getattr(upd, "clock", "system"),
+                                      clock_skew=getattr(upd, "clock_skew_seconds", 300.0))
+        except UpdateRejectedError as exc:
+            raise OrderRefused(f"rollback order refused: {exc}", reason=exc.reason) from None
+        return order_verifier(client)
+
     def _check_order(self, d: P.Desired) -> RollbackOrder | None:
-        """Verify the signed order of a rollback job against the agent's trusted keys (see :mod:`.orders`)."""
+        """Verify the signed order of a rollback job against the agent's trusted keys, or in TUF mode against the
+        repository's rollback role (see :mod:`.orders`)."""
         keys = list(getattr(self.agent, "trusted_keys", []) or [])
         cfg = getattr(self.agent, "config", None)
         require = bool(getattr(cfg, "require_signature", True)) or bool(keys)
+        verify = self._tuf_order_verifier(d) if getattr(self.agent, "tuf_mode", False) else None
+        require = require or verify is not None
         ledger = getattr(self.agent, "orders", None)  # the agent's durable order ledger: last seq, signed-time floor
         if ledger is not None:
             ledger.reload()
@@ -531,7 +559,7 @@ class DeviceSync:
                            device_id=self.device_id, job_id=d.job_id, deployment_id=d.deployment_id,
                            to_version=d.rollback_to, last_seq=last_seq, last_job=last_job,
                            clock=getattr(upd, "clock", "auto"), skew=getattr(upd, "clock_skew_seconds", 300.0),
-                           floor=ledger.floor if ledger is not None else 0.0)
+                           floor=ledger.floor if ledger is not None else 0.0, verify=verify)
 
     def _rollback(self, a: _Active) -> None:
         d = a.desired

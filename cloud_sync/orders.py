@@ -1,9 +1,14 @@
 """Signed rollback orders: how the coordinator orders a device back to its previous version.
 
 The coordinator signs with the operator's key (``cloud serve --signing-key``, an
-Ed25519 PEM like the bundle key); the device verifies against the keys it trusts
-for bundles. The order travels in :class:`~edgefleet.cloud_sync.protocol.Desired`
-(``rollback_order``)::
+Ed25519 PEM like the bundle key). A device without a TUF root verifies it against its
+flat trusted keys; a device in TUF mode accepts it only when signed by a threshold of
+the keys of the TUF repository's ``rollback`` role (``edgefleet repo delegate-rollback``;
+the coordinator's ``--signing-key`` is that role's key, never a bundle key), checked by
+python-tuf against the metadata the coordinator sends with the rollback job
+(:func:`edgefleet.device_agent.tuf_mode.order_verifier`). Signed by several keys, the
+document lists them all in ``signatures`` (``signature`` is the first). The order
+travels in :class:`~edgefleet.cloud_sync.protocol.Desired` (``rollback_order``)::
 
     {"order": {"type": "edgefleet.fleet_rollback", "fleet": "f1", "device_id": "d0",
                "deployment_id": "…", "job_id": "…", "from_version": "2", "to_version": "1",
@@ -14,6 +19,9 @@ A device refuses an order, reporting the job REJECTED with one of these reasons:
 
 ``order_unsigned``      no order or no signature (and the device requires signatures)
 ``order_signature``     not signed by a trusted key, or altered after signing
+``order_key_not_delegated`` (TUF mode) signed by no key of the repository's rollback role
+``order_threshold``     (TUF mode) signed by fewer than the rollback role's threshold of its keys
+``no_rollback_role``    (TUF mode) the repository delegates no rollback role
 ``order_malformed``     fields missing or of the wrong type
 ``order_misaddressed``  another fleet or device
 ``order_mismatch``      the desired state around it names another job, deployment or version
@@ -39,7 +47,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from edgefleet.canonical import canonical_json
 from edgefleet.device_agent.orders import ClockPolicy, check_time_bounds
@@ -69,9 +77,13 @@ class RollbackOrder:
     def to_dict(self) -> dict[str, Any]:
         return {"type": ORDER_TYPE, **asdict(self)}
 
-    def sign(self, key: PrivateKey) -> dict[str, Any]:
+    def sign(self, key: PrivateKey | Sequence[PrivateKey]) -> dict[str, Any]:
+        """The signed document; several keys (a threshold of the TUF rollback role's) each sign it."""
         body = self.to_dict()
-        return {"order": body, "signature": sign_payload(key, canonical_json(body))}
+        sigs = [sign_payload(k, canonical_json(body)) for k in ([key] if isinstance(key, PrivateKey) else key)]
+        if not sigs:
+            raise ValueError("an order needs at least one signing key")
+        return {"order": body, "signature": sigs[0], **({"signatures": sigs} if len(sigs) > 1 else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RollbackOrder:
@@ -108,6 +120,7 @@ def check_order(
     skew: float = 300.0,
     floor: float = 0.0,
     synchronized: bool | None = None,
+    verify: Callable[[Mapping[str, Any], bytes], None] | None = None,
 ) -> RollbackOrder | None:
     """Verify an order for this device and job; raise :class:`OrderRefused` naming the reason.
 
@@ -116,11 +129,15 @@ def check_order(
     ``None`` is returned when there is no order; an order that is present must
     still name this device and job and be fresh.
     ``last_job`` is the job of ``last_seq``: resuming that same job after a restart
-    is not a replay.
+    is not a replay. ``verify(doc, payload)`` (TUF mode: the rollback role's keys, see
+    :func:`edgefleet.device_agent.tuf_mode.order_verifier`) replaces the check against ``trusted``;
+    a signature is then always required and its refusal reason is kept.
     """
     def refuse(reason: str, msg: str) -> OrderRefused:
         return OrderRefused(f"rollback order refused: {msg}", reason=reason)
 
+    if verify is not None:
+        require_signature = True
     if doc is None or (isinstance(doc, Mapping) and not doc.get("signature")):
         if require_signature:
             raise refuse("order_unsigned", "the coordinator sent no signed order (start it with --signing-key)")
@@ -129,7 +146,14 @@ def check_order(
     if not isinstance(doc, Mapping) or not isinstance(doc.get("order"), Mapping):
         raise refuse("order_malformed", "not an order document")
     body = dict(doc["order"])
-    if require_signature:
+    if verify is not None:
+        try:
+            verify(doc, canonical_json(body))
+        except OrderRefused:
+            raise
+        except UpdateRejectedError as exc:
+            raise OrderRefused(str(exc), reason=exc.reason) from None
+    elif require_signature:
         if not trusted:
             raise refuse("order_signature", "this device trusts no key to verify it with")
         try:

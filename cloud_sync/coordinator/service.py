@@ -147,7 +147,8 @@ class Coordinator:
         self._births: dict[str, float] = {}  # each device's latest birth
         transport.on_connect(self._reconnected)
         self.on_ingest: Callable[[int], None] | None = None
-        self.signing_key = signing_key  # edgefleet.keys.PrivateKey: signs rollback orders
+        # edgefleet.keys.PrivateKey, or several (a threshold of the TUF rollback role's keys): signs rollback orders
+        self.signing_key = signing_key
         self.order_ttl = order_ttl
         self.lease_seconds = lease_seconds
         self.freeze_gc = freeze_gc
@@ -166,6 +167,8 @@ class Coordinator:
             raise ConfigError(f"{self.tuf_repo} is not an edgefleet TUF repository (no metadata/)")
         if self.trusted_keys is None and self.tuf_repo is None:
             log.warning("no trusted bundle keys and no TUF repository: deployments are not verified here")
+        if self.tuf_repo is not None and signing_key is not None:
+            self._check_rollback_keys(signing_key)
         transport.on_message(self._on_message)
         if groups:
             self.provision(groups)
@@ -712,8 +715,27 @@ class Coordinator:
             return None
         return P.FileInfo(row["file_id"], int(row["size"]), self.chunk_size)
 
+    def _check_rollback_keys(self, signing_key: Any) -> None:
+        """With a TUF repository, ``--signing-key`` must be a key of its rollback role (devices in TUF mode accept
+        orders signed by nothing else); a ConfigError before anything starts otherwise."""
+        from edgefleet.trust import ROLLBACK_ROLE, rollback_keys
+
+        assert self.tuf_repo is not None
+        role_keys, threshold = rollback_keys(self.tuf_repo)
+        ids = {k.key_id for k in role_keys}
+        mine = [signing_key] if not isinstance(signing_key, (list, tuple)) else list(signing_key)
+        for k in mine:
+            if k.public.key_id not in ids:
+                raise ConfigError(f"the signing key {k.public.key_id} is not a key of the {ROLLBACK_ROLE!r} role of "
+                                  f"{self.tuf_repo}: devices in TUF mode would refuse its rollback orders; delegate "
+                                  "it with 'edgefleet repo delegate-rollback KEY.pub --repo DIR --root-key ...'")
+        if len({k.public.key_id for k in mine}) < threshold:
+            raise ConfigError(f"the {ROLLBACK_ROLE!r} role of {self.tuf_repo} needs {threshold} signatures on an order; "
+                              f"{len(mine)} signing key(s) given")
+
     def _publish_desired(self, device: str, desired: P.Desired) -> None:
-        if self.tuf_repo is not None and desired.action == P.JobAction.INSTALL.value and desired.file is not None:
+        # install jobs: the signed target of the file; rollback jobs: the rollback role that signs the order
+        if self.tuf_repo is not None and (desired.file is not None or desired.action == P.JobAction.ROLLBACK.value):
             desired = dataclasses.replace(desired, tuf=self._tuf_metadata(desired.deployment_id))
         self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), desired.to_bytes(), qos=1,
                                retain=True)

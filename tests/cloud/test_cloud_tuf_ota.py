@@ -41,7 +41,7 @@ ALL = RolloutPlan(1.0, (1.0,), 0.0)
 def tkeys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("tuf_ota_keys")
     out: dict[str, Any] = {"dir": d}
-    for name in ("root", "online", "evil"):
+    for name in ("root", "online", "evil", "rb"):
         generate_keypair(d, name=name)
         out[name] = load_key_arg(d / f"{name}.key")
         out[f"{name}.pub"] = load_key_arg(d / f"{name}.pub")
@@ -63,11 +63,12 @@ def extra(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any], tkeys:
 @pytest.fixture()
 def repo(tmp_path: Path, keys: dict[str, Any], tkeys: dict[str, Any], archives: dict[str, Path]) -> Path:
     """root (threshold 1), online key for snapshot/timestamp; model 'dense' delegated to the fleet
-    key that signs the test bundles; dense 1 and 2 are signed targets."""
+    key that signs the test bundles; rollback orders to the rb key; dense 1 and 2 are signed targets."""
     r = tmp_path / "repo"
     fleet = load_key_arg(Path(keys["pub"]).with_suffix(".key"))
     trust.init_repository(r, [tkeys["root"]], 1, tkeys["online.pub"])
     trust.delegate(r, "dense", [fleet], [tkeys["root"]])
+    trust.delegate_rollback(r, [tkeys["rb.pub"]], [tkeys["root"]])
     for v in ("1", "2"):
         trust.add_bundle(r, archives[v], [fleet], tkeys["online"])
     return r
@@ -204,6 +205,73 @@ def test_forged_size_hash_and_tampered_metadata_are_refused_before_the_first_byt
         wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
         assert s.agent.active_version == "2"
     finally:
+        _stop(coord, syncs)
+
+
+def _outcome(broker: MemoryBroker, s: DeviceSync, d: P.Desired) -> P.JobUpdate:
+    updates: list[P.JobUpdate] = []
+    watch = MemoryTransport(broker, f"watch-{time.monotonic_ns()}")
+    watch.on_message(lambda t, p: updates.append(P.JobUpdate.parse(p)) if t.endswith("/up/job") else None)
+    watch.connect()
+    watch.subscribe(P.up_topic("f1", s.device_id, P.Up.JOB), qos=1)
+    _publish_as_attacker(broker, s.device_id, d)
+    return wait_for(lambda: next((u for u in updates if u.job_id == d.job_id and u.status in P.TERMINAL_STATES),
+                                 None))
+
+
+def test_rollback_orders_over_mqtt_are_signed_by_the_rollback_role(
+        tmp_path: Path, make_agent: Any, archives: dict[str, Path], repo: Path, keys: dict[str, Any],
+        tkeys: dict[str, Any]) -> None:
+    """Finding 5 over the air: the coordinator's --signing-key is the TUF rollback role's key and its rollback jobs
+    carry the repository's metadata; a device in TUF mode executes an order only when python-tuf finds the rollback
+    role's threshold among its signatures. An order signed by the device's flat trusted key (which is also the
+    model's delegated bundle key) or by the online key is refused, named, and the device stays on its version."""
+    from edgefleet.cloud_sync.orders import RollbackOrder
+    from edgefleet.errors import ConfigError
+
+    rb = load_private_key(tkeys["dir"] / "rb.key")
+    with pytest.raises(ConfigError, match="not a key of the 'rollback' role"):  # a bundle key as --signing-key
+        Coordinator(Registry(f"sqlite:///{tmp_path / 'x.db'}"), MemoryTransport(MemoryBroker(), "x"), "f1",
+                    tuf_repo=repo, signing_key=keys["priv"])
+    broker = MemoryBroker()
+    seen: list[P.Desired] = []
+    spy = MemoryTransport(broker, "spy")
+    spy.on_message(lambda t, p: seen.append(P.Desired.parse(p)) if p and t.endswith("/desired") else None)
+    spy.connect()
+    spy.subscribe(f"{P.PREFIX}/f1/devices/+/down/desired", qos=1)
+    coord, syncs = _fleet(tmp_path, make_agent, archives, broker, n=1, tuf_root=repo / "metadata" / "1.root.json",
+                          tuf_repo=repo, signing_key=rb)
+    s = syncs[0]
+    try:
+        dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
+        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+        assert s.agent.active_version == "2"
+        tuf = {k: v.decode() for k, v in trust.client_metadata(repo, "dense").items()}
+        now = time.time()
+
+        def order(job: str, *signers: Any, seq: int = 1 << 50) -> P.Desired:
+            doc = RollbackOrder("f1", "d0", dep["id"], job, "2", "1", seq, now, now + 3600).sign(list(signers))
+            return P.Desired(job, P.JobAction.ROLLBACK.value, dep["id"], "1", rollback_to="1", rollback_order=doc,
+                             tuf=tuf, model="dense")
+
+        for job, signer in (("by-fleet-key", keys["priv"]), ("by-online-key", load_private_key(tkeys["dir"] /
+                                                                                                  "online.key"))):
+            u = _outcome(broker, s, order(job, signer))
+            assert (u.status, u.reason) == ("REJECTED", "order_key_not_delegated"), u
+            assert s.agent.active_version == "2"
+        u = _outcome(broker, s, dataclasses.replace(order("no-metadata", rb), tuf=None))
+        assert (u.status, u.reason) == ("REJECTED", "no_repository") and s.agent.active_version == "2"
+        # the coordinator's own order: signed by the rollback key, sent with the metadata, executed
+        coord.set_state(dep["id"], "rollback")
+        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep["id"]) if j["action"] == "rollback"
+                                        and j["status"] in P.TERMINAL_STATES), None), 30)
+        assert (rb_job["status"], rb_job["reason"]) == ("SUCCEEDED", "rolled_back"), rb_job
+        assert s.agent.active_version == "1"
+        sent = next(d for d in seen if d.job_id == rb_job["job_id"])
+        assert sent.tuf and "metadata/timestamp.json" in sent.tuf and sent.rollback_order is not None
+        assert s.stats["orders_refused"] == 3
+    finally:
+        spy.close()
         _stop(coord, syncs)
 
 
