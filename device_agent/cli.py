@@ -123,16 +123,33 @@ def _job_line(job: Any) -> str:
     return line
 
 
+MAX_ORDER_FILE_BYTES = 64 << 10  # an order with a threshold of signatures is a few KiB
+
+
+def _read_order(path: str) -> dict[str, Any]:
+    """A rollback order file, bounded: a regular file (a FIFO or device is refused without blocking) of at most
+    64 KiB holding a JSON object; anything else is a one-line ConfigError naming the file."""
+    from edgefleet.canonical import load_json_bounded, read_regular
+    from edgefleet.errors import ConfigError
+
+    what = f"rollback order {path}"
+    try:
+        raw = read_regular(path, MAX_ORDER_FILE_BYTES, follow_symlinks=True, error=ConfigError, what=what)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}") from None
+    doc = load_json_bounded(raw, max_bytes=MAX_ORDER_FILE_BYTES, max_depth=16, error=ConfigError, what=what)
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{what} is not a signed order document (a JSON object with 'order' and 'signature')")
+    return doc
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from edgefleet.errors import StoreError, UpdateRejectedError
 
     from .agent import Agent
 
     cfg = _config(args, probation_seconds=args.probation)
-    order = None
-    if args.rollback_order:
-        with open(args.rollback_order, encoding="utf-8") as fh:
-            order = json.load(fh)
+    order = _read_order(args.rollback_order) if args.rollback_order else None
     _keep_trusted(args, cfg)
     agent = Agent(cfg, monitor=args.probation > 0, tick_seconds=0.2)
     try:

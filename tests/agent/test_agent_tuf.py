@@ -454,3 +454,63 @@ def test_cli_trust_root_install_and_refusals_are_one_line(tmp_path: Path, repo: 
     assert cli_main(["agent", "status", "--state-dir", state]) == 0
     out = capsys.readouterr().out
     assert "active:    cam v1.0.0" in out and "TUF root v1 pinned" in out
+
+
+def test_cli_rollback_order_from_the_rollback_role_and_bounded_order_files(
+        tmp_path: Path, repo: Path, tbundles: dict[str, Path], tkeys: dict[str, Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """'agent install --rollback-order FILE' in TUF mode: an order of the rollback role rolls back, one signed by
+    the device's flat trusted key is refused (exit 12, named); the order file is read bounded: a FIFO, a huge
+    file, invalid JSON or a JSON list are one-line config errors (exit 2), never a hang or a traceback."""
+    import json
+    import os
+    import threading
+
+    from edgefleet.device_agent.orders import make_rollback_order
+
+    state = str(tmp_path / "cli-state")
+    common = ["--state-dir", state, "--hardware-tag", "test-board", "--model-name", "cam",
+              "--trust", str(tkeys["dir"] / "evil.pub")]
+    assert cli_main(["agent", "trust-root", str(repo / "metadata" / "1.root.json"), "--state-dir", state]) == 0
+    for tag in ("cam1", "cam2"):
+        assert cli_main(["agent", "install", str(tbundles[tag]), "--repo", str(repo), *common]) == 0
+    capsys.readouterr()
+    cam1 = tbundles["cam1"].with_suffix("")
+
+    def order_file(name: str, signer: str) -> str:
+        p = tmp_path / name
+        p.write_text(json.dumps(make_rollback_order(_key(tkeys, signer), cam1)))
+        return str(p)
+
+    def run(order: str, code: int) -> str:
+        out: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: out.setdefault("rc", cli_main(
+            ["agent", "install", str(tbundles["cam1"]), "--repo", str(repo), "--rollback-order", order, *common])),
+            daemon=True)
+        t.start()
+        t.join(20)
+        if t.is_alive():
+            os.close(os.open(order, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(5)
+            pytest.fail(f"blocked on {order}")
+        err = capsys.readouterr().err
+        assert out["rc"] == code, err
+        if code:
+            assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("edgefleet: error: ")
+        return err
+
+    assert "order_key_not_delegated" in run(order_file("flat.json", "evil"), UpdateRejectedError.exit_code)
+    fifo = tmp_path / "order.fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in run(str(fifo), ConfigError.exit_code)
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as fh:
+        fh.truncate(1 << 30)
+    assert "larger than the" in run(str(huge), ConfigError.exit_code)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "not valid JSON" in run(str(tmp_path / "bad.json"), ConfigError.exit_code)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert "not a signed order document" in run(str(tmp_path / "list.json"), ConfigError.exit_code)
+    run(order_file("good.json", "rb"), 0)
+    assert cli_main(["agent", "status", "--state-dir", state]) == 0
+    assert "active:    cam v1.0.0" in capsys.readouterr().out
