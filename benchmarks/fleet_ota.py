@@ -69,31 +69,23 @@ sys.path.insert(0, str(HERE.parent / "tests" / "agent"))
 FLEET = "bench"
 STALL_SECONDS = 5.0  # as DeviceSync's default
 WINDOW = 16  # as DeviceSync's default
-LIFTED_LIMITS = "max_queued_messages 0\nmax_inflight_messages 100\n"
+LIFTED = 0  # no queue limit, as `edgefleet cloud broker-config` sizes it for a fleet (at least 1000)
+MOSQUITTO_DEFAULT = 1000  # Mosquitto's own max_queued_messages: QoS 1 beyond it is dropped silently
 
 
-def _broker(root: Path, limits: str = LIFTED_LIMITS,
-            name: str = "mosquitto.conf") -> tuple[subprocess.Popen[bytes], int]:
-    """A mosquitto sized for the benchmark: queue limits lifted (the default 1000 drops QoS 1 to a slow client)."""
-    from edgefleet.cloud_sync.demo.procs import find_mosquitto, free_port, port_open
+def _broker(root: Path, queue_limit: int = LIFTED, name: str = "broker") -> tuple[Any, int]:
+    """A mosquitto of our own (``cloud_sync.broker.LocalBroker``), queue limit lifted unless asked otherwise."""
+    from edgefleet.cloud_sync.broker import LocalBroker
 
-    port = free_port()
-    conf = root / name
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{limits}log_dest none\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
-    proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)])
-    for _ in range(100):
-        if port_open("127.0.0.1", port, timeout=0.2):
-            break
-        time.sleep(0.05)
-    return proc, port
+    b = LocalBroker(root / name, queue_limit=queue_limit, log=False).start()
+    return b, b.port
 
 
 def _machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     from edgefleet.bench import machine_info
-    from edgefleet.cloud_sync.demo.procs import find_mosquitto
+    from edgefleet.cloud_sync.broker import find_mosquitto
     from edgefleet.errors import ConfigError
 
     out = machine_info()
@@ -477,12 +469,13 @@ def bench_delta(v1: bytes, v2: bytes) -> dict[str, Any]:
 # -- the broker's queue limit ---------------------------------------------------------------------------
 def bench_queue_limit(root: Path, messages: int = 5000) -> dict[str, Any]:
     """QoS 1 messages a subscriber that stops reading gets in the end, with mosquitto's default queue limit
-    (max_queued_messages 1000) and with the limit lifted as ``edgefleet cloud broker-config`` writes it."""
+    (max_queued_messages 1000) and with the limit lifted as ``edgefleet cloud broker-config`` writes it. Both
+    brokers allow 100 QoS 1 messages in flight per client (as broker-config writes; Mosquitto's default is 20)."""
     import paho.mqtt.client as mqtt
 
     out: dict[str, Any] = {"messages": messages, "qos": 1}
-    for label, limits in (("default_limits", ""), ("lifted", LIFTED_LIMITS)):
-        proc, port = _broker(root, limits, f"queue-{label}.conf")
+    for label, limit in (("default_limits", MOSQUITTO_DEFAULT), ("lifted", LIFTED)):
+        proc, port = _broker(root, limit, f"queue-{label}")
         try:
             got: list[int] = []
             sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"slow-{label}", protocol=mqtt.MQTTv5)
@@ -510,8 +503,7 @@ def bench_queue_limit(root: Path, messages: int = 5000) -> dict[str, Any]:
             sub.disconnect()
             out[label] = {"received": len(got), "lost": messages - len(got), "in_order": got == sorted(got)}
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.stop()
     return out
 
 
@@ -798,8 +790,7 @@ def main(argv: list[str] | None = None) -> int:
                         "coordinator_records": [r["coordinator"]["records"] for r in v],
                         "plain_records": [r["plain"]["records"] for r in v]} for k, v in runs.items()}
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.stop()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

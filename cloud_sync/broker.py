@@ -24,15 +24,26 @@ given) and the persistence directory. What it guards against:
 Bad input (missing or unreadable certificate files, a key that does not match
 its certificate, no way to authenticate) raises :class:`ConfigError` naming the
 option and what to do.
+
+Every Mosquitto this project starts is configured here too: :class:`LocalBroker`
+(a plain loopback broker of our own on a free port, for test benches, the demo and
+the benchmarks) writes its configuration with the same :func:`write_broker_config`,
+and :func:`find_mosquitto` finds the binary.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Mapping, Sequence
 
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, SyncError
 
 from .protocol import DEFAULT_CHUNK_SIZE, MAX_MESSAGE_BYTES
 
@@ -61,6 +72,11 @@ class BrokerConfig:
     insecure: bool = False  # a plain (non-TLS) listener: loopback test benches only
     run_as: str | None = None  # the ``user`` mosquitto drops to when started as root
     autosave_interval: int = 30
+    persistence: bool = True  # False: sessions and retained messages live in memory only (a test bench)
+    log_file: str | None = None  # None: stderr
+    #: None: sized from ``max_devices``; 0: no limit (a test bench whose subscribers may fall far behind);
+    #: otherwise this many (1000 is Mosquitto's own default, which drops QoS 1 silently)
+    queue_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -69,9 +85,13 @@ class BrokerConfig:
             raise ConfigError(f"--max-devices {self.max_devices} must be between 1 and 10,000,000")
         if self.autosave_interval < 1:
             raise ConfigError("the autosave interval must be at least 1 second")
+        if self.queue_limit is not None and self.queue_limit < 0:
+            raise ConfigError(f"queue limit {self.queue_limit} must be 0 (none) or more")
 
     @property
     def max_queued(self) -> int:
+        if self.queue_limit is not None:
+            return self.queue_limit
         return max(MIN_QUEUED, QUEUED_PER_DEVICE * self.max_devices)
 
     @property
@@ -82,7 +102,7 @@ class BrokerConfig:
 @dataclass(frozen=True)
 class BrokerFiles:
     conf: Path
-    acl: Path
+    acl: Path | None  # None: a test bench without an ACL (anonymous, loopback, plain)
     data_dir: Path
 
 
@@ -125,7 +145,7 @@ def _check_tls(cert: Path, key: Path, cafile: Path | None) -> None:
             raise ConfigError(f"--cafile {cafile} holds no PEM certificate") from None
 
 
-def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path | None = None,
+def broker_config_text(cfg: BrokerConfig, acl: Path | None, data_dir: Path, cert: Path | None = None,
                        key: Path | None = None, cafile: Path | None = None, passwords: Path | None = None) -> str:
     """The mosquitto.conf text (pure: paths are already checked)."""
     q = cfg.max_queued
@@ -138,16 +158,24 @@ def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path 
         "# later (a websocket port, a loopback port for tools) never inherits them by accident.",
         "per_listener_settings true",
         "",
-        "# Sessions, retained messages (device status, desired jobs) and queued QoS 1 messages survive a",
-        "# broker restart: devices resume their transfers instead of starting over, and a device that was",
-        "# offline still finds its job when it returns.",
-        "persistence true",
-        f"persistence_location {data_dir}/",
-        f"# Written every {cfg.autosave_interval} s: a crash loses at most that much of the queues (QoS 1 and the",
-        "# chunk bitmaps make both sides ask again for what is missing).",
-        f"autosave_interval {cfg.autosave_interval}",
-        "# Devices set their own session expiry (7 days); this reclaims sessions of devices gone for good.",
-        "persistent_client_expiration 14d",
+    ]
+    if cfg.persistence:
+        lines += [
+            "# Sessions, retained messages (device status, desired jobs) and queued QoS 1 messages survive a",
+            "# broker restart: devices resume their transfers instead of starting over, and a device that was",
+            "# offline still finds its job when it returns.",
+            "persistence true",
+            f"persistence_location {data_dir}/",
+            f"# Written every {cfg.autosave_interval} s: a crash loses at most that much of the queues (QoS 1 and",
+            "# the chunk bitmaps make both sides ask again for what is missing).",
+            f"autosave_interval {cfg.autosave_interval}",
+            "# Devices set their own session expiry (7 days); this reclaims sessions of devices gone for good.",
+            "persistent_client_expiration 14d",
+        ]
+    else:
+        lines += ["# No persistence (a test bench): a broker restart loses sessions and retained messages.",
+                  "persistence false"]
+    lines += [
         "",
         "# The default max_queued_messages (1000) SILENTLY DROPS QoS 1 messages for a subscriber that falls",
         "# behind: measured (benchmarks/fleet_ota.py, queue_limit), a subscriber that stopped reading got",
@@ -156,6 +184,7 @@ def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path 
         f"# {QUEUED_PER_DEVICE} messages per device (about a minute of one device's traffic while the",
         "# coordinator restarts); telemetry and chunks are acknowledged end to end, so anything dropped beyond",
         "# this is sent again, but job updates and births are not.",
+        *(["# No queue limit at all (a test bench)."] if q == 0 else []),
         f"max_queued_messages {q}",
         "# Bounded by message count above, not by bytes (the largest messages are 64 KiB chunks and a",
         "# device never has more than its 16-chunk window outstanding).",
@@ -170,7 +199,7 @@ def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path 
         "# Nagle's algorithm.",
         "set_tcp_nodelay true",
         "",
-        "log_dest stderr",
+        f"log_dest file {cfg.log_file}" if cfg.log_file else "log_dest stderr",
         "log_type error",
         "log_type warning",
         "log_type notice",
@@ -228,10 +257,13 @@ def broker_config_text(cfg: BrokerConfig, acl: Path, data_dir: Path, cert: Path 
                   "# device's credentials cannot take over (and so disconnect) another device's session. Each",
                   "# coordinator therefore needs a username of its own (two sharing one would replace each other).",
                   "use_username_as_clientid true"]
-    lines += ["# A device may publish only under .../devices/<its id>/up/ and read only .../<its id>/down/;",
-              "# coordinators get the whole fleet (edgefleet.cloud_sync.coordinator.acl).",
-              f"acl_file {acl}", ""]
-    return "\n".join(lines)
+    if acl is not None:
+        lines += ["# A device may publish only under .../devices/<its id>/up/ and read only .../<its id>/down/;",
+                  "# coordinators get the whole fleet (edgefleet.cloud_sync.coordinator.acl).",
+                  f"acl_file {acl}"]
+    else:
+        lines += ["# WARNING: no ACL (a loopback test bench): every client may read and publish every topic."]
+    return "\n".join(lines + [""])
 
 
 def write_broker_config(cfg: BrokerConfig) -> BrokerFiles:
@@ -254,23 +286,154 @@ def write_broker_config(cfg: BrokerConfig) -> BrokerFiles:
     if not cfg.allow_anonymous and passwords is None and not cfg.require_certificate:
         raise ConfigError("no way for clients to authenticate: give --password-file or --require-certificate "
                           "(or --allow-anonymous, which lets anyone connect)")
-    if acl_given is None and not cfg.fleet:
+    bench = cfg.insecure and cfg.allow_anonymous and cfg.bind in ("127.0.0.1", "::1", "localhost")
+    if acl_given is None and not cfg.fleet and not bench:
         raise ConfigError("an ACL is required: --acl FILE, or --fleet NAME to write one confining each device to "
                           "its own topics")
     out = Path(cfg.out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
-    if acl_given is not None:
-        acl = acl_given
-    else:
+    acl: Path | None = acl_given
+    if acl is None and cfg.fleet:
         from .coordinator.acl import write_acl
 
-        assert cfg.fleet is not None
         acl = write_acl(out / "acl", cfg.fleet, list(cfg.coordinators)).resolve()
     conf = out / "mosquitto.conf"
     conf.write_text(broker_config_text(cfg, acl, data_dir, cert, key, cafile, passwords))
     return BrokerFiles(conf, acl, data_dir)
 
 
-__all__ = ["BrokerConfig", "BrokerFiles", "broker_config_text", "write_broker_config"]
+# -- a Mosquitto of our own: test benches, the demo, the benchmarks ---------------------------------------------
+MOSQUITTO_ENV = "EDGEFLEET_MOSQUITTO"
+MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+INSTALL_MOSQUITTO = (
+    "install it (Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto), "
+    f"point {MOSQUITTO_ENV} at the binary, or use a running broker with --broker mqtt://HOST:PORT"
+)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (free when asked: start on it at once, and retry if it was taken)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_mosquitto(env: Mapping[str, str] | None = None, fallbacks: Sequence[str] = MOSQUITTO_FALLBACKS) -> str:
+    """The mosquitto binary: ``$EDGEFLEET_MOSQUITTO`` if set (and then only it), else PATH, else the
+    usual sbin locations (Debian installs it in /usr/sbin, off a normal user's PATH)."""
+    env = os.environ if env is None else env
+    chosen = env.get(MOSQUITTO_ENV)
+    if chosen:
+        if os.path.isfile(chosen) and os.access(chosen, os.X_OK):
+            return chosen
+        raise ConfigError(f"{MOSQUITTO_ENV}={chosen} is not an executable mosquitto binary: fix it, or unset it "
+                          f"to look on PATH; otherwise {INSTALL_MOSQUITTO}")
+    found = shutil.which("mosquitto", path=env.get("PATH", os.defpath))
+    if found:
+        return found
+    for p in fallbacks:
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    where = f"on PATH nor in {', '.join(fallbacks)}" if fallbacks else "on PATH"
+    raise ConfigError(f"mosquitto (the MQTT broker) was not found {where}: {INSTALL_MOSQUITTO}")
+
+
+def local_config(root: str | os.PathLike[str], port: int, *, persistence: bool = False, log: bool = True,
+                 queue_limit: int = 0, acl_file: str | os.PathLike[str] | None = None,
+                 password_file: str | os.PathLike[str] | None = None) -> BrokerFiles:
+    """The configuration of a plain Mosquitto on ``127.0.0.1:port`` in ``root`` (``mosquitto.conf``, ``data/``,
+    ``mosquitto.log`` unless ``log`` is false), written by :func:`write_broker_config`: anonymous unless a
+    password file is given, no ACL unless one is given, no queue limit unless asked (``queue_limit=1000`` is
+    Mosquitto's own default). As root, mosquitto keeps running as root (the user it would drop to could not
+    write a temporary directory of ours)."""
+    root = Path(root)
+    return write_broker_config(BrokerConfig(
+        out_dir=root, port=port, bind="127.0.0.1", insecure=True, allow_anonymous=password_file is None,
+        acl_file=None if acl_file is None else str(acl_file),
+        password_file=None if password_file is None else str(password_file),
+        run_as="root" if os.geteuid() == 0 else None, persistence=persistence, autosave_interval=1,
+        max_devices=100_000,  # connections: benchmarks run thousands of simulated devices
+        log_file=str(root.resolve() / "mosquitto.log") if log else None, queue_limit=queue_limit))
+
+
+class LocalBroker:
+    """A Mosquitto of our own on a free loopback port (:func:`local_config`): start, ``kill()`` (SIGKILL),
+    ``stop()``, and start again on the same port with the same persistence. ``output`` receives its stdout
+    and stderr (default: discarded)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, binary: str | None = None, port: int | None = None,
+                 output: IO[bytes] | None = None, **config: object) -> None:
+        self.root = Path(root)
+        self.binary = binary or find_mosquitto()
+        self.port = port or free_port()
+        self._config = config
+        self.files = local_config(self.root, self.port, **config)  # type: ignore[arg-type]
+        self.conf = self.files.conf
+        self.output = output
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def log_tail(self, chars: int = 600) -> str:
+        log = self.root / "mosquitto.log"
+        return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> LocalBroker:
+        """Start and wait until the port answers; when the port was taken meanwhile (and it was ours to pick),
+        pick another."""
+        for attempt in range(attempts):
+            out = self.output if self.output is not None else subprocess.DEVNULL
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=out,
+                                         start_new_session=True)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if port_open("127.0.0.1", self.port, timeout=0.2):
+                    return self
+                time.sleep(0.05)
+            tail = self.log_tail()
+            self.stop()
+            if "in use" not in tail.lower() or attempt == attempts - 1:
+                raise SyncError(f"mosquitto ({self.binary}) did not start on 127.0.0.1:{self.port}: "
+                                f"{tail.strip() or 'no output'}")
+            self.port = free_port()
+            self.files = local_config(self.root, self.port, **self._config)  # type: ignore[arg-type]
+        raise AssertionError("unreachable")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, nothing saved since the last autosave."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+            self.proc = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["BrokerConfig", "BrokerFiles", "LocalBroker", "broker_config_text", "find_mosquitto", "free_port",
+           "local_config", "port_open", "write_broker_config"]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.cloud_sync.demo.procs import MARK, check_broker, find_mosquitto
+from edgefleet.cloud_sync.broker import find_mosquitto
+from edgefleet.cloud_sync.demo.procs import MARK, check_broker
 from edgefleet.cloud_sync.demo.status import status_line, summary_rows
 from edgefleet.errors import ConfigError, SyncError
 

@@ -10,9 +10,7 @@ environment; :func:`sweep` finds whatever is still alive with that mark and ends
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,50 +20,10 @@ from typing import IO, Mapping, Sequence
 
 from edgefleet.errors import ConfigError, SyncError
 
+from ..broker import free_port, local_config, port_open
+
 MARK = "EDGEFLEET_DEMO_RUN"
-MOSQUITTO_ENV = "EDGEFLEET_MOSQUITTO"
-MOSQUITTO_FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
 FLOWER_TOOLS = ("flower-superlink", "flower-supernode", "flwr")
-
-INSTALL_MOSQUITTO = (
-    "install it (Debian/Ubuntu: sudo apt-get install mosquitto; macOS: brew install mosquitto), "
-    f"point {MOSQUITTO_ENV} at the binary, or use a running broker with --broker mqtt://HOST:PORT"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def find_mosquitto(env: Mapping[str, str] | None = None, fallbacks: Sequence[str] = MOSQUITTO_FALLBACKS) -> str:
-    """The mosquitto binary: ``$EDGEFLEET_MOSQUITTO`` if set (and then only it), else PATH, else the
-    usual sbin locations (Debian installs it in /usr/sbin, off a normal user's PATH)."""
-    env = os.environ if env is None else env
-    chosen = env.get(MOSQUITTO_ENV)
-    if chosen:
-        if os.path.isfile(chosen) and os.access(chosen, os.X_OK):
-            return chosen
-        raise ConfigError(f"{MOSQUITTO_ENV}={chosen} is not an executable mosquitto binary: fix it, or unset it "
-                          f"to look on PATH; otherwise {INSTALL_MOSQUITTO}")
-    found = shutil.which("mosquitto", path=env.get("PATH", os.defpath))
-    if found:
-        return found
-    for p in fallbacks:
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            return p
-    where = f"on PATH nor in {', '.join(fallbacks)}" if fallbacks else "on PATH"
-    raise ConfigError(f"mosquitto (the MQTT broker) was not found {where}: {INSTALL_MOSQUITTO}")
-
 
 def check_flower_tools() -> dict[str, str]:
     """Paths of the Flower executables the federated round needs, or a ConfigError saying how to get them."""
@@ -283,29 +241,12 @@ def watch(parent: int, mark_value: str, poll: float = 0.5) -> None:
 
 
 # -- Mosquitto ----------------------------------------------------------------------------------------------
-def mosquitto_conf(root: Path, port: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    lines = [
-        f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
-        "persistence false",
-        "max_queued_messages 0",  # mosquitto's default of 1000 silently drops QoS 1 to a slow subscriber
-        "max_inflight_messages 100",
-        f"log_dest file {root / 'mosquitto.log'}",
-    ]
-    if os.geteuid() == 0:  # as root mosquitto would switch to user 'mosquitto', who cannot write our workdir
-        lines.append("user root")
-    conf = root / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    return conf
-
-
 def start_mosquitto(children: Children, binary: str, root: Path, attempts: int = 3) -> tuple[Child, str]:
     """Mosquitto on a free loopback port (another port if the one picked was taken meanwhile)."""
     last = ""
     for attempt in range(attempts):
         port = free_port()
-        conf = mosquitto_conf(root, port)
+        conf = local_config(root, port).conf
         child = children.spawn(f"mosquitto{'-' + str(attempt) if attempt else ''}", [binary, "-c", str(conf)])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and child.alive():
@@ -339,9 +280,8 @@ def check_broker(url: str, timeout: float = 5.0) -> None:
         probe.close()
 
 
-__all__ = ["Children", "Child", "find_mosquitto", "check_flower_tools", "check_modules", "start_mosquitto",
-           "check_broker", "sweep", "marked_pids", "free_port", "port_open", "MARK", "MOSQUITTO_ENV",
-           "start_watchdog"]
+__all__ = ["Children", "Child", "check_flower_tools", "check_modules", "start_mosquitto", "check_broker", "sweep",
+           "marked_pids", "MARK", "start_watchdog"]
 
 
 if __name__ == "__main__":  # python -m edgefleet.cloud_sync.demo.procs watch PID (the mark in EDGEFLEET_DEMO_WATCH)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
+from ..broker import find_mosquitto, free_port
 from . import procs
 from .device import BATCH, CONTROL, STATUS, agent_toml, read_json, write_json
 from .scenario import LABELS, LAYERS, PREPROCESSING, Scenario, drifted_devices, make_scenario
@@ -157,7 +158,7 @@ class Demo:
         if self.cfg.broker:
             procs.check_broker(self.cfg.broker)
         else:
-            self.mosquitto = procs.find_mosquitto()
+            self.mosquitto = find_mosquitto()
 
     def _make_workdir(self) -> Path:
         if self.cfg.workdir is None:
@@ -284,7 +285,7 @@ class Demo:
     def start_fleet(self, url: str, scen: Scenario, pub: Path) -> None:
         assert self.children is not None
         for attempt in range(2):
-            port = procs.free_port()
+            port = free_port()
             self.coordinator = self.children.spawn("coordinator", [
                 sys.executable, "-m", "edgefleet.cli", "cloud", "serve", "--broker", url,
                 "--db", f"sqlite:///{self.workdir / 'coordinator' / 'registry.db'}", "--fleet", self.fleet,
@@ -312,7 +313,7 @@ class Demo:
             ddir = self.workdir / "devices" / d.device_id
             ddir.mkdir(parents=True, exist_ok=True)
             d.save(ddir / "data.npz")
-            (ddir / "agent.toml").write_text(agent_toml(ddir / "agent", d.device_id, pub, addr, procs.free_port()))
+            (ddir / "agent.toml").write_text(agent_toml(ddir / "agent", d.device_id, pub, addr, free_port()))
             self.controls[d.device_id] = {"drift": None}
             write_json(ddir / CONTROL, self.controls[d.device_id])
             self.device_dirs[d.device_id] = ddir
@@ -445,7 +446,7 @@ class Demo:
         from edgefleet.cloud_sync.federated.runner import SuperLinkConfig, start_ready_superlink
 
         self.superlink = start_ready_superlink(lambda attempt: SuperLinkConfig(
-            port=procs.free_port(), log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")), attempts=3)
+            port=free_port(), log_path=str(self.workdir / "logs" / f"superlink{attempt}.log")), attempts=3)
         self.say(f"  flower-superlink on {self.superlink.address} (pid {self.superlink.pid})")
         return str(self.superlink.address)
 

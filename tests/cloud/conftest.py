@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,67 +18,17 @@ sys.path.insert(0, str(HERE.parent / "agent"))
 
 from agent_helpers import build_bundle  # noqa: E402
 
+from edgefleet.cloud_sync.broker import LocalBroker  # noqa: E402
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-class Broker:
-    """A mosquitto we own: start, kill -9, restart on the same port with the same persistence."""
+class Broker(LocalBroker):
+    """A mosquitto we own: start, kill -9, restart on the same port with the same persistence (written by the
+    product's own config writer, ``cloud_sync.broker.local_config``)."""
 
     def __init__(self, root: Path, acl_file: Path | None = None, passwords: Path | None = None) -> None:
-        self.root = root
-        self.port = free_port()
-        self.conf = root / "mosquitto.conf"
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "persistence true",
-            f"persistence_location {root / 'data'}/",
-            "autosave_interval 1",
-            "max_queued_messages 0",
-            "max_inflight_messages 100",
-            "log_dest none",
-        ]
-        if os.geteuid() == 0:  # mosquitto would drop to user 'mosquitto', who cannot read pytest's tmp dirs
-            lines.append("user root")
-        if passwords is not None:
-            lines += ["allow_anonymous false", f"password_file {passwords}"]
-        else:
-            lines += ["allow_anonymous true"]
-        if acl_file is not None:
-            lines.append(f"acl_file {acl_file}")
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+        super().__init__(root, binary=MOSQUITTO, persistence=True, acl_file=acl_file, password_file=passwords)
 
 
 @pytest.fixture()

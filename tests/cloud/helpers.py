@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from edgefleet.cloud_sync.broker import free_port  # noqa: F401  (conftest and the tests import it from here)
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.device import DeviceSync
@@ -28,16 +29,8 @@ def assign(devices: list[str] | tuple[str, ...], group: str) -> None:
         c.provision({d: group for d in devices})
 
 
-def free_port() -> int:
-    """A free TCP port on loopback (``conftest`` re-exports it for the tests that import it from there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pg_url() -> str | None:
     """The test PostgreSQL (127.0.0.1:5432, database ``test``), or None when it is not running."""
-    import socket
 
     try:
         socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()

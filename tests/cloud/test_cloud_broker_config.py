@@ -189,6 +189,10 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     ({"tls_cert": "{cert}", "tls_key": "{key}", "fleet": None}, "an ACL is required"),
     ({"insecure": True, "tls_cert": "{cert}"}, "--insecure writes a listener without TLS"),
     ({"port": 0}, "is not a TCP port"),
+    # anonymous and plain without an ACL: only a loopback test bench may do without one
+    ({"insecure": True, "allow_anonymous": True, "fleet": None, "password_file": None}, "an ACL is required"),
+    ({"insecure": True, "allow_anonymous": True, "fleet": None, "bind": "0.0.0.0"}, "an ACL is required"),
+    ({"queue_limit": -1}, "queue limit -1"),
 ])
 def test_bad_input_is_named(tmp_path: Path, pki: dict[str, Path], kwargs: dict[str, Any], message: str) -> None:
     pw = tmp_path / "passwd"
@@ -218,3 +222,39 @@ def test_cli_writes_the_config(tmp_path: Path, pki: dict[str, Path], capsys: pyt
     rc = main(["cloud", "broker-config", "--out", str(tmp_path / "c"), "--acl", str(acl)])
     assert rc != 0
     assert "--tls-cert" in capsys.readouterr().err
+
+
+def test_every_broker_we_start_is_configured_by_the_one_writer(tmp_path: Path) -> None:
+    """The test benches, the demo and the benchmarks start Mosquitto through ``LocalBroker``/``local_config``,
+    which write with ``write_broker_config``: a plain loopback listener, no ACL, no queue limit unless asked,
+    persistence when asked. The broker starts, takes a retained message, and keeps it across a kill -9."""
+    import paho.mqtt.client as mqtt
+
+    from edgefleet.cloud_sync.broker import LocalBroker, local_config
+
+    text = local_config(tmp_path / "bench", 1883, queue_limit=1000).conf.read_text()
+    assert "listener 1883 127.0.0.1" in text and "max_queued_messages 1000" in text
+    assert "persistence false" in text and "acl_file" not in text and "allow_anonymous true" in text
+    assert "use_username_as_clientid" not in text  # anonymous clients have no username
+    b = LocalBroker(tmp_path / "persist", persistence=True)
+    assert "max_queued_messages 0" in b.conf.read_text() and "persistence true" in b.conf.read_text()
+    with b:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub", protocol=mqtt.MQTTv5)
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        c.publish("t/retained", b"kept", qos=1, retain=True).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+        time.sleep(1.5)  # autosave_interval 1
+        b.kill()
+        b.start()
+        got: list[bytes] = []
+        r = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sub", protocol=mqtt.MQTTv5)
+        r.on_message = lambda cl, u, m: got.append(m.payload)
+        r.connect("127.0.0.1", b.port)
+        r.subscribe("t/#", qos=1)
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            r.loop(0.1)
+        r.disconnect()
+    assert got == [b"kept"]
