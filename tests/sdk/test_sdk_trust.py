@@ -13,6 +13,7 @@ import io
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +44,7 @@ from edgefleet.pack import pack
 from edgefleet.trust import KeyArg, Repository, load_key_arg, verify_bundle
 
 UTC = dt.timezone.utc
-KEY_NAMES = ("r1", "r2", "r3", "online", "online2", "cam", "cam2", "door", "evil")
+KEY_NAMES = ("r1", "r2", "r3", "online", "online2", "cam", "cam2", "door", "evil", "rb", "rb2")
 
 
 @pytest.fixture(scope="module")
@@ -634,6 +635,93 @@ def test_hypothesis_mangled_timestamp_is_a_named_refusal(repo: Path, bundles: di
 def test_hypothesis_random_bytes_as_a_trusted_root(repo: Path, bundles: dict[str, Path], blob: bytes) -> None:
     with pytest.raises(TrustError):
         verify_bundle(bundles["cam1"], repo, trusted_root=blob)
+
+
+# ---------------------------------------------------------------- the rollback role (rollback orders)
+
+
+def _rollback_client(repo: Path, tmp_path: Path) -> trust.TrustClient:
+    client = trust.TrustClient(tmp_path / f"client-{time.monotonic_ns()}", trust.make_repo_fetcher(repo), root1(repo))
+    client.refresh()
+    return client
+
+
+def _signed(payload: bytes, *names: str, keys: Keys) -> list[dict[str, str]]:
+    from edgefleet.keys import sign_payload
+
+    return [sign_payload(keys[n].private, payload) for n in names]  # type: ignore[arg-type]
+
+
+def test_rollback_role_is_a_delegation_without_paths(repo: Path, keys: Keys, tmp_path: Path) -> None:
+    """The rollback role is delegated from top-level targets with its own keys and threshold and no paths: it
+    is no model, lists no target, is not in the snapshot, and python-tuf verifies order signatures against it."""
+    roots = [keys["r1"], keys["r2"]]
+    payload = b'{"an":"order"}'
+    with pytest.raises(UnknownModelError, match="delegate-rollback"):  # none yet
+        _rollback_client(repo, tmp_path).verify_rollback_order(payload, _signed(payload, "cam", keys=keys))
+    trust.delegate_rollback(repo, [keys["rb.pub"], keys["rb2.pub"]], roots, threshold=2, online_key=keys["online"])
+    r = Repository(repo)
+    role = r.top_targets().signed.delegations.roles[trust.ROLLBACK_ROLE]
+    assert role.paths == [] and role.terminating and role.threshold == 2 and len(role.keyids) == 2
+    assert trust.ROLLBACK_ROLE not in r.model_roles() and not r.versions(trust.ROLLBACK_ROLE)
+    assert f"{trust.ROLLBACK_ROLE}.json" not in r.load("snapshot").signed.meta
+    assert {k.key_id for k in trust.rollback_keys(repo)[0]} == {keys["rb.pub"].public.key_id,
+                                                                keys["rb2.pub"].public.key_id}
+    client = _rollback_client(repo, tmp_path)
+    assert client.verify_rollback_order(payload, _signed(payload, "rb", "rb2", keys=keys)).verified
+    for names, count in ((("rb",), 1), (("rb", "cam", "online", "r1"), 1), (("cam", "door", "evil"), 0)):
+        with pytest.raises(ThresholdError, match=f"signed by {count} of the 'rollback' role's keys, threshold 2"):
+            client.verify_rollback_order(payload, _signed(payload, *names, keys=keys))
+    with pytest.raises(ThresholdError):  # a signature over another payload
+        client.verify_rollback_order(payload, _signed(b"another order", "rb", "rb2", keys=keys))
+    with pytest.raises(UnknownTargetError):  # it provides no target
+        client.get_target(trust.ROLLBACK_ROLE, "1.0.0")
+    # the same key cannot be a model key and a rollback key, either way round; 'rollback' is no model name
+    with pytest.raises(ConfigError, match="rollback-order key"):
+        trust.delegate(repo, "cam", [keys["rb.pub"]], roots)
+    with pytest.raises(ConfigError, match="a rollback key must sign nothing else"):
+        trust.delegate_rollback(repo, [keys["door.pub"]], roots)
+    with pytest.raises(ConfigError, match="reserved"):
+        trust.delegate(repo, trust.ROLLBACK_ROLE, [keys["evil.pub"]], roots)
+    with pytest.raises(ConfigError, match="threshold 3"):
+        trust.delegate_rollback(repo, [keys["rb.pub"]], roots, threshold=3)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_hypothesis_rollback_orders_against_the_rollback_role(repo: Path, keys: Keys, tmp_path: Path,
+                                                              data: st.DataObject) -> None:
+    """Mangled orders (any JSON as the signature, the signatures, the order or one of its fields) given to a
+    TUF device's order check: a named refusal, or accepted only as the order the rollback key signed."""
+    from edgefleet.device_agent.orders import check_rollback_order, make_rollback_order
+    from edgefleet.device_agent.tuf_mode import order_verifier
+    from edgefleet.errors import UpdateRejectedError
+
+    if not Repository(repo).top_targets().signed.delegations.roles.get(trust.ROLLBACK_ROLE):
+        trust.delegate_rollback(repo, [keys["rb.pub"]], [keys["r1"], keys["r2"]], online_key=keys["online"])
+    bundle = tmp_path / "b"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "manifest.json").write_text('{"name": "cam", "version": "1.0.0"}')
+    good = make_rollback_order(load_private_key(keys.path("rb")), bundle)
+    doc = json.loads(json.dumps(good))
+    where = data.draw(st.sampled_from(["signature", "signatures", "order", "field", "none"]))
+    if where == "field":
+        doc["order"][data.draw(st.sampled_from(sorted(doc["order"])))] = data.draw(_JSON)
+    elif where != "none":
+        doc[where] = data.draw(_JSON)
+    manifest_id = good["order"]["manifest_sha256"]
+    try:
+        accepted = check_rollback_order(doc, manifest_id, [], verify=order_verifier(_rollback_client(repo, tmp_path)))
+    except UpdateRejectedError as exc:
+        assert exc.reason in {"bad_rollback_order", "order_key_not_delegated", "order_threshold", "order_expired",
+                              "order_not_yet_valid"}, exc.reason
+    else:
+        assert doc["order"] == good["order"] and accepted.signed
 
 
 def test_peek_refuses_non_archives(tmp_path: Path, repo: Path) -> None:
