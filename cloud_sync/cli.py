@@ -120,6 +120,12 @@ def register(sub: Any) -> None:
     p.add_argument("devices", nargs="+", metavar="DEVICE")
     p.add_argument("--group", required=True)
     p.set_defaults(func=_fleet_assign)
+    p = common(fsub.add_parser("tag", help="set devices' tags (the operator's; deployments select by them; a "
+                                           "device's own hardware tags are a claim, never used)"))
+    p.add_argument("devices", nargs="+", metavar="DEVICE")
+    p.add_argument("--tags", required=True, type=_tag_list,
+                   help="comma-separated, replacing the devices' tags ('' clears them)")
+    p.set_defaults(func=_fleet_tag)
     p = common(fsub.add_parser("deploy", help="start a staged rollout of a bundle"))
     p.add_argument("bundle", help="bundle archive (.efb) or directory")
     p.add_argument("--group", required=True)
@@ -129,6 +135,8 @@ def register(sub: Any) -> None:
                    help="failure rate that halts the rollout: 2%% or 0.02 (default %(default)s)")
     p.add_argument("--job-timeout", default="1h",
                    help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
+    p.add_argument("--tags", default=[], type=_tag_list,
+                   help="comma-separated: only devices of the group given all these tags (fleet tag)")
     p.set_defaults(func=_fleet_deploy)
     p = common(fsub.add_parser("status", help="deployments and federated runs, or one deployment's per-state counts"))
     p.add_argument("deployment", nargs="?")
@@ -448,7 +456,25 @@ def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, h
 def _fleet_devices(args: argparse.Namespace) -> int:
     data = _call(args, "GET", "/v1/devices", params={"group": args.group} if args.group else None)
     _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
-                         d["agent_version"]] for d in data], ["device", "group", "state", "version", "agent"])
+                         d["agent_version"], ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
+                        for d in data], ["device", "group", "state", "version", "agent", "tags", "claimed tags"])
+    return 0
+
+
+def _tag_list(text: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]`` (an argparse ``type``: refused with the rule if the tags do not fit)."""
+    from .coordinator.rollout import check_tags
+
+    try:
+        return check_tags(t.strip() for t in text.split(",") if t.strip())
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fleet_tag(args: argparse.Namespace) -> int:
+    rows = [_call(args, "PATCH", f"/v1/devices/{d}", json={"tags": args.tags}) for d in args.devices]
+    _print(args, rows, [[r["device_id"], ",".join(r["tags"]), ",".join(r.get("claimed_tags", []))] for r in rows],
+           ["device", "tags", "claimed"])
     return 0
 
 
@@ -460,7 +486,7 @@ def _fleet_assign(args: argparse.Namespace) -> int:
 
 def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
                   waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h", *,
-                  ca_cert: str | None = None) -> Any:
+                  ca_cert: str | None = None, tags: list[str] | tuple[str, ...] = ()) -> Any:
     """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
     from pathlib import Path
 
@@ -483,17 +509,17 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
     return api_call(api, token, "POST", "/v1/deployments", ca_cert=ca_cert, content=body,
                     headers={"Content-Type": "application/octet-stream"},
                     params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure,
-                            "job_timeout": job_timeout})
+                            "job_timeout": job_timeout, **({"tags": ",".join(tags)} if tags else {})})
 
 
 def _fleet_deploy(args: argparse.Namespace) -> int:
     data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
-                         args.job_timeout, ca_cert=args.ca_cert)
+                         args.job_timeout, ca_cert=args.ca_cert, tags=args.tags)
     if args.json:
         _print(args, data, None)
     else:
         print(f"deployment {data['id']}: {data['name']} {data['version']} to {data['targets']} device(s) "
-              f"of group {data['group']}")
+              f"of group {data['group']}" + (f" tagged {','.join(data['tags'])}" if data.get("tags") else ""))
     return 0
 
 

@@ -24,7 +24,7 @@ from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
 from .. import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
-from .rollout import parse_duration, parse_plan
+from .rollout import MAX_TAGS, TAG, check_tags, parse_duration, parse_plan
 from .service import Coordinator
 
 MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
@@ -223,7 +223,8 @@ class DevicePatch(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
     # an explicit null is refused by the schema (SkipJsonSchema) and, like a missing field, changes nothing
     group: Annotated[str, Field(pattern=DEVICE_ID)] | SkipJsonSchema[None] = None
-    tags: Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=64)] | SkipJsonSchema[None] = None
+    tags: Annotated[list[Annotated[str, Field(pattern="^" + TAG + "$")]], Field(max_length=MAX_TAGS)] \
+        | SkipJsonSchema[None] = None
 
 
 # -- error answers: every one is {"detail": ...}, and every status a route can answer is in /openapi.json --------
@@ -371,7 +372,10 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         if body.group is not None:
             fields["group_name"] = body.group
         if body.tags is not None:
-            fields["tags"] = json.dumps(body.tags)
+            try:
+                fields["tags"] = json.dumps(check_tags(body.tags))
+            except ConfigError as exc:
+                raise HTTPException(422, str(exc)) from None
         audit_note(request, " ".join(f"{k}={v}" for k, v in sorted(fields.items())))
         if not fields:
             raise HTTPException(422, "nothing to change: give a group or tags")
@@ -396,20 +400,28 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     async def deploy(request: Request, group: str = Query(..., pattern=DEVICE_ID),
                      canary: str = Query("5%", **plan_text), waves: str = Query("100%", **plan_text),
                      max_failure: str = Query("0%", **plan_text),
-                     job_timeout: str = Query("1h", **plan_text)) -> dict[str, Any]:
+                     job_timeout: str = Query("1h", **plan_text),
+                     tags: str = Query("", max_length=8300, pattern=f"^({TAG}(,{TAG})*)?$",
+                                       description="comma-separated: only devices of the group the operator gave "
+                                                   "every one of these tags (what devices claim does not count)")
+                     ) -> dict[str, Any]:
         """The request body is the bundle archive (.efb) itself. ``canary``, ``waves`` (comma-separated) and
         ``max_failure`` are percentages (``5%`` or ``0.05``). ``job_timeout`` (90s, 10m, 2h, 1d): a device job
-        that started but did not end within it becomes TIMED_OUT, a failure for the health gate."""
+        that started but did not end within it becomes TIMED_OUT, a failure for the health gate. ``tags``
+        (comma-separated) selects the devices of the group the operator gave all of them (``PATCH
+        /v1/devices/ID``); a device's own ``hardware_tags`` are only a claim (``claimed_tags``)."""
         data = await request.body()
         if not data or len(data) > MAX_UPLOAD:
             raise HTTPException(400, "the body must be a bundle archive (.efb)")
         try:
             plan = parse_plan(canary, waves, max_failure)
-            dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout))
+            dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout),
+                                          [t for t in tags.split(",") if t])
         except EdgefleetError as exc:  # BundleError, SignatureError, UnsignedBundleError, TrustError, ConfigError
             raise HTTPException(400, str(exc)) from None
         out = coord.summary(dep)
-        audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to group {group} "
+        audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to group {group}"
+                            f"{' tags ' + ','.join(out['tags']) if out.get('tags') else ''} "
                             f"(canary {canary}, waves {waves}, max failure {max_failure})")
         return out
 

@@ -60,7 +60,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("fleet", String(128), primary_key=True),
             Column("device_id", String(128), primary_key=True),
             Column("group_name", String(128), nullable=False, default="default"),
-            Column("tags", Text, nullable=False, default="[]"),
+            Column("tags", Text, nullable=False, default="[]"),  # assigned by the operator: what targeting uses
             Column("online", Boolean, nullable=False, default=False),
             Column("session", Integer, nullable=False, default=0),
             Column("first_seen", Float, nullable=False, default=0.0),
@@ -69,6 +69,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("archive_sha256", String(64), nullable=False, default=""),
             Column("agent_version", String(64), nullable=False, default=""),
             Column("telemetry_seq", Integer, nullable=False, default=0),
+            Column("claimed_tags", Text, nullable=False, default="[]"),  # the device's own hardware_tags: a claim
         ),
         "artifacts": Table(
             f"{p}artifacts", meta,
@@ -108,6 +109,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("planned", Integer, nullable=False, default=-1),  # targets at creation; later ones joined
             Column("lease_owner", String(64), nullable=False, default=""),  # the coordinator ticking it now
             Column("lease_until", Float, nullable=False, default=0.0),
+            Column("tags", Text, nullable=False, default="[]"),  # only devices the operator gave all these tags
         ),
         "jobs": Table(
             f"{p}jobs", meta,
@@ -249,7 +251,10 @@ class Registry:
         self._lock = threading.RLock() if self.sqlite else _NoLock()
 
     def _add_missing_columns(self) -> None:
-        """Bring a registry made by an older edgefleet up to date (new columns, each with its default)."""
+        """Bring a registry made by an older edgefleet up to date (new columns, each with its default).
+
+        A registry from before ``claimed_tags`` kept in ``tags`` whatever each device's status message said: those
+        tags move to ``claimed_tags`` (a claim) and the assigned ``tags`` start empty."""
         have = inspect(self.engine)
         with self.engine.begin() as c:
             for table in self.t.values():
@@ -263,6 +268,8 @@ class Registry:
                         lit = "'" + default.replace("'", "''") + "'" if isinstance(default, str) else repr(default)
                         ddl += f" DEFAULT {lit} NOT NULL"
                     c.execute(text(ddl))
+                    if table is self.t["devices"] and col.name == "claimed_tags":
+                        c.execute(update(table).values(claimed_tags=table.c.tags, tags="[]"))
 
     def drop_all(self) -> None:
         self.meta.drop_all(self.engine)
@@ -279,7 +286,7 @@ class Registry:
             row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
             if row is None:
                 vals = {"fleet": fleet, "device_id": device_id, "group_name": fields.pop("group_name", None) or "default",
-                        "tags": "[]", "online": False, "session": 0, "first_seen": now, "last_seen": now,
+                        "tags": "[]", "claimed_tags": "[]", "online": False, "session": 0, "first_seen": now, "last_seen": now,
                         "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0}
                 vals.update(fields)
                 c.execute(insert(d).values(**vals))
@@ -350,7 +357,7 @@ class Registry:
     # -- deployments ---------------------------------------------------------------------------------------
     def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
                           waves: list[float], max_failure: float, targets: list[str],
-                          job_timeout: float = DEFAULT_JOB_TIMEOUT) -> str:
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> str:
         dep_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._lock, self.engine.begin() as c:
@@ -358,7 +365,7 @@ class Registry:
                 id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
                 canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
                 reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
-                planned=len(targets), lease_owner="", lease_until=0.0))
+                planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags))))
         return dep_id
 
     def deployment(self, dep_id: str) -> dict[str, Any] | None:
@@ -900,6 +907,7 @@ def _count(v: Any) -> int:
 def _device_out(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["tags"] = json.loads(out.get("tags") or "[]")
+    out["claimed_tags"] = json.loads(out.get("claimed_tags") or "[]")
     out["group"] = out.pop("group_name")
     return out
 
@@ -908,6 +916,7 @@ def _dep_out(row: Any) -> dict[str, Any]:
     out = dict(row)
     out["waves"] = json.loads(out["waves"])
     out["targets"] = json.loads(out["targets"])
+    out["tags"] = json.loads(out.get("tags") or "[]")
     out["group"] = out.pop("group_name")
     return out
 

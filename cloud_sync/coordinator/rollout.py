@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from edgefleet.errors import ConfigError
 
@@ -100,6 +100,21 @@ def _fmt(seconds: float) -> str:
         if seconds >= n and seconds % n == 0:
             return f"{int(seconds // n)}{unit}"
     return f"{seconds:g}s"
+
+
+MAX_TAGS = 64  # a device's tags and a deployment's selector: as many as a status message may carry
+TAG = r"[^,\x00-\x20\x7f]{1,128}"  # one tag: 1-128 characters, no comma, space or control character
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    """Tags the operator gives (a device's, a deployment's selector): distinct, sorted, bounded; ConfigError else."""
+    import re
+
+    out = sorted(set(tags))
+    if len(out) > MAX_TAGS or not all(isinstance(t, str) and re.fullmatch(TAG, t) for t in out):
+        raise ConfigError(f"tags must be at most {MAX_TAGS} names of 1-128 characters without commas, spaces or "
+                          "control characters")
+    return out
 
 
 def parse_percent(text: str, what: str = "percentage") -> float:

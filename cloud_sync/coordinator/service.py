@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
 
@@ -38,7 +38,7 @@ from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..transfer import make_delta, serve_request
 from ..transport import Transport
 from .registry import Registry, job_key
-from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, evaluate, timed_out
+from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, check_tags, evaluate, timed_out
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
 
@@ -293,7 +293,8 @@ class Coordinator:
         fields: dict[str, Any] = {"online": s.online, "session": s.session, "last_seen": time.time()}
         if s.online:
             fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
-                          agent_version=s.agent_version, tags=_tags(s.hardware_tags))
+                          agent_version=s.agent_version, claimed_tags=_tags(s.hardware_tags))
+            self._claim_tags(device, s.hardware_tags, row)
         self._claim(device, s.group, row["group"] if row is not None else "default")
         if row is None:  # a device the operator did not provision: registered in "default", counted
             self.registry.upsert_device(self.fleet, device, **fields)
@@ -315,6 +316,18 @@ class Coordinator:
         if device in self.claims or len(self.claims) < 10_000:
             self.claims[device] = claimed
         self.counters["group_claims"] += 1
+
+    def _claim_tags(self, device: str, claimed: tuple[str, ...], row: dict[str, Any] | None) -> None:
+        """The hardware tags a device announced (``Status.hardware_tags``): kept as ``claimed_tags`` in its record,
+        never as its ``tags`` (the operator's, which deployments select by); counted when they claim more."""
+        assigned = set(row["tags"]) if row is not None else set()
+        extra = sorted(set(claimed) - assigned)
+        if not extra:
+            return
+        if row is None or sorted(set(row.get("claimed_tags") or ()) - assigned) != extra:
+            log.warning("device %s claims tags %s it was not assigned (not applied: tags are assigned by the "
+                        "operator with PATCH /v1/devices/%s or fleet tag)", device, extra, device)
+        self.counters["tag_claims"] += 1
 
     def _unassigned(self, device: str) -> None:
         log.warning("device %s is not provisioned: registered in group 'default' (assign it with PATCH "
@@ -538,17 +551,20 @@ class Coordinator:
         return file_id, name, version
 
     def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
-                          job_timeout: float = DEFAULT_JOB_TIMEOUT) -> dict[str, Any]:
-        """Start a staged rollout of ``archive`` to ``group``; a started job not ended within
-        ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate)."""
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> dict[str, Any]:
+        """Start a staged rollout of ``archive`` to ``group`` (with ``tags``: only its devices the operator gave
+        every one of them; what devices claim does not count); a started job not ended within ``job_timeout``
+        seconds becomes TIMED_OUT (a failure for the health gate)."""
         if not 0 < job_timeout <= MAX_JOB_TIMEOUT:
             raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
+        tags = check_tags(tags)
         file_id, name, version = self.add_artifact(archive)
-        targets = [d["device_id"] for d in self.registry.devices(self.fleet, group)]
+        targets = [d["device_id"] for d in self.registry.devices(self.fleet, group) if selected(d, group, tags)]
         if not targets:
-            raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}")
+            raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}"
+                              + (f" with the tags {', '.join(tags)}" if tags else ""))
         dep_id = self.registry.create_deployment(self.fleet, file_id, name, version, group, plan.canary,
-                                                 list(plan.waves), plan.max_failure, targets, job_timeout)
+                                                 list(plan.waves), plan.max_failure, targets, job_timeout, tags)
         self._q.put(("", None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
@@ -616,7 +632,8 @@ class Coordinator:
             if state == "completed":  # nothing to do (and no lease to take) unless someone joined the group
                 dep = self.registry.deployment(dep_id)
                 known = set(dep["targets"]) if dep else set()
-                if not any(row["group"] == group and d not in known for d, row in devices.items()):
+                tags = dep["tags"] if dep else []
+                if not any(selected(row, group, tags) and d not in known for d, row in devices.items()):
                     continue
             self._tick_leased(dep_id, heads["newest"].get(group) == dep_id, devices)
 
@@ -638,7 +655,8 @@ class Coordinator:
         targets = list(dep["targets"])
         if newest:  # devices that joined the group since the deployment started
             known = set(targets)
-            joined = sorted(d for d, row in devices.items() if row["group"] == dep["group"] and d not in known)
+            joined = sorted(d for d, row in devices.items()
+                            if selected(row, dep["group"], dep["tags"]) and d not in known)
             if joined:
                 targets = self.registry.add_targets(dep["id"], joined)
                 self.registry.add_event(dep["id"], "joined", dep["stage"], ",".join(joined)[:2000], self.node)
@@ -807,6 +825,12 @@ class Coordinator:
                 return True
             time.sleep(0.01)
         return False
+
+
+def selected(device: Mapping[str, Any], group: str, tags: Iterable[str]) -> bool:
+    """Whether a deployment to ``group`` selecting ``tags`` targets ``device`` (a registry row): its assigned group
+    and every tag among its assigned ``tags`` (never its ``claimed_tags``)."""
+    return device["group"] == group and set(tags) <= set(device["tags"])
 
 
 def _tags(tags: tuple[str, ...]) -> str:
