@@ -36,7 +36,7 @@ NO_NUL = r"^[^\x00]*$"  # free text a query compares with the registry's: Postgr
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TRACKED_CLIENTS = 10_000  # addresses whose failed authentications are remembered (oldest forgotten first)
 log = logging.getLogger("edgefleet.coordinator.api")
-_clock = time.monotonic  # lockouts (a test moves it on)
+_clock = time.time  # lockouts: wall-clock, as the registry shares them between coordinators (a test moves it on)
 
 
 class _BodyTooLarge(HTTPException):
@@ -48,7 +48,10 @@ class RequestGuard:
     """ASGI middleware in front of every route, before any body is read or parsed:
 
     - a client address with ``max_failures`` 401s within ``failure_window`` seconds is locked out (429, with
-      Retry-After) for ``lockout_seconds``, whatever token it sends then; other clients are unaffected;
+      Retry-After) for ``lockout_seconds``, whatever token it sends then; other clients are unaffected. The 401s
+      are counted in the registry (``Registry.auth_failed``), so every coordinator of the registry counts them
+      together and honours the lockout, also after a restart; a lockout known in memory answers without a query,
+      and if the registry cannot be reached the count of this process alone still locks a client out;
     - the bearer token is checked (401): the coordinator's own admin token (``cloud serve``'s, compared in
       constant time) or a scoped token of the registry (looked up by its sha256);
     - the token's scope must cover the route's (403): GETs ``read``; deployments, rollouts, retraining and
@@ -81,6 +84,8 @@ class RequestGuard:
             client = (scope.get("client") or ("", 0))[0] or ""
             now = _clock()
             until = self.locked.get(client)
+            if (until is None or until <= now) and self.registry is not None:
+                until = await self._shared_lockout(client)
             if until is not None and until > now:
                 await _reply(send, 429, "too many failed authentications from this address; try again later",
                              [(b"retry-after", str(max(1, math.ceil(until - now))).encode())])
@@ -88,6 +93,8 @@ class RequestGuard:
             principal = await self._principal(headers.get(b"authorization", b""))
             if principal is None:
                 self._failed(client, now)
+                if self.registry is not None:
+                    await self._shared_failure(client, now)
                 await _reply(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
                 return
             need = required_scope(method, path)
@@ -137,6 +144,41 @@ class RequestGuard:
         for table in (self.failures, self.locked):
             while len(table) > MAX_TRACKED_CLIENTS:
                 table.popitem(last=False)
+
+    async def _shared_lockout(self, client: str) -> float | None:
+        """The end of ``client``'s lockout in the registry (set by any coordinator), remembered here; None if none."""
+        try:
+            until: float = await run_in_threadpool(self.registry.auth_locked_until, self.fleet, client)
+        except Exception as exc:  # the registry is unreachable: this process's own count still applies
+            log.error("API: could not read the lockout of %s from the registry: %s", client, exc)
+            return None
+        if until <= 0:
+            return None
+        self._remember_lockout(client, until)
+        return until
+
+    async def _shared_failure(self, client: str, now: float) -> None:
+        """Count a 401 of ``client`` in the registry, with every coordinator's; remember a lockout it starts."""
+        try:
+            until: float = await run_in_threadpool(
+                lambda: self.registry.auth_failed(self.fleet, client, now, max_failures=self.max_failures,
+                                                  window=self.failure_window, lockout=self.lockout_seconds,
+                                                  max_clients=MAX_TRACKED_CLIENTS))
+        except Exception as exc:
+            log.error("API: could not count a failed authentication of %s in the registry: %s", client, exc)
+            return
+        if until > now and self.locked.get(client) != until:
+            if client not in self.locked:
+                log.warning("API: %s locked out for %gs after %d failed authentications (counted by every "
+                            "coordinator of the registry)", client, self.lockout_seconds, self.max_failures)
+            self._remember_lockout(client, until)
+
+    def _remember_lockout(self, client: str, until: float) -> None:
+        if until > self.locked.get(client, 0.0):
+            self.locked.pop(client, None)
+            self.locked[client] = until
+            while len(self.locked) > MAX_TRACKED_CLIENTS:
+                self.locked.popitem(last=False)
 
     async def _audit(self, principal: dict[str, str], scope: Any, status: int, summary: str) -> None:
         if scope["method"] not in MUTATING or self.registry is None:

@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     inspect,
     or_,
@@ -213,6 +214,16 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("summary", Text, nullable=False, default=""),
             Column("status", Integer, nullable=False),
             Column("client", String(128), nullable=False, default=""),
+        ),
+        # failed API authentications per client address, shared by every coordinator of the registry: the times of
+        # the recent 401s (at most the lockout threshold of them) and the end of a lockout; rows with neither pruned
+        "auth_failures": Table(
+            f"{p}auth_failures", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("client", String(128), primary_key=True),
+            Column("times", Text, nullable=False, default="[]"),
+            Column("locked_until", Float, nullable=False, default=0.0),
+            Column("updated", Float, nullable=False, index=True),
         ),
         "retrain": Table(
             f"{p}retrain", meta,
@@ -817,6 +828,54 @@ class Registry:
             c.execute(insert(self.t["audit"]).values(
                 fleet=fleet, ts=time.time(), who=who[:128], method=method[:16], path=path[:2000],
                 summary=summary[:2000], status=int(status), client=client[:128]))
+
+    def auth_failed(self, fleet: str, client: str, now: float, *, max_failures: int, window: float, lockout: float,
+                    max_clients: int = 10_000) -> float:
+        """Count a failed authentication of ``client`` at ``now`` (wall-clock seconds); returns the end of its lockout
+        (``now + lockout`` once ``max_failures`` fell within ``window`` seconds) or 0.0. Every coordinator of the
+        registry counts into the same row, so a client is locked out by all of them, across restarts.
+
+        The row is locked by an UPDATE before it is read (SQLite: the write lock; PostgreSQL: the row), so
+        concurrent coordinators never lose a count. A new row first prunes rows that hold nothing (no failure
+        within ``window``, no lockout running) and then the oldest beyond ``max_clients`` (addresses are the
+        client's choice)."""
+        f = self.t["auth_failures"]
+        client = client[:128]
+        key = and_(f.c.fleet == fleet, f.c.client == client)
+        for attempt in range(3):
+            try:
+                with self._lock, self.engine.begin() as c:
+                    if not c.execute(update(f).where(key).values(updated=now)).rowcount:
+                        c.execute(delete(f).where(and_(f.c.fleet == fleet, f.c.updated < now - window,
+                                                       f.c.locked_until < now)))
+                        n = c.execute(select(func.count()).select_from(f).where(f.c.fleet == fleet)).scalar() or 0
+                        if n >= max_clients:
+                            oldest = select(f.c.client).where(f.c.fleet == fleet).order_by(f.c.updated) \
+                                .limit(n - max_clients + 1)
+                            c.execute(delete(f).where(and_(f.c.fleet == fleet, f.c.client.in_(
+                                [r[0] for r in c.execute(oldest)]))))
+                        c.execute(insert(f).values(fleet=fleet, client=client, times="[]", locked_until=0.0,
+                                                   updated=now))
+                    row = c.execute(select(f.c.times, f.c.locked_until).where(key)).first()
+                    times = [t for t in json.loads(row[0] if row else "[]") if t > now - window] + [now]
+                    until = float(row[1]) if row else 0.0
+                    if len(times) >= max_failures:
+                        until, times = now + lockout, []
+                    c.execute(update(f).where(key).values(times=json.dumps(times[-max_failures:]),
+                                                          locked_until=until, updated=now))
+                    return until if until > now else 0.0
+            except IntegrityError:  # another coordinator inserted the row first: count into it
+                if attempt == 2:
+                    raise
+        return 0.0
+
+    def auth_locked_until(self, fleet: str, client: str) -> float:
+        """The end of ``client``'s lockout (wall-clock seconds; 0.0: none recorded)."""
+        f = self.t["auth_failures"]
+        with self.engine.connect() as c:
+            row = c.execute(select(f.c.locked_until).where(and_(f.c.fleet == fleet, f.c.client == client[:128]))
+                            ).first()
+        return float(row[0]) if row else 0.0
 
     def audit(self, fleet: str, limit: int = 100, since: float = 0.0) -> list[dict[str, Any]]:
         """The latest audited calls, newest first."""

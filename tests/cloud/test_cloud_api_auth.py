@@ -130,10 +130,92 @@ def test_lockout_after_repeated_401s_per_client(tmp_path: Path, monkeypatch: pyt
     assert r.status_code == 429 and "retry-after" in r.headers and r.json()["detail"]
     assert other.get("/v1/devices", headers=BOOT_H).status_code == 200  # other clients are unaffected
     assert other.get("/v1/devices", headers=_bearer("wrong")).status_code == 401
-    later = time.monotonic() + 301
+    later = time.time() + 301
     monkeypatch.setattr(api_module, "_clock", lambda: later)  # the lockout ends
     assert attacker.get("/v1/devices", headers=BOOT_H).status_code == 200
     coord.registry.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_lockout_is_shared_by_the_coordinators_of_a_registry_and_survives_a_restart(
+        backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefleet.cloud_sync.coordinator import api as api_module
+
+    url, prefix = _url(backend, tmp_path), f"t{uuid.uuid4().hex[:8]}_"
+    made: list[Registry] = []
+
+    def coordinator_api() -> tuple[TestClient, TestClient]:
+        """A coordinator of its own (its own Registry object and app) on the shared registry; an attacker's and
+        another client's connection to it."""
+        reg = Registry(url, prefix=prefix)
+        made.append(reg)
+        app = create_app(Coordinator(reg, MemoryTransport(MemoryBroker(), f"c{len(made)}"), "f"), BOOT,
+                         max_failures=10, failure_window=60.0, lockout_seconds=300.0)
+        return (TestClient(app, client=("203.0.113.7", 40000), raise_server_exceptions=False),
+                TestClient(app, client=("198.51.100.2", 40001), raise_server_exceptions=False))
+
+    try:
+        (a1, o1), (a2, o2) = coordinator_api(), coordinator_api()
+        # Act: the attacker spreads its guesses over both coordinators, 5 each (neither saw 10 itself)
+        codes = []
+        for i in range(5):
+            codes.append(a1.get("/v1/devices", headers=_bearer(f"guess-a{i}")).status_code)
+            codes.append(a2.get("/v1/devices", headers=_bearer(f"guess-b{i}")).status_code)
+        # Assert: the 10th locked it out of both, even with the right token; other clients are unaffected
+        assert codes == [401] * 10
+        for api in (a1, a2):
+            r = api.get("/v1/devices", headers=BOOT_H)
+            assert r.status_code == 429 and 290 <= int(r.headers["retry-after"]) <= 300
+        assert o1.get("/v1/devices", headers=BOOT_H).status_code == 200
+        assert o2.get("/v1/devices", headers=BOOT_H).status_code == 200
+        # a third coordinator started now (a restart) knows the lockout before the attacker fails once there
+        a3, o3 = coordinator_api()
+        assert a3.get("/v1/devices", headers=BOOT_H).status_code == 429
+        assert o3.get("/v1/devices", headers=BOOT_H).status_code == 200
+        # the lockout ends for every coordinator at the same time
+        later = time.time() + 301
+        monkeypatch.setattr(api_module, "_clock", lambda: later)
+        assert [api.get("/v1/devices", headers=BOOT_H).status_code for api in (a1, a2, a3)] == [200] * 3
+    finally:
+        made[0].drop_all()
+        for reg in made:
+            reg.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_shared_failure_counts_are_bounded_and_pruned(backend: str, tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    reg = Registry(_url(backend, tmp_path), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    t = reg.t["auth_failures"]
+
+    def rows() -> dict[str, dict[str, Any]]:
+        with reg.engine.connect() as c:
+            return {r["client"]: dict(r) for r in c.execute(select(t).where(t.c.fleet == "f")).mappings()}
+
+    kw: dict[str, Any] = {"max_failures": 3, "window": 60.0, "lockout": 300.0, "max_clients": 5}
+    try:
+        now = 1_000_000.0
+        assert reg.auth_failed("f", "10.0.0.1", now, **kw) == 0.0
+        assert reg.auth_failed("f", "10.0.0.1", now + 1, **kw) == 0.0
+        assert reg.auth_failed("f", "10.0.0.1", now + 2, **kw) == now + 302  # the third within 60 s
+        assert reg.auth_locked_until("f", "10.0.0.1") == now + 302 and reg.auth_locked_until("g", "10.0.0.1") == 0
+        assert reg.auth_failed("f", "10.0.0.2", now, **kw) == 0.0
+        assert reg.auth_failed("f", "10.0.0.2", now + 61, **kw) == 0.0  # the first fell out of the window
+        assert reg.auth_failed("f", "10.0.0.2", now + 62, **kw) == 0.0
+        # many addresses (an attacker's choice): at most max_clients rows; the oldest go first
+        for i in range(20):
+            reg.auth_failed("f", f"192.0.2.{i}", now + 100 + i, **kw)
+        assert len(rows()) == 5 and "192.0.2.19" in rows() and "192.0.2.0" not in rows()
+        # rows that hold nothing (no failure within the window, no lockout running) are pruned by the next new row
+        reg.auth_failed("f", "10.0.0.9", now + 100_000, **kw)
+        assert set(rows()) == {"10.0.0.9"}
+        with reg.engine.connect() as c:
+            assert c.execute(select(func.count()).select_from(t)).scalar() == 1
+        assert len(json.loads(rows()["10.0.0.9"]["times"])) == 1
+    finally:
+        reg.drop_all()
+        reg.close()
 
 
 def test_audit_log_of_mutating_calls(coord: Coordinator) -> None:
