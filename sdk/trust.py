@@ -163,14 +163,10 @@ class KeyArg:
 
 def load_key_arg(path: str | os.PathLike) -> KeyArg:
     """A PEM file holding an Ed25519 private key (it can sign) or public key (listed only)."""
+    from .keys import _read_key_file
+
     p = Path(path)
-    try:
-        st = os.stat(p)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_FILE_BYTES:
-            raise ConfigError(f"{p} is not a key file")
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key {p}: {exc.strerror}") from None
+    data = _read_key_file(p, "key")  # bounded; a FIFO or device is refused without blocking
     try:
         private = load_private_key_bytes(data)
         return KeyArg(private.public, private, str(p))
@@ -1349,11 +1345,15 @@ class TrustClient:
 
 def read_trusted_root(path: str | os.PathLike) -> bytes:
     p = Path(path)
-    _regular_file_size(p, "trusted root", 512_000, MetadataFormatError)
-    try:
-        return p.read_bytes()
+    size = _regular_file_size(p, "trusted root", 512_000, MetadataFormatError)
+    try:  # the bytes of the file checked (no symlink, no FIFO swapped in since), at most what it was
+        with os.fdopen(_open_regular(p), "rb") as fh:
+            data = fh.read(size + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read trusted root {p}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read trusted root {p}: {exc.strerror or exc}") from None
+    if len(data) > 512_000:
+        raise MetadataFormatError(f"trusted root {p} grew past the 512000-byte cap while read")
+    return data
 
 
 def verify_bundle(

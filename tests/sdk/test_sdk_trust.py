@@ -527,6 +527,23 @@ def test_fifo_metadata_does_not_block(repo: Path, bundles: dict[str, Path]) -> N
         verify_bundle(bundles["cam1"], repo, trusted_root=root1(repo))
 
 
+def test_oversized_key_and_root_files_are_refused_before_reading(repo: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Key files given to the repository commands and a trusted root: bounded, one-line named errors."""
+    big = tmp_path / "big.key"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 30)
+    with pytest.raises(ConfigError, match="larger than the 65536-byte cap"):
+        load_key_arg(big)
+    one_line_error(capsys, ["repo", "delegate-rollback", str(big), "--repo", str(repo), "--root-key", str(big)],
+                   ConfigError.exit_code)
+    root = tmp_path / "root.json"
+    with open(root, "wb") as fh:
+        fh.truncate(600_000)
+    with pytest.raises(MetadataFormatError, match="over the 512000-byte cap"):
+        trust.read_trusted_root(root)
+
+
 # ---------------------------------------------------------------- deltas, publish, misc
 
 
