@@ -1,17 +1,15 @@
 """``Agent``: the device agent as a library (the daemon ``edgefleet agent run`` is the same code).
 
-The agent serves ``predict()`` from the active version in its store and drives
-the update state machine (:mod:`.updates`): each action is performed here and
-its outcome fed back as an event, the job persisted after every transition.
-A background monitor thread judges probation and shadow runs, flushes
-telemetry and notices when another process changed the store.
+The agent is a facade over three parts:
 
-Hot swap: each loaded version sits in a ``_Slot`` that counts the predictions
-in flight. ``predict`` reads the current slot (one attribute read) and holds it
-for the duration of the call; a swap replaces the attribute and the old model
-is closed only when its last in-flight call returns. No predict ever fails or
-waits because of a swap. During probation the previous version stays loaded
-so that a rollback is instant.
+- :mod:`.serving` - what ``predict()`` runs on: the active version's slot, hot swap without a failed or
+  waiting call, the standby kept loaded during probation, shadow runs, stateful sessions;
+- :mod:`.updates` - the pure update state machine; each action it asks for is performed here (one method per
+  action, ``Agent._PERFORM``) and its outcome fed back as an event, the job persisted after every transition;
+- :mod:`.probation` - judging a new version (errors, latency, agreement) into the machine's events.
+
+A background monitor thread asks for those judgements, flushes telemetry and notices when another process
+changed the store.
 """
 
 from __future__ import annotations
@@ -21,22 +19,17 @@ import errno
 import fcntl
 import json
 import os
-import queue
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.canonical import sha256_bytes
 from edgefleet.errors import (
     ConfigError,
     EdgefleetError,
-    InvalidInputError,
-    SessionError,
     StoreError,
     UpdateRejectedError,
 )
@@ -45,8 +38,9 @@ from edgefleet.manifest import MANIFEST_NAME, Manifest
 
 from . import tuf_mode
 from .config import AgentConfig
-from .health import LatencyHistogram, Probation, ShadowStats, outputs_agree
 from .orders import LEDGER_NAME, ClockPolicy, OrderLedger, check_rollback_order
+from .probation import ShadowStats, judge_probation, judge_shadow, start_probation
+from .serving import AgentSession, Loader, ModelLike, Serving, Shadow, Slot, sdk_loader
 from .store import Entry, Store, StoreState
 from .telemetry import DriftMonitor, Telemetry, TelemetryQueue, TelemetrySink, drain
 from .updates import (
@@ -60,7 +54,6 @@ from .updates import (
     JobLog,
     JobStatus,
     ProbationFailed,
-    ProbationPassed,
     Refused,
     Resumed,
     Rollback,
@@ -86,121 +79,6 @@ from .updates import (
 if TYPE_CHECKING:
     from .flower_node import FlowerNode
     from .samples import SampleStore
-
-
-class ModelLike(Protocol):
-    manifest: Manifest
-
-    def predict(self, x: Any, **kwargs: Any) -> Any: ...
-
-    def run_smoke_tests(self) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-Loader = Callable[[Path, Sequence[PublicKey], bool], ModelLike]
-
-
-def sdk_loader(backend: str | None = None, threads: int | None = None) -> Loader:
-    """Load a stored bundle with ``edgefleet.load`` (verifies signature, sizes and hashes again)."""
-
-    def load(path: Path, keys: Sequence[PublicKey], require_signature: bool) -> ModelLike:
-        from edgefleet.model import load as sdk_load
-
-        return sdk_load(path, trusted_keys=list(keys) or None, require_signature=require_signature,
-                        backend=backend, threads=threads)
-
-    return load
-
-
-class _Slot:
-    """A loaded version and the count of predictions running on it."""
-
-    def __init__(self, model: ModelLike, entry: Entry) -> None:
-        self.model = model
-        self.entry = entry
-        self.hist = LatencyHistogram()
-        self._lock = threading.Lock()
-        self._inflight = 0
-        self._retired = False
-        self._closed = False
-
-    def acquire(self) -> bool:
-        with self._lock:
-            if self._closed:
-                return False
-            self._inflight += 1
-            return True
-
-    def release(self, latency_ms: float | None) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if latency_ms is not None:
-                self.hist.add(latency_ms)
-            close = self._retired and self._inflight == 0 and not self._closed
-            if close:
-                self._closed = True
-        if close:
-            self._close_model()
-
-    def retire(self) -> None:
-        with self._lock:
-            self._retired = True
-            close = self._inflight == 0 and not self._closed
-            if close:
-                self._closed = True
-        if close:
-            self._close_model()
-
-    def _close_model(self) -> None:
-        try:
-            self.model.close()
-        except Exception:
-            pass
-
-
-class _Shadow:
-    """A candidate fed copies of live inputs on a worker thread; never blocks ``predict``."""
-
-    def __init__(self, slot: _Slot, stats: ShadowStats, atol: float) -> None:
-        self.slot = slot
-        self.stats = stats
-        self.atol = atol
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=32)
-        self.thread = threading.Thread(target=self._run, name="edgefleet-shadow", daemon=True)
-        self.thread.start()
-
-    def offer(self, x: Any, kwargs: Mapping[str, Any], out: Any, ms: float) -> None:
-        if self.queue.full():
-            self.stats.dropped += 1
-            return
-        if isinstance(x, np.ndarray):  # the caller may reuse its buffer once predict returns
-            x = x.copy()
-        elif isinstance(x, Mapping):
-            x = {k: np.array(v, copy=True) for k, v in x.items()}
-        try:
-            self.queue.put_nowait((x, kwargs, out, ms))
-        except queue.Full:
-            self.stats.dropped += 1
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            x, kwargs, out, ms = item
-            t0 = time.perf_counter()
-            try:
-                got = self.slot.model.predict(x, **kwargs)
-            except Exception:
-                self.stats.record(None, 0.0, ms)
-                continue
-            cms = (time.perf_counter() - t0) * 1000
-            self.stats.record(outputs_agree(out, got, self.atol), cms, ms)
-
-    def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join(timeout=5)
 
 
 class Agent:
@@ -238,6 +116,7 @@ class Agent:
         self.owner = self._take_ownership()
         self.telemetry = Telemetry(TelemetryQueue(self.root / "telemetry.db", config.telemetry.max_events,
                                                   repair=self.owner), config.device_id)
+        self.serving = Serving(self.telemetry, config.telemetry.enabled, self._wake_monitor)
         self.samples: SampleStore | None = None
         if config.samples.enabled:
             from .samples import SampleStore, load_device_key
@@ -247,14 +126,9 @@ class Agent:
         self.job_hooks: list[Callable[[Job], None]] = []
         self._drive_lock = threading.RLock()
         self._machine: UpdateMachine | None = None
-        self._candidate: _Slot | None = None
-        self._standby: _Slot | None = None
-        self._probation: Probation | None = None
-        self._shadow: _Shadow | None = None
         self._rollback_order: Mapping[str, Any] | None = None
         self._repo: str | None = None
         self._tuf_client: Any = None  # TUF mode: the metadata the current job's archive was checked against
-        self._slot: _Slot | None = None
         self._generation = -1
         self._last_flush = time.monotonic()
         self._stop = threading.Event()
@@ -271,8 +145,8 @@ class Agent:
                 repaired = self.store.recover(self._rolled_back_ids())
                 if repaired is not None:
                     self.telemetry.event("store_repaired", {"damaged": "pointer", **repaired})
-                self._slot = self._load_active()
-            self._set_drift(self._slot)
+                self.serving.slot = self._load_active()
+            self._set_drift(self.serving.slot)
             if resume and self.owner:
                 self._resume_jobs()
         except BaseException:
@@ -332,7 +206,7 @@ class Agent:
     def trusted_keys(self) -> list[PublicKey]:
         return self.store.trusted_keys
 
-    def _open(self, entry: Entry) -> _Slot:
+    def _open(self, entry: Entry) -> Slot:
         path = self.store.object_path(entry.id)
         try:
             raw = (path / MANIFEST_NAME).read_bytes()
@@ -342,9 +216,9 @@ class Agent:
             raise StoreError(f"version {entry.version} ({entry.id[:12]}) does not match its id")
         keys = self.store.verify_keys  # the trusted keys and those that signed TUF-verified installs
         model = self._load(path, keys, self.config.require_signature or bool(keys))
-        return _Slot(model, entry)
+        return Slot(model, entry)
 
-    def _load_active(self) -> _Slot | None:
+    def _load_active(self) -> Slot | None:
         """Load the active version; if it is damaged, fall back to the previous one (never nothing)."""
         state = self.store.state()
         self._generation = state.generation
@@ -363,7 +237,7 @@ class Agent:
                                                 "error": damaged})
         return slot
 
-    def _set_drift(self, slot: _Slot | None) -> None:
+    def _set_drift(self, slot: Slot | None) -> None:
         ref = slot.model.manifest.reference_stats if slot is not None else None
         monitor = None
         if ref and self.config.telemetry.enabled:
@@ -377,7 +251,7 @@ class Agent:
     # -- serving ------------------------------------------------------------------
     def predict(self, x: Any, **kwargs: Any) -> Any:
         """Predict with the active version (thread-safe; never fails because of an update)."""
-        return self._serve(lambda slot: slot.model.predict(x, **kwargs), x, kwargs, shadow=True)
+        return self.serving.serve(lambda slot: slot.model.predict(x, **kwargs), x, kwargs, shadow=True)
 
     def session(self) -> AgentSession:
         """A stateful session (streaming models) on whatever version the agent serves.
@@ -386,54 +260,16 @@ class Agent:
         version if its signature (inputs, outputs, state pairs, preprocessing) is the same;
         otherwise the session's next call raises ``SessionError`` (``reset()`` starts it
         again on the new version)."""
-        return AgentSession(self)
-
-    def _serve(self, call: Callable[[Any], Any], x: Any, kwargs: Mapping[str, Any], shadow: bool) -> Any:
-        """Run ``call(model)`` on the active version with telemetry, probation and shadow."""
-        while True:
-            slot = self._slot
-            if slot is None:
-                raise StoreError("no model is installed; install one with 'edgefleet agent install'")
-            if slot.acquire():
-                break
-        version = slot.entry.version
-        t0 = time.perf_counter()
-        try:
-            out = call(slot)
-        except (InvalidInputError, SessionError):
-            slot.release(None)
-            if self.config.telemetry.enabled:
-                self.telemetry.record_prediction(version, 0.0, "invalid")
-            raise
-        except Exception:
-            slot.release(None)
-            if self.config.telemetry.enabled:
-                self.telemetry.record_prediction(version, 0.0, "error")
-            probation = self._probation
-            if probation is not None and self._slot is slot:
-                probation.record(False, 0.0)
-                self._wake.set()
-            raise
-        ms = (time.perf_counter() - t0) * 1000
-        slot.release(ms)
-        if self.config.telemetry.enabled:
-            self.telemetry.record_prediction(version, ms, "ok", x)
-        probation = self._probation
-        if probation is not None and self._slot is slot:
-            probation.record(True, ms)
-        shadow_ = self._shadow if shadow else None
-        if shadow_ is not None:
-            shadow_.offer(x, kwargs, out, ms)
-        return out
+        return AgentSession(self.serving)
 
     @property
     def model(self) -> ModelLike | None:
-        slot = self._slot
+        slot = self.serving.slot
         return slot.model if slot else None
 
     @property
     def active_version(self) -> str | None:
-        slot = self._slot
+        slot = self.serving.slot
         return slot.entry.version if slot else None
 
     # -- installing ---------------------------------------------------------------------
@@ -569,15 +405,13 @@ class Agent:
         """Clean up after a terminal job: drop the standby/candidate that is no longer needed."""
         if job.target_id:
             self.store.unpin(job.target_id)
-        self._probation = None
-        if self._shadow is not None:
-            self._shadow.stop()
-            self._shadow = None
-        cand, self._candidate = self._candidate, None
-        if cand is not None and cand is not self._slot:
+        self.serving.probation = None
+        self.serving.stop_shadow()
+        cand, self.serving.candidate = self.serving.candidate, None
+        if cand is not None and cand is not self.serving.slot:
             cand.retire()
-        standby, self._standby = self._standby, None
-        if standby is not None and standby is not self._slot:
+        standby, self.serving.standby = self.serving.standby, None
+        if standby is not None and standby is not self.serving.slot:
             standby.retire()
         self._rollback_order = None
         self._repo = None
@@ -594,23 +428,12 @@ class Agent:
         return Entry(object_id, m.name, m.version)
 
     def _perform(self, action: Action) -> Event | None:
-        if isinstance(action, Verify):
-            return self._verify(action)
-        if isinstance(action, SmokeTest):
-            return self._smoke(action.target_id)
-        if isinstance(action, StartShadow):
-            return self._start_shadow(action.target_id)
-        if isinstance(action, Activate):
-            return self._activate(action.target_id)
-        if isinstance(action, StartProbation):
-            return self._start_probation()
-        if isinstance(action, Rollback):
-            return self._do_rollback(action.to_id)
-        if isinstance(action, Discard):
-            with self.store.lock():
-                self.store.discard(action.target_id)
-            return None
-        raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+        """Carry out one action of the update machine; its outcome (an event) goes back to the machine."""
+        return self._PERFORM[type(action)](self, action)
+
+    def _discard(self, action: Discard) -> None:
+        with self.store.lock():
+            self.store.discard(action.target_id)
 
     def _verify(self, action: Verify) -> Event:
         assert self._machine is not None
@@ -730,6 +553,9 @@ class Agent:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def _smoke_action(self, action: SmokeTest) -> Event:
+        return self._smoke(action.target_id)
+
     def _smoke(self, target_id: str) -> Event:
         try:
             slot = self._open(self._entry(target_id))
@@ -744,59 +570,53 @@ class Agent:
         if result is None or not result.ok:
             slot.retire()
             return SmokeFailed(message if result is None else result.message)
-        self._candidate = slot
+        self.serving.candidate = slot
         return SmokePassed(float(getattr(result, "max_abs_error", 0.0)))
 
     def _start_shadow(self, target_id: str) -> Event | None:
-        if self._candidate is None or self._candidate.entry.id != target_id:
-            self._candidate = self._open(self._entry(target_id))
-        if self._slot is None:  # nothing to compare with: shadowing is moot
+        if self.serving.candidate is None or self.serving.candidate.entry.id != target_id:
+            self.serving.candidate = self._open(self._entry(target_id))
+        if self.serving.slot is None:  # nothing to compare with: shadowing is moot
             return ShadowDone(True, {"compared": 0, "why": "no active version to compare with"})
         stats = ShadowStats(self.config.update, time.monotonic())
-        self._shadow = _Shadow(self._candidate, stats, self.config.update.agreement_atol)
+        self.serving.shadow = Shadow(self.serving.candidate, stats, self.config.update.agreement_atol)
         return None
 
     def _activate(self, target_id: str) -> Event:
-        if self._shadow is not None:
-            self._shadow.stop()
-            self._shadow = None
-        cand = self._candidate
+        self.serving.stop_shadow()
+        cand = self.serving.candidate
         if cand is None or cand.entry.id != target_id:
             cand = self._open(self._entry(target_id))
         with self.store.lock():
             state = self.store.activate(cand.entry)
         cand.entry = state.active or cand.entry
         self._generation = state.generation
-        old, self._slot = self._slot, cand
-        self._candidate = None
-        self._standby = old
+        old = self.serving.swap(cand)
+        self.serving.candidate = None
+        self.serving.standby = old
         self._set_drift(cand)
         self.telemetry.event("activated", {"version": cand.entry.version, "id": cand.entry.id,
                                            "previous": old.entry.version if old else None})
         return Activated()
 
     def _start_probation(self) -> Event | None:
-        standby = self._standby
-        base = standby.hist.quantile(0.95) if standby is not None and standby.hist.total >= 20 else None
-        self._probation = Probation(self.config.update, time.monotonic(), base)
+        standby = self.serving.standby
+        self.serving.probation = start_probation(self.config.update, time.monotonic(),
+                                                 standby.hist if standby is not None else None)
         return self._judge_probation()
 
     def _judge_probation(self) -> Event | None:
-        probation = self._probation
+        probation = self.serving.probation
         if probation is None:
             return None
-        verdict = probation.verdict(time.monotonic())
-        if verdict is None:
-            return None
-        self._probation = None
-        if not verdict.ok:
-            return ProbationFailed(verdict.reason, verdict.message, verdict.report)
-        slot = self._slot
-        if slot is not None:
-            result = slot.model.run_smoke_tests()
-            if not result.ok:
-                return ProbationFailed("smoke_test_failed", result.message, verdict.report)
-        return ProbationPassed(verdict.report)
+        slot = self.serving.slot
+        event = judge_probation(probation, time.monotonic(), slot.model if slot is not None else None)
+        if event is not None:
+            self.serving.probation = None
+        return event
+
+    def _wake_monitor(self) -> None:
+        self._wake.set()
 
     def _do_rollback(self, to_id: str) -> Event:
         assert self._machine is not None
@@ -812,14 +632,14 @@ class Agent:
             elif state.active is None or state.active.id != to_id:
                 return Failed("rollback_failed", "the store holds neither the new nor the previous version")
         self._generation = state.generation
-        standby = self._standby
+        standby = self.serving.standby
         if standby is not None and standby.entry.id == to_id:
             new = standby
-            self._standby = None
+            self.serving.standby = None
         else:
             assert state.active is not None
             new = self._open(state.active)
-        old, self._slot = self._slot, new
+        old = self.serving.swap(new)
         if old is not None and old is not new:
             old.retire()
         self._set_drift(new)
@@ -853,7 +673,7 @@ class Agent:
         with self._drive_lock:
             m = self._machine
             if m is not None and not m.job.status.terminal and m.job.step is Step.PROBATION:
-                self._probation = None
+                self.serving.probation = None
                 self._drive(self._advance(ProbationFailed("operator_rollback", "rolled back by the operator")))
                 return self.store.state()
             if m is not None and not m.job.status.terminal:
@@ -863,7 +683,7 @@ class Agent:
             assert state.active is not None
             new = self._open(state.active)
             self._generation = state.generation
-            old, self._slot = self._slot, new
+            old = self.serving.swap(new)
             if old is not None:
                 old.retire()
             self._set_drift(new)
@@ -880,10 +700,10 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         out = read_status(self.root)
-        slot = self._slot
+        slot = self.serving.slot
         out["device_id"] = self.config.device_id
         out["serving"] = {"version": slot.entry.version, "id": slot.entry.id, "name": slot.entry.name} if slot else None
-        probation, shadow = self._probation, self._shadow
+        probation, shadow = self.serving.probation, self.serving.shadow
         out["probation"] = probation.report() if probation else None
         out["shadow"] = shadow.stats.report() if shadow else None
         out["telemetry"] = {**self.telemetry.queue.stats(), "window": self.telemetry.snapshot()}
@@ -910,16 +730,16 @@ class Agent:
             m = self._machine
             if m is not None and not m.job.status.terminal:
                 if m.job.step is Step.PROBATION and self._external_rollback(m.job):
-                    self._probation = None
+                    self.serving.probation = None
                     self._drive(self._advance(ProbationFailed("operator_rollback", "rolled back by another process")))
-                elif m.job.step is Step.PROBATION and self._probation is not None:
+                elif m.job.step is Step.PROBATION and self.serving.probation is not None:
                     event = self._judge_probation()
                     if event is not None:
                         self._drive(self._advance(event))
-                elif m.job.step is Step.SHADOWING and self._shadow is not None:
-                    v = self._shadow.stats.verdict(time.monotonic())
-                    if v is not None:
-                        self._drive(self._advance(ShadowDone(v[0], v[1], v[1].get("reason", "shadow_disagreement"))))
+                elif m.job.step is Step.SHADOWING and self.serving.shadow is not None:
+                    event = judge_shadow(self.serving.shadow.stats, time.monotonic())
+                    if event is not None:
+                        self._drive(self._advance(event))
             else:
                 self._follow_store()
         if time.monotonic() - self._last_flush >= self.config.telemetry.flush_seconds:
@@ -940,7 +760,7 @@ class Agent:
             return
         if state.generation == self._generation:
             return
-        slot = self._slot
+        slot = self.serving.slot
         if state.active is None or (slot is not None and slot.entry.id == state.active.id):
             self._generation = state.generation
             return
@@ -949,7 +769,7 @@ class Agent:
         except EdgefleetError:
             return  # retried at the next tick
         self._generation = state.generation
-        old, self._slot = self._slot, new
+        old = self.serving.swap(new)
         if old is not None:
             old.retire()
         self._set_drift(new)
@@ -976,15 +796,12 @@ class Agent:
             node.stop()  # the SuperNode and its process group (superexec, ClientApp)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._shadow is not None:
-            self._shadow.stop()
-            self._shadow = None
+        self.serving.stop_shadow()
         try:
             self.flush_telemetry()
         except Exception:
             pass
-        for slot in {id(s): s for s in (self._slot, self._standby, self._candidate) if s is not None}.values():
-            slot.retire()
+        self.serving.retire_all()
         self.telemetry.queue.close()
         if self.samples is not None:
             self.samples.close()
@@ -999,57 +816,16 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-class AgentSession:
-    """A stateful model session that follows the agent's active version (see
-    :meth:`Agent.session`). Thread-safe: calls are serialised."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self._lock = threading.RLock()
-        self._slot: _Slot | None = None
-        self._session: Any = None
-        self._broken: str | None = None
-
-    def _bind(self, slot: _Slot) -> Any:
-        if slot is self._slot and self._session is not None:
-            return self._session
-        if self._broken is not None:
-            raise SessionError(self._broken)
-        model = slot.model
-        if self._session is None:
-            self._session = model.session()  # type: ignore[attr-defined]
-        else:
-            try:
-                self._session.move_to(model)
-            except SessionError as exc:
-                self._broken = f"the agent swapped to v{slot.entry.version}: {exc}"
-                raise SessionError(self._broken) from None
-        self._slot = slot
-        return self._session
-
-    def predict(self, x: Any = None, **kwargs: Any) -> Any:
-        """One step on the active version (state carried, see ``edgefleet.Session``)."""
-        with self._lock:
-            return self._agent._serve(lambda slot: self._bind(slot).predict(x, **kwargs), x, kwargs, shadow=False)
-
-    def push(self, chunk: Any) -> Any:
-        with self._lock:
-            return self._agent._serve(lambda slot: self._bind(slot).push(chunk), chunk, {}, shadow=False)
-
-    @property
-    def version(self) -> str | None:
-        return self._slot.entry.version if self._slot is not None else None
-
-    @property
-    def state(self) -> dict[str, Any]:
-        with self._lock:
-            return {} if self._session is None else self._session.state
-
-    def reset(self) -> None:
-        """Start again (initial state) on whatever version is active at the next call."""
-        with self._lock:
-            self._slot, self._session, self._broken = None, None, None
+    #: the update machine's actions (:mod:`.updates`), each performed by one method
+    _PERFORM: Mapping[type, Callable[[Agent, Any], Event | None]] = {
+        Verify: _verify,
+        SmokeTest: _smoke_action,
+        StartShadow: lambda self, a: self._start_shadow(a.target_id),
+        Activate: lambda self, a: self._activate(a.target_id),
+        StartProbation: lambda self, a: self._start_probation(),
+        Rollback: lambda self, a: self._do_rollback(a.to_id),
+        Discard: _discard,
+    }
 
 
 def read_status(state_dir: str | Path) -> dict[str, Any]:

@@ -164,3 +164,13 @@ def test_available_runtimes_are_found_without_importing() -> None:
     before = set(sys.modules)
     assert set(available_runtimes()) == {"litert", "onnxruntime"}
     assert not {m for m in set(sys.modules) - before if m.startswith(("onnxruntime", "ai_edge_litert"))}
+
+
+def test_every_action_of_the_machine_has_one_performer_in_the_agent() -> None:
+    """The agent dispatches the machine's actions by a table (no isinstance chain that can miss one)."""
+    from typing import get_args
+
+    from edgefleet.device_agent.agent import Agent
+    from edgefleet.device_agent.updates import Action
+
+    assert set(Agent._PERFORM) == set(get_args(Action))

@@ -1,0 +1,165 @@
+"""Judging a new version: probation after activation (errors, latency) and shadow runs before it (agreement).
+
+Pure and thread-safe: :class:`Probation` and :class:`ShadowStats` count what the serving path records
+(:mod:`.serving`), and :func:`judge_probation` / :func:`judge_shadow` turn their verdicts into the update
+machine's events (:mod:`.updates`); the agent only asks at each tick.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .config import UpdateConfig
+from .health import LatencyHistogram
+from .updates import Event, ProbationFailed, ProbationPassed, ShadowDone
+
+#: the previous version's latency counts as a baseline once it served this many predictions
+BASELINE_MIN_PREDICTIONS = 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+    message: str
+    report: dict[str, Any]
+
+
+class Probation:
+    """Watches a freshly activated version: error rate, latency; decides pass or fail."""
+
+    def __init__(self, cfg: UpdateConfig, started: float, baseline_p95_ms: float | None = None) -> None:
+        self.cfg = cfg
+        self.started = started
+        self.baseline_p95_ms = baseline_p95_ms
+        self.hist = LatencyHistogram()
+        self.predictions = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    def record(self, ok: bool, latency_ms: float) -> None:
+        with self._lock:
+            self.predictions += 1
+            if ok:
+                self.hist.add(latency_ms)
+            else:
+                self.errors += 1
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "predictions": self.predictions,
+                "errors": self.errors,
+                "error_rate": self.errors / self.predictions if self.predictions else 0.0,
+                "p95_ms": self.hist.quantile(0.95),
+                "baseline_p95_ms": self.baseline_p95_ms,
+            }
+
+    def verdict(self, now: float) -> Verdict | None:
+        """None while undecided; a failing verdict as soon as the error rate is over the limit."""
+        cfg = self.cfg
+        rep = self.report()
+        rep["elapsed_s"] = round(now - self.started, 3)
+        if rep["errors"] >= max(1, cfg.min_error_count) and rep["error_rate"] > cfg.max_error_rate:
+            return Verdict(False, "error_rate", (
+                f"{rep['errors']} of {rep['predictions']} predictions failed "
+                f"({rep['error_rate']:.1%} > {cfg.max_error_rate:.1%})"), rep)
+        if now - self.started < cfg.probation_seconds or rep["predictions"] < cfg.probation_min_predictions:
+            return None
+        if rep["predictions"]:
+            p95 = rep["p95_ms"]
+            if cfg.max_latency_ms and p95 > cfg.max_latency_ms:
+                return Verdict(False, "latency", f"p95 latency {p95} ms > {cfg.max_latency_ms} ms", rep)
+            base = self.baseline_p95_ms
+            if cfg.latency_factor and base and p95 > cfg.latency_factor * base:
+                return Verdict(False, "latency_regression", (
+                    f"p95 latency {p95} ms is over {cfg.latency_factor}x the previous version's {base} ms"), rep)
+        return Verdict(True, "healthy", "", rep)
+
+
+class ShadowStats:
+    """Agreement and latency of a candidate running beside the active version."""
+
+    def __init__(self, cfg: UpdateConfig, started: float) -> None:
+        self.cfg = cfg
+        self.started = started
+        self.compared = 0
+        self.agreed = 0
+        self.errors = 0
+        self.dropped = 0
+        self.candidate = LatencyHistogram()
+        self.active = LatencyHistogram()
+        self._lock = threading.Lock()
+
+    def record(self, agree: bool | None, candidate_ms: float, active_ms: float) -> None:
+        with self._lock:
+            if agree is None:
+                self.errors += 1
+                return
+            self.compared += 1
+            self.agreed += int(agree)
+            self.candidate.add(candidate_ms)
+            self.active.add(active_ms)
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "compared": self.compared,
+                "agreement": self.agreed / self.compared if self.compared else 0.0,
+                "errors": self.errors,
+                "dropped": self.dropped,
+                "candidate_p95_ms": self.candidate.quantile(0.95),
+                "active_p95_ms": self.active.quantile(0.95),
+            }
+
+    def verdict(self, now: float) -> tuple[bool, dict[str, Any]] | None:
+        """``(ok, report)`` once enough was compared or the time is up; ``report["reason"]`` names a failure."""
+        rep = self.report()
+        done = rep["compared"] + rep["errors"] >= self.cfg.shadow_predictions
+        if not done and now - self.started < self.cfg.shadow_seconds:
+            return None
+        if rep["compared"] == 0:
+            rep["why"] = "no shadow traffic was compared"
+            rep["reason"] = "shadow_no_traffic"
+            return False, rep
+        ok = rep["agreement"] >= self.cfg.min_agreement and rep["errors"] == 0
+        if not ok:
+            rep["why"] = f"agreement {rep['agreement']:.1%} < {self.cfg.min_agreement:.1%} or candidate errors"
+            rep["reason"] = "shadow_disagreement"
+        return ok, rep
+
+
+def start_probation(cfg: UpdateConfig, now: float, previous: LatencyHistogram | None) -> Probation:
+    """Probation of a version just activated; ``previous``: the latency of the version it replaced (its p95 is
+    the baseline for ``latency_factor`` once it served :data:`BASELINE_MIN_PREDICTIONS` predictions)."""
+    base = previous.quantile(0.95) if previous is not None and previous.total >= BASELINE_MIN_PREDICTIONS else None
+    return Probation(cfg, now, base)
+
+
+def judge_probation(probation: Probation, now: float, model: Any) -> Event | None:
+    """None while undecided; else ProbationFailed or, after the smoke tests pass again on ``model`` (the
+    version serving, None if nothing does), ProbationPassed."""
+    verdict = probation.verdict(now)
+    if verdict is None:
+        return None
+    if not verdict.ok:
+        return ProbationFailed(verdict.reason, verdict.message, verdict.report)
+    if model is not None:
+        result = model.run_smoke_tests()
+        if not result.ok:
+            return ProbationFailed("smoke_test_failed", result.message, verdict.report)
+    return ProbationPassed(verdict.report)
+
+
+def judge_shadow(stats: ShadowStats, now: float) -> Event | None:
+    """None while the shadow run goes on; else ShadowDone with its report and named reason."""
+    v = stats.verdict(now)
+    if v is None:
+        return None
+    return ShadowDone(v[0], v[1], v[1].get("reason", "shadow_disagreement"))
+
+
+__all__ = ["BASELINE_MIN_PREDICTIONS", "Probation", "ShadowStats", "Verdict", "judge_probation", "judge_shadow",
+           "start_probation"]

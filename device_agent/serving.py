@@ -1,0 +1,269 @@
+"""Serving: what ``Agent.predict`` runs on, and hot swap.
+
+Each loaded version sits in a :class:`Slot` that counts the predictions in flight. ``predict`` reads the
+current slot (one attribute read) and holds it for the duration of the call; a swap replaces the attribute
+and the old model is closed only when its last in-flight call returns. No predict ever fails or waits
+because of a swap. A candidate may run as a :class:`Shadow` beside the active version, fed copies of live
+inputs on its own thread. :class:`AgentSession` carries a stateful model's state across swaps.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from edgefleet.errors import InvalidInputError, SessionError, StoreError
+from edgefleet.keys import PublicKey
+from edgefleet.manifest import Manifest
+
+from .health import LatencyHistogram, outputs_agree
+from .probation import Probation, ShadowStats
+from .store import Entry
+from .telemetry import Telemetry
+
+
+class ModelLike(Protocol):
+    manifest: Manifest
+
+    def predict(self, x: Any, **kwargs: Any) -> Any: ...
+
+    def run_smoke_tests(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+Loader = Callable[[Path, Sequence[PublicKey], bool], ModelLike]
+
+
+def sdk_loader(backend: str | None = None, threads: int | None = None) -> Loader:
+    """Load a stored bundle with ``edgefleet.load`` (verifies signature, sizes and hashes again)."""
+
+    def load(path: Path, keys: Sequence[PublicKey], require_signature: bool) -> ModelLike:
+        from edgefleet.model import load as sdk_load
+
+        return sdk_load(path, trusted_keys=list(keys) or None, require_signature=require_signature,
+                        backend=backend, threads=threads)
+
+    return load
+
+
+class Slot:
+    """A loaded version and the count of predictions running on it."""
+
+    def __init__(self, model: ModelLike, entry: Entry) -> None:
+        self.model = model
+        self.entry = entry
+        self.hist = LatencyHistogram()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._retired = False
+        self._closed = False
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self, latency_ms: float | None) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if latency_ms is not None:
+                self.hist.add(latency_ms)
+            close = self._retired and self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self._close_model()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            close = self._inflight == 0 and not self._closed
+            if close:
+                self._closed = True
+        if close:
+            self._close_model()
+
+    def _close_model(self) -> None:
+        try:
+            self.model.close()
+        except Exception:
+            pass
+
+
+class Shadow:
+    """A candidate fed copies of live inputs on a worker thread; never blocks ``predict``."""
+
+    def __init__(self, slot: Slot, stats: ShadowStats, atol: float) -> None:
+        self.slot = slot
+        self.stats = stats
+        self.atol = atol
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=32)
+        self.thread = threading.Thread(target=self._run, name="edgefleet-shadow", daemon=True)
+        self.thread.start()
+
+    def offer(self, x: Any, kwargs: Mapping[str, Any], out: Any, ms: float) -> None:
+        if self.queue.full():
+            self.stats.dropped += 1
+            return
+        if isinstance(x, np.ndarray):  # the caller may reuse its buffer once predict returns
+            x = x.copy()
+        elif isinstance(x, Mapping):
+            x = {k: np.array(v, copy=True) for k, v in x.items()}
+        try:
+            self.queue.put_nowait((x, kwargs, out, ms))
+        except queue.Full:
+            self.stats.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            x, kwargs, out, ms = item
+            t0 = time.perf_counter()
+            try:
+                got = self.slot.model.predict(x, **kwargs)
+            except Exception:
+                self.stats.record(None, 0.0, ms)
+                continue
+            cms = (time.perf_counter() - t0) * 1000
+            self.stats.record(outputs_agree(out, got, self.atol), cms, ms)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=5)
+
+
+class Serving:
+    """What ``predict`` runs on: the active :class:`Slot` (swapped in one attribute write), the standby (the
+    version replaced, kept loaded during probation so a rollback is instant), the candidate (loaded for smoke
+    tests and shadow runs), the :class:`Shadow`, and the probation that every call is recorded to. Telemetry
+    records every prediction; ``on_failure`` is called when a prediction fails during probation (the agent
+    wakes its monitor to judge at once)."""
+
+    def __init__(self, telemetry: Telemetry, record_telemetry: bool, on_failure: Callable[[], None]) -> None:
+        self.telemetry = telemetry
+        self.record_telemetry = record_telemetry
+        self.on_failure = on_failure
+        self.slot: Slot | None = None
+        self.standby: Slot | None = None
+        self.candidate: Slot | None = None
+        self.shadow: Shadow | None = None
+        self.probation: Probation | None = None
+
+    def serve(self, call: Callable[[Slot], Any], x: Any, kwargs: Mapping[str, Any], shadow: bool) -> Any:
+        """Run ``call(slot)`` on the active version with telemetry, probation and shadow."""
+        while True:
+            slot = self.slot
+            if slot is None:
+                raise StoreError("no model is installed; install one with 'edgefleet agent install'")
+            if slot.acquire():
+                break
+        version = slot.entry.version
+        t0 = time.perf_counter()
+        try:
+            out = call(slot)
+        except (InvalidInputError, SessionError):
+            slot.release(None)
+            if self.record_telemetry:
+                self.telemetry.record_prediction(version, 0.0, "invalid")
+            raise
+        except Exception:
+            slot.release(None)
+            if self.record_telemetry:
+                self.telemetry.record_prediction(version, 0.0, "error")
+            probation = self.probation
+            if probation is not None and self.slot is slot:
+                probation.record(False, 0.0)
+                self.on_failure()
+            raise
+        ms = (time.perf_counter() - t0) * 1000
+        slot.release(ms)
+        if self.record_telemetry:
+            self.telemetry.record_prediction(version, ms, "ok", x)
+        probation = self.probation
+        if probation is not None and self.slot is slot:
+            probation.record(True, ms)
+        shadow_ = self.shadow if shadow else None
+        if shadow_ is not None:
+            shadow_.offer(x, kwargs, out, ms)
+        return out
+
+    def swap(self, new: Slot) -> Slot | None:
+        """Serve ``new`` from the next call on; returns the slot it replaced (still serving its calls in flight)."""
+        old, self.slot = self.slot, new
+        return old
+
+    def stop_shadow(self) -> None:
+        shadow, self.shadow = self.shadow, None
+        if shadow is not None:
+            shadow.stop()
+
+    def retire_all(self) -> None:
+        """Close every loaded version once its calls in flight end (the agent is closing)."""
+        self.stop_shadow()
+        for slot in {id(s): s for s in (self.slot, self.standby, self.candidate) if s is not None}.values():
+            slot.retire()
+
+
+class AgentSession:
+    """A stateful model session that follows the version served (see :meth:`.Agent.session`). Thread-safe:
+    calls are serialised."""
+
+    def __init__(self, serving: Serving) -> None:
+        self._serving = serving
+        self._lock = threading.RLock()
+        self._slot: Slot | None = None
+        self._session: Any = None
+        self._broken: str | None = None
+
+    def _bind(self, slot: Slot) -> Any:
+        if slot is self._slot and self._session is not None:
+            return self._session
+        if self._broken is not None:
+            raise SessionError(self._broken)
+        model = slot.model
+        if self._session is None:
+            self._session = model.session()  # type: ignore[attr-defined]
+        else:
+            try:
+                self._session.move_to(model)
+            except SessionError as exc:
+                self._broken = f"the agent swapped to v{slot.entry.version}: {exc}"
+                raise SessionError(self._broken) from None
+        self._slot = slot
+        return self._session
+
+    def predict(self, x: Any = None, **kwargs: Any) -> Any:
+        """One step on the active version (state carried, see ``edgefleet.Session``)."""
+        with self._lock:
+            return self._serving.serve(lambda slot: self._bind(slot).predict(x, **kwargs), x, kwargs, shadow=False)
+
+    def push(self, chunk: Any) -> Any:
+        with self._lock:
+            return self._serving.serve(lambda slot: self._bind(slot).push(chunk), chunk, {}, shadow=False)
+
+    @property
+    def version(self) -> str | None:
+        return self._slot.entry.version if self._slot is not None else None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {} if self._session is None else self._session.state
+
+    def reset(self) -> None:
+        """Start again (initial state) on whatever version is active at the next call."""
+        with self._lock:
+            self._slot, self._session, self._broken = None, None, None
+
+
+__all__ = ["AgentSession", "Loader", "ModelLike", "Serving", "Shadow", "Slot", "sdk_loader"]
