@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from edgefleet._version import __version__ as AGENT_VERSION
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import EdgefleetError, ProtocolError, SyncError, TrustError, UpdateRejectedError
 
 from . import protocol as P
@@ -179,9 +180,7 @@ class DeviceSync:
             return {}
 
     def _save_state(self) -> None:
-        from edgefleet.device_agent.store import _write_atomic  # temp file, fsync, rename, fsync of the directory
-
-        _write_atomic(self.dir / "sync.json", json.dumps(self._state).encode())
+        write_atomic(self.dir / "sync.json", json.dumps(self._state).encode())
 
     def _finished(self) -> dict[str, Any]:
         return self._state.setdefault("finished", {})

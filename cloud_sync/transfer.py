@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import ProtocolError, SyncError
 
 from .protocol import Chunk, ChunkRequest, FileInfo
@@ -253,9 +254,7 @@ class ChunkFile:
         """Data first, then the bitmap that claims it (a crash never claims a chunk not on disk)."""
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        tmp = self.map_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(self.have)))
-        os.replace(tmp, self.map_path)
+        write_atomic(self.map_path, json.dumps(sorted(self.have)))
         self._unsynced = 0
 
     def verify(self) -> bool:

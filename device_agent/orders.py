@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from edgefleet.atomic import write_atomic
 from edgefleet.canonical import canonical_json, sha256_bytes
 from edgefleet.errors import SignatureError, UpdateRejectedError
 from edgefleet.keys import PrivateKey, PublicKey, sign_payload, verify_payload
@@ -189,7 +190,7 @@ def _iso(t: float) -> str:
 class OrderLedger:
     """Orders this device has executed, the signed-time floor, the last fleet order ``seq``: ``orders.json``.
 
-    Written with the store's atomic write (temp file, fsync, rename, fsync of the directory) before an
+    Written with :func:`edgefleet.atomic.write_atomic` (temp file, fsync, rename, fsync of the directory) before an
     order takes effect. Call :meth:`reload` and :meth:`record` holding the store lock."""
 
     def __init__(self, path: str | os.PathLike, now: Callable[[], float] | None = None) -> None:
@@ -250,11 +251,9 @@ class OrderLedger:
         self._write()
 
     def _write(self) -> None:
-        from .store import _write_atomic
-
         doc = {"applied": self.applied, "floor": self.floor, "not_before": self.not_before, "seq": self.seq,
                "job": self.job}
-        _write_atomic(self.path, json.dumps(doc, sort_keys=True).encode())
+        write_atomic(self.path, json.dumps(doc, sort_keys=True).encode())
 
 
 # -- local orders ------------------------------------------------------------------------------------------------------

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from edgefleet.atomic import fsync_dir, fsync_file, write_atomic
 from edgefleet.bundle import (
     MAX_SIGNATURE_BYTES,
     Bundle,
     extract_archive,
-    fsync_dir,
     is_archive,
     read_manifest,
     verify_bundle_dir,
@@ -138,21 +138,8 @@ class Staged:
     notes: list[str] = field(default_factory=list)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    failpoint("pointer.tmp_written")
-    os.replace(tmp, path)
-    failpoint("pointer.replaced")
-    fsync_dir(path.parent)
+def _write_pointer(path: Path, data: bytes) -> None:
+    write_atomic(path, data, on_step=lambda step: failpoint(f"pointer.{step}"))
 
 
 def _dir_size(path: Path) -> int:
@@ -224,7 +211,7 @@ class Store:
     def add_trusted_key(self, source: Any) -> PublicKey:
         """Keep a public key in ``trust/`` so later commands verify against it."""
         key = load_public_key(source)
-        _write_atomic(self.trust_dir / f"{key.key_id}.pub", key.pem())
+        write_atomic(self.trust_dir / f"{key.key_id}.pub", key.pem())
         return key
 
     # -- locking and recovery ---------------------------------------------------
@@ -317,7 +304,7 @@ class Store:
         return StoreState.from_bytes(raw)
 
     def _write_state(self, state: StoreState) -> StoreState:
-        _write_atomic(self.pointer, state.to_bytes())
+        _write_pointer(self.pointer, state.to_bytes())
         return state
 
     def object_path(self, object_id: str) -> Path:
@@ -455,7 +442,7 @@ class Store:
             object_id = manifest_id(bundle.manifest_bytes)
             size = _dir_size(bundle_dir)
             for p in bundle_dir.iterdir():
-                _fsync_file(p)
+                fsync_file(p)
             fsync_dir(bundle_dir)
             failpoint("stage.synced")
             dest = self.objects / object_id

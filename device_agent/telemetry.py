@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from edgefleet.atomic import write_atomic
+
 from ._sqlite import immediate
 from .health import LatencyHistogram
 
@@ -156,9 +158,7 @@ class TelemetryQueue:
             old.unlink(missing_ok=True)
         self._lost_cache = lost
         try:
-            from .store import _write_atomic
-
-            _write_atomic(self._lost_path, json.dumps(lost, sort_keys=True).encode())
+            write_atomic(self._lost_path, json.dumps(lost, sort_keys=True).encode())
         except OSError:
             pass  # (a full disk) the count stays in memory for this process
         return aside.name

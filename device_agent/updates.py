@@ -26,7 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union
 
-from edgefleet.bundle import fsync_dir
+from edgefleet.atomic import write_atomic
 from edgefleet.manifest import Manifest, parse_version
 
 from ._failpoints import failpoint
@@ -463,14 +463,7 @@ class JobLog:
         self.keep = keep
 
     def save(self, job: Job) -> None:
-        path = self.root / f"{job.job_id}.json"
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(job.to_dict(), fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self.root)
+        write_atomic(self.root / f"{job.job_id}.json", json.dumps(job.to_dict(), sort_keys=True))
         failpoint("job.saved")
 
     def load_all(self) -> list[Job]:

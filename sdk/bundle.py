@@ -34,10 +34,11 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import BinaryIO, Iterable, Mapping
 
 import numpy as np
 
+from .atomic import fsync_dir, fsync_file, temp_name, write_atomic
 from .canonical import load_json_bounded, open_regular, read_regular, sha256_file
 from .errors import (
     BundleFormatError,
@@ -92,20 +93,6 @@ class Bundle:
             raise BundleFormatError(f"bundle file {name!r} is not a readable .npy array: {exc}") from None
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_durable(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -131,7 +118,7 @@ def write_bundle(
     if manifest.model_file not in files:
         raise ConfigError(f"the model file {manifest.model_file!r} is not among the bundle files")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_name(out)
     tmp.mkdir()
     try:
         entries: dict[str, FileEntry] = {}
@@ -142,8 +129,7 @@ def write_bundle(
                 _write_durable(dest, bytes(src))
             else:
                 shutil.copyfile(src, dest)
-                with open(dest, "rb+") as fh:
-                    os.fsync(fh.fileno())
+                fsync_file(dest)
             digest, size = sha256_file(str(dest))
             entries[name] = FileEntry(digest, size)
         manifest = manifest.with_files(entries)
@@ -275,25 +261,18 @@ def write_archive(bundle_dir: str | os.PathLike, archive_path: str | os.PathLike
     names.remove(MANIFEST_NAME)
     names.insert(0, MANIFEST_NAME)  # manifest first: a reader can check it before the rest
     out = Path(archive_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for name in names:
-                    data = (root / name).read_bytes()
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def write_tar(fh: BinaryIO) -> None:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name in names:
+                data = (root / name).read_bytes()
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+
+    write_atomic(out, write_tar, parents=True)
     return out
 
 

@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgefleet.atomic import write_atomic
+
 CONTROL = "control.json"
 STATUS = "status.json"
 BATCH = 10
@@ -38,9 +40,7 @@ PERIOD = 0.25  # seconds between prediction batches
 
 
 def write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, default=float))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, default=float))
 
 
 def read_json(path: Path) -> Any:

@@ -15,8 +15,6 @@ Runs inside Flower's ``flwr-serverapp`` process on the coordinator. Reads a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,6 +22,8 @@ from typing import Any, Iterable
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+
+from edgefleet.atomic import write_atomic
 
 from .aggregate import gaussian_epsilon
 from .config import FederatedConfig, StrategyName
@@ -71,17 +71,11 @@ def initial_weights(cfg: FederatedConfig) -> list[np.ndarray]:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1, default=float)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(doc, indent=1, default=float))
 
 
 def save_weights(path: Path, weights: list[np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, *[np.asarray(w, np.float32) for w in weights])
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: np.savez(fh, *[np.asarray(w, np.float32) for w in weights]))
 
 
 class _Recorder:
