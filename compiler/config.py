@@ -47,9 +47,12 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar, get_type_hints
+from typing import Any, Mapping, TypeVar
 
 from edgefleet.errors import ConfigError
+from edgefleet.tables import Wording, from_table, read_toml
+
+T = TypeVar("T")
 
 
 class QuantMode(str, Enum):
@@ -276,65 +279,11 @@ class CompileConfig:
         return CompileConfig.from_dict(data, "overrides")
 
 
-T = TypeVar("T")
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = getattr(tp, "__origin__", None)
-    args = getattr(tp, "__args__", ())
-    if value is None:
-        if tp is Any or type(None) in args:
-            return None
-        raise ConfigError(f"{where} must not be empty")
-    if tp is Any:
-        return value
-    if origin is not None and type(None) in args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        try:
-            return tp(value.value if isinstance(value, Enum) else value)
-        except ValueError:
-            raise ConfigError(f"{where} must be one of {[m.value for m in tp]}, got {value!r}") from None
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):  # type: ignore[arg-type]
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
-        return _build(tp, value, where)  # type: ignore[arg-type]
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return str(value)
-    return value
+_WORDING = Wording(bare="recipe")
 
 
 def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where != "recipe" else k) for k, v in data.items()}
-    return cls(**kwargs)
+    return from_table(cls, data, where, _WORDING)
 
 
 def _plain(value: Any) -> Any:
@@ -351,15 +300,8 @@ def _plain(value: Any) -> Any:
 
 def load_recipe(path: str | os.PathLike) -> CompileConfig:
     """Read a TOML recipe. Relative data/key/student paths are taken relative to the recipe file."""
-    import tomllib
-
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read recipe {p}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"recipe {p} is not valid TOML: {exc}") from None
+    data = read_toml(p, "recipe")
     base = p.resolve().parent
 
     def rebase(section: str, key: str) -> None:

@@ -33,68 +33,23 @@ are refused (a typo must not silently fall back to a default). Example::
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, TypeVar
 
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import check_name
+from edgefleet.tables import Wording, from_table, read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+T = TypeVar("T")
 
-
-def _section(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, type-checking every key and refusing unknown ones."""
-    if data is None:
-        return cls()
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"[{where}] must be a table")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"[{where}] has unknown option(s) {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
-    return cls(**kwargs)
+_WORDING = Wording(not_table="[{where}] must be a table",
+                   unknown="[{where}] has unknown option(s) {unknown}; known: {known}")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    text = str(hint)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    if "tuple" in text:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-        return tuple(value)
-    if "str" in text and "None" in text:  # str | None
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    if "float" in text and "None" in text:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    return value  # pragma: no cover
+def _section(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a TOML table (absent: the defaults), refusing unknown keys and wrong types."""
+    return from_table(cls, {} if data is None else data, where, _WORDING)
 
 
 def _positive(where: str, value: float, allow_zero: bool = False) -> None:
@@ -265,9 +220,9 @@ class AgentConfig:
         if samples.key_file:
             samples = replace(samples, key_file=resolve(samples.key_file))
         federated = _section(FederatedNodeConfig, data.get("federated"), "federated")
-        federated = replace(federated, **{k: resolve(v) for k in ("root_certificates", "auth_private_key",
-                                                                  "auth_public_key", "log_file")
-                                          if isinstance(v := getattr(federated, k), str) and v})
+        paths: dict[str, Any] = {k: resolve(v) for k in ("root_certificates", "auth_private_key", "auth_public_key",
+                                                         "log_file") if isinstance(v := getattr(federated, k), str) and v}
+        federated = replace(federated, **paths)
         return cls(
             state_dir=resolve(top.state_dir),
             device_id=top.device_id,
@@ -302,14 +257,7 @@ class _AgentTop:
 def load_config(path: str | os.PathLike) -> AgentConfig:
     """Read and validate an ``agent.toml``; relative paths are relative to its folder."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    data = read_toml(p, "config")
     try:
         return AgentConfig.from_dict(data, base_dir=p.parent)
     except ConfigError as exc:
