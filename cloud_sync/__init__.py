@@ -5,7 +5,9 @@ Submodules load lazily; nothing here imports paho, SQLAlchemy or FastAPI until u
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_attributes
 
 _LAZY = {
     "DeviceSync": ("edgefleet.cloud_sync.device", "DeviceSync"),
@@ -17,14 +19,15 @@ _LAZY = {
     "Registry": ("edgefleet.cloud_sync.coordinator.registry", "Registry"),
 }
 
+if TYPE_CHECKING:  # the names _LAZY loads, typed for mypy and IDEs (a test keeps both in step)
+    from .coordinator.registry import Registry as Registry
+    from .coordinator.service import Coordinator as Coordinator
+    from .device import DeviceSync as DeviceSync
+    from .transport import MemoryBroker as MemoryBroker
+    from .transport import MemoryTransport as MemoryTransport
+    from .transport import MqttConfig as MqttConfig
+    from .transport import MqttTransport as MqttTransport
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'edgefleet.cloud_sync' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = list(_LAZY)

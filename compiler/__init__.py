@@ -7,7 +7,9 @@ when a pass runs.
 
 from __future__ import annotations
 
-from edgefleet.lazy import lazy_getattr
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_attributes
 
 _LAZY = {
     "compile_model": ("edgefleet.compiler.api", "compile_model"),
@@ -19,7 +21,15 @@ _LAZY = {
     "load_data": ("edgefleet.compiler.data", "load_data"),
 }
 
+if TYPE_CHECKING:  # the names _LAZY loads, typed for mypy and IDEs (a test keeps both in step)
+    from .api import CompileResult as CompileResult
+    from .api import compile_model as compile_model
+    from .config import CompileConfig as CompileConfig
+    from .config import OutputFormat as OutputFormat
+    from .config import QuantMode as QuantMode
+    from .config import load_recipe as load_recipe
+    from .data import load_data as load_data
 
-__getattr__ = lazy_getattr("edgefleet.compiler", _LAZY, globals())
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = list(_LAZY)

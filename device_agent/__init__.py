@@ -6,7 +6,9 @@ Submodules load lazily so that ``import edgefleet.device_agent`` stays light.
 
 from __future__ import annotations
 
-from edgefleet.lazy import lazy_getattr
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_attributes
 
 _LAZY = {
     "Agent": ("edgefleet.device_agent.agent", "Agent"),
@@ -26,7 +28,23 @@ _LAZY = {
     "make_rollback_order": ("edgefleet.device_agent.orders", "make_rollback_order"),
 }
 
+if TYPE_CHECKING:  # the names _LAZY loads, typed for mypy and IDEs (a test keeps both in step)
+    from .agent import Agent as Agent
+    from .agent import read_status as read_status
+    from .config import AgentConfig as AgentConfig
+    from .config import load_config as load_config
+    from .orders import make_rollback_order as make_rollback_order
+    from .samples import SampleStore as SampleStore
+    from .store import Store as Store
+    from .telemetry import MemorySink as MemorySink
+    from .telemetry import Record as Record
+    from .telemetry import TelemetryQueue as TelemetryQueue
+    from .telemetry import TelemetrySink as TelemetrySink
+    from .telemetry import drain as drain
+    from .updates import Job as Job
+    from .updates import JobStatus as JobStatus
+    from .updates import UpdateMachine as UpdateMachine
 
-__getattr__ = lazy_getattr("edgefleet.device_agent", _LAZY, globals())
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = list(_LAZY)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_attributes
 
 _LAZY = {
     "Registry": ("edgefleet.cloud_sync.coordinator.registry", "Registry"),
@@ -12,14 +14,13 @@ _LAZY = {
     "write_acl": ("edgefleet.cloud_sync.coordinator.acl", "write_acl"),
 }
 
+if TYPE_CHECKING:  # the names _LAZY loads, typed for mypy and IDEs (a test keeps both in step)
+    from .acl import write_acl as write_acl
+    from .api import create_app as create_app
+    from .registry import Registry as Registry
+    from .rollout import RolloutPlan as RolloutPlan
+    from .service import Coordinator as Coordinator
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(name)
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = list(_LAZY)

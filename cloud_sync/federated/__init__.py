@@ -15,7 +15,9 @@ Attributes load lazily: importing this package loads neither flwr nor TensorFlow
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from edgefleet.lazy import lazy_attributes
 
 _LAZY = {
     "FederatedConfig": ("edgefleet.cloud_sync.federated.config", "FederatedConfig"),
@@ -39,16 +41,27 @@ _LAZY = {
     "RunRecord": ("edgefleet.cloud_sync.federated.records", "RunRecord"),
 }
 
+if TYPE_CHECKING:  # the names _LAZY loads, typed for mypy and IDEs (a test keeps both in step)
+    from .autorun import AutoRetrain as AutoRetrain
+    from .autorun import RetrainSettings as RetrainSettings
+    from .config import FederatedConfig as FederatedConfig
+    from .config import StrategyName as StrategyName
+    from .loop import LoopResult as LoopResult
+    from .loop import close_loop as close_loop
+    from .loop import promote_aggregate as promote_aggregate
+    from .partition import non_iid_partitions as non_iid_partitions
+    from .records import RunRecord as RunRecord
+    from .runner import FederatedError as FederatedError
+    from .runner import SuperLink as SuperLink
+    from .runner import SuperLinkConfig as SuperLinkConfig
+    from .runner import read_rounds as read_rounds
+    from .runner import run_federated as run_federated
+    from .runner import write_app as write_app
+    from .trainer import MLPSpec as MLPSpec
+    from .trainer import TrainConfig as TrainConfig
+    from .trigger import DriftTrigger as DriftTrigger
+    from .trigger import TriggerPolicy as TriggerPolicy
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edgefleet.cloud_sync.federated' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = list(_LAZY)
