@@ -41,7 +41,7 @@ ALL = RolloutPlan(1.0, (1.0,), 0.0)
 def tkeys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("tuf_ota_keys")
     out: dict[str, Any] = {"dir": d}
-    for name in ("root", "online", "evil", "rb"):
+    for name in ("root", "online", "evil", "rb", "rb2"):
         generate_keypair(d, name=name)
         out[name] = load_key_arg(d / f"{name}.key")
         out[f"{name}.pub"] = load_key_arg(d / f"{name}.pub")
@@ -272,6 +272,44 @@ def test_rollback_orders_over_mqtt_are_signed_by_the_rollback_role(
         assert s.stats["orders_refused"] == 3
     finally:
         spy.close()
+        _stop(coord, syncs)
+
+
+def test_a_rollback_role_of_threshold_two_needs_both_coordinator_keys(
+        tmp_path: Path, make_agent: Any, archives: dict[str, Path], repo: Path, tkeys: dict[str, Any]) -> None:
+    """Orders carry several signatures: with a rollback threshold of 2 a coordinator given one of the keys does not
+    start (its orders would all be refused); given both, each order carries both signatures and is executed."""
+    from edgefleet.errors import ConfigError
+
+    trust.delegate_rollback(repo, [tkeys["rb2.pub"]], [tkeys["root"]], threshold=2, online_key=tkeys["online"])
+    rb, rb2 = (load_private_key(tkeys["dir"] / f"{n}.key") for n in ("rb", "rb2"))
+    with pytest.raises(ConfigError, match="needs 2 signatures on an order; 1 signing key"):
+        Coordinator(Registry(f"sqlite:///{tmp_path / 'x.db'}"), MemoryTransport(MemoryBroker(), "x"), "f1",
+                    tuf_repo=repo, signing_key=rb)
+    broker = MemoryBroker()
+    coord, syncs = _fleet(tmp_path, make_agent, archives, broker, n=1, tuf_root=repo / "metadata" / "1.root.json",
+                          tuf_repo=repo, signing_key=[rb, rb2])
+    s = syncs[0]
+    try:
+        dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
+        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+        coord.set_state(dep["id"], "rollback")
+        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep["id"]) if j["action"] == "rollback"
+                                        and j["status"] in P.TERMINAL_STATES), None), 30)
+        assert (rb_job["status"], rb_job["reason"]) == ("SUCCEEDED", "rolled_back"), rb_job
+        assert s.agent.active_version == "1"
+        order = P.Desired.parse(rb_job["desired"].encode()).rollback_order
+        assert order is not None and len(order["signatures"]) == 2
+        # the same order with one of its two signatures: refused, named
+        now = time.time()
+        from edgefleet.cloud_sync.orders import RollbackOrder
+
+        one = RollbackOrder("f1", "d0", dep["id"], "one-sig", "2", "1", 1 << 50, now, now + 3600).sign(rb)
+        tuf = {k: v.decode() for k, v in trust.client_metadata(repo, "dense").items()}
+        u = _outcome(broker, s, P.Desired("one-sig", P.JobAction.ROLLBACK.value, dep["id"], "1", rollback_to="1",
+                                          rollback_order=one, tuf=tuf, model="dense"))
+        assert (u.status, u.reason) == ("REJECTED", "order_threshold"), u
+    finally:
         _stop(coord, syncs)
 
 
