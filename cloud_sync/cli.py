@@ -44,6 +44,13 @@ def register(sub: Any) -> None:
     serve.add_argument("--allow", default=None,
                        help="provisioning file: 'DEVICE' or 'DEVICE GROUP' a line (only these devices; their groups)")
     serve.add_argument("--chunk-size", type=int, default=64 * 1024)
+    serve.add_argument("--telemetry-rate", default="1000/s", type=_rate_option, metavar="RATE",
+                       help="telemetry records ingested per device at most (1000/s, 6000/min, off; default "
+                            "%(default)s): a batch beyond it is dropped unacknowledged (the device sends it again "
+                            "later) and counted per device")
+    serve.add_argument("--telemetry-burst", type=_burst_option, default=None, metavar="RECORDS",
+                       help="records a device may send at once above the rate (default 10 x the rate per second, at "
+                            "least one full batch)")
     serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
                        help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
                             "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
@@ -254,7 +261,8 @@ def _serve(args: argparse.Namespace) -> int:
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
                         chunk_size=args.chunk_size, allow_list=allow, groups=groups, signing_key=signing_key,
-                        trusted_keys=trusted, tuf_repo=args.tuf_repo, freeze_gc=True)
+                        trusted_keys=trusted, tuf_repo=args.tuf_repo, freeze_gc=True,
+                        telemetry_rate=args.telemetry_rate, telemetry_burst=args.telemetry_burst)
     coord.start()
     from .federated.autorun import start_for_coordinator
 
@@ -459,6 +467,27 @@ def _fleet_devices(args: argparse.Namespace) -> int:
                          d["agent_version"], ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
                         for d in data], ["device", "group", "state", "version", "agent", "tags", "claimed tags"])
     return 0
+
+
+def _rate_option(text: str) -> float | None:
+    """``--telemetry-rate``: records per second (None: off); refused with the rule if it cannot be read."""
+    from .coordinator.rollout import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _burst_option(text: str) -> float:
+    """``--telemetry-burst``: a number of records within 1..1e12."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 1 <= v <= 1e12:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of records within 1..1e12")
+    return v
 
 
 def _tag_list(text: str) -> list[str]:

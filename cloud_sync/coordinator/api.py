@@ -401,7 +401,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         d = reg.device(fleet, device_id)
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
-        return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id]}
+        return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id],
+                "telemetry_rate_limited": coord.rate_limited[device_id]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)],
                responses={404: {"description": "tags for a device not seen yet (a group provisions it)"},
@@ -499,7 +500,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                   ) -> dict[str, Any]:
         return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
                 "counters": dict(coord.counters), "rejected": dict(coord.rejected),
-                "refused": dict(coord.refused)}
+                "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited)}
 
     @app.get("/v1/tokens", dependencies=[Depends(auth)])
     def tokens() -> list[dict[str, Any]]:

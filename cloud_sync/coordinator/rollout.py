@@ -78,6 +78,26 @@ def parse_duration(text: str | float) -> float:
     return v
 
 
+MAX_RATE = 1e9  # records per second: beyond it a limit limits nothing
+
+
+def parse_rate(text: str | float) -> float | None:
+    """A rate of telemetry records per device: ``1000/s``, ``6000/min``, ``50000/h`` or a bare number (per second)
+    as records per second; ``off`` or ``0``: no limit (None)."""
+    t = str(text).strip().lower().replace(" ", "")
+    if t in ("off", "none", "0", "0/s", "0/min", "0/h"):
+        return None
+    num, _, unit = t.partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}.get(unit)
+    try:
+        v = float(num) / per if per else math.nan
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= MAX_RATE:  # NaN too
+        raise ConfigError(f"{text!r} is not a rate (like 1000/s, 6000/min, 50000/h, or off)")
+    return v
+
+
 def timed_out(status: str, started: float, delivered: float, online: bool, now: float, timeout: float) -> str:
     """Why a job is TIMED_OUT now ("" if it is not).
 

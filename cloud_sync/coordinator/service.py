@@ -41,6 +41,8 @@ from .registry import Registry, job_key
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, check_tags, evaluate, timed_out
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
+DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
+# records per telemetry interval), low enough that one device cannot take the ingest from the rest of the fleet
 
 
 def bundle_identity(archive: bytes, trusted_keys: Sequence[Any] | None = None,
@@ -102,6 +104,8 @@ class Coordinator:
         freeze_gc: bool = False,
         trusted_keys: Sequence[Any] | None = None,
         tuf_repo: str | os.PathLike | None = None,
+        telemetry_rate: float | None = DEFAULT_TELEMETRY_RATE,
+        telemetry_burst: float | None = None,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -116,6 +120,11 @@ class Coordinator:
         self.rejected: Counter[str] = Counter()  # telemetry records refused per device (out of bounds, or refused
         # by the database): counted against the device that sent them, never against the fleet's other batches
         self.refused: Counter[str] = Counter()  # messages of devices outside the allow-list, per device
+        # At most ``telemetry_rate`` records per second per device are ingested (a token bucket of
+        # ``telemetry_burst`` records; None: no limit): a batch beyond it is dropped unacknowledged - the device
+        # keeps it and sends it again later, at its own pace - and counted per device (``rate_limited``)
+        self.telemetry_limit = TokenBuckets(telemetry_rate, telemetry_burst) if telemetry_rate else None
+        self.rate_limited: Counter[str] = Counter()  # telemetry batches dropped per device by the rate limit
         # Groups are assigned by the operator (``groups``, the registry row set by PATCH /v1/devices/{id}), never
         # taken from a device's status message: a group a device announces that is not its assigned one is
         # recorded here (device -> the group it claimed; bounded, device ids are the sender's choice) and counted
@@ -389,6 +398,17 @@ class Coordinator:
                 if d not in self.allow_list:
                     self._refuse(d)
             batches = [(d, b) for d, b in batches if d in self.allow_list]
+        if self.telemetry_limit is not None:
+            now = time.monotonic()
+            admitted = [self.telemetry_limit.take(d, len(b.records), now) for d, b in batches]
+            for (d, _), ok in zip(batches, admitted):
+                if not ok:
+                    self._rate_limit(d)
+            batches = [item for item, ok in zip(batches, admitted) if ok]
+        if not batches:
+            for device, msg in others:
+                self.handle(device, msg)
+            return
         work = [(d, self._group(d), b.records) for d, b in batches]
         rejected: list[int] = []
         news = self.registry.ingest_many(self.fleet, work, rejected=rejected)
@@ -415,6 +435,17 @@ class Coordinator:
             self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
         for device, msg in others:
             self.handle(device, msg)
+
+    def _rate_limit(self, device: str) -> None:
+        """A telemetry batch of ``device`` beyond its rate: dropped without an ack (the device sends it again later)
+        and counted, per device too (bounded like ``refused``)."""
+        before = self.rate_limited[device]
+        if len(str(before)) != len(str(before + 1)):  # logged at 1, 10, 100...: a flood is not a log flood
+            log.warning("telemetry of %s beyond %g records/s: %d batch(es) dropped unacknowledged so far", device,
+                        self.telemetry_limit.rate if self.telemetry_limit else 0, before + 1)
+        if device in self.rate_limited or len(self.rate_limited) < 10_000:
+            self.rate_limited[device] += 1
+        self.counters["telemetry_rate_limited"] += 1
 
     def _file(self, file_id: str) -> tuple[P.FileInfo, bytes] | None:
         f = self._files.get(file_id)
@@ -825,6 +856,46 @@ class Coordinator:
                 return True
             time.sleep(0.01)
         return False
+
+
+class TokenBuckets:
+    """One token bucket per key: ``rate`` tokens a second up to ``burst`` (default ``max(10 * rate, a full
+    telemetry batch)``). :meth:`take` admits a cost when the bucket holds it - or is full, so a cost above
+    ``burst`` (a full batch under a small burst) still passes now and then - and may leave the bucket in debt,
+    so the rate holds on average. Memory is bounded: full buckets (idle keys) are forgotten first, then the
+    least recently used ones."""
+
+    def __init__(self, rate: float, burst: float | None = None, max_keys: int = 100_000) -> None:
+        if not rate or not 0 < rate <= 1e9:
+            raise ConfigError(f"a rate must be within (0, 1e9] records/s, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst else max(10 * self.rate, float(P.MAX_TELEMETRY_RECORDS))
+        if not 1 <= self.burst <= 1e12:
+            raise ConfigError(f"a burst must be within [1, 1e12] records, got {burst!r}")
+        self.max_keys = max_keys
+        self._b: dict[str, tuple[float, float]] = {}  # key -> (tokens, when); insertion order = least recent first
+
+    def take(self, key: str, cost: int, now: float) -> bool:
+        tokens, when = self._b.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - when) * self.rate)
+        cost = max(1, cost)
+        ok = tokens >= min(cost, self.burst)
+        if ok:
+            tokens -= cost
+        self._b[key] = (tokens, now)
+        if len(self._b) > self.max_keys:
+            self._prune(now)
+        return ok
+
+    def _prune(self, now: float) -> None:
+        for key, (tokens, when) in list(self._b.items()):
+            if tokens + (now - when) * self.rate >= self.burst:
+                del self._b[key]
+        while len(self._b) > self.max_keys:
+            del self._b[next(iter(self._b))]
+
+    def __len__(self) -> int:
+        return len(self._b)
 
 
 def selected(device: Mapping[str, Any], group: str, tags: Iterable[str]) -> bool:

@@ -109,3 +109,116 @@ def test_a_batch_the_database_refuses_is_rejected_alone(tmp_path: Path, db: str)
         if db != "sqlite":
             reg.drop_all()
         reg.close()
+
+
+def test_a_flooding_device_is_rate_limited_and_every_other_batch_is_ingested(broker: Any, tmp_path: Path) -> None:
+    """Per-device rate limits: one device floods valid records at ~200 batches/s (4,000 records/s) against a limit
+    of 100 records/s; five others send theirs. Every honest batch is acknowledged and counted; the flooder gets
+    no more than its burst plus its rate ingested, and its excess batches are dropped unacknowledged (its agent
+    would send them again later) and counted against it alone."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.cloud_sync.coordinator.api import create_app
+
+    honest = [f"ok-{i}" for i in range(5)]
+    rate, burst = 100.0, 200.0
+    coord = coordinator(broker.url, tmp_path / "reg.db", telemetry_rate=rate, telemetry_burst=burst,
+                        groups={**{d: "line" for d in honest}, "flood": "noisy"})
+    acks: dict[str, set[str]] = {d: set() for d in [*honest, "flood"]}
+    clients = []
+    stop = threading.Event()
+    flood_sent: list[str] = []
+    try:
+        for d in [*honest, "flood"]:
+            t = mqtt(broker.url, d)
+            t.on_message(lambda topic, p, d=d: acks[d].add(P.TelemetryAck.parse(p).batch_id))
+            t.subscribe(P.down_topic("f1", d, P.Down.ACK), qos=1)
+            t.connect()
+            assert t.wait_connected(10)
+            clients.append(t)
+        flood_client = clients[-1]
+        t0 = time.monotonic()
+
+        def flood() -> None:
+            seq = 0
+            while not stop.is_set():
+                recs = tuple(_metrics(seq + i + 1) for i in range(20))
+                seq += 20
+                bid = f"f{seq}"
+                flood_client.publish(P.up_topic("f1", "flood", P.Up.TELEMETRY),
+                                     P.TelemetryBatch("flood", bid, recs).to_bytes())
+                flood_sent.append(bid)
+                time.sleep(0.005)
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        time.sleep(0.3)
+        sent: dict[str, list[str]] = {d: [] for d in honest}
+        for n in range(10):
+            for d, t in zip(honest, clients):
+                bid = f"{d}-{n}"
+                t.publish(P.up_topic("f1", d, P.Up.TELEMETRY),
+                          P.TelemetryBatch(d, bid, (_metrics(2 * n + 1), _metrics(2 * n + 2))).to_bytes())
+                sent[d].append(bid)
+            time.sleep(0.05)
+        wait_for(lambda: all(acks[d] >= set(sent[d]) for d in honest), timeout=10)
+        wait_for(lambda: len(flood_sent) >= 150, timeout=20)  # ~200 batches/s, slower on a loaded machine
+        stop.set()
+        flooder.join(5)
+        # every flood batch has reached the coordinator (ingested or limited), every admitted one is acknowledged
+        wait_for(lambda: coord.counters["telemetry_batches"] - 50 + coord.rate_limited["flood"] == len(flood_sent),
+                 timeout=20)
+        wait_for(lambda: len(acks["flood"]) == coord.counters["telemetry_batches"] - 50, timeout=10)
+        elapsed = time.monotonic() - t0
+
+        rows = {(r["group_name"], r["kind"]): r["records"] for r in coord.registry.telemetry("f1")}
+        assert rows[("line", "metrics")] == 5 * 20  # every honest record
+        ingested = rows.get(("noisy", "metrics"), 0)
+        limited = coord.rate_limited["flood"]
+        assert limited > 0
+        assert ingested <= burst + rate * elapsed + 20, (ingested, elapsed)
+        assert ingested == 20 * (len(flood_sent) - limited)  # every batch either ingested or limited
+        assert len(acks["flood"]) == len(flood_sent) - limited  # limited batches are not acknowledged
+        assert not any(coord.rate_limited[d] for d in honest) and not any(coord.rejected[d] for d in honest)
+        assert coord.counters["telemetry_rate_limited"] == limited and coord.counters["handler_errors"] == 0
+        api = TestClient(create_app(coord, "t"))
+        tel = api.get("/v1/telemetry", headers={"Authorization": "Bearer t"}).json()
+        assert tel["rate_limited"] == {"flood": limited}
+        assert api.get("/v1/devices/flood", headers={"Authorization": "Bearer t"}).json()[
+            "telemetry_rate_limited"] == limited
+    finally:
+        stop.set()
+        for t in clients:
+            t.close()
+        coord.stop()
+        coord.registry.close()
+
+
+def test_token_buckets_and_the_rate_option() -> None:
+    from edgefleet.cloud_sync.cli import _burst_option, _rate_option
+    from edgefleet.cloud_sync.coordinator.rollout import parse_rate
+    from edgefleet.cloud_sync.coordinator.service import TokenBuckets
+    from edgefleet.errors import ConfigError
+
+    b = TokenBuckets(10.0, 30.0, max_keys=3)
+    assert [b.take("a", 10, 0.0) for _ in range(4)] == [True, True, True, False]  # the burst, then nothing
+    assert not b.take("a", 10, 0.5) and b.take("a", 10, 1.6)  # refilled at 10 a second
+    assert b.take("big", 500, 0.0)  # a batch above the burst passes when the bucket is full ...
+    assert not b.take("big", 1, 10.0) and b.take("big", 1, 50.0)  # ... and its debt is repaid at the rate
+    assert b.take("empty", 0, 0.0)  # an empty batch costs one record
+    for i in range(10):  # memory stays bounded whatever keys arrive
+        b.take(f"k{i}", 1, 100.0 + i)
+    assert len(b) <= 3
+    assert parse_rate("1000/s") == 1000.0 and parse_rate("6000/min") == 100.0 and parse_rate("7200/h") == 2.0
+    assert parse_rate("250") == 250.0 and parse_rate("off") is None and parse_rate("0") is None
+    for bad in ("fast", "-5/s", "1e10/s", "nan", "inf", "10/day", "/s"):
+        with pytest.raises(ConfigError, match="not a rate"):
+            parse_rate(bad)
+    assert _rate_option("60/min") == 1.0
+    import argparse
+
+    for opt, bad in ((_rate_option, "lots"), (_burst_option, "0"), (_burst_option, "nan"), (_burst_option, "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            opt(bad)
+    with pytest.raises(ConfigError):
+        TokenBuckets(float("nan"))
