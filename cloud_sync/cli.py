@@ -175,8 +175,10 @@ def register(sub: Any) -> None:
     p.add_argument("--name", required=True, help="its name, shown in the audit log")
     p.add_argument("--scope", required=True, choices=["read", "deploy", "admin"],
                    help="read: GETs; deploy: also deployments, rollouts, retraining; admin: also tokens, devices, audit")
+    p.add_argument("--expires", default=None, type=_token_lifetime, metavar="DURATION",
+                   help="valid for this long (90s, 12h, 30d; at most 366d); default: until revoked")
     p.set_defaults(func=_fleet_tokens_create)
-    p = common(tsub.add_parser("list", help="the tokens' names and scopes"))
+    p = common(tsub.add_parser("list", help="the tokens' names, scopes and expiry (expired ones are marked)"))
     p.set_defaults(func=_fleet_tokens_list)
     p = common(tsub.add_parser("revoke", help="revoke a token by name"))
     p.add_argument("name")
@@ -633,21 +635,40 @@ def _fleet_telemetry(args: argparse.Namespace) -> int:
 
 
 def _fleet_tokens_create(args: argparse.Namespace) -> int:
-    data = _call(args, "POST", "/v1/tokens", json={"name": args.name, "scope": args.scope})
+    body: dict[str, Any] = {"name": args.name, "scope": args.scope}
+    if args.expires is not None:
+        body["expires_in"] = int(args.expires)
+    data = _call(args, "POST", "/v1/tokens", json=body)
     if args.json:
         _print(args, data, None)
         return 0
-    print(f"token {data['name']} (scope {data['scope']}); it is shown once, keep it in a file (--token-file) or "
-          "EDGEFLEET_TOKEN:", file=sys.stderr)
+    until = f", expires {_when(data['expires'])}" if data.get("expires") else ""
+    print(f"token {data['name']} (scope {data['scope']}{until}); it is shown once, keep it in a file (--token-file) "
+          "or EDGEFLEET_TOKEN:", file=sys.stderr)
     print(data["token"])
     return 0
 
 
 def _fleet_tokens_list(args: argparse.Namespace) -> int:
     data = _call(args, "GET", "/v1/tokens")
-    _print(args, data, [[t["name"], t["scope"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created"]))]
-                        for t in data], ["name", "scope", "created"])
+    _print(args, data, [[t["name"], t["scope"], _when(t["created"]),
+                         ("EXPIRED " if t.get("expired") else "") + (_when(t["expires"]) if t.get("expires") else "never")]
+                        for t in data], ["name", "scope", "created", "expires"])
     return 0
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _token_lifetime(text: str) -> float:
+    """``fleet tokens create --expires``: 90s, 12h, 30d (at most a year)."""
+    from .coordinator.rollout import MAX_TOKEN_TTL, parse_duration
+
+    try:
+        return parse_duration(text, "token lifetime", hi=MAX_TOKEN_TTL)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fleet_tokens_revoke(args: argparse.Namespace) -> int:

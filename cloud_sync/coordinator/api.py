@@ -24,7 +24,7 @@ from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
 from .. import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
-from .rollout import MAX_TAGS, TAG, check_tags, parse_duration, parse_plan
+from .rollout import MAX_TAGS, MAX_TOKEN_TTL, TAG, check_tags, parse_duration, parse_plan
 from .service import Coordinator
 
 MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
@@ -257,6 +257,8 @@ async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, b
 class TokenIn(BaseModel):
     name: str = Field(pattern="^" + TOKEN_NAME + "$")
     scope: Literal["read", "deploy", "admin"]
+    # seconds the token is valid for (at most a year); absent: until revoked
+    expires_in: Annotated[int, Field(ge=1, le=int(MAX_TOKEN_TTL))] | SkipJsonSchema[None] = None
 
 
 class DevicePatch(BaseModel):
@@ -504,7 +506,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
 
     @app.get("/v1/tokens", dependencies=[Depends(auth)])
     def tokens() -> list[dict[str, Any]]:
-        """The fleet's API tokens (admin): name, scope, created; never a token or its hash."""
+        """The fleet's API tokens (admin): name, scope, created, expires (0: never), expired; never a token or its
+        hash. An expired token is refused (401) like a revoked one; it is listed until revoked."""
         return reg.tokens(fleet)
 
     @app.post("/v1/tokens", dependencies=[Depends(auth)], status_code=201,
@@ -512,15 +515,18 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                          422: {"description": f"a name or scope that does not fit, or {BOOTSTRAP!r} (the "
                                               "coordinator's own token)"}})
     def create_token(body: TokenIn, request: Request) -> dict[str, Any]:
-        """A new token (admin). Its value is in this answer only: the registry keeps its sha256."""
-        audit_note(request, f"create token {body.name} scope {body.scope}")
+        """A new token (admin), valid for ``expires_in`` seconds if given (at most a year), else until revoked. Its
+        value is in this answer only: the registry keeps its sha256."""
+        audit_note(request, f"create token {body.name} scope {body.scope}"
+                            + (f" expires in {body.expires_in}s" if body.expires_in else ""))
         if body.name == BOOTSTRAP:
             raise HTTPException(422, f"{BOOTSTRAP!r} names the coordinator's own token")
         try:
-            secret = reg.create_token(fleet, body.name, body.scope)
+            secret = reg.create_token(fleet, body.name, body.scope, body.expires_in)
         except ConfigError as exc:
             raise HTTPException(409, str(exc)) from None
-        return {"name": body.name, "scope": body.scope, "token": secret}
+        made = next((t for t in reg.tokens(fleet) if t["name"] == body.name), {})
+        return {"name": body.name, "scope": body.scope, "token": secret, "expires": made.get("expires", 0.0)}
 
     @app.delete("/v1/tokens/{name}", dependencies=[Depends(auth)], responses={404: {"description": "no such token"}})
     def revoke_token(request: Request, name: str = Path(pattern="^" + TOKEN_NAME + "$")) -> dict[str, Any]:

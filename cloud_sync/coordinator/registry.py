@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from edgefleet.errors import ConfigError
 
 from ..protocol import TelemetryRecord
-from .rollout import DEFAULT_JOB_TIMEOUT
+from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
 FED_ROUND_COUNTS = ("participants", "failures", "declined", "examples")
@@ -202,6 +202,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("scope", String(16), nullable=False),
             Column("sha256", String(64), nullable=False, unique=True),
             Column("created", Float, nullable=False),
+            Column("expires", Float, nullable=False, default=0.0),  # wall-clock end of its validity; 0: none
         ),
         "audit": Table(
             f"{p}audit", meta,
@@ -774,9 +775,9 @@ class Registry:
                      "updated": r["updated"]} for r in c.execute(q.order_by(t.c.group_name)).mappings()]
 
     # -- API tokens and the audit log ------------------------------------------------------------------------------
-    def create_token(self, fleet: str, name: str, scope: str) -> str:
-        """A new random token of ``scope`` (read, deploy, admin) named ``name``; only its sha256 is stored, the token
-        itself is returned once."""
+    def create_token(self, fleet: str, name: str, scope: str, expires_in: float | None = None) -> str:
+        """A new random token of ``scope`` (read, deploy, admin) named ``name``, valid for ``expires_in`` seconds
+        (None: until revoked; at most a year); only its sha256 is stored, the token itself is returned once."""
         import re
         import secrets
 
@@ -784,6 +785,9 @@ class Registry:
             raise ConfigError(f"unknown token scope {scope!r}: one of {', '.join(SCOPES)}")
         if not re.fullmatch(TOKEN_NAME, name) or name == BOOTSTRAP:
             raise ConfigError(f"token name {name[:64]!r}: 1-64 letters, digits, '_', '.' or '-' (not {BOOTSTRAP!r})")
+        if expires_in is not None and not 1 <= expires_in <= MAX_TOKEN_TTL:  # NaN too
+            raise ConfigError(f"a token's lifetime must be within 1 s and {MAX_TOKEN_TTL / 86400:g} days")
+        now = time.time()
         token = "eft_" + secrets.token_urlsafe(32)
         t = self.t["tokens"]
         try:
@@ -791,31 +795,36 @@ class Registry:
                 if c.execute(select(t.c.name).where(and_(t.c.fleet == fleet, t.c.name == name))).first() is not None:
                     raise ConfigError(f"a token named {name!r} already exists")
                 c.execute(insert(t).values(fleet=fleet, name=name, scope=scope, sha256=_token_hash(token),
-                                           created=time.time()))
+                                           created=now, expires=now + expires_in if expires_in else 0.0))
         except IntegrityError:  # created concurrently by another coordinator
             raise ConfigError(f"a token named {name!r} already exists") from None
         return token
 
     def check_token(self, fleet: str, token: str) -> dict[str, str] | None:
         """``{"name", "scope"}`` of a valid token of the fleet, else None (looked up by its hash, compared in
-        constant time)."""
+        constant time; an expired token is not valid)."""
         import hmac
 
         digest = _token_hash(token)
         t = self.t["tokens"]
         with self.engine.connect() as c:
-            row = c.execute(select(t.c.name, t.c.scope, t.c.sha256).where(
+            row = c.execute(select(t.c.name, t.c.scope, t.c.sha256, t.c.expires).where(
                 and_(t.c.fleet == fleet, t.c.sha256 == digest))).first()
         if row is None or not hmac.compare_digest(row[2].encode(), digest.encode()):
+            return None
+        if row[3] and row[3] <= time.time():
             return None
         return {"name": row[0], "scope": row[1]}
 
     def tokens(self, fleet: str) -> list[dict[str, Any]]:
-        """The fleet's tokens: name, scope, created (never the token or its hash)."""
+        """The fleet's tokens: name, scope, created, expires (0: never) and whether it has expired (never the token
+        or its hash)."""
         t = self.t["tokens"]
+        now = time.time()
         with self.engine.connect() as c:
-            rows = c.execute(select(t.c.name, t.c.scope, t.c.created).where(t.c.fleet == fleet).order_by(t.c.name))
-            return [dict(r) for r in rows.mappings()]
+            rows = c.execute(select(t.c.name, t.c.scope, t.c.created, t.c.expires).where(t.c.fleet == fleet)
+                             .order_by(t.c.name))
+            return [{**r, "expired": bool(r["expires"]) and r["expires"] <= now} for r in rows.mappings()]
 
     def revoke_token(self, fleet: str, name: str) -> bool:
         t = self.t["tokens"]

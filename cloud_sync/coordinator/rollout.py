@@ -65,16 +65,21 @@ class RolloutPlan:
         return ends
 
 
-def parse_duration(text: str | float) -> float:
-    """``90``, ``90s``, ``10m``, ``2h`` or ``1d`` as seconds (a job timeout: 1 s .. 7 days)."""
+MAX_TOKEN_TTL = 366 * 86400.0  # an API token's lifetime at most (a year, leap day included)
+
+
+def parse_duration(text: str | float, what: str = "job timeout", lo: float = 1.0, hi: float = MAX_JOB_TIMEOUT
+                   ) -> float:
+    """``90``, ``90s``, ``10m``, ``2h`` or ``1d`` as seconds, within ``lo``..``hi`` (a job timeout: 1 s .. 7 days;
+    an API token's lifetime: 1 s .. 366 days)."""
     t = str(text).strip().lower()
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     try:
         v = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise ConfigError(f"{text!r} is not a duration (like 90s, 10m, 2h or 1d)") from None
-    if not 1.0 <= v <= MAX_JOB_TIMEOUT:
-        raise ConfigError(f"job timeout {text!r} must be between 1s and 7d")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{what} {text!r} must be between {_fmt(lo)} and {_fmt(hi)}")
     return v
 
 

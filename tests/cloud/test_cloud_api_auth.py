@@ -350,3 +350,79 @@ def test_fleet_assign_provisions_and_moves_devices(live: tuple[str, Coordinator]
     assert cli_main(["fleet", "assign", "press-7", "--group", "line-2"]) == 0
     assert coord.registry.device("f", "press-7")["group"] == "line-2"
     assert cli_main(["fleet", "assign", "press-7", "--group", "bad/group"]) != 0  # a named 422, no traceback
+
+
+def test_tokens_can_expire(coord: Coordinator) -> None:
+    api = TestClient(create_app(coord, BOOT), raise_server_exceptions=False)
+    # Arrange: a token valid for one second, one for 30 days, one without expiry
+    short = api.post("/v1/tokens", headers=BOOT_H, json={"name": "short", "scope": "read", "expires_in": 1})
+    month = api.post("/v1/tokens", headers=BOOT_H, json={"name": "month", "scope": "read", "expires_in": 30 * 86400})
+    forever = api.post("/v1/tokens", headers=BOOT_H, json={"name": "forever", "scope": "read"})
+    assert short.status_code == month.status_code == forever.status_code == 201, short.text
+    assert abs(month.json()["expires"] - (time.time() + 30 * 86400)) < 60 and forever.json()["expires"] == 0
+    assert api.get("/v1/devices", headers=_bearer(short.json()["token"])).status_code == 200
+
+    # Act: the short one's second passes
+    time.sleep(1.2)
+
+    # Assert: it is refused like a revoked token (401) and listed as expired; the others go on
+    r = api.get("/v1/devices", headers=_bearer(short.json()["token"]))
+    assert r.status_code == 401
+    assert coord.registry.check_token("f", short.json()["token"]) is None
+    for other in (month, forever):
+        assert api.get("/v1/devices", headers=_bearer(other.json()["token"])).status_code == 200
+    listed = {t["name"]: t for t in api.get("/v1/tokens", headers=BOOT_H).json()}
+    assert listed["short"]["expired"] is True and listed["month"]["expired"] is False
+    assert listed["forever"]["expires"] == 0 and listed["forever"]["expired"] is False
+    # lifetimes are bounded: at least a second, at most 366 days, an integer
+    for bad in (0, -5, 366 * 86400 + 1, 10**30, 1.5, "30d"):
+        r = api.post("/v1/tokens", headers=BOOT_H, json={"name": "bad", "scope": "read", "expires_in": bad})
+        assert r.status_code == 422, (bad, r.text)
+    with pytest.raises(ConfigError):
+        coord.registry.create_token("f", "nan", "read", float("nan"))
+    # an expired token's name stays taken until it is revoked
+    assert api.post("/v1/tokens", headers=BOOT_H, json={"name": "short", "scope": "read"}).status_code == 409
+    assert api.delete("/v1/tokens/short", headers=BOOT_H).status_code == 200
+
+
+def test_fleet_tokens_create_expires_cli(live: tuple[str, Coordinator], capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgefleet.cli import main as cli_main
+
+    base, coord = live
+    monkeypatch.setenv("EDGEFLEET_API", base)
+    monkeypatch.setenv("EDGEFLEET_TOKEN", BOOT)
+    monkeypatch.setenv("COLUMNS", "240")
+    capsys.readouterr()
+    assert cli_main(["fleet", "tokens", "create", "--scope", "read", "--name", "ci", "--expires", "30d"]) == 0
+    out = capsys.readouterr()
+    assert "expires 20" in out.err and out.out.strip().startswith("eft_")
+    (row,) = coord.registry.tokens("f")
+    assert abs(row["expires"] - (time.time() + 30 * 86400)) < 60
+    assert cli_main(["fleet", "tokens", "list"]) == 0
+    assert "never" not in capsys.readouterr().out
+    for bad in ("367d", "soon", "0s"):
+        with pytest.raises(SystemExit) as exc:  # refused by the parser, before any call
+            cli_main(["fleet", "tokens", "create", "--scope", "read", "--name", "x", "--expires", bad])
+        assert exc.value.code == 2
+        assert "argument --expires" in capsys.readouterr().err
+    assert [t["name"] for t in coord.registry.tokens("f")] == ["ci"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_older_registry_tokens_never_expire(backend: str, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    url, prefix = _url(backend, tmp_path), f"t{uuid.uuid4().hex[:8]}_"
+    reg = Registry(url, prefix=prefix)
+    secret = reg.create_token("f", "old", "read")
+    with reg.engine.begin() as c:  # as a registry written before tokens could expire
+        c.execute(text(f"ALTER TABLE {prefix}tokens DROP COLUMN expires"))
+    reg.close()
+    reg = Registry(url, prefix=prefix)
+    try:
+        assert reg.check_token("f", secret) == {"name": "old", "scope": "read"}
+        assert reg.tokens("f")[0]["expires"] == 0 and reg.tokens("f")[0]["expired"] is False
+    finally:
+        reg.drop_all()
+        reg.close()
