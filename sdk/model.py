@@ -22,7 +22,7 @@ from .errors import (
 )
 from .keys import KeySource
 from .manifest import Manifest, ModelFormat, TensorSpec
-from .preprocess import Pipeline, PipelineStream, decode_labels
+from .preprocess import Pipeline, PipelineStream, check_finite, decode_labels
 from .runtime import Backend, format_of, open_backend
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def _quant_lut(qparams: tuple[np.float32, np.float32, int, int], dtype: np.dtype
 
 def _finite_fast(arr: np.ndarray) -> bool:
     """A cheap filter: True means no NaN or inf. False may also be a large finite value
-    (an overflow of the sum of squares): ``Model._check_finite`` then looks properly."""
+    (an overflow of the sum of squares): :func:`~.preprocess.check_finite` then looks properly."""
     if arr.dtype.itemsize < 4:  # float16 squares overflow from 256: a plain sum
         return isfinite(arr.sum())
     return isfinite(np.vdot(arr, arr))
@@ -381,7 +381,7 @@ class Model:
                 if one:
                     arr = arr[plan.expand]
                 if plan.check_finite and not _finite_fast(arr):
-                    self._check_finite(spec, arr)
+                    check_finite(arr, f"input {spec.name!r}")
                 return arr, one
         kind = arr.dtype.kind
         if plan.is_string:
@@ -421,7 +421,7 @@ class Model:
                 + (" after preprocessing" if use_pipeline else "")
             )
         if kind == "f" and spec.finite and (not use_pipeline or pipeline.allows_missing):
-            self._check_finite(spec, arr)
+            check_finite(arr, f"input {spec.name!r}")
         if plan.qparams is not None and not raw:
             lut = plan.qlut
             try:
@@ -470,20 +470,6 @@ class Model:
                         f"input {spec.name!r}: values from {lo} to {hi} do not fit {spec.dtype} ({info.min}..{info.max})"
                     )
         return arr.astype(want)
-
-    @staticmethod
-    def _check_finite(spec: TensorSpec, arr: np.ndarray) -> None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            if not arr.size or isfinite(arr.sum()):  # finite sum: no NaN or inf (cheap common path)
-                return
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            kind = "NaN" if np.isnan(arr[first]) else "inf"
-            raise InvalidInputError(
-                f"input {spec.name!r} holds {int(bad.sum())} non-finite values ({kind} at index {first}); "
-                "clean the data or declare an impute step in the preprocessing"
-            )
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         batched = self._batched
@@ -556,7 +542,7 @@ class Model:
         else:
             return None
         if fast.finite and not _finite_fast(x):
-            self._check_finite(fast.spec, x)
+            check_finite(x, f"input {fast.spec.name!r}")
         if fast.search is not None:
             try:
                 x = fast.levels(fast.search(x, "right"))

@@ -862,6 +862,26 @@ def _parse_shape(value: Any) -> Shape | None:
     return tuple(int(d) for d in value)
 
 
+def check_finite(arr: np.ndarray, what: str, *, allow_nan: bool = False) -> None:
+    """The one NaN/inf check of input values (a model's inputs and a pipeline's).
+
+    Float arrays only; an ``InvalidInputError`` names ``what``, how many values are
+    not finite and the first one's kind and index. ``allow_nan`` (a pipeline that
+    imputes missing values) refuses only inf. All finite costs one sum.
+    """
+    if arr.dtype.kind != "f" or not arr.size:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(arr.sum()):  # a finite sum: no NaN or inf (an overflowing sum looks properly below)
+            return
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        kind = "NaN" if np.isnan(arr[first]) else "inf"
+        hint = "" if allow_nan else "; clean the data or add an impute step to the preprocessing"
+        raise InvalidInputError(f"{what} holds {int(bad.sum())} non-finite values ({kind} at index {first}){hint}")
+
+
 def _numeric(x: Any, what: str) -> np.ndarray:
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
     if arr.dtype.kind not in "fiub":
@@ -966,16 +986,7 @@ class Pipeline:
             raise InvalidInputError(
                 f"{what}: expected shape ({lead}{''.join(f', {d}' for d in self.input_shape)}), got {arr.shape}"
             )
-        if arr.dtype.kind == "f":
-            if not math.isfinite(float(arr.sum(dtype=np.float64))):  # NaN or inf somewhere (or a huge sum)
-                bad = np.isinf(arr) if self.allows_missing else ~np.isfinite(arr)
-                if bad.any():
-                    first = tuple(int(i) for i in np.argwhere(bad)[0])
-                    kind = "NaN" if np.isnan(arr[first]) else "inf"
-                    hint = "" if self.allows_missing else "; clean the data or add an impute step to the preprocessing"
-                    raise InvalidInputError(
-                        f"{what} holds {int(bad.sum())} non-finite values ({kind} at index {first}){hint}"
-                    )
+        check_finite(arr, what, allow_nan=self.allows_missing)
         return arr
 
     def _run(self, x: np.ndarray) -> np.ndarray:
