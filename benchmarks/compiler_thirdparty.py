@@ -99,7 +99,7 @@ def ocr_lines(h: int, w: int) -> Callable[[int, int], tuple[dict[str, np.ndarray
 def ocr_lines_upright(h: int, w: int) -> Callable[[int, int], tuple[dict[str, np.ndarray], np.ndarray | None]]:
     def gen(n: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         rng = np.random.default_rng(seed)
-        out = []
+        out: list[np.ndarray] = []
         while len(out) < n:
             img, lab = _text_line(rng, h, w)
             if lab == 0:
@@ -148,7 +148,7 @@ def vad_frames(samples: int = 512) -> Callable[[int, int], tuple[dict[str, np.nd
                 x = rng.normal(0, float(rng.uniform(0.01, 0.2)), samples)
             else:
                 f0 = float(rng.uniform(90, 250))
-                x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 12))
+                x = sum((np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 12)), np.zeros_like(t))
                 x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) * float(rng.uniform(0.05, 0.4)) + rng.normal(0, 0.005, samples)
             xs.append(x)
         x = np.asarray(xs, np.float32)
@@ -166,7 +166,7 @@ def face_images(size: int, channels_last: bool = True, scale: str = "pm1") -> Ca
         xs = []
         for _ in range(n):
             base = rng.integers(0, 255, size=(size // 8, size // 8, 3)).astype(np.uint8)
-            img = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+            img = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
             d = ImageDraw.Draw(img)
             r = int(size * rng.uniform(0.18, 0.35))
             cx, cy = (int(v) for v in rng.integers(r, size - r, size=2))

@@ -158,7 +158,7 @@ class _Compiler:
         self.eval: Dataset | None = ev.head(d.max_eval_samples) if ev is not None else None
         ref_data = self.train or self.calib or self.eval
         # reference statistics describe one input; multi-input models get none (drift checks are per single input)
-        self.reference = _reference_stats(ref_data.x) if ref_data is not None and not ref_data.multi else None
+        self.reference = _reference_stats(ref_data.x) if ref_data is not None and isinstance(ref_data.x, np.ndarray) else None
 
     def _preprocessing(self) -> None:
         from edgefleet.preprocess import Pipeline
@@ -394,7 +394,11 @@ class _Compiler:
         if not (cfg.prune.enabled or cfg.structured.enabled or cfg.distill.enabled):
             return
         assert self.train is not None
-        tx = self.prep(self.train.x, "training")
+        prepped = self.prep(self.train.x, "training")
+        # the passes take single-input models: data keyed by that one input's name is its array
+        tx = next(iter(prepped.values())) if isinstance(prepped, dict) and len(prepped) == 1 else prepped
+        if isinstance(tx, dict):
+            raise InvalidInputError(f"pruning and distillation take one input; the training data has arrays {sorted(tx)}")
         self._check_shape(shape, tx, "training")
         ty = self.train.y
         if cfg.distill.enabled:
@@ -532,7 +536,7 @@ class _Compiler:
         self.latency_input = "synthetic inputs of the declared shapes"
         return None
 
-    def _float_reference(self, fmt: str, bundle_path: Path) -> np.ndarray:
+    def _float_reference(self, fmt: str, bundle_path: Path) -> list[np.ndarray]:
         """Outputs of the unmodified source on the eval data (non-Keras sources: its float32 export)."""
         if self.source_outputs is None:
             import edgefleet
@@ -549,7 +553,7 @@ class _Compiler:
         names = [s.name for s in bundle.manifest.inputs]
         return {match_name(k, names): v for k, v in x.items()}
 
-    def _check_export(self, fmt: str, outputs: np.ndarray) -> None:
+    def _check_export(self, fmt: str, outputs: list[np.ndarray]) -> None:
         from .passes.export import check_export
 
         ref = self.opt_outputs if self.opt_outputs is not None else self.source_outputs
@@ -574,15 +578,14 @@ class _Compiler:
         for w in warnings:
             self.progress.warn(f"{w}; pick another --quantize mode, or --quantize auto, which skips such variants")
         key = load_private_key(cfg.output.key) if cfg.output.key else None
-        smoke = None
+        smoke: dict[str, np.ndarray] | None = None
         if self.eval_x is not None:
             scratch = self.work / "bundles" / chosen.name
             from edgefleet.bundle import open_bundle
 
             b, _ = open_bundle(scratch)
-            smoke = self._by_bundle_names(b, take(self.eval_x, slice(0, 4)))
-            if not isinstance(smoke, dict):
-                smoke = {b.manifest.inputs[0].name: smoke}
+            first = self._by_bundle_names(b, take(self.eval_x, slice(0, 4)))
+            smoke = first if isinstance(first, dict) else {b.manifest.inputs[0].name: first}
         metrics: dict[str, Any] = {
             "variant": chosen.name,
             "quantization": chosen.quantization,

@@ -17,14 +17,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Union
+from typing import Union
 
 import numpy as np
 
 from edgefleet.errors import InvalidInputError
 
-
-Inputs = Union[np.ndarray, Dict[str, np.ndarray]]
+Inputs = Union[np.ndarray, dict[str, np.ndarray]]
 
 
 def take(x: Inputs, sl: slice) -> Inputs:

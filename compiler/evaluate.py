@@ -63,7 +63,7 @@ class VariantResult:
     chosen: bool = False
     regressions: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
-    outputs: np.ndarray | None = field(default=None, repr=False)
+    outputs: list[np.ndarray] | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
         return {

@@ -44,7 +44,8 @@ class Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+        kwargs["allow_abbrev"] = allow_abbrev
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
