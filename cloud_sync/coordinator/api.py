@@ -327,7 +327,7 @@ def document_errors(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any]
     for route in routes:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
-        for method in route.methods:
+        for method in route.methods or ():
             op = schema["paths"].get(route.path_format, {}).get(method.lower())
             if op is None:
                 continue
@@ -388,7 +388,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
 
     device_id = Path(pattern=DEVICE_ID, description="a device id (1-128 of A-Z a-z 0-9 _ . : -)")
     group_q = Query(None, pattern=DEVICE_ID, description="only this group")
-    no_device = {404: {"description": "no such device"}}
+    no_device: dict[int | str, dict[str, Any]] = {404: {"description": "no such device"}}
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -433,7 +433,6 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
             raise HTTPException(404, f"no device {device_id!r}")
         return reg.device(fleet, device_id) or {}
 
-    plan_text = {"max_length": 64}
     archive = {"required": True, "description": "the bundle archive (.efb) itself",
                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
@@ -443,9 +442,9 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                                               "(unreadable, unsigned, untrusted, another model's; the detail says "
                                               "which), or the plan or timeout cannot be read"}})
     async def deploy(request: Request, group: str = Query(..., pattern=DEVICE_ID),
-                     canary: str = Query("5%", **plan_text), waves: str = Query("100%", **plan_text),
-                     max_failure: str = Query("0%", **plan_text),
-                     job_timeout: str = Query("1h", **plan_text),
+                     canary: str = Query("5%", max_length=64), waves: str = Query("100%", max_length=64),
+                     max_failure: str = Query("0%", max_length=64),
+                     job_timeout: str = Query("1h", max_length=64),
                      tags: str = Query("", max_length=8300, pattern=f"^({TAG}(,{TAG})*)?$",
                                        description="comma-separated: only devices of the group the operator gave "
                                                    "every one of these tags (what devices claim does not count)")
