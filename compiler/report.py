@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from edgefleet.atomic import replace_dir, temp_name
 
 from .evaluate import VariantResult
 
@@ -106,7 +107,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, metric: str, baseline: f
 def write_report(out_dir: Path, doc: dict[str, Any], recipe_toml: str) -> Path:
     """Write the report directory atomically (temp dir + rename)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_name(out_dir)
     tmp.mkdir()
     try:
         (tmp / "report.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
@@ -116,9 +117,7 @@ def write_report(out_dir: Path, doc: dict[str, Any], recipe_toml: str) -> Path:
         higher = base.get("metric") in ("accuracy", "agreement")
         plot(doc["variants"], tmp / "accuracy_vs_size.png", base.get("metric", "score"), base.get("value"),
              doc.get("budget") if higher else None)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from edgefleet.atomic import fsync_dir, fsync_file, write_atomic
+from edgefleet.atomic import fsync_dir, fsync_file, replace_dir, write_atomic
 from edgefleet.bundle import (
     MAX_SIGNATURE_BYTES,
     Bundle,
@@ -451,10 +451,7 @@ class Store:
                     self.verify(object_id)
                     shutil.rmtree(work, ignore_errors=True)
                 except StoreError:  # a damaged earlier copy (bit rot): replace it with the verified one
-                    trash = self.trash / f"{object_id}-{uuid.uuid4().hex[:8]}"
-                    os.rename(dest, trash)
-                    os.rename(bundle_dir, dest)
-                    shutil.rmtree(trash, ignore_errors=True)
+                    replace_dir(bundle_dir, dest, aside=self.trash / f"{object_id}-{uuid.uuid4().hex[:8]}")
             else:
                 os.rename(bundle_dir, dest)
             failpoint("stage.renamed")

@@ -9,6 +9,7 @@ then the directory is fsynced so that the rename itself is on disk.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
@@ -85,3 +86,21 @@ def write_atomic(
         on_step("replaced")
     fsync_dir(target.parent)
     return target
+
+
+def replace_dir(src: str | os.PathLike[str], dest: str | os.PathLike[str], aside: str | os.PathLike[str] | None = None) -> None:
+    """Rename the complete directory ``src`` to ``dest``, replacing a ``dest`` that exists.
+
+    The old ``dest`` is renamed out of the way first (to ``aside``, by default
+    ``.NAME.old-XXXXXXXX`` beside it) and removed once the new one is in place, so
+    ``dest`` is only ever absent between two renames, never half-written. ``src``
+    must already be fsynced; the caller fsyncs ``dest``'s parent to make it durable.
+    """
+    target = Path(dest)
+    if not target.exists():
+        os.rename(src, target)
+        return
+    old = Path(aside) if aside is not None else target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    os.rename(src, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -31,14 +31,13 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping
 
 import numpy as np
 
-from .atomic import fsync_dir, fsync_file, temp_name, write_atomic
+from .atomic import fsync_dir, fsync_file, replace_dir, temp_name, write_atomic
 from .canonical import load_json_bounded, open_regular, read_regular, sha256_file
 from .errors import (
     BundleFormatError,
@@ -141,13 +140,7 @@ def write_bundle(
             _write_durable(tmp / SIGNATURE_NAME, json.dumps(doc, sort_keys=True).encode() + b"\n")
             signer = private_key.public
         fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_dir(tmp, out)
         fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

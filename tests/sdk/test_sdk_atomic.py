@@ -89,3 +89,27 @@ def test_a_failed_rename_leaves_the_old_content(tmp_path: Path, monkeypatch: pyt
         write_atomic(target, b'{"seq": 2}')
     assert target.read_bytes() == b"{}"
     assert [p.name for p in tmp_path.iterdir()] == ["orders.json"]
+
+
+def test_replace_dir_swaps_a_complete_directory_in(tmp_path: Path) -> None:
+    from edgefleet.atomic import replace_dir, temp_name
+
+    dest = tmp_path / "bundle"
+    first = temp_name(dest)
+    first.mkdir()
+    (first / "a").write_text("1")
+    replace_dir(first, dest)  # no dest yet: a plain rename
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and (dest / "a").read_text() == "1"
+
+    second = temp_name(dest)
+    second.mkdir()
+    (second / "b").write_text("2")
+    replace_dir(second, dest)  # the old one goes aside, then away
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    assert sorted(p.name for p in dest.iterdir()) == ["b"]
+
+    third = temp_name(dest)
+    third.mkdir()
+    aside = tmp_path / "trash"
+    replace_dir(third, dest, aside=aside)
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"] and list(dest.iterdir()) == []
