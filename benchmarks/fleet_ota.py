@@ -8,7 +8,7 @@ Starts its own mosquitto on a free loopback port, a coordinator (SQLite
 registry, paho) in this process and the simulated devices in ``--workers``
 worker processes. Each device is its own MQTT 5 client with a persistent
 session, a last will and a retained birth, and runs the device side of the
-transfer protocol (:class:`edgefleet.cloud_sync.transfer.Receiver`: windowed
+transfer protocol (:class:`edgefleet.cloud_sync.wire.transfer.Receiver`: windowed
 chunk requests as bitmaps, per-chunk sha256, re-requests after a stall or a
 reconnect, whole-file sha256 against the declared file id) and reports its job
 (DOWNLOADING, SUCCEEDED) with versioned updates. A worker drives all its paho
@@ -139,7 +139,7 @@ class SimDevice:
     def __init__(self, loop: DeviceLoop, port: int, device_id: str, kick: bool) -> None:
         import paho.mqtt.client as mqtt
 
-        from edgefleet.cloud_sync import protocol as P
+        from edgefleet.cloud_sync.wire import protocol as P
 
         self.P, self.loop, self.port, self.id, self.kick = P, loop, port, device_id, kick
         self.client = loop.client_cls(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
@@ -188,7 +188,7 @@ class SimDevice:
         self.ready = True
 
     def _message(self, client: Any, userdata: Any, msg: Any) -> None:
-        from edgefleet.cloud_sync import transfer as T
+        from edgefleet.cloud_sync.wire import transfer as T
         from edgefleet.errors import ProtocolError
 
         P = self.P
@@ -223,7 +223,7 @@ class SimDevice:
                             P.JobUpdate(self.job, status, self.version, self.version - 1, step).to_bytes(), qos=1)
 
     def stalled(self, now: float) -> None:
-        from edgefleet.cloud_sync import transfer as T
+        from edgefleet.cloud_sync.wire import transfer as T
 
         r = self.receiver
         if r is not None and not r.done and self.client.is_connected() and now - self.last >= STALL_SECONDS:
@@ -231,7 +231,7 @@ class SimDevice:
             self._drive(r.handle(T.Stalled()))
 
     def _drive(self, actions: list[Any]) -> None:
-        from edgefleet.cloud_sync import transfer as T
+        from edgefleet.cloud_sync.wire import transfer as T
 
         P = self.P
         r = self.receiver
@@ -457,7 +457,7 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
 
 
 def bench_delta(v1: bytes, v2: bytes) -> dict[str, Any]:
-    from edgefleet.cloud_sync.transfer import make_delta
+    from edgefleet.cloud_sync.wire.transfer import make_delta
 
     t = time.perf_counter()
     patch = make_delta(v1, v2)
@@ -509,7 +509,7 @@ def bench_queue_limit(root: Path, messages: int = 5000) -> dict[str, Any]:
 
 # -- telemetry ---------------------------------------------------------------------------------------------------
 def _telemetry_payloads(devices: int, batches: int, per_batch: int) -> list[tuple[str, bytes]]:
-    from edgefleet.cloud_sync import protocol as P
+    from edgefleet.cloud_sync.wire import protocol as P
 
     out = []
     for b in range(batches):
@@ -546,7 +546,7 @@ def _legacy_record_from_dict() -> Any:
     write-lock statement, as before)."""
     from collections.abc import Mapping
 
-    from edgefleet.cloud_sync import protocol as P
+    from edgefleet.cloud_sync.wire import protocol as P
     from edgefleet.errors import ProtocolError
 
     def from_dict(cls: Any, d: Any) -> Any:
@@ -560,7 +560,7 @@ def _legacy_record_from_dict() -> Any:
 
 def _patch_parse(legacy: bool) -> Any:
     """Swap in the pre-change record validation (``legacy``); returns what to restore."""
-    from edgefleet.cloud_sync import protocol as P
+    from edgefleet.cloud_sync.wire import protocol as P
 
     current = P.TelemetryRecord.__dict__["from_dict"]
     if legacy:
@@ -572,7 +572,7 @@ def _plain_subscriber(conn: Any, port: int, total: int, legacy: bool = False) ->
     """The baseline: a plain paho subscriber that parses each batch (as the coordinator must) and counts."""
     import paho.mqtt.client as mqtt
 
-    from edgefleet.cloud_sync import protocol as P
+    from edgefleet.cloud_sync.wire import protocol as P
 
     _patch_parse(legacy)
     got = [0, 0.0]
@@ -708,7 +708,7 @@ def bench_telemetry(port: int, root: Path, devices: int, batches: int, per_batch
         counters = {k: coord.counters[k] for k in _COUNTERS}
         coord.stop()
         coord.registry.close()
-        from edgefleet.cloud_sync import protocol as P
+        from edgefleet.cloud_sync.wire import protocol as P
 
         P.TelemetryRecord.from_dict = restore  # type: ignore[method-assign]
     else:

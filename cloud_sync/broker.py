@@ -45,7 +45,7 @@ from typing import IO, Mapping, Sequence
 
 from edgefleet.errors import ConfigError, SyncError
 
-from .protocol import DEFAULT_CHUNK_SIZE, MAX_MESSAGE_BYTES
+from .wire.protocol import DEFAULT_CHUNK_SIZE, MAX_MESSAGE_BYTES
 
 MIN_QUEUED = 1000  # Mosquitto's own default: never go below it
 QUEUED_PER_DEVICE = 50  # messages a device may have waiting for the coordinator (about a minute of its traffic)

@@ -41,9 +41,10 @@ from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.atomic import write_atomic
 from edgefleet.errors import EdgefleetError, ProtocolError, SyncError, TrustError, UpdateRejectedError
 
-from . import protocol as P
-from .orders import OrderRefused, RollbackOrder, check_order
-from .transfer import (
+from .transport import Transport, Will
+from .wire import protocol as P
+from .wire.orders import OrderRefused, RollbackOrder, check_order
+from .wire.transfer import (
     TOO_LARGE,
     Begin,
     CheckWhole,
@@ -59,7 +60,6 @@ from .transfer import (
     apply_delta,
     too_large_message,
 )
-from .transport import Transport, Will
 
 log = logging.getLogger("edgefleet.cloud_sync.device")
 
@@ -80,7 +80,7 @@ class _Active:
 
 def _default_cap(agent: Any) -> int:
     """The agent's store quota (a bundle larger than it could never be installed), else the default."""
-    from .transfer import DEFAULT_MAX_BUNDLE_BYTES
+    from .wire.transfer import DEFAULT_MAX_BUNDLE_BYTES
 
     quota = getattr(getattr(getattr(agent, "config", None), "store", None), "quota_mb", None)
     return int(quota * (1 << 20)) if isinstance(quota, (int, float)) and quota > 0 else DEFAULT_MAX_BUNDLE_BYTES
@@ -100,7 +100,7 @@ class MqttSink:
             return []
         batch_id = uuid.uuid4().hex[:16]
         msg = P.TelemetryBatch(self.sync.device_id, batch_id, tuple(
-            P.TelemetryRecord(r.seq, r.ts, r.kind, r.data) for r in records))
+            P.TelemetryRecord.of(r) for r in records))
         ev = threading.Event()
         got: list[int] = []
         with self._lock:

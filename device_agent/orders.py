@@ -21,8 +21,18 @@ signed by a threshold of the keys of the repository's ``rollback`` role
 *before* the order takes effect): the same order given again is refused
 ``order_replayed``, in this process or any later one. An order is identified by
 the sha256 of its signed body, so even an order without ``order_id`` is used once.
-The coordinator's orders (:mod:`edgefleet.cloud_sync.orders`) are single-use by
+The coordinator's orders (:mod:`edgefleet.cloud_sync.wire.orders`) are single-use by
 their rising ``seq``, which the device keeps in the same ledger.
+
+**Two order formats, on purpose.** The coordinator's fleet order (type
+``edgefleet.fleet_rollback``, :mod:`edgefleet.cloud_sync.wire.orders`) names a fleet, device,
+deployment, job and versions and sends the device back to the previous version in its store,
+single-use by ``seq``; this one names one exact bundle (its manifest sha256) that an operator
+installs by hand, single-use by the hash of its body. They share the signature document,
+the keys (or TUF rollback role), :func:`check_time_bounds` and the ledger; merging the bodies
+would change what is signed, so orders already issued and devices of an older release would
+refuse each other's orders (see that module for the details). It cannot live there either:
+this package may import only the SDK, and the device checks its own order offline.
 
 **Time bounds and the clock-skew policy** (:func:`check_time_bounds`, used by both
 order paths). An order is valid while ``issued_at <= now + skew`` and

@@ -310,7 +310,7 @@ def order_signatures(doc: Mapping[str, Any]) -> list[Any]:
 
 def order_verifier(client: Any) -> Callable[[Mapping[str, Any], bytes], None]:
     """``verify(doc, payload)`` for the order checks (``device_agent.orders.check_rollback_order``,
-    ``cloud_sync.orders.check_order``): the order must be signed by a threshold of the rollback role's keys
+    ``cloud_sync.wire.orders.check_order``): the order must be signed by a threshold of the rollback role's keys
     (python-tuf's ``get_verification_result`` on the refreshed, verified top-level targets)."""
     def verify(doc: Mapping[str, Any], payload: bytes) -> None:
         try:

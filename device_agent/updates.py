@@ -27,22 +27,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from edgefleet.atomic import write_atomic
+from edgefleet.jobstate import JobState as JobStatus  # the update machine's name for the shared job states
 from edgefleet.manifest import Manifest, parse_version
 
 from ._failpoints import failpoint
-
-
-class JobStatus(str, Enum):
-    QUEUED = "QUEUED"
-    IN_PROGRESS = "IN_PROGRESS"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    REJECTED = "REJECTED"
-    ROLLED_BACK = "ROLLED_BACK"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (JobStatus.QUEUED, JobStatus.IN_PROGRESS)
 
 
 class Step(str, Enum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..protocol import PREFIX, check_id
+from ..wire.protocol import PREFIX, check_id
 
 
 def acl_text(fleet: str, coordinators: list[str]) -> str:

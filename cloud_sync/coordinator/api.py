@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet._version import __version__
 from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
-from .. import protocol as P
+from ..wire import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
 from .rollout import MAX_TAGS, MAX_TOKEN_TTL, TAG, check_tags, parse_duration, parse_plan
 from .service import Coordinator

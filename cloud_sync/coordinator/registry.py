@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from edgefleet.errors import ConfigError
 
-from ..protocol import TelemetryRecord
+from ..wire.protocol import TelemetryRecord
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")

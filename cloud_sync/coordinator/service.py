@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
 
-from .. import protocol as P
-from ..orders import DEFAULT_ORDER_TTL, RollbackOrder
-from ..transfer import make_delta, serve_request
 from ..transport import Transport
+from ..wire import protocol as P
+from ..wire.orders import DEFAULT_ORDER_TTL, RollbackOrder
+from ..wire.transfer import make_delta, serve_request
 from .registry import Registry, job_key
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, check_tags, evaluate, timed_out
 

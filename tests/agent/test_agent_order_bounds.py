@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from edgefleet.cloud_sync.orders import OrderRefused, RollbackOrder, check_order
+from edgefleet.cloud_sync.wire.orders import OrderRefused, RollbackOrder, check_order
 from edgefleet.device_agent.agent import Agent
 from edgefleet.device_agent.config import AgentConfig, UpdateConfig
 from edgefleet.device_agent.orders import ClockPolicy, OrderLedger, check_rollback_order, make_rollback_order

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from edgefleet.cloud_sync import protocol as P
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 class RawClient:

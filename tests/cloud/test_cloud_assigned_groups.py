@@ -10,10 +10,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from helpers import pg_url, serve_api
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.cloud_sync.wire import protocol as P
 
 BOOT = "tags-admin-" + uuid.uuid4().hex
 H = {"Authorization": f"Bearer {BOOT}"}

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.device import DeviceSync
-from edgefleet.cloud_sync.transfer import Begin, ChunkFile, Fail, Receiver, apply_delta, file_info, make_delta
+from edgefleet.cloud_sync.wire import protocol as P
+from edgefleet.cloud_sync.wire.transfer import Begin, ChunkFile, Fail, Receiver, apply_delta, file_info, make_delta
 from edgefleet.errors import SyncError
 
 GIB64 = 64 << 30

@@ -18,8 +18,8 @@ import pytest
 from conftest import MOSQUITTO, free_port, wait_for
 from helpers import mqtt
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.broker import BrokerConfig, write_broker_config
+from edgefleet.cloud_sync.wire import protocol as P
 from edgefleet.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")

@@ -18,8 +18,8 @@ from conftest import MOSQUITTO, free_port, wait_for
 from helpers import mqtt
 from test_cloud_broker_config import _passwords, _pki, _wait_port
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.broker import BrokerConfig, write_broker_config
+from edgefleet.cloud_sync.wire import protocol as P
 
 pytestmark = pytest.mark.skipif(not os.path.exists(MOSQUITTO), reason="mosquitto is not installed")
 ROOT = "root" if os.geteuid() == 0 else None

@@ -11,9 +11,9 @@ from typing import Any
 from conftest import wait_for
 from helpers import coordinator, device, mqtt
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 from edgefleet.cloud_sync.device import DeviceSync
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 def test_broker_killed_mid_transfer_resumes(broker: Any, tmp_path: Path, make_agent: Any,

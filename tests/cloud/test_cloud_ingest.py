@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 def _rec(seq: int, kind: str = "metrics", **data: Any) -> P.TelemetryRecord:

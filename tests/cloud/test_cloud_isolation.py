@@ -17,8 +17,8 @@ import pytest
 from conftest import wait_for
 from helpers import coordinator, mqtt, pg_url
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 def _metrics(seq: int, predictions: Any = 10) -> P.TelemetryRecord:

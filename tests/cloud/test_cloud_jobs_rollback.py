@@ -14,9 +14,9 @@ from conftest import wait_for
 from helpers import coordinator, device
 from jobs_fakes import FakeDevices, RawClient
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
-from edgefleet.cloud_sync.orders import OrderRefused, RollbackOrder, check_order
+from edgefleet.cloud_sync.wire import protocol as P
+from edgefleet.cloud_sync.wire.orders import OrderRefused, RollbackOrder, check_order
 from edgefleet.keys import PrivateKey
 
 

@@ -18,12 +18,12 @@ import pytest
 from conftest import wait_for
 
 from edgefleet import trust
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 from edgefleet.cloud_sync.coordinator.service import Coordinator, bundle_identity
 from edgefleet.cloud_sync.device import DeviceSync
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.cloud_sync.wire import protocol as P
 from edgefleet.device_agent import tuf_mode
 from edgefleet.errors import (
     MetadataExpiredError,
@@ -226,7 +226,7 @@ def test_rollback_orders_over_mqtt_are_signed_by_the_rollback_role(
     carry the repository's metadata; a device in TUF mode executes an order only when python-tuf finds the rollback
     role's threshold among its signatures. An order signed by the device's flat trusted key (which is also the
     model's delegated bundle key) or by the online key is refused, named, and the device stays on its version."""
-    from edgefleet.cloud_sync.orders import RollbackOrder
+    from edgefleet.cloud_sync.wire.orders import RollbackOrder
     from edgefleet.errors import ConfigError
 
     rb = load_private_key(tkeys["dir"] / "rb.key")
@@ -302,7 +302,7 @@ def test_a_rollback_role_of_threshold_two_needs_both_coordinator_keys(
         assert order is not None and len(order["signatures"]) == 2
         # the same order with one of its two signatures: refused, named
         now = time.time()
-        from edgefleet.cloud_sync.orders import RollbackOrder
+        from edgefleet.cloud_sync.wire.orders import RollbackOrder
 
         one = RollbackOrder("f1", "d0", dep["id"], "one-sig", "2", "1", 1 << 50, now, now + 3600).sign(rb)
         tuf = {k: v.decode() for k, v in trust.client_metadata(repo, "dense").items()}

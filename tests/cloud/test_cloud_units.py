@@ -14,9 +14,9 @@ from helpers import pg_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan, View, evaluate, parse_percent
-from edgefleet.cloud_sync.transfer import (
+from edgefleet.cloud_sync.wire import protocol as P
+from edgefleet.cloud_sync.wire.transfer import (
     Begin,
     CheckWhole,
     ChunkArrived,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.cloud_sync import protocol as P
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
+from edgefleet.cloud_sync.wire import protocol as P
 
 
 def test_telemetry_of_a_device_outside_the_allow_list_is_counted(tmp_path: Path) -> None:

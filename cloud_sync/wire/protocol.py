@@ -32,9 +32,10 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, Protocol, TypeVar
 
 from edgefleet.errors import ProtocolError
+from edgefleet.jobstate import JOB_STATES, TERMINAL_STATES, JobState
 
 SCHEMA_VERSION = 1
 PREFIX = "edgefleet/v1"
@@ -345,8 +346,7 @@ def _tuf_files(d: Mapping[str, Any]) -> dict[str, str] | None:
     return dict(files)
 
 
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "ROLLED_BACK", "CANCELED", "TIMED_OUT"})
-JOB_STATES = frozenset({"QUEUED", "DOWNLOADING", "IN_PROGRESS"}) | TERMINAL_STATES
+# job states are one enum shared with the device's update machine (edgefleet.jobstate); on the wire, its values
 
 
 @dataclass(frozen=True)
@@ -415,12 +415,33 @@ class Reported(Message):
         )
 
 
+class RecordLike(Protocol):
+    """A telemetry record as the device's durable queue holds it (:class:`edgefleet.device_agent.telemetry.Record`)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class TelemetryRecord:
+    """One telemetry record on the wire: the fields of the device queue's record, validated on receipt
+    (:meth:`from_dict`); :meth:`of` is the one conversion from the queue's record."""
+
     seq: int
     ts: float
     kind: str
     data: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: RecordLike) -> TelemetryRecord:
+        """The wire record of a record drained from the device's queue (``device_agent.telemetry.Record``)."""
+        return cls(record.seq, record.ts, record.kind, record.data)
 
     @classmethod
     def from_dict(cls, d: Any) -> TelemetryRecord:
@@ -581,5 +602,5 @@ __all__ = [
     "SCHEMA_VERSION", "PREFIX", "DEFAULT_CHUNK_SIZE", "Up", "Down", "up_topic", "down_topic", "up_filter",
     "down_filter", "parse_topic", "TopicInfo", "check_id", "Message", "Status", "FileInfo", "JobAction", "Desired",
     "JobUpdate", "Reported", "TelemetryRecord", "TelemetryBatch", "TelemetryAck", "ChunkRequest", "Chunk",
-    "encode_bitmap", "decode_bitmap", "TERMINAL_STATES", "JOB_STATES",
+    "encode_bitmap", "decode_bitmap", "TERMINAL_STATES", "JOB_STATES", "JobState", "RecordLike",
 ]

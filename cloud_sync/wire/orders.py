@@ -8,7 +8,7 @@ the coordinator's ``--signing-key`` is that role's key, never a bundle key), che
 python-tuf against the metadata the coordinator sends with the rollback job
 (:func:`edgefleet.device_agent.tuf_mode.order_verifier`). Signed by several keys, the
 document lists them all in ``signatures`` (``signature`` is the first). The order
-travels in :class:`~edgefleet.cloud_sync.protocol.Desired` (``rollback_order``)::
+travels in :class:`~edgefleet.cloud_sync.wire.protocol.Desired` (``rollback_order``)::
 
     {"order": {"type": "edgefleet.fleet_rollback", "fleet": "f1", "device_id": "d0",
                "deployment_id": "…", "job_id": "…", "from_version": "2", "to_version": "1",
@@ -34,6 +34,23 @@ milliseconds, so a fresh registry still issues higher numbers than an old one).
 The device persists the last accepted ``seq`` before it acts, so an order can
 be executed once: a replayed copy of an old order is refused even after the
 device has forgotten the job.
+
+**Why this is not the device agent's order** (:mod:`edgefleet.device_agent.orders`, type
+``edgefleet.rollback``). Both are Ed25519 documents ``{"order", "signature"[, "signatures"]}``
+over the canonical JSON of the body, checked against the same keys (or the TUF rollback role),
+bounded in time by the same :func:`~edgefleet.device_agent.orders.check_time_bounds` and
+recorded in the same ledger (:class:`~edgefleet.device_agent.orders.OrderLedger`). They
+authorize different things, so their signed bodies differ: the agent's order lets an operator
+install one exact older bundle by hand (``agent install --rollback-order``), names that
+bundle's manifest sha256 and no job, and is single-use by the sha256 of its body; this one is
+issued by the coordinator for a fleet job, names fleet, device, deployment, job and the two
+versions (the device returns to the *previous* version in its store, so no bundle travels and
+there is no manifest to name), and is single-use by ``seq``, which rises across the registry.
+One format would change what is signed: orders already issued and kept by operators, and
+devices and coordinators of an older release, would refuse each other's orders
+(``order_malformed`` / ``bad_rollback_order``), and the ledger's two kinds of entry (body hashes
+and ``fleet:JOB:SEQ``) would mean different things. So the two bodies stay, each in its module,
+sharing everything below the body.
 
 Time bounds follow the device's clock policy (``[update] clock``, ``clock_skew_seconds``;
 see :mod:`edgefleet.device_agent.orders`): ``issued_at <= now + skew`` and
