@@ -14,7 +14,10 @@ import threading
 import time
 from typing import Any
 
-from edgefleet.errors import ConfigError, SyncError
+from edgefleet.device_agent.cli import RunExtension, extend_run
+from edgefleet.errors import ConfigError
+
+from .coordinator.client import api_call, deploy_bundle, read_token
 
 
 def register(sub: Any) -> None:
@@ -101,7 +104,6 @@ def register(sub: Any) -> None:
                      "applied only by the operator (fleet assign)")
     run.add_argument("--telemetry-interval", type=float, default=5.0)
     run.set_defaults(func=_sync_run)
-    _extend_agent_run(sub)
 
     fleet = sub.add_parser("fleet", help="operate the fleet through the coordinator's API")
     fsub = fleet.add_subparsers(dest="fleet_cmd", metavar="CMD")
@@ -212,22 +214,6 @@ def _wait_for_signal() -> None:
 
 
 # -- coordinator ---------------------------------------------------------------------------------------
-def read_token(token: str | None = None, token_file: str | None = None) -> str | None:
-    """The API token: from ``token_file``, else ``token`` (the deprecated --token), else the environment
-    (``EDGEFLEET_TOKEN``, or the file named by ``EDGEFLEET_TOKEN_FILE``)."""
-    token_file = token_file or (None if token else os.environ.get("EDGEFLEET_TOKEN_FILE"))
-    if token_file:
-        try:
-            with open(token_file, encoding="utf-8") as fh:
-                value = fh.read(4096).strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the token file {token_file}: {exc}") from None
-        if not value or len(value.split()) != 1:
-            raise ConfigError(f"the token file {token_file} must hold one token")
-        return value
-    return token or os.environ.get("EDGEFLEET_TOKEN") or None
-
-
 def _serve(args: argparse.Namespace) -> int:
     from .api_tls import check_server_files
 
@@ -340,28 +326,18 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 # -- device --------------------------------------------------------------------------------------------------
-def _extend_agent_run(sub: Any) -> None:
-    """``edgefleet agent run --broker URL --fleet F --device-id D``: the agent daemon connected to the fleet.
-
-    device_agent may not import cloud_sync, so the options are added here to the parser the device
-    agent registered; without --broker, ``agent run`` stays the local daemon."""
-    agent = sub.choices.get("agent")
-    actions = [a for a in getattr(agent, "_actions", ()) if isinstance(a, argparse._SubParsersAction)]
-    run = actions[0].choices.get("run") if actions else None
-    if run is None:
-        return
-    g = run.add_argument_group("cloud sync (with --broker: jobs, OTA, telemetry through the fleet's MQTT broker)")
+def _agent_run_options(g: Any) -> None:
+    """``edgefleet agent run --broker URL --fleet F --device-id D``: the agent daemon connected to the fleet."""
     _broker_args(g, default=None)
     g.add_argument("--fleet", help="the fleet to join (with --broker)")
     g.add_argument("--device-id", help="this device's id (default: device_id of the config)")
     g.add_argument("--group", default="", help="the group this device asks for: recorded by the coordinator, "
                    "applied only by the operator (fleet assign)")
     g.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry drains")
-    local = run.get_default("func")
-    run.set_defaults(func=lambda args: _agent_run(args, local))
 
 
 def _agent_run(args: argparse.Namespace, local: Any) -> int:
+    """Without --broker, ``agent run`` stays the local daemon (``local``)."""
     if not args.broker:
         given = [f for f, v in (("--fleet", args.fleet), ("--device-id", args.device_id), ("--group", args.group)) if v]
         if given:
@@ -413,35 +389,6 @@ def _run_connected(args: argparse.Namespace, cfg: Any, sync_dir: str, tick: floa
 
 
 # -- operators -------------------------------------------------------------------------------------------------
-def api_call(api: str, token: str | None, method: str, path: str, *, ca_cert: str | None = None, **kw: Any) -> Any:
-    """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause.
-
-    An ``https://`` API's certificate is always verified: against ``ca_cert`` (else the CA file named by
-    ``EDGEFLEET_CA_CERT``), else the system's CAs."""
-    import httpx
-
-    from .api_tls import client_verify, connect_error
-
-    token = token or read_token()
-    if not token:
-        raise ConfigError("an API token is required: EDGEFLEET_TOKEN or --token-file")
-    verify: Any = client_verify(ca_cert) if api.lower().startswith("https:") else True
-    try:
-        with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60,
-                          verify=verify) as c:
-            r = c.request(method, path, **kw)
-    except httpx.HTTPError as exc:
-        raise connect_error(api, exc) from None
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise (ConfigError if r.status_code in (400, 403, 404, 409, 422) else SyncError)(
-            f"coordinator: {r.status_code} {detail}")
-    return r.json()
-
-
 def _token(args: argparse.Namespace) -> str | None:
     return read_token(args.token, args.token_file)
 
@@ -513,34 +460,6 @@ def _fleet_assign(args: argparse.Namespace) -> int:
     rows = [_call(args, "PATCH", f"/v1/devices/{d}", json={"group": args.group}) for d in args.devices]
     _print(args, rows, [[r["device_id"], r["group"]] for r in rows], ["device", "group"])
     return 0
-
-
-def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
-                  waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h", *,
-                  ca_cert: str | None = None, tags: list[str] | tuple[str, ...] = ()) -> Any:
-    """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
-    from pathlib import Path
-
-    from .coordinator.rollout import parse_plan
-
-    parse_plan(canary, waves, max_failure)  # refused here, before a bundle is uploaded
-
-    src = Path(bundle)
-    if src.is_dir():
-        import tempfile
-
-        from edgefleet.bundle import write_archive
-
-        with tempfile.TemporaryDirectory() as tmp:
-            body = write_archive(src, Path(tmp) / "bundle.efb").read_bytes()
-    elif src.is_file():
-        body = src.read_bytes()
-    else:
-        raise ConfigError(f"{src} does not exist")
-    return api_call(api, token, "POST", "/v1/deployments", ca_cert=ca_cert, content=body,
-                    headers={"Content-Type": "application/octet-stream"},
-                    params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure,
-                            "job_timeout": job_timeout, **({"tags": ",".join(tags)} if tags else {})})
 
 
 def _fleet_deploy(args: argparse.Namespace) -> int:
@@ -683,3 +602,8 @@ def _fleet_audit(args: argparse.Namespace) -> int:
                          e["path"], e["status"], e["summary"], e["client"]] for e in data],
            ["when", "who", "method", "path", "status", "summary", "client"])
     return 0
+
+
+# device_agent may not import cloud_sync: the agent's ``run`` takes these options through its public hook
+AGENT_RUN = extend_run(RunExtension(
+    "cloud sync (with --broker: jobs, OTA, telemetry through the fleet's MQTT broker)", _agent_run_options, _agent_run))

@@ -9,7 +9,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
+
+RunCommand = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class RunExtension:
+    """Options another package adds to ``edgefleet agent run``, and the runner that reads them.
+
+    ``add_options(group)`` adds the options to an argument group titled ``title``; ``run(args, local)``
+    runs the command (``local`` is the agent's own daemon, for when the extension's options are not used).
+    The device agent never imports the packages that extend it (cloud_sync adds ``--broker``)."""
+
+    title: str
+    add_options: Callable[[Any], None]
+    run: Callable[[argparse.Namespace, RunCommand], int]
+
+
+RUN_EXTENSIONS: list[RunExtension] = []
+
+
+def extend_run(extension: RunExtension) -> RunExtension:
+    """Register ``extension`` for ``agent run`` (before the command is built; ``edgefleet.cli`` imports the
+    extending modules first). Returns it, so a module can keep a name for it."""
+    if extension not in RUN_EXTENSIONS:
+        RUN_EXTENSIONS.append(extension)
+    return extension
+
+
+def _run_with_extensions(run: argparse.ArgumentParser) -> None:
+    command: RunCommand = cmd_run
+    for ext in RUN_EXTENSIONS:
+        ext.add_options(run.add_argument_group(ext.title))
+        command = (lambda inner, e: (lambda args: e.run(args, inner)))(command, ext)
+    run.set_defaults(func=command)
 
 
 def register(sub: Any) -> None:
@@ -31,7 +66,7 @@ def register(sub: Any) -> None:
     run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)")
     common(run)
     run.add_argument("--tick", type=float, default=0.5, help="monitor period in seconds (default 0.5)")
-    run.set_defaults(func=cmd_run)
+    _run_with_extensions(run)
 
     ins = asub.add_parser("install", help="verify, smoke-test and activate a bundle (directory or .efb)")
     ins.add_argument("bundle", metavar="BUNDLE|ARCHIVE")

@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
     parser.add_argument("--debug", action="store_true", help="print full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        if _available(module):
-            importlib.import_module(module).register(sub)
+    # every module first (one may extend another's command through its public hook, e.g. cloud_sync adds
+    # ``agent run --broker``), then each registers its commands
+    modules = [importlib.import_module(m) for m in COMMAND_MODULES if _available(m)]
+    for module in modules:
+        module.register(sub)
     return parser
 
 

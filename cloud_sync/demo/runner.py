@@ -626,12 +626,12 @@ class Demo:
         return self._request("GET", path)
 
     def post_deployment(self, archive: Path) -> Any:
-        from edgefleet.cloud_sync.cli import deploy_bundle
+        from edgefleet.cloud_sync.coordinator.client import deploy_bundle
 
         return deploy_bundle(self.api, self.token, archive, GROUP, canary="5%", waves="50%,100%", max_failure="0%")
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
-        from edgefleet.cloud_sync.cli import api_call
+        from edgefleet.cloud_sync.coordinator.client import api_call
 
         return api_call(self.api, self.token, method, path, **kw)
 

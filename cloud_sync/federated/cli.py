@@ -294,7 +294,7 @@ def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preproces
         print(f"deploy: nothing to roll out - the aggregate was not promoted ({res.reason}); "
               f"group {args.group!r} keeps its deployed version", flush=True)
         return result
-    from edgefleet.cloud_sync.cli import deploy_bundle
+    from edgefleet.cloud_sync.coordinator.client import deploy_bundle
 
     assert api is not None
     dep = deploy_bundle(api, args.token, res.bundle, args.group, args.canary, args.waves, args.max_failure,

@@ -61,7 +61,7 @@ class RunRecord:
              ca_cert: str | None = None) -> RunRecord:
         """Create the record (or adopt ``run_id``, created by the coordinator's drift trigger). Errors raise:
         a run asked to record must not start unrecorded."""
-        from edgefleet.cloud_sync.cli import api_call
+        from edgefleet.cloud_sync.coordinator.client import api_call
 
         if run_id:
             api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}", ca_cert=ca_cert,
@@ -74,7 +74,7 @@ class RunRecord:
         return cls(api, token, run_id, ca_cert=ca_cert)
 
     def _send(self, method: str, path: str, body: Mapping[str, Any]) -> None:
-        from edgefleet.cloud_sync.cli import api_call
+        from edgefleet.cloud_sync.coordinator.client import api_call
 
         try:
             api_call(self.api, self.token, method, path, ca_cert=self.ca_cert, json=dict(body))

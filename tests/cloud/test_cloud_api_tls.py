@@ -197,7 +197,7 @@ def test_a_certificate_for_another_host_is_refused(coord: Coordinator, pki: Pki,
 def test_an_http_client_of_the_https_api_gets_a_named_error(tls_api: str, pki: Pki, operator_env: None,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from edgefleet.cli import main as cli_main
-    from edgefleet.cloud_sync.cli import api_call
+    from edgefleet.cloud_sync.coordinator.client import api_call
 
     plain = tls_api.replace("https://", "http://")
     capsys.readouterr()

@@ -64,7 +64,7 @@ def test_fleet_deploy_cli_refuses_before_uploading(archives: dict[str, Path], ca
               "--api", "http://127.0.0.1:9", "--token", "t"])
     assert exc.value.code == 2 and "max failure '1' is ambiguous" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="ambiguous"):  # the library call refuses before uploading too
-        from edgefleet.cloud_sync.cli import deploy_bundle
+        from edgefleet.cloud_sync.coordinator.client import deploy_bundle
 
         deploy_bundle("http://127.0.0.1:9", "t", archives["1"], "g", canary="2")
 

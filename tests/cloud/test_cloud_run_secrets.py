@@ -30,7 +30,7 @@ import json, os, sys, time
 a = sys.argv
 get = lambda opt: a[a.index(opt) + 1] if opt in a else None
 out, api, run_id = get("--out"), get("--api"), get("--record-id")
-from edgefleet.cloud_sync.cli import api_call, read_token
+from edgefleet.cloud_sync.coordinator.client import api_call, read_token
 res = {"argv": a, "env": dict(os.environ), "token": read_token()}
 
 def call(method, path, **kw):

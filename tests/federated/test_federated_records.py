@@ -124,7 +124,7 @@ def test_federated_run_record_through_the_api_and_fleet_cli(api: tuple[str, Any]
 def test_federated_fleet_retrain_settings_are_validated(api: tuple[str, Any], capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from edgefleet.cli import main as cli_main
-    from edgefleet.cloud_sync.cli import api_call
+    from edgefleet.cloud_sync.coordinator.client import api_call
     from edgefleet.errors import ConfigError
 
     base, coord = api

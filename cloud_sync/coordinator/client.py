@@ -1,0 +1,85 @@
+"""The coordinator's HTTP API from the client side: the token, one request, a deployment.
+
+Used by the ``edgefleet fleet`` commands, federated runs (records, ``--deploy``) and the demo. Light at
+import: httpx is imported by the call.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from edgefleet.errors import ConfigError, SyncError
+
+
+def read_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The API token: from ``token_file``, else ``token`` (the deprecated --token), else the environment
+    (``EDGEFLEET_TOKEN``, or the file named by ``EDGEFLEET_TOKEN_FILE``)."""
+    token_file = token_file or (None if token else os.environ.get("EDGEFLEET_TOKEN_FILE"))
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                value = fh.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token file {token_file}: {exc}") from None
+        if not value or len(value.split()) != 1:
+            raise ConfigError(f"the token file {token_file} must hold one token")
+        return value
+    return token or os.environ.get("EDGEFLEET_TOKEN") or None
+
+
+def api_call(api: str, token: str | None, method: str, path: str, *, ca_cert: str | None = None, **kw: Any) -> Any:
+    """One request to the coordinator's HTTP API; errors become ``ConfigError``/``SyncError`` naming the cause.
+
+    An ``https://`` API's certificate is always verified: against ``ca_cert`` (else the CA file named by
+    ``EDGEFLEET_CA_CERT``), else the system's CAs."""
+    import httpx
+
+    from ..api_tls import client_verify, connect_error
+
+    token = token or read_token()
+    if not token:
+        raise ConfigError("an API token is required: EDGEFLEET_TOKEN or --token-file")
+    verify: Any = client_verify(ca_cert) if api.lower().startswith("https:") else True
+    try:
+        with httpx.Client(base_url=api.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                          verify=verify) as c:
+            r = c.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise connect_error(api, exc) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise (ConfigError if r.status_code in (400, 403, 404, 409, 422) else SyncError)(
+            f"coordinator: {r.status_code} {detail}")
+    return r.json()
+
+
+def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str, canary: str = "5%",
+                  waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h", *,
+                  ca_cert: str | None = None, tags: list[str] | tuple[str, ...] = ()) -> Any:
+    """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API; returns its summary."""
+    from pathlib import Path
+
+    from .rollout import parse_plan
+
+    parse_plan(canary, waves, max_failure)  # refused here, before a bundle is uploaded
+
+    src = Path(bundle)
+    if src.is_dir():
+        import tempfile
+
+        from edgefleet.bundle import write_archive
+
+        with tempfile.TemporaryDirectory() as tmp:
+            body = write_archive(src, Path(tmp) / "bundle.efb").read_bytes()
+    elif src.is_file():
+        body = src.read_bytes()
+    else:
+        raise ConfigError(f"{src} does not exist")
+    return api_call(api, token, "POST", "/v1/deployments", ca_cert=ca_cert, content=body,
+                    headers={"Content-Type": "application/octet-stream"},
+                    params={"group": group, "canary": canary, "waves": waves, "max_failure": max_failure,
+                            "job_timeout": job_timeout, **({"tags": ",".join(tags)} if tags else {})})
