@@ -3,9 +3,9 @@
 Flower cannot run a SuperNode in a thread of another process (it installs
 signal handlers), so the agent starts it as a child process and watches it:
 
-- :class:`ChildProcess` - start a command in its own process group, restart it
-  when it dies (with backoff, up to a limit per window), stop the whole group
-  (SuperNode, its ``flower-superexec`` and ClientApp processes) on shutdown;
+- :class:`edgefleet.supervisor.ChildProcess` - start a command in its own process
+  group, restart it when it dies (with backoff, up to a limit per window), stop the
+  whole group (SuperNode, its ``flower-superexec`` and ClientApp processes) on shutdown;
 - :class:`FlowerNode` - the ``flower-supernode`` command for this device: the
   SuperLink address, TLS (``root_certificates``) or ``insecure`` (loopback only),
   node authentication keys, and the node config that tells the ClientApp where
@@ -22,16 +22,15 @@ import ipaddress
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from edgefleet.childenv import child_env
 from edgefleet.errors import ConfigError
+from edgefleet.supervisor import ChildProcess
 
 _QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
@@ -69,153 +68,6 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class ChildProcess:
-    """A supervised child: restarted when it dies, stopped with its whole process group.
-
-    Restarts back off exponentially (``backoff`` doubling up to ``max_backoff``); a child
-    that ran at least ``healthy_seconds`` starts the count afresh, so only ``max_restarts``
-    *consecutive* quick failures end supervision (``max_restarts=0``: never give up).
-    """
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        *,
-        name: str = "child",
-        env: Mapping[str, str] | None = None,
-        log_path: str | os.PathLike | None = None,
-        restart: bool = True,
-        backoff: float = 0.5,
-        max_backoff: float | None = None,
-        max_restarts: int = 20,
-        healthy_seconds: float = 60.0,
-        poll_seconds: float = 0.2,
-    ) -> None:
-        self.argv = list(argv)
-        self.name = name
-        self.env = dict(env) if env is not None else flower_env()
-        self.log_path = Path(log_path) if log_path else None
-        self.restart_enabled = restart
-        self.backoff = backoff
-        self.max_backoff = max_backoff if max_backoff is not None else backoff * 16
-        self.max_restarts = max_restarts
-        self.healthy_seconds = healthy_seconds
-        self.poll_seconds = poll_seconds
-        self.restarts = 0  # all restarts so far
-        self.failures = 0  # consecutive quick exits
-        self._started_at = 0.0
-        self.exit_codes: list[int] = []
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------
-    def start(self) -> ChildProcess:
-        with self._lock:
-            if self._thread is not None:
-                return self
-            self._stopping.clear()
-            self._spawn()
-            self._thread = threading.Thread(target=self._watch, name=f"edgefleet-{self.name}", daemon=True)
-            self._thread.start()
-        return self
-
-    def _spawn(self) -> None:
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            if self._log is None:
-                self._log = open(self.log_path, "ab")
-            out: int | IO[bytes] = self._log
-        else:
-            out = subprocess.DEVNULL
-        self._proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        self._started_at = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(self.poll_seconds):
-            with self._lock:
-                proc = self._proc
-                if proc is None or proc.poll() is None:
-                    continue
-                self.exit_codes.append(int(proc.returncode))
-                self._reap_group(proc.pid)
-                if time.monotonic() - self._started_at >= self.healthy_seconds:
-                    self.failures = 0
-                if not self.restart_enabled or 0 < self.max_restarts <= self.failures:
-                    self._proc = None
-                    return
-                delay = min(self.backoff * 2 ** min(self.failures, 20), self.max_backoff)
-                self.failures += 1
-            if self._stopping.wait(delay):
-                return
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self.restarts += 1
-                self._spawn()
-
-    @staticmethod
-    def _reap_group(pgid: int) -> None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop supervising and end the child's whole process group (SIGTERM, then SIGKILL)."""
-        self._stopping.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=5)
-        with self._lock:
-            proc = self._proc
-            self._proc = None
-            self._thread = None
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            self._reap_group(proc.pid)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def kill(self) -> None:
-        """Crash the child now (SIGKILL to its group), as a power cut would; supervision goes on."""
-        with self._lock:
-            proc = self._proc
-        if proc is not None:
-            self._reap_group(proc.pid)
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        proc = self._proc
-        return proc is not None and proc.poll() is None
-
-    def __enter__(self) -> ChildProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
@@ -299,6 +151,7 @@ class FlowerNode(ChildProcess):
         self.config = config
         kwargs.setdefault("max_restarts", 0)
         kwargs.setdefault("max_backoff", 60.0)
+        kwargs.setdefault("env", flower_env())
         super().__init__(config.argv(), name=f"supernode-{config.device_id}", log_path=config.log_path,
                          **kwargs)  # type: ignore[arg-type]
 

@@ -14,11 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import Mapping, Sequence, TypeAlias
 
 from edgefleet.errors import ConfigError, SyncError
+from edgefleet.supervisor import ChildProcess, stop_all
 
 from ..broker import free_port, local_config, port_open
 
@@ -53,27 +53,8 @@ def check_modules(modules: Sequence[tuple[str, str]]) -> None:
                           f"'edgefleet[{','.join(extras)}]'")
 
 
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes] | None = field(default=None, repr=False)
-    stop_signal: int = signal.SIGTERM
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+#: one of the demo's children (a broker, the coordinator, a device agent): never restarted
+Child: TypeAlias = ChildProcess
 
 
 class Children:
@@ -92,72 +73,25 @@ class Children:
 
     def spawn(self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None,
               stop_signal: int = signal.SIGTERM) -> Child:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
-        log = open(log_path, "ab")
+        """Start ``argv`` in its own process group, its output in ``LOG_DIR/NAME.log``; never restarted."""
         env = dict(self.env)
         if extra_env:
             env.update(extra_env)
-        try:
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True, cwd=str(self.workdir))
-        except OSError as exc:
-            log.close()
-            raise ConfigError(f"cannot start {name} ({argv[0]}): {exc.strerror}") from None
-        child = Child(name, proc, log_path, log, stop_signal)
+        child = ChildProcess(argv, name=name, env=env, log_path=self.log_dir / f"{name}.log", cwd=self.workdir,
+                             restart=False, stop_signal=stop_signal).start()
         self.children.append(child)
         return child
 
     def stop(self, child: Child, timeout: float = 10.0) -> None:
-        _stop_group(child.proc, timeout, child.stop_signal)
-        if child.log is not None:
-            child.log.close()
-            child.log = None
+        child.stop(timeout)
         if child in self.children:
             self.children.remove(child)
 
     def stop_all(self, timeout: float = 10.0) -> None:
         """Signal every group at once (newest first; SIGTERM or the child's own stop signal), then wait,
         then SIGKILL what is left."""
-        kids = list(reversed(self.children))
-        for c in kids:
-            _signal_group(c.proc, c.stop_signal)
-        deadline = time.monotonic() + timeout
-        for c in kids:
-            try:
-                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for c in kids:
-            _signal_group(c.proc, signal.SIGKILL)
-            try:
-                c.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            if c.log is not None:
-                c.log.close()
-                c.log = None
+        stop_all(list(reversed(self.children)), timeout)
         self.children = []
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the child leads its own group (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
-    _signal_group(proc, sig)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal_group(proc, signal.SIGKILL)  # whatever the child started in its group
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def marked_pids(mark_value: str, exclude: Sequence[int] = ()) -> list[int]:

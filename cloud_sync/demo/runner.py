@@ -653,7 +653,7 @@ class Demo:
     def check_children(self) -> None:
         for name, child in list(self.device_procs.items()) + [("coordinator", self.coordinator)]:
             if child is not None and not child.alive():
-                raise SyncError(f"{name} (pid {child.pid}) exited with {child.proc.returncode}: "
+                raise SyncError(f"{name} (pid {child.last_pid}) exited with {child.returncode}: "
                                 f"{child.log_tail()[-800:] or 'no output'} (log {child.log_path})")
 
     def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:

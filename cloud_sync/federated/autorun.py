@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgefleet.errors import ConfigError
+from edgefleet.supervisor import ChildProcess, stop_all
 
 from ..childenv import child_env
 from .config import StrategyName
@@ -115,7 +115,7 @@ class AutoRetrain:
         self.python = python
         self.clock = clock
         self.trigger = DriftTrigger()
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.children: dict[str, ChildProcess] = {}  # the runs going on (edgefleet.supervisor)
         self.run_tokens: dict[str, str] = {}  # run id -> the name of its token, until revoked
         self._seeded: set[str] = set()
         self._lock = threading.Lock()
@@ -217,30 +217,23 @@ class AutoRetrain:
             name = RUN_TOKEN_PREFIX + run_id
             token = self.registry.create_token(self.fleet, name, RUN_TOKEN_SCOPE)
             self.run_tokens[run_id] = name
-            logf = open(out / "run.log", "ab")
+            child = ChildProcess(argv, name=f"federated-run-{run_id}", env=self.environment(token),
+                                 log_path=out / "run.log", restart=False, poll_seconds=0.2,
+                                 on_exit=lambda c, code: self._reap(run_id, settings.group, code))
+            child.start()  # called holding self._lock (on_drift): a run that ends at once is reaped after this
+            self.children[run_id] = child
         except Exception as exc:
             self._revoke(run_id)
             self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
             self.trigger.finished(settings.group)
             return run_id
-        try:
-            proc = subprocess.Popen(argv, env=self.environment(token), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            logf.close()
-            self._revoke(run_id)
-            self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
-            self.trigger.finished(settings.group)
-            return run_id
-        self.children[run_id] = proc
-        log.info("drift on group %s: started federated run %s (pid %d): %s", settings.group, run_id, proc.pid, reason)
-        threading.Thread(target=self._reap, args=(run_id, settings.group, proc, logf), daemon=True,
-                         name=f"edgefleet-retrain-{run_id}").start()
+        log.info("drift on group %s: started federated run %s (pid %s): %s", settings.group, run_id, child.pid,
+                 reason)
         return run_id
 
-    def _reap(self, run_id: str, group: str, proc: subprocess.Popen[bytes], logf: Any) -> None:
-        code = proc.wait()
-        logf.close()
+    def _reap(self, run_id: str, group: str, code: int) -> None:
+        """A run's process ended (the supervisor's exit hook): revoke its token, record a run that died without
+        saying how it ended, and let the group's trigger start another after its cool-down."""
         with self._lock:
             self._revoke(run_id)  # the run is over: its token with it
         run = self.registry.fed_run(run_id)
@@ -259,18 +252,11 @@ class AutoRetrain:
                 self.superlink.stop()
 
     def _stop_runs(self, timeout: float) -> None:
-        import signal
-
-        for proc in list(self.children.values()):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in list(self.children.values()):
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        runs = list(self.children.values())
+        stop_all(runs, timeout)  # their process groups: SIGTERM, a shared wait, SIGKILL
+        for child in runs:  # asked to stop, so the exit hook did not run: reap them here
+            if child.on_exit is not None:
+                child.on_exit(child, child.returncode if child.returncode is not None else -15)
         with self._lock:
             for run_id in list(self.run_tokens):  # the reapers may not get to it before this process exits
                 self._revoke(run_id)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from edgefleet.device_agent.flower_node import ChildProcess, find_tool, flower_env, is_loopback
+from edgefleet.device_agent.flower_node import find_tool, flower_env, is_loopback
 from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.supervisor import ChildProcess
 
 from ..childenv import child_env
 from .config import FederatedConfig

@@ -61,24 +61,29 @@ def test_daemon_stops_cleanly_on_sigterm_and_never_imports_tensorflow(tmp_path: 
          "--tick", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    assert p.stdout is not None
-    assert "serving 1" in p.stdout.readline()
-    # another process installs: the daemon follows the store
-    ef("agent", "install", str(bundles["2"]), "--config", str(tmp_path / "agent.toml"))
-    from edgefleet.device_agent.telemetry import TelemetryQueue
+    try:
+        assert p.stdout is not None
+        assert "serving 1" in p.stdout.readline()
+        # another process installs: the daemon follows the store
+        ef("agent", "install", str(bundles["2"]), "--config", str(tmp_path / "agent.toml"))
+        from edgefleet.device_agent.telemetry import TelemetryQueue
 
-    q = TelemetryQueue(tmp_path / "state" / "telemetry.db")
-    deadline = time.monotonic() + 15
-    followed: list[Any] = []
-    while not followed and time.monotonic() < deadline:
-        followed = [r for r in q.peek(10_000) if r.kind == "activated" and r.data.get("by") == "another process"]
-        time.sleep(0.05)
-    q.close()
-    assert followed and followed[-1].data["version"] == "2"
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=20)
-    assert p.returncode == 0, err[-2000:]
-    assert "stopped" in out
+        q = TelemetryQueue(tmp_path / "state" / "telemetry.db")
+        deadline = time.monotonic() + 15
+        followed: list[Any] = []
+        while not followed and time.monotonic() < deadline:
+            followed = [r for r in q.peek(10_000) if r.kind == "activated" and r.data.get("by") == "another process"]
+            time.sleep(0.05)
+        q.close()
+        assert followed and followed[-1].data["version"] == "2"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err[-2000:]
+        assert "stopped" in out
+    finally:  # a failed assertion must not leave the daemon running
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=10)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in err.splitlines() if line.startswith("import time:")}
     assert "onnxruntime" in imported  # it really served a model
     assert not set(FORBIDDEN) & imported, set(FORBIDDEN) & imported

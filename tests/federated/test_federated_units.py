@@ -247,7 +247,7 @@ def test_federated_client_reads_encrypted_agent_samples_and_declines_when_too_fe
 
 
 def test_federated_child_process_is_restarted_when_it_dies_and_stopped_with_its_group(tmp_path: Path) -> None:
-    from edgefleet.device_agent.flower_node import ChildProcess
+    from edgefleet.supervisor import ChildProcess
 
     child = ChildProcess([sys.executable, "-c", "import time; time.sleep(60)"], name="sleeper", backoff=0.05,
                          poll_seconds=0.05, log_path=tmp_path / "log")
@@ -269,7 +269,7 @@ def test_federated_child_process_is_restarted_when_it_dies_and_stopped_with_its_
 
 
 def test_federated_child_process_gives_up_only_after_consecutive_quick_failures() -> None:
-    from edgefleet.device_agent.flower_node import ChildProcess
+    from edgefleet.supervisor import ChildProcess
 
     def wait_until(cond: Any, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
