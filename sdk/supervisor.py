@@ -38,6 +38,15 @@ def signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (Linux /proc; a zombie holds nothing: its parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 class ChildProcess:
     """A supervised child in its own process group (see the module's documentation)."""
 
@@ -248,4 +257,4 @@ def stop_all(children: Sequence[ChildProcess], timeout: float = 10.0) -> None:
         c.stop(timeout=0.1)
 
 
-__all__ = ["ChildProcess", "ExitHook", "signal_group", "stop_all"]
+__all__ = ["ChildProcess", "ExitHook", "pid_alive", "signal_group", "stop_all"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping, Sequence, TypeAlias
 
 from edgefleet.errors import ConfigError, SyncError
-from edgefleet.supervisor import ChildProcess, stop_all
+from edgefleet.supervisor import ChildProcess, pid_alive, stop_all
 
 from ..broker import free_port, local_config, port_open
 
@@ -111,18 +111,9 @@ def marked_pids(mark_value: str, exclude: Sequence[int] = ()) -> list[int]:
             env = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if needle in env.split(b"\0") and _alive(pid):
+        if needle in env.split(b"\0") and pid_alive(pid):
             out.append(pid)
     return out
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie holds nothing: its parent reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def describe(pid: int) -> str:
@@ -169,7 +160,7 @@ def start_watchdog(mark_value: str) -> subprocess.Popen[bytes]:
 
 
 def watch(parent: int, mark_value: str, poll: float = 0.5) -> None:
-    while _alive(parent):
+    while pid_alive(parent):
         time.sleep(poll)
     sweep(mark_value)
 

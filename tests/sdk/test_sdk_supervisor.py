@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.errors import ConfigError
-from edgefleet.supervisor import ChildProcess, stop_all
+from edgefleet.supervisor import ChildProcess, pid_alive, stop_all
 
 
 def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -21,14 +21,6 @@ def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     while not cond():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def test_exit_hook_is_called_once_for_a_child_that_dies_and_it_is_left_dead(tmp_path: Path) -> None:
@@ -55,7 +47,7 @@ def test_a_stopped_child_does_not_call_its_exit_hook_and_its_group_is_gone(tmp_p
     _wait(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
     grandchild = int(pidfile.read_text())
     child.stop(timeout=5)
-    _wait(lambda: not _alive(grandchild))
+    _wait(lambda: not pid_alive(grandchild))
     assert seen == [] and not child.alive()
 
 
@@ -83,7 +75,7 @@ def test_a_child_that_ignores_its_stop_signal_is_killed(tmp_path: Path) -> None:
     assert pid is not None
     child.stop(timeout=0.5)
     assert child.pid is None and child.last_pid == pid
-    _wait(lambda: not _alive(pid))
+    _wait(lambda: not pid_alive(pid))
 
 
 def test_a_command_that_cannot_start_is_a_named_error(tmp_path: Path) -> None:
