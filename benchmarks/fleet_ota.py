@@ -382,7 +382,7 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
             raise RuntimeError("device workers did not connect their devices within 300 s")
         c.recv()
     deadline = time.monotonic() + 120
-    while sum(x["online"] for x in reg.devices(FLEET)) < n and time.monotonic() < deadline:
+    while sum(x.online for x in reg.devices(FLEET)) < n and time.monotonic() < deadline:
         time.sleep(0.2)
     connect_s = time.monotonic() - t_connect
     t0 = time.monotonic()
@@ -391,14 +391,19 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
     succeeded = 0
     while time.monotonic() - t0 < timeout:
         time.sleep(0.25)
-        succeeded = sum(j["status"] == "SUCCEEDED" for j in reg.jobs(dep["id"]))
+        succeeded = sum(j.status == "SUCCEEDED" for j in reg.jobs(dep.id))
         if succeeded != progress[-1][1]:
             progress.append([round(time.monotonic() - t0, 2), succeeded])
         if succeeded == n:
             break
     elapsed = time.monotonic() - t0
     state_deadline = time.monotonic() + 10
-    while reg.deployment(dep["id"])["state"] != "completed" and time.monotonic() < state_deadline:
+
+    def dep_state() -> str:
+        row = reg.deployment(dep.id)
+        return row.state if row is not None else ""
+
+    while dep_state() != "completed" and time.monotonic() < state_deadline:
         time.sleep(0.1)
     devs: list[dict[str, Any]] = []
     for c in conns:
@@ -427,7 +432,7 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
         "chunks_per_bundle": chunks, "window": WINDOW, "stall_seconds": STALL_SECONDS,
         "connect_seconds": round(connect_s, 2),
         "completed": succeeded, "verified_on_device": sum(d["done_at"] > 0 for d in devs),
-        "deployment_state": reg.deployment(dep["id"])["state"],
+        "deployment_state": dep_state(),
         "seconds_to_complete": round(elapsed, 2),
         "seconds_to_last_device_verified": round(max((d["done_at"] for d in devs), default=t0) - t0, 2),
         "wire_bytes_in_per_device_mean": round(sum(d["wire_in"] for d in devs) / max(1, len(devs))),

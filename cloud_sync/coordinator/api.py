@@ -25,6 +25,7 @@ from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 from ..wire import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
 from .rollout import MAX_TAGS, MAX_TOKEN_TTL, TAG, check_tags, parse_duration, parse_plan
+from .rows import Principal
 from .service import Coordinator
 
 MAX_UPLOAD = 256 << 20  # a bundle archive (POST /v1/deployments)
@@ -79,7 +80,7 @@ class RequestGuard:
             return
         headers = dict(scope.get("headers") or ())
         method, path = scope["method"], scope["path"]
-        principal: dict[str, str] | None = None
+        principal: Principal | None = None
         if path not in PUBLIC_PATHS:
             client = (scope.get("client") or ("", 0))[0] or ""
             now = _clock()
@@ -98,8 +99,8 @@ class RequestGuard:
                 await _reply(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
                 return
             need = required_scope(method, path)
-            if SCOPES.index(principal["scope"]) < SCOPES.index(need):
-                detail = f"token {principal['name']!r} has scope {principal['scope']}; {method} {path} needs scope {need}"
+            if SCOPES.index(principal.scope) < SCOPES.index(need):
+                detail = f"token {principal.name!r} has scope {principal.scope}; {method} {path} needs scope {need}"
                 await _reply(send, 403, detail)
                 await self._audit(principal, scope, 403, "refused: needs scope " + need)
                 return
@@ -112,20 +113,20 @@ class RequestGuard:
             if principal is not None:
                 await self._audit(principal, scope, status, scope["edgefleet.audit"]["summary"])
 
-    async def _principal(self, header: bytes) -> dict[str, str] | None:
+    async def _principal(self, header: bytes) -> Principal | None:
         scheme, _, given = header.partition(b" ")
         given = given.strip()
         if scheme.lower() != b"bearer" or not given or len(given) > 512:
             return None
         if self.token is not None and hmac.compare_digest(given, self.token):
-            return {"name": BOOTSTRAP, "scope": "admin"}
+            return Principal(BOOTSTRAP, "admin")
         if self.registry is None:
             return None
         try:
             text = given.decode("ascii")
         except UnicodeDecodeError:
             return None
-        found: dict[str, str] | None = await run_in_threadpool(self.registry.check_token, self.fleet, text)
+        found: Principal | None = await run_in_threadpool(self.registry.check_token, self.fleet, text)
         return found
 
     def _failed(self, client: str, now: float) -> None:
@@ -180,12 +181,12 @@ class RequestGuard:
             while len(self.locked) > MAX_TRACKED_CLIENTS:
                 self.locked.popitem(last=False)
 
-    async def _audit(self, principal: dict[str, str], scope: Any, status: int, summary: str) -> None:
+    async def _audit(self, principal: Principal, scope: Any, status: int, summary: str) -> None:
         if scope["method"] not in MUTATING or self.registry is None:
             return
         client = (scope.get("client") or ("", 0))[0] or ""
         try:
-            await run_in_threadpool(self.registry.add_audit, self.fleet, principal["name"], scope["method"],
+            await run_in_threadpool(self.registry.add_audit, self.fleet, principal.name, scope["method"],
                                     scope["path"], summary, status, client)
         except Exception as exc:  # the answer is sent already; the failure is logged, never a traceback to clients
             log.error("API: could not write the audit record of %s %s: %s", scope["method"], scope["path"], exc)
@@ -371,7 +372,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     ``/openapi.json`` documents every status each operation can answer (:func:`document_errors`); schemathesis
     checks it against the live API (tests/cloud/test_cloud_schemathesis.py)."""
     reg, fleet = coord.registry, coord.fleet
-    if not token and not any(t["scope"] == "admin" for t in reg.tokens(fleet)):
+    if not token and not any(t.scope == "admin" for t in reg.tokens(fleet)):
         raise ConfigError("an API token is required: the coordinator's admin token or an admin token in the registry")
     app = FastAPI(title="edgefleet coordinator", version=__version__,
                   description="Fleet registry, staged rollouts and telemetry of one edgefleet fleet. Bearer tokens "
@@ -396,14 +397,15 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
 
     @app.get("/v1/devices", dependencies=[Depends(auth)])
     def devices(group: str | None = group_q) -> list[dict[str, Any]]:
-        return reg.devices(fleet, group)
+        return [d.to_dict() for d in reg.devices(fleet, group)]
 
     @app.get("/v1/devices/{device_id}", dependencies=[Depends(auth)], responses=no_device)
     def device(device_id: str = device_id) -> dict[str, Any]:
         d = reg.device(fleet, device_id)
         if d is None:
             raise HTTPException(404, f"no device {device_id!r}")
-        return {**d, "jobs": reg.jobs(device_id=device_id)[-20:], "telemetry_rejected": coord.rejected[device_id],
+        return {**d.to_dict(), "jobs": [j.to_dict() for j in reg.jobs(device_id=device_id)[-20:]],
+                "telemetry_rejected": coord.rejected[device_id],
                 "telemetry_rate_limited": coord.rate_limited[device_id]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)],
@@ -431,7 +433,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                 raise HTTPException(422, str(exc)) from None
         if fields and not reg.set_device(fleet, device_id, **fields):
             raise HTTPException(404, f"no device {device_id!r}")
-        return reg.device(fleet, device_id) or {}
+        d = reg.device(fleet, device_id)
+        return d.to_dict() if d is not None else {}
 
     archive = {"required": True, "description": "the bundle archive (.efb) itself",
                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
@@ -499,7 +502,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                   version: str | None = Query(None, max_length=128, pattern=NO_NUL,
                                               description="only this model version")
                   ) -> dict[str, Any]:
-        return {"rows": reg.telemetry(fleet, group, version), "alerts": reg.alerts(fleet, 50),
+        return {"rows": [r.to_dict() for r in reg.telemetry(fleet, group, version)],
+                "alerts": [a.to_dict() for a in reg.alerts(fleet, 50)],
                 "counters": dict(coord.counters), "rejected": dict(coord.rejected),
                 "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited)}
 
@@ -507,7 +511,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     def tokens() -> list[dict[str, Any]]:
         """The fleet's API tokens (admin): name, scope, created, expires (0: never), expired; never a token or its
         hash. An expired token is refused (401) like a revoked one; it is listed until revoked."""
-        return reg.tokens(fleet)
+        return [t.to_dict() for t in reg.tokens(fleet)]
 
     @app.post("/v1/tokens", dependencies=[Depends(auth)], status_code=201,
               responses={409: {"description": "a token of that name exists"},
@@ -524,8 +528,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
             secret = reg.create_token(fleet, body.name, body.scope, body.expires_in)
         except ConfigError as exc:
             raise HTTPException(409, str(exc)) from None
-        made = next((t for t in reg.tokens(fleet) if t["name"] == body.name), {})
-        return {"name": body.name, "scope": body.scope, "token": secret, "expires": made.get("expires", 0.0)}
+        made = next((t for t in reg.tokens(fleet) if t.name == body.name), None)
+        return {"name": body.name, "scope": body.scope, "token": secret, "expires": made.expires if made else 0.0}
 
     @app.delete("/v1/tokens/{name}", dependencies=[Depends(auth)], responses={404: {"description": "no such token"}})
     def revoke_token(request: Request, name: str = Path(pattern="^" + TOKEN_NAME + "$")) -> dict[str, Any]:
@@ -539,7 +543,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
               ) -> list[dict[str, Any]]:
         """Every authenticated mutating call (admin), newest first: ts, who (token name), method, path, summary,
         status, client."""
-        return reg.audit(fleet, limit, since)
+        return [e.to_dict() for e in reg.audit(fleet, limit, since)]
 
     from edgefleet.cloud_sync.federated.routes import add_routes
 

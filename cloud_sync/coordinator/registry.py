@@ -47,6 +47,23 @@ from edgefleet.errors import ConfigError
 
 from ..wire.protocol import TelemetryRecord
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
+from .rows import (
+    Alert,
+    Artifact,
+    AuditEntry,
+    Delta,
+    Deployment,
+    DeploymentHeads,
+    Device,
+    FedRound,
+    FedRun,
+    Job,
+    Principal,
+    Retrain,
+    RolloutEvent,
+    TelemetryRow,
+    Token,
+)
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
 FED_ROUND_COUNTS = ("participants", "failures", "declined", "examples")
@@ -290,8 +307,8 @@ class Registry:
         self.engine.dispose()
 
     # -- devices ------------------------------------------------------------------------------------
-    def upsert_device(self, fleet: str, device_id: str, **fields: Any) -> tuple[dict[str, Any], bool]:
-        """Create or update a device; returns (row, created)."""
+    def upsert_device(self, fleet: str, device_id: str, **fields: Any) -> tuple[Device, bool]:
+        """Create or update a device (``fields``: column values, JSON columns encoded); returns (row, created)."""
         d = self.t["devices"]
         now = time.time()
         with self._lock, self.engine.begin() as c:
@@ -302,11 +319,11 @@ class Registry:
                         "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0}
                 vals.update(fields)
                 c.execute(insert(d).values(**vals))
-                return vals, True
+                return Device.from_row(vals), True
             fields.pop("group_name", None)  # a known device keeps the group the registry gave it
             if fields:
                 c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
-            return {**dict(row), **fields}, False
+            return Device.from_row({**dict(row), **fields}), False
 
     def set_device(self, fleet: str, device_id: str, **fields: Any) -> bool:
         d = self.t["devices"]
@@ -314,19 +331,19 @@ class Registry:
             r = c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
             return bool(r.rowcount)
 
-    def device(self, fleet: str, device_id: str) -> dict[str, Any] | None:
+    def device(self, fleet: str, device_id: str) -> Device | None:
         d = self.t["devices"]
         with self.engine.connect() as c:
             row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
-        return _device_out(row) if row else None
+        return Device.from_row(row) if row else None
 
-    def devices(self, fleet: str, group: str | None = None) -> list[dict[str, Any]]:
+    def devices(self, fleet: str, group: str | None = None) -> list[Device]:
         d = self.t["devices"]
         q = select(d).where(d.c.fleet == fleet)
         if group:
             q = q.where(d.c.group_name == group)
         with self.engine.connect() as c:
-            return [_device_out(r) for r in c.execute(q.order_by(d.c.device_id)).mappings()]
+            return [Device.from_row(r) for r in c.execute(q.order_by(d.c.device_id)).mappings()]
 
     # -- artifacts and deltas ----------------------------------------------------------------------------
     def add_artifact(self, file_id: str, name: str, version: str, data: bytes) -> None:
@@ -336,28 +353,28 @@ class Registry:
                 c.execute(insert(a).values(file_id=file_id, name=name, version=version, size=len(data), data=data,
                                            created=time.time()))
 
-    def artifact(self, file_id: str) -> dict[str, Any] | None:
+    def artifact(self, file_id: str) -> Artifact | None:
         a = self.t["artifacts"]
         with self.engine.connect() as c:
             row = c.execute(select(a).where(a.c.file_id == file_id)).mappings().first()
-        return dict(row) if row else None
+        return Artifact.from_row(row) if row else None
 
     def has_artifact(self, file_id: str) -> bool:
         a = self.t["artifacts"]
         with self.engine.connect() as c:
             return c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is not None
 
-    def delta(self, base_id: str, target_id: str) -> dict[str, Any] | None:
+    def delta(self, base_id: str, target_id: str) -> Delta | None:
         t = self.t["deltas"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(and_(t.c.base_id == base_id, t.c.target_id == target_id))).mappings().first()
-        return dict(row) if row else None
+        return Delta.from_row(row) if row else None
 
-    def delta_by_file(self, file_id: str) -> dict[str, Any] | None:
+    def delta_by_file(self, file_id: str) -> Delta | None:
         t = self.t["deltas"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(t.c.file_id == file_id)).mappings().first()
-        return dict(row) if row else None
+        return Delta.from_row(row) if row else None
 
     def put_delta(self, base_id: str, target_id: str, file_id: str, data: bytes | None) -> None:
         t = self.t["deltas"]
@@ -380,21 +397,21 @@ class Registry:
                 planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags))))
         return dep_id
 
-    def deployment(self, dep_id: str) -> dict[str, Any] | None:
+    def deployment(self, dep_id: str) -> Deployment | None:
         t = self.t["deployments"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(t.c.id == dep_id)).mappings().first()
-        return _dep_out(row) if row else None
+        return Deployment.from_row(row) if row else None
 
-    def deployments(self, fleet: str, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def deployments(self, fleet: str, states: Iterable[str] | None = None) -> list[Deployment]:
         t = self.t["deployments"]
         q = select(t).where(t.c.fleet == fleet)
         if states is not None:
             q = q.where(t.c.state.in_(list(states)))
         with self.engine.connect() as c:
-            return [_dep_out(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+            return [Deployment.from_row(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
 
-    def deployment_heads(self, fleet: str) -> dict[str, Any]:
+    def deployment_heads(self, fleet: str) -> DeploymentHeads:
         """What a rollout tick visits, without loading target lists: ``live`` is (id, state, group) of the
         running and paused deployments plus each group's newest one if it completed; ``newest`` maps a
         group to its newest deployment (the one devices joining the group get)."""
@@ -402,10 +419,10 @@ class Registry:
         with self.engine.connect() as c:
             rows = c.execute(select(t.c.id, t.c.state, t.c.group_name).where(t.c.fleet == fleet)
                              .order_by(t.c.created, t.c.id)).all()
-        newest = {g: i for i, _, g in rows}
+        newest: dict[str, str] = {g: i for i, _, g in rows}
         live = [(i, st, g) for i, st, g in rows
                 if st in ("running", "paused") or (st == "completed" and newest[g] == i)]
-        return {"live": live, "newest": newest}
+        return DeploymentHeads(live, newest)
 
     def set_deployment(self, dep_id: str, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
         """Update a deployment; with ``expect`` only if those columns still hold those values (compare-and-set)."""
@@ -448,11 +465,11 @@ class Registry:
             c.execute(insert(self.t["rollout_events"]).values(deployment_id=dep_id, kind=kind, stage=stage,
                                                                detail=detail, owner=owner, ts=time.time()))
 
-    def events(self, dep_id: str) -> list[dict[str, Any]]:
+    def events(self, dep_id: str) -> list[RolloutEvent]:
         t = self.t["rollout_events"]
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(select(t).where(t.c.deployment_id == dep_id).order_by(t.c.id))
-                    .mappings()]
+            return [RolloutEvent.from_row(r) for r in c.execute(select(t).where(t.c.deployment_id == dep_id)
+                                                                 .order_by(t.c.id)).mappings()]
 
     def next_seq(self, name: str) -> int:
         """The next value of a counter that only ever rises (shared by every coordinator on this registry).
@@ -492,13 +509,13 @@ class Registry:
             return ""
         return job_id
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> Job | None:
         t = self.t["jobs"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(t.c.job_id == job_id)).mappings().first()
-        return dict(row) if row else None
+        return Job.from_row(row) if row else None
 
-    def jobs(self, dep_id: str | None = None, device_id: str | None = None) -> list[dict[str, Any]]:
+    def jobs(self, dep_id: str | None = None, device_id: str | None = None) -> list[Job]:
         t = self.t["jobs"]
         q = select(t)
         if dep_id:
@@ -506,7 +523,7 @@ class Registry:
         if device_id:
             q = q.where(t.c.device_id == device_id)
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+            return [Job.from_row(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
 
     def update_job(self, job_id: str, version: int, **fields: Any) -> bool:
         """Apply a device's update only if ``version`` is newer than the stored one (stale writes rejected)
@@ -520,22 +537,22 @@ class Registry:
                 c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.started == 0.0)).values(started=now))
             return bool(r.rowcount)
 
-    def time_out_job(self, job: dict[str, Any], message: str) -> bool:
+    def time_out_job(self, job: Job, message: str) -> bool:
         """Set TIMED_OUT unless the device's job changed since ``job`` was read (compare-and-set on its version)."""
         t = self.t["jobs"]
         with self._lock, self.engine.begin() as c:
-            r = c.execute(update(t).where(and_(t.c.job_id == job["job_id"], t.c.version == job["version"],
-                                               t.c.status == job["status"]))
+            r = c.execute(update(t).where(and_(t.c.job_id == job.job_id, t.c.version == job.version,
+                                               t.c.status == job.status))
                           .values(status="TIMED_OUT", reason="timeout", message=message[:2000], updated=time.time()))
             return bool(r.rowcount)
 
-    def latest_job(self, fleet: str, device_id: str) -> dict[str, Any] | None:
+    def latest_job(self, fleet: str, device_id: str) -> Job | None:
         """The device's newest job of any deployment (the one its retained desired state should hold)."""
         t = self.t["jobs"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(and_(t.c.fleet == fleet, t.c.device_id == device_id))
                             .order_by(t.c.created.desc(), t.c.job_id.desc()).limit(1)).mappings().first()
-        return dict(row) if row else None
+        return Job.from_row(row) if row else None
 
     def mark_delivered(self, fleet: str, device_id: str) -> None:
         """The device (re)connected: its queued jobs have reached it now (restarts their queued-timeout clock)."""
@@ -691,7 +708,7 @@ class Registry:
             self._ingest_stmts = s
         return s
 
-    def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+    def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[TelemetryRow]:
         tt = self.t["telemetry"]
         q = select(tt).where(tt.c.fleet == fleet)
         if group:
@@ -699,13 +716,14 @@ class Registry:
         if version:
             q = q.where(tt.c.version == version)
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
+            return [TelemetryRow.from_row(r)
+                    for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
 
-    def alerts(self, fleet: str, limit: int = 100) -> list[dict[str, Any]]:
+    def alerts(self, fleet: str, limit: int = 100) -> list[Alert]:
         al = self.t["alerts"]
         with self.engine.connect() as c:
             rows = c.execute(select(al).where(al.c.fleet == fleet).order_by(al.c.id.desc()).limit(limit)).mappings()
-            return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+            return [Alert.from_row(r) for r in rows]
 
     # -- federated runs ----------------------------------------------------------------------------------------------
     def create_fed_run(self, fleet: str, group: str, strategy: str, rounds: int, *, trigger: str = "manual",
@@ -738,16 +756,16 @@ class Registry:
             c.execute(delete(t).where(and_(t.c.run_id == run_id, t.c.round == rnd)))
             c.execute(insert(t).values(run_id=run_id, round=rnd, ts=time.time(), **values))
 
-    def fed_run(self, run_id: str) -> dict[str, Any] | None:
+    def fed_run(self, run_id: str) -> FedRun | None:
         t, rt = self.t["fed_runs"], self.t["fed_rounds"]
         with self.engine.connect() as c:
             row = c.execute(select(t).where(t.c.id == run_id)).mappings().first()
             if row is None:
                 return None
             rounds = c.execute(select(rt).where(rt.c.run_id == run_id).order_by(rt.c.round)).mappings()
-            return _run_out(row, [dict(r) for r in rounds])
+            return FedRun.from_row(row, [FedRound.from_row(r) for r in rounds])
 
-    def fed_runs(self, fleet: str, group: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def fed_runs(self, fleet: str, group: str | None = None, limit: int = 20) -> list[FedRun]:
         """The latest runs (newest first), each with its rounds."""
         t = self.t["fed_runs"]
         q = select(t.c.id).where(t.c.fleet == fleet)
@@ -764,15 +782,14 @@ class Registry:
             c.execute(insert(t).values(fleet=fleet, group_name=group, on_drift=on_drift, policy=json.dumps(policy),
                                        updated=time.time()))
 
-    def retrain(self, fleet: str, group: str | None = None) -> list[dict[str, Any]]:
-        """Auto-retraining settings per group: ``{"group", "on_drift", "policy", "updated"}``."""
+    def retrain(self, fleet: str, group: str | None = None) -> list[Retrain]:
+        """Auto-retraining settings per group."""
         t = self.t["retrain"]
         q = select(t).where(t.c.fleet == fleet)
         if group:
             q = q.where(t.c.group_name == group)
         with self.engine.connect() as c:
-            return [{"group": r["group_name"], "on_drift": bool(r["on_drift"]), "policy": json.loads(r["policy"]),
-                     "updated": r["updated"]} for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+            return [Retrain.from_row(r) for r in c.execute(q.order_by(t.c.group_name)).mappings()]
 
     # -- API tokens and the audit log ------------------------------------------------------------------------------
     def create_token(self, fleet: str, name: str, scope: str, expires_in: float | None = None) -> str:
@@ -800,8 +817,8 @@ class Registry:
             raise ConfigError(f"a token named {name!r} already exists") from None
         return token
 
-    def check_token(self, fleet: str, token: str) -> dict[str, str] | None:
-        """``{"name", "scope"}`` of a valid token of the fleet, else None (looked up by its hash, compared in
+    def check_token(self, fleet: str, token: str) -> Principal | None:
+        """Who (name, scope) a valid token of the fleet, else None (looked up by its hash, compared in
         constant time; an expired token is not valid)."""
         import hmac
 
@@ -814,9 +831,9 @@ class Registry:
             return None
         if row[3] and row[3] <= time.time():
             return None
-        return {"name": row[0], "scope": row[1]}
+        return Principal(row[0], row[1])
 
-    def tokens(self, fleet: str) -> list[dict[str, Any]]:
+    def tokens(self, fleet: str) -> list[Token]:
         """The fleet's tokens: name, scope, created, expires (0: never) and whether it has expired (never the token
         or its hash)."""
         t = self.t["tokens"]
@@ -824,7 +841,8 @@ class Registry:
         with self.engine.connect() as c:
             rows = c.execute(select(t.c.name, t.c.scope, t.c.created, t.c.expires).where(t.c.fleet == fleet)
                              .order_by(t.c.name))
-            return [{**r, "expired": bool(r["expires"]) and r["expires"] <= now} for r in rows.mappings()]
+            return [Token(r.name, r.scope, float(r.created), float(r.expires), bool(r.expires) and r.expires <= now)
+                    for r in rows]
 
     def revoke_token(self, fleet: str, name: str) -> bool:
         t = self.t["tokens"]
@@ -886,12 +904,12 @@ class Registry:
                             ).first()
         return float(row[0]) if row else 0.0
 
-    def audit(self, fleet: str, limit: int = 100, since: float = 0.0) -> list[dict[str, Any]]:
+    def audit(self, fleet: str, limit: int = 100, since: float = 0.0) -> list[AuditEntry]:
         """The latest audited calls, newest first."""
         a = self.t["audit"]
         q = select(a).where(and_(a.c.fleet == fleet, a.c.ts >= since)).order_by(a.c.id.desc()).limit(limit)
         with self.engine.connect() as c:
-            return [{k: v for k, v in dict(r).items() if k != "fleet"} for r in c.execute(q).mappings()]
+            return [AuditEntry.from_row(r) for r in c.execute(q).mappings()]
 
 
 SCOPES = ("read", "deploy", "admin")  # each includes the ones before it
@@ -971,29 +989,3 @@ def _count(v: Any) -> int:
         return int(v)
     return -1
 
-
-def _device_out(row: Any) -> dict[str, Any]:
-    out = dict(row)
-    out["tags"] = json.loads(out.get("tags") or "[]")
-    out["claimed_tags"] = json.loads(out.get("claimed_tags") or "[]")
-    out["group"] = out.pop("group_name")
-    return out
-
-
-def _dep_out(row: Any) -> dict[str, Any]:
-    out = dict(row)
-    out["waves"] = json.loads(out["waves"])
-    out["targets"] = json.loads(out["targets"])
-    out["tags"] = json.loads(out.get("tags") or "[]")
-    out["group"] = out.pop("group_name")
-    return out
-
-
-def _run_out(row: Any, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    out = dict(row)
-    out["group"] = out.pop("group_name")
-    out["config"] = json.loads(out["config"] or "{}")
-    out["result"] = json.loads(out["result"] or "{}")
-    out["rounds_done"] = len(rounds)
-    out["round_metrics"] = [{k: v for k, v in r.items() if k != "run_id"} for r in rounds]
-    return out

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
 
@@ -39,6 +39,7 @@ from ..wire.orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..wire.transfer import make_delta, serve_request
 from .registry import Registry, job_key
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, check_tags, evaluate, timed_out
+from .rows import Delta, Deployment, Device, Job
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
 DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
@@ -296,7 +297,7 @@ class Coordinator:
 
     def _status(self, device: str, s: P.Status) -> None:
         row = self.registry.device(self.fleet, device)
-        if row is not None and s.session < row["session"]:
+        if row is not None and s.session < row.session:
             self.counters["stale_status"] += 1  # an old will arriving after a newer birth
             return
         fields: dict[str, Any] = {"online": s.online, "session": s.session, "last_seen": time.time()}
@@ -304,7 +305,7 @@ class Coordinator:
             fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
                           agent_version=s.agent_version, claimed_tags=_tags(s.hardware_tags))
             self._claim_tags(device, s.hardware_tags, row)
-        self._claim(device, s.group, row["group"] if row is not None else "default")
+        self._claim(device, s.group, row.group if row is not None else "default")
         if row is None:  # a device the operator did not provision: registered in "default", counted
             self.registry.upsert_device(self.fleet, device, **fields)
             self.counters["registered"] += 1
@@ -326,14 +327,14 @@ class Coordinator:
             self.claims[device] = claimed
         self.counters["group_claims"] += 1
 
-    def _claim_tags(self, device: str, claimed: tuple[str, ...], row: dict[str, Any] | None) -> None:
+    def _claim_tags(self, device: str, claimed: tuple[str, ...], row: Device | None) -> None:
         """The hardware tags a device announced (``Status.hardware_tags``): kept as ``claimed_tags`` in its record,
         never as its ``tags`` (the operator's, which deployments select by); counted when they claim more."""
-        assigned = set(row["tags"]) if row is not None else set()
+        assigned = set(row.tags) if row is not None else set()
         extra = sorted(set(claimed) - assigned)
         if not extra:
             return
-        if row is None or sorted(set(row.get("claimed_tags") or ()) - assigned) != extra:
+        if row is None or sorted(set(row.claimed_tags) - assigned) != extra:
             log.warning("device %s claims tags %s it was not assigned (not applied: tags are assigned by the "
                         "operator with PATCH /v1/devices/%s or fleet tag)", device, extra, device)
         self.counters["tag_claims"] += 1
@@ -350,15 +351,15 @@ class Coordinator:
         a device takes a repeated job as the same job."""
         self.registry.mark_delivered(self.fleet, device)
         job = self.registry.latest_job(self.fleet, device)
-        if job is not None and job["status"] == "QUEUED" and job["desired"]:
-            self._publish_desired(device, P.Desired.parse(job["desired"].encode()))  # with fresh TUF metadata
+        if job is not None and job.status == "QUEUED" and job.desired:
+            self._publish_desired(device, P.Desired.parse(job.desired.encode()))  # with fresh TUF metadata
             self.counters["desired_redelivered"] += 1
 
     def _group(self, device: str) -> str:
         g = self._groups.get(device)
         if g is None:
             row = self.registry.device(self.fleet, device)
-            g = row["group"] if row else "default"
+            g = row.group if row else "default"
             if row is None:
                 self.registry.upsert_device(self.fleet, device)
                 self._unassigned(device)
@@ -452,10 +453,10 @@ class Coordinator:
         if f is not None:
             return f
         art = self.registry.artifact(file_id)
-        data = art["data"] if art else None
+        data = art.data if art else None
         if data is None:
             d = self.registry.delta_by_file(file_id)
-            data = d["data"] if d and d["data"] else None
+            data = d.data if d and d.data else None
         if data is None:
             return None
         f = (P.FileInfo(file_id, len(data), self.chunk_size), bytes(data))
@@ -471,7 +472,7 @@ class Coordinator:
             return
         if self._job_devices.get(req.job_id) != device:
             job = self.registry.job(req.job_id)
-            if job is None or job["device_id"] != device:
+            if job is None or job.device_id != device:
                 self.counters["refused_chunk_requests"] += 1
                 return
             if len(self._job_devices) >= 100_000:
@@ -548,12 +549,12 @@ class Coordinator:
 
     def _job_update(self, device: str, u: P.JobUpdate) -> None:
         job = self.registry.job(u.job_id)
-        if job is None or job["device_id"] != device:
+        if job is None or job.device_id != device:
             self.counters["unknown_jobs"] += 1
             return
-        if job["status"] in ("CANCELED",) and u.status not in P.TERMINAL_STATES:
+        if job.status in ("CANCELED",) and u.status not in P.TERMINAL_STATES:
             return
-        if job["status"] == "TIMED_OUT":
+        if job.status == "TIMED_OUT":
             # Final, as in AWS IoT Jobs: the late update does not change the job (nor the health gate's
             # count), but what the device now runs is recorded, and a late success of a halted rollout
             # is ordered back like any other.
@@ -567,9 +568,9 @@ class Coordinator:
                 return
         if u.active_version:
             self.registry.set_device(self.fleet, device, active_version=u.active_version)
-        if u.status == "SUCCEEDED" and job["action"] == "install":
-            dep = self.registry.deployment(job["deployment_id"])
-            if dep is not None and dep["state"] in ("halted", "rolled_back"):
+        if u.status == "SUCCEEDED" and job.action == "install":
+            dep = self.registry.deployment(job.deployment_id)
+            if dep is not None and dep.state in ("halted", "rolled_back"):
                 with self._lock:
                     self._order_rollback(dep, [device])
 
@@ -582,7 +583,7 @@ class Coordinator:
         return file_id, name, version
 
     def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
-                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> dict[str, Any]:
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> Deployment:
         """Start a staged rollout of ``archive`` to ``group`` (with ``tags``: only its devices the operator gave
         every one of them; what devices claim does not count); a started job not ended within ``job_timeout``
         seconds becomes TIMED_OUT (a failure for the health gate)."""
@@ -590,7 +591,7 @@ class Coordinator:
             raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
         tags = check_tags(tags)
         file_id, name, version = self.add_artifact(archive)
-        targets = [d["device_id"] for d in self.registry.devices(self.fleet, group) if selected(d, group, tags)]
+        targets = [d.device_id for d in self.registry.devices(self.fleet, group) if selected(d, group, tags)]
         if not targets:
             raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}"
                               + (f" with the tags {', '.join(tags)}" if tags else ""))
@@ -601,7 +602,7 @@ class Coordinator:
         assert dep is not None
         return dep
 
-    def set_state(self, dep_id: str, action: str) -> dict[str, Any]:
+    def set_state(self, dep_id: str, action: str) -> Deployment:
         if action not in ("pause", "resume", "rollback"):
             raise ConfigError(f"unknown action {action!r}")
         if self.registry.deployment(dep_id) is None:
@@ -615,134 +616,136 @@ class Coordinator:
             try:
                 dep = self.registry.deployment(dep_id)
                 assert dep is not None
-                st = dep["state"]
+                st = dep.state
                 if action == "pause" and st == "running":
                     self._transition(dep, "paused")
                 elif action == "resume" and st == "paused":
                     self._transition(dep, "running")
                 elif action == "rollback" and st != "rolled_back":
                     if self._transition(dep, "rolled_back", "rolled back by the operator"):
-                        jobs = {j["device_id"]: j for j in self.registry.jobs(dep_id) if j["action"] == "install"}
-                        self._cancel(dep, [d for d, j in jobs.items() if j["status"] in ("QUEUED", "DOWNLOADING")])
-                        self._order_rollback(dep, [d for d, j in jobs.items() if j["status"] == "SUCCEEDED"])
+                        jobs = {j.device_id: j for j in self.registry.jobs(dep_id) if j.action == "install"}
+                        self._cancel(dep, [d for d, j in jobs.items() if j.status in ("QUEUED", "DOWNLOADING")])
+                        self._order_rollback(dep, [d for d, j in jobs.items() if j.status == "SUCCEEDED"])
             finally:
                 self.registry.release_lease(dep_id, self.node)
             out = self.registry.deployment(dep_id)
             assert out is not None
             return out
 
-    def _transition(self, dep: dict[str, Any], state: str, reason: str | None = None) -> bool:
+    def _transition(self, dep: Deployment, state: str, reason: str | None = None) -> bool:
         """Move a deployment from the state it was read in to ``state``, once (compare-and-set), with an event."""
         fields: dict[str, Any] = {"state": state}
         if reason is not None:
             fields["reason"] = reason
-        if not self.registry.set_deployment(dep["id"], expect={"state": dep["state"]}, **fields):
+        if not self.registry.set_deployment(dep.id, expect={"state": dep.state}, **fields):
             return False
-        self.registry.add_event(dep["id"], state, dep["stage"], reason or "", self.node)
+        self.registry.add_event(dep.id, state, dep.stage, reason or "", self.node)
         return True
 
-    def summary(self, dep: dict[str, Any]) -> dict[str, Any]:
-        jobs = self.registry.jobs(dep["id"])
-        counts: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "install")
-        rollbacks: Counter[str] = Counter(j["status"] for j in jobs if j["action"] == "rollback")
-        return {**{k: v for k, v in dep.items() if k not in ("targets", "lease_owner", "lease_until")},
-                "targets": len(dep["targets"]), "counts": dict(counts), "rollbacks": dict(rollbacks),
-                "events": [{k: e[k] for k in ("ts", "kind", "stage", "detail")} for e in self.registry.events(dep["id"])],
+    def summary(self, dep: Deployment) -> dict[str, Any]:
+        """A deployment as the API answers it: its row without targets and lease, the number of targets, the jobs'
+        states counted, its events and its jobs."""
+        jobs = self.registry.jobs(dep.id)
+        counts: Counter[str] = Counter(j.status for j in jobs if j.action == "install")
+        rollbacks: Counter[str] = Counter(j.status for j in jobs if j.action == "rollback")
+        return {**{k: v for k, v in dep.to_dict().items() if k not in ("targets", "lease_owner", "lease_until")},
+                "targets": len(dep.targets), "counts": dict(counts), "rollbacks": dict(rollbacks),
+                "events": [{"ts": e.ts, "kind": e.kind, "stage": e.stage, "detail": e.detail}
+                           for e in self.registry.events(dep.id)],
                 "done": sum(v for k, v in counts.items() if k in P.TERMINAL_STATES),
-                "jobs": [{k: j[k] for k in ("job_id", "device_id", "action", "status", "step", "reason", "stage")}
-                         for j in jobs]}
+                "jobs": [{"job_id": j.job_id, "device_id": j.device_id, "action": j.action, "status": j.status,
+                          "step": j.step, "reason": j.reason, "stage": j.stage} for j in jobs]}
 
     def tick(self) -> None:
         """Drive every live deployment one step: running and paused ones, and the newest deployment of
         each group when it has completed (devices that join the group later get it)."""
         heads = self.registry.deployment_heads(self.fleet)
-        devices: dict[str, dict[str, Any]] | None = None
-        for dep_id, state, group in heads["live"]:
+        devices: dict[str, Device] | None = None
+        for dep_id, state, group in heads.live:
             if devices is None:
-                devices = {d["device_id"]: d for d in self.registry.devices(self.fleet)}
+                devices = {d.device_id: d for d in self.registry.devices(self.fleet)}
             if state == "completed":  # nothing to do (and no lease to take) unless someone joined the group
                 dep = self.registry.deployment(dep_id)
-                known = set(dep["targets"]) if dep else set()
-                tags = dep["tags"] if dep else []
+                known = set(dep.targets) if dep else set()
+                tags = dep.tags if dep else []
                 if not any(selected(row, group, tags) and d not in known for d, row in devices.items()):
                     continue
-            self._tick_leased(dep_id, heads["newest"].get(group) == dep_id, devices)
+            self._tick_leased(dep_id, heads.newest.get(group) == dep_id, devices)
 
-    def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, dict[str, Any]]) -> None:
+    def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, Device]) -> None:
         with self._lock:
             if not self.registry.acquire_lease(dep_id, self.node, self.lease_seconds):
                 self.counters["lease_busy"] += 1  # another coordinator is ticking it right now
                 return
             try:
                 dep = self.registry.deployment(dep_id)  # re-read under the lease
-                if dep is not None and (dep["state"] in ("running", "paused") or
-                                        (dep["state"] == "completed" and newest)):
+                if dep is not None and (dep.state in ("running", "paused") or
+                                        (dep.state == "completed" and newest)):
                     self._tick_one(dep, newest, devices)
             finally:
                 self.registry.release_lease(dep_id, self.node)
 
-    def _tick_one(self, dep: dict[str, Any], newest: bool, devices: dict[str, dict[str, Any]]) -> None:
-        plan = RolloutPlan(dep["canary"], tuple(dep["waves"]), dep["max_failure"])
-        targets = list(dep["targets"])
+    def _tick_one(self, dep: Deployment, newest: bool, devices: dict[str, Device]) -> None:
+        plan = RolloutPlan(dep.canary, tuple(dep.waves), dep.max_failure)
+        targets = list(dep.targets)
         if newest:  # devices that joined the group since the deployment started
             known = set(targets)
             joined = sorted(d for d, row in devices.items()
-                            if selected(row, dep["group"], dep["tags"]) and d not in known)
+                            if selected(row, dep.group, dep.tags) and d not in known)
             if joined:
-                targets = self.registry.add_targets(dep["id"], joined)
-                self.registry.add_event(dep["id"], "joined", dep["stage"], ",".join(joined)[:2000], self.node)
-        jobs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
-        online = frozenset(d for d, row in devices.items() if row["online"])
+                targets = self.registry.add_targets(dep.id, joined)
+                self.registry.add_event(dep.id, "joined", dep.stage, ",".join(joined)[:2000], self.node)
+        jobs = {j.device_id: j for j in self.registry.jobs(dep.id) if j.action == "install"}
+        online = frozenset(d for d, row in devices.items() if row.online)
         now = time.time()
         for device, j in jobs.items():
-            why = timed_out(j["status"], j["started"], j["delivered"], device in online, now, dep["job_timeout"])
+            why = timed_out(j.status, j.started, j.delivered, device in online, now, dep.job_timeout)
             if why and self.registry.time_out_job(j, why):
-                log.warning("job %s of %s timed out: %s", j["job_id"], device, why)
-                j["status"] = "TIMED_OUT"
+                log.warning("job %s of %s timed out: %s", j.job_id, device, why)
+                jobs[device] = dataclasses.replace(j, status="TIMED_OUT")  # (the same key: the loop goes on)
                 self.counters["jobs_timed_out"] += 1
-                self.registry.add_event(dep["id"], "timed_out", j["stage"], f"{device}: {why}", self.node)
+                self.registry.add_event(dep.id, "timed_out", j.stage, f"{device}: {why}", self.node)
                 self._withdraw(dep, j)
-        view = View(dep["state"], dep["stage"], tuple(targets), {d: j["status"] for d, j in jobs.items()}, online,
-                    dep["planned"])
+        view = View(dep.state, dep.stage, tuple(targets), {d: j.status for d, j in jobs.items()}, online,
+                    dep.planned)
         dec = evaluate(plan, view)
         if dec.halt:
             if self._transition(dep, "halted", dec.halt):
-                log.warning("deployment %s halted: %s", dep["id"], dec.halt)
+                log.warning("deployment %s halted: %s", dep.id, dec.halt)
                 self._cancel(dep, list(dec.cancel))
                 self._order_rollback(dep, list(dec.rollback))
             return
         if dec.dispatch:
-            stage = dep["stage"] if dec.stage is None else dec.stage
+            stage = dep.stage if dec.stage is None else dec.stage
             renewed = time.monotonic()
             for device in dec.dispatch:
                 if time.monotonic() - renewed > self.lease_seconds / 3:  # a long stage: keep the lease
-                    if not self.registry.acquire_lease(dep["id"], self.node, self.lease_seconds):
+                    if not self.registry.acquire_lease(dep.id, self.node, self.lease_seconds):
                         break  # another coordinator took over; it dispatches what is missing
                     renewed = time.monotonic()
                 if device not in jobs:
                     self._dispatch(dep, device, devices.get(device), stage)
-            if stage != dep["stage"] and self.registry.set_deployment(dep["id"], expect={"stage": dep["stage"]},
-                                                                      stage=stage):
-                self.registry.add_event(dep["id"], "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
+            if stage != dep.stage and self.registry.set_deployment(dep.id, expect={"stage": dep.stage}, stage=stage):
+                self.registry.add_event(dep.id, "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
         elif dec.complete:
             self._transition(dep, "completed")
 
-    def _dispatch(self, dep: dict[str, Any], device: str, row: dict[str, Any] | None, stage: int) -> None:
-        from_version = row["active_version"] if row else ""
-        job_id = job_key(dep["id"], device, "install")
+    def _dispatch(self, dep: Deployment, device: str, row: Device | None, stage: int) -> None:
+        from_version = row.active_version if row else ""
+        job_id = job_key(dep.id, device, "install")
         if self.registry.job(job_id) is not None:
             self.counters["duplicate_dispatches_avoided"] += 1  # another coordinator made it first
             return
-        f = self._file(dep["artifact_id"])
+        f = self._file(dep.artifact_id)
         assert f is not None
         delta, base = None, ""
-        if self.deltas and row and row["archive_sha256"] and row["archive_sha256"] != dep["artifact_id"]:
-            delta = self._delta(row["archive_sha256"], dep["artifact_id"])
-            base = row["archive_sha256"] if delta else ""
-        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep["id"], dep["version"], f[0], delta, base,
-                            ts=time.time(), model=dep["name"])
-        if not self.registry.add_job(self.fleet, dep["id"], device, "install", stage, from_version,
-                                     delivered=bool(row and row["online"]), desired=desired.to_bytes().decode()):
+        if self.deltas and row and row.archive_sha256 and row.archive_sha256 != dep.artifact_id:
+            delta = self._delta(row.archive_sha256, dep.artifact_id)
+            base = row.archive_sha256 if delta else ""
+        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep.id, dep.version, f[0], delta, base,
+                            ts=time.time(), model=dep.name)
+        if not self.registry.add_job(self.fleet, dep.id, device, "install", stage, from_version,
+                                     delivered=bool(row and row.online), desired=desired.to_bytes().decode()):
             self.counters["duplicate_dispatches_avoided"] += 1
             return
         self._publish_desired(device, desired)
@@ -755,14 +758,14 @@ class Coordinator:
             target = self._file(target_id)
             if base is None or target is None:
                 return None
-            patch = make_delta(bytes(base["data"]), target[1])
+            patch = make_delta(base.data, target[1])
             fid = hashlib.sha256(patch).hexdigest() if patch else ""
             self.registry.put_delta(base_id, target_id, fid, patch)
-            row = {"file_id": fid, "size": len(patch) if patch else 0}
+            row = Delta(base_id, target_id, fid, len(patch) if patch else 0, patch)
             self.counters["deltas_built"] += 1
-        if not row["file_id"]:
+        if not row.file_id:
             return None
-        return P.FileInfo(row["file_id"], int(row["size"]), self.chunk_size)
+        return P.FileInfo(row.file_id, row.size, self.chunk_size)
 
     def _check_rollback_keys(self, signing_key: Any) -> None:
         """With a TUF repository, ``--signing-key`` must be a key of its rollback role (devices in TUF mode accept
@@ -798,7 +801,7 @@ class Coordinator:
         dep = self.registry.deployment(dep_id)
         if dep is None or self.tuf_repo is None:
             return None
-        model = dep["name"]
+        model = dep.name
         hit = self._tuf_cache.get(model)
         if hit is not None and time.monotonic() - hit[0] < 1.0:
             return hit[1]
@@ -811,38 +814,38 @@ class Coordinator:
         self._tuf_cache[model] = (time.monotonic(), files)
         return files
 
-    def _cancel(self, dep: dict[str, Any], devices: list[str]) -> None:
-        for j in self.registry.jobs(dep["id"]):
-            if j["device_id"] in devices and j["action"] == "install":
-                self.registry.force_job(j["job_id"], status="CANCELED", reason="rollout_halted")
+    def _cancel(self, dep: Deployment, devices: list[str]) -> None:
+        for j in self.registry.jobs(dep.id):
+            if j.device_id in devices and j.action == "install":
+                self.registry.force_job(j.job_id, status="CANCELED", reason="rollout_halted")
                 self._withdraw(dep, j)
 
-    def _withdraw(self, dep: dict[str, Any], job: dict[str, Any]) -> None:
+    def _withdraw(self, dep: Deployment, job: Job) -> None:
         """Clear a device's retained desired state of ``job``, unless a newer job has replaced it there."""
-        latest = self.registry.latest_job(self.fleet, job["device_id"])
-        if latest is not None and latest["job_id"] != job["job_id"]:
+        latest = self.registry.latest_job(self.fleet, job.device_id)
+        if latest is not None and latest.job_id != job.job_id:
             return
-        self._publish_desired(job["device_id"], P.Desired(job["job_id"], P.JobAction.NONE.value, dep["id"]))
+        self._publish_desired(job.device_id, P.Desired(job.job_id, P.JobAction.NONE.value, dep.id))
 
-    def _order_rollback(self, dep: dict[str, Any], devices: list[str]) -> None:
+    def _order_rollback(self, dep: Deployment, devices: list[str]) -> None:
         """Order devices back to the version they ran before ``dep``, with an order signed by the operator key."""
-        installs = {j["device_id"]: j for j in self.registry.jobs(dep["id"]) if j["action"] == "install"}
+        installs = {j.device_id: j for j in self.registry.jobs(dep.id) if j.action == "install"}
         for device in devices:
-            to = installs[device]["from_version"] if device in installs else ""
-            job_id = job_key(dep["id"], device, "rollback")
+            to = installs[device].from_version if device in installs else ""
+            job_id = job_key(dep.id, device, "rollback")
             if self.registry.job(job_id) is not None:
                 continue  # ordered already (by this coordinator or another)
             order = None
             if self.signing_key is not None:
                 now = time.time()
-                order = RollbackOrder(self.fleet, device, dep["id"], job_id, dep["version"], to,
+                order = RollbackOrder(self.fleet, device, dep.id, job_id, dep.version, to,
                                       self.registry.next_seq(f"rollback-orders/{self.fleet}"), now,
                                       now + self.order_ttl if self.order_ttl else 0.0).sign(self.signing_key)
             else:
                 self.counters["unsigned_orders"] += 1
-            desired = P.Desired(job_id, P.JobAction.ROLLBACK.value, dep["id"], target_version=to, rollback_to=to,
+            desired = P.Desired(job_id, P.JobAction.ROLLBACK.value, dep.id, target_version=to, rollback_to=to,
                                 rollback_order=order, ts=time.time())
-            if not self.registry.add_job(self.fleet, dep["id"], device, "rollback", -1, dep["version"],
+            if not self.registry.add_job(self.fleet, dep.id, device, "rollback", -1, dep.version,
                                          desired=desired.to_bytes().decode()):
                 continue
             self._publish_desired(device, desired)
@@ -898,10 +901,10 @@ class TokenBuckets:
         return len(self._b)
 
 
-def selected(device: Mapping[str, Any], group: str, tags: Iterable[str]) -> bool:
+def selected(device: Device, group: str, tags: Iterable[str]) -> bool:
     """Whether a deployment to ``group`` selecting ``tags`` targets ``device`` (a registry row): its assigned group
     and every tag among its assigned ``tags`` (never its ``claimed_tags``)."""
-    return device["group"] == group and set(tags) <= set(device["tags"])
+    return device.group == group and set(tags) <= set(device.tags)
 
 
 def _tags(tags: tuple[str, ...]) -> str:

@@ -34,6 +34,7 @@ from edgefleet.errors import ConfigError
 from edgefleet.supervisor import ChildProcess, stop_all
 
 from ..childenv import child_env
+from ..coordinator.rows import Retrain
 from .config import StrategyName
 from .trigger import DriftAlert, DriftTrigger, TriggerPolicy
 
@@ -85,9 +86,8 @@ class RetrainSettings:
         return doc
 
     @classmethod
-    def from_registry(cls, row: dict[str, Any]) -> RetrainSettings:
-        p = dict(row.get("policy") or {})
-        return cls(group=row["group"], on_drift=bool(row["on_drift"]), **p)
+    def from_registry(cls, row: Retrain) -> RetrainSettings:
+        return cls(group=row.group, on_drift=row.on_drift, **row.policy)
 
 
 def _score(data: dict[str, Any]) -> float:
@@ -132,11 +132,11 @@ class AutoRetrain:
         stopped before its run ended. A run still starting or running keeps its token."""
         revoked = []
         for t in self.registry.tokens(self.fleet):
-            name = str(t["name"])
+            name = t.name
             if not name.startswith(RUN_TOKEN_PREFIX):
                 continue
             run = self.registry.fed_run(name[len(RUN_TOKEN_PREFIX):])
-            if run is None or run["status"] not in ("starting", "running"):
+            if run is None or run.status not in ("starting", "running"):
                 if self.registry.revoke_token(self.fleet, name):
                     revoked.append(name)
         if revoked:
@@ -155,7 +155,7 @@ class AutoRetrain:
     def on_drift(self, device: str, group: str, data: dict[str, Any]) -> str | None:
         """A committed drift record of ``device`` in ``group``; returns the run id when it starts a run."""
         rows = self.registry.retrain(self.fleet, group)
-        if not rows or not rows[0]["on_drift"]:
+        if not rows or not rows[0].on_drift:
             return None
         try:
             settings = RetrainSettings.from_registry(rows[0])
@@ -170,8 +170,8 @@ class AutoRetrain:
             if start is None:
                 return None
             for run in self.registry.fed_runs(self.fleet, group, 5):  # another coordinator of the fleet was faster
-                if run["trigger"] == "drift" and self.clock() - float(run["created"]) < settings.cooldown_s:
-                    self.trigger.restore(group, float(run["created"]))
+                if run.trigger == "drift" and self.clock() - run.created < settings.cooldown_s:
+                    self.trigger.restore(group, run.created)
                     self.trigger.finished(group)
                     return None
             return self._launch(settings, start.reason)
@@ -182,8 +182,8 @@ class AutoRetrain:
             return
         self._seeded.add(group)
         for run in self.registry.fed_runs(self.fleet, group, 10):
-            if run["trigger"] == "drift":
-                self.trigger.restore(group, float(run["created"]))
+            if run.trigger == "drift":
+                self.trigger.restore(group, run.created)
 
     def command(self, settings: RetrainSettings, run_id: str) -> list[str]:
         out = self.work_dir / run_id
@@ -237,7 +237,7 @@ class AutoRetrain:
         with self._lock:
             self._revoke(run_id)  # the run is over: its token with it
         run = self.registry.fed_run(run_id)
-        if run is not None and run["status"] in ("starting", "running"):
+        if run is not None and run.status in ("starting", "running"):
             self.registry.set_fed_run(run_id, status=f"failed: exit code {code}; see {self.work_dir / run_id / 'run.log'}"[:128])
         with self._lock:
             self.children.pop(run_id, None)

@@ -89,13 +89,13 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
 
     def run_or_404(run_id: str) -> dict[str, Any]:
         run = reg.fed_run(run_id)
-        if run is None or run["fleet"] != fleet:
+        if run is None or run.fleet != fleet:
             raise HTTPException(404, f"no federated run {run_id!r}")
-        return dict(run)
+        return run.to_dict()
 
     @app.get("/v1/federated/runs", dependencies=dep)
     def runs(group: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return list(reg.fed_runs(fleet, group, max(1, min(limit, 200))))
+        return [r.to_dict() for r in reg.fed_runs(fleet, group, max(1, min(limit, 200)))]
 
     @app.post("/v1/federated/runs", dependencies=dep, status_code=201)
     def create_run(body: RunIn) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
 
     @app.get("/v1/retrain", dependencies=dep)
     def retrain(group: str | None = None) -> list[dict[str, Any]]:
-        return list(reg.retrain(fleet, group))
+        return [r.to_dict() for r in reg.retrain(fleet, group)]
 
     @app.put("/v1/retrain/{group}", dependencies=dep)
     def set_retrain(group: str, body: RetrainIn) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
         except EdgefleetError as exc:  # a named ConfigError: unknown, abbreviated or reserved run option
             raise HTTPException(422, str(exc)) from None
         reg.set_retrain(fleet, group, settings.on_drift, settings.policy_doc())
-        return dict(reg.retrain(fleet, group)[0])
+        return reg.retrain(fleet, group)[0].to_dict()
 
 
 __all__ = ["add_routes"]

@@ -26,10 +26,10 @@ def test_agent_run_with_broker_joins_the_fleet_and_installs_a_rollout(broker: An
                              "--fleet", "f1", "--device-id", "press-7", "--group", "g", "--telemetry-interval", "0.5"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for(lambda: any(d["device_id"] == "press-7" and d["online"] for d in coord.registry.devices("f1", "g")), 30)
+        wait_for(lambda: any(d.device_id == "press-7" and d.online for d in coord.registry.devices("f1", "g")), 30)
         dep = coord.create_deployment(archives["1"].read_bytes(), "g", RolloutPlan(1.0, (1.0,), 0.0))
-        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 60)
-        wait_for(lambda: coord.registry.device("f1", "press-7")["active_version"] == "1", 10)
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 60)
+        wait_for(lambda: coord.registry.device("f1", "press-7").active_version == "1", 10)
         assert (state / "sync").is_dir() and (state / "objects").is_dir()  # one state dir: the agent's, sync inside
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -37,7 +37,7 @@ def test_agent_run_with_broker_joins_the_fleet_and_installs_a_rollout(broker: An
         coord.stop()
     assert proc.returncode == 0, out
     assert "edgefleet sync: device press-7 of fleet f1" in out
-    assert coord.registry.device("f1", "press-7")["online"] is False  # a graceful stop publishes its death
+    assert coord.registry.device("f1", "press-7").online is False  # a graceful stop publishes its death
 
 
 def test_agent_run_sync_options_need_a_broker(tmp_path: Path, capsys: Any) -> None:

@@ -22,6 +22,7 @@ from helpers import pg_url, serve_api
 
 from edgefleet.cloud_sync.coordinator.api import create_app
 from edgefleet.cloud_sync.coordinator.registry import Registry
+from edgefleet.cloud_sync.coordinator.rows import Principal
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
 from edgefleet.errors import ConfigError
@@ -57,11 +58,11 @@ def test_tokens_are_stored_hashed_and_revocable(coord: Coordinator) -> None:
     with reg.engine.connect() as c:  # the secret itself is nowhere in the registry, its sha256 is
         dump = json.dumps([[str(v) for v in row] for row in c.execute(reg.t["tokens"].select())])
     assert secret not in dump and hashlib.sha256(secret.encode()).hexdigest() in dump
-    assert reg.check_token("f", secret) == {"name": "ci", "scope": "deploy"}
+    assert reg.check_token("f", secret) == Principal("ci", "deploy")
     assert reg.check_token("f", secret + "x") is None and reg.check_token("other-fleet", secret) is None
     listed = reg.tokens("f")
-    assert [(t["name"], t["scope"]) for t in listed] == [("ci", "deploy")]
-    assert all(secret not in json.dumps(t, default=str) and "hash" not in t for t in listed)
+    assert [(t.name, t.scope) for t in listed] == [("ci", "deploy")]
+    assert all(secret not in json.dumps(t.to_dict(), default=str) and "hash" not in t.to_dict() for t in listed)
     with pytest.raises(ConfigError, match="already"):
         reg.create_token("f", "ci", "read")
     with pytest.raises(ConfigError, match="scope"):
@@ -253,9 +254,9 @@ def test_older_registry_gets_the_token_and_audit_tables(backend: str, tmp_path: 
     try:
         assert reg.device("f", "d1") is not None
         secret = reg.create_token("f", "ops", "admin")
-        assert reg.check_token("f", secret) == {"name": "ops", "scope": "admin"}
+        assert reg.check_token("f", secret) == Principal("ops", "admin")
         reg.add_audit("f", "ops", "POST", "/v1/x", "s", 200, "127.0.0.1")
-        assert reg.audit("f")[0]["who"] == "ops"
+        assert reg.audit("f")[0].who == "ops"
     finally:
         reg.drop_all()
         reg.close()
@@ -346,9 +347,9 @@ def test_fleet_assign_provisions_and_moves_devices(live: tuple[str, Coordinator]
     assert cli_main(["fleet", "assign", "press-7", "press-8", "--group", "line-1", "--json"]) == 0
     assert [(r["device_id"], r["group"]) for r in json.loads(capsys.readouterr().out)] == [
         ("press-7", "line-1"), ("press-8", "line-1")]
-    assert coord.registry.device("f", "press-7")["group"] == "line-1"
+    assert coord.registry.device("f", "press-7").group == "line-1"
     assert cli_main(["fleet", "assign", "press-7", "--group", "line-2"]) == 0
-    assert coord.registry.device("f", "press-7")["group"] == "line-2"
+    assert coord.registry.device("f", "press-7").group == "line-2"
     assert cli_main(["fleet", "assign", "press-7", "--group", "bad/group"]) != 0  # a named 422, no traceback
 
 
@@ -398,7 +399,7 @@ def test_fleet_tokens_create_expires_cli(live: tuple[str, Coordinator], capsys: 
     out = capsys.readouterr()
     assert "expires 20" in out.err and out.out.strip().startswith("eft_")
     (row,) = coord.registry.tokens("f")
-    assert abs(row["expires"] - (time.time() + 30 * 86400)) < 60
+    assert abs(row.expires - (time.time() + 30 * 86400)) < 60
     assert cli_main(["fleet", "tokens", "list"]) == 0
     assert "never" not in capsys.readouterr().out
     for bad in ("367d", "soon", "0s"):
@@ -406,7 +407,7 @@ def test_fleet_tokens_create_expires_cli(live: tuple[str, Coordinator], capsys: 
             cli_main(["fleet", "tokens", "create", "--scope", "read", "--name", "x", "--expires", bad])
         assert exc.value.code == 2
         assert "argument --expires" in capsys.readouterr().err
-    assert [t["name"] for t in coord.registry.tokens("f")] == ["ci"]
+    assert [t.name for t in coord.registry.tokens("f")] == ["ci"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -421,8 +422,8 @@ def test_older_registry_tokens_never_expire(backend: str, tmp_path: Path) -> Non
     reg.close()
     reg = Registry(url, prefix=prefix)
     try:
-        assert reg.check_token("f", secret) == {"name": "old", "scope": "read"}
-        assert reg.tokens("f")[0]["expires"] == 0 and reg.tokens("f")[0]["expired"] is False
+        assert reg.check_token("f", secret) == Principal("old", "read")
+        assert reg.tokens("f")[0].expires == 0 and reg.tokens("f")[0].expired is False
     finally:
         reg.drop_all()
         reg.close()

@@ -158,7 +158,7 @@ def test_fleet_devices_over_https_with_the_ca(tls_api: str, coord: Coordinator, 
     monkeypatch.setenv("EDGEFLEET_CA_CERT", str(pki.ca))  # the same from the environment
     monkeypatch.setenv("EDGEFLEET_API", tls_api)
     assert cli_main(["fleet", "assign", "press-8", "--group", "line-1", "--json"]) == 0
-    assert coord.registry.device("f", "press-8")["group"] == "line-1"
+    assert coord.registry.device("f", "press-8").group == "line-1"
 
 
 def test_without_the_ca_the_certificate_is_refused_with_a_named_error(tls_api: str, pki: Pki) -> None:
@@ -366,6 +366,6 @@ json.dump(res, open(os.path.join(get("--out"), "probe.json"), "w"))
     assert argv[argv.index("--api") + 1] == tls_api and argv[argv.index("--ca-cert") + 1] == str(pki.ca)
     assert res["recorded"] is True, res
     assert ("fedrun-" + run_id, "PATCH", f"/v1/federated/runs/{run_id}", 200) in [  # the run's own call, over https
-        (e["who"], e["method"], e["path"], e["status"]) for e in coord.registry.audit("f")]
+        (e.who, e.method, e.path, e.status) for e in coord.registry.audit("f")]
     with pytest.raises(ConfigError, match="--ca-cert is set by the trigger itself"):
         RetrainSettings("g", args=("--ca-cert", "/tmp/attacker-ca.pem"))

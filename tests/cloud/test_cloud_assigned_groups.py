@@ -35,7 +35,7 @@ def make(tmp_path: Path) -> Iterator[Any]:
 
 def _group(coord: Coordinator, device: str) -> str | None:
     row = coord.registry.device("f", device)
-    return None if row is None else row["group"]
+    return None if row is None else row.group
 
 
 def test_a_device_cannot_put_itself_into_a_group(make: Any) -> None:

@@ -68,14 +68,14 @@ def test_a_device_cannot_tag_itself_into_a_deployment(live: tuple[str, Coordinat
     for _ in range(3):
         coord.tick()
     row = coord.registry.deployment(dep["id"])
-    assert row is not None and row["targets"] == ["cam-1"]
-    assert {j["device_id"] for j in coord.registry.jobs(dep["id"])} == {"cam-1"}
+    assert row is not None and row.targets == ["cam-1"]
+    assert {j.device_id for j in coord.registry.jobs(dep["id"])} == {"cam-1"}
 
     # the operator tags cam-3: it joins the deployment; cam-2 still does not
     assert httpx.patch(f"{base}/v1/devices/cam-3", headers=H, json={"tags": ["gpu"]}).status_code == 200
     coord.tick()
     row = coord.registry.deployment(dep["id"])
-    assert row is not None and row["targets"] == ["cam-1", "cam-3"]
+    assert row is not None and row.targets == ["cam-1", "cam-3"]
 
     # a selector no assigned device has is refused (400), even though cam-2 claims it
     coord.handle("cam-2", P.Status("cam-2", True, 3, hardware_tags=("npu",)))
@@ -92,7 +92,7 @@ def test_tags_that_do_not_fit_are_422(live: tuple[str, Coordinator]) -> None:
     for tags in ([""], ["a,b"], ["x" * 129], [f"t{i}" for i in range(65)], ["bad\nline"]):
         r = httpx.patch(f"{base}/v1/devices/cam-1", headers=H, json={"tags": tags})
         assert r.status_code == 422, (tags, r.text)
-    assert coord.registry.device("f", "cam-1")["tags"] == []  # type: ignore[index]
+    assert coord.registry.device("f", "cam-1").tags == []  # type: ignore[index]
 
 
 def test_fleet_tag_and_deploy_tags_cli(live: tuple[str, Coordinator], archives: dict[str, Path],
@@ -117,7 +117,7 @@ def test_fleet_tag_and_deploy_tags_cli(live: tuple[str, Coordinator], archives: 
                      "--canary", "50%", "--waves", "100%"]) == 0
     assert "to 2 device(s) of group cams tagged gpu,line-4" in capsys.readouterr().out
     assert cli_main(["fleet", "tag", "cam-2", "--tags", ""]) == 0  # clears them
-    assert coord.registry.device("f", "cam-2")["tags"] == []  # type: ignore[index]
+    assert coord.registry.device("f", "cam-2").tags == []  # type: ignore[index]
     with pytest.raises(SystemExit) as exc:  # refused by the parser, before any call
         cli_main(["fleet", "tag", "cam-1", "--tags", "x" * 200])
     assert exc.value.code == 2
@@ -141,12 +141,12 @@ def test_an_older_registrys_tags_become_claims(backend: str, tmp_path: Path) -> 
     reg = Registry(url, prefix=prefix)
     try:
         d1 = reg.device("f", "d1")
-        assert d1 is not None and d1["tags"] == [] and d1["claimed_tags"] == ["gpu"]
+        assert d1 is not None and d1.tags == [] and d1.claimed_tags == ["gpu"]
         reg.close()
         reg = Registry(url, prefix=prefix)  # opened again: nothing moves twice
         reg.set_device("f", "d1", tags='["cam"]')
         d1 = reg.device("f", "d1")
-        assert d1 is not None and d1["tags"] == ["cam"] and d1["claimed_tags"] == ["gpu"]
+        assert d1 is not None and d1.tags == ["cam"] and d1.claimed_tags == ["gpu"]
     finally:
         reg.drop_all()
         reg.close()

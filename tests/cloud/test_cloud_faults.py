@@ -27,7 +27,7 @@ def test_broker_killed_mid_transfer_resumes(broker: Any, tmp_path: Path, make_ag
 
     monkeypatch.setattr(DeviceSync, "_on_chunk", slowed)
     s = device(broker.url, make_agent("d0", install=big_archives["1"]), tmp_path, window=8)
-    wait_for(lambda: coord.registry.device("f1", "d0") and coord.registry.device("f1", "d0")["online"])
+    wait_for(lambda: coord.registry.device("f1", "d0") and coord.registry.device("f1", "d0").online)
     size = big_archives["2"].stat().st_size
     total = (size + 16 * 1024 - 1) // (16 * 1024)
     dep = coord.create_deployment(big_archives["2"].read_bytes(), "g", RolloutPlan(0.0, (1.0,), 0.0))
@@ -37,7 +37,7 @@ def test_broker_killed_mid_transfer_resumes(broker: Any, tmp_path: Path, make_ag
     assert 0 < got < total
     time.sleep(1.0)
     broker.start()
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 60)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 60)
     assert s.agent.active_version == "2"
     resent = coord.served["d0"] - total
     # only chunks still missing were asked for again: at most one window of in-flight chunks was lost
@@ -63,7 +63,7 @@ def test_telemetry_no_loss_across_outage_two_coordinators(broker: Any, tmp_path:
     broker.start()
     wait_for(lambda: len(agent.telemetry.queue) == 0, 60)
     rows = c1.registry.telemetry("f1")
-    counted = sum(r["records"] for r in rows if r["kind"] == "custom")
+    counted = sum(r.records for r in rows if r.kind == "custom")
     assert counted == 3000
     assert c1.counters["telemetry_records"] + c2.counters["telemetry_records"] >= queued - 1
     assert c1.counters["telemetry_batches"] > 0 and c2.counters["telemetry_batches"] > 0  # both took a share
@@ -90,7 +90,7 @@ def test_malformed_duplicate_out_of_order(broker: Any, tmp_path: Path, make_agen
         pytest.skip("mosquitto_pub is not installed")
     coord = coordinator(broker.url, tmp_path / "reg.db")
     s = device(broker.url, make_agent("d0", install=archives["1"]), tmp_path)
-    wait_for(lambda: coord.registry.device("f1", "d0") and coord.registry.device("f1", "d0")["online"])
+    wait_for(lambda: coord.registry.device("f1", "d0") and coord.registry.device("f1", "d0").online)
     up = lambda k: P.up_topic("f1", "d0", k)  # noqa: E731
     garbage = [b"", b"not json", b"{}", b'{"v": 99, "type": "status"}', b"\xff\xfe", b"[1,2]",
                b'{"v":1,"type":"status","device_id":"d0","online":"yes","session":1}',
@@ -106,18 +106,18 @@ def test_malformed_duplicate_out_of_order(broker: Any, tmp_path: Path, make_agen
     wait_for(lambda: s.malformed >= 14, 20)
     # everything still works: a deployment goes through
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.0, (1.0,), 0.0))
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
-    job = coord.registry.jobs(dep["id"])[0]
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
+    job = coord.registry.jobs(dep.id)[0]
     # a stale (out-of-order) and a duplicate job update are rejected by version
-    stale = P.JobUpdate(job["job_id"], "IN_PROGRESS", 1, 0, "verifying")
+    stale = P.JobUpdate(job.job_id, "IN_PROGRESS", 1, 0, "verifying")
     _pub(broker, up(P.Up.JOB), stale.to_bytes())
-    dup = P.JobUpdate(job["job_id"], "SUCCEEDED", job["version"], job["version"] - 1)
+    dup = P.JobUpdate(job.job_id, "SUCCEEDED", job.version, job.version - 1)
     _pub(broker, up(P.Up.JOB), dup.to_bytes())
     wait_for(lambda: coord.counters["stale_job_updates"] >= 2, 10)
-    assert coord.registry.job(job["job_id"])["status"] == "SUCCEEDED"
+    assert coord.registry.job(job.job_id).status == "SUCCEEDED"
     # a replayed desired message for a finished job does not reinstall
     installs = len(list((Path(s.agent.root) / "jobs").glob("*")))
-    d = P.Desired(job["job_id"], "install", dep["id"], "2", P.FileInfo(dep["artifact_id"], 10))
+    d = P.Desired(job.job_id, "install", dep.id, "2", P.FileInfo(dep.artifact_id, 10))
     _pub(broker, P.down_topic("f1", "d0", P.Down.DESIRED), d.to_bytes())
     _pub(broker, P.down_topic("f1", "d0", P.Down.DESIRED), d.to_bytes())
     time.sleep(0.5)
@@ -125,7 +125,7 @@ def test_malformed_duplicate_out_of_order(broker: Any, tmp_path: Path, make_agen
     # a stale last will (older session) does not mark the device offline
     _pub(broker, up(P.Up.STATUS), P.Status("d0", False, 0).to_bytes())
     wait_for(lambda: coord.counters["stale_status"] >= 1, 10)
-    assert coord.registry.device("f1", "d0")["online"]
+    assert coord.registry.device("f1", "d0").online
     s.stop()
     coord.stop()
 

@@ -33,16 +33,16 @@ def test_ingest_many_sums_batches_of_one_call_like_separate_calls(tmp_path: Path
             ("d3", "g", [_rec(1, versions={})]),  # not registered: counted, no mark kept
         ])
         assert news == [2, 2, 2, 0, 1]
-        assert reg.device("f", "d1")["telemetry_seq"] == 4 and reg.device("f", "d2")["telemetry_seq"] == 2
-        rows = {(r["group_name"], r["version"], r["kind"]): r for r in reg.telemetry("f")}
-        assert rows[("g", "2", "metrics")]["records"] == 3
-        assert (rows[("g", "2", "metrics")]["predictions"], rows[("g", "2", "metrics")]["errors"],
-                rows[("g", "2", "metrics")]["invalid"]) == (30, 3, 6)
-        assert rows[("g", "2", "health")]["records"] == 1 and rows[("g", "", "metrics")]["records"] == 1
-        assert rows[("h", "2", "metrics")]["records"] == 1 and rows[("h", "2", "drift")]["records"] == 1
-        assert [a["data"]["psi"] for a in reg.alerts("f")] == [0.4]
+        assert reg.device("f", "d1").telemetry_seq == 4 and reg.device("f", "d2").telemetry_seq == 2
+        rows = {(r.group_name, r.version, r.kind): r for r in reg.telemetry("f")}
+        assert rows[("g", "2", "metrics")].records == 3
+        assert (rows[("g", "2", "metrics")].predictions, rows[("g", "2", "metrics")].errors,
+                rows[("g", "2", "metrics")].invalid) == (30, 3, 6)
+        assert rows[("g", "2", "health")].records == 1 and rows[("g", "", "metrics")].records == 1
+        assert rows[("h", "2", "metrics")].records == 1 and rows[("h", "2", "drift")].records == 1
+        assert [a.data["psi"] for a in reg.alerts("f")] == [0.4]
         assert reg.ingest_many("f", [("d1", "g", [_rec(4), _rec(5)])]) == [1]  # the mark persisted
-        assert [r["records"] for r in reg.telemetry("f", "g", "2") if r["kind"] == "metrics"] == [4]
+        assert [r.records for r in reg.telemetry("f", "g", "2") if r.kind == "metrics"] == [4]
     finally:
         reg.close()
 
@@ -114,7 +114,7 @@ def test_two_registries_sharing_a_sqlite_file_count_a_redelivered_batch_once(tmp
             for t in threads:
                 t.join(30)
         assert sum(counted) == 400
-        assert sum(r["records"] for r in a.telemetry("f")) == 400
+        assert sum(r.records for r in a.telemetry("f")) == 400
     finally:
         a.close()
         b.close()

@@ -71,9 +71,9 @@ def test_overflowing_device_does_not_stop_other_devices_telemetry(broker: Any, t
         flooder.join(5)
         assert coord.wait_idle(10)
         reg: Registry = coord.registry
-        rows = {(r["group_name"], r["version"], r["kind"]): r for r in reg.telemetry("f1")}
+        rows = {(r.group_name, r.version, r.kind): r for r in reg.telemetry("f1")}
         ok = rows[("default", "1", "metrics")]
-        assert ok["records"] == 5 * 20 and ok["predictions"] == 5 * 20 * 10  # every honest record, nothing else
+        assert ok.records == 5 * 20 and ok.predictions == 5 * 20 * 10  # every honest record, nothing else
         assert coord.counters["handler_errors"] == 0
         assert coord.rejected["evil"] >= 3 and not any(coord.rejected[d] for d in honest)
         assert coord.counters["telemetry_rejected"] == coord.rejected["evil"]
@@ -103,8 +103,8 @@ def test_a_batch_the_database_refuses_is_rejected_alone(tmp_path: Path, db: str)
                                      ("c", "g", [_metrics(1), _metrics(2, 2**64), _metrics(3)])], rejected=rejected)
         assert news == [1, 0, 2] and rejected == [0, 2, 1]
         row = reg.telemetry("f", "g", "1")[0]
-        assert row["records"] == 3 and row["predictions"] == 30
-        assert reg.device("f", "c")["telemetry_seq"] == 3  # past the bad record: a re-send is not re-counted
+        assert row.records == 3 and row.predictions == 30
+        assert reg.device("f", "c").telemetry_seq == 3  # past the bad record: a re-send is not re-counted
     finally:
         if db != "sqlite":
             reg.drop_all()
@@ -171,7 +171,7 @@ def test_a_flooding_device_is_rate_limited_and_every_other_batch_is_ingested(bro
         wait_for(lambda: len(acks["flood"]) == coord.counters["telemetry_batches"] - 50, timeout=10)
         elapsed = time.monotonic() - t0
 
-        rows = {(r["group_name"], r["kind"]): r["records"] for r in coord.registry.telemetry("f1")}
+        rows = {(r.group_name, r.kind): r.records for r in coord.registry.telemetry("f1")}
         assert rows[("line", "metrics")] == 5 * 20  # every honest record
         ingested = rows.get(("noisy", "metrics"), 0)
         limited = coord.rate_limited["flood"]

@@ -50,10 +50,10 @@ def test_operator_action_waits_for_the_lease(tmp_path: Path) -> None:
     assert reg.acquire_lease(dep, "other-coordinator", 60)  # busy in a long tick elsewhere
     r = api.post(f"/v1/deployments/{dep}/pause")
     assert r.status_code == 409 and "another coordinator" in r.json()["detail"]
-    assert reg.deployment(dep)["state"] == "running"
+    assert reg.deployment(dep).state == "running"
     reg.release_lease(dep, "other-coordinator")
     assert api.post(f"/v1/deployments/{dep}/pause").json()["state"] == "paused"
-    assert [e["kind"] for e in reg.events(dep)] == ["paused"]
+    assert [e.kind for e in reg.events(dep)] == ["paused"]
     assert api.post("/v1/deployments/nope/pause").status_code == 404
     reg.close()
 
@@ -75,7 +75,7 @@ def test_older_registry_gets_the_new_columns(backend: str, tmp_path: Path) -> No
     reg = Registry(url, prefix=prefix)
     try:
         row = reg.deployment(dep)
-        assert row is not None and (row["job_timeout"], row["planned"], row["lease_owner"]) == (3600.0, -1, "")
+        assert row is not None and (row.job_timeout, row.planned, row.lease_owner) == (3600.0, -1, "")
         assert reg.acquire_lease(dep, "A", 30)
     finally:
         reg.drop_all()
@@ -112,21 +112,21 @@ def test_two_coordinators_tick_one_rollout(backend: str, broker: Any, archives: 
         for t in threads:
             t.start()
         try:
-            wait_for(lambda: regs[1].deployment(dep["id"])["state"] == "completed", 60)
+            wait_for(lambda: regs[1].deployment(dep.id).state == "completed", 60)
         finally:
             done.set()
             for t in threads:
                 t.join(10)
         time.sleep(0.3)  # late duplicates would show now
-        jobs = regs[0].jobs(dep["id"])
-        assert sorted(j["device_id"] for j in jobs) == devices and {j["status"] for j in jobs} == {"SUCCEEDED"}
+        jobs = regs[0].jobs(dep.id)
+        assert sorted(j.device_id for j in jobs) == devices and {j.status for j in jobs} == {"SUCCEEDED"}
         installs = {d: [x.job_id for x in fake.desired[d] if x.action == "install"] for d in devices}
         assert all(len(v) == 1 for v in installs.values()), installs  # one dispatch per device, ever
         assert sum(c.counters["dispatched"] for c in coords) == 12
-        events = [(e["kind"], e["stage"]) for e in regs[0].events(dep["id"])]
+        events = [(e.kind, e.stage) for e in regs[0].events(dep.id)]
         assert events == [("stage", 0), ("stage", 1), ("stage", 2), ("stage", 3), ("completed", 3)], events
         assert min(ticks.values()) >= 20  # both really ticked it, many times
-        assert {j["stage"] for j in jobs} == {0, 1, 2, 3}
+        assert {j.stage for j in jobs} == {0, 1, 2, 3}
     finally:
         fake.close()
         for c in coords:

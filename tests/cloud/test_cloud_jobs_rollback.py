@@ -78,15 +78,15 @@ def test_rollback_orders_signed_and_verified(broker: Any, tmp_path: Path, make_a
     syncs = {"d0": device(broker.url, agents["d0"], tmp_path),
              **{d: device(broker.url, agents[d], tmp_path, group="b") for d in ("d1", "d2")}}
     x1 = FakeDevices(broker.port, "f1", ["x1"], "g", answer=lambda dev, d: ["DOWNLOADING", "FAILED"])
-    wait_for(lambda: sum(d["online"] for d in coord.registry.devices("f1")) == 4)
+    wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 4)
     topic = {d: P.down_topic("f1", d, P.Down.DESIRED) for d in ("d0", "d1", "d2")}
 
     # 1. the health gate: d0 (canary) succeeds, x1 fails in the wave, the rollout halts, d0 is ordered back
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.5, (1.0,), 0.0))
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "halted", 30)
-    rb = wait_for(lambda: [j for j in coord.registry.jobs(dep["id"]) if j["action"] == "rollback"
-                           and j["status"] == "SUCCEEDED"], 30)
-    assert [j["device_id"] for j in rb] == ["d0"] and rb[0]["reason"] == "rolled_back"
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "halted", 30)
+    rb = wait_for(lambda: [j for j in coord.registry.jobs(dep.id) if j.action == "rollback"
+                           and j.status == "SUCCEEDED"], 30)
+    assert [j.device_id for j in rb] == ["d0"] and rb[0].reason == "rolled_back"
     assert agents["d0"].active_version == "1"
     legit = spy.retained(topic["d0"])
     order = P.Desired.parse(legit).rollback_order
@@ -94,21 +94,21 @@ def test_rollback_orders_signed_and_verified(broker: Any, tmp_path: Path, make_a
 
     # 2. the operator: d2 goes back; d1's order is caught on the way (the broker is the attacker's) and altered
     dep_b = coord.create_deployment(archives["2"].read_bytes(), "b", RolloutPlan(0.0, (1.0,), 0.0))
-    wait_for(lambda: coord.registry.deployment(dep_b["id"])["state"] == "completed", 30)
+    wait_for(lambda: coord.registry.deployment(dep_b.id).state == "completed", 30)
     caught: list[P.Desired] = []
     publish = coord._publish_desired
     monkeypatch.setattr(coord, "_publish_desired",
                         lambda dev, d: caught.append(d) if dev == "d1" else publish(dev, d))
-    coord.set_state(dep_b["id"], "rollback")
-    status = lambda d: {j["device_id"]: j for j in coord.registry.jobs(dep_b["id"])  # noqa: E731
-                        if j["action"] == "rollback"}.get(d, {})
-    wait_for(lambda: status("d2").get("status") == "SUCCEEDED", 30)
+    coord.set_state(dep_b.id, "rollback")
+    status = lambda d: {j.device_id: j for j in coord.registry.jobs(dep_b.id)  # noqa: E731
+                        if j.action == "rollback"}.get(d)
+    wait_for(lambda: getattr(status("d2"), "status", None) == "SUCCEEDED", 30)
     assert agents["d2"].active_version == "1" and len(caught) == 1
     doc = caught[0].to_dict()
     doc["rollback_order"]["order"]["to_version"] = doc["rollback_to"] = doc["target_version"] = "0"
     spy.publish(topic["d1"], json.dumps(doc).encode(), retain=True)
-    wait_for(lambda: status("d1").get("status") == "REJECTED", 30)
-    assert status("d1")["reason"] == "order_signature" and agents["d1"].active_version == "2"
+    wait_for(lambda: getattr(status("d1"), "status", None) == "REJECTED", 30)
+    assert status("d1").reason == "order_signature" and agents["d1"].active_version == "2"
 
     # 3. replays: d0's executed order again (after d0 reinstalled 2), an older signed order, no order at all,
     #    and d0's order sent to d1
@@ -121,9 +121,9 @@ def test_rollback_orders_signed_and_verified(broker: Any, tmp_path: Path, make_a
                                            rollback_order=doc_).to_bytes())
     spy.publish(topic["d1"], legit)
     reasons = lambda d: {u.job_id: u.reason for u in spy.jobs("f1", d) if u.status == "REJECTED"}  # noqa: E731
-    wait_for(lambda: len(reasons("d0")) == 2 and rb[0]["job_id"] in reasons("d1"), 20)
+    wait_for(lambda: len(reasons("d0")) == 2 and rb[0].job_id in reasons("d1"), 20)
     assert reasons("d0") == {"old1": "order_replayed", "nosig": "order_unsigned"}
-    assert reasons("d1")[rb[0]["job_id"]] == "order_misaddressed"
+    assert reasons("d1")[rb[0].job_id] == "order_misaddressed"
     time.sleep(0.3)
     assert agents["d0"].active_version == "2" and agents["d1"].active_version == "2"
     assert syncs["d0"].stats["orders_refused"] == 2

@@ -53,35 +53,35 @@ def test_started_job_times_out_offline_device_does_not(broker: Any, tmp_path: Pa
     a0 = device(broker.url, make_agent("a0", install=archives["1"]), tmp_path)
     b1_agent = make_agent("b1", install=archives["1"])
     b1 = device(broker.url, b1_agent, tmp_path)
-    wait_for(lambda: sum(d["online"] for d in coord.registry.devices("f1")) == 2)
+    wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 2)
     b1.stop()  # away before the deployment: must not time out
-    wait_for(lambda: not coord.registry.device("f1", "b1")["online"])
+    wait_for(lambda: not coord.registry.device("f1", "b1").online)
     # c2 starts its job and then goes silent (a device stuck mid-download)
     fake = FakeDevices(broker.port, "f1", ["c2"], "g", answer=lambda dev, d: ["DOWNLOADING"])
     wait_for(lambda: coord.registry.device("f1", "c2") is not None)
     timeout = 3.0
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.0, (1.0,), 0.5), job_timeout=timeout)
-    jobs = lambda: {j["device_id"]: j for j in coord.registry.jobs(dep["id"])}  # noqa: E731
-    wait_for(lambda: jobs().get("a0", {}).get("status") == "SUCCEEDED", 20)
-    c2 = wait_for(lambda: jobs()["c2"] if jobs().get("c2", {}).get("status") == "TIMED_OUT" else None, 20)
-    assert c2["reason"] == "timeout" and "3s of starting (last: DOWNLOADING)" in c2["message"]
-    assert time.time() - c2["started"] >= timeout
+    jobs = lambda: {j.device_id: j for j in coord.registry.jobs(dep.id)}  # noqa: E731
+    wait_for(lambda: getattr(jobs().get("a0"), "status", None) == "SUCCEEDED", 20)
+    c2 = wait_for(lambda: jobs()["c2"] if getattr(jobs().get("c2"), "status", None) == "TIMED_OUT" else None, 20)
+    assert c2.reason == "timeout" and "3s of starting (last: DOWNLOADING)" in c2.message
+    assert time.time() - c2.started >= timeout
     # the device is told to stop: its retained desired state no longer holds the job
-    wait_for(lambda: any(d.action == "none" and d.job_id == c2["job_id"] for d in fake.desired["c2"]), 10)
+    wait_for(lambda: any(d.action == "none" and d.job_id == c2.job_id for d in fake.desired["c2"]), 10)
     # the offline device that has not started keeps its queued job well past the timeout
     time.sleep(1.0)
-    assert jobs()["b1"]["status"] == "QUEUED" and time.time() - jobs()["b1"]["created"] > timeout
+    assert jobs()["b1"].status == "QUEUED" and time.time() - jobs()["b1"].created > timeout
     # a late update is ignored: the job stays TIMED_OUT, but what the device runs is recorded
-    fake.report("c2", c2["job_id"], "SUCCEEDED", 2, active_version="2")
+    fake.report("c2", c2.job_id, "SUCCEEDED", 2, active_version="2")
     wait_for(lambda: coord.counters["late_job_updates"] == 1, 10)
-    assert jobs()["c2"]["status"] == "TIMED_OUT"
-    assert coord.registry.device("f1", "c2")["active_version"] == "2"
-    assert coord.registry.deployment(dep["id"])["state"] == "running"  # 1 of 3 bad: within 50%
+    assert jobs()["c2"].status == "TIMED_OUT"
+    assert coord.registry.device("f1", "c2").active_version == "2"
+    assert coord.registry.deployment(dep.id).state == "running"  # 1 of 3 bad: within 50%
     # b1 returns: it gets its job (the clock starts now) and the deployment completes
     b1 = device(broker.url, b1_agent, tmp_path)
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
     assert b1_agent.active_version == "2"
-    summary = coord.summary(coord.registry.deployment(dep["id"]))
+    summary = coord.summary(coord.registry.deployment(dep.id))
     assert summary["counts"] == {"SUCCEEDED": 2, "TIMED_OUT": 1} and summary["job_timeout"] == timeout
     assert [e["kind"] for e in summary["events"]] == ["stage", "timed_out", "completed"]
     fake.close()
@@ -95,17 +95,17 @@ def test_lost_desired_is_redelivered_when_the_device_returns(broker: Any, tmp_pa
     coord = coordinator(broker.url, tmp_path / "reg.db")
     agent = make_agent("d0", install=archives["1"])
     s = device(broker.url, agent, tmp_path)
-    wait_for(lambda: (coord.registry.device("f1", "d0") or {}).get("online"))
+    wait_for(lambda: getattr(coord.registry.device("f1", "d0"), "online", False))
     publish, lost = coord._publish_desired, []
     # the coordinator recorded the job but the message never left (it died, or the broker lost it)
     monkeypatch.setattr(coord, "_publish_desired", lambda dev, d: lost.append(d) if not lost else publish(dev, d))
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.0, (1.0,), 0.0))
     wait_for(lambda: len(lost) == 1, 10)
     time.sleep(0.5)
-    assert [j["status"] for j in coord.registry.jobs(dep["id"])] == ["QUEUED"] and agent.active_version == "1"
+    assert [j.status for j in coord.registry.jobs(dep.id)] == ["QUEUED"] and agent.active_version == "1"
     s.stop()
     s = device(broker.url, agent, tmp_path)  # it reconnects: its newest queued job is published again
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
     assert agent.active_version == "2" and coord.counters["desired_redelivered"] == 1
     s.stop()
     coord.stop()

@@ -37,7 +37,7 @@ def test_memory_deploy_with_delta(tmp_path: Path, make_agent: Any, archives: dic
     coord, syncs = _fleet(tmp_path, make_agent, archives, 3, broker)
     coord.add_artifact(archives["1"].read_bytes())  # what the devices run: the delta base
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.34, (1.0,), 0.0))
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
     assert all(s.agent.active_version == "2" for s in syncs)
     assert sum(s.stats["delta_used"] for s in syncs) == 3
     for s in syncs:

@@ -31,7 +31,7 @@ def test_end_to_end_deploy_via_cli(broker: Any, tmp_path: Path, make_agent: Any,
                                    api: Any, capsys: Any, monkeypatch: Any) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
     syncs = [device(broker.url, make_agent(f"d{i}", install=archives["1"]), tmp_path) for i in range(4)]
-    wait_for(lambda: sum(d["online"] for d in coord.registry.devices("f1")) == 4)
+    wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 4)
     base = api(coord)
     monkeypatch.setenv("EDGEFLEET_TOKEN", "s3cret")
 
@@ -44,7 +44,7 @@ def test_end_to_end_deploy_via_cli(broker: Any, tmp_path: Path, make_agent: Any,
     assert {d["device_id"] for d in devices} == {"d0", "d1", "d2", "d3"}
     dep = cli("fleet", "deploy", str(archives["2"]), "--group", "g", "--canary", "25%", "--waves", "50%,100%",
               "--max-failure", "0%", "--api", base, "--json")
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 60)
+    wait_for(lambda: coord.registry.deployment(dep["id"]).state == "completed", 60)
     st = cli("fleet", "status", dep["id"], "--api", base, "--json")
     assert st["counts"] == {"SUCCEEDED": 4}
     assert sorted({j["stage"] for j in st["jobs"]}) == [0, 1, 2]  # canary, then two waves
@@ -53,7 +53,7 @@ def test_end_to_end_deploy_via_cli(broker: Any, tmp_path: Path, make_agent: Any,
     for s in syncs:
         s.agent.predict([[0.1, 0.2, 0.3, 0.4]])
         s.agent.flush_telemetry()
-    wait_for(lambda: any(r["predictions"] >= 4 for r in coord.registry.telemetry("f1", "g", "2")), 20)
+    wait_for(lambda: any(r.predictions >= 4 for r in coord.registry.telemetry("f1", "g", "2")), 20)
     tel = cli("fleet", "telemetry", "--group", "g", "--version", "2", "--api", base, "--json")
     assert sum(r["predictions"] for r in tel["rows"]) == 4
     # the API refuses a wrong token; OpenAPI is served
@@ -69,18 +69,18 @@ def test_end_to_end_deploy_via_cli(broker: Any, tmp_path: Path, make_agent: Any,
 def test_bad_canary_halts_rollout(broker: Any, tmp_path: Path, make_agent: Any, archives: dict[str, Path]) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
     syncs = [device(broker.url, make_agent(f"d{i}", install=archives["1"]), tmp_path) for i in range(4)]
-    wait_for(lambda: sum(d["online"] for d in coord.registry.devices("f1")) == 4)
+    wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 4)
     dep = coord.create_deployment(archives["3bad"].read_bytes(), "g", RolloutPlan(0.25, (0.5, 1.0), 0.02))
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "halted", 30)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "halted", 30)
     time.sleep(1.0)  # give a wrong dispatch the time to show
-    jobs = coord.registry.jobs(dep["id"])
-    assert len(jobs) == 1 and jobs[0]["status"] == "REJECTED"  # only the canary ever got it
-    canary = jobs[0]["device_id"]
+    jobs = coord.registry.jobs(dep.id)
+    assert len(jobs) == 1 and jobs[0].status == "REJECTED"  # only the canary ever got it
+    canary = jobs[0].device_id
     for s in syncs:
         assert s.agent.active_version == "1"
         if s.device_id != canary:
             assert s.stats["chunks_received"] == 0
-    assert "failed" in coord.registry.deployment(dep["id"])["reason"]
+    assert "failed" in coord.registry.deployment(dep.id).reason
     for s in syncs:
         s.stop()
     coord.stop()
@@ -90,16 +90,16 @@ def test_offline_device_catches_up(broker: Any, tmp_path: Path, make_agent: Any,
     coord = coordinator(broker.url, tmp_path / "reg.db")
     agents = {f"d{i}": make_agent(f"d{i}", install=archives["1"]) for i in range(3)}
     syncs = {d: device(broker.url, a, tmp_path) for d, a in agents.items()}
-    wait_for(lambda: sum(d["online"] for d in coord.registry.devices("f1")) == 3)
+    wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 3)
     syncs["d2"].stop()  # d2 goes away (graceful: it says so)
-    wait_for(lambda: not coord.registry.device("f1", "d2")["online"])
+    wait_for(lambda: not coord.registry.device("f1", "d2").online)
     dep = coord.create_deployment(archives["2"].read_bytes(), "g", RolloutPlan(0.34, (1.0,), 0.0))
-    wait_for(lambda: "d2" in {j["device_id"] for j in coord.registry.jobs(dep["id"])}, 30)
+    wait_for(lambda: "d2" in {j.device_id for j in coord.registry.jobs(dep.id)}, 30)
     time.sleep(0.5)
-    status = {j["device_id"]: j["status"] for j in coord.registry.jobs(dep["id"])}
-    assert status == {"d0": "SUCCEEDED", "d1": "SUCCEEDED", "d2": "QUEUED"} and coord.registry.deployment(dep["id"])["state"] == "running"
+    status = {j.device_id: j.status for j in coord.registry.jobs(dep.id)}
+    assert status == {"d0": "SUCCEEDED", "d1": "SUCCEEDED", "d2": "QUEUED"} and coord.registry.deployment(dep.id).state == "running"
     syncs["d2"] = device(broker.url, agents["d2"], tmp_path)  # back online: the retained desired state waits
-    wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+    wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
     assert agents["d2"].active_version == "2"
     for s in syncs.values():
         s.stop()

@@ -18,6 +18,7 @@ import pytest
 from helpers import serve_api
 
 from edgefleet.cloud_sync.coordinator.registry import Registry
+from edgefleet.cloud_sync.coordinator.rows import Principal
 from edgefleet.cloud_sync.coordinator.service import Coordinator
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
 
@@ -114,9 +115,9 @@ def test_a_drift_started_run_gets_a_deploy_token_of_its_own_and_no_coordinator_s
     # Assert 3: ... and nothing an admin does (real API: 403 naming the scope)
     for call in ("mint", "assign", "audit"):
         assert "403" in res[call] and "has scope deploy" in res[call], (call, res[call])
-    assert [t["name"] for t in reg.tokens("f")] == []  # the admin call created nothing; the run's token is gone
+    assert [t.name for t in reg.tokens("f")] == []  # the admin call created nothing; the run's token is gone
     # Assert 4: its calls are audited under the run's token name; the token was revoked when the run ended
-    who = {(e["who"], e["method"], e["status"]) for e in reg.audit("f")}
+    who = {(e.who, e.method, e.status) for e in reg.audit("f")}
     assert (f"fedrun-{run_id}", "PATCH", 200) in who and (f"fedrun-{run_id}", "POST", 403) in who
     assert reg.check_token("f", token) is None
 
@@ -136,7 +137,7 @@ def test_a_run_token_is_revoked_when_the_coordinator_stops_the_run(coord: Coordi
         while not probe_out.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         token = json.loads(probe_out.read_text())["token"]
-        assert reg.check_token("f", token) == {"name": f"fedrun-{run_id}", "scope": "deploy"}  # valid while it runs
+        assert reg.check_token("f", token) == Principal(f"fedrun-{run_id}", "deploy")  # valid while it runs
 
         auto.stop(timeout=10)
 
@@ -155,7 +156,7 @@ def test_tokens_of_runs_that_ended_unwatched_are_revoked_at_start(coord: Coordin
 
     AutoRetrain(coord, "http://127.0.0.1:9", None, tmp_path).attach()  # a coordinator (re)starts
 
-    assert sorted(t["name"] for t in reg.tokens("f")) == ["ci", f"fedrun-{running}"]
+    assert sorted(t.name for t in reg.tokens("f")) == ["ci", f"fedrun-{running}"]
 
 
 def test_the_superlink_and_flwr_run_get_none_of_the_coordinators_secrets(coordinator_secrets: None, tmp_path: Path,

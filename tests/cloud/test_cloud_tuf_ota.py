@@ -20,6 +20,7 @@ from conftest import wait_for
 from edgefleet import trust
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
+from edgefleet.cloud_sync.coordinator.rows import Deployment, Job
 from edgefleet.cloud_sync.coordinator.service import Coordinator, bundle_identity
 from edgefleet.cloud_sync.device import DeviceSync
 from edgefleet.cloud_sync.transport import MemoryBroker, MemoryTransport
@@ -100,13 +101,13 @@ def _stop(coord: Coordinator, syncs: list[DeviceSync]) -> None:
     coord.stop()
 
 
-def _job(coord: Coordinator, dep: dict[str, Any], device: str) -> dict[str, Any] | None:
-    return next((j for j in coord.registry.jobs(dep["id"]) if j["device_id"] == device), None)
+def _job(coord: Coordinator, dep: Deployment, device: str) -> Job | None:
+    return next((j for j in coord.registry.jobs(dep.id) if j.device_id == device), None)
 
 
-def _ended(coord: Coordinator, dep: dict[str, Any], device: str) -> dict[str, Any] | None:
+def _ended(coord: Coordinator, dep: Deployment, device: str) -> Job | None:
     j = _job(coord, dep, device)
-    return j if j is not None and j["status"] in P.TERMINAL_STATES else None
+    return j if j is not None and j.status in P.TERMINAL_STATES else None
 
 
 def test_tuf_ota_installs_the_signed_target_and_persists_metadata(tmp_path: Path, make_agent: Any,
@@ -121,7 +122,7 @@ def test_tuf_ota_installs_the_signed_target_and_persists_metadata(tmp_path: Path
                           tuf_repo=repo)
     try:
         dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
-        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
         assert all(s.agent.active_version == "2" for s in syncs)
         wait_for(lambda: seen)
         d = seen[0]
@@ -202,7 +203,7 @@ def test_forged_size_hash_and_tampered_metadata_are_refused_before_the_first_byt
         wait_for(lambda: s.malformed > before)
         # and the real job still installs afterwards
         dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
-        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
         assert s.agent.active_version == "2"
     finally:
         _stop(coord, syncs)
@@ -244,14 +245,14 @@ def test_rollback_orders_over_mqtt_are_signed_by_the_rollback_role(
     s = syncs[0]
     try:
         dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
-        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
         assert s.agent.active_version == "2"
         tuf = {k: v.decode() for k, v in trust.client_metadata(repo, "dense").items()}
         now = time.time()
 
         def order(job: str, *signers: Any, seq: int = 1 << 50) -> P.Desired:
-            doc = RollbackOrder("f1", "d0", dep["id"], job, "2", "1", seq, now, now + 3600).sign(list(signers))
-            return P.Desired(job, P.JobAction.ROLLBACK.value, dep["id"], "1", rollback_to="1", rollback_order=doc,
+            doc = RollbackOrder("f1", "d0", dep.id, job, "2", "1", seq, now, now + 3600).sign(list(signers))
+            return P.Desired(job, P.JobAction.ROLLBACK.value, dep.id, "1", rollback_to="1", rollback_order=doc,
                              tuf=tuf, model="dense")
 
         for job, signer in (("by-fleet-key", keys["priv"]), ("by-online-key", load_private_key(tkeys["dir"] /
@@ -262,12 +263,12 @@ def test_rollback_orders_over_mqtt_are_signed_by_the_rollback_role(
         u = _outcome(broker, s, dataclasses.replace(order("no-metadata", rb), tuf=None))
         assert (u.status, u.reason) == ("REJECTED", "no_repository") and s.agent.active_version == "2"
         # the coordinator's own order: signed by the rollback key, sent with the metadata, executed
-        coord.set_state(dep["id"], "rollback")
-        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep["id"]) if j["action"] == "rollback"
-                                        and j["status"] in P.TERMINAL_STATES), None), 30)
-        assert (rb_job["status"], rb_job["reason"]) == ("SUCCEEDED", "rolled_back"), rb_job
+        coord.set_state(dep.id, "rollback")
+        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep.id) if j.action == "rollback"
+                                        and j.status in P.TERMINAL_STATES), None), 30)
+        assert (rb_job.status, rb_job.reason) == ("SUCCEEDED", "rolled_back"), rb_job
         assert s.agent.active_version == "1"
-        sent = next(d for d in seen if d.job_id == rb_job["job_id"])
+        sent = next(d for d in seen if d.job_id == rb_job.job_id)
         assert sent.tuf and "metadata/timestamp.json" in sent.tuf and sent.rollback_order is not None
         assert s.stats["orders_refused"] == 3
     finally:
@@ -292,21 +293,21 @@ def test_a_rollback_role_of_threshold_two_needs_both_coordinator_keys(
     s = syncs[0]
     try:
         dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
-        wait_for(lambda: coord.registry.deployment(dep["id"])["state"] == "completed", 30)
-        coord.set_state(dep["id"], "rollback")
-        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep["id"]) if j["action"] == "rollback"
-                                        and j["status"] in P.TERMINAL_STATES), None), 30)
-        assert (rb_job["status"], rb_job["reason"]) == ("SUCCEEDED", "rolled_back"), rb_job
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 30)
+        coord.set_state(dep.id, "rollback")
+        rb_job = wait_for(lambda: next((j for j in coord.registry.jobs(dep.id) if j.action == "rollback"
+                                        and j.status in P.TERMINAL_STATES), None), 30)
+        assert (rb_job.status, rb_job.reason) == ("SUCCEEDED", "rolled_back"), rb_job
         assert s.agent.active_version == "1"
-        order = P.Desired.parse(rb_job["desired"].encode()).rollback_order
+        order = P.Desired.parse(rb_job.desired.encode()).rollback_order
         assert order is not None and len(order["signatures"]) == 2
         # the same order with one of its two signatures: refused, named
         now = time.time()
         from edgefleet.cloud_sync.wire.orders import RollbackOrder
 
-        one = RollbackOrder("f1", "d0", dep["id"], "one-sig", "2", "1", 1 << 50, now, now + 3600).sign(rb)
+        one = RollbackOrder("f1", "d0", dep.id, "one-sig", "2", "1", 1 << 50, now, now + 3600).sign(rb)
         tuf = {k: v.decode() for k, v in trust.client_metadata(repo, "dense").items()}
-        u = _outcome(broker, s, P.Desired("one-sig", P.JobAction.ROLLBACK.value, dep["id"], "1", rollback_to="1",
+        u = _outcome(broker, s, P.Desired("one-sig", P.JobAction.ROLLBACK.value, dep.id, "1", rollback_to="1",
                                           rollback_order=one, tuf=tuf, model="dense"))
         assert (u.status, u.reason) == ("REJECTED", "order_threshold"), u
     finally:
@@ -321,7 +322,7 @@ def test_a_job_without_metadata_or_with_expired_metadata_is_refused(
     try:
         dep = coord.create_deployment(archives["2"].read_bytes(), "g", ALL)
         j = wait_for(lambda: _ended(coord, dep, "d0"))
-        assert (j["status"], j["reason"]) == ("REJECTED", "no_repository")
+        assert (j.status, j.reason) == ("REJECTED", "no_repository")
         assert syncs[0].agent.active_version == "1" and syncs[0].stats["requested"] == 0
     finally:
         _stop(coord, syncs)
@@ -350,7 +351,7 @@ def test_a_job_for_another_model_is_refused_before_download(tmp_path: Path, make
     try:
         dep = coord.create_deployment(extra["other"].read_bytes(), "g", ALL)
         j = wait_for(lambda: _ended(coord, dep, "d0"))
-        assert (j["status"], j["reason"]) == ("REJECTED", "wrong_model")
+        assert (j.status, j.reason) == ("REJECTED", "wrong_model")
         assert syncs[0].stats["requested"] == 0 and syncs[0].agent.active_version == "1"
     finally:
         _stop(coord, syncs)

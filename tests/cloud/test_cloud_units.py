@@ -198,19 +198,19 @@ def test_registry_backends(backend: str, tmp_path: Any) -> None:
     try:
         reg.upsert_device("f", "d1", group_name="g", online=True)
         reg.upsert_device("f", "d1", group_name="other")  # a known device keeps its group
-        assert reg.device("f", "d1")["group"] == "g"
+        assert reg.device("f", "d1").group == "g"
         recs = [{"seq": i, "ts": 1.0, "kind": "metrics", "data": {"versions": {"2": {"predictions": 5, "errors": 1}}}}
                 for i in range(1, 4)]
         assert reg.ingest("f", "d1", "g", recs) == 3
         assert reg.ingest("f", "d1", "g", recs) == 0  # a re-sent batch is not counted twice
         rows = reg.telemetry("f", "g", "2")
-        assert rows[0]["predictions"] == 15 and rows[0]["errors"] == 3
+        assert rows[0].predictions == 15 and rows[0].errors == 3
         dep = reg.create_deployment("f", "a" * 64, "m", "2", "g", 0.1, [1.0], 0.0, ["d1"])
         job = reg.add_job("f", dep, "d1", "install", 0)
         assert reg.update_job(job, 2, status="IN_PROGRESS")
         assert not reg.update_job(job, 1, status="QUEUED")  # stale
         assert not reg.update_job(job, 2, status="QUEUED")  # duplicate
-        assert reg.job(job)["status"] == "IN_PROGRESS"
+        assert reg.job(job).status == "IN_PROGRESS"
     finally:
         reg.drop_all()
         reg.close()

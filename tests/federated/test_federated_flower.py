@@ -94,7 +94,7 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
         cloud_fleet.connect(agent, tmp_path)
     fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
     reg = cloud_fleet.coord.registry
-    cloud_fleet.wait_for(lambda: sum(d["online"] for d in reg.devices("f1")) == 3)
+    cloud_fleet.wait_for(lambda: sum(d.online for d in reg.devices("f1")) == 3)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     base = ["federated", "run", "--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
@@ -109,7 +109,7 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     dep_id = summary["deployment"]["id"]
-    cloud_fleet.wait_for(lambda: reg.deployment(dep_id)["state"] == "completed", 60)
+    cloud_fleet.wait_for(lambda: reg.deployment(dep_id).state == "completed", 60)
 
     # Assert: the aggregate beats every device's local-only model; the tiny device declined each round
     assert code == 0
@@ -134,21 +134,21 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     assert lineage["federated"]["rounds"] == 3 and lineage["federated"]["strategy"] == "fedavg"
     assert lineage["federated"]["flower_run_id"] == run["run_id"] and lineage["recipe"]["output"]["key"] is None
     jobs = reg.jobs(dep_id)
-    stages = sorted(j["stage"] for j in jobs)
-    assert len(jobs) == 3 and stages[0] == 0 and stages[-1] == 1 and {j["status"] for j in jobs} == {"SUCCEEDED"}
+    stages = sorted(j.stage for j in jobs)
+    assert len(jobs) == 3 and stages[0] == 0 and stages[-1] == 1 and {j.status for j in jobs} == {"SUCCEEDED"}
     for agent in agents:
         assert agent.active_version == "2"
         probs = np.asarray(agent.predict(digits.x_test[:100] * 16.0))
         assert float(np.mean(probs.argmax(1) == digits.y_test[:100])) > max(local_acc)
     # the per-round metrics are in the registry, served by the API and shown by fleet status
     rec = reg.fed_run(summary["record_id"])
-    assert rec["status"] == "deployed" and rec["group"] == "g" and rec["result"]["deployment"]["id"] == dep_id
-    assert [r["round"] for r in rec["round_metrics"]] == [1, 2, 3]
-    assert all(r["participants"] == 3 and r["declined"] == 1 and r["strategy"] == "fedavg"
-               for r in rec["round_metrics"])
-    last = rec["round_metrics"][-1]
-    assert last["central_accuracy"] == pytest.approx(federated) and last["eval_accuracy"] is not None
-    assert last["train_loss"] is not None and last["seconds"] > 0 and last["dp_epsilon"] is None
+    assert rec.status == "deployed" and rec.group == "g" and rec.result["deployment"]["id"] == dep_id
+    assert [r.round for r in rec.round_metrics] == [1, 2, 3]
+    assert all(r.participants == 3 and r.declined == 1 and r.strategy == "fedavg"
+               for r in rec.round_metrics)
+    last = rec.round_metrics[-1]
+    assert last.central_accuracy == pytest.approx(federated) and last.eval_accuracy is not None
+    assert last.train_loss is not None and last.seconds > 0 and last.dp_epsilon is None
     assert cli_main(["fleet", "status", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["federated_runs"][0]["id"] == rec["id"] and len(status["federated_runs"][0]["round_metrics"]) == 3

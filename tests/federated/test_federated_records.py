@@ -43,18 +43,19 @@ def test_federated_registry_keeps_runs_rounds_and_retrain_settings(backend: str,
 
         # Assert
         doc = reg.fed_run(run)
-        assert doc is not None and doc["status"] == "promoted" and doc["trigger"] == "drift"
-        assert doc["result"] == {"gate": {"promoted": True, "version": "2"}, "deployment": {"id": "d1"}}
-        assert [r["round"] for r in doc["round_metrics"]] == [1, 2]
-        r2 = doc["round_metrics"][1]
-        assert (r2["participants"], r2["failures"], r2["declined"], r2["examples"]) == (3, 1, 1, 480)
-        assert r2["train_loss"] == pytest.approx(0.4) and r2["eval_accuracy"] == pytest.approx(0.85)
-        assert r2["central_accuracy"] == pytest.approx(0.91) and r2["dp_epsilon"] == pytest.approx(3.5)
-        assert doc["round_metrics"][0]["train_loss"] is None and doc["round_metrics"][0]["dp_epsilon"] is None
-        assert [r["id"] for r in reg.fed_runs("f")] == [other, run]
-        assert [r["id"] for r in reg.fed_runs("f", "g")] == [run]
-        assert reg.retrain("f") == [{"group": "g", "on_drift": True, "updated": pytest.approx(time.time(), abs=60),
-                                     "policy": {"min_devices": 2, "args": ["--min-nodes", "1"]}}]
+        assert doc is not None and doc.status == "promoted" and doc.trigger == "drift"
+        assert doc.result == {"gate": {"promoted": True, "version": "2"}, "deployment": {"id": "d1"}}
+        assert [r.round for r in doc.round_metrics] == [1, 2]
+        r2 = doc.round_metrics[1]
+        assert (r2.participants, r2.failures, r2.declined, r2.examples) == (3, 1, 1, 480)
+        assert r2.train_loss == pytest.approx(0.4) and r2.eval_accuracy == pytest.approx(0.85)
+        assert r2.central_accuracy == pytest.approx(0.91) and r2.dp_epsilon == pytest.approx(3.5)
+        assert doc.round_metrics[0].train_loss is None and doc.round_metrics[0].dp_epsilon is None
+        assert [r.id for r in reg.fed_runs("f")] == [other, run]
+        assert [r.id for r in reg.fed_runs("f", "g")] == [run]
+        assert [r.to_dict() for r in reg.retrain("f")] == [
+            {"group": "g", "on_drift": True, "updated": pytest.approx(time.time(), abs=60),
+             "policy": {"min_devices": 2, "args": ["--min-nodes", "1"]}}]
     finally:
         reg.drop_all()
         reg.close()
@@ -186,10 +187,10 @@ def test_federated_autoretrain_respects_recorded_runs_and_records_a_run_that_die
     assert in_cooldown is None and started is not None and after is not None and after != started
     assert while_running is None
     run = reg.fed_run(started)
-    assert run["trigger"] == "drift" and run["reason"] == "drift on 1 device(s) of h: d2"
-    assert run["status"].startswith("failed: exit code 3; see ") and str(tmp_path / "runs" / started) in run["status"]
-    assert "--record-id " + started in run["result"]["command"] and TOKEN not in run["result"]["command"]
-    assert [r["id"] for r in reg.fed_runs("f1", "g")] == [earlier]
+    assert run.trigger == "drift" and run.reason == "drift on 1 device(s) of h: d2"
+    assert run.status.startswith("failed: exit code 3; see ") and str(tmp_path / "runs" / started) in run.status
+    assert "--record-id " + started in run.result["command"] and TOKEN not in run.result["command"]
+    assert [r.id for r in reg.fed_runs("f1", "g")] == [earlier]
 
 
 def test_federated_drift_runs_use_the_coordinators_superlink_unless_told_otherwise(api: tuple[str, Any],

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgefleet.cloud_sync.coordinator.rows import FedRun
 from edgefleet.cloud_sync.federated.aggregate import gaussian_epsilon
 from edgefleet.cloud_sync.federated.partition import non_iid_partitions
 from edgefleet.cloud_sync.federated.trainer import MLPSpec
@@ -52,7 +53,7 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
             for xi, yi in zip(digits.x_train[parts[i]][:150], digits.y_train[parts[i]][:150]):
                 agent.feedback(xi, int(yi))
             fleet.add_node_for(name, agent.root / "samples.db")
-    cloud_fleet.wait_for(lambda: sum(d["online"] for d in reg.devices(fleet_id)) == 3)
+    cloud_fleet.wait_for(lambda: sum(d.online for d in reg.devices(fleet_id)) == 3)
     clip, noise = 0.01, 0.5  # central DP: each update clipped to norm 0.01, Gaussian noise std 0.5 * 0.01 / 2
     run_options = ["--superlink", fleet.link.address, "--min-nodes", "2", "--local-epochs", "1",
                    "--round-timeout", "60", "--timeout", "150", "--layers", "64,10", "--dp-noise", str(noise),
@@ -61,8 +62,8 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
     assert cli_main(["fleet", "retrain", *common, "--group", "g", "--on-drift", "on", "--min-devices", "2",
                      "--cooldown", "3600", "--rounds", "1", "--", *run_options]) == 0
 
-    def drift_runs() -> list[dict[str, Any]]:
-        return [r for r in reg.fed_runs(fleet_id, limit=50) if r["trigger"] == "drift"]
+    def drift_runs() -> list[FedRun]:
+        return [r for r in reg.fed_runs(fleet_id, limit=50) if r.trigger == "drift"]
 
     # Act 1: one device of g drifts (below min-devices), and the group h without auto-retraining drifts
     _drift(agents[0])
@@ -77,7 +78,7 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
     for a in agents[:2]:
         _drift(a)
     cloud_fleet.wait_for(lambda: len(reg.alerts(fleet_id)) == 5)
-    run = cloud_fleet.wait_for(lambda: (r := reg.fed_run(drift_runs()[0]["id"])) and r["status"] not in
+    run = cloud_fleet.wait_for(lambda: (r := reg.fed_run(drift_runs()[0].id)) and r.status not in
                                ("starting", "running", "aggregated") and r, 180)
 
     # Act 3: after the run, new alerts within the cool-down start nothing
@@ -87,28 +88,28 @@ def test_federated_drift_alerts_start_one_recorded_run_per_cooldown(fleet: Fleet
     time.sleep(0.5)
 
     # Assert: exactly one run, for g, recorded by the run itself with its round; the token is not on its command line
-    log = (tmp_path / "runs" / run["id"] / "run.log")
-    assert run["status"] == "finished", (run, log.read_text()[-3000:] if log.exists() else "no log")
-    assert len(drift_runs()) == 1 and run["group"] == "g" and run["trigger"] == "drift"
-    assert run["reason"] == "drift on 2 device(s) of g: a0, a1"
-    assert run["rounds"] == 1 and run["flower_run_id"] and run["config"]["min-nodes"] == 2
-    assert [r["participants"] for r in run["round_metrics"]] == [2]
-    assert run["round_metrics"][0]["train_accuracy"] is not None
+    log = (tmp_path / "runs" / run.id / "run.log")
+    assert run.status == "finished", (run, log.read_text()[-3000:] if log.exists() else "no log")
+    assert len(drift_runs()) == 1 and run.group == "g" and run.trigger == "drift"
+    assert run.reason == "drift on 2 device(s) of g: a0, a1"
+    assert run.rounds == 1 and run.flower_run_id and run.config["min-nodes"] == 2
+    assert [r.participants for r in run.round_metrics] == [2]
+    assert run.round_metrics[0].train_accuracy is not None
     # central DP: the budget spent is recorded per round and for the run ...
     eps = gaussian_epsilon(noise, 1, 1e-5)
-    assert run["round_metrics"][0]["dp_epsilon"] == pytest.approx(eps)
-    assert run["result"]["privacy"]["epsilon"] == pytest.approx(eps)
+    assert run.round_metrics[0].dp_epsilon == pytest.approx(eps)
+    assert run.result["privacy"]["epsilon"] == pytest.approx(eps)
     # ... and the aggregate moved by the clipped mean (<= 0.01) plus noise of about 0.0025 * sqrt(650) = 0.064,
     # far less than an unclipped local update
-    with np.load(tmp_path / "runs" / run["id"] / "out" / "aggregate.npz") as z:
+    with np.load(tmp_path / "runs" / run.id / "out" / "aggregate.npz") as z:
         w = [z[f"arr_{i}"] for i in range(len(z.files))]
     moved = float(np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(w, MLPSpec.parse("64,10").init(0)))))
     assert 0.04 < moved < 0.1, moved
-    command = run["result"]["command"]
-    assert f"--record-id {run['id']}" in command and "--group g" in command and "--rounds 1" in command
+    command = run.result["command"]
+    assert f"--record-id {run.id}" in command and "--group g" in command and "--rounds 1" in command
     assert CloudFleet.TOKEN not in command
     # the run recorded its end just before its process exits: the launcher reaps it (a loaded machine: seconds)
     cloud_fleet.wait_for(lambda: not retrain.children, 60)
-    assert json.loads((tmp_path / "runs" / run["id"] / "summary.json").read_text())["record_id"] == run["id"]
+    assert json.loads((tmp_path / "runs" / run.id / "summary.json").read_text())["record_id"] == run.id
     for a in agents:
         a.close()
