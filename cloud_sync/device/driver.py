@@ -1,18 +1,19 @@
 """The device side of cloud sync: connects an :class:`edgefleet.device_agent.Agent` to the broker.
 
+This is the driver of :class:`~.machine.DeviceMachine`, which makes every decision (duplicate, replayed,
+superseded and canceled jobs, chunks, rollback orders, reports): it parses what arrives, feeds it to the
+machine as events and performs the actions the machine returns (publishing, the chunk file on disk, the
+agent's install and rollback), feeding the answers back. What it does besides:
+
 * Birth (retained status, session counter persisted and raised on every start)
   and a last will that marks the device offline with the same counter.
-* Desired jobs (retained, so a device that was away gets them when it returns)
-  are run through the agent's own install path; each agent job transition is
-  reported with a rising ``version``. Finished job ids are remembered, so a
-  duplicate or replayed desired message does nothing. A job that arrives while
-  an install is running waits for it to end.
-* A rollback runs only on a signed order (:mod:`.orders`) naming this device and
-  job, newer than the last one executed; anything else is reported REJECTED with
-  the order's reason and the active version stays. In TUF mode the order must be
-  signed by a threshold of the repository's rollback role, checked by python-tuf
-  against the metadata sent with the job (no metadata: ``no_repository``).
-* Bundles arrive in chunks (:mod:`.transfer`), kept on disk so a restart or a
+* Desired jobs are run through the agent's own install path; each agent job transition reaches the machine
+  through the agent's job hooks.
+* Rollback orders are verified here (:mod:`..wire.orders`) against the agent's trusted keys and its order
+  ledger; in TUF mode the order must be signed by a threshold of the repository's rollback role, checked by
+  python-tuf against the metadata sent with the job (no metadata: ``no_repository``). Before a download, a job
+  for another model is refused, and in TUF mode the file must be the signed target.
+* Bundles arrive in chunks (:mod:`..wire.transfer`), kept on disk so a restart or a
   broker outage resumes; a bsdiff4 delta is used when offered against the
   archive the device holds, the full file otherwise or when the delta fails.
   A file declared larger than ``max_bundle_bytes`` (default: the agent's store
@@ -29,59 +30,71 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.atomic import write_atomic
 from edgefleet.errors import EdgefleetError, ProtocolError, SyncError, TrustError, UpdateRejectedError
 
-from .transport import Transport, Will
-from .wire import protocol as P
-from .wire.orders import OrderRefused, RollbackOrder, check_order
-from .wire.transfer import (
-    TOO_LARGE,
-    Begin,
-    CheckWhole,
-    ChunkArrived,
-    ChunkFile,
-    Complete,
-    Fail,
-    Receiver,
-    Request,
-    Stalled,
-    Store,
-    Verified,
-    apply_delta,
-    too_large_message,
-)
+from ..transport import Transport, Will
+from ..wire import protocol as P
+from ..wire.orders import OrderRefused, RollbackOrder, check_order
+from ..wire.transfer import DEFAULT_MAX_BUNDLE_BYTES, ChunkFile, apply_delta
+from . import machine as M
 
 log = logging.getLogger("edgefleet.cloud_sync.device")
 
 TransportFactory = Callable[[Will], Transport]
 
 
-@dataclass
-class _Active:
-    desired: P.Desired
-    version: int = 0
-    receiver: Receiver | None = None
-    file: ChunkFile | None = None
-    using_delta: bool = False
-    last_chunk: float = 0.0
-    installing: bool = False
-    mirror: Path | None = None  # TUF mode: the job's metadata, the install is checked against it
+class AgentStore(Protocol):
+    """What the driver uses of the agent's model store."""
+
+    def state(self) -> Any:
+        """The store's state: ``active`` and ``previous`` entries (``id``, ``version``) or None."""
+
+    def object_path(self, object_id: str) -> Path: ...
 
 
-def _default_cap(agent: Any) -> int:
+class Agent(Protocol):
+    """What :class:`DeviceSync` needs of its agent (:class:`edgefleet.device_agent.Agent` has it all). Optional
+    members, read with ``getattr`` and a default: ``model_identity``, ``tuf_mode``, ``trusted_keys``,
+    ``orders`` (the order ledger), ``config.store.quota_mb``, ``config.update``, ``config.require_signature``,
+    ``config.hardware_tags``."""
+
+    job_hooks: list[Callable[[Any], None]]
+
+    @property
+    def store(self) -> AgentStore: ...
+
+    @property
+    def config(self) -> Any: ...
+
+    @property
+    def telemetry(self) -> Any: ...
+
+    @property
+    def active_version(self) -> str | None: ...
+
+    @property
+    def root(self) -> Path:
+        """The agent's state directory (read in TUF mode only)."""
+
+    def install(self, source: str | Path, *, job_id: str | None = None,
+                repo: str | os.PathLike[str] | None = None) -> Any: ...
+
+    def rollback(self) -> Any: ...
+
+
+def _default_cap(agent: Agent) -> int:
     """The agent's store quota (a bundle larger than it could never be installed), else the default."""
-    from .wire.transfer import DEFAULT_MAX_BUNDLE_BYTES
-
     quota = getattr(getattr(getattr(agent, "config", None), "store", None), "quota_mb", None)
     return int(quota * (1 << 20)) if isinstance(quota, (int, float)) and quota > 0 else DEFAULT_MAX_BUNDLE_BYTES
 
@@ -122,12 +135,12 @@ class MqttSink:
 
 
 class DeviceSync:
-    """Runs one device's side of the protocol. ``agent`` may be any object with the Agent API
-    (``install``, ``rollback``, ``active_version``, ``store``, ``jobs``, ``job_hooks``, ``telemetry``)."""
+    """Runs one device's side of the protocol: the driver of a :class:`~.machine.DeviceMachine`. ``agent`` is
+    anything with the :class:`Agent` members (the device agent's ``Agent``, or a fake in tests)."""
 
     def __init__(
         self,
-        agent: Any,
+        agent: Agent,
         make_transport: TransportFactory,
         fleet: str,
         device_id: str,
@@ -161,14 +174,15 @@ class DeviceSync:
         self.transport.on_connect(lambda: self._q.put(("connected", None)))
         self.sink = MqttSink(self)
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._active: _Active | None = None
-        self._pending: P.Desired | None = None  # arrived while an install was running
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.malformed = 0
-        self.stats = {"chunks_received": 0, "duplicates": 0, "rerequested": 0, "requested": 0, "delta_used": 0,
-                      "delta_failed": 0, "bytes_received": 0, "telemetry_acked": 0, "orders_refused": 0}
         self._base_cache: tuple[str, str, Path] | None = None  # (object id, sha256, path)
+        self._file: ChunkFile | None = None  # the running job's chunk file
+        self._order_verified = False
+        self.machine = M.DeviceMachine(_Checks(self), state=self._state, max_bundle_bytes=self.max_bundle_bytes,
+                                       window=window, stall_seconds=stall_seconds)
+        self.stats = self.machine.stats  # the machine's counters and the driver's (telemetry_acked), one dict
         agent.job_hooks.append(lambda job: self._q.put(("agent_job", job)))
 
     # -- persistence ------------------------------------------------------------------------------
@@ -182,8 +196,10 @@ class DeviceSync:
     def _save_state(self) -> None:
         write_atomic(self.dir / "sync.json", json.dumps(self._state).encode())
 
-    def _finished(self) -> dict[str, Any]:
-        return self._state.setdefault("finished", {})
+    @property
+    def _active(self) -> M.ActiveJob | None:
+        """The job the machine is running (tests and tools look at it)."""
+        return self.machine.active
 
     # -- topics and publishing ----------------------------------------------------------------------
     def topic(self, kind: P.Up) -> str:
@@ -241,10 +257,9 @@ class DeviceSync:
         self._q.put(("stop", None))
         for t in self._threads:
             t.join(timeout=10)
-        a = self._active
-        if a and a.file:
-            a.file.sync()
-            a.file.close()
+        if self._file is not None:
+            self._file.sync()
+            self._file.close()
         self.transport.close()
 
     # -- inbound ------------------------------------------------------------------------------------------
@@ -276,118 +291,117 @@ class DeviceSync:
                 if kind == "stop":
                     return
                 if kind == "connected":
-                    self._birth()
-                    self._resume_after_connect()
+                    self._run(M.Connected())
                 elif kind == "desired":
                     self._on_desired(value)
                 elif kind == "chunk":
                     self._on_chunk(value)
                 elif kind == "agent_job":
                     self._on_agent_job(value)
-                self._check_stall()
+                self._run(M.Tick(self.transport.connected))
             except Exception:  # the worker must survive anything
                 log.exception("sync worker error on %s", kind)
 
-    def _resume_after_connect(self) -> None:
-        a = self._active
-        if a is None:
-            cur = self._state.get("current")
-            if cur:
-                try:
-                    self._on_desired(P.Desired.from_dict(cur))
-                except ProtocolError:
-                    self._state.pop("current", None)
-            return
-        if a.receiver is not None:
-            a.last_chunk = time.monotonic()  # give in-flight chunks a moment before asking again
-
-    def _check_stall(self) -> None:
-        a = self._active
-        if a is None or a.receiver is None or a.installing or not self.transport.connected:
-            return
-        if time.monotonic() - a.last_chunk >= self.stall_seconds:
-            a.last_chunk = time.monotonic()
-            self._drive(a, a.receiver.handle(Stalled()))
-
-    def _report(self, a: _Active, status: str, step: str = "", reason: str = "", message: str = "",
-                details: dict[str, Any] | None = None) -> None:
-        a.version += 1
-        self._state.setdefault("versions", {})[a.desired.job_id] = a.version
-        self._publish(P.Up.JOB, P.JobUpdate(a.desired.job_id, status, a.version, a.version - 1, step, reason,
-                                             message[:2000], self.agent.active_version or "", details or {},
-                                             time.time()))
-        if status in P.TERMINAL_STATES:
-            self._finished()[a.desired.job_id] = {"status": status, "reason": reason, "version": a.version}
-            fin = self._finished()
-            while len(fin) > 50:
-                fin.pop(next(iter(fin)))
-            self._state.pop("current", None)
-            self._save_state()
-            if a.file is not None:
-                a.file.discard()
-            if self._active is a:
-                self._active = None
-            self._birth()
-            pending, self._pending = self._pending, None
-            if pending is not None and self._active is None:
-                self._on_desired(pending)
-
     def _on_desired(self, d: P.Desired) -> None:
-        if d.action == P.JobAction.NONE.value:
-            a = self._active
-            if a is not None and a.desired.job_id == d.job_id and not a.installing:
-                self._report(a, "CANCELED", reason="canceled")
-            return
-        done = self._finished().get(d.job_id)
-        if done is not None:  # a replayed or duplicate desired: repeat the outcome, do nothing else
-            self._publish(P.Up.JOB, P.JobUpdate(d.job_id, done["status"], int(done["version"]),
-                                                 int(done["version"]) - 1, "", done.get("reason", ""), "",
-                                                 self.agent.active_version or ""))
-            return
-        a = self._active
-        if a is not None:
-            if a.desired.job_id == d.job_id:
-                return  # duplicate
-            if a.installing:
-                self._pending = d  # taken up when the install ends
-                return
-            if a.file is not None:
-                a.file.close()
-            self._report(a, "CANCELED", reason="superseded", message=f"superseded by job {d.job_id}")
-        a = _Active(d, version=int(self._state.get("versions", {}).get(d.job_id, 0)))
-        self._active = a
-        self._state["current"] = d.to_dict()
-        self._save_state()
-        if d.action == P.JobAction.ROLLBACK.value:
-            self._rollback(a)
-            return
-        assert d.file is not None
-        if self.agent.active_version == d.target_version and d.target_version:
-            self._report(a, "SUCCEEDED", reason="already_active")
-            return
-        try:
-            a.mirror = self._check_before_download(d)
-        except UpdateRejectedError as exc:
-            log.warning("job %s refused before download: %s", d.job_id, exc)
-            self._report(a, "REJECTED", reason=exc.reason, message=str(exc))
-            return
-        if d.file.size > self.max_bundle_bytes:  # the size is not signed: bound it before any work
-            self._report(a, "REJECTED", reason=TOO_LARGE, message=too_large_message(d.file.size, self.max_bundle_bytes))
-            return
-        self._report(a, "DOWNLOADING", step="downloading")
-        base = None
-        # a delta is never larger than the file it rebuilds (whose size, in TUF mode, is the signed target's): the
-        # rebuilt archive is checked against the file's sha256 before install
-        if d.delta is not None and d.delta_base and d.delta.size <= min(self.max_bundle_bytes, d.file.size):
-            try:
-                base = self.base_archive()
-            except Exception:
-                base = None
-        if d.delta is not None and base is not None and base[0] == d.delta_base:
-            self._start_transfer(a, d.delta, using_delta=True)
-        else:
-            self._start_transfer(a, d.file, using_delta=False)
+        self._run(M.DesiredIn(d))
 
+    def _on_chunk(self, chunk: P.Chunk) -> None:
+        self._run(M.ChunkIn(chunk))
+
+    def _on_agent_job(self, job: Any) -> None:
+        self._run(M.AgentJob(job.job_id, job.status.value, job.step.value, job.reason, job.message))
+
+    def _run(self, event: M.Event) -> None:
+        """Feed one event to the machine and perform its actions; an action's answer is fed back at once and
+        its actions run before the rest (as the calls they replace did)."""
+        todo = deque(self.machine.handle(event))
+        while todo:
+            answer = self._perform(todo.popleft())
+            if answer is not None:
+                todo.extendleft(reversed(self.machine.handle(answer)))
+
+    def _perform(self, act: M.Action) -> M.Event | None:  # noqa: C901 - one branch per action
+        if isinstance(act, M.Report):
+            self._publish(P.Up.JOB, act.update)
+        elif isinstance(act, M.RequestChunks):
+            self._publish(P.Up.CHUNKS, act.request)
+        elif isinstance(act, M.StoreChunk):
+            assert self._file is not None
+            self._file.write(act.index, act.data)
+        elif isinstance(act, M.SaveState):
+            self._save_state()
+        elif isinstance(act, M.Birth):
+            self._birth()
+        elif isinstance(act, M.OpenFile):
+            self._file = ChunkFile(self.dir / "transfers", act.info, max_bytes=self.max_bundle_bytes)
+            return M.Opened(frozenset(self._file.have))
+        elif isinstance(act, M.CheckFile):
+            assert self._file is not None
+            return M.FileChecked(self._file.verify())
+        elif isinstance(act, M.DiscardFile):
+            if self._file is not None:
+                self._file.discard()
+                self._file = None
+        elif isinstance(act, M.PrepareInstall):
+            return self._prepare(act)
+        elif isinstance(act, M.Install):
+            try:  # every transition comes back through the agent's job hook
+                if act.mirror is not None:  # TUF mode: checked again against the signed target, with delegated keys
+                    self.agent.install(act.path, job_id=act.job_id, repo=act.mirror)
+                else:
+                    self.agent.install(act.path, job_id=act.job_id)
+            except EdgefleetError as exc:
+                return M.InstallFailed(str(exc))
+        elif isinstance(act, M.RecordOrder):
+            return self._record_order(act)
+        elif isinstance(act, M.Rollback):
+            try:
+                self.agent.rollback()
+            except EdgefleetError as exc:
+                return M.RollbackFailed(str(exc))
+            return M.RolledBack()
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown action {act!r}")
+        return None
+
+    def _prepare(self, act: M.PrepareInstall) -> M.Event:
+        """The complete chunk file as ``incoming.efb``: the delta applied to the base archive, or the file itself."""
+        f = self._file
+        assert f is not None
+        path = self.dir / "incoming.efb"
+        if act.using_delta:
+            base = self.base_archive()
+            try:
+                if base is None:
+                    raise SyncError("the delta base is gone")
+                data = apply_delta(base[1].read_bytes(), f.read(), act.file)
+            except SyncError as exc:
+                log.warning("delta failed (%s); fetching the full bundle", exc)
+                return M.DeltaFailed(str(exc))  # the machine discards the file and fetches the full one
+            f.discard()
+            path.write_bytes(data)
+        else:
+            f.close()
+            f.data_path.replace(path)
+            f.discard()
+        self._file = None
+        return M.Prepared(path)
+
+    def _record_order(self, act: M.RecordOrder) -> M.Event:
+        """The order's seq in sync.json and the agent's ledger, fsynced, before it is executed."""
+        order = act.order
+        ledger = getattr(self.agent, "orders", None)
+        try:
+            self._save_state()
+            if ledger is not None:
+                ledger.record(f"fleet:{order.job_id}:{order.seq}", order.issued_at, signed=act.signed,
+                              seq=order.seq, job=order.job_id)
+        except OSError as exc:  # not remembered, so not executed (a full disk): the active version stays
+            return M.OrderNotRecorded("disk_full" if exc.errno == 28 else "io_error",
+                                      f"cannot record the rollback order: {exc}")
+        return M.OrderRecorded()
+
+    # -- checks (the machine calls them through _Checks) ------------------------------------------------------
     def _check_before_download(self, d: P.Desired) -> Path | None:
         """Refusals that need no byte of the bundle: a job for another model than the one this device serves
         (``wrong_model``), and in TUF mode a file that is not exactly the signed target of (model, version):
@@ -429,98 +443,6 @@ class DeviceSync:
                                       reason="disk_full" if exc.errno == 28 else "io_error") from None
         return mirror
 
-    def _start_transfer(self, a: _Active, info: P.FileInfo, using_delta: bool) -> None:
-        a.using_delta = using_delta
-        a.file = ChunkFile(self.dir / "transfers", info, max_bytes=self.max_bundle_bytes)
-        a.receiver = Receiver(a.desired.job_id, info, window=self.window, max_bytes=self.max_bundle_bytes)
-        a.last_chunk = time.monotonic()
-        self._drive(a, a.receiver.handle(Begin(frozenset(a.file.have))))
-
-    def _drive(self, a: _Active, actions: list[Any]) -> None:
-        pending = list(actions)
-        while pending:
-            act = pending.pop(0)
-            r = a.receiver
-            assert r is not None and a.file is not None
-            if isinstance(act, Request):
-                self._publish(P.Up.CHUNKS, P.ChunkRequest.make(a.desired.job_id, r.info.file_id, r.info.chunks,
-                                                                list(act.indices)))
-            elif isinstance(act, Store):
-                a.file.write(act.index, act.data)
-            elif isinstance(act, CheckWhole):
-                pending.extend(r.handle(Verified(a.file.verify())))
-            elif isinstance(act, Complete):
-                self._transfer_done(a)
-            elif isinstance(act, Fail):
-                a.file.discard()
-                if a.using_delta:
-                    self.stats["delta_failed"] += 1
-                    assert a.desired.file is not None
-                    self._start_transfer(a, a.desired.file, using_delta=False)
-                else:
-                    self._report(a, "FAILED", reason=act.reason, message=act.message)
-                return
-
-    def _on_chunk(self, chunk: P.Chunk) -> None:
-        a = self._active
-        if a is None or a.receiver is None or a.installing:
-            return
-        self.stats["chunks_received"] += 1
-        self.stats["bytes_received"] += len(chunk.data)
-        before = a.receiver.duplicates
-        a.last_chunk = time.monotonic()
-        self._drive(a, a.receiver.handle(ChunkArrived(chunk)))
-        if a.receiver is not None:
-            self.stats["duplicates"] += a.receiver.duplicates - before
-
-    def _transfer_done(self, a: _Active) -> None:
-        r, f = a.receiver, a.file
-        assert r is not None and f is not None and a.desired.file is not None
-        self.stats["requested"] += r.requested
-        self.stats["rerequested"] += r.rerequested
-        if a.using_delta:
-            base = self.base_archive()
-            try:
-                if base is None:
-                    raise SyncError("the delta base is gone")
-                data = apply_delta(base[1].read_bytes(), f.read(), a.desired.file)
-            except SyncError as exc:
-                log.warning("delta failed (%s); fetching the full bundle", exc)
-                self.stats["delta_failed"] += 1
-                f.discard()
-                self._start_transfer(a, a.desired.file, using_delta=False)
-                return
-            self.stats["delta_used"] += 1
-            f.discard()
-            path = self.dir / "incoming.efb"
-            path.write_bytes(data)
-        else:
-            path = self.dir / "incoming.efb"
-            f.close()
-            f.data_path.replace(path)
-            f.discard()
-        a.file = None
-        a.receiver = None
-        a.installing = True
-        self._report(a, "IN_PROGRESS", step="installing")
-        try:  # every transition comes back through the agent's job hook
-            if a.mirror is not None:  # TUF mode: checked again against the signed target, with delegated keys
-                self.agent.install(path, job_id=a.desired.job_id, repo=a.mirror)
-            else:
-                self.agent.install(path, job_id=a.desired.job_id)
-        except EdgefleetError as exc:
-            self._report(a, "FAILED", reason="install_error", message=str(exc))
-
-    def _on_agent_job(self, job: Any) -> None:
-        a = self._active
-        if a is None or job.job_id != a.desired.job_id:
-            return
-        status = job.status.value
-        if status in P.TERMINAL_STATES:
-            self._report(a, status, job.step.value, job.reason, job.message)
-        else:
-            self._report(a, "IN_PROGRESS", job.step.value, job.reason, job.message)
-
     def _tuf_order_verifier(self, d: P.Desired) -> Any:
         """TUF mode: the job's metadata, refreshed by python-tuf from the device's trusted state; the order must be
         signed by a threshold of the repository's rollback role (the flat trusted keys do not count)."""
@@ -532,7 +454,8 @@ class DeviceSync:
                                           "carries none (start the coordinator with --tuf-repo DIR)",
                                           reason="no_repository")
             upd = getattr(getattr(self.agent, "config", None), "update", None)
-            client = refreshed_client(self.agent.root, self._write_mirror(d), clock=getattr(upd, "clock", "system"),
+            client = refreshed_client(self.agent.root, self._write_mirror(d),
+                                      clock=getattr(upd, "clock", "system"),
                                       clock_skew=getattr(upd, "clock_skew_seconds", 300.0))
         except UpdateRejectedError as exc:
             raise OrderRefused(f"rollback order refused: {exc}", reason=exc.reason) from None
@@ -540,7 +463,7 @@ class DeviceSync:
 
     def _check_order(self, d: P.Desired) -> RollbackOrder | None:
         """Verify the signed order of a rollback job against the agent's trusted keys, or in TUF mode against the
-        repository's rollback role (see :mod:`.orders`)."""
+        repository's rollback role (see :mod:`..wire.orders`)."""
         keys = list(getattr(self.agent, "trusted_keys", []) or [])
         cfg = getattr(self.agent, "config", None)
         require = bool(getattr(cfg, "require_signature", True)) or bool(keys)
@@ -559,47 +482,6 @@ class DeviceSync:
                            to_version=d.rollback_to, last_seq=last_seq, last_job=last_job,
                            clock=getattr(upd, "clock", "auto"), skew=getattr(upd, "clock_skew_seconds", 300.0),
                            floor=ledger.floor if ledger is not None else 0.0, verify=verify)
-
-    def _rollback(self, a: _Active) -> None:
-        d = a.desired
-        try:
-            order = self._check_order(d)
-        except OrderRefused as exc:
-            self.stats["orders_refused"] += 1
-            log.warning("job %s: %s", d.job_id, exc)
-            self._report(a, "REJECTED", reason=exc.reason, message=str(exc))
-            return
-        if order is not None:  # executed at most once: remember it (durably, fsynced) before acting
-            self._state["order_seq"], self._state["order_job"] = order.seq, order.job_id
-            ledger = getattr(self.agent, "orders", None)
-            try:
-                self._save_state()
-                if ledger is not None:
-                    ledger.record(f"fleet:{order.job_id}:{order.seq}", order.issued_at, signed=self._order_verified,
-                                  seq=order.seq, job=order.job_id)
-            except OSError as exc:  # not remembered, so not executed (a full disk): the active version stays
-                self._report(a, "FAILED", reason="disk_full" if exc.errno == 28 else "io_error",
-                             message=f"cannot record the rollback order: {exc}")
-                return
-        active = self.agent.active_version
-        if d.rollback_to and active == d.rollback_to:
-            self._report(a, "SUCCEEDED", reason="already_there")
-            return
-        if order is not None and order.from_version and active != order.from_version:
-            self._report(a, "CANCELED", reason="not_on_version",
-                         message=f"the order undoes version {order.from_version}; this device runs {active}")
-            return
-        previous = self.agent.store.state().previous
-        if d.rollback_to and (previous is None or previous.version != d.rollback_to):
-            self._report(a, "FAILED", reason="rollback_target_missing",
-                         message=f"version {d.rollback_to} is not the previous version in the store")
-            return
-        try:
-            self.agent.rollback()
-        except EdgefleetError as exc:
-            self._report(a, "FAILED", reason="rollback_failed", message=str(exc))
-            return
-        self._report(a, "SUCCEEDED", reason="rolled_back")
 
     # -- telemetry -------------------------------------------------------------------------------------------------
     def drain_telemetry(self) -> int:
@@ -620,4 +502,37 @@ class DeviceSync:
                     log.exception("telemetry drain failed")
 
 
-__all__ = ["DeviceSync", "MqttSink"]
+class _Checks:
+    """The machine's view of the device (:class:`~.machine.Checks`), answered by the driver and its agent."""
+
+    def __init__(self, sync: DeviceSync) -> None:
+        self.sync = sync
+
+    def active_version(self) -> str:
+        return self.sync.agent.active_version or ""
+
+    def previous_version(self) -> str | None:
+        previous = self.sync.agent.store.state().previous
+        return None if previous is None else str(previous.version)
+
+    def delta_base(self) -> str | None:
+        base = self.sync.base_archive()
+        return base[0] if base else None
+
+    def check_before_download(self, desired: P.Desired) -> Path | None:
+        try:
+            return self.sync._check_before_download(desired)
+        except UpdateRejectedError as exc:
+            log.warning("job %s refused before download: %s", desired.job_id, exc)
+            raise
+
+    def check_order(self, desired: P.Desired) -> tuple[RollbackOrder | None, bool]:
+        try:
+            order = self.sync._check_order(desired)
+        except OrderRefused as exc:
+            log.warning("job %s: %s", desired.job_id, exc)
+            raise
+        return order, self.sync._order_verified
+
+
+__all__ = ["DeviceSync", "MqttSink", "Agent", "AgentStore"]
