@@ -85,7 +85,7 @@ setup(
     package_dir=ROOTS,
     packages=_packages(),
     package_data={"edgefleet": ["py.typed"]},
-    install_requires=["numpy>=1.26", "cryptography>=42"],
+    install_requires=["numpy>=1.26", "cryptography>=42", "click>=8.2"],  # click: the edgefleet command
     extras_require={
         "device": DEVICE,
         "compiler": COMPILER,

@@ -21,7 +21,11 @@ from .coordinator.client import api_call, deploy_bundle, read_token
 
 
 def register(sub: Any) -> None:
+    from edgefleet.clitypes import Duration, argparse_type
+
     from .coordinator.rollout import percent_option
+
+    SECONDS = Duration(bare="s", lo=0.0)
 
     cloud = sub.add_parser("cloud", help="run the fleet coordinator").add_subparsers(dest="cloud_cmd", metavar="CMD")
     serve = cloud.add_parser("serve", help="coordinator: registry, rollouts, telemetry ingest, HTTP API")
@@ -155,8 +159,10 @@ def register(sub: Any) -> None:
     p.add_argument("--group", default=None, help="the group (without --on-drift: show its settings)")
     p.add_argument("--on-drift", choices=["on", "off"], help="start a federated run when the group reports drift")
     p.add_argument("--min-devices", type=int, default=1, help="distinct devices reporting drift (default 1)")
-    p.add_argument("--window", type=float, default=3600.0, help="... within this many seconds (default 3600)")
-    p.add_argument("--cooldown", type=float, default=6 * 3600.0, help="seconds between two automatic runs (default 6h)")
+    p.add_argument("--window", type=argparse_type(SECONDS), default="1h",
+                   help="... within this long (90s, 10m, 1h, 1d; a bare number is seconds; default %(default)s)")
+    p.add_argument("--cooldown", type=argparse_type(SECONDS), default="6h",
+                   help="time between two automatic runs (90s, 10m, 6h, 1d; default %(default)s)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
     p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN OPTIONS",

@@ -31,5 +31,5 @@ print("first 10 predicted:", p[:10].tolist())
 print("first 10 true:     ", y[:10].tolist())
 print(f"accuracy on {len(y)} held-out digits: {(p == y).mean():.4f}")
 PY
-step "benchmark on this machine"; $EF bench "$W/digits-bundle" --runs 1000 --compare-raw --json "$W/bench.json"
+step "benchmark on this machine"; $EF bench "$W/digits-bundle" --runs 1000 --compare-raw --json-out "$W/bench.json"
 step "done: bundle in $W/digits-bundle, its report in $W/digits-bundle.report/ (report.md, PNG), all results in $W/"

@@ -1,8 +1,11 @@
-"""The ``edgefleet`` command: a thin dispatcher.
+"""The ``edgefleet`` command: a click group that loads each top-level command when it is used.
 
-Each package contributes its subcommands through a ``register(subparsers)``
-function in a light module (no heavy imports at module level); handlers import
-what they need when they run. Errors become exit codes here and only here.
+``edgefleet --help`` lists the commands from the table below without importing them, so it stays light
+(a test checks the import set); a command's module is imported when the command runs or shows its help,
+and its handlers import what they need when they run. Commands are click groups and commands; the
+top-level commands not converted yet are argparse ``register(subparsers)`` modules run through
+:class:`ArgparseCommand`. Errors of the one error tree (:mod:`edgefleet.errors`) become exit codes and a
+one-line message here and only here.
 """
 
 from __future__ import annotations
@@ -15,18 +18,36 @@ import sys
 import traceback
 from typing import Any, Sequence
 
+import click
+
 from ._version import __version__
 from .errors import EdgefleetError
 
-# Command modules, looked up by name so that the SDK never imports the other packages.
-COMMAND_MODULES = (
-    "edgefleet.commands",
-    "edgefleet.compiler.cli",
-    "edgefleet.device_agent.cli",
-    "edgefleet.cloud_sync.cli",
-    "edgefleet.cloud_sync.federated.cli",
-    "edgefleet.cloud_sync.demo.cli",
-)
+#: top-level command -> (``module:attribute`` of a click command, or the module of an argparse
+#: ``register(subparsers)``; its one-line help). Looked up by name: the SDK never imports the other packages.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "keys": ("edgefleet.commands:keys", "manage Ed25519 signing keys and a TUF repository's roles"),
+    "repo": ("edgefleet.commands:repo", "publish bundles in a TUF repository (edgefleet keys root-init creates one)"),
+    "pack": ("edgefleet.commands:pack", "pack a .tflite/.onnx model into a signed bundle"),
+    "verify": ("edgefleet.commands:verify", "verify a bundle's signature, hashes and sizes"),
+    "inspect": ("edgefleet.commands:inspect", "show a bundle's manifest"),
+    "predict": ("edgefleet.commands:predict", "run a bundle on inputs from a file"),
+    "bench": ("edgefleet.commands:bench", "benchmark a bundle or model on this machine"),
+    "compile": ("edgefleet.compiler.cli", "compile a Keras/ONNX model: prune, distill, quantize, gate, pack"),
+    "datasets": ("edgefleet.compiler.cli", "write example datasets (offline)"),
+    "examples": ("edgefleet.compiler.cli", "example models to try the compiler with"),
+    "agent": ("edgefleet.device_agent.cli", "the device agent: install, serve, roll back, report"),
+    "cloud": ("edgefleet.cloud_sync.cli", "run the fleet coordinator"),
+    "sync": ("edgefleet.cloud_sync.cli", "connect a device agent to the fleet"),
+    "fleet": ("edgefleet.cloud_sync.cli", "operate the fleet through the coordinator's API"),
+    "federated": ("edgefleet.cloud_sync.federated.cli", "federated retraining with Flower (coordinator side)"),
+    "demo": ("edgefleet.cloud_sync.demo.cli:demo",
+             "the whole loop on this machine: train, compile, roll out, drift, federated retraining"),
+}
+
+#: modules imported before a command is built: they extend it through its public hook
+#: (cloud_sync adds ``agent run --broker`` with :func:`edgefleet.device_agent.cli.extend_run`)
+EXTENSIONS: dict[str, tuple[str, ...]] = {"agent": ("edgefleet.cloud_sync.cli",)}
 
 
 def _available(module: str) -> bool:
@@ -39,8 +60,8 @@ def _available(module: str) -> bool:
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that takes no prefix abbreviations (``--ou`` is not ``--out``).
 
-    ``add_subparsers`` makes its parsers of the parent's class, so every parser of the
-    ``edgefleet`` command tree refuses abbreviations, whichever package registered it.
+    ``add_subparsers`` makes its parsers of the parent's class, so every parser of the argparse
+    commands refuses abbreviations, whichever package registered it. (click never abbreviates options.)
     """
 
     def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
@@ -48,42 +69,126 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="edgefleet",
-        description="Compile models for small devices, run them offline, keep a fleet improving.",
-    )
-    parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
-    parser.add_argument("--debug", action="store_true", help="print full tracebacks on errors")
+def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of the commands not on click yet (``names``: only these top-level commands)."""
+    return _build(names)[0]
+
+
+def _build(names: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, Any]:
+    parser = Parser(prog="edgefleet", description="Compile models for small devices, run them offline, keep a "
+                    "fleet improving.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # every module first (one may extend another's command through its public hook, e.g. cloud_sync adds
-    # ``agent run --broker``), then each registers its commands
-    modules = [importlib.import_module(m) for m in COMMAND_MODULES if _available(m)]
-    for module in modules:
-        module.register(sub)
-    return parser
+    chosen = [n for n in (COMMANDS if names is None else names) if ":" not in COMMANDS[n][0]]
+    for ext in dict.fromkeys(e for n in chosen for e in EXTENSIONS.get(n, ())):  # they extend a command: first
+        if _available(ext):
+            importlib.import_module(ext)
+    for module in dict.fromkeys(COMMANDS[n][0] for n in chosen):
+        if _available(module):
+            importlib.import_module(module).register(sub)
+    return parser, sub
+
+
+class ArgparseCommand(click.Command):
+    """A top-level command still registered with argparse: click hands it the rest of the command line."""
+
+    def __init__(self, name: str, help: str) -> None:
+        super().__init__(name, help=help, add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.args = list(args)
+        return []
+
+    def invoke(self, ctx: click.Context) -> Any:
+        parser, sub = _build([self.name or ""])
+        args = parser.parse_args([self.name or "", *ctx.args])
+        func = getattr(args, "func", None)
+        if func is None:  # a group without its subcommand: its help, exit code 2
+            sub.choices[self.name].print_help()
+            return 2
+        return int(func(args) or 0)
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when they are used (the table: name -> target, help)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = {name: v for name, v in lazy.items() if _available(v[0].partition(":")[0])}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.lazy, *sorted(super().list_commands(ctx))]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        target, help = self.lazy[cmd_name]
+        module, _, attr = target.partition(":")
+        if not attr:
+            return ArgparseCommand(cmd_name, help)
+        for ext in EXTENSIONS.get(cmd_name, ()):
+            if _available(ext):
+                importlib.import_module(ext)
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command), target
+        return command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0])
+        if self.get_command(ctx, name) is None and not ctx.resilient_parsing and not name.startswith("-"):
+            raise click.exceptions.NoSuchCommand(name, possibilities=self.list_commands(ctx), ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help) for name, (_, help) in self.lazy.items()]  # from the table: nothing imported
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgefleetError as exc:
+            if ctx.params.get("debug") or os.environ.get("EDGEFLEET_DEBUG"):
+                traceback.print_exc()
+            print(f"edgefleet: error: {exc}", file=sys.stderr)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            print("edgefleet: interrupted", file=sys.stderr)
+            ctx.exit(130)
+        except BrokenPipeError:
+            ctx.exit(0)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, no_args_is_help=True,
+             context_settings={"show_default": True, "help_option_names": ["-h", "--help"], "max_content_width": 110},
+             epilog="Example: edgefleet pack model.tflite -o bundle --name digits --version 1.0.0 --key keys/edgefleet.key"
+                    "\n\nShell completion (bash): eval \"$(_EDGEFLEET_COMPLETE=bash_source edgefleet)\"")
+@click.version_option(__version__, "--version", prog_name="edgefleet", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="print full tracebacks on errors (or EDGEFLEET_DEBUG=1)")
+def cli(debug: bool) -> None:
+    """Compile models for small devices, run them offline, keep a fleet improving."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or bool(os.environ.get("EDGEFLEET_DEBUG"))
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run the ``edgefleet`` command on ``argv`` (default ``sys.argv[1:]``); the exit code.
+
+    Usage errors print click's message (with "Did you mean ...?" for a misspelt command or option) and
+    give 2; an :class:`EdgefleetError` prints one line and gives its ``exit_code``. The commands still on
+    argparse exit through ``SystemExit`` on their usage errors, as before."""
     try:
-        code = args.func(args)
-        return int(code or 0)
-    except EdgefleetError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"edgefleet: error: {exc}", file=sys.stderr)
+        code = cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="edgefleet",
+                        standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 2
+    except click.ClickException as exc:
+        exc.show()
         return exc.exit_code
-    except KeyboardInterrupt:
+    except click.exceptions.Abort:
         print("edgefleet: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+    return int(code or 0)
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

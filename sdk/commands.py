@@ -2,94 +2,127 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
+import click
+
+from .clitypes import DURATION_DAYS
 from .errors import ConfigError, InvalidInputError
 
 
-def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="manage Ed25519 signing keys")
-    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    gen = ksub.add_parser("generate", help="create a signing key pair")
-    gen.add_argument("--out", required=True, help="directory for NAME.key (0600) and NAME.pub")
-    gen.add_argument("--name", default="edgefleet", help="file name stem (default: edgefleet)")
-    gen.add_argument("--force", action="store_true", help="overwrite existing key files")
-    gen.set_defaults(func=cmd_keys_generate)
-    _register_trust(ksub, sub)
-
-    pk = sub.add_parser("pack", help="pack a .tflite/.onnx model into a signed bundle")
-    pk.add_argument("model", help="a .tflite or .onnx file")
-    pk.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    pk.add_argument("--name", required=True)
-    pk.add_argument("--version", required=True, help="dotted integers, e.g. 1 or 1.2.0")
-    pk.add_argument("--labels", help="labels file: one per line, or a JSON list")
-    pk.add_argument("--preprocess", help="preprocessing pipeline as JSON (list of steps)")
-    pk.add_argument("--reference", help=".npz/.npy/.csv of training inputs for reference statistics")
-    pk.add_argument("--key", help="private key to sign with (edgefleet keys generate)")
-    pk.add_argument("--hardware-tag", action="append", default=[], dest="hardware_tags")
-    pk.add_argument("--archive", action="store_true", help="also write OUTPUT.efb")
-    pk.add_argument("--force", action="store_true", help="replace an existing bundle")
-    pk.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS|none",
-                    help="an input's batch axis, or none to pass it exactly as given (default: inferred)")
-    pk.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                    help="declare an input's shape, e.g. image=1x3x48x192 ('?' keeps a dimension dynamic)")
-    pk.add_argument("--state", action="append", default=[], metavar="OUT=IN",
-                    help="a state pair: output OUT is fed back as input IN on the next call "
-                    "(repeatable; default: proposed from names such as h0/hn, state/stateN; 'none' for no state)")
-    pk.add_argument("--state-init", metavar="FILE.npz", help="initial state values, one array per state input (default zeros)")
-    pk.add_argument("--sample", metavar="FILE.npz", help="real inputs for the smoke tests, one array per input name")
-    pk.add_argument("--allow-non-finite", action="append", default=[], metavar="NAME",
-                    help="let input NAME hold NaN/inf (refused by default)")
-    pk.set_defaults(func=cmd_pack)
-
-    vf = sub.add_parser("verify", help="verify a bundle's signature, hashes and sizes")
-    vf.add_argument("bundle")
-    vf.add_argument("--pub", action="append", help="trusted public key (repeatable; optional with --repo)")
-    vf.add_argument("--repo", help="also check the .efb against this TUF repository's signed metadata")
-    vf.add_argument("--trusted-root", metavar="ROOT.json",
-                    help="the root to start the chain from (default: the state's or the repository's 1.root.json)")
-    vf.add_argument("--state", metavar="DIR",
-                    help="keep the verifier's trusted metadata here between runs (rollback and clock floor memory)")
-    vf.add_argument("--clock-skew", default="5m", help="accept metadata expired less than this ago (default 5m)")
-    vf.set_defaults(func=cmd_verify)
-
-    ins = sub.add_parser("inspect", help="show a bundle's manifest")
-    ins.add_argument("bundle")
-    ins.add_argument("--json", action="store_true")
-    ins.set_defaults(func=cmd_inspect)
-
-    pr = sub.add_parser("predict", help="run a bundle on inputs from a file")
-    pr.add_argument("bundle")
-    pr.add_argument("--input", required=True, help=".npy, .npz (one array per input name) or .csv")
-    pr.add_argument("--output", help="write predictions to this .npy/.npz")
-    pr.add_argument("--json", action="store_true", help="print predictions as JSON")
-    pr.add_argument("--pub", action="append", help="require a signature by this key")
-    pr.add_argument("--backend", choices=["litert", "onnxruntime"])
-    pr.add_argument("--threads", type=int)
-    pr.add_argument("--raw", action="store_true", help="raw integer tensors for quantized models")
-    pr.set_defaults(func=cmd_predict)
-
-    bn = sub.add_parser("bench", help="benchmark a bundle or model on this machine")
-    bn.add_argument("target", help="bundle, .efb, .tflite or .onnx")
-    bn.add_argument("--runs", type=int, default=1000)
-    bn.add_argument("--warmup", type=int, default=50)
-    bn.add_argument("--threads", type=int)
-    bn.add_argument("--batch", type=int, default=1)
-    bn.add_argument("--backend", choices=["litert", "onnxruntime"])
-    bn.add_argument("--json", dest="json_file", help="write the results to this JSON file")
-    bn.add_argument("--compare-raw", action="store_true", help="also time the bare runtime call")
-    bn.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
-                    help="the shape to time an input at, e.g. image=1x3x640x640 (needed for dynamic dimensions)")
-    bn.add_argument("--sample", metavar="FILE.npz", help="real inputs, one array per input name, used as given")
-    bn.add_argument("--session", action="store_true", help="time a stateful streaming loop (state carried call to call)")
-    bn.set_defaults(func=cmd_bench)
+def _many(values: tuple[str, ...]) -> list[str]:
+    return list(values)
 
 
-def cmd_keys_generate(args: argparse.Namespace) -> int:
+SHAPE = "NAME=DIMS"
+
+
+@click.group(epilog="Example: edgefleet keys generate --out keys")
+def keys() -> None:
+    """Manage Ed25519 signing keys (and a TUF repository's root, delegations and revocations)."""
+
+
+@keys.command("generate", epilog="Example: edgefleet keys generate --out keys   # keys/edgefleet.key (0600), "
+              "keys/edgefleet.pub")
+@click.option("--out", required=True, help="directory for NAME.key (0600) and NAME.pub")
+@click.option("--name", default="edgefleet", help="file name stem")
+@click.option("--force", is_flag=True, help="overwrite existing key files")
+def keys_generate(**params: Any) -> int:
+    """Create a signing key pair."""
+    return cmd_keys_generate(SimpleNamespace(**params))
+
+
+@click.command(epilog="Example: edgefleet pack model.tflite -o bundle --name digits --version 1.0.0 --labels "
+               "labels.txt --key keys/edgefleet.key --archive")
+@click.argument("model")
+@click.option("-o", "--output", required=True, help="bundle directory to write")
+@click.option("--name", required=True, help="the model's name")
+@click.option("--version", required=True, help="dotted integers, e.g. 1 or 1.2.0")
+@click.option("--labels", help="labels file: one per line, or a JSON list")
+@click.option("--preprocess", help="preprocessing pipeline as JSON (list of steps)")
+@click.option("--reference", help=".npz/.npy/.csv of training inputs for reference statistics")
+@click.option("--key", help="private key to sign with (edgefleet keys generate)")
+@click.option("--hardware-tag", "hardware_tags", multiple=True, callback=lambda c, p, v: _many(v),
+              help="a hardware tag the bundle targets (repeatable)")
+@click.option("--archive", is_flag=True, help="also write OUTPUT.efb")
+@click.option("--force", is_flag=True, help="replace an existing bundle")
+@click.option("--batch-axis", multiple=True, callback=lambda c, p, v: _many(v), metavar="NAME=AXIS|none",
+              help="an input's batch axis, or none to pass it exactly as given (default: inferred)")
+@click.option("--input-shape", multiple=True, callback=lambda c, p, v: _many(v), metavar=SHAPE,
+              help="declare an input's shape, e.g. image=1x3x48x192 ('?' keeps a dimension dynamic)")
+@click.option("--state", multiple=True, callback=lambda c, p, v: _many(v), metavar="OUT=IN",
+              help="a state pair: output OUT is fed back as input IN on the next call (repeatable; default: "
+              "proposed from names such as h0/hn, state/stateN; 'none' for no state)")
+@click.option("--state-init", metavar="FILE.npz", help="initial state values, one array per state input (default zeros)")
+@click.option("--sample", metavar="FILE.npz", help="real inputs for the smoke tests, one array per input name")
+@click.option("--allow-non-finite", multiple=True, callback=lambda c, p, v: _many(v), metavar="NAME",
+              help="let input NAME hold NaN/inf (refused by default)")
+def pack(**params: Any) -> int:
+    """Pack a .tflite/.onnx model into a signed bundle."""
+    return cmd_pack(SimpleNamespace(**params))
+
+
+@click.command(epilog="Example: edgefleet verify bundle.efb --pub keys/edgefleet.pub")
+@click.argument("bundle")
+@click.option("--pub", multiple=True, callback=lambda c, p, v: _many(v) or None,
+              help="trusted public key (repeatable; optional with --repo)")
+@click.option("--repo", help="also check the .efb against this TUF repository's signed metadata")
+@click.option("--trusted-root", metavar="ROOT.json",
+              help="the root to start the chain from (default: the state's or the repository's 1.root.json)")
+@click.option("--state", metavar="DIR",
+              help="keep the verifier's trusted metadata here between runs (rollback and clock floor memory)")
+@click.option("--clock-skew", default="5m", type=DURATION_DAYS, help="accept metadata expired less than this ago")
+def verify(**params: Any) -> int:
+    """Verify a bundle's signature, hashes and sizes."""
+    return cmd_verify(SimpleNamespace(**params))
+
+
+@click.command(epilog="Example: edgefleet inspect bundle --json")
+@click.argument("bundle")
+@click.option("--json", is_flag=True, help="print the manifest as JSON")
+def inspect(**params: Any) -> int:
+    """Show a bundle's manifest."""
+    return cmd_inspect(SimpleNamespace(**params))
+
+
+@click.command(epilog="Example: edgefleet predict bundle --input x.npy --json")
+@click.argument("bundle")
+@click.option("--input", required=True, help=".npy, .npz (one array per input name) or .csv")
+@click.option("--output", help="write predictions to this .npy/.npz")
+@click.option("--json", is_flag=True, help="print predictions as JSON")
+@click.option("--pub", multiple=True, callback=lambda c, p, v: _many(v) or None, help="require a signature by this key")
+@click.option("--backend", type=click.Choice(["litert", "onnxruntime"]), help="the runtime (default: the bundle's)")
+@click.option("--threads", type=int, help="runtime threads (default: the runtime's)")
+@click.option("--raw", is_flag=True, help="raw integer tensors for quantized models")
+def predict(**params: Any) -> int:
+    """Run a bundle on inputs from a file."""
+    return cmd_predict(SimpleNamespace(**params))
+
+
+@click.command(epilog="Example: edgefleet bench bundle --runs 300 --compare-raw --json-out results/bench.json")
+@click.argument("target")
+@click.option("--runs", type=int, default=1000, help="timed runs")
+@click.option("--warmup", type=int, default=50, help="untimed runs first")
+@click.option("--threads", type=int, help="runtime threads (default: the runtime's)")
+@click.option("--batch", type=int, default=1, help="batch size")
+@click.option("--backend", type=click.Choice(["litert", "onnxruntime"]), help="the runtime (default: the bundle's)")
+@click.option("--json", is_flag=True, help="print the results as JSON (instead of the report)")
+@click.option("--json-out", "json_file", metavar="FILE", help="also write the results to this JSON file")
+@click.option("--compare-raw", is_flag=True, help="also time the bare runtime call")
+@click.option("--input-shape", multiple=True, callback=lambda c, p, v: _many(v), metavar=SHAPE,
+              help="the shape to time an input at, e.g. image=1x3x640x640 (needed for dynamic dimensions)")
+@click.option("--sample", metavar="FILE.npz", help="real inputs, one array per input name, used as given")
+@click.option("--session", is_flag=True, help="time a stateful streaming loop (state carried call to call)")
+def bench(**params: Any) -> int:
+    """Benchmark a bundle, .efb, .tflite or .onnx model on this machine."""
+    return cmd_bench(SimpleNamespace(**params))
+
+
+def cmd_keys_generate(args: Any) -> int:
     from .keys import generate_keypair, load_public_key
 
     priv, pub = generate_keypair(args.out, name=args.name, overwrite=args.force)
@@ -177,7 +210,7 @@ def _npz(path: str, what: str) -> dict[str, Any]:
     return data
 
 
-def cmd_pack(args: argparse.Namespace) -> int:
+def cmd_pack(args: Any) -> int:
     from .keys import load_private_key
     from .pack import pack, read_labels
 
@@ -231,7 +264,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: Any) -> int:
     from .bundle import open_bundle
 
     if not args.pub and not args.repo:
@@ -299,7 +332,7 @@ def _manifest_summary(m: Any) -> str:
     return "\n".join(lines)
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
+def cmd_inspect(args: Any) -> int:
     from .bundle import open_bundle
 
     bundle, tmp = open_bundle(args.bundle)
@@ -317,7 +350,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: Any) -> int:
     import numpy as np
 
     from .model import load
@@ -362,7 +395,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: Any) -> int:
     from .bench import BenchConfig, format_report, run_bench
 
     cfg = BenchConfig(
@@ -377,94 +410,142 @@ def cmd_bench(args: argparse.Namespace) -> int:
         session=args.session,
     )
     result = run_bench(args.target, cfg)
-    print(format_report(result))
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_report(result))
     if args.json_file:
         Path(args.json_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_file).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"results written to {args.json_file}")
+        print(f"results written to {args.json_file}", file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     return 0
 
 
 # ---------------------------------------------------------------- TUF repository (edgefleet.trust)
 
 
-def _register_trust(ksub: Any, sub: Any) -> None:
-    def expiry_flags(p: Any, *roles: str) -> None:
-        defaults = {"expires": "365d", "snapshot-expires": "7d", "timestamp-expires": "1d", "targets-expires": "365d"}
-        for role in roles:
-            p.add_argument(f"--{role}", default=defaults[role], help=f"expiry (default {defaults[role]}; s/m/h/d/w)")
-
-    ri = ksub.add_parser("root-init", help="create a TUF repository: root v1 with a threshold of offline keys")
-    ri.add_argument("--repo", required=True, help="repository directory (metadata/ and targets/)")
-    ri.add_argument("--root-key", action="append", required=True,
-                    help="an offline root key (repeatable); a .key file also signs, a .pub file is only listed")
-    ri.add_argument("--threshold", type=int, required=True, help="root (and targets) signatures required")
-    ri.add_argument("--online-key", required=True,
-                    help="the coordinator's online key (.pub; a .key also signs the first snapshot/timestamp)")
-    expiry_flags(ri, "expires", "targets-expires", "snapshot-expires", "timestamp-expires")
-    ri.set_defaults(func=cmd_keys_root_init)
-
-    rr = ksub.add_parser("rotate-root", help="write the next root version, signed by the old and the new root keys")
-    rr.add_argument("--repo", required=True)
-    rr.add_argument("--old-key", action="append", default=[], help="a current root private key (repeatable)")
-    rr.add_argument("--root-key", action="append", required=True,
-                    help="a root key of the new version (repeatable; .key signs, .pub is only listed)")
-    rr.add_argument("--threshold", type=int, required=True)
-    rr.add_argument("--online-key", help="replace the online key (.pub, or .key to publish right away)")
-    expiry_flags(rr, "expires", "targets-expires", "snapshot-expires", "timestamp-expires")
-    rr.set_defaults(func=cmd_keys_rotate_root)
-
-    dg = ksub.add_parser("delegate", help="let a model key sign model NAME (paths NAME/*, terminating)")
-    dg.add_argument("--repo", required=True)
-    dg.add_argument("--model", required=True)
-    dg.add_argument("--key", action="append", required=True, help="model signing key (.pub; repeatable)")
-    dg.add_argument("--threshold", type=int, help="signatures of the model's keys required (default 1)")
-    dg.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
-    dg.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
-    expiry_flags(dg, "targets-expires", "snapshot-expires", "timestamp-expires")
-    dg.set_defaults(func=cmd_keys_delegate)
-
-    rv = ksub.add_parser("revoke", help="remove a key from model NAME (or the rollback role) and record it as revoked")
-    rv.add_argument("--repo", required=True)
-    which = rv.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model")
-    which.add_argument("--rollback", action="store_true", help="revoke a key of the rollback role (rollback orders)")
-    rv.add_argument("--key", action="append", required=True, help="the key to revoke (.pub; repeatable)")
-    rv.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
-    rv.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
-    expiry_flags(rv, "targets-expires", "snapshot-expires", "timestamp-expires")
-    rv.set_defaults(func=cmd_keys_revoke)
-
-    repo = sub.add_parser("repo", help="publish bundles in a TUF repository (edgefleet keys root-init creates one)")
-    rsub = repo.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
-    ad = rsub.add_parser("add", help="add a bundle archive as target NAME/VERSION.efb, signed by the model key")
-    ad.add_argument("bundle", help="the .efb archive")
-    ad.add_argument("--repo", required=True)
-    ad.add_argument("--key", action="append", required=True, help="the model's private key (repeatable for a threshold)")
-    ad.add_argument("--delta", help="also add this delta file (applies to --delta-base) as a target")
-    ad.add_argument("--delta-base", metavar="VERSION", help="the published version the delta applies to")
-    ad.add_argument("--online-key", help="online private key: update snapshot and timestamp now")
-    expiry_flags(ad, "expires", "snapshot-expires", "timestamp-expires")
-    ad.set_defaults(func=cmd_repo_add)
-
-    dr = rsub.add_parser("delegate-rollback",
-                         help="delegate the rollback role (no paths: signs rollback orders only, never a bundle)")
-    dr.add_argument("key", nargs="+", help="rollback-order signing key(s) (.pub): the coordinator's --signing-key")
-    dr.add_argument("--repo", required=True)
-    dr.add_argument("--threshold", type=int, help="signatures of the rollback keys an order needs (default 1)")
-    dr.add_argument("--root-key", action="append", required=True, help="root private keys that sign targets")
-    dr.add_argument("--online-key", help="online private key: publish snapshot/timestamp now")
-    expiry_flags(dr, "targets-expires", "snapshot-expires", "timestamp-expires")
-    dr.set_defaults(func=cmd_repo_delegate_rollback)
-
-    pb = rsub.add_parser("publish", help="sign a fresh timestamp (and snapshot if needed); run it periodically")
-    pb.add_argument("--repo", required=True)
-    pb.add_argument("--online-key", required=True, help="the online private key")
-    expiry_flags(pb, "snapshot-expires", "timestamp-expires")
-    pb.set_defaults(func=cmd_repo_publish)
+EXPIRY_DEFAULTS = {"expires": "365d", "snapshot-expires": "7d", "timestamp-expires": "1d", "targets-expires": "365d"}
 
 
-def _expiries(args: argparse.Namespace) -> dict[str, Any]:
+def _expiry(*roles: str) -> Callable[[Any], Any]:
+    """The ``--expires``/``--ROLE-expires`` options of a TUF command (s/m/h/d/w; a bare number is days)."""
+
+    def add(f: Any) -> Any:
+        for role in reversed(roles):
+            what = "root" if role == "expires" else role.split("-")[0]
+            f = click.option(f"--{role}", default=EXPIRY_DEFAULTS[role], type=DURATION_DAYS,
+                             help=f"{what} metadata expiry (s/m/h/d/w)")(f)
+        return f
+
+    return add
+
+
+def _keys_opt(flag: str, required: bool, help: str) -> Callable[[Any], Any]:
+    return click.option(flag, multiple=True, required=required, callback=lambda c, p, v: _many(v), help=help)
+
+
+ROOT_KEYS = _keys_opt("--root-key", True, "root private keys that sign targets (repeatable)")
+ONLINE_KEY = click.option("--online-key", help="online private key: publish snapshot/timestamp now")
+
+
+@keys.command("root-init", epilog="Example: edgefleet keys root-init --repo repo --root-key k1.key --root-key k2.key "
+              "--threshold 2 --online-key online.pub")
+@click.option("--repo", required=True, help="repository directory (metadata/ and targets/)")
+@_keys_opt("--root-key", True, "an offline root key (repeatable); a .key file also signs, a .pub file is only listed")
+@click.option("--threshold", type=int, required=True, help="root (and targets) signatures required")
+@click.option("--online-key", required=True,
+              help="the coordinator's online key (.pub; a .key also signs the first snapshot/timestamp)")
+@_expiry("expires", "targets-expires", "snapshot-expires", "timestamp-expires")
+def keys_root_init(**params: Any) -> int:
+    """Create a TUF repository: root v1 with a threshold of offline keys."""
+    return cmd_keys_root_init(SimpleNamespace(**params))
+
+
+@keys.command("rotate-root", epilog="Example: edgefleet keys rotate-root --repo repo --old-key k1.key --old-key k2.key "
+              "--root-key k3.key --threshold 1")
+@click.option("--repo", required=True, help="repository directory")
+@_keys_opt("--old-key", False, "a current root private key (repeatable)")
+@_keys_opt("--root-key", True, "a root key of the new version (repeatable; .key signs, .pub is only listed)")
+@click.option("--threshold", type=int, required=True, help="root signatures required")
+@click.option("--online-key", help="replace the online key (.pub, or .key to publish right away)")
+@_expiry("expires", "targets-expires", "snapshot-expires", "timestamp-expires")
+def keys_rotate_root(**params: Any) -> int:
+    """Write the next root version, signed by the old and the new root keys."""
+    return cmd_keys_rotate_root(SimpleNamespace(**params))
+
+
+@keys.command("delegate", epilog="Example: edgefleet keys delegate --repo repo --model digits --key digits.pub "
+              "--root-key k1.key --root-key k2.key")
+@click.option("--repo", required=True, help="repository directory")
+@click.option("--model", required=True, help="the model NAME (paths NAME/*)")
+@_keys_opt("--key", True, "model signing key (.pub; repeatable)")
+@click.option("--threshold", type=int, help="signatures of the model's keys required (default 1)")
+@ROOT_KEYS
+@ONLINE_KEY
+@_expiry("targets-expires", "snapshot-expires", "timestamp-expires")
+def keys_delegate(**params: Any) -> int:
+    """Let a model key sign model NAME (paths NAME/*, terminating)."""
+    return cmd_keys_delegate(SimpleNamespace(**params))
+
+
+@keys.command("revoke", epilog="Example: edgefleet keys revoke --repo repo --model digits --key digits.pub "
+              "--root-key k1.key --root-key k2.key")
+@click.option("--repo", required=True, help="repository directory")
+@click.option("--model", help="the model whose key to revoke (or --rollback)")
+@click.option("--rollback", is_flag=True, help="revoke a key of the rollback role (rollback orders)")
+@_keys_opt("--key", True, "the key to revoke (.pub; repeatable)")
+@ROOT_KEYS
+@ONLINE_KEY
+@_expiry("targets-expires", "snapshot-expires", "timestamp-expires")
+def keys_revoke(**params: Any) -> int:
+    """Remove a key from model NAME (or the rollback role) and record it as revoked."""
+    if bool(params["model"]) == bool(params["rollback"]):
+        raise click.UsageError("give one of --model NAME or --rollback")
+    return cmd_keys_revoke(SimpleNamespace(**params))
+
+
+@click.group(epilog="Example: edgefleet repo add digits.efb --repo repo --key digits.key --online-key online.key")
+def repo() -> None:
+    """Publish bundles in a TUF repository (edgefleet keys root-init creates one)."""
+
+
+@repo.command("add", epilog="Example: edgefleet repo add digits.efb --repo repo --key digits.key --online-key online.key")
+@click.argument("bundle")
+@click.option("--repo", required=True, help="repository directory")
+@_keys_opt("--key", True, "the model's private key (repeatable for a threshold)")
+@click.option("--delta", help="also add this delta file (applies to --delta-base) as a target")
+@click.option("--delta-base", metavar="VERSION", help="the published version the delta applies to")
+@click.option("--online-key", help="online private key: update snapshot and timestamp now")
+@_expiry("expires", "snapshot-expires", "timestamp-expires")
+def repo_add(**params: Any) -> int:
+    """Add a bundle archive (.efb) as target NAME/VERSION.efb, signed by the model key."""
+    return cmd_repo_add(SimpleNamespace(**params))
+
+
+@repo.command("delegate-rollback", epilog="Example: edgefleet repo delegate-rollback rollback.pub --repo repo "
+              "--root-key k1.key --root-key k2.key")
+@click.argument("key", nargs=-1, required=True, callback=lambda c, p, v: _many(v))
+@click.option("--repo", required=True, help="repository directory")
+@click.option("--threshold", type=int, help="signatures of the rollback keys an order needs (default 1)")
+@ROOT_KEYS
+@ONLINE_KEY
+@_expiry("targets-expires", "snapshot-expires", "timestamp-expires")
+def repo_delegate_rollback(**params: Any) -> int:
+    """Delegate the rollback role to KEY... (.pub: the coordinator's --signing-key); it signs rollback orders
+    only, never a bundle."""
+    return cmd_repo_delegate_rollback(SimpleNamespace(**params))
+
+
+@repo.command("publish", epilog="Example: edgefleet repo publish --repo repo --online-key online.key")
+@click.option("--repo", required=True, help="repository directory")
+@click.option("--online-key", required=True, help="the online private key")
+@_expiry("snapshot-expires", "timestamp-expires")
+def repo_publish(**params: Any) -> int:
+    """Sign a fresh timestamp (and snapshot if needed); run it periodically."""
+    return cmd_repo_publish(SimpleNamespace(**params))
+
+
+def _expiries(args: Any) -> dict[str, Any]:
     from .trust import parse_duration
 
     out = {}
@@ -482,7 +563,7 @@ def _report(published: Any) -> int:
     return 0
 
 
-def cmd_keys_root_init(args: argparse.Namespace) -> int:
+def cmd_keys_root_init(args: Any) -> int:
     from .trust import init_repository, load_key_arg
 
     exp = _expiries(args)
@@ -492,7 +573,7 @@ def cmd_keys_root_init(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_keys_rotate_root(args: argparse.Namespace) -> int:
+def cmd_keys_rotate_root(args: Any) -> int:
     from .trust import load_key_arg, rotate_root
 
     exp = _expiries(args)
@@ -503,7 +584,7 @@ def cmd_keys_rotate_root(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_keys_delegate(args: argparse.Namespace) -> int:
+def cmd_keys_delegate(args: Any) -> int:
     from .trust import delegate, load_key_arg
 
     exp = _expiries(args)
@@ -514,7 +595,7 @@ def cmd_keys_delegate(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
+def cmd_keys_revoke(args: Any) -> int:
     from .trust import ROLLBACK_ROLE, load_key_arg, revoke
 
     exp = _expiries(args)
@@ -525,7 +606,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_repo_add(args: argparse.Namespace) -> int:
+def cmd_repo_add(args: Any) -> int:
     from .trust import add_bundle, load_key_arg
 
     exp = _expiries(args)
@@ -536,7 +617,7 @@ def cmd_repo_add(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_repo_delegate_rollback(args: argparse.Namespace) -> int:
+def cmd_repo_delegate_rollback(args: Any) -> int:
     from .trust import delegate_rollback, load_key_arg
 
     exp = _expiries(args)
@@ -547,7 +628,7 @@ def cmd_repo_delegate_rollback(args: argparse.Namespace) -> int:
     ))
 
 
-def cmd_repo_publish(args: argparse.Namespace) -> int:
+def cmd_repo_publish(args: Any) -> int:
     from .trust import load_key_arg, publish
 
     exp = _expiries(args)

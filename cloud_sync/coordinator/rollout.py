@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from edgefleet.errors import ConfigError
+from edgefleet.units import parse_percent
 
 BAD = frozenset({"FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT"})
 ENDED = BAD | {"SUCCEEDED", "CANCELED"}
@@ -142,23 +143,6 @@ def check_tags(tags: Iterable[str]) -> list[str]:
     return out
 
 
-def parse_percent(text: str, what: str = "percentage") -> float:
-    """``5%`` or ``0.05`` as 0.05. A bare number of 1 or more is refused as ambiguous: ``1`` could be 1% or
-    100% (it was read as 100% while ``2`` was 2%, so ``--max-failure 1`` switched the health gate off)."""
-    t = str(text).strip()
-    pct = t.endswith("%")
-    try:
-        v = float(t[:-1]) / 100 if pct else float(t)
-    except ValueError:
-        raise ConfigError(f"{what} {text!r} is not a percentage (like 5% or 0.05)") from None
-    if not pct and v >= 1:
-        raise ConfigError(f"{what} {text!r} is ambiguous: write a percentage with % (like {t}% or 100%) "
-                          f"or a fraction below 1 (like 0.05)")
-    if not (math.isfinite(v) and 0 <= v <= 1):
-        raise ConfigError(f"{what} {text!r} is not within 0..100%")
-    return v
-
-
 def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
     """A rollout plan from its option strings (``fleet deploy``, ``federated run --deploy``, the API)."""
     return RolloutPlan(parse_percent(canary, "canary"),
@@ -167,20 +151,11 @@ def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
 
 
 def percent_option(what: str, many: bool = False) -> Any:
-    """An argparse ``type`` that checks a percentage option (comma-separated if ``many``) and keeps its text."""
-    import argparse
+    """An argparse ``type`` that checks a percentage option (comma-separated if ``many``) and keeps its text:
+    :class:`edgefleet.clitypes.Percent`, the one percentage type of the command line."""
+    from edgefleet.clitypes import Percent, argparse_type
 
-    def check(text: str) -> str:
-        try:
-            for part in (text.split(",") if many else [text]):
-                if part.strip() or not many:
-                    parse_percent(part, what)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
-
-    check.__name__ = what.replace(" ", "_")
-    return check
+    return argparse_type(Percent(what, many), what.replace(" ", "_"))
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def test_errors_map_to_exit_codes(tmp_path: Path, model_dir: Path, keypair: tupl
 
 def test_bench_runs_and_writes_json(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = run("bench", str(model_dir / "digits_float.tflite"), "--runs", "200", "--warmup", "10", "--compare-raw", "--json", str(out))
+    proc = run("bench", str(model_dir / "digits_float.tflite"), "--runs", "200", "--warmup", "10", "--compare-raw", "--json-out", str(out))
     assert "p50" in proc.stdout and "ratio" in proc.stdout
     data = json.loads(out.read_text())
     for key in ("init_ms", "first_inference_ms", "throughput_per_s", "cpu_seconds_per_inference", "peak_rss_mb"):
