@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+import click
+
 from edgefleet.device_agent.cli import RunExtension, extend_run
 from edgefleet.errors import ConfigError
 
@@ -332,17 +334,26 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 # -- device --------------------------------------------------------------------------------------------------
-def _agent_run_options(g: Any) -> None:
+def _agent_run_options() -> tuple[click.Option, ...]:
     """``edgefleet agent run --broker URL --fleet F --device-id D``: the agent daemon connected to the fleet."""
-    _broker_args(g, default=None)
-    g.add_argument("--fleet", help="the fleet to join (with --broker)")
-    g.add_argument("--device-id", help="this device's id (default: device_id of the config)")
-    g.add_argument("--group", default="", help="the group this device asks for: recorded by the coordinator, "
-                   "applied only by the operator (fleet assign)")
-    g.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry drains")
+    sync = "cloud sync (with --broker): "
+    return (
+        click.Option(["--broker"], help=sync + "the fleet's MQTT broker, mqtt://host:port or mqtts://host:port "
+                     "(jobs, OTA, telemetry through it)"),
+        click.Option(["--username"], envvar="EDGEFLEET_MQTT_USER", show_envvar=True, help=sync + "MQTT user"),
+        click.Option(["--password"], envvar="EDGEFLEET_MQTT_PASSWORD", show_envvar=True, help=sync + "MQTT password"),
+        click.Option(["--ca-file"], help=sync + "CA certificate(s) of the broker (PEM)"),
+        click.Option(["--cert-file"], help=sync + "this device's client certificate (PEM)"),
+        click.Option(["--key-file"], help=sync + "its private key (PEM)"),
+        click.Option(["--fleet"], help=sync + "the fleet to join"),
+        click.Option(["--device-id"], help=sync + "this device's id (default: device_id of the config)"),
+        click.Option(["--group"], default="", show_default=False, help=sync + "the group this device asks for: "
+                     "recorded by the coordinator, applied only by the operator (fleet assign)"),
+        click.Option(["--telemetry-interval"], type=float, default=5.0, help=sync + "seconds between telemetry drains"),
+    )
 
 
-def _agent_run(args: argparse.Namespace, local: Any) -> int:
+def _agent_run(args: Any, local: Any) -> int:
     """Without --broker, ``agent run`` stays the local daemon (``local``)."""
     if not args.broker:
         given = [f for f, v in (("--fleet", args.fleet), ("--device-id", args.device_id), ("--group", args.group)) if v]
@@ -368,7 +379,7 @@ def _sync_run(args: argparse.Namespace) -> int:
     return _run_connected(args, cfg, os.path.join(args.state_dir, "sync"))
 
 
-def _run_connected(args: argparse.Namespace, cfg: Any, sync_dir: str, tick: float = 0.2) -> int:
+def _run_connected(args: Any, cfg: Any, sync_dir: str, tick: float = 0.2) -> int:
     """The agent (``cfg``) connected through :class:`~.device.DeviceSync` until SIGTERM/SIGINT."""
     import importlib.util
 
@@ -611,5 +622,4 @@ def _fleet_audit(args: argparse.Namespace) -> int:
 
 
 # device_agent may not import cloud_sync: the agent's ``run`` takes these options through its public hook
-AGENT_RUN = extend_run(RunExtension(
-    "cloud sync (with --broker: jobs, OTA, telemetry through the fleet's MQTT broker)", _agent_run_options, _agent_run))
+AGENT_RUN = extend_run(RunExtension(_agent_run_options(), _agent_run))

@@ -1,108 +1,128 @@
 """``edgefleet agent ...``: a thin CLI over :class:`edgefleet.device_agent.agent.Agent`.
 
-Light at import (argparse only); each handler imports what it needs. Errors are
+Light at import (click only); each handler imports what it needs. Errors are
 raised as ``EdgefleetError`` and turned into exit codes by ``edgefleet.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable
 
-RunCommand = Callable[[argparse.Namespace], int]
+import click
+
+RunCommand = Callable[[Any], int]
 
 
 @dataclass(frozen=True)
 class RunExtension:
     """Options another package adds to ``edgefleet agent run``, and the runner that reads them.
 
-    ``add_options(group)`` adds the options to an argument group titled ``title``; ``run(args, local)``
-    runs the command (``local`` is the agent's own daemon, for when the extension's options are not used).
-    The device agent never imports the packages that extend it (cloud_sync adds ``--broker``)."""
+    ``options`` are click options added to the command; ``run(args, local)`` runs it with every option by its
+    Python name in ``args`` (``local`` is the agent's own daemon, for when the extension's options are not
+    used). The device agent never imports the packages that extend it (cloud_sync adds ``--broker``)."""
 
-    title: str
-    add_options: Callable[[Any], None]
-    run: Callable[[argparse.Namespace, RunCommand], int]
+    options: tuple[click.Option, ...]
+    run: Callable[[Any, RunCommand], int]
 
 
 RUN_EXTENSIONS: list[RunExtension] = []
 
 
 def extend_run(extension: RunExtension) -> RunExtension:
-    """Register ``extension`` for ``agent run`` (before the command is built; ``edgefleet.cli`` imports the
-    extending modules first). Returns it, so a module can keep a name for it."""
+    """Register ``extension`` for ``agent run``: its options are added to the command, its runner wraps the
+    daemon. Returns it, so a module can keep a name for it."""
     if extension not in RUN_EXTENSIONS:
         RUN_EXTENSIONS.append(extension)
+        run.params.extend(extension.options)
     return extension
 
 
-def _run_with_extensions(run: argparse.ArgumentParser) -> None:
+def _common(f: Any) -> Any:
+    """The options every ``agent`` command takes."""
+    for opt in reversed((
+        click.option("--config", help="agent.toml (state dir, trusted keys, hardware tags, policies)"),
+        click.option("--state-dir", help="the agent's state directory (overrides the config's)"),
+        click.option("--trust", multiple=True, metavar="PUBKEY", callback=lambda c, p, v: list(v),
+                     help="trusted public key (repeatable); install keeps it in STATE_DIR/trust/"),
+        click.option("--hardware-tag", multiple=True, metavar="TAG", callback=lambda c, p, v: list(v),
+                     help="a hardware tag of this device (repeatable; adds to the config's)"),
+        click.option("--allow-unsigned", is_flag=True, help="accept unsigned bundles (development only)"),
+        click.option("--model-name", metavar="NAME", help="the model this device serves (default: the config's, "
+                     "else the first installed); bundles of another name are refused"),
+    )):
+        f = opt(f)
+    return f
+
+
+@click.group(no_args_is_help=True, epilog="Example: edgefleet agent status --state-dir /var/lib/edgefleet --json")
+def agent() -> None:
+    """The device agent: install, serve, roll back, report."""
+
+
+@agent.command("run", epilog="Example: edgefleet agent run --config agent.toml")
+@_common
+@click.option("--tick", type=float, default=0.5, help="monitor period in seconds")
+def run(**params: Any) -> int:
+    """Run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)."""
     command: RunCommand = cmd_run
     for ext in RUN_EXTENSIONS:
-        ext.add_options(run.add_argument_group(ext.title))
         command = (lambda inner, e: (lambda args: e.run(args, inner)))(command, ext)
-    run.set_defaults(func=command)
+    return command(SimpleNamespace(**params))
 
 
-def register(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="the device agent: install, serve, roll back, report")
-    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="agent.toml (state dir, trusted keys, hardware tags, policies)")
-        p.add_argument("--state-dir", help="the agent's state directory (overrides the config's)")
-        p.add_argument("--trust", action="append", default=[], metavar="PUBKEY",
-                       help="trusted public key (repeatable); install keeps it in STATE_DIR/trust/")
-        p.add_argument("--hardware-tag", action="append", default=[], metavar="TAG",
-                       help="a hardware tag of this device (repeatable; adds to the config's)")
-        p.add_argument("--allow-unsigned", action="store_true", help="accept unsigned bundles (development only)")
-        p.add_argument("--model-name", metavar="NAME",
-                       help="the model this device serves (default: the config's, else the first installed); "
-                       "bundles of another name are refused")
-
-    run = asub.add_parser("run", help="run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)")
-    common(run)
-    run.add_argument("--tick", type=float, default=0.5, help="monitor period in seconds (default 0.5)")
-    _run_with_extensions(run)
-
-    ins = asub.add_parser("install", help="verify, smoke-test and activate a bundle (directory or .efb)")
-    ins.add_argument("bundle", metavar="BUNDLE|ARCHIVE")
-    common(ins)
-    ins.add_argument("--rollback-order", metavar="FILE", help="a signed order allowing an older version")
-    ins.add_argument("--repo", metavar="DIR",
-                     help="TUF repository to check the archive against (required once a TUF root is pinned)")
-    ins.add_argument("--probation", type=float, default=0.0, metavar="SECONDS",
-                     help="stay and watch the new version this long (default 0: a running daemon serves it)")
-    ins.add_argument("--json", action="store_true", help="print the job as JSON")
-    ins.set_defaults(func=cmd_install)
-
-    tr = asub.add_parser("trust-root", help="pin a TUF root: installs are then checked against TUF metadata")
-    tr.add_argument("root", metavar="ROOT.json", help="the repository's root metadata (e.g. metadata/1.root.json)")
-    common(tr)
-    tr.set_defaults(func=cmd_trust_root)
-
-    st = asub.add_parser("status", help="show the active and previous versions and the last job")
-    common(st)
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
-
-    rb = asub.add_parser("rollback", help="go back to the previous version")
-    common(rb)
-    rb.set_defaults(func=cmd_rollback)
-
-    pr = asub.add_parser("predict", help="predict with the active version")
-    common(pr)
-    pr.add_argument("--input", required=True, help=".npy, .npz or .csv input")
-    pr.add_argument("--json", action="store_true")
-    pr.set_defaults(func=cmd_predict)
-
-    agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
+@agent.command("install", epilog="Example: edgefleet agent install digits-bundle.efb --state-dir /var/lib/edgefleet "
+               "--trust keys/edgefleet.pub")
+@click.argument("bundle", metavar="BUNDLE|ARCHIVE")
+@_common
+@click.option("--rollback-order", metavar="FILE", help="a signed order allowing an older version")
+@click.option("--repo", metavar="DIR",
+              help="TUF repository to check the archive against (required once a TUF root is pinned)")
+@click.option("--probation", type=float, default=0.0, metavar="SECONDS",
+              help="stay and watch the new version this long (0: a running daemon serves it)")
+@click.option("--json", is_flag=True, help="print the job as JSON")
+def install(**params: Any) -> int:
+    """Verify, smoke-test and activate a bundle (directory or .efb)."""
+    return cmd_install(SimpleNamespace(**params))
 
 
-def _config(args: argparse.Namespace, **update: Any) -> Any:
+@agent.command("trust-root", epilog="Example: edgefleet agent trust-root repo/metadata/1.root.json --state-dir "
+               "/var/lib/edgefleet")
+@click.argument("root", metavar="ROOT.json")
+@_common
+def trust_root(**params: Any) -> int:
+    """Pin a TUF root (e.g. metadata/1.root.json): installs are then checked against TUF metadata."""
+    return cmd_trust_root(SimpleNamespace(**params))
+
+
+@agent.command("status", epilog="Example: edgefleet agent status --state-dir /var/lib/edgefleet --json")
+@_common
+@click.option("--json", is_flag=True, help="print the status as JSON")
+def status(**params: Any) -> int:
+    """Show the active and previous versions and the last job."""
+    return cmd_status(SimpleNamespace(**params))
+
+
+@agent.command("rollback", epilog="Example: edgefleet agent rollback --state-dir /var/lib/edgefleet")
+@_common
+def rollback(**params: Any) -> int:
+    """Go back to the previous version."""
+    return cmd_rollback(SimpleNamespace(**params))
+
+
+@agent.command("predict", epilog="Example: edgefleet agent predict --state-dir /var/lib/edgefleet --input x.npy")
+@_common
+@click.option("--input", required=True, help=".npy, .npz or .csv input")
+@click.option("--json", is_flag=True, help="print predictions as JSON")
+def predict(**params: Any) -> int:
+    """Predict with the active version."""
+    return cmd_predict(SimpleNamespace(**params))
+
+
+def _config(args: Any, **update: Any) -> Any:
     from dataclasses import replace
 
     from edgefleet.errors import ConfigError
@@ -130,7 +150,7 @@ def _config(args: argparse.Namespace, **update: Any) -> Any:
     return replace(cfg, **changes)
 
 
-def _keep_trusted(args: argparse.Namespace, cfg: Any) -> None:
+def _keep_trusted(args: Any, cfg: Any) -> None:
     """``--trust KEY`` keys are kept in STATE_DIR/trust/, so later commands (``agent predict``) verify with them."""
     if not args.trust:
         return
@@ -141,7 +161,7 @@ def _keep_trusted(args: argparse.Namespace, cfg: Any) -> None:
         store.add_trusted_key(key)
 
 
-def config_from_args(args: argparse.Namespace, **update: Any) -> Any:
+def config_from_args(args: Any, **update: Any) -> Any:
     """The agent config from the common flags, ``--trust`` keys kept with the device (``agent run``, also
     cloud_sync's ``agent run --broker``)."""
     cfg = _config(args, **update)
@@ -178,7 +198,7 @@ def _read_order(path: str) -> dict[str, Any]:
     return doc
 
 
-def cmd_install(args: argparse.Namespace) -> int:
+def cmd_install(args: Any) -> int:
     from edgefleet.errors import StoreError, UpdateRejectedError
 
     from .agent import Agent
@@ -205,7 +225,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_trust_root(args: argparse.Namespace) -> int:
+def cmd_trust_root(args: Any) -> int:
     """Pin a TUF root in the agent's state (``STATE_DIR/tuf/``)."""
     from pathlib import Path
 
@@ -225,7 +245,7 @@ def cmd_trust_root(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: Any) -> int:
     from pathlib import Path
 
     from .agent import read_status
@@ -268,7 +288,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
+def cmd_rollback(args: Any) -> int:
     from .agent import Agent
 
     agent = Agent(_config(args), monitor=False)
@@ -282,7 +302,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: Any) -> int:
     import numpy as np
 
     from edgefleet.commands import read_array_file
@@ -309,7 +329,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: Any) -> int:
     import signal
     import threading
 

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("edgefleet.compiler.cli", "compile a Keras/ONNX model: prune, distill, quantize, gate, pack"),
     "datasets": ("edgefleet.compiler.cli", "write example datasets (offline)"),
     "examples": ("edgefleet.compiler.cli", "example models to try the compiler with"),
-    "agent": ("edgefleet.device_agent.cli", "the device agent: install, serve, roll back, report"),
+    "agent": ("edgefleet.device_agent.cli:agent", "the device agent: install, serve, roll back, report"),
     "cloud": ("edgefleet.cloud_sync.cli", "run the fleet coordinator"),
     "sync": ("edgefleet.cloud_sync.cli", "connect a device agent to the fleet"),
     "fleet": ("edgefleet.cloud_sync.cli", "operate the fleet through the coordinator's API"),
