@@ -5,79 +5,96 @@ Light at import time: handlers import the compiler (and TensorFlow) when they ru
 
 from __future__ import annotations
 
-import argparse
 import os
+from types import SimpleNamespace
 from typing import Any
 
-
-def _fraction(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+import click
 
 
-def register(sub: Any) -> None:
-    c = sub.add_parser(
-        "compile",
-        help="prune, distill, quantize and export a model into a signed bundle, with an accuracy gate",
-        description="Compile SOURCE (.keras/.h5, SavedModel dir, .onnx or .tflite) into a bundle at -o BUNDLE. "
-        "Flags override the --recipe; the effective recipe goes into the bundle lineage and BUNDLE.report/recipe.toml.",
-    )
-    c.add_argument("source", help="model: .keras/.h5, SavedModel directory, .onnx or .tflite")
-    c.add_argument("-o", "--output", required=True, help="bundle directory to write")
-    c.add_argument("--recipe", help="TOML recipe (every flag has a field)")
-    c.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8", "int16x8", "auto"])
-    c.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="magnitude pruning to this sparsity (0..1)")
-    c.add_argument("--prune-structured", type=_fraction, metavar="FRACTION", help="remove this fraction of filters/units")
-    c.add_argument("--distill-width", type=_fraction, metavar="FRACTION", help="distil into a student this much as wide")
-    c.add_argument("--student", help="distil into this Keras model instead of a narrower copy")
-    c.add_argument("--format", choices=["tflite", "onnx", "both"])
-    c.add_argument("--train", metavar="DATA", help=".npz (x, y) or .csv for fine-tuning")
-    c.add_argument("--calibration", metavar="DATA", help="data for int8 calibration (default: --train)")
-    c.add_argument("--eval", metavar="DATA", help="held-out data for accuracy, the gate and the report")
-    c.add_argument("--label", metavar="KEY", help="npz array holding the eval labels (default y); multi-input data "
-                   "files hold one array per input name")
-    c.add_argument("--state", action="append", metavar="OUT=IN", help="a state pair of a stateful model: output OUT "
-                   "feeds input IN on the next call (source names; repeat for several); 'none' for none; default: "
-                   "proposed from names and shapes (h0/hn, state/stateN, ...)")
-    c.add_argument("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
-    c.add_argument("--onnx-calibration", choices=["minmax", "entropy", "percentile"])
-    c.add_argument("--no-per-channel", action="store_true", help="per-tensor ONNX weight quantization")
-    c.add_argument("--exclude-ops", nargs="+", metavar="OP", help="ONNX op types to keep in float")
-    c.add_argument("--preprocess", metavar="JSON", help="preprocessing pipeline spec (JSON)")
-    c.add_argument("--labels", metavar="FILE", help="class labels, one per line or a JSON list")
-    c.add_argument("--name")
-    c.add_argument("--version")
-    c.add_argument("--key", metavar="FILE", help="Ed25519 private key to sign the bundle")
-    c.add_argument("--seed", type=int)
-    c.add_argument("--archive", action="store_true", help="also write BUNDLE.efb")
-    c.add_argument("--force", action="store_true", help="replace an existing bundle")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
-    c.set_defaults(func=cmd_compile)
+def _list_or_none(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    return list(value) or None
 
-    d = sub.add_parser("datasets", help="write example datasets (offline)")
-    dsub = d.add_subparsers(dest="dataset", metavar="DATASET", required=True)
-    dg = dsub.add_parser("digits", help="scikit-learn's 8x8 digits as train.npz/test.npz")
-    dg.add_argument("-o", "--output", required=True, help="directory")
-    dg.add_argument("--seed", type=int, default=0)
-    dg.set_defaults(func=cmd_datasets_digits)
 
-    e = sub.add_parser("examples", help="example models to try the compiler with")
-    esub = e.add_subparsers(dest="example", metavar="EXAMPLE", required=True)
-    td = esub.add_parser("train-digits", help="train a small CNN on the digits in seconds")
-    td.add_argument("-o", "--output", required=True, help="model file (.keras)")
-    td.add_argument("--epochs", type=int, default=12)
-    td.add_argument("--seed", type=int, default=0)
-    td.add_argument("--force", action="store_true")
-    td.set_defaults(func=cmd_examples_train_digits)
+def _ops(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    return [op.strip() for v in value for op in v.split(",") if op.strip()] or None
+
+
+@click.command("compile", epilog="Example: edgefleet compile digits.keras -o digits-bundle --quantize int8 --train data/train.npz "
+               "--eval data/test.npz --name digits --version 1.0.0 --key keys/edgefleet.key")
+@click.argument("source")
+@click.option("-o", "--output", required=True, help="bundle directory to write")
+@click.option("--recipe", help="TOML recipe (every flag has a field)")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8", "int16x8", "auto"]),
+              help="quantization (default: the recipe's)")
+@click.option("--prune", type=float, metavar="SPARSITY", help="magnitude pruning to this sparsity (0..1)")
+@click.option("--prune-structured", type=float, metavar="FRACTION", help="remove this fraction of filters/units")
+@click.option("--distill-width", type=float, metavar="FRACTION", help="distil into a student this much as wide")
+@click.option("--student", help="distil into this Keras model instead of a narrower copy")
+@click.option("--format", type=click.Choice(["tflite", "onnx", "both"]), help="output format (default: the recipe's)")
+@click.option("--train", metavar="DATA", help=".npz (x, y) or .csv for fine-tuning")
+@click.option("--calibration", metavar="DATA", help="data for int8 calibration (default: --train)")
+@click.option("--eval", metavar="DATA", help="held-out data for accuracy, the gate and the report")
+@click.option("--label", metavar="KEY", help="npz array holding the eval labels (default y); multi-input data files "
+              "hold one array per input name")
+@click.option("--state", multiple=True, callback=_list_or_none, metavar="OUT=IN",
+              help="a state pair of a stateful model: output OUT feeds input IN on the next call (source names; repeat "
+              "for several); 'none' for none; default: proposed from names and shapes (h0/hn, state/stateN, ...)")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
+@click.option("--onnx-calibration", type=click.Choice(["minmax", "entropy", "percentile"]),
+              help="ONNX int8 calibration method")
+@click.option("--no-per-channel", is_flag=True, help="per-tensor ONNX weight quantization")
+@click.option("--exclude-ops", multiple=True, callback=_ops, metavar="OP[,OP]",
+              help="ONNX op types to keep in float (repeatable, or comma-separated)")
+@click.option("--preprocess", metavar="JSON", help="preprocessing pipeline spec (JSON)")
+@click.option("--labels", metavar="FILE", help="class labels, one per line or a JSON list")
+@click.option("--name", help="the bundle's model name")
+@click.option("--version", help="the bundle's version")
+@click.option("--key", metavar="FILE", help="Ed25519 private key to sign the bundle")
+@click.option("--seed", type=int, help="random seed")
+@click.option("--archive", is_flag=True, help="also write BUNDLE.efb")
+@click.option("--force", is_flag=True, help="replace an existing bundle")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def compile_command(**params: Any) -> int:
+    """Compile SOURCE (.keras/.h5, SavedModel dir, .onnx or .tflite) into a bundle at -o BUNDLE: prune, distill,
+    quantize and export, with an accuracy gate. Flags override the --recipe; the effective recipe goes into the
+    bundle lineage and BUNDLE.report/recipe.toml."""
+    return cmd_compile(SimpleNamespace(**params))
+
+
+@click.group(epilog="Example: edgefleet datasets digits -o data")
+def datasets() -> None:
+    """Write example datasets (offline)."""
+
+
+@datasets.command("digits", epilog="Example: edgefleet datasets digits -o data   # data/train.npz, data/test.npz")
+@click.option("-o", "--output", required=True, help="directory")
+@click.option("--seed", type=int, default=0, help="random seed of the split")
+def datasets_digits(**params: Any) -> int:
+    """scikit-learn's 8x8 digits as train.npz/test.npz."""
+    return cmd_datasets_digits(SimpleNamespace(**params))
+
+
+@click.group(epilog="Example: edgefleet examples train-digits -o digits.keras")
+def examples() -> None:
+    """Example models to try the compiler with."""
+
+
+@examples.command("train-digits", epilog="Example: edgefleet examples train-digits -o digits.keras")
+@click.option("-o", "--output", required=True, help="model file (.keras)")
+@click.option("--epochs", type=int, default=12, help="training epochs")
+@click.option("--seed", type=int, default=0, help="random seed")
+@click.option("--force", is_flag=True, help="replace an existing model file")
+def examples_train_digits(**params: Any) -> int:
+    """Train a small CNN on the digits in seconds."""
+    return cmd_examples_train_digits(SimpleNamespace(**params))
 
 
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def cmd_compile(args: Any) -> int:
     _quiet_tf()
     from .config import CompileConfig, config_from_args, load_recipe
 
@@ -115,7 +132,7 @@ def _print_summary(result: Any) -> None:
         console.print(f"report: {result.report_dir}/report.md")
 
 
-def cmd_datasets_digits(args: argparse.Namespace) -> int:
+def cmd_datasets_digits(args: Any) -> int:
     from .examples import write_digits
 
     train, test = write_digits(args.output, seed=args.seed)
@@ -123,7 +140,7 @@ def cmd_datasets_digits(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_examples_train_digits(args: argparse.Namespace) -> int:
+def cmd_examples_train_digits(args: Any) -> int:
     _quiet_tf()
     from .examples import train_digits
 

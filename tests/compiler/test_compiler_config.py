@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,12 +13,11 @@ from edgefleet.compiler.config import CompileConfig, QuantMode, config_from_args
 from edgefleet.errors import ConfigError
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    from edgefleet.compiler.cli import register
+def _parse(argv: list[str]) -> SimpleNamespace:
+    from edgefleet.compiler.cli import compile_command
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    assert argv[0] == "compile"
+    return SimpleNamespace(**compile_command.make_context("compile", argv[1:]).params)
 
 
 def test_recipe_and_flags_give_the_same_config(tmp_path: Path) -> None:

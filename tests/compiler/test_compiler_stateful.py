@@ -185,16 +185,13 @@ def test_onnx_source_with_state_compiles_to_int8(built: Path, ref: dict[str, np.
 
 
 def test_state_flag_and_recipe() -> None:
-    import argparse
+    from types import SimpleNamespace
 
-    from edgefleet.compiler.cli import register
+    from edgefleet.compiler.cli import compile_command
     from edgefleet.compiler.config import CompileConfig, config_from_args
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-
     def cfg(*flags: str) -> CompileConfig:
-        return config_from_args(parser.parse_args(["compile", "m.keras", "-o", "b", *flags]))
+        return config_from_args(SimpleNamespace(**compile_command.make_context("compile", ["m.keras", "-o", "b", *flags]).params))
 
     assert cfg().state_pairs is None
     assert cfg("--state", "none").state_pairs == {}
