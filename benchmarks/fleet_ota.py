@@ -7,11 +7,12 @@
 Starts its own mosquitto on a free loopback port, a coordinator (SQLite
 registry, paho) in this process and the simulated devices in ``--workers``
 worker processes. Each device is its own MQTT 5 client with a persistent
-session, a last will and a retained birth, and runs the device side of the
-transfer protocol (:class:`edgefleet.cloud_sync.wire.transfer.Receiver`: windowed
-chunk requests as bitmaps, per-chunk sha256, re-requests after a stall or a
-reconnect, whole-file sha256 against the declared file id) and reports its job
-(DOWNLOADING, SUCCEEDED) with versioned updates. A worker drives all its paho
+session, a last will and a retained birth, and runs the real device machine
+(:class:`edgefleet.cloud_sync.device.machine.DeviceMachine`, as ``DeviceSync`` does:
+duplicate and replayed jobs, the transfer receiver's windowed chunk requests as
+bitmaps, per-chunk sha256, re-requests after a stall or a reconnect, whole-file
+sha256 against the declared file id) and reports its job (DOWNLOADING,
+IN_PROGRESS, SUCCEEDED) with versioned updates; only the install is simulated. A worker drives all its paho
 clients from one thread through paho's external-loop API (``socket()``,
 ``loop_read()``, ``loop_write()``, ``loop_misc()`` and the socket
 open/close/register-write callbacks on one ``selectors`` loop), so 1,000
@@ -134,14 +135,17 @@ def _bundles(root: Path) -> tuple[bytes, bytes]:
 
 # -- the device side (worker processes) -----------------------------------------------------------------
 class SimDevice:
-    """One simulated device: its own paho client and session, the real transfer receiver, no model."""
+    """One simulated device: its own paho client and session, and the real device machine
+    (:class:`edgefleet.cloud_sync.device.machine.DeviceMachine`, with its transfer receiver) deciding what to ask
+    for and report; the bundle is kept in memory and "installed" at once (no model, no agent)."""
 
     def __init__(self, loop: DeviceLoop, port: int, device_id: str, kick: bool) -> None:
         import paho.mqtt.client as mqtt
 
+        from edgefleet.cloud_sync.device import machine as M
         from edgefleet.cloud_sync.wire import protocol as P
 
-        self.P, self.loop, self.port, self.id, self.kick = P, loop, port, device_id, kick
+        self.P, self.M, self.loop, self.port, self.id, self.kick = P, M, loop, port, device_id, kick
         self.client = loop.client_cls(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
         self.client.max_queued_messages_set(0)
         self.client.will_set(P.up_topic(FLEET, device_id, P.Up.STATUS), P.Status(device_id, False, 1).to_bytes(),
@@ -153,13 +157,12 @@ class SimDevice:
         self.client.on_socket_close = loop.sock_close
         self.client.on_socket_register_write = loop.want_write
         self.client.on_socket_unregister_write = loop.no_write
+        self.machine = M.DeviceMachine(_SimChecks(), max_bundle_bytes=1 << 30, window=WINDOW,
+                                       stall_seconds=STALL_SECONDS)
         self.ready = False
-        self.receiver: Any = None
         self.buf = bytearray()
-        self.job = ""
-        self.version = 0
+        self.info: Any = None
         self.done_at = 0.0
-        self.last = time.monotonic()
         self.payload_in = 0
         self.chunks_in = 0
         self.malformed = 0
@@ -177,85 +180,109 @@ class SimDevice:
     def _connected(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
             return
-        P = self.P
         self.connects += 1
-        client.subscribe(P.down_filter(FLEET, self.id), qos=1)
-        client.publish(P.up_topic(FLEET, self.id, P.Up.STATUS),
-                       P.Status(self.id, True, 1, time.time(), group="bench").to_bytes(), qos=1, retain=True)
-        self.last = time.monotonic()  # as DeviceSync: give in-flight chunks a moment before asking again
+        client.subscribe(self.P.down_filter(FLEET, self.id), qos=1)
+        self._run(self.M.Connected())  # the birth; in-flight chunks get a moment before they are asked again
 
     def _subscribed(self, *_: Any) -> None:
         self.ready = True
 
     def _message(self, client: Any, userdata: Any, msg: Any) -> None:
-        from edgefleet.cloud_sync.wire import transfer as T
         from edgefleet.errors import ProtocolError
 
-        P = self.P
+        P, M = self.P, self.M
         payload = msg.payload
         self.payload_in += len(payload)
         kind = msg.topic.rsplit("/", 1)[-1]
         try:
             if kind == "desired" and payload:
-                d = P.Desired.parse(payload)
-                if d.job_id == self.job or d.file is None:
-                    return  # duplicate (retained desired re-sent on resubscribe)
-                self.job, self.version = d.job_id, 0
-                self.buf = bytearray(d.file.size)
-                self.receiver = T.Receiver(d.job_id, d.file, window=WINDOW)
-                self._job("DOWNLOADING", "downloading")
-                self._drive(self.receiver.handle(T.Begin()))
-            elif kind == "chunk" and self.receiver is not None:
+                self._run(M.DesiredIn(P.Desired.parse(payload)))
+            elif kind == "chunk":
                 self.chunks_in += 1
-                self.last = time.monotonic()
-                self._drive(self.receiver.handle(T.ChunkArrived(P.Chunk.parse(payload))))
-                r = self.receiver
-                if self.kick and self.kicked_at_chunks < 0 and len(r.have) >= r.info.chunks // 2 and not r.done:
+                self._run(M.ChunkIn(P.Chunk.parse(payload)))
+                r = self._receiver()
+                if self.kick and self.kicked_at_chunks < 0 and r is not None and len(r.have) >= r.info.chunks // 2 \
+                        and not r.done:
                     self.kicked_at_chunks = len(r.have)
                     self.loop.kicks.append(self)
         except ProtocolError:
             self.malformed += 1
 
-    def _job(self, status: str, step: str = "") -> None:
-        P = self.P
-        self.version += 1
-        self.client.publish(P.up_topic(FLEET, self.id, P.Up.JOB),
-                            P.JobUpdate(self.job, status, self.version, self.version - 1, step).to_bytes(), qos=1)
+    def _receiver(self) -> Any:
+        a = self.machine.active
+        return a.receiver if a is not None else None
 
     def stalled(self, now: float) -> None:
-        from edgefleet.cloud_sync.wire import transfer as T
+        self._run(self.M.Tick(self.client.is_connected()))
 
-        r = self.receiver
-        if r is not None and not r.done and self.client.is_connected() and now - self.last >= STALL_SECONDS:
-            self.last = now
-            self._drive(r.handle(T.Stalled()))
+    def _run(self, event: Any) -> None:
+        """The driver loop of DeviceSync, in memory: perform each action, feed its answer back at once."""
+        from collections import deque
 
-    def _drive(self, actions: list[Any]) -> None:
-        from edgefleet.cloud_sync.wire import transfer as T
+        todo = deque(self.machine.handle(event))
+        while todo:
+            answer = self._perform(todo.popleft())
+            if answer is not None:
+                todo.extendleft(reversed(self.machine.handle(answer)))
 
-        P = self.P
-        r = self.receiver
-        for a in actions:
-            if isinstance(a, T.Request):
-                self.client.publish(P.up_topic(FLEET, self.id, P.Up.CHUNKS), P.ChunkRequest.make(
-                    r.job_id, r.info.file_id, r.info.chunks, list(a.indices)).to_bytes(), qos=1)
-            elif isinstance(a, T.Store):
-                off = a.index * r.info.chunk_size
-                self.buf[off : off + len(a.data)] = a.data
-            elif isinstance(a, T.CheckWhole):
-                self._drive(r.handle(T.Verified(hashlib.sha256(self.buf).hexdigest() == r.info.file_id)))
-            elif isinstance(a, T.Complete):
-                self.done_at = time.monotonic()
-                self.buf = bytearray()
-                self._job("SUCCEEDED", "installed")
+    def _perform(self, act: Any) -> Any:
+        P, M = self.P, self.M
+        if isinstance(act, M.Report):
+            self.client.publish(P.up_topic(FLEET, self.id, P.Up.JOB), act.update.to_bytes(), qos=1)
+        elif isinstance(act, M.RequestChunks):
+            self.client.publish(P.up_topic(FLEET, self.id, P.Up.CHUNKS), act.request.to_bytes(), qos=1)
+        elif isinstance(act, M.Birth):
+            self.client.publish(P.up_topic(FLEET, self.id, P.Up.STATUS),
+                                P.Status(self.id, True, 1, time.time(), group="bench").to_bytes(), qos=1, retain=True)
+        elif isinstance(act, M.OpenFile):
+            self.info, self.buf = act.info, bytearray(act.info.size)
+            return M.Opened()
+        elif isinstance(act, M.StoreChunk):
+            off = act.index * self.info.chunk_size
+            self.buf[off : off + len(act.data)] = act.data
+        elif isinstance(act, M.CheckFile):
+            return M.FileChecked(hashlib.sha256(self.buf).hexdigest() == self.info.file_id)
+        elif isinstance(act, M.DiscardFile):
+            self.buf = bytearray()
+        elif isinstance(act, M.PrepareInstall):
+            return M.Prepared(Path("memory"))
+        elif isinstance(act, M.Install):  # verified: "installed" at once
+            self.done_at = time.monotonic()
+            self.buf = bytearray()
+            return M.AgentJob(act.job_id, "SUCCEEDED", "", "installed")
+        elif isinstance(act, M.Rollback):
+            return M.RolledBack()
+        elif isinstance(act, M.RecordOrder):
+            return M.OrderRecorded()
+        return None  # SaveState: the simulated device keeps its state in memory
 
     def result(self) -> dict[str, Any]:
-        r = self.receiver
+        r = self._receiver()
+        stats = self.machine.stats
         return {"id": self.id, "kick": self.kick, "kicked_at_chunks": self.kicked_at_chunks,
                 "done_at": self.done_at, "wire_in": self.client.wire_in, "wire_out": self.client.wire_out,
                 "payload_in": self.payload_in, "chunks_in": self.chunks_in, "malformed": self.malformed,
-                "connects": self.connects, "duplicates": r.duplicates if r else 0,
-                "rerequested": r.rerequested if r else 0}
+                "connects": self.connects, "duplicates": stats["duplicates"],
+                "rerequested": stats["rerequested"] + (r.rerequested if r is not None else 0)}
+
+
+class _SimChecks:
+    """A simulated device's facts: no model yet, no delta base, no refusals, no rollback orders to verify."""
+
+    def active_version(self) -> str:
+        return ""
+
+    def previous_version(self) -> str | None:
+        return None
+
+    def delta_base(self) -> str | None:
+        return None
+
+    def check_before_download(self, desired: Any) -> Path | None:
+        return None
+
+    def check_order(self, desired: Any) -> tuple[Any, bool]:
+        return None, False
 
 
 class DeviceLoop:
@@ -374,7 +401,8 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
         conns.append(parent)
     reg = Registry(f"sqlite:///{root / 'reg.db'}")
     coord = Coordinator(reg, MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id="bench-coord",
-                                                      max_inflight=1000)), FLEET, tick_seconds=0.5, deltas=False)
+                                                      max_inflight=1000)), FLEET, tick_seconds=0.5, deltas=False,
+                        groups=dict.fromkeys(ids, "bench"))  # groups are assigned by the operator (issue 13)
     coord.start()
     t_connect = time.monotonic()
     for c in conns:
