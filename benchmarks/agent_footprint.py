@@ -23,7 +23,6 @@ _T0 = time.perf_counter()  # the child's clock starts before any edgefleet/numpy
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -170,19 +169,16 @@ def main() -> None:
         runs = [_measure(state, args.idle) for _ in range(args.runs)]
         results[runtime] = {"model": model.name, "model_bytes": model.stat().st_size, "runs": runs,
                             "summary": _summary(runs)}
-    from edgefleet.bench import cpu_name
 
     lit = results["litert"]["summary"]  # type: ignore[index]
+    from .schema import envelope, machine
+
     out = {
-        "benchmark": "agent_footprint",
-        "quick": args.quick,
+        **envelope("agent_footprint", args.quick, machine_doc={**machine(), "cpus": os.cpu_count(),
+                                                              "load_average_at_end": os.getloadavg()}),
         "runs_per_runtime": args.runs,
         "targets": {"idle_rss_mb_litert": 60, "cold_start_ms": 300},
         "met": {"idle_rss": lit["idle_rss_mb"]["median"] <= 60, "cold_start": lit["cold_start_ms"]["median"] <= 300},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": cpu_name(), "cpus": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg(),
-                    "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "definitions": {
             "cold_start_ms": "fresh process: imports (numpy, edgefleet, runtime) + open the agent's state dir "
                              "(recover, verify the stored bundle's hashes, load the model) + first predict; "

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = {"train": 4, "prune": 1, "structured": 2, "distill": 5} if args.quick else \
         {"train": 12, "prune": 4, "structured": 6, "distill": 20}
 
-    from edgefleet.bench import BenchConfig, machine_info, run_bench
+    from edgefleet.bench import BenchConfig, run_bench
     from edgefleet.compiler import compile_model
     from edgefleet.compiler.config import (
         CompileConfig,
@@ -114,16 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, value, op, limit in targets:
         ok = None if op == "info" else (value >= limit if op == ">=" else value <= limit)
         rows.append({"target": name, "value": round(float(value), 3), "op": op, "limit": limit, "met": ok})
+    from .schema import envelope
+
     doc = {
-        "benchmark": "compiler_digits",
-        "quick": args.quick,
+        **envelope("compiler_digits", args.quick, ("tensorflow", "tf-keras", "tensorflow-model-optimization", "onnx")),
         "epochs": epochs,
         "model": {"params": info["params"], "test_accuracy": round(info["test_accuracy"], 3), "train_s": round(train_s, 1)},
         "runs": runs,
         "targets": rows,
         "latency_runs": args.runs,
         "total_s": round(time.perf_counter() - t_start, 1),
-        "machine": machine_info(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

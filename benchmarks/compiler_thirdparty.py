@@ -38,7 +38,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -492,7 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=100, help="timed predict() calls per variant")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = ap.parse_args(argv)
-    from edgefleet.bench import machine_info
 
     results = []
     with tempfile.TemporaryDirectory(prefix="ef-thirdparty-") as tmp:
@@ -508,16 +506,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.key}: {src}", flush=True)
             results.append(bench_model(spec, src, Path(tmp), args.runs))
     print_table(results)
-    from importlib.metadata import PackageNotFoundError, version
+    from .schema import envelope
 
-    pkgs = {}
-    for p in ("edgefleet", "onnxruntime", "onnx", "tf2onnx", "tensorflow", "ai-edge-litert", "rapidocr-onnxruntime", "silero-vad", "mediapipe"):
-        try:
-            pkgs[p] = version(p)
-        except PackageNotFoundError:
-            pass
-    doc = {"benchmark": "compiler_thirdparty", "python": platform.python_version(), "packages": pkgs,
-           "machine": machine_info(), "runs": args.runs, "models": results}
+    packages = ("onnx", "tf2onnx", "tensorflow", "rapidocr-onnxruntime", "silero-vad", "mediapipe")
+    doc = {**envelope("compiler_thirdparty", False, packages), "runs": args.runs, "models": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     print(f"\nwrote {args.json}")

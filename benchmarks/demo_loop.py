@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or RESULTS / f"demo_loop{'_quick' if args.quick else ''}.json")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
 
-    from edgefleet.bench import machine_info
+    from .schema import envelope
+    from .schema import machine as machine_now
 
-    machine = machine_info()
+    machine = machine_now(("flwr", "paho-mqtt", "tensorflow"))
     runs = []
     for seed in seeds:
         r = run_once(args.devices, args.rounds, seed, args.timeout)
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: FAILED (exit {r['returncode']}): {r['error'][-500:]}", flush=True)
     ok = [r for r in runs if r["ok"]]
     doc = {
-        "benchmark": "demo_loop", "quick": args.quick, "devices": args.devices, "rounds": args.rounds,
-        "machine": machine, "runs": runs,
+        **envelope("demo_loop", args.quick, machine_doc=machine), "devices": args.devices, "rounds": args.rounds,
+        "runs": runs,
         "summary": {
             "runs": len(runs), "ok": len(ok),
             "all_devices_on_final": all(r["all_on_final"] for r in ok) and len(ok) == len(runs),

@@ -244,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    from edgefleet.bench import machine_info
 
     rounds = 5 if args.quick else 10
-    doc: dict[str, Any] = {"benchmark": "federated_digits", "quick": args.quick, "machine": machine_info()}
+    from .schema import envelope
+
+    doc: dict[str, Any] = envelope("federated_digits", args.quick, ("flwr", "tensorflow"))
     doc["accuracy"] = accuracy_part(rounds, 10)
     a = doc["accuracy"]
     print(f"accuracy after {rounds} rounds (10 devices): fedavg {a['fedavg'][-1]:.3f}, fedprox(0.01) "

@@ -63,6 +63,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import schema
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE.parent / "tests" / "agent"))
@@ -83,26 +85,17 @@ def _broker(root: Path, queue_limit: int = LIFTED, name: str = "broker") -> tupl
 
 
 def _machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from edgefleet.bench import machine_info
     from edgefleet.cloud_sync.broker import find_mosquitto
     from edgefleet.errors import ConfigError
 
-    out = machine_info()
-    pkgs: dict[str, str | None] = {}
-    for name in ("paho-mqtt", "SQLAlchemy", "bsdiff4", "onnx"):
-        try:
-            pkgs[name] = version(name)
-        except PackageNotFoundError:
-            pkgs[name] = None
+    out = schema.machine(("paho-mqtt", "SQLAlchemy", "bsdiff4", "onnx"))
+    pkgs = out["packages"]
     try:
         line = subprocess.run([find_mosquitto(), "-h"], capture_output=True,
                               text=True, timeout=10).stdout.splitlines()[0]
         pkgs["mosquitto"] = line.split("version", 1)[1].strip()
     except (ConfigError, OSError, IndexError, subprocess.SubprocessError):
         pkgs["mosquitto"] = None
-    out["packages"] = pkgs
     return out
 
 
@@ -795,9 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             v1, v2 = _bundles(root) if parts & {"ota", "delta"} else (b"", b"")
             result = {
-                "benchmark": "fleet_ota",
-                "machine": _machine(),
-                "quick": args.quick,
+                **schema.envelope("fleet_ota", args.quick, machine_doc=_machine()),
                 "parameters": {"devices": n, "workers": workers, "bundle_bytes": len(v2), "window": WINDOW,
                                "stall_seconds": STALL_SECONDS, "forced_reconnect_fraction": 0.1,
                                "telemetry": tel, "parts": sorted(parts)},

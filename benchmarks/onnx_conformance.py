@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
-    from edgefleet.bench import machine_info
 
     conf = _conformance_module()
     ort.set_default_logger_severity(3)
@@ -64,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused at load: {tally.refused_summary()}")
     if tally.failures:
         print(tally.failure_listing())
+    from .schema import envelope
+
     doc = {
+        **envelope("onnx_conformance", args.quick, ("onnx",)),
         "cases": tally.total,
         "ort_pass": tally.ort_pass,
         "edgefleet_pass": tally.ef_pass,
@@ -74,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         "failures": tally.n_failures,
         "failing_cases": {cat: [n for n, _ in items] for cat, items in tally.failures.items()},
         "seconds": round(tally.seconds, 1),
-        "machine": machine_info(),
         "baseline_5e5384f": {"edgefleet_pass": 834, "ort_pass": 1589, "note": "the sdk at commit 5e5384f, measured with the same test code"},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0 if tally.n_failures == 0 else 1
 

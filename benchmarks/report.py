@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import plots
+from . import plots, schema
 from .suite import REPO, RESULTS, SUITES, Suite, load_runs, package_versions, utc_now
 
 
@@ -427,8 +427,6 @@ def machine_row(s: Section, record: dict[str, Any] | None) -> list[Any]:
         versions |= {k: v for k, v in m["packages"].items() if v}
     runtimes = sorted({d.get("runtime_version") for d in doc.get("details", []) if d.get("runtime_version")})
     versions_s = ", ".join([f"{k} {v}" for k, v in versions.items()] + runtimes)
-    if isinstance(doc.get("packages"), dict):
-        versions_s = ", ".join(f"{k} {v}" for k, v in doc["packages"].items())
     if not versions_s and record:
         env = record.get("environment", {}).get("packages", {})
         versions_s = "runner: " + ", ".join(f"{k} {v}" for k, v in env.items() if v != "not installed")
@@ -461,6 +459,13 @@ def read_sections(results_dir: Path, quick: bool, plots_dir: Path, suites: tuple
         else:
             try:
                 s.doc = json.loads(path.read_text())
+                wrong = schema.problems(s.doc, suite.name)
+                if wrong:
+                    s.problem = (f"`{_rel(path, REPO)}` does not follow the results schema (benchmarks/schema.py): "
+                                 + "; ".join(wrong) + f". Run `python -m benchmarks --only {suite.name}` again.")
+                    s.doc = s.doc if isinstance(s.doc, dict) else None
+                    sections.append(s)
+                    continue
                 BUILDERS[suite.name](s, plots_dir)
             except Exception as exc:  # an unexpected schema must not hide the other suites
                 s.problem = f"Could not read `{_rel(path, REPO)}`: {type(exc).__name__}: {exc}"

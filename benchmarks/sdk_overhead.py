@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(RESULTS / f"sdk_overhead{'_quick' if args.quick else ''}.json")
     runs = 500 if args.quick else args.runs
 
-    from edgefleet.bench import BenchConfig, format_report, machine_info, run_bench
+    from edgefleet.bench import BenchConfig, format_report, run_bench
     from edgefleet.pack import pack
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s['model']:24} {s['raw_p50_us']:11.2f} {s['predict_p50_us']:12.2f} {s['overhead_us']:12.2f} {s['ratio']:7.3f}  {tgt}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"suite": "sdk_overhead", "quick": args.quick, "runs": runs, "machine": machine_info(), "summary": summary, "details": rows}, indent=2) + "\n")
+    from .schema import envelope
+
+    out.write_text(json.dumps({**envelope("sdk_overhead", args.quick), "runs": runs, "summary": summary,
+                               "details": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -125,9 +125,9 @@ def package_versions() -> dict[str, str]:
 
 def environment() -> dict[str, Any]:
     """The machine and package versions of this run (recorded beside the suite statuses)."""
-    from edgefleet.bench import machine_info
+    from .schema import machine
 
-    return {**machine_info(), "packages": package_versions()}
+    return machine(PACKAGES)
 
 
 def suite_env() -> dict[str, str]:

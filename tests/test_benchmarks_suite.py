@@ -154,3 +154,29 @@ def test_hung_suite_is_killed_with_its_children(tmp_path: Path) -> None:
     else:
         pytest.fail(f"the suite's child process {child} survived the timeout")
     assert os.path.exists(run.log)
+
+
+def test_every_result_follows_the_one_schema_and_a_result_that_does_not_is_named(tmp_path: Path) -> None:
+    """Every committed result starts with the envelope benchmarks/schema.py writes (benchmark, quick, machine with
+    its packages); the report names a result without it instead of failing or guessing."""
+    from benchmarks import schema
+
+    for s in SUITES:
+        src = s.result_file(RESULTS, quick=False)
+        if src.exists():
+            doc = json.loads(src.read_text())
+            assert schema.problems(doc, s.name) == [], (src.name, schema.problems(doc, s.name))
+            assert list(doc)[:3] == ["benchmark", "quick", "machine"], src.name
+            shutil.copy(src, tmp_path / src.name)
+    doc = json.loads((tmp_path / "sdk_overhead.json").read_text())
+    doc["suite"] = doc.pop("benchmark")  # the key this suite used to write
+    (tmp_path / "sdk_overhead.json").write_text(json.dumps(doc))
+    (tmp_path / "agent_footprint.json").write_text(json.dumps([1, 2]))
+    _, sections = report.generate(tmp_path, quick=False, md_path=tmp_path / "BENCHMARKS.md")
+    by_name = {s.suite.name: s for s in sections}
+    assert "does not follow the results schema" in by_name["sdk_overhead"].problem
+    assert "no 'benchmark'" in by_name["sdk_overhead"].problem
+    assert "not an object" in by_name["agent_footprint"].problem
+    assert not by_name["compiler_digits"].problem
+    env = schema.envelope("x", True, ("no-such-package-here",))
+    assert env["machine"]["packages"]["no-such-package-here"] is None and env["machine"]["packages"]["numpy"]

@@ -1,0 +1,62 @@
+"""The one schema every benchmark's JSON follows, and the one machine description in it.
+
+Every ``benchmarks/results/*.json`` is an object that starts with the envelope :func:`envelope` writes:
+
+- ``benchmark``: the suite's name (as ``python -m benchmarks --only NAME`` knows it);
+- ``quick``: whether it was the reduced run (``--quick``);
+- ``machine``: :func:`machine` - CPU, cores, load average, platform, Python, versions of the packages that
+  matter to the suite (``packages``), and when it was written (``utc``);
+
+then the suite's own figures. ``report.py`` checks the envelope (:func:`problems`) before it reads a suite's
+figures, and reads the machine row from ``machine`` alone.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any, Sequence
+
+ENVELOPE = ("benchmark", "quick", "machine")
+#: packages whose versions every result records (a suite adds its own)
+COMMON_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert")
+
+
+def machine(packages: Sequence[str] = ()) -> dict[str, Any]:
+    """This machine now (``edgefleet.bench.machine_info``) and the versions of ``packages`` (and the common
+    ones): ``None`` for a package that is not installed."""
+    from edgefleet.bench import machine_info
+
+    out = machine_info()
+    versions: dict[str, str | None] = {}
+    for name in dict.fromkeys([*COMMON_PACKAGES, *packages]):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    out["packages"] = versions
+    return out
+
+
+def envelope(benchmark: str, quick: bool, packages: Sequence[str] = (),
+             machine_doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The first keys of a result: name, quick or full, the machine (measured now unless given)."""
+    return {"benchmark": benchmark, "quick": bool(quick),
+            "machine": machine_doc if machine_doc is not None else machine(packages)}
+
+
+def problems(doc: Any, benchmark: str) -> list[str]:
+    """What is wrong with ``doc``'s envelope for ``benchmark`` ([] when nothing is)."""
+    if not isinstance(doc, dict):
+        return [f"the JSON is a {type(doc).__name__}, not an object"]
+    out = [f"no {key!r}" for key in ENVELOPE if key not in doc]
+    if "benchmark" in doc and doc["benchmark"] != benchmark:
+        out.append(f"'benchmark' is {doc['benchmark']!r}, not {benchmark!r}")
+    if "quick" in doc and not isinstance(doc["quick"], bool):
+        out.append("'quick' is not true or false")
+    m = doc.get("machine")
+    if "machine" in doc and not (isinstance(m, dict) and isinstance(m.get("packages", {}), dict)):
+        out.append("'machine' is not an object with a 'packages' object")
+    return out
+
+
+__all__ = ["COMMON_PACKAGES", "ENVELOPE", "envelope", "machine", "problems"]
