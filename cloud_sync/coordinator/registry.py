@@ -542,7 +542,7 @@ class Registry:
         t = self.t["jobs"]
         with self._lock, self.engine.begin() as c:
             r = c.execute(update(t).where(and_(t.c.job_id == job.job_id, t.c.version == job.version,
-                                               t.c.status == job.status))
+                                               t.c.status == job.status.value))
                           .values(status="TIMED_OUT", reason="timeout", message=message[:2000], updated=time.time()))
             return bool(r.rowcount)
 

@@ -5,20 +5,25 @@ whose keys and their order are the API's (``group`` for the ``group_name`` colum
 federated runs, as before). A row is a snapshot: change the registry (``set_device``, ``force_job``, ...) and read
 it again, or ``dataclasses.replace`` it for a local copy.
 
-Job states are plain ``str`` here (QUEUED, DOWNLOADING, ..., TIMED_OUT, CANCELED: ``protocol.JOB_STATES`` and the
-coordinator's own TIMED_OUT/CANCELED); they become the shared ``JobState`` enum once ``cloud_sync/wire/`` has it.
+A job's ``status`` is the shared :class:`edgefleet.jobstate.JobState` (a ``str`` enum: it compares equal to its wire
+string, and ``to_dict`` gives that string).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, Mapping
+
+from edgefleet.jobstate import JobState
 
 
 def _plain(v: Any) -> Any:
     if isinstance(v, Row):
         return v.to_dict()
+    if isinstance(v, Enum):
+        return v.value
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
@@ -152,8 +157,7 @@ class DeploymentHeads:
 
 @dataclass(frozen=True, slots=True)
 class Job(Row):
-    """A device's job of a deployment (``action`` install or rollback). ``status`` is the job state (a ``str``
-    until the shared ``JobState`` enum exists); ``version`` the device's update counter (stale updates are
+    """A device's job of a deployment (``action`` install or rollback) in state ``status``; ``version`` the device's update counter (stale updates are
     refused); ``started``/``delivered`` 0.0 until the device reported / was online; ``desired`` the Desired
     message to re-send."""
 
@@ -162,7 +166,7 @@ class Job(Row):
     fleet: str
     device_id: str
     action: str
-    status: str
+    status: JobState
     step: str
     reason: str
     message: str
@@ -178,7 +182,7 @@ class Job(Row):
     @classmethod
     def from_row(cls, r: Mapping[Any, Any]) -> Job:
         return cls(job_id=r["job_id"], deployment_id=r["deployment_id"], fleet=r["fleet"], device_id=r["device_id"],
-                   action=r["action"], status=r["status"], step=r["step"], reason=r["reason"], message=r["message"],
+                   action=r["action"], status=JobState(r["status"]), step=r["step"], reason=r["reason"], message=r["message"],
                    version=int(r["version"]), stage=int(r["stage"]), from_version=r["from_version"],
                    created=float(r["created"]), updated=float(r["updated"]), started=float(r["started"]),
                    delivered=float(r["delivered"]), desired=r["desired"])

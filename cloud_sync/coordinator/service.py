@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
+from edgefleet.jobstate import JobState
 
 from ..transport import Transport
 from ..wire import protocol as P
@@ -351,7 +352,7 @@ class Coordinator:
         a device takes a repeated job as the same job."""
         self.registry.mark_delivered(self.fleet, device)
         job = self.registry.latest_job(self.fleet, device)
-        if job is not None and job.status == "QUEUED" and job.desired:
+        if job is not None and job.status is JobState.QUEUED and job.desired:
             self._publish_desired(device, P.Desired.parse(job.desired.encode()))  # with fresh TUF metadata
             self.counters["desired_redelivered"] += 1
 
@@ -552,9 +553,9 @@ class Coordinator:
         if job is None or job.device_id != device:
             self.counters["unknown_jobs"] += 1
             return
-        if job.status in ("CANCELED",) and u.status not in P.TERMINAL_STATES:
+        if job.status is JobState.CANCELED and u.status not in P.TERMINAL_STATES:
             return
-        if job.status == "TIMED_OUT":
+        if job.status is JobState.TIMED_OUT:
             # Final, as in AWS IoT Jobs: the late update does not change the job (nor the health gate's
             # count), but what the device now runs is recorded, and a late success of a halted rollout
             # is ordered back like any other.
@@ -624,8 +625,8 @@ class Coordinator:
                 elif action == "rollback" and st != "rolled_back":
                     if self._transition(dep, "rolled_back", "rolled back by the operator"):
                         jobs = {j.device_id: j for j in self.registry.jobs(dep_id) if j.action == "install"}
-                        self._cancel(dep, [d for d, j in jobs.items() if j.status in ("QUEUED", "DOWNLOADING")])
-                        self._order_rollback(dep, [d for d, j in jobs.items() if j.status == "SUCCEEDED"])
+                        self._cancel(dep, [d for d, j in jobs.items() if j.status in (JobState.QUEUED, JobState.DOWNLOADING)])
+                        self._order_rollback(dep, [d for d, j in jobs.items() if j.status is JobState.SUCCEEDED])
             finally:
                 self.registry.release_lease(dep_id, self.node)
             out = self.registry.deployment(dep_id)
@@ -646,14 +647,14 @@ class Coordinator:
         """A deployment as the API answers it: its row without targets and lease, the number of targets, the jobs'
         states counted, its events and its jobs."""
         jobs = self.registry.jobs(dep.id)
-        counts: Counter[str] = Counter(j.status for j in jobs if j.action == "install")
-        rollbacks: Counter[str] = Counter(j.status for j in jobs if j.action == "rollback")
+        counts: Counter[str] = Counter(j.status.value for j in jobs if j.action == "install")
+        rollbacks: Counter[str] = Counter(j.status.value for j in jobs if j.action == "rollback")
         return {**{k: v for k, v in dep.to_dict().items() if k not in ("targets", "lease_owner", "lease_until")},
                 "targets": len(dep.targets), "counts": dict(counts), "rollbacks": dict(rollbacks),
                 "events": [{"ts": e.ts, "kind": e.kind, "stage": e.stage, "detail": e.detail}
                            for e in self.registry.events(dep.id)],
                 "done": sum(v for k, v in counts.items() if k in P.TERMINAL_STATES),
-                "jobs": [{"job_id": j.job_id, "device_id": j.device_id, "action": j.action, "status": j.status,
+                "jobs": [{"job_id": j.job_id, "device_id": j.device_id, "action": j.action, "status": j.status.value,
                           "step": j.step, "reason": j.reason, "stage": j.stage} for j in jobs]}
 
     def tick(self) -> None:
@@ -699,14 +700,14 @@ class Coordinator:
         online = frozenset(d for d, row in devices.items() if row.online)
         now = time.time()
         for device, j in jobs.items():
-            why = timed_out(j.status, j.started, j.delivered, device in online, now, dep.job_timeout)
+            why = timed_out(j.status.value, j.started, j.delivered, device in online, now, dep.job_timeout)
             if why and self.registry.time_out_job(j, why):
                 log.warning("job %s of %s timed out: %s", j.job_id, device, why)
-                jobs[device] = dataclasses.replace(j, status="TIMED_OUT")  # (the same key: the loop goes on)
+                jobs[device] = dataclasses.replace(j, status=JobState.TIMED_OUT)  # (the same key: the loop goes on)
                 self.counters["jobs_timed_out"] += 1
                 self.registry.add_event(dep.id, "timed_out", j.stage, f"{device}: {why}", self.node)
                 self._withdraw(dep, j)
-        view = View(dep.state, dep.stage, tuple(targets), {d: j.status for d, j in jobs.items()}, online,
+        view = View(dep.state, dep.stage, tuple(targets), {d: j.status.value for d, j in jobs.items()}, online,
                     dep.planned)
         dec = evaluate(plan, view)
         if dec.halt:
@@ -817,7 +818,7 @@ class Coordinator:
     def _cancel(self, dep: Deployment, devices: list[str]) -> None:
         for j in self.registry.jobs(dep.id):
             if j.device_id in devices and j.action == "install":
-                self.registry.force_job(j.job_id, status="CANCELED", reason="rollout_halted")
+                self.registry.force_job(j.job_id, status=JobState.CANCELED.value, reason="rollout_halted")
                 self._withdraw(dep, j)
 
     def _withdraw(self, dep: Deployment, job: Job) -> None:

@@ -151,12 +151,12 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     assert last.train_loss is not None and last.seconds > 0 and last.dp_epsilon is None
     assert cli_main(["fleet", "status", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["federated_runs"][0]["id"] == rec["id"] and len(status["federated_runs"][0]["round_metrics"]) == 3
+    assert status["federated_runs"][0]["id"] == rec.id and len(status["federated_runs"][0]["round_metrics"]) == 3
     assert cli_main(["fleet", "status", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN]) == 0
     table = capsys.readouterr().out
-    assert f"federated run {rec['id']} (group g, fedavg, trigger manual): deployed, 3/3 round(s); gate: promoted v2; " \
+    assert f"federated run {rec.id} (group g, fedavg, trigger manual): deployed, 3/3 round(s); gate: promoted v2; " \
            f"deployment {dep_id}" in table, table
-    assert f"{last['central_accuracy']:.3f}" in table, table
+    assert f"{last.central_accuracy:.3f}" in table, table
 
     # Act/Assert: gated against v2 itself, the same aggregate is not promoted: no deployment, a clear message
     args = parser.parse_args([*base, "--deployed", gate["bundle"], "--out", str(tmp_path / "run2"), "--deploy"])
