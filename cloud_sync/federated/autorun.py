@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edgefleet.childenv import child_env
 from edgefleet.errors import ConfigError
 from edgefleet.supervisor import ChildProcess, stop_all
 
-from ..childenv import child_env
 from ..coordinator.rows import Retrain
 from .config import StrategyName
 from .trigger import DriftAlert, DriftTrigger, TriggerPolicy

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from edgefleet.childenv import child_env
 from edgefleet.device_agent.flower_node import find_tool, flower_env, is_loopback
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.supervisor import ChildProcess
 
-from ..childenv import child_env
 from .config import FederatedConfig
 from .server_app import ROUNDS_FILE
 
