@@ -12,23 +12,21 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import click
 
+from edgefleet.clitypes import Duration, Percent
 from edgefleet.device_agent.cli import RunExtension, extend_run
 from edgefleet.errors import ConfigError
 
 from .coordinator.client import api_call, deploy_bundle, read_token
+from .coordinator.rollout import MAX_TOKEN_TTL
+from .federated.cli import STRATEGIES
 
 
 def register(sub: Any) -> None:
-    from edgefleet.clitypes import Duration, argparse_type
-
-    from .coordinator.rollout import percent_option
-
-    SECONDS = Duration(bare="s", lo=0.0)
-
     cloud = sub.add_parser("cloud", help="run the fleet coordinator").add_subparsers(dest="cloud_cmd", metavar="CMD")
     serve = cloud.add_parser("serve", help="coordinator: registry, rollouts, telemetry ingest, HTTP API")
     _broker_args(serve)
@@ -69,7 +67,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--tuf-repo", default=None, metavar="DIR",
                        help="TUF repository (edgefleet repo ...): a deployment must be a signed target of it, signed "
                             "by a key delegated to its model; devices get its metadata with every install job")
-    from .federated.cli import STRATEGIES, add_serve_args
+    from .federated.cli import add_serve_args
 
     add_serve_args(serve)  # --federated-dir, --superlink-port and its TLS/auth options
     serve.set_defaults(func=_serve)
@@ -96,106 +94,6 @@ def register(sub: Any) -> None:
     bc.add_argument("--insecure", action="store_true", help="a listener without TLS (loopback test benches only)")
     bc.add_argument("--run-as", default=None, help="the 'user' mosquitto drops to when started as root")
     bc.set_defaults(func=_broker_config)
-
-    sync = sub.add_parser("sync", help="connect a device agent to the fleet").add_subparsers(dest="sync_cmd",
-                                                                                           metavar="CMD")
-    run = sync.add_parser("run", help="run the agent with cloud sync (birth/will, jobs, OTA, telemetry); "
-                                      "like 'agent run --broker', with STATE_DIR/agent and STATE_DIR/sync")
-    _broker_args(run)
-    run.add_argument("--fleet", required=True)
-    run.add_argument("--device-id", required=True)
-    run.add_argument("--state-dir", required=True)
-    run.add_argument("--config", default=None, help="agent.toml (its state_dir/device_id are overridden)")
-    run.add_argument("--group", default="", help="the group this device asks for: recorded by the coordinator, "
-                     "applied only by the operator (fleet assign)")
-    run.add_argument("--telemetry-interval", type=float, default=5.0)
-    run.set_defaults(func=_sync_run)
-
-    fleet = sub.add_parser("fleet", help="operate the fleet through the coordinator's API")
-    fsub = fleet.add_subparsers(dest="fleet_cmd", metavar="CMD")
-
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--api", default=os.environ.get("EDGEFLEET_API", "http://127.0.0.1:8080"),
-                       help="the coordinator's API: http://HOST:PORT or https://HOST:PORT (default EDGEFLEET_API)")
-        p.add_argument("--ca-cert", default=os.environ.get("EDGEFLEET_CA_CERT"), metavar="PEM",
-                       help="CA certificate an https API's certificate must chain to (default EDGEFLEET_CA_CERT, "
-                            "else the system's CAs; verification is never switched off)")
-        p.add_argument("--token-file", default=None,
-                       help="file holding the API token (default: EDGEFLEET_TOKEN, or the file EDGEFLEET_TOKEN_FILE)")
-        p.add_argument("--token", default=None,
-                       help="API token (deprecated: other users see it in the process list; use the above)")
-        p.add_argument("--json", action="store_true", help="print JSON")
-        return p
-
-    p = common(fsub.add_parser("devices", help="list devices"))
-    p.add_argument("--group", default=None)
-    p.set_defaults(func=_fleet_devices)
-    p = common(fsub.add_parser("assign", help="assign devices to a group (groups are the operator's; a device's own "
-                                              "claim is recorded, never applied)"))
-    p.add_argument("devices", nargs="+", metavar="DEVICE")
-    p.add_argument("--group", required=True)
-    p.set_defaults(func=_fleet_assign)
-    p = common(fsub.add_parser("tag", help="set devices' tags (the operator's; deployments select by them; a "
-                                           "device's own hardware tags are a claim, never used)"))
-    p.add_argument("devices", nargs="+", metavar="DEVICE")
-    p.add_argument("--tags", required=True, type=_tag_list,
-                   help="comma-separated, replacing the devices' tags ('' clears them)")
-    p.set_defaults(func=_fleet_tag)
-    p = common(fsub.add_parser("deploy", help="start a staged rollout of a bundle"))
-    p.add_argument("bundle", help="bundle archive (.efb) or directory")
-    p.add_argument("--group", required=True)
-    p.add_argument("--canary", default="5%", type=percent_option("canary"), help="5%% or 0.05 (default %(default)s)")
-    p.add_argument("--waves", default="25%,50%,100%", type=percent_option("wave", many=True))
-    p.add_argument("--max-failure", default="2%", type=percent_option("max failure"),
-                   help="failure rate that halts the rollout: 2%% or 0.02 (default %(default)s)")
-    p.add_argument("--job-timeout", default="1h",
-                   help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
-    p.add_argument("--tags", default=[], type=_tag_list,
-                   help="comma-separated: only devices of the group given all these tags (fleet tag)")
-    p.set_defaults(func=_fleet_deploy)
-    p = common(fsub.add_parser("status", help="deployments and federated runs, or one deployment's per-state counts"))
-    p.add_argument("deployment", nargs="?")
-    p.add_argument("--runs", type=int, default=3, help="federated runs to show with their rounds (default 3)")
-    p.set_defaults(func=_fleet_status)
-    p = common(fsub.add_parser("retrain", help="start federated runs on drift alerts of a group (or show the settings)"))
-    p.add_argument("--group", default=None, help="the group (without --on-drift: show its settings)")
-    p.add_argument("--on-drift", choices=["on", "off"], help="start a federated run when the group reports drift")
-    p.add_argument("--min-devices", type=int, default=1, help="distinct devices reporting drift (default 1)")
-    p.add_argument("--window", type=argparse_type(SECONDS), default="1h",
-                   help="... within this long (90s, 10m, 1h, 1d; a bare number is seconds; default %(default)s)")
-    p.add_argument("--cooldown", type=argparse_type(SECONDS), default="6h",
-                   help="time between two automatic runs (90s, 10m, 6h, 1d; default %(default)s)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
-    p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN OPTIONS",
-                   help="options for `edgefleet federated run` on the coordinator host, after --, e.g. "
-                        "-- --superlink 127.0.0.1:9092 --holdout h.npz --key k --deployed v1.efb --deploy")
-    p.set_defaults(func=_fleet_retrain)
-    for action in ("pause", "resume", "rollback"):
-        p = common(fsub.add_parser(action, help=f"{action} a deployment"))
-        p.add_argument("deployment")
-        p.set_defaults(func=_fleet_action, action=action)
-    p = common(fsub.add_parser("telemetry", help="aggregated telemetry per group and version"))
-    p.add_argument("--group", default=None)
-    p.add_argument("--version", dest="model_version", default=None)
-    p.set_defaults(func=_fleet_telemetry)
-    tokens = fsub.add_parser("tokens", help="API tokens of scope read, deploy or admin (needs an admin token)")
-    tsub = tokens.add_subparsers(dest="tokens_cmd", metavar="CMD")
-    p = common(tsub.add_parser("create", help="make a token and print it (once: the coordinator keeps its hash)"))
-    p.add_argument("--name", required=True, help="its name, shown in the audit log")
-    p.add_argument("--scope", required=True, choices=["read", "deploy", "admin"],
-                   help="read: GETs; deploy: also deployments, rollouts, retraining; admin: also tokens, devices, audit")
-    p.add_argument("--expires", default=None, type=_token_lifetime, metavar="DURATION",
-                   help="valid for this long (90s, 12h, 30d; at most 366d); default: until revoked")
-    p.set_defaults(func=_fleet_tokens_create)
-    p = common(tsub.add_parser("list", help="the tokens' names, scopes and expiry (expired ones are marked)"))
-    p.set_defaults(func=_fleet_tokens_list)
-    p = common(tsub.add_parser("revoke", help="revoke a token by name"))
-    p.add_argument("name")
-    p.set_defaults(func=_fleet_tokens_revoke)
-    p = common(fsub.add_parser("audit", help="the audit log: every mutating API call (who, what, when, status)"))
-    p.add_argument("--limit", type=int, default=50, help="latest entries to show (default 50)")
-    p.set_defaults(func=_fleet_audit)
 
 
 def _broker_args(p: Any, default: str | None = "mqtt://127.0.0.1:1883") -> None:
@@ -334,17 +232,24 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 # -- device --------------------------------------------------------------------------------------------------
+def _broker_options(default: str | None, note: str = "") -> tuple[click.Option, ...]:
+    """The MQTT broker options of a device (``agent run``'s extension, ``sync run``) as click options."""
+    return (
+        click.Option(["--broker"], default=default, help=note + "the fleet's MQTT broker, mqtt://host:port or "
+                     "mqtts://host:port (jobs, OTA, telemetry through it)"),
+        click.Option(["--username"], envvar="EDGEFLEET_MQTT_USER", show_envvar=True, help=note + "MQTT user"),
+        click.Option(["--password"], envvar="EDGEFLEET_MQTT_PASSWORD", show_envvar=True, help=note + "MQTT password"),
+        click.Option(["--ca-file"], help=note + "CA certificate(s) of the broker (PEM)"),
+        click.Option(["--cert-file"], help=note + "this device's client certificate (PEM)"),
+        click.Option(["--key-file"], help=note + "its private key (PEM)"),
+    )
+
+
 def _agent_run_options() -> tuple[click.Option, ...]:
     """``edgefleet agent run --broker URL --fleet F --device-id D``: the agent daemon connected to the fleet."""
     sync = "cloud sync (with --broker): "
     return (
-        click.Option(["--broker"], help=sync + "the fleet's MQTT broker, mqtt://host:port or mqtts://host:port "
-                     "(jobs, OTA, telemetry through it)"),
-        click.Option(["--username"], envvar="EDGEFLEET_MQTT_USER", show_envvar=True, help=sync + "MQTT user"),
-        click.Option(["--password"], envvar="EDGEFLEET_MQTT_PASSWORD", show_envvar=True, help=sync + "MQTT password"),
-        click.Option(["--ca-file"], help=sync + "CA certificate(s) of the broker (PEM)"),
-        click.Option(["--cert-file"], help=sync + "this device's client certificate (PEM)"),
-        click.Option(["--key-file"], help=sync + "its private key (PEM)"),
+        *_broker_options(None, sync),
         click.Option(["--fleet"], help=sync + "the fleet to join"),
         click.Option(["--device-id"], help=sync + "this device's id (default: device_id of the config)"),
         click.Option(["--group"], default="", show_default=False, help=sync + "the group this device asks for: "
@@ -371,7 +276,7 @@ def _agent_run(args: Any, local: Any) -> int:
     return _run_connected(args, cfg, os.path.join(cfg.state_dir, "sync"), args.tick)
 
 
-def _sync_run(args: argparse.Namespace) -> int:
+def _sync_run(args: Any) -> int:
     from edgefleet.device_agent.config import AgentConfig, load_config
 
     cfg = load_config(args.config) if args.config else AgentConfig()
@@ -454,16 +359,6 @@ def _burst_option(text: str) -> float:
     if not 1 <= v <= 1e12:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of records within 1..1e12")
     return v
-
-
-def _tag_list(text: str) -> list[str]:
-    """``a,b`` -> ``["a", "b"]`` (an argparse ``type``: refused with the rule if the tags do not fit)."""
-    from .coordinator.rollout import check_tags
-
-    try:
-        return check_tags(t.strip() for t in text.split(",") if t.strip())
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fleet_tag(args: argparse.Namespace) -> int:
@@ -597,16 +492,6 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _token_lifetime(text: str) -> float:
-    """``fleet tokens create --expires``: 90s, 12h, 30d (at most a year)."""
-    from .coordinator.rollout import MAX_TOKEN_TTL, parse_duration
-
-    try:
-        return parse_duration(text, "token lifetime", hi=MAX_TOKEN_TTL)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _fleet_tokens_revoke(args: argparse.Namespace) -> int:
     _call(args, "DELETE", f"/v1/tokens/{args.name}")
     print(f"token {args.name} revoked")
@@ -623,3 +508,194 @@ def _fleet_audit(args: argparse.Namespace) -> int:
 
 # device_agent may not import cloud_sync: the agent's ``run`` takes these options through its public hook
 AGENT_RUN = extend_run(RunExtension(_agent_run_options(), _agent_run))
+
+
+# -- operators: edgefleet fleet ... (click) --------------------------------------------------------------------
+def _api_options(f: Any) -> Any:
+    """The options every ``fleet`` command takes: where the API is, how to trust it, the token, --json."""
+    for opt in reversed((
+        click.option("--api", envvar="EDGEFLEET_API", show_envvar=True, default="http://127.0.0.1:8080",
+                     help="the coordinator's API: http://HOST:PORT or https://HOST:PORT"),
+        click.option("--ca-cert", envvar="EDGEFLEET_CA_CERT", show_envvar=True, metavar="PEM",
+                     help="CA certificate an https API's certificate must chain to (default: the system's CAs; "
+                     "verification is never switched off)"),
+        click.option("--token-file", help="file holding the API token (default: EDGEFLEET_TOKEN, or the file "
+                     "EDGEFLEET_TOKEN_FILE)"),
+        click.option("--token", help="API token (deprecated: other users see it in the process list; use the above)"),
+        click.option("--json", is_flag=True, help="print JSON"),
+    )):
+        f = opt(f)
+    return f
+
+
+class TagList(click.ParamType):
+    """``a,b`` -> ``["a", "b"]``, refused with the rule (a ConfigError: one line, exit code 2) if they do not fit."""
+
+    name = "tags"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        from .coordinator.rollout import check_tags
+
+        return check_tags(t.strip() for t in str(value).split(",") if t.strip())
+
+
+def _fleet_command(group: click.Group, name: str, func: Callable[[Any], int], example: str,
+                   **extra: Any) -> Callable[[Any], click.Command]:
+    """``group``'s command ``name`` running ``func`` on its options (by their Python names, plus ``extra``)."""
+
+    def make(f: Any) -> click.Command:
+        def callback(**params: Any) -> int:
+            return func(SimpleNamespace(**params, **extra))
+
+        callback.__doc__ = f.__doc__
+        return group.command(name, epilog=f"Example: {example}")(_api_options(_copy_params(f, callback)))
+
+    return make
+
+
+def _copy_params(src: Any, dst: Any) -> Any:
+    dst.__click_params__ = list(getattr(src, "__click_params__", []))
+    return dst
+
+
+@click.group(no_args_is_help=True, epilog="Example: edgefleet fleet status --api https://coordinator:8080")
+def fleet() -> None:
+    """Operate the fleet through the coordinator's API (token: EDGEFLEET_TOKEN or --token-file)."""
+
+
+@_fleet_command(fleet, "devices", _fleet_devices, "edgefleet fleet devices --group line-1")
+@click.option("--group", help="only this group's devices")
+def _devices() -> None:
+    """List devices."""
+
+
+@_fleet_command(fleet, "assign", _fleet_assign, "edgefleet fleet assign press-7 press-8 --group line-1")
+@click.argument("devices", nargs=-1, required=True, metavar="DEVICE...")
+@click.option("--group", required=True, help="the group")
+def _assign() -> None:
+    """Assign devices to a group (groups are the operator's; a device's own claim is recorded, never applied)."""
+
+
+@_fleet_command(fleet, "tag", _fleet_tag, "edgefleet fleet tag cam-1 cam-2 --tags line-4,gpu")
+@click.argument("devices", nargs=-1, required=True, metavar="DEVICE...")
+@click.option("--tags", required=True, type=TagList(), help="comma-separated, replacing the devices' tags ('' clears them)")
+def _tag() -> None:
+    """Set devices' tags (the operator's; deployments select by them; a device's own hardware tags are a claim,
+    never used)."""
+
+
+@_fleet_command(fleet, "deploy", _fleet_deploy, "edgefleet fleet deploy digits.efb --group line-1 "
+                "--canary 5% --waves 25%,50%,100%")
+@click.argument("bundle")
+@click.option("--group", required=True, help="the group to roll out to")
+@click.option("--canary", default="5%", type=Percent("canary"), help="the canary stage: 5% or 0.05")
+@click.option("--waves", default="25%,50%,100%", type=Percent("wave", many=True), help="the stages after the canary")
+@click.option("--max-failure", default="2%", type=Percent("max failure"),
+              help="failure rate that halts the rollout: 2% or 0.02")
+@click.option("--job-timeout", default="1h",
+              help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
+@click.option("--tags", default="", show_default=False, type=TagList(),
+              help="comma-separated: only devices of the group given all these tags (fleet tag)")
+def _deploy() -> None:
+    """Start a staged rollout of a bundle (archive .efb or directory)."""
+
+
+@_fleet_command(fleet, "status", _fleet_status, "edgefleet fleet status d1a2b3 --json")
+@click.argument("deployment", required=False)
+@click.option("--runs", type=int, default=3, help="federated runs to show with their rounds")
+def _status() -> None:
+    """Deployments and federated runs, or one deployment's per-state counts."""
+
+
+@_fleet_command(fleet, "retrain", _fleet_retrain, "edgefleet fleet retrain --group line-1 --on-drift on "
+                "--cooldown 6h -- --superlink 127.0.0.1:9092 --holdout h.npz --deploy")
+@click.option("--group", help="the group (without --on-drift: show its settings)")
+@click.option("--on-drift", type=click.Choice(["on", "off"]), help="start a federated run when the group reports drift")
+@click.option("--min-devices", type=int, default=1, help="distinct devices reporting drift")
+@click.option("--window", type=Duration(), default="1h", help="... within this long (a bare number is seconds)")
+@click.option("--cooldown", type=Duration(), default="6h", help="time between two automatic runs")
+@click.option("--rounds", type=int, default=3, help="federated rounds of a run")
+@click.option("--strategy", default="fedavg", type=click.Choice(STRATEGIES), help="the aggregation strategy")
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- RUN OPTIONS]")
+def _retrain() -> None:
+    """Start federated runs on drift alerts of a group (or show the settings). RUN OPTIONS (after --) go to
+    `edgefleet federated run` on the coordinator host."""
+
+
+def _deployment_action(action: str) -> None:
+    def doc() -> None:
+        pass
+
+    doc.__doc__ = f"{action.capitalize()} a deployment."
+    _fleet_command(fleet, action, _fleet_action, f"edgefleet fleet {action} d1a2b3", action=action)(
+        click.argument("deployment")(doc))
+
+
+for _action in ("pause", "resume", "rollback"):
+    _deployment_action(_action)
+
+
+@_fleet_command(fleet, "telemetry", _fleet_telemetry, "edgefleet fleet telemetry --group line-1")
+@click.option("--group", help="only this group")
+@click.option("--version", "model_version", help="only this model version")
+def _telemetry() -> None:
+    """Aggregated telemetry per group and version."""
+
+
+@fleet.group("tokens", no_args_is_help=True, epilog="Example: edgefleet fleet tokens create --scope deploy --name ci "
+             "--expires 30d > ci.token")
+def tokens() -> None:
+    """API tokens of scope read, deploy or admin (needs an admin token)."""
+
+
+@_fleet_command(tokens, "create", _fleet_tokens_create, "edgefleet fleet tokens create --scope deploy "
+                "--name ci --expires 30d > ci.token")
+@click.option("--name", required=True, help="its name, shown in the audit log")
+@click.option("--scope", required=True, type=click.Choice(["read", "deploy", "admin"]),
+              help="read: GETs; deploy: also deployments, rollouts, retraining; admin: also tokens, devices, audit")
+@click.option("--expires", type=Duration(lo=1.0, hi=MAX_TOKEN_TTL), metavar="DURATION",
+              help="valid for this long (90s, 12h, 30d; at most 366d); default: until revoked")
+def _tokens_create() -> None:
+    """Make a token and print it (once: the coordinator keeps its hash)."""
+
+
+@_fleet_command(tokens, "list", _fleet_tokens_list, "edgefleet fleet tokens list")
+def _tokens_list() -> None:
+    """The tokens' names, scopes and expiry (expired ones are marked)."""
+
+
+@_fleet_command(tokens, "revoke", _fleet_tokens_revoke, "edgefleet fleet tokens revoke ci")
+@click.argument("name")
+def _tokens_revoke() -> None:
+    """Revoke a token by name."""
+
+
+@_fleet_command(fleet, "audit", _fleet_audit, "edgefleet fleet audit --limit 50")
+@click.option("--limit", type=int, default=50, help="latest entries to show")
+def _audit() -> None:
+    """The audit log: every mutating API call (who, what, when, status)."""
+
+
+# -- devices: edgefleet sync run (click) -----------------------------------------------------------------------
+@click.group(no_args_is_help=True, epilog="Example: edgefleet sync run --fleet plant1 --device-id press-7 --state-dir "
+             "/var/lib/edgefleet")
+def sync() -> None:
+    """Connect a device agent to the fleet."""
+
+
+sync.add_command(click.Command(
+    "run", callback=lambda **params: _sync_run(SimpleNamespace(**params)),
+    help="Run the agent with cloud sync (birth/will, jobs, OTA, telemetry); like 'agent run --broker', with "
+    "STATE_DIR/agent and STATE_DIR/sync.",
+    epilog="Example: edgefleet sync run --broker mqtts://broker:8883 --fleet plant1 --device-id press-7 "
+    "--state-dir /var/lib/edgefleet",
+    params=[*_broker_options("mqtt://127.0.0.1:1883"),
+            click.Option(["--fleet"], required=True, help="the fleet to join"),
+            click.Option(["--device-id"], required=True, help="this device's id"),
+            click.Option(["--state-dir"], required=True, help="STATE_DIR/agent holds the agent, STATE_DIR/sync the sync"),
+            click.Option(["--config"], help="agent.toml (its state_dir/device_id are overridden)"),
+            click.Option(["--group"], default="", show_default=False, help="the group this device asks for: recorded "
+                         "by the coordinator, applied only by the operator (fleet assign)"),
+            click.Option(["--telemetry-interval"], type=float, default=5.0, help="seconds between telemetry drains")]))

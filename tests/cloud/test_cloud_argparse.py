@@ -28,12 +28,35 @@ def _parsers(p: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Argumen
                 yield from _parsers(child)
 
 
+def _click_commands(group: Any, prefix: str = "edgefleet") -> Iterator[tuple[str, Any]]:
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            yield from _click_commands(cmd, f"{prefix} {name}")
+        elif cmd is not None:
+            yield f"{prefix} {name}", cmd
+
+
 def test_every_parser_of_the_edgefleet_command_refuses_abbreviations() -> None:
-    from edgefleet.cli import build_parser
+    """The commands still on argparse refuse abbreviations; the click ones (click never abbreviates an
+    option) refuse each long option's prefix."""
+    import click
+
+    from edgefleet.cli import ArgparseCommand, build_parser, cli
 
     found = dict(_parsers(build_parser()))
-    assert len(found) > 20 and "edgefleet federated run" in found and "edgefleet cloud serve" in found
+    clicked = {prog: cmd for prog, cmd in _click_commands(cli) if not isinstance(cmd, ArgparseCommand)}
+    assert len(found) + len(clicked) > 20 and "edgefleet federated run" in found and "edgefleet cloud serve" in found
     assert [prog for prog, p in found.items() if p.allow_abbrev] == []
+    assert "edgefleet fleet deploy" in clicked and "edgefleet keys generate" in clicked
+    for prog, cmd in clicked.items():
+        for opt in (o for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o.startswith("--")):
+            if len(opt) > 4 and not any(o != opt and o.startswith(opt[:-1]) for p in cmd.params for o in p.opts):
+                with pytest.raises(click.NoSuchOption):
+                    cmd.make_context(prog, [f"{opt[:-1]}=x"])
 
 
 def test_standalone_parsers_refuse_abbreviations() -> None:
