@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, field_validator
 
 from edgefleet.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from ..coordinator.service import Coordinator
 
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"
 # every integer fits its column (fed_rounds' counts are INTEGER: 32 bits on PostgreSQL), every float is finite
@@ -83,7 +86,7 @@ class RetrainIn(BaseModel):
                             description="further `edgefleet federated run` options")
 
 
-def add_routes(app: FastAPI, coord: Any, auth: Callable[..., None]) -> None:
+def add_routes(app: FastAPI, coord: Coordinator, auth: Callable[..., None]) -> None:
     reg, fleet = coord.registry, coord.fleet
     dep = [Depends(auth)]
 
