@@ -37,10 +37,10 @@ def test_timeout_rules_and_gate() -> None:
 
 def test_cli_passes_the_job_timeout(archives: dict[str, Path], monkeypatch: Any, capsys: Any) -> None:
     from edgefleet.cli import main as cli_main
-    from edgefleet.cloud_sync import cli as cloud_cli
+    from edgefleet.cloud_sync.coordinator import client
 
     sent: dict[str, Any] = {}
-    monkeypatch.setattr(cloud_cli, "api_call", lambda api, token, method, path, **kw: sent.update(kw) or {"id": "x"})
+    monkeypatch.setattr(client, "api_call", lambda api, token, method, path, **kw: sent.update(kw) or {"id": "x"})
     assert cli_main(["fleet", "deploy", str(archives["2"]), "--group", "g", "--job-timeout", "10m", "--token", "t",
                      "--json"]) == 0
     assert sent["params"]["job_timeout"] == "10m"
