@@ -609,19 +609,34 @@ def delegate(
                 name=model, keyids=[], threshold=threshold or 1, terminating=True, paths=[f"{model}/*"]
             )
         role = t.delegations.roles[model]
-        for k in keys:
-            if k.keyid not in role.keyids:
-                t.add_key(tuf_key(k.public), model)
-        if threshold is not None:
-            role.threshold = threshold
-        if not 1 <= role.threshold <= len(role.keyids):
-            raise ConfigError(f"threshold {role.threshold} for model {model!r}: it has {len(role.keyids)} key(s)")
-        _resign_targets(r, t_md, root, root_keys, expires, published)
-        if online_key is not None and online_key.private is not None:
-            _publish(r, online_key, snapshot_expires, timestamp_expires, published)
-        else:
-            published.notes.append("takes effect at the next 'edgefleet repo publish' (or 'repo add')")
+        _grant(t, role, keys, threshold, f"model {model!r}")
+        _resign_and_publish(r, t_md, root, root_keys, expires, published, online_key, snapshot_expires,
+                            timestamp_expires, "takes effect at the next 'edgefleet repo publish' (or 'repo add')")
     return published
+
+
+def _grant(t: Any, role: Any, keys: Sequence[Any], threshold: int | None, what: str) -> None:
+    """Add ``keys`` to the delegated ``role`` of targets ``t`` (python-tuf ``add_key``), set its threshold if
+    given, and refuse a threshold the role's keys cannot meet."""
+    for k in keys:
+        if k.keyid not in role.keyids:
+            t.add_key(tuf_key(k.public), role.name)
+    if threshold is not None:
+        role.threshold = threshold
+    if not 1 <= role.threshold <= len(role.keyids):
+        raise ConfigError(f"threshold {role.threshold} for {what}: it has {len(role.keyids)} key(s)")
+
+
+def _resign_and_publish(r: Repository, t_md: Any, root: Any, root_keys: Any, expires: dt.timedelta,
+                        published: Any, online_key: Any, snapshot_expires: dt.timedelta,
+                        timestamp_expires: dt.timedelta, later: str) -> None:
+    """Re-sign the top-level targets after a delegation change; publish snapshot and timestamp when the
+    online key is at hand, else note when the change takes effect (``later``)."""
+    _resign_targets(r, t_md, root, root_keys, expires, published)
+    if online_key is not None and online_key.private is not None:
+        _publish(r, online_key, snapshot_expires, timestamp_expires, published)
+    else:
+        published.notes.append(later)
 
 
 def revoke(
@@ -662,11 +677,8 @@ def revoke(
                 f"model {model!r} now has {len(role.keyids)} key(s) for threshold {role.threshold}: "
                 "nothing verifies until you delegate a new key and re-add its bundles with it"
             )
-        _resign_targets(r, t_md, root, root_keys, expires, published)
-        if online_key is not None and online_key.private is not None:
-            _publish(r, online_key, snapshot_expires, timestamp_expires, published)
-        else:
-            published.notes.append("takes effect at the next 'edgefleet repo publish'")
+        _resign_and_publish(r, t_md, root, root_keys, expires, published, online_key, snapshot_expires,
+                            timestamp_expires, "takes effect at the next 'edgefleet repo publish'")
     return published
 
 
@@ -734,18 +746,9 @@ def delegate_rollback(
         role = t.delegations.roles[ROLLBACK_ROLE]
         if role.paths != []:
             raise ConfigError(f"{r.path}: role {ROLLBACK_ROLE!r} delegates paths {role.paths}; it must delegate none")
-        for k in keys:
-            if k.keyid not in role.keyids:
-                t.add_key(tuf_key(k.public), ROLLBACK_ROLE)
-        if threshold is not None:
-            role.threshold = threshold
-        if not 1 <= role.threshold <= len(role.keyids):
-            raise ConfigError(f"threshold {role.threshold} for the rollback role: it has {len(role.keyids)} key(s)")
-        _resign_targets(r, t_md, root, root_keys, expires, published)
-        if online_key is not None and online_key.private is not None:
-            _publish(r, online_key, snapshot_expires, timestamp_expires, published)
-        else:
-            published.notes.append("takes effect at the next 'edgefleet repo publish'")
+        _grant(t, role, keys, threshold, "the rollback role")
+        _resign_and_publish(r, t_md, root, root_keys, expires, published, online_key, snapshot_expires,
+                            timestamp_expires, "takes effect at the next 'edgefleet repo publish'")
     return published
 
 
