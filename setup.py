@@ -71,9 +71,12 @@ CLOUD = [
     "bsdiff4",
     "psycopg[binary]",
     "rich",
+    "jinja2",  # the dashboard's pages
+    "prometheus-client",  # /metrics
+    "msgspec",  # telemetry decode + validation
 ]
 FEDERATED = ["flwr==1.41.*"]
-DEV = ["pytest", "hypothesis", "schemathesis", "ruff", "mypy", "scikit-learn", "matplotlib"]
+DEV = ["pytest", "hypothesis", "schemathesis", "ruff", "mypy", "scikit-learn", "matplotlib", "selenium"]
 
 setup(
     name="edgefleet",
@@ -84,7 +87,7 @@ setup(
     python_requires=">=3.10",
     package_dir=ROOTS,
     packages=_packages(),
-    package_data={"edgefleet": ["py.typed"]},
+    package_data={"edgefleet": ["py.typed"], "edgefleet.cloud_sync": ["dashboard/templates/*.html", "dashboard/static/*"]},
     install_requires=["numpy>=1.26", "cryptography>=42", "click>=8.2"],  # click: the edgefleet command
     extras_require={
         "device": DEVICE,

@@ -1,11 +1,12 @@
-"""CLI: ``edgefleet cloud serve|acl``, ``edgefleet sync run`` (device side), ``edgefleet fleet ...`` (operators).
+"""CLI: ``edgefleet cloud serve|acl|broker-config``, ``edgefleet sync run`` (device side), ``edgefleet fleet ...``
+(operators), and ``agent run --broker`` through the agent's public hook. Commands only: the library code they
+call lives in coordinator/, device/, broker.py and federated/.
 
 Light at import time: handlers import paho, SQLAlchemy, FastAPI and httpx when they run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -23,89 +24,10 @@ from edgefleet.errors import ConfigError
 
 from .coordinator.client import api_call, deploy_bundle, read_token
 from .coordinator.rollout import MAX_TOKEN_TTL
-from .federated.cli import STRATEGIES
+from .federated.cli import STRATEGIES, serve_options
 
 
-def register(sub: Any) -> None:
-    cloud = sub.add_parser("cloud", help="run the fleet coordinator").add_subparsers(dest="cloud_cmd", metavar="CMD")
-    serve = cloud.add_parser("serve", help="coordinator: registry, rollouts, telemetry ingest, HTTP API")
-    _broker_args(serve)
-    serve.add_argument("--db", default="sqlite:///edgefleet-registry.db", help="SQLAlchemy URL of the registry")
-    serve.add_argument("--fleet", required=True)
-    serve.add_argument("--api-host", default="127.0.0.1")
-    serve.add_argument("--api-port", type=int, default=8080)
-    serve.add_argument("--tls-cert", default=None, metavar="PEM",
-                       help="serve the API over https with this certificate (PEM; with --tls-key)")
-    serve.add_argument("--tls-key", default=None, metavar="PEM", help="its private key (PEM, unencrypted)")
-    serve.add_argument("--tls-ca", default=os.environ.get("EDGEFLEET_CA_CERT"), metavar="PEM",
-                       help="the CA certificate that signed --tls-cert: runs started on drift verify the API with it "
-                            "(default EDGEFLEET_CA_CERT, else the system's CAs)")
-    serve.add_argument("--api-url", default=None, metavar="URL",
-                       help="the URL runs started on drift call the API back at (default http(s)://API_HOST:API_PORT, "
-                            "127.0.0.1 when listening on every address); with TLS, a host its certificate names")
-    serve.add_argument("--token-file", default=None,
-                       help="file holding the coordinator's admin API token (or EDGEFLEET_TOKEN / EDGEFLEET_TOKEN_FILE)")
-    serve.add_argument("--token", default=None, help=argparse.SUPPRESS)  # deprecated: visible in the process list
-    serve.add_argument("--share-group", default="edgefleet", help="MQTT 5 shared-subscription group ('' to disable)")
-    serve.add_argument("--client-id", default="", help="MQTT client id (default edgefleet-coord-<pid>)")
-    serve.add_argument("--allow", default=None,
-                       help="provisioning file: 'DEVICE' or 'DEVICE GROUP' a line (only these devices; their groups)")
-    serve.add_argument("--chunk-size", type=int, default=64 * 1024)
-    serve.add_argument("--telemetry-rate", default="1000/s", type=_rate_option, metavar="RATE",
-                       help="telemetry records ingested per device at most (1000/s, 6000/min, off; default "
-                            "%(default)s): a batch beyond it is dropped unacknowledged (the device sends it again "
-                            "later) and counted per device")
-    serve.add_argument("--telemetry-burst", type=_burst_option, default=None, metavar="RECORDS",
-                       help="records a device may send at once above the rate (default 10 x the rate per second, at "
-                            "least one full batch)")
-    serve.add_argument("--signing-key", default=os.environ.get("EDGEFLEET_SIGNING_KEY"),
-                       help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse "
-                            "unsigned ones (or EDGEFLEET_SIGNING_KEY)")
-    serve.add_argument("--trust", action="append", default=[], metavar="KEY.pub",
-                       help="a bundle-signing public key deployments are accepted from (repeatable); without it "
-                            "and without --tuf-repo every deployment is refused")
-    serve.add_argument("--tuf-repo", default=None, metavar="DIR",
-                       help="TUF repository (edgefleet repo ...): a deployment must be a signed target of it, signed "
-                            "by a key delegated to its model; devices get its metadata with every install job")
-    from .federated.cli import add_serve_args
-
-    add_serve_args(serve)  # --federated-dir, --superlink-port and its TLS/auth options
-    serve.set_defaults(func=_serve)
-    acl = cloud.add_parser("acl", help="write a Mosquitto ACL confining each device to its own topics")
-    acl.add_argument("--fleet", required=True)
-    acl.add_argument("--coordinator", action="append", default=[], help="privileged MQTT user (repeatable)")
-    acl.add_argument("--out", required=True)
-    acl.set_defaults(func=_acl)
-    bc = cloud.add_parser("broker-config", help="write a production mosquitto.conf (TLS, auth, ACL, sized queues)")
-    bc.add_argument("--out", required=True, help="directory for mosquitto.conf, the ACL and the persistence data")
-    bc.add_argument("--port", type=int, default=8883)
-    bc.add_argument("--bind", default="", help="address to listen on (default: every interface)")
-    bc.add_argument("--tls-cert", default=None, help="the broker's certificate (PEM)")
-    bc.add_argument("--tls-key", default=None, help="its private key (PEM, unencrypted)")
-    bc.add_argument("--cafile", default=None, help="CA certificate(s) that signed device certificates (PEM)")
-    bc.add_argument("--require-certificate", action="store_true",
-                    help="clients must present a certificate; its CN is their username (= device id)")
-    bc.add_argument("--acl", default=None, help="an existing ACL file (default: write one for --fleet)")
-    bc.add_argument("--fleet", default=None, help="fleet whose ACL to write when --acl is not given")
-    bc.add_argument("--coordinator", action="append", default=[], help="privileged MQTT user (repeatable)")
-    bc.add_argument("--password-file", default=None, help="mosquitto_passwd file")
-    bc.add_argument("--allow-anonymous", action="store_true", help="let clients connect without credentials")
-    bc.add_argument("--max-devices", type=int, default=1000, help="fleet size the queues and limits are sized for")
-    bc.add_argument("--insecure", action="store_true", help="a listener without TLS (loopback test benches only)")
-    bc.add_argument("--run-as", default=None, help="the 'user' mosquitto drops to when started as root")
-    bc.set_defaults(func=_broker_config)
-
-
-def _broker_args(p: Any, default: str | None = "mqtt://127.0.0.1:1883") -> None:
-    p.add_argument("--broker", default=default, help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--username", default=os.environ.get("EDGEFLEET_MQTT_USER"))
-    p.add_argument("--password", default=os.environ.get("EDGEFLEET_MQTT_PASSWORD"))
-    p.add_argument("--ca-file", default=None)
-    p.add_argument("--cert-file", default=None)
-    p.add_argument("--key-file", default=None)
-
-
-def _mqtt_config(args: argparse.Namespace, client_id: str) -> Any:
+def _mqtt_config(args: Any, client_id: str) -> Any:
     from .transport import MqttConfig
 
     return MqttConfig(url=args.broker, client_id=client_id, username=args.username, password=args.password,
@@ -120,7 +42,7 @@ def _wait_for_signal() -> None:
 
 
 # -- coordinator ---------------------------------------------------------------------------------------
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: Any) -> int:
     from .api_tls import check_server_files
 
     tls = check_server_files(args.tls_cert, args.tls_key)  # refused before anything starts
@@ -192,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _callback_url(args: argparse.Namespace, tls: bool) -> str:
+def _callback_url(args: Any, tls: bool) -> str:
     """The URL the coordinator's own children (runs started on drift) call its API at."""
     from urllib.parse import urlsplit
 
@@ -210,7 +132,7 @@ def _callback_url(args: argparse.Namespace, tls: bool) -> str:
     return f"{scheme}://{host}:{args.api_port}"
 
 
-def _broker_config(args: argparse.Namespace) -> int:
+def _broker_config(args: Any) -> int:
     from .broker import BrokerConfig, write_broker_config
 
     files = write_broker_config(BrokerConfig(
@@ -224,23 +146,23 @@ def _broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _acl(args: argparse.Namespace) -> int:
+def _acl(args: Any) -> int:
     from .coordinator.acl import write_acl
 
-    print(write_acl(args.out, args.fleet, args.coordinator or ["edgefleet-coordinator"]))
+    print(write_acl(args.out, args.fleet, list(args.coordinator) or ["edgefleet-coordinator"]))
     return 0
 
 
 # -- device --------------------------------------------------------------------------------------------------
-def _broker_options(default: str | None, note: str = "") -> tuple[click.Option, ...]:
-    """The MQTT broker options of a device (``agent run``'s extension, ``sync run``) as click options."""
+def _broker_options(default: str | None, note: str = "", who: str = "this device's") -> tuple[click.Option, ...]:
+    """The MQTT broker options of a device (``agent run``'s extension, ``sync run``) or of the coordinator."""
     return (
         click.Option(["--broker"], default=default, help=note + "the fleet's MQTT broker, mqtt://host:port or "
                      "mqtts://host:port (jobs, OTA, telemetry through it)"),
         click.Option(["--username"], envvar="EDGEFLEET_MQTT_USER", show_envvar=True, help=note + "MQTT user"),
         click.Option(["--password"], envvar="EDGEFLEET_MQTT_PASSWORD", show_envvar=True, help=note + "MQTT password"),
         click.Option(["--ca-file"], help=note + "CA certificate(s) of the broker (PEM)"),
-        click.Option(["--cert-file"], help=note + "this device's client certificate (PEM)"),
+        click.Option(["--cert-file"], help=note + f"{who} client certificate (PEM)"),
         click.Option(["--key-file"], help=note + "its private key (PEM)"),
     )
 
@@ -311,15 +233,15 @@ def _run_connected(args: Any, cfg: Any, sync_dir: str, tick: float = 0.2) -> int
 
 
 # -- operators -------------------------------------------------------------------------------------------------
-def _token(args: argparse.Namespace) -> str | None:
+def _token(args: Any) -> str | None:
     return read_token(args.token, args.token_file)
 
 
-def _call(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+def _call(args: Any, method: str, path: str, **kw: Any) -> Any:
     return api_call(args.api, _token(args), method, path, ca_cert=args.ca_cert, **kw)
 
 
-def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
+def _print(args: Any, data: Any, table: list[list[Any]] | None, headers: list[str] | None = None) -> None:
     if args.json or table is None:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
         return
@@ -332,7 +254,7 @@ def _print(args: argparse.Namespace, data: Any, table: list[list[Any]] | None, h
     Console().print(t)
 
 
-def _fleet_devices(args: argparse.Namespace) -> int:
+def _fleet_devices(args: Any) -> int:
     data = _call(args, "GET", "/v1/devices", params={"group": args.group} if args.group else None)
     _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
                          d["agent_version"], ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
@@ -340,41 +262,48 @@ def _fleet_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate_option(text: str) -> float | None:
-    """``--telemetry-rate``: records per second (None: off); refused with the rule if it cannot be read."""
-    from .coordinator.rollout import parse_rate
+class Rate(click.ParamType):
+    """``--telemetry-rate``: records per second (None: off), from ``1000/s``, ``6000/min``, ``off``."""
 
-    try:
-        return parse_rate(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, float):
+            return value
+        from .coordinator.rollout import parse_rate
+
+        return parse_rate(str(value))
 
 
-def _burst_option(text: str) -> float:
+class Burst(click.ParamType):
     """``--telemetry-burst``: a number of records within 1..1e12."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 1 <= v <= 1e12:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of records within 1..1e12")
-    return v
+
+    name = "records"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not 1 <= v <= 1e12:
+            raise ConfigError(f"--telemetry-burst {value!r} is not a number of records within 1..1e12")
+        return v
 
 
-def _fleet_tag(args: argparse.Namespace) -> int:
+def _fleet_tag(args: Any) -> int:
     rows = [_call(args, "PATCH", f"/v1/devices/{d}", json={"tags": args.tags}) for d in args.devices]
     _print(args, rows, [[r["device_id"], ",".join(r["tags"]), ",".join(r.get("claimed_tags", []))] for r in rows],
            ["device", "tags", "claimed"])
     return 0
 
 
-def _fleet_assign(args: argparse.Namespace) -> int:
+def _fleet_assign(args: Any) -> int:
     rows = [_call(args, "PATCH", f"/v1/devices/{d}", json={"group": args.group}) for d in args.devices]
     _print(args, rows, [[r["device_id"], r["group"]] for r in rows], ["device", "group"])
     return 0
 
 
-def _fleet_deploy(args: argparse.Namespace) -> int:
+def _fleet_deploy(args: Any) -> int:
     data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
                          args.job_timeout, ca_cert=args.ca_cert, tags=args.tags)
     if args.json:
@@ -403,7 +332,7 @@ def _status_table(d: dict[str, Any]) -> None:
         c.print(f"  {when} {e['kind']} (stage {e['stage']}){': ' + e['detail'] if e['detail'] else ''}")
 
 
-def _fleet_status(args: argparse.Namespace) -> int:
+def _fleet_status(args: Any) -> int:
     if args.deployment:
         data = _call(args, "GET", f"/v1/deployments/{args.deployment}")
         if args.json:
@@ -424,7 +353,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_retrain(args: argparse.Namespace) -> int:
+def _fleet_retrain(args: Any) -> int:
     if args.on_drift is None:
         data = _call(args, "GET", "/v1/retrain", params={"group": args.group} if args.group else None)
         _print(args, data, [[r["group"], "on" if r["on_drift"] else "off", r["policy"].get("min_devices"),
@@ -447,7 +376,7 @@ def _fleet_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_action(args: argparse.Namespace) -> int:
+def _fleet_action(args: Any) -> int:
     data = _call(args, "POST", f"/v1/deployments/{args.deployment}/{args.action}")
     if args.json:
         _print(args, data, None)
@@ -456,7 +385,7 @@ def _fleet_action(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_telemetry(args: argparse.Namespace) -> int:
+def _fleet_telemetry(args: Any) -> int:
     params = {k: v for k, v in (("group", args.group), ("version", args.model_version)) if v}
     data = _call(args, "GET", "/v1/telemetry", params=params)
     _print(args, data, [[r["group_name"], r["version"], r["kind"], r["records"], r["predictions"], r["errors"],
@@ -465,7 +394,7 @@ def _fleet_telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_tokens_create(args: argparse.Namespace) -> int:
+def _fleet_tokens_create(args: Any) -> int:
     body: dict[str, Any] = {"name": args.name, "scope": args.scope}
     if args.expires is not None:
         body["expires_in"] = int(args.expires)
@@ -480,7 +409,7 @@ def _fleet_tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_tokens_list(args: argparse.Namespace) -> int:
+def _fleet_tokens_list(args: Any) -> int:
     data = _call(args, "GET", "/v1/tokens")
     _print(args, data, [[t["name"], t["scope"], _when(t["created"]),
                          ("EXPIRED " if t.get("expired") else "") + (_when(t["expires"]) if t.get("expires") else "never")]
@@ -492,13 +421,13 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _fleet_tokens_revoke(args: argparse.Namespace) -> int:
+def _fleet_tokens_revoke(args: Any) -> int:
     _call(args, "DELETE", f"/v1/tokens/{args.name}")
     print(f"token {args.name} revoked")
     return 0
 
 
-def _fleet_audit(args: argparse.Namespace) -> int:
+def _fleet_audit(args: Any) -> int:
     data = _call(args, "GET", "/v1/audit", params={"limit": max(1, min(args.limit, 10_000))})
     _print(args, data, [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])), e["who"], e["method"],
                          e["path"], e["status"], e["summary"], e["client"]] for e in data],
@@ -699,3 +628,92 @@ sync.add_command(click.Command(
             click.Option(["--group"], default="", show_default=False, help="the group this device asks for: recorded "
                          "by the coordinator, applied only by the operator (fleet assign)"),
             click.Option(["--telemetry-interval"], type=float, default=5.0, help="seconds between telemetry drains")]))
+
+
+# -- coordinator: edgefleet cloud ... (click) ------------------------------------------------------------------
+@click.group(no_args_is_help=True, epilog="Example: edgefleet cloud serve --fleet plant1 --token-file admin.token "
+             "--broker mqtt://127.0.0.1:1883 --trust keys/edgefleet.pub")
+def cloud() -> None:
+    """Run the fleet coordinator, and write its broker's configuration."""
+
+
+def _cloud_command(name: str, func: Callable[[Any], int], example: str, help: str,
+                   params: list[click.Parameter]) -> click.Command:
+    cmd = click.Command(name, callback=lambda **kw: func(SimpleNamespace(**kw)), params=params, help=help,
+                        epilog=f"Example: {example}")
+    cloud.add_command(cmd)
+    return cmd
+
+
+_cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-file admin.token --db "
+               "postgresql+psycopg://edgefleet@db/fleet --trust keys/edgefleet.pub --signing-key keys/edgefleet.key",
+               "Coordinator: registry, rollouts, telemetry ingest, HTTP API (token: EDGEFLEET_TOKEN, "
+               "EDGEFLEET_TOKEN_FILE or --token-file).", [
+    *_broker_options("mqtt://127.0.0.1:1883", who="the coordinator's"),
+    click.Option(["--db"], default="sqlite:///edgefleet-registry.db", help="SQLAlchemy URL of the registry"),
+    click.Option(["--fleet"], required=True, help="the fleet this coordinator runs"),
+    click.Option(["--api-host"], default="127.0.0.1", help="address the API listens on"),
+    click.Option(["--api-port"], type=click.IntRange(0, 65535), default=8080, help="port the API listens on"),
+    click.Option(["--tls-cert"], metavar="PEM", help="serve the API over https with this certificate (with --tls-key)"),
+    click.Option(["--tls-key"], metavar="PEM", help="its private key (PEM, unencrypted)"),
+    click.Option(["--tls-ca"], envvar="EDGEFLEET_CA_CERT", show_envvar=True, metavar="PEM",
+                 help="the CA certificate that signed --tls-cert: runs started on drift verify the API with it "
+                 "(default: the system's CAs)"),
+    click.Option(["--api-url"], metavar="URL",
+                 help="the URL runs started on drift call the API back at (default http(s)://API_HOST:API_PORT, "
+                 "127.0.0.1 when listening on every address); with TLS, a host its certificate names"),
+    click.Option(["--token-file"], help="file holding the coordinator's admin API token (or EDGEFLEET_TOKEN / "
+                 "EDGEFLEET_TOKEN_FILE)"),
+    click.Option(["--token"], hidden=True),  # deprecated: visible in the process list
+    click.Option(["--share-group"], default="edgefleet", help="MQTT 5 shared-subscription group ('' to disable)"),
+    click.Option(["--client-id"], default="", show_default=False, help="MQTT client id (default edgefleet-coord-PID)"),
+    click.Option(["--allow"], help="provisioning file: 'DEVICE' or 'DEVICE GROUP' a line (only these devices; "
+                 "their groups)"),
+    click.Option(["--chunk-size"], type=click.IntRange(1024, 16 * 1024 * 1024), default=64 * 1024,
+                 help="bytes per OTA chunk over MQTT"),
+    click.Option(["--telemetry-rate"], type=Rate(), default="1000/s", metavar="RATE",
+                 help="telemetry records ingested per device at most (1000/s, 6000/min, off): a batch beyond it is "
+                 "dropped unacknowledged (the device sends it again later) and counted per device"),
+    click.Option(["--telemetry-burst"], type=Burst(), metavar="RECORDS",
+                 help="records a device may send at once above the rate (default 10 x the rate per second, at "
+                 "least one full batch)"),
+    click.Option(["--signing-key"], envvar="EDGEFLEET_SIGNING_KEY", show_envvar=True,
+                 help="operator Ed25519 key (PEM, as for bundles) signing rollback orders; devices refuse unsigned "
+                 "ones"),
+    click.Option(["--trust"], multiple=True, metavar="KEY.pub",
+                 help="a bundle-signing public key deployments are accepted from (repeatable); without it and without "
+                 "--tuf-repo every deployment is refused"),
+    click.Option(["--tuf-repo"], metavar="DIR",
+                 help="TUF repository (edgefleet repo ...): a deployment must be a signed target of it, signed by a "
+                 "key delegated to its model; devices get its metadata with every install job"),
+    *serve_options(),  # --federated-dir, --superlink-port and its TLS/auth options
+])
+_cloud_command("acl", _acl, "edgefleet cloud acl --fleet plant1 --out /etc/mosquitto/edgefleet.acl",
+               "Write a Mosquitto ACL confining each device to its own topics.", [
+    click.Option(["--fleet"], required=True, help="the fleet"),
+    click.Option(["--coordinator"], multiple=True, help="privileged MQTT user (repeatable; default "
+                 "edgefleet-coordinator)"),
+    click.Option(["--out"], required=True, help="the ACL file to write"),
+])
+_cloud_command("broker-config", _broker_config, "edgefleet cloud broker-config --out /etc/edgefleet/broker --fleet "
+               "plant1 --tls-cert broker.pem --tls-key broker.key --cafile devices-ca.pem --require-certificate",
+               "Write a production mosquitto.conf (TLS, auth, ACL, queues sized for the fleet).", [
+    click.Option(["--out"], required=True, help="directory for mosquitto.conf, the ACL and the persistence data"),
+    click.Option(["--port"], type=int, default=8883, help="port to listen on"),
+    click.Option(["--bind"], default="", show_default=False, help="address to listen on (default: every interface)"),
+    click.Option(["--tls-cert"], help="the broker's certificate (PEM)"),
+    click.Option(["--tls-key"], help="its private key (PEM, unencrypted)"),
+    click.Option(["--cafile"], help="CA certificate(s) that signed device certificates (PEM)"),
+    click.Option(["--require-certificate"], is_flag=True,
+                 help="clients must present a certificate; its CN is their username (= device id)"),
+    click.Option(["--acl"], help="an existing ACL file (default: write one for --fleet)"),
+    click.Option(["--fleet"], help="fleet whose ACL to write when --acl is not given"),
+    click.Option(["--coordinator"], multiple=True, help="privileged MQTT user (repeatable; default "
+                 "edgefleet-coordinator)"),
+    click.Option(["--password-file"], help="mosquitto_passwd file"),
+    click.Option(["--allow-anonymous"], is_flag=True, help="let clients connect without credentials"),
+    click.Option(["--max-devices"], type=int, default=1000, help="fleet size the queues and limits "
+                 "are sized for"),
+    click.Option(["--insecure"], is_flag=True, help="a listener without TLS (loopback test benches only)"),
+    click.Option(["--run-as"], help="the 'user' mosquitto drops to when started as root"),
+])

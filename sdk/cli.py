@@ -2,15 +2,12 @@
 
 ``edgefleet --help`` lists the commands from the table below without importing them, so it stays light
 (a test checks the import set); a command's module is imported when the command runs or shows its help,
-and its handlers import what they need when they run. Commands are click groups and commands; the
-top-level commands not converted yet are argparse ``register(subparsers)`` modules run through
-:class:`ArgparseCommand`. Errors of the one error tree (:mod:`edgefleet.errors`) become exit codes and a
+and its handlers import what they need when they run. Every command is a click group or command. Errors of the one error tree (:mod:`edgefleet.errors`) become exit codes and a
 one-line message here and only here.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import os
@@ -23,8 +20,7 @@ import click
 from ._version import __version__
 from .errors import EdgefleetError
 
-#: top-level command -> (``module:attribute`` of a click command, or the module of an argparse
-#: ``register(subparsers)``; its one-line help). Looked up by name: the SDK never imports the other packages.
+#: top-level command -> (``module:attribute`` of its click command; its one-line help). Looked up by name: the SDK never imports the other packages.
 COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("edgefleet.commands:keys", "manage Ed25519 signing keys and a TUF repository's roles"),
     "repo": ("edgefleet.commands:repo", "publish bundles in a TUF repository (edgefleet keys root-init creates one)"),
@@ -37,10 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("edgefleet.compiler.cli:datasets", "write example datasets (offline)"),
     "examples": ("edgefleet.compiler.cli:examples", "example models to try the compiler with"),
     "agent": ("edgefleet.device_agent.cli:agent", "the device agent: install, serve, roll back, report"),
-    "cloud": ("edgefleet.cloud_sync.cli", "run the fleet coordinator"),
+    "cloud": ("edgefleet.cloud_sync.cli:cloud", "run the fleet coordinator"),
     "sync": ("edgefleet.cloud_sync.cli:sync", "connect a device agent to the fleet"),
     "fleet": ("edgefleet.cloud_sync.cli:fleet", "operate the fleet through the coordinator's API"),
-    "federated": ("edgefleet.cloud_sync.federated.cli", "federated retraining with Flower (coordinator side)"),
+    "federated": ("edgefleet.cloud_sync.federated.cli:federated", "federated retraining with Flower (coordinator side)"),
     "demo": ("edgefleet.cloud_sync.demo.cli:demo",
              "the whole loop on this machine: train, compile, roll out, drift, federated retraining"),
 }
@@ -55,58 +51,6 @@ def _available(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
-
-
-class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that takes no prefix abbreviations (``--ou`` is not ``--out``).
-
-    ``add_subparsers`` makes its parsers of the parent's class, so every parser of the argparse
-    commands refuses abbreviations, whichever package registered it. (click never abbreviates options.)
-    """
-
-    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
-        kwargs["allow_abbrev"] = allow_abbrev
-        super().__init__(*args, **kwargs)
-
-
-def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The argparse parser of the commands not on click yet (``names``: only these top-level commands)."""
-    return _build(names)[0]
-
-
-def _build(names: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, Any]:
-    parser = Parser(prog="edgefleet", description="Compile models for small devices, run them offline, keep a "
-                    "fleet improving.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = [n for n in (COMMANDS if names is None else names) if ":" not in COMMANDS[n][0]]
-    for ext in dict.fromkeys(e for n in chosen for e in EXTENSIONS.get(n, ())):  # they extend a command: first
-        if _available(ext):
-            importlib.import_module(ext)
-    for module in dict.fromkeys(COMMANDS[n][0] for n in chosen):
-        if _available(module):
-            importlib.import_module(module).register(sub)
-    return parser, sub
-
-
-class ArgparseCommand(click.Command):
-    """A top-level command still registered with argparse: click hands it the rest of the command line."""
-
-    def __init__(self, name: str, help: str) -> None:
-        super().__init__(name, help=help, add_help_option=False,
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.args = list(args)
-        return []
-
-    def invoke(self, ctx: click.Context) -> Any:
-        parser, sub = _build([self.name or ""])
-        args = parser.parse_args([self.name or "", *ctx.args])
-        func = getattr(args, "func", None)
-        if func is None:  # a group without its subcommand: its help, exit code 2
-            sub.choices[self.name].print_help()
-            return 2
-        return int(func(args) or 0)
 
 
 class LazyGroup(click.Group):
@@ -124,8 +68,6 @@ class LazyGroup(click.Group):
             return super().get_command(ctx, cmd_name)
         target, help = self.lazy[cmd_name]
         module, _, attr = target.partition(":")
-        if not attr:
-            return ArgparseCommand(cmd_name, help)
         for ext in EXTENSIONS.get(cmd_name, ()):
             if _available(ext):
                 importlib.import_module(ext)
@@ -174,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``edgefleet`` command on ``argv`` (default ``sys.argv[1:]``); the exit code.
 
     Usage errors print click's message (with "Did you mean ...?" for a misspelt command or option) and
-    give 2; an :class:`EdgefleetError` prints one line and gives its ``exit_code``. The commands still on
-    argparse exit through ``SystemExit`` on their usage errors, as before."""
+    give 2; an :class:`EdgefleetError` prints one line and gives its ``exit_code``."""
     try:
         code = cli.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="edgefleet",
                         standalone_mode=False)

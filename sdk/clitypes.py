@@ -2,19 +2,17 @@
 
 One converter each (:mod:`edgefleet.units` parses): ``--cooldown 6h``, ``--expires 30d``, ``--canary 5%``
 read the same everywhere. A value they refuse is a :class:`~edgefleet.errors.ConfigError` naming the option,
-so the command line reports it as every refusal: one line, exit code 2. :func:`argparse_type` lends them to
-the commands still on argparse.
+so the command line reports it as every refusal: one line, exit code 2.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from .errors import ConfigError
 from .units import parse_percent, parse_seconds
 
 
@@ -59,17 +57,3 @@ class Percent(click.ParamType):
 
 #: metadata expiry and clock skew: a bare number is days
 DURATION_DAYS = Duration(bare="d", timedelta=True)
-
-
-def argparse_type(kind: click.ParamType, name: str | None = None) -> Callable[[str], Any]:
-    """``kind`` as an argparse ``type`` (its message as argparse's error) for the commands still on argparse."""
-    import argparse
-
-    def convert(text: str) -> Any:
-        try:
-            return kind.convert(text, None, None)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name or kind.name
-    return convert

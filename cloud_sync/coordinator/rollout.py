@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 from edgefleet.errors import ConfigError
 from edgefleet.units import parse_percent
@@ -150,14 +150,6 @@ def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
                        parse_percent(max_failure, "max failure"))
 
 
-def percent_option(what: str, many: bool = False) -> Any:
-    """An argparse ``type`` that checks a percentage option (comma-separated if ``many``) and keeps its text:
-    :class:`edgefleet.clitypes.Percent`, the one percentage type of the command line."""
-    from edgefleet.clitypes import Percent, argparse_type
-
-    return argparse_type(Percent(what, many), what.replace(" ", "_"))
-
-
 @dataclass(frozen=True)
 class View:
     state: str  # running | paused | halted | completed | rolled_back
@@ -228,5 +220,5 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
     return Decision(counts=counts)
 
 
-__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_plan", "percent_option", "parse_duration", "timed_out", "BAD",
+__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_plan", "parse_duration", "timed_out", "BAD",
            "ENDED", "STARTED", "DEFAULT_JOB_TIMEOUT"]

@@ -16,132 +16,136 @@ This module is light: handlers import flwr/TensorFlow only when they run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping
+
+import click
+from click.core import ParameterSource
+
+from edgefleet.clitypes import Duration, Percent
 
 # StrategyName's values, spelled out so that registering the CLI imports no numpy (fleet retrain uses it too)
 STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 
-
-def register(sub: Any) -> None:
-    f = sub.add_parser("federated", help="federated retraining with Flower (coordinator side)")
-    fsub = f.add_subparsers(dest="federated_command", metavar="ACTION")
-
-    r = fsub.add_parser("run", help="run federated rounds, then compile, gate and sign the aggregate")
-    add_run_args(r)
-    r.set_defaults(func=cmd_run)
-
-    s = fsub.add_parser("superlink", help="run a supervised flower-superlink in the foreground")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=9092)
-    s.add_argument("--state-dir", help="keep the SuperLink database here")
-    s.add_argument("--ssl-certfile")
-    s.add_argument("--ssl-keyfile")
-    s.add_argument("--ssl-ca-certfile")
-    s.add_argument("--enable-supernode-auth", action="store_true")
-    s.set_defaults(func=cmd_superlink)
-
-    st = fsub.add_parser("status", help="per-round metrics of a run directory")
-    st.add_argument("out", nargs="?", default="federated-run")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(func=cmd_status)
-
-    f.set_defaults(func=lambda args: (f.print_help(), 2)[1])
+RUN_EXAMPLE = ("edgefleet federated run --superlink 127.0.0.1:9092 --group line-1 --rounds 3 --model digits.keras "
+               "--deployed v1.efb --holdout holdout.npz --key keys/edgefleet.key --deploy")
 
 
-class _RunArgsParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # raise instead of exiting: the API validates stored run options
-        from edgefleet.errors import ConfigError
-
-        raise ConfigError(f"federated run options: {message}")
-
-
-def add_run_args(r: argparse.ArgumentParser) -> None:
-    from edgefleet.cloud_sync.coordinator.rollout import percent_option
-
-    r.add_argument("--superlink", default="127.0.0.1:9092", help="HOST:PORT of the SuperLink (default %(default)s)")
-    r.add_argument("--root-certificates", help="CA certificate for a TLS SuperLink (omit for insecure loopback)")
-    r.add_argument("--group", default="default", help="device group the run is for (and --deploy rolls out to)")
-    r.add_argument("--rounds", type=int, default=3)
-    r.add_argument("--strategy", default="fedavg", choices=STRATEGIES)
-    r.add_argument("--min-nodes", type=int, default=2, help="minimum devices per round")
-    r.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for devices in a round")
-    r.add_argument("--local-epochs", type=int, default=2)
-    r.add_argument("--learning-rate", type=float, default=0.1)
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--min-samples", type=int, default=20, help="devices with fewer samples decline")
-    r.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx proximal term")
-    r.add_argument("--trim-beta", type=float, default=0.2, help="FedTrimmedAvg: fraction cut from each tail")
-    r.add_argument("--krum-malicious", type=int, default=1, help="Krum: number of malicious devices tolerated")
-    r.add_argument("--dp-noise", type=float, default=0.0, help="central DP noise multiplier (0 = off)")
-    r.add_argument("--dp-clip", type=float, default=1.0, help="central DP clipping norm")
-    r.add_argument("--dp-delta", type=float, default=1e-5)
-    r.add_argument("--layers", help="dense layer widths, e.g. 64,32,10 (default: from --model, else 64,32,10)")
-    r.add_argument("--model", help="Keras source of the deployed version (Dense layers): the starting weights")
-    r.add_argument("--preprocessing", help="pipeline spec (JSON text or file) applied to raw samples "
-                                           "(default: the deployed bundle's)")
-    r.add_argument("--holdout", help=".npz with raw x and y: the coordinator's holdout")
-    r.add_argument("--deployed", help="the deployed bundle to gate against (its recipe compiles the aggregate)")
-    r.add_argument("--recipe", help="compile recipe (TOML) instead of the deployed version's")
-    r.add_argument("--key", help="private key to sign the next version with")
-    r.add_argument("--margin", type=float, default=0.01, help="required accuracy gain over the deployed version")
-    r.add_argument("--out", default="federated-run", help="run directory (rounds.json, aggregate.npz, next bundle)")
-    r.add_argument("--timeout", type=float, help="seconds for the whole run")
-    c = r.add_argument_group("coordinator", "record the rounds in the fleet registry and roll the next version out "
-                                            "through the coordinator's API")
-    c.add_argument("--api", default=None, help="coordinator API URL (default: EDGEFLEET_API; with --deploy "
-                                               "http://127.0.0.1:8080); rounds are recorded when an API is known")
-    c.add_argument("--ca-cert", default=None, metavar="PEM",
-                   help="CA certificate an https API's certificate must chain to (default: EDGEFLEET_CA_CERT, else "
-                        "the system's CAs)")
-    c.add_argument("--token", default=None, help="API token (default: EDGEFLEET_TOKEN)")
-    c.add_argument("--deploy", action="store_true",
-                   help="when the gate promotes the aggregate, start a staged rollout of it to --group")
-    c.add_argument("--canary", default="5%", type=percent_option("canary"),
-                   help="with --deploy: canary share, 5%% or 0.05 (as for fleet deploy)")
-    c.add_argument("--waves", default="25%,50%,100%", type=percent_option("wave", many=True),
-                   help="with --deploy: wave shares")
-    c.add_argument("--max-failure", default="2%", type=percent_option("max failure"),
-                   help="with --deploy: failure rate that halts the rollout, 2%% or 0.02")
-    c.add_argument("--job-timeout", default="1h", help="with --deploy: a device job running longer is TIMED_OUT")
-    c.add_argument("--record-id", default=None, help=argparse.SUPPRESS)  # a run record made by the drift trigger
+def run_options() -> list[click.Parameter]:
+    """The options of ``federated run``: the command's, and what :func:`parse_run_args` checks stored
+    run options (``fleet retrain -- ...``) against."""
+    coord = "coordinator: "
+    return [
+        click.Option(["--superlink"], default="127.0.0.1:9092", help="HOST:PORT of the SuperLink"),
+        click.Option(["--root-certificates"], help="CA certificate for a TLS SuperLink (omit for insecure loopback)"),
+        click.Option(["--group"], default="default", help="device group the run is for (and --deploy rolls out to)"),
+        click.Option(["--rounds"], type=int, default=3, help="federated rounds"),
+        click.Option(["--strategy"], default="fedavg", type=click.Choice(STRATEGIES), help="the aggregation strategy"),
+        click.Option(["--min-nodes"], type=int, default=2, help="minimum devices per round"),
+        click.Option(["--round-timeout"], type=Duration(lo=0.001), default="120s",
+                     help="how long to wait for devices in a round (90s, 10m; a bare number is seconds)"),
+        click.Option(["--local-epochs"], type=int, default=2, help="epochs each device trains per round"),
+        click.Option(["--learning-rate"], type=float, default=0.1, help="devices' SGD learning rate"),
+        click.Option(["--batch-size"], type=int, default=32, help="devices' batch size"),
+        click.Option(["--min-samples"], type=int, default=20, help="devices with fewer samples decline"),
+        click.Option(["--proximal-mu"], type=float, default=0.01, help="FedProx proximal term"),
+        click.Option(["--trim-beta"], type=float, default=0.2, help="FedTrimmedAvg: fraction cut from each tail"),
+        click.Option(["--krum-malicious"], type=int, default=1, help="Krum: number of malicious devices tolerated"),
+        click.Option(["--dp-noise"], type=float, default=0.0, help="central DP noise multiplier (0 = off)"),
+        click.Option(["--dp-clip"], type=float, default=1.0, help="central DP clipping norm"),
+        click.Option(["--dp-delta"], type=float, default=1e-5, help="central DP delta"),
+        click.Option(["--layers"], help="dense layer widths, e.g. 64,32,10 (default: from --model, else 64,32,10)"),
+        click.Option(["--model"], help="Keras source of the deployed version (Dense layers): the starting weights"),
+        click.Option(["--preprocessing"], help="pipeline spec (JSON text or file) applied to raw samples "
+                     "(default: the deployed bundle's)"),
+        click.Option(["--holdout"], help=".npz with raw x and y: the coordinator's holdout"),
+        click.Option(["--deployed"], help="the deployed bundle to gate against (its recipe compiles the aggregate)"),
+        click.Option(["--recipe"], help="compile recipe (TOML) instead of the deployed version's"),
+        click.Option(["--key"], help="private key to sign the next version with"),
+        click.Option(["--margin"], type=float, default=0.01, help="required accuracy gain over the deployed version"),
+        click.Option(["--out"], default="federated-run", help="run directory (rounds.json, aggregate.npz, next bundle)"),
+        click.Option(["--timeout"], type=Duration(lo=0.001), help="time for the whole run (30m, 2h; bare: seconds)"),
+        click.Option(["--api"], envvar="EDGEFLEET_API", show_envvar=True,
+                     help=coord + "API URL (with --deploy default http://127.0.0.1:8080); rounds are recorded in the "
+                     "fleet registry when an API is known"),
+        click.Option(["--ca-cert"], envvar="EDGEFLEET_CA_CERT", show_envvar=True, metavar="PEM",
+                     help=coord + "CA certificate an https API's certificate must chain to (default: the system's CAs)"),
+        click.Option(["--token"], help=coord + "API token (default: EDGEFLEET_TOKEN, or the file EDGEFLEET_TOKEN_FILE)"),
+        click.Option(["--deploy"], is_flag=True,
+                     help=coord + "when the gate promotes the aggregate, start a staged rollout of it to --group"),
+        click.Option(["--canary"], default="5%", type=Percent("canary"),
+                     help="with --deploy: canary share, 5% or 0.05 (as for fleet deploy)"),
+        click.Option(["--waves"], default="25%,50%,100%", type=Percent("wave", many=True),
+                     help="with --deploy: wave shares"),
+        click.Option(["--max-failure"], default="2%", type=Percent("max failure"),
+                     help="with --deploy: failure rate that halts the rollout, 2% or 0.02"),
+        click.Option(["--job-timeout"], default="1h",
+                     help="with --deploy: a device job running longer is TIMED_OUT (90s, 10m, 2h, 1d)"),
+        click.Option(["--record-id"], hidden=True),  # a run record made by the drift trigger
+    ]
 
 
-def add_serve_args(serve: argparse.ArgumentParser) -> None:
+def serve_options() -> list[click.Parameter]:
     """The federated options of ``edgefleet cloud serve`` (see :func:`.autorun.start_for_coordinator`)."""
-    g = serve.add_argument_group("federated retraining")
-    g.add_argument("--federated-dir", default="federated-runs",
-                   help="where runs started by drift alerts (see fleet retrain) and the SuperLink keep their files")
-    g.add_argument("--superlink-port", type=int, default=0,
-                   help="also run a supervised flower-superlink on this port (runs started by drift use it)")
-    g.add_argument("--superlink-host", default="127.0.0.1", help="its address (insecure only on loopback)")
-    g.add_argument("--superlink-ssl-certfile", help="TLS certificate of the SuperLink")
-    g.add_argument("--superlink-ssl-keyfile", help="its private key")
-    g.add_argument("--superlink-ssl-ca-certfile", help="the CA certificate devices verify it with")
-    g.add_argument("--superlink-node-auth", action="store_true",
-                   help="admit only SuperNodes registered with `flwr supernode register` (needs TLS)")
+    fed = "federated retraining: "
+    return [
+        click.Option(["--federated-dir"], default="federated-runs",
+                     help=fed + "where runs started by drift alerts (see fleet retrain) and the SuperLink keep their "
+                     "files"),
+        click.Option(["--superlink-port"], type=click.IntRange(0, 65535), default=0,
+                     help=fed + "also run a supervised flower-superlink on this port (runs started by drift use it; "
+                     "0: none)"),
+        click.Option(["--superlink-host"], default="127.0.0.1", help=fed + "its address (insecure only on loopback)"),
+        click.Option(["--superlink-ssl-certfile"], help=fed + "TLS certificate of the SuperLink"),
+        click.Option(["--superlink-ssl-keyfile"], help=fed + "its private key"),
+        click.Option(["--superlink-ssl-ca-certfile"], help=fed + "the CA certificate devices verify it with"),
+        click.Option(["--superlink-node-auth"], is_flag=True,
+                     help=fed + "admit only SuperNodes registered with `flwr supernode register` (needs TLS)"),
+    ]
 
 
-def parse_run_args(argv: list[str], namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+def _run_context(argv: list[str]) -> click.Context:
+    """``federated run`` options parsed by its own command (click never abbreviates an option); a bad option
+    raises ``ConfigError`` naming it, as the API reports stored run options."""
+    from edgefleet.errors import ConfigError
+
+    cmd = click.Command("run", params=run_options(), add_help_option=False)
+    try:
+        return cmd.make_context("edgefleet federated run", list(argv), resilient_parsing=False)
+    except click.NoSuchOption as exc:  # named as it was given (``--ou=x``), as the API reports it back
+        given = next((a for a in argv if a == exc.option_name or a.startswith(f"{exc.option_name}=")), exc.option_name)
+        raise ConfigError(f"federated run options: unrecognized arguments: {given}") from None
+    except click.UsageError as exc:
+        raise ConfigError(f"federated run options: {exc.format_message()}") from None
+
+
+def parse_run_args(argv: list[str]) -> SimpleNamespace:
     """Parse ``federated run`` options (no prefix abbreviations); a bad option raises ``ConfigError`` naming it."""
-    p = _RunArgsParser(prog="edgefleet federated run", add_help=False, allow_abbrev=False)
-    add_run_args(p)
-    return p.parse_args(argv, namespace)
+    return SimpleNamespace(**_run_context(argv).params)
 
 
 def given_run_options(argv: list[str]) -> set[str]:
     """The ``federated run`` options ``argv`` sets, as their option strings (``--out``), read from the parsed
     result: however an option was spelled, it is named here (a bad option raises ``ConfigError``)."""
-    p = _RunArgsParser(prog="edgefleet federated run", add_help=False, allow_abbrev=False)
-    add_run_args(p)
-    unset = object()
-    ns = argparse.Namespace(**{a.dest: unset for a in p._actions if a.option_strings})
-    p.parse_args(argv, ns)  # argparse fills in defaults only where the namespace has no value
-    return {a.option_strings[-1] for a in p._actions
-            if a.option_strings and getattr(ns, a.dest, unset) is not unset}
+    ctx = _run_context(argv)
+    return {p.opts[-1] for p in ctx.command.params
+            if p.name and ctx.get_parameter_source(p.name) is ParameterSource.COMMANDLINE}
+
+
+@click.group(no_args_is_help=True, epilog="Example: " + RUN_EXAMPLE)
+def federated() -> None:
+    """Federated retraining with Flower (coordinator side): run rounds, then compile, gate, sign and roll out."""
+
+
+def _command(name: str, func: Callable[[Any], int], example: str, help: str,
+             params: list[click.Parameter]) -> click.Command:
+    cmd = click.Command(name, callback=lambda **kw: func(SimpleNamespace(**kw)), params=params, help=help,
+                        epilog=f"Example: {example}")
+    federated.add_command(cmd)
+    return cmd
 
 
 def _spec_text(value: str | None) -> str:
@@ -168,14 +172,14 @@ def _round_line(r: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _api_of(args: argparse.Namespace) -> str | None:
+def _api_of(args: Any) -> str | None:
     api = args.api or os.environ.get("EDGEFLEET_API")
     if not api and (args.deploy or args.record_id):
         api = "http://127.0.0.1:8080"
     return api
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: Any) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edgefleet.errors import ConfigError
 
@@ -269,7 +273,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preprocessing: str, out: Path, record: Any,
+def _close(args: Any, cfg: Any, doc: Mapping[str, Any], preprocessing: str, out: Path, record: Any,
            api: str | None) -> dict[str, Any]:
     """Compile, gate and sign the aggregate; with --deploy, roll the signed version out through the API."""
     from .loop import promote_aggregate
@@ -306,7 +310,7 @@ def _close(args: argparse.Namespace, cfg: Any, doc: Mapping[str, Any], preproces
     return result
 
 
-def cmd_superlink(args: argparse.Namespace) -> int:
+def cmd_superlink(args: Any) -> int:
     import signal
     import threading
 
@@ -331,7 +335,7 @@ def cmd_superlink(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: Any) -> int:
     from edgefleet.errors import ConfigError
 
     from .runner import read_rounds
@@ -352,3 +356,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         p = doc["privacy"]
         print(f"  privacy: epsilon {p['epsilon']:.2f} at delta {p['delta']:g}")
     return 0
+
+
+_command("run", cmd_run, RUN_EXAMPLE,
+         "Run federated rounds on a SuperLink; with --holdout/--key (and --deployed) compile, gate and sign the "
+         "aggregate as the next version, and with --deploy roll it out.", run_options())
+_command("superlink", cmd_superlink, "edgefleet federated superlink --port 9092 --state-dir /var/lib/flwr",
+         "Run a supervised flower-superlink in the foreground (Ctrl-C stops it).", [
+             click.Option(["--host"], default="127.0.0.1", help="address to listen on (insecure only on loopback)"),
+             click.Option(["--port"], type=click.IntRange(1, 65535), default=9092, help="Fleet API port"),
+             click.Option(["--state-dir"], help="keep the SuperLink database here"),
+             click.Option(["--ssl-certfile"], help="TLS certificate (PEM)"),
+             click.Option(["--ssl-keyfile"], help="its private key (PEM)"),
+             click.Option(["--ssl-ca-certfile"], help="the CA certificate (PEM)"),
+             click.Option(["--enable-supernode-auth"], is_flag=True,
+                          help="admit only SuperNodes registered with `flwr supernode register` (needs TLS)")])
+_command("status", cmd_status, "edgefleet federated status federated-run --json",
+         "Per-round metrics of a run directory.", [
+             click.Argument(["out"], required=False, default="federated-run"),
+             click.Option(["--json"], is_flag=True, help="print JSON")])

@@ -1,9 +1,8 @@
-"""Argparse prefix abbreviations (issue 13, finding 2): no parser of the project accepts ``--ou`` for
-``--out``, and the retrain launcher checks its reserved options on the parsed result."""
+"""Prefix abbreviations (issue 13, finding 2): no command of the project accepts ``--ou`` for ``--out``, and the
+retrain launcher checks its reserved options on the parsed result."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any, Iterator
 
 import pytest
@@ -20,14 +19,6 @@ TOKEN = "t0ken"
 SMUGGLED = ["--ou=/tmp/attacker", "--ap=http://attacker", "--tok=t", "--grou=g"]
 
 
-def _parsers(p: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    yield p.prog, p
-    for action in p._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                yield from _parsers(child)
-
-
 def _click_commands(group: Any, prefix: str = "edgefleet") -> Iterator[tuple[str, Any]]:
     import click
 
@@ -40,17 +31,15 @@ def _click_commands(group: Any, prefix: str = "edgefleet") -> Iterator[tuple[str
             yield f"{prefix} {name}", cmd
 
 
-def test_every_parser_of_the_edgefleet_command_refuses_abbreviations() -> None:
-    """The commands still on argparse refuse abbreviations; the click ones (click never abbreviates an
-    option) refuse each long option's prefix."""
+def test_every_command_of_the_edgefleet_command_refuses_abbreviations() -> None:
+    """Every command is a click command (click never abbreviates an option): each long option's prefix is
+    refused, ``federated run`` and ``cloud serve`` included."""
     import click
 
-    from edgefleet.cli import ArgparseCommand, build_parser, cli
+    from edgefleet.cli import cli
 
-    found = dict(_parsers(build_parser()))
-    clicked = {prog: cmd for prog, cmd in _click_commands(cli) if not isinstance(cmd, ArgparseCommand)}
-    assert len(found) + len(clicked) > 20 and "edgefleet federated run" in found and "edgefleet cloud serve" in found
-    assert [prog for prog, p in found.items() if p.allow_abbrev] == []
+    clicked = dict(_click_commands(cli))
+    assert len(clicked) > 20 and "edgefleet federated run" in clicked and "edgefleet cloud serve" in clicked
     assert "edgefleet fleet deploy" in clicked and "edgefleet keys generate" in clicked
     for prog, cmd in clicked.items():
         for opt in (o for p in cmd.params if isinstance(p, click.Option) for o in p.opts if o.startswith("--")):

@@ -195,7 +195,7 @@ def test_a_flooding_device_is_rate_limited_and_every_other_batch_is_ingested(bro
 
 
 def test_token_buckets_and_the_rate_option() -> None:
-    from edgefleet.cloud_sync.cli import _burst_option, _rate_option
+    from edgefleet.cloud_sync.cli import Burst, Rate
     from edgefleet.cloud_sync.coordinator.rollout import parse_rate
     from edgefleet.cloud_sync.coordinator.service import TokenBuckets
     from edgefleet.errors import ConfigError
@@ -214,11 +214,9 @@ def test_token_buckets_and_the_rate_option() -> None:
     for bad in ("fast", "-5/s", "1e10/s", "nan", "inf", "10/day", "/s"):
         with pytest.raises(ConfigError, match="not a rate"):
             parse_rate(bad)
-    assert _rate_option("60/min") == 1.0
-    import argparse
-
-    for opt, bad in ((_rate_option, "lots"), (_burst_option, "0"), (_burst_option, "nan"), (_burst_option, "x")):
-        with pytest.raises(argparse.ArgumentTypeError):
-            opt(bad)
+    assert Rate().convert("60/min", None, None) == 1.0
+    for opt, bad in ((Rate(), "lots"), (Burst(), "0"), (Burst(), "nan"), (Burst(), "x")):
+        with pytest.raises(ConfigError):
+            opt.convert(bad, None, None)
     with pytest.raises(ConfigError):
         TokenBuckets(float("nan"))

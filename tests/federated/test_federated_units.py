@@ -297,14 +297,13 @@ def test_federated_child_process_gives_up_only_after_consecutive_quick_failures(
 
 
 # -- CLI ---------------------------------------------------------------------------------------
-def test_federated_cli_registers_run_and_shows_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+def test_federated_cli_registers_run_and_shows_status(tmp_path: Path) -> None:
     import json
+
+    from click.testing import CliRunner
 
     from edgefleet.cloud_sync.federated import cli
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "rounds.json").write_text(json.dumps({
         "status": "finished", "config": {"strategy": "fedprox"}, "seconds": 12.0,
@@ -312,13 +311,13 @@ def test_federated_cli_registers_run_and_shows_status(tmp_path: Path, capsys: py
                                   "central": {"accuracy": 0.81}, "dp_epsilon": 3.2}],
         "privacy": {"epsilon": 3.2, "delta": 1e-5}}))
 
-    run = parser.parse_args(["federated", "run", "--rounds", "4", "--strategy", "krum", "--min-nodes", "3"])
-    status = parser.parse_args(["federated", "status", str(tmp_path)])
-    code = status.func(status)
+    run = cli.parse_run_args(["--rounds", "4", "--strategy", "krum", "--min-nodes", "3"])
+    result = CliRunner().invoke(cli.federated, ["status", str(tmp_path)])
 
-    text = capsys.readouterr().out
-    assert run.func is cli.cmd_run and run.rounds == 4 and run.strategy == "krum"
-    assert code == 0 and "round 1: 3 device(s)" in text and "0.810" in text and "epsilon 3.20" in text
+    assert set(cli.federated.commands) == {"run", "superlink", "status"}
+    assert run.rounds == 4 and run.strategy == "krum" and run.min_nodes == 3
+    text = result.output
+    assert result.exit_code == 0 and "round 1: 3 device(s)" in text and "0.810" in text and "epsilon 3.20" in text
 
 
 # -- drift trigger ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgefleet.cli import COMMANDS, cli, main
-from edgefleet.clitypes import Duration, Percent, argparse_type
+from edgefleet.clitypes import Duration, Percent
 from edgefleet.errors import ConfigError
 
 HEAVY = ("tensorflow", "flwr", "fastapi", "sqlalchemy", "onnxruntime", "onnx", "numpy", "httpx", "paho", "rich",
@@ -137,13 +137,13 @@ def test_percent_type_refuses_bare_numbers_of_one_or_more() -> None:
     assert Percent("wave", many=True).convert("25%,50%,100%", None, None) == "25%,50%,100%"
 
 
-def test_argparse_commands_use_the_same_types() -> None:
-    import argparse
+def test_federated_run_takes_durations_through_the_same_type() -> None:
+    from edgefleet.cloud_sync.federated.cli import parse_run_args
 
-    conv = argparse_type(Duration())
-    assert conv("6h") == 21600
-    with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
-        conv("soon")
+    args = parse_run_args(["--timeout", "2h", "--round-timeout", "90"])
+    assert args.timeout == 7200 and args.round_timeout == 90 and parse_run_args([]).round_timeout == 120
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_run_args(["--timeout", "soon"])
 
 
 def test_fleet_retrain_cooldown_takes_a_duration() -> None:
