@@ -21,7 +21,7 @@ def _name(param: click.Parameter | None, default: str) -> str:
     return max(opts, key=len) if opts else default
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType["float | dt.timedelta"]):
     """``90s``, ``10m``, ``6h``, ``30d``, ``2w`` (a bare number is in unit ``bare``): seconds (a float), or a
     ``timedelta`` with ``timedelta=True``; refused outside ``lo``..``hi`` seconds."""
 
@@ -30,7 +30,7 @@ class Duration(click.ParamType):
     def __init__(self, *, bare: str = "s", lo: float = 0.0, hi: float = math.inf, timedelta: bool = False) -> None:
         self.bare, self.lo, self.hi, self.timedelta = bare, lo, hi, timedelta
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | dt.timedelta:
         if isinstance(value, (dt.timedelta, float, int)) and not isinstance(value, bool):
             seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
         else:
@@ -38,7 +38,7 @@ class Duration(click.ParamType):
         return dt.timedelta(seconds=seconds) if self.timedelta else seconds
 
 
-class Percent(click.ParamType):
+class Percent(click.ParamType[str]):
     """``5%`` or ``0.05`` (a bare number of 1 or more is refused as ambiguous), comma-separated with
     ``many``; the option keeps its text (what the API takes) once it is checked."""
 
@@ -47,7 +47,7 @@ class Percent(click.ParamType):
     def __init__(self, what: str = "percentage", many: bool = False) -> None:
         self.what, self.many = what, many
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
         for part in (text.split(",") if self.many else [text]):
             if part.strip() or not self.many:
