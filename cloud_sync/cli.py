@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import click
 
+from edgefleet.cli import handler_command
 from edgefleet.clitypes import Duration, Percent
 from edgefleet.device_agent.cli import RunExtension, extend_run
 from edgefleet.errors import ConfigError
@@ -638,11 +639,8 @@ def cloud() -> None:
 
 
 def _cloud_command(name: str, func: Callable[[Any], int], example: str, help: str,
-                   params: list[click.Parameter]) -> click.Command:
-    cmd = click.Command(name, callback=lambda **kw: func(SimpleNamespace(**kw)), params=params, help=help,
-                        epilog=f"Example: {example}")
-    cloud.add_command(cmd)
-    return cmd
+                   params: list[click.Parameter]) -> None:
+    cloud.add_command(handler_command(name, func, example, help, params))
 
 
 _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-file admin.token --db "

@@ -13,7 +13,8 @@ import importlib.util
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -51,6 +52,14 @@ def _available(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
+
+
+def handler_command(name: str, func: Callable[[Any], int], example: str, help: str,
+                    params: list[click.Parameter]) -> click.Command:
+    """A command ``name`` that calls ``func`` with its parameters as attributes (``args.fleet``), its help
+    ending in ``Example: <example>``: how the packages' commands hand parsed options to their handlers."""
+    return click.Command(name, callback=lambda **kw: func(SimpleNamespace(**kw)), params=params, help=help,
+                         epilog=f"Example: {example}")
 
 
 class LazyGroup(click.Group):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import click
 from click.core import ParameterSource
 
+from edgefleet.cli import handler_command
 from edgefleet.clitypes import Duration, Percent
 
 # StrategyName's values, spelled out so that registering the CLI imports no numpy (fleet retrain uses it too)
@@ -140,12 +141,8 @@ def federated() -> None:
     """Federated retraining with Flower (coordinator side): run rounds, then compile, gate, sign and roll out."""
 
 
-def _command(name: str, func: Callable[[Any], int], example: str, help: str,
-             params: list[click.Parameter]) -> click.Command:
-    cmd = click.Command(name, callback=lambda **kw: func(SimpleNamespace(**kw)), params=params, help=help,
-                        epilog=f"Example: {example}")
-    federated.add_command(cmd)
-    return cmd
+def _command(name: str, func: Callable[[Any], int], example: str, help: str, params: list[click.Parameter]) -> None:
+    federated.add_command(handler_command(name, func, example, help, params))
 
 
 def _spec_text(value: str | None) -> str:
