@@ -37,7 +37,15 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
     ├── UpdateRejectedError (12)        the device agent refused an update (reason attached)
     ├── StoreError (13)                 the device model store is missing or inconsistent
     ├── SyncError (14)                  cloud sync: broker, protocol or coordinator failures
-    │   └── ProtocolError (15)          a malformed or unsupported message
+    │   ├── ProtocolError (15)          a malformed or unsupported message
+    │   └── RolloutError (28)           a rollout did not reach its goal (fleet deploy --wait: still running
+    │       │                           at the wait's end)
+    │       ├── ActionRefusedError (29)     a rollout action that does not apply to the deployment's state
+    │       │                               (resume on a halted one, pause on a rolled-back one: API 409)
+    │       ├── RolloutHaltedError (30)     the health gate halted it (the failing devices named)
+    │       ├── RolloutRolledBackError (31) it was rolled back
+    │       ├── RolloutCanceledError (32)   it was canceled
+    │       └── RollbackIncompleteError (33) fleet rollback: a device's rollback failed or got no answer in time
     └── SessionError (16)               a model Session can no longer run (its model was swapped for
                                         one with another signature, or closed)
 """
@@ -179,6 +187,36 @@ class ProtocolError(SyncError):
     exit_code = 15
 
 
+class RolloutError(SyncError):
+    """A rollout did not reach its goal; the subclasses say how it ended."""
+
+    exit_code = 28
+
+
+class ActionRefusedError(RolloutError):
+    """A rollout action (pause, resume, rollback, cancel) the deployment's state does not allow: nothing changed."""
+
+    exit_code = 29
+
+
+class RolloutHaltedError(RolloutError):
+    exit_code = 30
+
+
+class RolloutRolledBackError(RolloutError):
+    exit_code = 31
+
+
+class RolloutCanceledError(RolloutError):
+    exit_code = 32
+
+
+class RollbackIncompleteError(RolloutError):
+    """Devices ordered back did not all report a rollback: one failed or did not answer in time."""
+
+    exit_code = 33
+
+
 class SessionError(EdgefleetError):
     exit_code = 16
 
@@ -214,5 +252,11 @@ __all__ = [
     "StoreError",
     "SyncError",
     "ProtocolError",
+    "RolloutError",
+    "ActionRefusedError",
+    "RolloutHaltedError",
+    "RolloutRolledBackError",
+    "RolloutCanceledError",
+    "RollbackIncompleteError",
     "SessionError",
 ]

@@ -5,6 +5,7 @@ The operator CLI (``edgefleet fleet ...``) and any dashboard use only this API.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import math
@@ -24,7 +25,16 @@ from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
 from ..wire import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
-from .rollout import MAX_TAGS, MAX_TOKEN_TTL, TAG, check_tags, parse_duration, parse_plan
+from .rollout import (
+    MAX_DISPATCH_RATE,
+    MAX_MIN_FINISHED,
+    MAX_TAGS,
+    MAX_TOKEN_TTL,
+    TAG,
+    check_tags,
+    parse_duration,
+    parse_plan,
+)
 from .rows import Principal
 from .service import Coordinator
 
@@ -33,6 +43,7 @@ MAX_JSON_BODY = 1 << 20  # every other request body
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"  # a deployment id (the registry's are 12 hex digits)
 DEVICE_ID = P._ID.pattern  # device ids and group names: the protocol's ids (1-128 of A-Z a-z 0-9 _ . : -)
+MAX_LISTED_DEVICES = 100  # devices a deployment may list (POST /v1/deployments?devices=...: a URL; more by tags)
 NO_NUL = r"^[^\x00]*$"  # free text a query compares with the registry's: PostgreSQL text cannot hold NUL (500)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TRACKED_CLIENTS = 10_000  # addresses whose failed authentications are remembered (oldest forgotten first)
@@ -443,33 +454,55 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
               openapi_extra={"requestBody": archive},
               responses={400: {"description": "the body is not a bundle archive the coordinator may deploy "
                                               "(unreadable, unsigned, untrusted, another model's; the detail says "
-                                              "which), or the plan or timeout cannot be read"}})
-    async def deploy(request: Request, group: str = Query(..., pattern=DEVICE_ID),
+                                              "which), the plan or timeout cannot be read, or the targets (group, "
+                                              "tags, devices) select no device or name devices that do not fit"}})
+    async def deploy(request: Request, group: str | None = Query(None, pattern=DEVICE_ID,
+                                                                 description="the group to roll out to (absent: "
+                                                                             "every group; then give tags or devices)"),
                      canary: str = Query("5%", max_length=64), waves: str = Query("100%", max_length=64),
                      max_failure: str = Query("0%", max_length=64),
                      job_timeout: str = Query("1h", max_length=64),
                      tags: str = Query("", max_length=8300, pattern=f"^({TAG}(,{TAG})*)?$",
                                        description="comma-separated: only devices of the group the operator gave "
-                                                   "every one of these tags (what devices claim does not count)")
+                                                   "every one of these tags (what devices claim does not count)"),
+                     devices: str = Query("", max_length=MAX_LISTED_DEVICES * 129,
+                                          pattern=f"^({DEVICE_ID[1:-1]}(,{DEVICE_ID[1:-1]})*)?$",
+                                          description="comma-separated device ids: only these devices (each must "
+                                                      f"exist and fit the group and tags; at most "
+                                                      f"{MAX_LISTED_DEVICES}); a list takes no joiners"),
+                     rate: int = Query(0, ge=0, le=MAX_DISPATCH_RATE,
+                                       description="devices dispatched per minute at most (0: no limit)"),
+                     min_finished: int = Query(0, ge=0, le=MAX_MIN_FINISHED,
+                                               description="jobs that must have ended before the failure rate is "
+                                                           "judged (0: from the first failure)")
                      ) -> dict[str, Any]:
-        """The request body is the bundle archive (.efb) itself. ``canary``, ``waves`` (comma-separated) and
-        ``max_failure`` are percentages (``5%`` or ``0.05``). ``job_timeout`` (90s, 10m, 2h, 1d): a device job
-        that started but did not end within it becomes TIMED_OUT, a failure for the health gate. ``tags``
-        (comma-separated) selects the devices of the group the operator gave all of them (``PATCH
-        /v1/devices/ID``); a device's own ``hardware_tags`` are only a claim (``claimed_tags``)."""
+        """The request body is the bundle archive (.efb) itself. The targets: ``group``, ``tags`` and/or
+        ``devices`` (at least one). ``canary``, ``waves`` (comma-separated) and ``max_failure`` are percentages
+        (``5%`` or ``0.05``); ``rate`` limits the devices dispatched per minute, ``min_finished`` holds the health
+        gate until that many jobs have ended. ``job_timeout`` (90s, 10m, 2h, 1d): a device job that started but
+        did not end within it becomes TIMED_OUT, a failure for the health gate. ``tags`` (comma-separated) selects
+        the devices the operator gave all of them (``PATCH /v1/devices/ID``); a device's own ``hardware_tags`` are
+        only a claim (``claimed_tags``)."""
         data = await request.body()
         if not data or len(data) > MAX_UPLOAD:
             raise HTTPException(400, "the body must be a bundle archive (.efb)")
+        listed = [d for d in devices.split(",") if d]
+        if len(listed) > MAX_LISTED_DEVICES:
+            raise HTTPException(400, f"at most {MAX_LISTED_DEVICES} devices may be listed")
         try:
-            plan = parse_plan(canary, waves, max_failure)
-            dep = coord.create_deployment(data, group, plan, parse_duration(job_timeout),
-                                          [t for t in tags.split(",") if t])
+            plan = dataclasses.replace(parse_plan(canary, waves, max_failure), rate=rate, min_finished=min_finished)
+            dep = coord.create_deployment(data, group or "", plan, parse_duration(job_timeout),
+                                          [t for t in tags.split(",") if t], listed)
         except EdgefleetError as exc:  # BundleError, SignatureError, UnsignedBundleError, TrustError, ConfigError
             raise HTTPException(400, str(exc)) from None
         out = coord.summary(dep)
-        audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to group {group}"
-                            f"{' tags ' + ','.join(out['tags']) if out.get('tags') else ''} "
-                            f"(canary {canary}, waves {waves}, max failure {max_failure})")
+        audit_note(request, f"deployment {out.get('id')}: {out.get('name')} {out.get('version')} to "
+                            + (f"group {group}" if group else "every group")
+                            + (f" tags {','.join(out['tags'])}" if out.get("tags") else "")
+                            + (f" devices {','.join(listed)}" if listed else "")
+                            + f" (canary {canary}, waves {waves}, max failure {max_failure}"
+                            + (f", rate {rate}/min" if rate else "")
+                            + (f", min finished {min_finished}" if min_finished else "") + ")")
         return out
 
     dep_id_p = Path(pattern=_ID, description="a deployment id")
@@ -488,11 +521,20 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
 
     @app.post("/v1/deployments/{dep_id}/{action}", dependencies=[Depends(auth)],
               responses={404: {"description": "no such deployment"},
-                         409: {"description": "another coordinator holds the deployment; try again"}})
-    def act(action: Literal["pause", "resume", "rollback"], dep_id: str = dep_id_p) -> dict[str, Any]:
+                         409: {"description": "the deployment's state does not allow the action (resume on a "
+                                              "halted deployment, pause on a rolled-back one, cancel on a completed "
+                                              "one: nothing changed; the detail says why), or another coordinator "
+                                              "holds the deployment (try again)"}})
+    def act(request: Request, action: Literal["pause", "resume", "rollback", "cancel"],
+            dep_id: str = dep_id_p) -> dict[str, Any]:
+        """``pause`` a running rollout, ``resume`` a paused one, ``rollback`` (devices on the new version are
+        ordered back; the answer's ``jobs`` hold the rollback jobs, whose results arrive later: poll this
+        deployment), or ``cancel`` a running or paused one (devices not dispatched get nothing, jobs not started
+        are canceled on the devices, installs under way finish)."""
+        audit_note(request, f"{action} deployment {dep_id}")
         try:
             return coord.summary(coord.set_state(dep_id, action))
-        except SyncError as exc:  # another coordinator holds the deployment
+        except SyncError as exc:  # the state does not allow it (ActionRefusedError), or another coordinator holds it
             raise HTTPException(409, str(exc)) from None
         except EdgefleetError as exc:
             raise HTTPException(404, str(exc)) from None

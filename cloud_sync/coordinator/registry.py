@@ -128,6 +128,9 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("lease_owner", String(64), nullable=False, default=""),  # the coordinator ticking it now
             Column("lease_until", Float, nullable=False, default=0.0),
             Column("tags", Text, nullable=False, default="[]"),  # only devices the operator gave all these tags
+            Column("rate", Integer, nullable=False, default=0),  # devices dispatched per minute at most; 0: no limit
+            Column("min_finished", Integer, nullable=False, default=0),  # jobs ended before the gate judges
+            Column("devices", Text, nullable=False, default="[]"),  # an explicit list of devices ([]: none given)
         ),
         "jobs": Table(
             f"{p}jobs", meta,
@@ -386,7 +389,8 @@ class Registry:
     # -- deployments ---------------------------------------------------------------------------------------
     def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
                           waves: list[float], max_failure: float, targets: list[str],
-                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> str:
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = (), *, rate: int = 0,
+                          min_finished: int = 0, devices: Sequence[str] = ()) -> str:
         dep_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._lock, self.engine.begin() as c:
@@ -394,7 +398,8 @@ class Registry:
                 id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
                 canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
                 reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
-                planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags))))
+                planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags)), rate=rate,
+                min_finished=min_finished, devices=json.dumps(list(devices))))
         return dep_id
 
     def deployment(self, dep_id: str) -> Deployment | None:
@@ -414,14 +419,15 @@ class Registry:
     def deployment_heads(self, fleet: str) -> DeploymentHeads:
         """What a rollout tick visits, without loading target lists: ``live`` is (id, state, group) of the
         running and paused deployments plus each group's newest one if it completed; ``newest`` maps a
-        group to its newest deployment (the one devices joining the group get)."""
+        group to its newest deployment (the one devices joining the group get; a deployment to a list of
+        devices takes no joiners, so it is never a group's newest)."""
         t = self.t["deployments"]
         with self.engine.connect() as c:
-            rows = c.execute(select(t.c.id, t.c.state, t.c.group_name).where(t.c.fleet == fleet)
+            rows = c.execute(select(t.c.id, t.c.state, t.c.group_name, t.c.devices).where(t.c.fleet == fleet)
                              .order_by(t.c.created, t.c.id)).all()
-        newest: dict[str, str] = {g: i for i, _, g in rows}
-        live = [(i, st, g) for i, st, g in rows
-                if st in ("running", "paused") or (st == "completed" and newest[g] == i)]
+        newest: dict[str, str] = {g: i for i, _, g, listed in rows if listed in ("", "[]")}
+        live = [(i, st, g) for i, st, g, _ in rows
+                if st in ("running", "paused") or (st == "completed" and newest.get(g) == i)]
         return DeploymentHeads(live, newest)
 
     def set_deployment(self, dep_id: str, expect: dict[str, Any] | None = None, **fields: Any) -> bool:

@@ -17,6 +17,18 @@ once if the plan has a single stage): it is dispatched with the current wave,
 or right away when the deployment has completed. A paused deployment holds
 joiners until it resumes; a halted or rolled-back one never dispatches them.
 
+Two limits shape a rollout further (both off by default):
+
+* ``rate``: at most that many devices dispatched in any minute (AWS IoT Jobs' ``maximumPerMinute``): a stage
+  whose devices do not fit goes out over several ticks, the devices not yet dispatched being ``held``;
+* ``min_finished``: the health gate judges the failure rate only once that many jobs have ended (AWS'
+  ``minNumberOfExecutedThings``), or every target's has: one failed canary does not halt a rollout at
+  ``100% > 2%`` when the operator asked for ten finished devices first.
+
+The operator may cancel a running or paused deployment (state ``canceled``): devices not dispatched yet get
+nothing, jobs not started (queued or downloading) are canceled, installs under way finish; nothing is rolled back.
+:func:`action_refusal` says why a requested action (pause, resume, rollback, cancel) does not apply to a state.
+
 Jobs time out like AWS IoT Jobs' in-progress timer (:func:`timed_out`).
 """
 
@@ -41,6 +53,8 @@ class RolloutPlan:
     canary: float = 0.05  # fraction of the targets
     waves: tuple[float, ...] = (1.0,)  # cumulative fractions, the last one 1.0
     max_failure: float = 0.0  # halt when bad/dispatched exceeds this
+    rate: int = 0  # devices dispatched per minute at most (0: no limit)
+    min_finished: int = 0  # jobs ended before the failure rate is judged (0: judged from the first failure)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.canary <= 1.0:
@@ -49,6 +63,11 @@ class RolloutPlan:
             raise ConfigError("waves must be increasing percentages within (0, 100%]")
         if not 0.0 <= self.max_failure <= 1.0:
             raise ConfigError(f"max failure must be within 0..100%, got {self.max_failure}")
+        if not 0 <= self.rate <= MAX_DISPATCH_RATE:
+            raise ConfigError(f"the rate must be within 1..{MAX_DISPATCH_RATE} devices per minute (0: no limit), "
+                              f"got {self.rate}")
+        if not 0 <= self.min_finished <= MAX_MIN_FINISHED:
+            raise ConfigError(f"min finished must be within 0..{MAX_MIN_FINISHED} devices, got {self.min_finished}")
 
     def stage_ends(self, n: int) -> list[int]:
         """Cumulative device counts at the end of each stage (canary first)."""
@@ -64,6 +83,53 @@ class RolloutPlan:
         if ends[-1] != n:
             ends.append(n)
         return ends
+
+
+MAX_DISPATCH_RATE = 100_000  # devices per minute: beyond it a limit limits nothing
+MAX_MIN_FINISHED = 1_000_000
+RATE_WINDOW = 60.0  # seconds: ``rate`` devices at most are dispatched within any window this long
+OUTCOMES = ("completed", "halted", "rolled_back", "canceled")  # the states a rollout ends in (completed ones still
+# dispatch to joiners)
+
+
+def parse_dispatch_rate(text: str | int) -> int:
+    """``--rate``: ``20/min``, ``600/h`` or a bare number (per minute) as devices per minute; ``off`` or ``0``: no
+    limit (0). A rate per hour must come to whole devices per minute (AWS IoT Jobs counts per minute too)."""
+    t = str(text).strip().lower().replace(" ", "")
+    if t in ("off", "none", "0", "0/min", "0/h"):
+        return 0
+    num, _, unit = t.partition("/")
+    per = {"": 1, "min": 1, "m": 1, "h": 60, "hour": 60}.get(unit)
+    try:
+        n = int(num)
+    except ValueError:
+        n = -1
+    if per is None or n <= 0 or n % per or not 1 <= n // per <= MAX_DISPATCH_RATE:
+        raise ConfigError(f"rate {text!r} is not a number of devices per minute (like 20/min or 600/h) within "
+                          f"1..{MAX_DISPATCH_RATE}/min, or off")
+    return n // per
+
+
+def action_refusal(action: str, state: str, reason: str = "") -> str:
+    """Why ``action`` (pause, resume, rollback, cancel) does not apply to a deployment in ``state`` ("" if it
+    does). A refused action changes nothing; the API answers 409 with this text."""
+    why = f" ({reason})" if reason else ""
+    allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused"),
+               "rollback": ("running", "paused", "halted", "completed", "canceled")}
+    if action not in allowed:
+        return f"unknown action {action!r}: pause, resume, rollback or cancel"
+    if state in allowed[action]:
+        return ""
+    if (action, state) in (("pause", "paused"), ("cancel", "canceled"), ("rollback", "rolled_back")):
+        return f"the deployment is {state.replace('_', ' ')} already{why}: nothing to {action}"
+    if action == "resume" and state == "running":
+        return "the deployment is running, not paused: nothing to resume"
+    if action == "resume" and state == "halted":
+        return (f"the deployment halted{why}; a halted rollout cannot resume: roll it back, or deploy again "
+                "(with --max-failure or --min-finished if the gate was too strict)")
+    if state == "completed":
+        return f"the deployment has completed: nothing to {action} (roll it back to undo it)"
+    return f"the deployment is {state.replace('_', ' ')}{why}: it cannot {action}"
 
 
 MAX_TOKEN_TTL = 366 * 86400.0  # an API token's lifetime at most (a year, leap day included)
@@ -152,12 +218,14 @@ def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
 
 @dataclass(frozen=True)
 class View:
-    state: str  # running | paused | halted | completed | rolled_back
+    state: str  # running | paused | halted | completed | rolled_back | canceled
     stage: int  # the highest stage dispatched so far (-1: none yet)
     targets: tuple[str, ...]
     jobs: dict[str, str]  # device -> status of its install job (dispatched devices only)
     online: frozenset[str]
     planned: int = -1  # how many of ``targets`` were planned at creation (the rest joined later); -1: all
+    dispatch_times: tuple[float, ...] = ()  # when each install job was dispatched (for the plan's rate)
+    now: float = 0.0  # the clock of ``dispatch_times``
 
 
 @dataclass(frozen=True)
@@ -169,25 +237,60 @@ class Decision:
     cancel: tuple[str, ...] = ()  # dispatched jobs not started yet
     complete: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    held: tuple[str, ...] = ()  # devices due now but held back by the plan's rate (dispatched on later ticks)
+    failed: tuple[str, ...] = ()  # the devices whose jobs failed (bad states), when the rollout halts
+
+
+def budget(plan: RolloutPlan, view: View) -> int | None:
+    """How many devices may be dispatched now under the plan's rate (None: no limit): the rate less the jobs
+    dispatched within the last :data:`RATE_WINDOW` seconds."""
+    if not plan.rate:
+        return None
+    recent = sum(1 for t in view.dispatch_times if view.now - RATE_WINDOW < t <= view.now)
+    return max(0, plan.rate - recent)
+
+
+def judged(plan: RolloutPlan, view: View) -> bool:
+    """Whether the health gate judges the failure rate now: once ``min_finished`` jobs have ended, or every
+    target's job has (a fleet smaller than ``min_finished`` is judged at its end)."""
+    ended = sum(1 for s in view.jobs.values() if s in ENDED)
+    return ended >= min(plan.min_finished, len(view.targets)) or (
+        len(view.jobs) >= len(view.targets) and ended == len(view.jobs))
+
+
+def _names(devices: list[str], most: int = 5) -> str:
+    return ", ".join(devices[:most]) + (f" and {len(devices) - most} more" if len(devices) > most else "")
 
 
 def evaluate(plan: RolloutPlan, view: View) -> Decision:
     counts: dict[str, int] = {}
     for s in view.jobs.values():
         counts[s] = counts.get(s, 0) + 1
+    allowed = budget(plan, view)
+
+    def limited(due: tuple[str, ...], stage: int) -> Decision:
+        """Dispatch ``due`` (as ``stage``) within the rate: the first ones that fit, the rest held."""
+        n = len(due) if allowed is None else allowed
+        if not due[:n]:
+            return Decision(counts=counts, held=due)
+        return Decision(dispatch=due[:n], held=due[n:], stage=stage, counts=counts)
+
     if view.state == "completed":  # only joiners are left: they get the job right away
         late = tuple(d for d in view.targets if d not in view.jobs)
-        return Decision(dispatch=late, stage=view.stage, counts=counts) if late else Decision(counts=counts)
+        return limited(late, view.stage) if late else Decision(counts=counts)
     if view.state not in ("running", "paused"):
         return Decision(counts=counts)
     dispatched = len(view.jobs)
-    bad = sum(1 for s in view.jobs.values() if s in BAD)
-    if dispatched and bad / dispatched > plan.max_failure:
+    failed = sorted(d for d, s in view.jobs.items() if s in BAD)
+    bad = len(failed)
+    if dispatched and bad / dispatched > plan.max_failure and judged(plan, view):
         return Decision(
-            halt=f"{bad} of {dispatched} dispatched jobs failed ({bad / dispatched:.0%} > {plan.max_failure:.0%})",
+            halt=f"{bad} of {dispatched} dispatched jobs failed ({bad / dispatched:.0%} > {plan.max_failure:.0%}"
+                 + (f", {sum(1 for s in view.jobs.values() if s in ENDED)} finished"
+                    f" >= {plan.min_finished}" if plan.min_finished else "") + f"): {_names(failed)}",
             rollback=tuple(sorted(d for d, s in view.jobs.items() if s == "SUCCEEDED")),
             cancel=tuple(sorted(d for d, s in view.jobs.items() if s in ("QUEUED", "DOWNLOADING"))),
-            counts=counts,
+            counts=counts, failed=tuple(failed),
         )
     if view.state == "paused":
         return Decision(counts=counts)
@@ -203,22 +306,22 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
         return view.targets[: ends[stage]] + (joiners if stage >= min(1, last) else ())
 
     if view.stage < 0:
-        return Decision(dispatch=due(0), stage=0, counts=counts)
+        return limited(due(0), 0)
     stage = min(view.stage, last)
     missing = tuple(d for d in due(stage) if d not in view.jobs)
-    if missing:  # devices that joined the group during this stage
-        return Decision(dispatch=missing, stage=stage, counts=counts)
+    if missing:  # devices of this stage the rate held back, or that joined the group during it
+        return limited(missing, stage)
     waiting = [d for d, s in view.jobs.items() if s not in ENDED and d in view.online]
     ended = sum(1 for s in view.jobs.values() if s in ENDED)
     if waiting or ended == 0:
         return Decision(counts=counts)
     if stage < last:
-        return Decision(dispatch=tuple(d for d in due(stage + 1) if d not in view.jobs), stage=stage + 1,
-                        counts=counts)
+        return limited(tuple(d for d in due(stage + 1) if d not in view.jobs), stage + 1)
     if all(s in ENDED for s in view.jobs.values()) and len(view.jobs) == len(view.targets):
         return Decision(complete=True, counts=counts)
     return Decision(counts=counts)
 
 
-__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "parse_percent", "parse_plan", "parse_duration", "timed_out", "BAD",
+__all__ = ["RolloutPlan", "View", "Decision", "evaluate", "budget", "judged", "action_refusal", "parse_dispatch_rate",
+           "OUTCOMES", "parse_percent", "parse_plan", "parse_duration", "timed_out", "BAD",
            "ENDED", "STARTED", "DEFAULT_JOB_TIMEOUT"]

@@ -110,10 +110,12 @@ class Delta(Row):
 
 @dataclass(frozen=True, slots=True)
 class Deployment(Row):
-    """A staged rollout of artifact ``artifact_id`` (model ``name`` ``version``) to ``group`` (only its devices
-    the operator gave every one of ``tags``): its plan (``canary``, ``waves``, ``max_failure``), ``state``
-    (running, paused, halted, completed, rolled_back) and ``stage``, the ``targets`` (``planned`` of them at
-    creation), the job timeout and the lease of the coordinator ticking it."""
+    """A staged rollout of artifact ``artifact_id`` (model ``name`` ``version``) to ``group`` ("": every group;
+    only its devices the operator gave every one of ``tags``, and with ``devices`` only those): its plan
+    (``canary``, ``waves``, ``max_failure``, ``rate`` devices a minute at most (0: no limit), ``min_finished`` jobs
+    ended before the failure rate is judged), ``state`` (running, paused, halted, completed, rolled_back, canceled)
+    and ``stage``, the ``targets`` (``planned`` of them at creation), the job timeout and the lease of the
+    coordinator ticking it."""
 
     id: str
     fleet: str
@@ -135,6 +137,9 @@ class Deployment(Row):
     lease_until: float
     tags: list[str]
     group: str
+    rate: int
+    min_finished: int
+    devices: list[str]
 
     @classmethod
     def from_row(cls, r: Mapping[Any, Any]) -> Deployment:
@@ -143,13 +148,15 @@ class Deployment(Row):
                    state=r["state"], stage=int(r["stage"]), reason=r["reason"], targets=_json(r["targets"], "[]"),
                    created=float(r["created"]), updated=float(r["updated"]), job_timeout=float(r["job_timeout"]),
                    planned=int(r["planned"]), lease_owner=r["lease_owner"], lease_until=float(r["lease_until"]),
-                   tags=_json(r["tags"], "[]"), group=r["group_name"])
+                   tags=_json(r["tags"], "[]"), group=r["group_name"], rate=int(r["rate"]),
+                   min_finished=int(r["min_finished"]), devices=_json(r["devices"], "[]"))
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentHeads:
     """What a rollout tick visits: ``live`` (id, state, group) of the running and paused deployments plus each
-    group's newest one if it completed; ``newest`` maps a group to its newest deployment's id."""
+    group's newest one if it completed; ``newest`` maps a group to its newest deployment's id (of those that
+    select by group and tags: a deployment to a list of devices takes no joiners)."""
 
     live: list[tuple[str, str, str]] = field(default_factory=list)
     newest: dict[str, str] = field(default_factory=dict)

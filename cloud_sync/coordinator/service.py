@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from edgefleet.errors import ConfigError, EdgefleetError, ProtocolError, SyncError
+from edgefleet.errors import ActionRefusedError, ConfigError, EdgefleetError, ProtocolError, SyncError
 from edgefleet.jobstate import JobState
 
 from ..transport import Transport
@@ -39,7 +39,17 @@ from ..wire import protocol as P
 from ..wire.orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..wire.transfer import make_delta, serve_request
 from .registry import Registry, job_key
-from .rollout import DEFAULT_JOB_TIMEOUT, MAX_JOB_TIMEOUT, RolloutPlan, View, check_tags, evaluate, timed_out
+from .rollout import (
+    BAD,
+    DEFAULT_JOB_TIMEOUT,
+    MAX_JOB_TIMEOUT,
+    RolloutPlan,
+    View,
+    action_refusal,
+    check_tags,
+    evaluate,
+    timed_out,
+)
 from .rows import Delta, Deployment, Device, Job
 
 log = logging.getLogger("edgefleet.cloud_sync.coordinator")
@@ -584,27 +594,54 @@ class Coordinator:
         return file_id, name, version
 
     def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
-                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = ()) -> Deployment:
-        """Start a staged rollout of ``archive`` to ``group`` (with ``tags``: only its devices the operator gave
-        every one of them; what devices claim does not count); a started job not ended within ``job_timeout``
-        seconds becomes TIMED_OUT (a failure for the health gate)."""
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = (),
+                          devices: Sequence[str] = ()) -> Deployment:
+        """Start a staged rollout of ``archive`` to ``group`` ("": every group), with ``tags`` only to its devices
+        the operator gave every one of them (what devices claim does not count), with ``devices`` only to those
+        (each must exist and fit the group and tags; a list takes no joiners); at least one of the three. A
+        started job not ended within ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate)."""
         if not 0 < job_timeout <= MAX_JOB_TIMEOUT:
             raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
         tags = check_tags(tags)
+        devices = sorted(set(devices))
+        if not (group or tags or devices):
+            raise ConfigError("give the deployment's targets: a group, tags or a list of devices")
         file_id, name, version = self.add_artifact(archive)
-        targets = [d.device_id for d in self.registry.devices(self.fleet, group) if selected(d, group, tags)]
+        for d in devices:
+            try:
+                P.check_id(d, "device id")
+            except ProtocolError as exc:
+                raise ConfigError(str(exc)) from None
+        rows = {d.device_id: d for d in self.registry.devices(self.fleet, group or None)}
+        if devices:
+            known = {d.device_id: d for d in self.registry.devices(self.fleet)} if group else rows
+            unknown = [d for d in devices if d not in known]
+            if unknown:
+                raise ConfigError(f"no device {', '.join(unknown[:10])} in fleet {self.fleet!r}")
+            misfit = [d for d in devices if not selected(known[d], group, tags)]
+            if misfit:
+                raise ConfigError(f"device(s) {', '.join(misfit[:10])} are not " + " and ".join(
+                    w for w in (f"in group {group!r}" if group else "", f"tagged {','.join(tags)}" if tags else "")
+                    if w))
+        targets = [d for d, row in rows.items() if selected(row, group, tags, devices)]
         if not targets:
-            raise ConfigError(f"group {group!r} has no devices in fleet {self.fleet!r}"
-                              + (f" with the tags {', '.join(tags)}" if tags else ""))
+            raise ConfigError((f"group {group!r} has no devices" if group else "no device has")
+                              + f" in fleet {self.fleet!r}" + (f" with the tags {', '.join(tags)}" if tags else ""))
         dep_id = self.registry.create_deployment(self.fleet, file_id, name, version, group, plan.canary,
-                                                 list(plan.waves), plan.max_failure, targets, job_timeout, tags)
+                                                 list(plan.waves), plan.max_failure, targets, job_timeout, tags,
+                                                 rate=plan.rate, min_finished=plan.min_finished, devices=devices)
         self._q.put(("", None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
         return dep
 
     def set_state(self, dep_id: str, action: str) -> Deployment:
-        if action not in ("pause", "resume", "rollback"):
+        """The operator's ``action`` on a deployment: ``pause`` (running), ``resume`` (paused), ``rollback`` (any
+        state but rolled back: unstarted jobs canceled, devices on the new version ordered back) or ``cancel``
+        (running or paused: devices not dispatched yet get nothing, unstarted jobs are canceled on the devices,
+        installs under way finish). An action the state does not allow changes nothing: ActionRefusedError
+        saying why (the API's 409)."""
+        if action not in ("pause", "resume", "rollback", "cancel"):
             raise ConfigError(f"unknown action {action!r}")
         if self.registry.deployment(dep_id) is None:
             raise ConfigError(f"no deployment {dep_id!r}")
@@ -617,16 +654,31 @@ class Coordinator:
             try:
                 dep = self.registry.deployment(dep_id)
                 assert dep is not None
-                st = dep.state
-                if action == "pause" and st == "running":
-                    self._transition(dep, "paused")
-                elif action == "resume" and st == "paused":
-                    self._transition(dep, "running")
-                elif action == "rollback" and st != "rolled_back":
-                    if self._transition(dep, "rolled_back", "rolled back by the operator"):
-                        jobs = {j.device_id: j for j in self.registry.jobs(dep_id) if j.action == "install"}
-                        self._cancel(dep, [d for d, j in jobs.items() if j.status in (JobState.QUEUED, JobState.DOWNLOADING)])
+                why = action_refusal(action, dep.state, dep.reason)
+                if why:
+                    raise ActionRefusedError(f"deployment {dep_id}: {why}")
+                jobs = {j.device_id: j for j in self.registry.jobs(dep_id) if j.action == "install"}
+                unstarted = [d for d, j in jobs.items() if j.status in (JobState.QUEUED, JobState.DOWNLOADING)]
+                done = False
+                if action == "pause":
+                    done = self._transition(dep, "paused", "paused by the operator")
+                elif action == "resume":
+                    done = self._transition(dep, "running", "")
+                elif action == "rollback":
+                    done = self._transition(dep, "rolled_back", "rolled back by the operator")
+                    if done:
+                        self._cancel(dep, unstarted, "rollout_rolled_back")
                         self._order_rollback(dep, [d for d, j in jobs.items() if j.status is JobState.SUCCEEDED])
+                else:
+                    never = len([d for d in dep.targets if d not in jobs])
+                    done = self._transition(dep, "canceled", f"canceled by the operator: {len(unstarted)} unstarted "
+                                            f"job(s) canceled, {never} device(s) never dispatched")
+                    if done:
+                        self._cancel(dep, unstarted, "rollout_canceled")
+                if not done:  # the state changed under us (a tick halted or completed it): say what it is now
+                    now = self.registry.deployment(dep_id)
+                    raise ActionRefusedError(f"deployment {dep_id}: " + action_refusal(
+                        action, now.state if now else dep.state, now.reason if now else "") or "changed meanwhile")
             finally:
                 self.registry.release_lease(dep_id, self.node)
             out = self.registry.deployment(dep_id)
@@ -644,18 +696,27 @@ class Coordinator:
         return True
 
     def summary(self, dep: Deployment) -> dict[str, Any]:
-        """A deployment as the API answers it: its row without targets and lease, the number of targets, the jobs'
-        states counted, its events and its jobs."""
+        """A deployment as the API answers it: its row without targets and lease, the number of targets (and of
+        those ``dispatched`` so far), the jobs' states counted, its events, its jobs (with the reason and message
+        each device reported) and its ``failures``: the install jobs that failed, each device with its state and
+        reason, the first ones the health gate counted."""
         jobs = self.registry.jobs(dep.id)
         counts: Counter[str] = Counter(j.status.value for j in jobs if j.action == "install")
         rollbacks: Counter[str] = Counter(j.status.value for j in jobs if j.action == "rollback")
+
+        def job(j: Job) -> dict[str, Any]:
+            return {"job_id": j.job_id, "device_id": j.device_id, "action": j.action, "status": j.status.value,
+                    "step": j.step, "reason": j.reason, "message": j.message, "stage": j.stage, "updated": j.updated}
+
         return {**{k: v for k, v in dep.to_dict().items() if k not in ("targets", "lease_owner", "lease_until")},
                 "targets": len(dep.targets), "counts": dict(counts), "rollbacks": dict(rollbacks),
+                "dispatched": sum(counts.values()),
                 "events": [{"ts": e.ts, "kind": e.kind, "stage": e.stage, "detail": e.detail}
                            for e in self.registry.events(dep.id)],
                 "done": sum(v for k, v in counts.items() if k in P.TERMINAL_STATES),
-                "jobs": [{"job_id": j.job_id, "device_id": j.device_id, "action": j.action, "status": j.status.value,
-                          "step": j.step, "reason": j.reason, "stage": j.stage} for j in jobs]}
+                "failures": [job(j) for j in sorted(jobs, key=lambda j: j.updated)
+                             if j.action == "install" and j.status.value in BAD],
+                "jobs": [job(j) for j in jobs]}
 
     def tick(self) -> None:
         """Drive every live deployment one step: running and paused ones, and the newest deployment of
@@ -687,7 +748,7 @@ class Coordinator:
                 self.registry.release_lease(dep_id, self.node)
 
     def _tick_one(self, dep: Deployment, newest: bool, devices: dict[str, Device]) -> None:
-        plan = RolloutPlan(dep.canary, tuple(dep.waves), dep.max_failure)
+        plan = RolloutPlan(dep.canary, tuple(dep.waves), dep.max_failure, dep.rate, dep.min_finished)
         targets = list(dep.targets)
         if newest:  # devices that joined the group since the deployment started
             known = set(targets)
@@ -708,7 +769,7 @@ class Coordinator:
                 self.registry.add_event(dep.id, "timed_out", j.stage, f"{device}: {why}", self.node)
                 self._withdraw(dep, j)
         view = View(dep.state, dep.stage, tuple(targets), {d: j.status.value for d, j in jobs.items()}, online,
-                    dep.planned)
+                    dep.planned, tuple(j.created for j in jobs.values()), now)
         dec = evaluate(plan, view)
         if dec.halt:
             if self._transition(dep, "halted", dec.halt):
@@ -815,10 +876,12 @@ class Coordinator:
         self._tuf_cache[model] = (time.monotonic(), files)
         return files
 
-    def _cancel(self, dep: Deployment, devices: list[str]) -> None:
+    def _cancel(self, dep: Deployment, devices: list[str], reason: str = "rollout_halted") -> None:
+        """Cancel the install jobs of ``devices`` and withdraw them from the devices (a device cancels a job it
+        has not started installing: ``action=none``)."""
         for j in self.registry.jobs(dep.id):
             if j.device_id in devices and j.action == "install":
-                self.registry.force_job(j.job_id, status=JobState.CANCELED.value, reason="rollout_halted")
+                self.registry.force_job(j.job_id, status=JobState.CANCELED.value, reason=reason)
                 self._withdraw(dep, j)
 
     def _withdraw(self, dep: Deployment, job: Job) -> None:
@@ -902,10 +965,12 @@ class TokenBuckets:
         return len(self._b)
 
 
-def selected(device: Device, group: str, tags: Iterable[str]) -> bool:
-    """Whether a deployment to ``group`` selecting ``tags`` targets ``device`` (a registry row): its assigned group
-    and every tag among its assigned ``tags`` (never its ``claimed_tags``)."""
-    return device.group == group and set(tags) <= set(device.tags)
+def selected(device: Device, group: str, tags: Iterable[str], devices: Sequence[str] = ()) -> bool:
+    """Whether a deployment to ``group`` ("": any) selecting ``tags`` (and, if given, only ``devices``) targets
+    ``device`` (a registry row): its assigned group and every tag among its assigned ``tags`` (never its
+    ``claimed_tags``)."""
+    return ((not group or device.group == group) and set(tags) <= set(device.tags)
+            and (not devices or device.device_id in devices))
 
 
 def _tags(tags: tuple[str, ...]) -> str:
