@@ -22,9 +22,10 @@ from urllib.parse import urlparse
 
 from edgefleet.errors import ConfigError, SyncError
 
-log = logging.getLogger("edgefleet.cloud_sync.transport")
+log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+DisconnectHandler = Callable[[str], None]  # called with the reason ("closed" for our own clean close)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Transport(Protocol):
     def on_message(self, handler: Handler) -> None: ...
 
     def on_connect(self, callback: Callable[[], None]) -> None: ...
+
+    # Optional (both transports here have it; owners look it up with getattr):
+    # def on_disconnect(self, callback: DisconnectHandler) -> None: ...
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
@@ -148,6 +152,7 @@ class MemoryTransport:
         self.clean = clean
         self._handlers: list[Handler] = []
         self._on_connect: list[Callable[[], None]] = []
+        self._on_disconnect: list[DisconnectHandler] = []
         self._connected = False
         self.sent_bytes = 0
         self.received_bytes = 0
@@ -161,6 +166,9 @@ class MemoryTransport:
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         self._on_connect.append(callback)
+
+    def on_disconnect(self, callback: DisconnectHandler) -> None:
+        self._on_disconnect.append(callback)
 
     def connect(self) -> None:
         with self.broker._lock:
@@ -183,9 +191,11 @@ class MemoryTransport:
             if s is not None and s.transport is self:
                 with s.lock:
                     s.transport = None
-            self._connected = False
+            was, self._connected = self._connected, False
         if send_will and self.will is not None:
             self.broker.publish(self.will.topic, self.will.payload, self.will.retain)
+        if was:
+            _call_all(self._on_disconnect, "connection lost" if send_will else "closed")
 
     def close(self) -> None:
         self._drop(send_will=False)
@@ -274,6 +284,8 @@ class MqttTransport:
             self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._handlers: list[Handler] = []
         self._on_connect_cbs: list[Callable[[], None]] = []
+        self._on_disconnect_cbs: list[DisconnectHandler] = []
+        self._closing = False
         self._subs: dict[str, int] = {}
         self._connected = threading.Event()
         self._disconnected = threading.Event()
@@ -296,6 +308,11 @@ class MqttTransport:
     def on_connect(self, callback: Callable[[], None]) -> None:
         self._on_connect_cbs.append(callback)
 
+    def on_disconnect(self, callback: DisconnectHandler) -> None:
+        """``callback(reason)`` runs on the network thread whenever an established connection ends ("closed" when
+        :meth:`close` ended it)."""
+        self._on_disconnect_cbs.append(callback)
+
     def connect(self, timeout: float | None = None) -> None:
         """Start the network loop and connect (retrying in the background). With ``timeout`` wait for it."""
         props = self._props_cls(self._ptypes.CONNECT)
@@ -313,9 +330,14 @@ class MqttTransport:
 
     def _handle_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
-            log.warning("broker refused the connection: %s", reason)
+            log.warning("broker at %s refused the connection of %s: %s", self.config.url, self.config.client_id,
+                        reason, extra={"event": "broker_refused", "broker": self.config.url,
+                                       "client_id": self.config.client_id, "reason": str(reason)})
             return
         self.connects += 1
+        log.debug("connected to the broker at %s as %s (session present: %s)", self.config.url,
+                  self.config.client_id, bool(getattr(flags, "session_present", False)),
+                  extra={"event": "broker_connected", "broker": self.config.url, "client_id": self.config.client_id})
         with self._lock:
             subs = dict(self._subs)
         for f, qos in subs.items():  # the session may have been lost (expiry, broker without persistence)
@@ -328,8 +350,16 @@ class MqttTransport:
                 log.exception("on_connect callback failed")
 
     def _handle_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was = self._connected.is_set()
         self._connected.clear()
         self._disconnected.set()
+        if not was:  # a failed (re)connection attempt: nothing was established
+            return
+        why = "closed" if self._closing else str(reason)
+        log.debug("disconnected from the broker at %s (%s)", self.config.url, why,
+                  extra={"event": "broker_disconnected", "broker": self.config.url, "client_id": self.config.client_id,
+                         "reason": why})
+        _call_all(self._on_disconnect_cbs, why)
 
     def _handle_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self.received_bytes += len(msg.payload)
@@ -381,6 +411,7 @@ class MqttTransport:
         if self._started and not on_loop:
             while self.connected and self.client._out_messages and time.monotonic() < deadline:
                 time.sleep(0.005)
+        self._closing = True
         pending = len(self.client._out_messages)
         if pending:
             log.warning("closing with %d publishes the broker has not acknowledged", pending)
@@ -393,4 +424,12 @@ class MqttTransport:
             self._connected.clear()
 
 
-__all__ = ["Transport", "Will", "MemoryBroker", "MemoryTransport", "MqttConfig", "MqttTransport", "topic_matches"]
+def _call_all(callbacks: list[DisconnectHandler], reason: str) -> None:
+    for cb in list(callbacks):
+        try:
+            cb(reason)
+        except Exception:
+            log.exception("on_disconnect callback failed")
+
+
+__all__ = ["DisconnectHandler", "Transport", "Will", "MemoryBroker", "MemoryTransport", "MqttConfig", "MqttTransport", "topic_matches"]

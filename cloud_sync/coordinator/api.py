@@ -404,7 +404,14 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "fleet": fleet, "broker_connected": coord.transport.connected}
+        """Liveness, and this coordinator's own broker connection: while ``broker_connected`` is false, device
+        states are stale (``broker_since``: wall-clock time of its last change)."""
+        return {"ok": True, "fleet": fleet, "broker_connected": coord.transport.connected,
+                "broker_since": coord.broker.since}
+
+    from .metrics import add_route as add_metrics
+
+    add_metrics(app, coord, auth)  # GET /metrics: Prometheus (a read token is enough)
 
     @app.get("/v1/devices", dependencies=[Depends(auth)])
     def devices(group: str | None = group_q) -> list[dict[str, Any]]:

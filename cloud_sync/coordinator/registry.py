@@ -49,15 +49,19 @@ from ..wire.protocol import TelemetryRecord
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
 from .rows import (
     Alert,
+    AlertTally,
     Artifact,
     AuditEntry,
     Delta,
     Deployment,
     DeploymentHeads,
     Device,
+    DeviceTally,
     FedRound,
     FedRun,
+    FedRunTally,
     Job,
+    JobTally,
     Principal,
     Retrain,
     RolloutEvent,
@@ -796,6 +800,42 @@ class Registry:
             q = q.where(t.c.group_name == group)
         with self.engine.connect() as c:
             return [Retrain.from_row(r) for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+
+    # -- counts (Prometheus /metrics reads them at every scrape: one GROUP BY each) ---------------------------------
+    def device_tallies(self, fleet: str) -> list[DeviceTally]:
+        """The fleet's devices counted by group, active version and online."""
+        d = self.t["devices"]
+        q = (select(d.c.group_name, d.c.active_version, d.c.online, func.count()).where(d.c.fleet == fleet)
+             .group_by(d.c.group_name, d.c.active_version, d.c.online)
+             .order_by(d.c.group_name, d.c.active_version, d.c.online))
+        with self.engine.connect() as c:
+            return [DeviceTally(g, v, bool(o), int(n)) for g, v, o, n in c.execute(q)]
+
+    def job_tallies(self, fleet: str) -> list[JobTally]:
+        """The fleet's jobs counted by deployment, action and status."""
+        t = self.t["jobs"]
+        q = (select(t.c.deployment_id, t.c.action, t.c.status, func.count()).where(t.c.fleet == fleet)
+             .group_by(t.c.deployment_id, t.c.action, t.c.status)
+             .order_by(t.c.deployment_id, t.c.action, t.c.status))
+        with self.engine.connect() as c:
+            return [JobTally(dep, a, st, int(n)) for dep, a, st, n in c.execute(q)]
+
+    def alert_tallies(self, fleet: str) -> list[AlertTally]:
+        """The fleet's alerts counted by kind and model version."""
+        al = self.t["alerts"]
+        q = (select(al.c.kind, al.c.version, func.count()).where(al.c.fleet == fleet)
+             .group_by(al.c.kind, al.c.version).order_by(al.c.kind, al.c.version))
+        with self.engine.connect() as c:
+            return [AlertTally(k, v, int(n)) for k, v, n in c.execute(q)]
+
+    def fed_run_tallies(self, fleet: str) -> list[FedRunTally]:
+        """The fleet's federated runs counted by group and status, with the rounds they recorded."""
+        t, rt = self.t["fed_runs"], self.t["fed_rounds"]
+        q = (select(t.c.group_name, t.c.status, func.count(func.distinct(t.c.id)), func.count(rt.c.round))
+             .select_from(t.outerjoin(rt, rt.c.run_id == t.c.id)).where(t.c.fleet == fleet)
+             .group_by(t.c.group_name, t.c.status).order_by(t.c.group_name, t.c.status))
+        with self.engine.connect() as c:
+            return [FedRunTally(g, st, int(runs), int(rounds)) for g, st, runs, rounds in c.execute(q)]
 
     # -- API tokens and the audit log ------------------------------------------------------------------------------
     def create_token(self, fleet: str, name: str, scope: str, expires_in: float | None = None) -> str:

@@ -323,6 +323,46 @@ class Retrain(Row):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceTally(Row):
+    """How many devices of a fleet are in ``group``, run ``version`` ("" for none) and are ``online`` or not."""
+
+    group: str
+    version: str
+    online: bool
+    devices: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobTally(Row):
+    """How many jobs of ``action`` (install, rollback) of a deployment are in ``status``."""
+
+    deployment_id: str
+    action: str
+    status: str
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTally(Row):
+    """How many alerts of ``kind`` (drift) devices raised on model ``version``."""
+
+    kind: str
+    version: str
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class FedRunTally(Row):
+    """The federated runs of ``group`` in ``status`` (the registry's text, e.g. ``failed: exit code 1``): how many,
+    and the rounds they recorded between them."""
+
+    group: str
+    status: str
+    runs: int
+    rounds: int
+
+
+@dataclass(frozen=True, slots=True)
 class Principal(Row):
     """Who a valid API token is: its ``name`` (audited) and ``scope`` (read, deploy, admin)."""
 
@@ -360,5 +400,6 @@ class AuditEntry(Row):
                    summary=r["summary"], status=int(r["status"]), client=r["client"])
 
 
-__all__ = ["Alert", "Artifact", "AuditEntry", "Delta", "Deployment", "DeploymentHeads", "Device", "FedRound", "FedRun",
-           "Job", "Principal", "Retrain", "RolloutEvent", "Row", "TelemetryRow", "Token"]
+__all__ = ["Alert", "AlertTally", "Artifact", "AuditEntry", "Delta", "Deployment", "DeploymentHeads", "Device",
+           "DeviceTally", "FedRound", "FedRun", "FedRunTally", "Job", "JobTally", "Principal", "Retrain",
+           "RolloutEvent", "Row", "TelemetryRow", "Token"]

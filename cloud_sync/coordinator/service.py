@@ -52,7 +52,7 @@ from .rollout import (
 )
 from .rows import Delta, Deployment, Device, Job
 
-log = logging.getLogger("edgefleet.cloud_sync.coordinator")
+log = logging.getLogger(__name__)
 DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
 # records per telemetry interval), low enough that one device cannot take the ingest from the rest of the fleet
 
@@ -166,7 +166,16 @@ class Coordinator:
         self.resend_guard = resend_guard
         self._sent_epoch = 0.0  # this coordinator's latest (re)connection
         self._births: dict[str, float] = {}  # each device's latest birth
+        # this coordinator's own broker connection (/healthz, /metrics and the log report it): while it is down,
+        # device states in the registry are stale (no birth or will reaches it)
+        self.broker = BrokerLink()
         transport.on_connect(self._reconnected)
+        on_disconnect = getattr(transport, "on_disconnect", None)  # an optional member of a Transport
+        if on_disconnect is not None:
+            on_disconnect(self._disconnected)
+        # telemetry ingest: the wall-clock time of the latest ingest and how old its newest record was then
+        self.last_ingest = 0.0
+        self.ingest_lag: float | None = None
         self.on_ingest: Callable[[int], None] | None = None
         # edgefleet.keys.PrivateKey, or several (a threshold of the TUF rollback role's keys): signs rollback orders
         self.signing_key = signing_key
@@ -210,6 +219,22 @@ class Coordinator:
 
     def _reconnected(self) -> None:
         self._sent_epoch = time.monotonic()
+        url = _broker_url(self.transport)
+        self.broker.up(time.time())
+        log.info("coordinator %s connected to the broker%s", self.node, f" at {url}" if url else "",
+                 extra={"event": "broker_connected", "fleet": self.fleet, "broker": url,
+                        "connects": self.broker.connects})
+
+    def _disconnected(self, reason: str) -> None:
+        url = _broker_url(self.transport)
+        self.broker.down(time.time())
+        if reason == "closed" or self._stop.is_set():
+            log.info("coordinator %s disconnected from the broker (%s)", self.node, reason,
+                     extra={"event": "broker_disconnected", "fleet": self.fleet, "broker": url, "reason": reason})
+            return
+        log.error("coordinator %s lost its broker connection%s (%s): device states are stale until it reconnects",
+                  self.node, f" to {url}" if url else "", reason,
+                  extra={"event": "broker_disconnected", "fleet": self.fleet, "broker": url, "reason": reason})
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -222,6 +247,9 @@ class Coordinator:
         self.transport.subscribe(P.up_filter(self.fleet, self.share_group), qos=1)
         self._thread = threading.Thread(target=self._work, name="edgefleet-coordinator", daemon=True)
         self._thread.start()
+        url = _broker_url(self.transport)
+        log.info("coordinator %s of fleet %s starting%s", self.node, self.fleet, f"; broker {url}" if url else "",
+                 extra={"event": "coordinator_started", "fleet": self.fleet, "broker": url})
         self.transport.connect()
 
     def stop(self) -> None:
@@ -253,7 +281,8 @@ class Coordinator:
                 raise ProtocolError(f"message names device {msg.device_id!r} on the topic of {info.device!r}")
         except ProtocolError as exc:
             self.counters["malformed"] += 1
-            log.warning("dropped a malformed message on %s: %s", topic, exc)
+            log.warning("dropped a malformed message on %s: %s", topic, exc,
+                        extra={"event": "malformed_message", "topic": topic})
             return
         self._q.put((info.device, msg))
 
@@ -311,6 +340,14 @@ class Coordinator:
         if row is not None and s.session < row.session:
             self.counters["stale_status"] += 1  # an old will arriving after a newer birth
             return
+        if s.online:
+            log.info("device %s connected (session %d, running %s, agent %s)", device, s.session,
+                     s.active_version or "nothing", s.agent_version or "?",
+                     extra={"event": "device_connected", "device": device, "session": s.session,
+                            "version": s.active_version})
+        elif row is None or row.online:
+            log.info("device %s disconnected (session %d)", device, s.session,
+                     extra={"event": "device_disconnected", "device": device, "session": s.session})
         fields: dict[str, Any] = {"online": s.online, "session": s.session, "last_seen": time.time()}
         if s.online:
             fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
@@ -424,6 +461,10 @@ class Coordinator:
         work = [(d, self._group(d), b.records) for d, b in batches]
         rejected: list[int] = []
         news = self.registry.ingest_many(self.fleet, work, rejected=rejected)
+        newest = max((r.ts for (_, b), new in zip(batches, news) if new for r in b.records), default=None)
+        if newest is not None:
+            self.last_ingest = time.time()
+            self.ingest_lag = max(0.0, self.last_ingest - newest)
         for (device, b), new, bad in zip(batches, news, rejected):
             self.counters["telemetry_records"] += new
             self.counters["telemetry_duplicates"] += len(b.records) - new - bad
@@ -432,7 +473,8 @@ class Coordinator:
                 self.rejected[device] += bad
                 self.counters["telemetry_rejected"] += bad
                 if len(str(before)) != len(str(before + bad)):  # logged at 1, 10, 100...: a flood is not a log flood
-                    log.warning("rejected telemetry records of %s (out of bounds): %d so far", device, before + bad)
+                    log.warning("rejected telemetry records of %s (out of bounds): %d so far", device, before + bad,
+                                extra={"event": "telemetry_rejected", "device": device, "rejected": before + bad})
             self.counters["telemetry_batches"] += 1
             if self.on_ingest is not None:
                 self.on_ingest(new)
@@ -454,7 +496,8 @@ class Coordinator:
         before = self.rate_limited[device]
         if len(str(before)) != len(str(before + 1)):  # logged at 1, 10, 100...: a flood is not a log flood
             log.warning("telemetry of %s beyond %g records/s: %d batch(es) dropped unacknowledged so far", device,
-                        self.telemetry_limit.rate if self.telemetry_limit else 0, before + 1)
+                        self.telemetry_limit.rate if self.telemetry_limit else 0, before + 1,
+                        extra={"event": "telemetry_rate_limited", "device": device, "batches": before + 1})
         if device in self.rate_limited or len(self.rate_limited) < 10_000:
             self.rate_limited[device] += 1
         self.counters["telemetry_rate_limited"] += 1
@@ -579,6 +622,8 @@ class Coordinator:
                 return
         if u.active_version:
             self.registry.set_device(self.fleet, device, active_version=u.active_version)
+        if u.status != job.status.value:
+            _log_job(device, job, u)
         if u.status == "SUCCEEDED" and job.action == "install":
             dep = self.registry.deployment(job.deployment_id)
             if dep is not None and dep.state in ("halted", "rolled_back"):
@@ -633,6 +678,11 @@ class Coordinator:
         self._q.put(("", None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
+        log.info("deployment %s created: %s %s to %d device(s) of group %s%s (canary %g%%, waves %s, max failure "
+                 "%g%%)", dep_id, name, version, len(targets), group, f" tagged {','.join(tags)}" if tags else "",
+                 plan.canary * 100, ",".join(f"{w:.0%}" for w in plan.waves), plan.max_failure * 100,
+                 extra={"event": "deployment_created", "deployment": dep_id, "model": name, "version": version,
+                        "group": group, "targets": len(targets)})
         return dep
 
     def set_state(self, dep_id: str, action: str) -> Deployment:
@@ -693,6 +743,11 @@ class Coordinator:
         if not self.registry.set_deployment(dep.id, expect={"state": dep.state}, **fields):
             return False
         self.registry.add_event(dep.id, state, dep.stage, reason or "", self.node)
+        level = logging.WARNING if state in ("halted", "rolled_back") else logging.INFO
+        log.log(level, "deployment %s (%s %s, group %s): %s -> %s%s", dep.id, dep.name, dep.version, dep.group,
+                dep.state, state, f": {reason}" if reason else "",
+                extra={"event": f"rollout_{state}", "deployment": dep.id, "version": dep.version,
+                       "from_state": dep.state, "state": state, "stage": dep.stage, "reason": reason or ""})
         return True
 
     def summary(self, dep: Deployment) -> dict[str, Any]:
@@ -757,13 +812,17 @@ class Coordinator:
             if joined:
                 targets = self.registry.add_targets(dep.id, joined)
                 self.registry.add_event(dep.id, "joined", dep.stage, ",".join(joined)[:2000], self.node)
+                log.info("deployment %s: %d device(s) joined group %s: %s", dep.id, len(joined), dep.group,
+                         ",".join(joined)[:200], extra={"event": "rollout_joined", "deployment": dep.id,
+                                                        "devices": len(joined)})
         jobs = {j.device_id: j for j in self.registry.jobs(dep.id) if j.action == "install"}
         online = frozenset(d for d, row in devices.items() if row.online)
         now = time.time()
         for device, j in jobs.items():
             why = timed_out(j.status.value, j.started, j.delivered, device in online, now, dep.job_timeout)
             if why and self.registry.time_out_job(j, why):
-                log.warning("job %s of %s timed out: %s", j.job_id, device, why)
+                log.warning("job %s of %s timed out: %s", j.job_id, device, why,
+                            extra={"event": "job_timed_out", "deployment": dep.id, "device": device, "job": j.job_id})
                 jobs[device] = dataclasses.replace(j, status=JobState.TIMED_OUT)  # (the same key: the loop goes on)
                 self.counters["jobs_timed_out"] += 1
                 self.registry.add_event(dep.id, "timed_out", j.stage, f"{device}: {why}", self.node)
@@ -772,8 +831,7 @@ class Coordinator:
                     dep.planned, tuple(j.created for j in jobs.values()), now)
         dec = evaluate(plan, view)
         if dec.halt:
-            if self._transition(dep, "halted", dec.halt):
-                log.warning("deployment %s halted: %s", dep.id, dec.halt)
+            if self._transition(dep, "halted", dec.halt):  # logged there, with its reason
                 self._cancel(dep, list(dec.cancel))
                 self._order_rollback(dep, list(dec.rollback))
             return
@@ -789,6 +847,10 @@ class Coordinator:
                     self._dispatch(dep, device, devices.get(device), stage)
             if stage != dep.stage and self.registry.set_deployment(dep.id, expect={"stage": dep.stage}, stage=stage):
                 self.registry.add_event(dep.id, "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
+                log.info("deployment %s (%s %s): stage %d started, %d device(s) dispatched", dep.id, dep.name,
+                         dep.version, stage, len(dec.dispatch),
+                         extra={"event": "rollout_stage", "deployment": dep.id, "stage": stage,
+                                "dispatched": len(dec.dispatch)})
         elif dec.complete:
             self._transition(dep, "completed")
 
@@ -914,8 +976,15 @@ class Coordinator:
                 continue
             self._publish_desired(device, desired)
             self.counters["rollbacks_ordered"] += 1
+            log.warning("deployment %s: device %s ordered back to %s%s", dep.id, device, to or "its previous version",
+                        "" if order is not None else " (unsigned order)",
+                        extra={"event": "rollback_ordered", "deployment": dep.id, "device": device, "to_version": to})
 
     # -- helpers for tests and the API -------------------------------------------------------------------------
+    def queue_depth(self) -> int:
+        """Inbound messages waiting for the worker (/metrics)."""
+        return self._q.qsize()
+
     def wait_idle(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -923,6 +992,46 @@ class Coordinator:
                 return True
             time.sleep(0.01)
         return False
+
+
+class BrokerLink:
+    """The coordinator's own broker connection: up or down since when (wall-clock), connects and disconnects."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.since = 0.0
+        self.connects = 0
+        self.disconnects = 0
+
+    def up(self, now: float) -> None:
+        self.connected, self.since = True, now
+        self.connects += 1
+
+    def down(self, now: float) -> None:
+        if self.connected:
+            self.disconnects += 1
+        self.connected, self.since = False, now
+
+
+def _broker_url(transport: Any) -> str:
+    return str(getattr(getattr(transport, "config", None), "url", "") or "")
+
+
+def _log_job(device: str, job: Job, u: P.JobUpdate) -> None:
+    """A device's job changed status: its end at info (success) or warning (refused, failed, rolled back), the
+    steps between at debug."""
+    extra = {"event": f"{job.action}_{u.status.lower()}", "device": device, "deployment": job.deployment_id,
+             "job": job.job_id, "status": u.status, "reason": u.reason}
+    what = "install" if job.action == "install" else "rollback"
+    if u.status == "SUCCEEDED":
+        log.info("device %s: %s of deployment %s succeeded (now running %s)", device, what, job.deployment_id,
+                 u.active_version or "?", extra={**extra, "version": u.active_version})
+    elif u.status in P.TERMINAL_STATES:
+        log.warning("device %s: %s of deployment %s %s: %s%s", device, what, job.deployment_id, u.status,
+                    u.reason or "no reason given", f" ({u.message[:200]})" if u.message else "", extra=extra)
+    else:
+        log.debug("device %s: %s of deployment %s is %s%s", device, what, job.deployment_id, u.status,
+                  f" ({u.step})" if u.step else "", extra=extra)
 
 
 class TokenBuckets:
