@@ -186,6 +186,8 @@ class Coordinator:
         if signing_key is None:
             log.warning("no signing key: rollback orders go out unsigned and devices that verify will refuse them")
         self.on_drift: Callable[[str, str, dict[str, Any]], Any] | None = None  # (device, group, record data)
+        # a stop asked for through the API (run id): True when this coordinator supervises the run and stops it
+        self.on_fed_stop: Callable[[str], bool] | None = None
         # Which bundles may be deployed (see ``check_bundle``): signed by one of ``trusted_keys``
         # (edgefleet.keys.PublicKey) and/or a signed target of the TUF repository ``tuf_repo``, signed by a key
         # delegated to its model. ``cloud serve`` always passes its --trust list (empty: every deployment refused

@@ -16,6 +16,11 @@ run ends; never the coordinator's admin token. The token is in the run's environ
 (never on its command line), which is built explicitly (:func:`~..childenv.child_env`):
 none of the coordinator's own secrets. The run writes its rounds and result into that
 record; if it dies without doing so, its exit code is recorded.
+
+A stop asked for through the API (``POST /v1/federated/runs/ID/stop``, ``edgefleet federated stop``) reaches the
+coordinator supervising the run (``Coordinator.on_fed_stop``): :meth:`AutoRetrain.stop_run` ends the run's process
+group (SIGTERM: the run stops its Flower run and records itself ``stopped``; SIGKILL after ``stop_timeout``), and a
+run that could not record its end is recorded ``stopped`` here.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from edgefleet.childenv import child_env
 from edgefleet.errors import ConfigError
 from edgefleet.supervisor import ChildProcess, stop_all
 
-from ..coordinator.rows import Retrain
+from ..coordinator.rows import Retrain, RunStatus
 from .config import StrategyName
 from .trigger import DriftAlert, DriftTrigger, TriggerPolicy
 
@@ -104,7 +109,8 @@ class AutoRetrain:
 
     def __init__(self, coord: Any, api: str, token: str | None = None,
                  work_dir: str | os.PathLike[str] = "federated-runs", *, python: str = sys.executable,
-                 clock: Callable[[], float] = time.time, superlink: Any = None, ca_cert: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, superlink: Any = None, ca_cert: str | None = None,
+                 stop_timeout: float = 15.0) -> None:
         self.coord = coord
         self.superlink = superlink  # the coordinator's supervised SuperLink: runs use it unless told otherwise
         self.registry = coord.registry
@@ -117,14 +123,16 @@ class AutoRetrain:
         self.trigger = DriftTrigger()
         self.children: dict[str, ChildProcess] = {}  # the runs going on (edgefleet.supervisor)
         self.run_tokens: dict[str, str] = {}  # run id -> the name of its token, until revoked
+        self.stop_timeout = stop_timeout  # seconds a run asked to stop has to end after SIGTERM, before SIGKILL
         self._seeded: set[str] = set()
         self._lock = threading.Lock()
 
     def attach(self) -> AutoRetrain:
-        """Hook into the coordinator's telemetry ingest (after revoking the tokens of runs that ended while no
-        coordinator watched them)."""
+        """Hook into the coordinator's telemetry ingest and its API's stop requests (after revoking the tokens of
+        runs that ended while no coordinator watched them)."""
         self.revoke_stale_tokens()
         self.coord.on_drift = self.on_drift
+        self.coord.on_fed_stop = self.stop_run
         return self
 
     def revoke_stale_tokens(self) -> list[str]:
@@ -136,7 +144,7 @@ class AutoRetrain:
             if not name.startswith(RUN_TOKEN_PREFIX):
                 continue
             run = self.registry.fed_run(name[len(RUN_TOKEN_PREFIX):])
-            if run is None or run.status not in ("starting", "running"):
+            if run is None or not run.status.active:
                 if self.registry.revoke_token(self.fleet, name):
                     revoked.append(name)
         if revoked:
@@ -208,7 +216,7 @@ class AutoRetrain:
 
     def _launch(self, settings: RetrainSettings, reason: str) -> str:
         run_id = self.registry.create_fed_run(self.fleet, settings.group, settings.strategy, settings.rounds,
-                                              trigger="drift", reason=reason, status="starting")
+                                              trigger="drift", reason=reason, status=RunStatus.STARTING)
         argv = self.command(settings, run_id)
         self.registry.set_fed_run(run_id, result={"command": shlex.join(argv)})
         out = self.work_dir / run_id
@@ -224,7 +232,7 @@ class AutoRetrain:
             self.children[run_id] = child
         except Exception as exc:
             self._revoke(run_id)
-            self.registry.set_fed_run(run_id, status=f"failed: cannot start: {exc}"[:128])
+            self.registry.set_fed_run(run_id, status=RunStatus.FAILED, error=f"cannot start: {exc}")
             self.trigger.finished(settings.group)
             return run_id
         log.info("drift on group %s: started federated run %s (pid %s): %s", settings.group, run_id, child.pid,
@@ -232,16 +240,42 @@ class AutoRetrain:
         return run_id
 
     def _reap(self, run_id: str, group: str, code: int) -> None:
-        """A run's process ended (the supervisor's exit hook): revoke its token, record a run that died without
-        saying how it ended, and let the group's trigger start another after its cool-down."""
+        """A run's process ended (the supervisor's exit hook, or :meth:`stop_run`): revoke its token, record a run
+        that ended without saying how (``stopped`` if a stop was asked for, else ``failed``), and let the group's
+        trigger start another after its cool-down."""
         with self._lock:
             self._revoke(run_id)  # the run is over: its token with it
         run = self.registry.fed_run(run_id)
-        if run is not None and run.status in ("starting", "running"):
-            self.registry.set_fed_run(run_id, status=f"failed: exit code {code}; see {self.work_dir / run_id / 'run.log'}"[:128])
+        if run is not None and run.status.active:
+            log_file = self.work_dir / run_id / "run.log"
+            if run.stop_requested:
+                self.registry.set_fed_run(run_id, status=RunStatus.STOPPED,
+                                          error=f"stopped on request (exit code {code}); see {log_file}")
+            else:
+                self.registry.set_fed_run(run_id, status=RunStatus.FAILED, error=f"exit code {code}; see {log_file}")
         with self._lock:
             self.children.pop(run_id, None)
             self.trigger.finished(group)
+
+    def stop_run(self, run_id: str) -> bool:
+        """A stop asked for through the API (``Coordinator.on_fed_stop``): end the run's process if this
+        coordinator supervises it (on a thread: the API answers at once) and return True; False otherwise (the
+        run's own process polls its record)."""
+        with self._lock:
+            child = self.children.get(run_id)
+        if child is None:
+            return False
+        run = self.registry.fed_run(run_id)
+        group = run.group if run is not None else ""
+
+        def stop() -> None:
+            child.stop(self.stop_timeout)  # SIGTERM to its group; SIGKILL after stop_timeout
+            code = child.returncode
+            log.info("stopped federated run %s on request (exit code %s)", run_id, code)
+            self._reap(run_id, group, code if code is not None else -15)
+
+        threading.Thread(target=stop, name=f"edgefleet-stop-{run_id}", daemon=True).start()
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the runs this coordinator started (their process groups), then its SuperLink."""

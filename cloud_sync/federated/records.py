@@ -4,18 +4,25 @@
   the registry's ``fed_rounds`` columns (participants, failures, train/eval
   loss and accuracy, the coordinator's holdout, duration, strategy, DP epsilon);
 - :class:`RunRecord` is the run's side: it creates (or adopts) a run record,
-  stores each round as it finishes and the final status/result. Recording never
-  aborts a run that is training: after the record exists, a failed request is a
-  warning on stderr.
+  stores each round as it finishes and the final status/result, and tells the run
+  whether a stop was asked for through the API (:meth:`RunRecord.stop_requested`).
+  Recording never aborts a run that is training: after the record exists, a failed
+  request is a warning on stderr;
+- :func:`runs_table` (``edgefleet federated ls``) and :func:`log_lines`
+  (``edgefleet federated log RUN``: rounds and events in time order, then the
+  failure reason) show the records.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Mapping
+import time
+from typing import Any, Mapping, Sequence
 
 from edgefleet.errors import EdgefleetError
+
+from ..coordinator.rows import RunStatus
 
 
 def _num(v: Any) -> float | None:
@@ -65,11 +72,11 @@ class RunRecord:
 
         if run_id:
             api_call(api, token, "PATCH", f"/v1/federated/runs/{run_id}", ca_cert=ca_cert,
-                     json={"status": "running", "config": dict(config or {})})
+                     json={"status": RunStatus.RUNNING.value, "config": dict(config or {})})
         else:
             doc = api_call(api, token, "POST", "/v1/federated/runs", ca_cert=ca_cert,
-                           json={"group": group, "strategy": strategy, "rounds": rounds, "status": "running",
-                                 "config": dict(config or {})})
+                           json={"group": group, "strategy": strategy, "rounds": rounds,
+                                 "status": RunStatus.RUNNING.value, "config": dict(config or {})})
             run_id = str(doc["id"])
         return cls(api, token, run_id, ca_cert=ca_cert)
 
@@ -86,20 +93,60 @@ class RunRecord:
     def round(self, r: Mapping[str, Any], strategy: str) -> None:
         self._send("PUT", f"/v1/federated/runs/{self.run_id}/rounds/{int(r['round'])}", round_metrics(r, strategy))
 
-    def update(self, *, status: str | None = None, flower_run_id: Any = None,
+    def update(self, *, status: RunStatus | str | None = None, error: str | None = None, flower_run_id: Any = None,
                result: Mapping[str, Any] | None = None) -> None:
+        """Record the run's ``status`` (and ``error``; ``failed: REASON`` is read as both), Flower run id, result."""
         body: dict[str, Any] = {}
         if status is not None:
-            body["status"] = status[:128]
+            state, legacy_error = RunStatus.parse(str(status))
+            body["status"] = state.value
+            body["error"] = (error if error is not None else legacy_error)[:4000]
         if flower_run_id is not None:
             body["flower_run_id"] = str(flower_run_id)
         if result is not None:
             body["result"] = dict(result)
         self._send("PATCH", f"/v1/federated/runs/{self.run_id}", body)
 
+    def ended(self, exc: BaseException) -> None:
+        """Record how the run ended when ``exc`` ended it: ``stopped`` for a stop (asked for, SIGTERM, Ctrl-C),
+        else ``failed``, with the reason."""
+        from .runner import RunStopped
+
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C)"
+        stopped = isinstance(exc, (RunStopped, KeyboardInterrupt))
+        self.update(status=RunStatus.STOPPED if stopped else RunStatus.FAILED, error=reason)
+
+    def stop_requested(self) -> str | None:
+        """Whether a stop was asked for through the API (the reason to stop), read from the run's record; None
+        when not, or when the coordinator does not answer (a warning: the run goes on)."""
+        from edgefleet.cloud_sync.coordinator.client import api_call
+
+        try:
+            doc = api_call(self.api, self.token, "GET", f"/v1/federated/runs/{self.run_id}", ca_cert=self.ca_cert)
+        except EdgefleetError as exc:
+            msg = f"warning: could not read federated run {self.run_id} at {self.api}: {exc}"
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+                print(msg, file=sys.stderr, flush=True)
+            return None
+        if doc.get("stop_requested") or doc.get("status") == RunStatus.STOPPED.value:
+            return f"stop requested through the coordinator API ({self.api})"
+        return None
+
 
 def _f(v: Any, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _status(run: Mapping[str, Any]) -> str:
+    status = str(run["status"])
+    if run.get("error"):
+        status += f": {run['error']}"
+    elif run.get("stop_requested") and status in {s.value for s in RunStatus if s.active}:
+        status += " (stop requested)"
+    return status
 
 
 def run_line(run: Mapping[str, Any]) -> str:
@@ -107,7 +154,7 @@ def run_line(run: Mapping[str, Any]) -> str:
     gate = res.get("gate") or {}
     dep = res.get("deployment") or {}
     line = (f"federated run {run['id']} (group {run['group']}, {run['strategy']}, trigger {run['trigger']}): "
-            f"{run['status']}, {run['rounds_done']}/{run['rounds']} round(s)")
+            f"{_status(run)}, {run['rounds_done']}/{run['rounds']} round(s)")
     if gate:
         line += f"; gate: {'promoted v' + str(gate.get('version')) if gate.get('promoted') else 'not promoted'}"
     if dep:
@@ -140,4 +187,62 @@ def print_runs(runs: list[Mapping[str, Any]]) -> None:
         c.print(t)
 
 
-__all__ = ["round_metrics", "RunRecord", "run_line", "print_runs"]
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def runs_table(runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """``edgefleet federated ls``: one row per run (id, status, group, trigger, rounds done, strategy, started)."""
+    return [[str(r["id"]), _status(r) if len(_status(r)) <= 60 else _status(r)[:57] + "...", str(r["group"]),
+             str(r["trigger"]), f"{r['rounds_done']}/{r['rounds']}", str(r["strategy"]), _when(float(r["created"]))]
+            for r in runs]
+
+
+RUNS_HEADER = ["run", "status", "group", "trigger", "rounds", "strategy", "started"]
+
+
+def round_text(r: Mapping[str, Any]) -> str:
+    """One recorded round, as ``federated log`` shows it."""
+    parts = [f"round {r['round']}: {r['participants']} device(s)"]
+    if r.get("failures"):
+        parts.append(f"{r['failures']} failed/declined")
+    for key, name in (("train_loss", "train loss"), ("train_accuracy", "train acc"), ("eval_loss", "eval loss"),
+                      ("eval_accuracy", "eval acc"), ("central_accuracy", "holdout acc")):
+        if r.get(key) is not None:
+            parts.append(f"{name} {r[key]:.3f}")
+    if r.get("dp_epsilon") is not None:
+        parts.append(f"eps {r['dp_epsilon']:.2f}")
+    if r.get("seconds") is not None:
+        parts.append(f"{r['seconds']:.1f}s")
+    return ", ".join(parts)
+
+
+def event_text(e: Mapping[str, Any]) -> str:
+    if e["kind"] == "status":
+        return f"status {e['status']}" + (f": {e['message']}" if e.get("message") else "")
+    return str(e["message"])
+
+
+def log_lines(run: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``edgefleet federated log RUN``: the run's line, its events and rounds in time order, then why it failed or
+    stopped and its result (gate, deployment)."""
+    timeline = [(float(e["ts"]), 0, event_text(e)) for e in events]
+    timeline += [(float(r["ts"]), 1, round_text(r)) for r in run.get("round_metrics") or []]
+    lines = [run_line(run)]
+    if run.get("reason"):
+        lines.append(f"  started for: {run['reason']}")
+    lines += [f"  {_when(ts)}  {text}" for ts, _, text in sorted(timeline, key=lambda t: (t[0], t[1]))]
+    if run.get("error"):
+        lines.append(f"{'failure' if run['status'] == RunStatus.FAILED.value else 'ended'}: {run['error']}")
+    res = run.get("result") or {}
+    if res.get("gate"):
+        gate = res["gate"]
+        lines.append(f"gate: {gate.get('reason', '')}: "
+                     f"{'promoted v' + str(gate.get('version')) if gate.get('promoted') else 'not promoted'}")
+    if res.get("deployment"):
+        lines.append(f"deployment: {res['deployment'].get('id')}")
+    return lines
+
+
+__all__ = ["round_metrics", "RunRecord", "run_line", "print_runs", "runs_table", "RUNS_HEADER", "log_lines",
+           "round_text", "event_text"]

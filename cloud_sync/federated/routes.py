@@ -3,6 +3,10 @@
 - ``GET/POST /v1/federated/runs``, ``GET/PATCH /v1/federated/runs/{id}`` - run records
   (status, strategy, Flower run id, result: gate verdict, signed version, deployment);
 - ``PUT /v1/federated/runs/{id}/rounds/{n}`` - one round's metrics, written by the run;
+- ``GET /v1/federated/runs/{id}/events`` - its status changes (with the error of a failure) and stop requests;
+- ``POST /v1/federated/runs/{id}/stop`` - ask a run to stop: its ``stop_requested`` is set (a run's process polls
+  it and ends with status ``stopped``) and a coordinator supervising the run's process (a drift-started run,
+  :mod:`.autorun`) stops it; ``?force=true`` records the run stopped at once (a run whose process is gone);
 - ``GET /v1/retrain``, ``PUT /v1/retrain/{group}`` - whether a drift alert of the group
   starts a run, with the policy (devices, window, cool-down) and the run's options.
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, field_validator
 
 from edgefleet.errors import EdgefleetError
+
+from ..coordinator.rows import RunStatus
 
 if TYPE_CHECKING:
     from ..coordinator.service import Coordinator
@@ -42,7 +48,7 @@ class RunIn(BaseModel):
     group: str = Field(pattern=_ID)
     strategy: str = Field(min_length=1, max_length=32)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
-    status: str = Field("running", max_length=128)
+    status: RunStatus = RunStatus.RUNNING
     trigger: str = Field("manual", max_length=32)
     reason: str = Field("", max_length=4000)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -51,7 +57,8 @@ class RunIn(BaseModel):
 
 
 class RunPatch(BaseModel):
-    status: str | None = Field(None, max_length=128)
+    status: RunStatus | None = None
+    error: str | None = Field(None, max_length=4000, description="why the run failed or stopped (with status)")
     flower_run_id: str | None = Field(None, max_length=32)
     result: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
@@ -110,15 +117,45 @@ def add_routes(app: FastAPI, coord: Coordinator, auth: Callable[..., None]) -> N
     def get_run(run_id: str) -> dict[str, Any]:
         return run_or_404(run_id)
 
-    @app.patch("/v1/federated/runs/{run_id}", dependencies=dep)
+    def ended(run_id: str, status: RunStatus) -> HTTPException:
+        return HTTPException(409, f"federated run {run_id} has already ended: {status}")
+
+    @app.patch("/v1/federated/runs/{run_id}", dependencies=dep,
+               responses={409: {"description": "the run has ended with another status (an end is kept)"}})
     def patch_run(run_id: str, body: RunPatch) -> dict[str, Any]:
-        run_or_404(run_id)
-        fields: dict[str, Any] = {k: v for k, v in (("status", body.status), ("flower_run_id", body.flower_run_id))
-                                  if v is not None}
+        current = run_or_404(run_id)["status"]
+        if body.status is not None and not RunStatus(current).may_become(body.status):
+            raise ended(run_id, RunStatus(current))
+        fields: dict[str, Any] = {"flower_run_id": body.flower_run_id} if body.flower_run_id is not None else {}
+        if body.status is not None:
+            fields.update(status=body.status, error=body.error or "")
         if body.config is not None:
             fields["config"] = json.dumps(body.config, default=str)
         reg.set_fed_run(run_id, result=body.result, **fields)
         return run_or_404(run_id)
+
+    @app.get("/v1/federated/runs/{run_id}/events", dependencies=dep)
+    def run_events(run_id: str) -> list[dict[str, Any]]:
+        run_or_404(run_id)
+        return [e.to_dict() for e in reg.fed_run_events(run_id)]
+
+    @app.post("/v1/federated/runs/{run_id}/stop", dependencies=dep, status_code=202,
+              responses={409: {"description": "the run has already ended"}})
+    def stop_run(run_id: str, request: Request, force: bool = False) -> dict[str, Any]:
+        """Ask the run to stop; answers the run and whether this coordinator supervises its process (and stops
+        it now) - otherwise the run's own process acts on the request when it next polls its record."""
+        status = RunStatus(run_or_404(run_id)["status"])
+        if not status.active:
+            raise ended(run_id, status)
+        principal = request.scope.get("edgefleet.principal")
+        who = principal.name if principal is not None else "?"
+        reg.request_fed_stop(run_id, who)
+        hook = coord.on_fed_stop
+        supervised = bool(hook(run_id)) if hook is not None else False
+        if force:
+            reg.set_fed_run(run_id, status=RunStatus.STOPPED,
+                            error=f"stopped by {who} with force (not waiting for the run's process)")
+        return {"run": run_or_404(run_id), "supervised": supervised}
 
     @app.put("/v1/federated/runs/{run_id}/rounds/{rnd}", dependencies=dep)
     def put_round(run_id: str, body: RoundIn, rnd: int = PathParam(le=MAX_ROUNDS)) -> dict[str, Any]:

@@ -8,7 +8,11 @@
   package carries no data files;
 - :func:`submit_run` submits it with Flower's own ``flwr run`` (connection from a
   generated ``$FLWR_HOME/config.toml``) and :func:`wait_for_run` follows the
-  ServerApp's ``rounds.json`` until the run finishes.
+  ServerApp's ``rounds.json`` until the run finishes;
+- while it waits, :class:`RunWatch` polls the SuperLink's Control API (:class:`ControlClient`: the SuperNodes
+  online, the Flower run's status) and says what the run waits for (:mod:`.progress`), and asks ``should_stop``
+  (the run's record: a stop asked for through the coordinator's API); a stop, SIGTERM, Ctrl-C or any failure
+  while waiting also stops the Flower run on the SuperLink (``flwr stop``'s call), so no ServerApp is left behind.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from edgefleet.childenv import child_env
 from edgefleet.device_agent.flower_node import find_tool, flower_env, is_loopback
@@ -29,6 +36,7 @@ from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.supervisor import ChildProcess
 
 from .config import FederatedConfig
+from .progress import Observation, Progress
 from .server_app import ROUNDS_FILE
 
 APP_PACKAGE = "edgefleet_fedapp"
@@ -36,6 +44,11 @@ APP_PACKAGE = "edgefleet_fedapp"
 
 class FederatedError(EdgefleetError):
     """A federated run failed (submission refused, ServerApp failed, or timed out)."""
+
+
+class RunStopped(FederatedError):
+    """A federated run was stopped before it finished: asked to through the coordinator's API, by SIGTERM (the
+    coordinator supervising it) or Ctrl-C, or on the SuperLink (``flwr stop``)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +213,111 @@ def submit_run(app_dir: str | os.PathLike, flwr_home: str | os.PathLike, connect
     return Submitted(run_id, out)
 
 
+class ControlClient:
+    """Flower's Control API of a SuperLink, as ``flwr supernode list``, ``flwr list`` and ``flwr stop`` call it
+    (flwr 1.41: protobuf over HTTP on the SuperLink's address; TLS verified with ``root_certificates``).
+    Polling calls answer None when the SuperLink does not answer."""
+
+    def __init__(self, address: str, *, insecure: bool = True, root_certificates: str | None = None,
+                 timeout: float = 5.0) -> None:
+        self.address = address
+        self.insecure = insecure
+        self.root_certificates = root_certificates
+        self.timeout = timeout
+        self._client: Any = None
+
+    def _control(self) -> Any:
+        if self._client is None:
+            from flwr.supercore.control import ControlHttpClient
+
+            # as ControlHttpClient.from_server_address, with a timeout: a poll must not hold the run for Flower's 30 s
+            verify: bool | str = False if self.insecure else (self.root_certificates or True)
+            self._client = ControlHttpClient(f"{'http' if self.insecure else 'https'}://{self.address}",
+                                             verify=verify, timeout=self.timeout)
+        return self._client
+
+    def online_nodes(self) -> int | None:
+        """How many SuperNodes are online on the SuperLink (None: no answer)."""
+        from flwr.proto.control_pb2 import ListNodesRequest
+
+        try:
+            res = self._control().ListNodes(ListNodesRequest())
+        except Exception:  # connection refused, TLS, HTTP error: the SuperLink does not answer now
+            return None
+        return sum(1 for n in res.nodes_info if n.status == "online")
+
+    def run_status(self, run_id: int | None) -> str | None:
+        """The Flower run's ``status`` or ``status:sub_status`` (``pending``, ``running``, ``finished:stopped``...)."""
+        if run_id is None:
+            return None
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        try:
+            res = self._control().ListRuns(ListRunsRequest(run_id=run_id))
+        except Exception:
+            return None
+        run = res.run_dict.get(run_id)
+        if run is None:
+            return None
+        st = run.status
+        return f"{st.status}:{st.sub_status}" if st.sub_status else str(st.status)
+
+    def stop_run(self, run_id: int) -> bool:
+        """Stop a Flower run on the SuperLink (``flwr stop``): False when it could not (ended, unknown, no answer)."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        try:
+            return bool(self._control().StopRun(StopRunRequest(run_id=run_id)).success)
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class RunWatch:
+    """Called on each poll of :func:`wait_for_run` (with the rounds done): every ``poll`` seconds it asks
+    ``should_stop`` (a reason: :class:`RunStopped`), polls the SuperLink and prints the :class:`~.progress.Progress`
+    lines with ``echo``. A Flower run that ended on the SuperLink without the ServerApp saying so within ``grace``
+    seconds (stopped with ``flwr stop``, or its ServerApp died) ends the wait."""
+
+    def __init__(self, control: ControlClient, flower_run_id: int | None, progress: Progress | None,
+                 echo: Callable[[str], None], should_stop: Callable[[], str | None] | None = None, *,
+                 poll: float = 2.0, grace: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.control = control
+        self.flower_run_id = flower_run_id
+        self.progress = progress
+        self.echo = echo
+        self.should_stop = should_stop
+        self.poll = poll
+        self.grace = grace
+        self.clock = clock
+        self._next = float("-inf")
+        self._ended_at: float | None = None
+
+    def __call__(self, rounds_done: int) -> None:
+        now = self.clock()
+        if now < self._next:
+            return
+        self._next = now + self.poll
+        if self.should_stop is not None:
+            reason = self.should_stop()
+            if reason:
+                raise RunStopped(reason)
+        nodes = self.control.online_nodes() if self.progress is not None else None
+        status = self.control.run_status(self.flower_run_id)
+        if self.progress is not None:
+            for line in self.progress.observe(Observation(now, nodes, rounds_done, status)):
+                self.echo(line)
+        if status and status.startswith("finished:") and status != "finished:completed":
+            self._ended_at = self._ended_at if self._ended_at is not None else now
+            if now - self._ended_at >= self.grace:
+                what = f"Flower run {self.flower_run_id} on {self.control.address} ended {status}"
+                raise RunStopped(what) if status == "finished:stopped" else FederatedError(what)
+
+
 def read_rounds(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out_dir) / ROUNDS_FILE
     try:
@@ -209,8 +327,9 @@ def read_rounds(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def wait_for_run(out_dir: str | os.PathLike, timeout: float, on_round: Callable[[Mapping[str, Any]], None] | None = None,
-                 poll: float = 0.5) -> dict[str, Any]:
-    """Follow ``rounds.json`` until the ServerApp marks the run finished or failed."""
+                 poll: float = 0.5, on_poll: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Follow ``rounds.json`` until the ServerApp marks the run finished or failed; ``on_poll(rounds_done)`` is
+    called on every poll (a :class:`RunWatch`: what it raises ends the wait)."""
     deadline = time.monotonic() + timeout
     seen = 0
     while True:
@@ -226,16 +345,43 @@ def wait_for_run(out_dir: str | os.PathLike, timeout: float, on_round: Callable[
                 return doc
             if status.startswith("failed"):
                 raise FederatedError(f"the federated run {status}")
+        if on_poll is not None:
+            on_poll(seen)
         if time.monotonic() > deadline:
             raise FederatedError(f"the federated run did not finish within {timeout:.0f}s "
                                  f"({seen} round(s) done; see {out_dir})")
         time.sleep(poll)
 
 
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While the run waits, SIGTERM (the coordinator stopping a run it supervises) raises :class:`RunStopped`
+    in the main thread, so the Flower run is stopped and the run recorded ``stopped`` before the process ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise RunStopped(f"terminated by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os.PathLike | None = None,
                   timeout: float | None = None, insecure: bool = True, root_certificates: str | None = None,
-                  on_round: Callable[[Mapping[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_round: Callable[[Mapping[str, Any]], None] | None = None,
+                  progress: Callable[[str], None] | None = None, should_stop: Callable[[], str | None] | None = None,
+                  progress_every: float = 5.0, poll: float = 2.0) -> dict[str, Any]:
     """Generate the app, submit it to ``superlink`` with ``flwr run`` and wait for the result.
+
+    While it waits, ``progress`` gets the lines saying what the run waits for (nodes connected, round; see
+    :mod:`.progress`; ``waiting: ...`` every ``progress_every`` seconds while too few nodes are connected) and
+    ``should_stop`` is asked every ``poll`` seconds; a stop (its reason), SIGTERM, Ctrl-C, a timeout or a failure
+    stop the Flower run on the SuperLink and raise (:class:`RunStopped` for a stop).
 
     Returns the ``rounds.json`` document plus ``"aggregate"`` (path of the final
     weights) and ``"run_id"``.
@@ -248,9 +394,21 @@ def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os
     out.mkdir(parents=True, exist_ok=True)
     app = write_app(work / "app", cfg)
     home = write_flwr_home(work / "flwr-home", superlink, insecure=insecure, root_certificates=root_certificates)
-    submitted = submit_run(app, home)
     budget = timeout if timeout is not None else cfg.rounds * (cfg.round_timeout * 2 + 30) + 60
-    doc = wait_for_run(out, budget, on_round)
+    control = ControlClient(superlink, insecure=insecure, root_certificates=root_certificates)
+    with _sigterm_stops():
+        submitted = submit_run(app, home)
+        shown = Progress(rounds=cfg.rounds, min_nodes=cfg.min_nodes, superlink=superlink,
+                         every=progress_every) if progress is not None else None
+        watch = RunWatch(control, submitted.run_id, shown, progress or (lambda _: None), should_stop, poll=poll)
+        try:
+            doc = wait_for_run(out, budget, on_round, on_poll=watch)
+        except BaseException:
+            if submitted.run_id is not None and control.stop_run(submitted.run_id) and progress is not None:
+                progress(f"stopped Flower run {submitted.run_id} on the SuperLink {superlink}")
+            raise
+        finally:
+            control.close()
     from .server_app import AGGREGATE_FILE
 
     agg = out / AGGREGATE_FILE
@@ -259,5 +417,5 @@ def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os
     return doc
 
 
-__all__ = ["SuperLink", "SuperLinkConfig", "FederatedError", "write_app", "write_flwr_home", "submit_run",
-           "wait_for_run", "read_rounds", "run_federated", "Submitted"]
+__all__ = ["SuperLink", "SuperLinkConfig", "FederatedError", "RunStopped", "ControlClient", "RunWatch", "write_app",
+           "write_flwr_home", "submit_run", "wait_for_run", "read_rounds", "run_federated", "Submitted"]

@@ -188,7 +188,7 @@ def test_federated_autoretrain_respects_recorded_runs_and_records_a_run_that_die
     assert while_running is None
     run = reg.fed_run(started)
     assert run.trigger == "drift" and run.reason == "drift on 1 device(s) of h: d2"
-    assert run.status.startswith("failed: exit code 3; see ") and str(tmp_path / "runs" / started) in run.status
+    assert run.status == "failed" and run.error.startswith("exit code 3; see ") and str(tmp_path / "runs" / started) in run.error
     assert "--record-id " + started in run.result["command"] and TOKEN not in run.result["command"]
     assert [r.id for r in reg.fed_runs("f1", "g")] == [earlier]
 
