@@ -1,0 +1,1091 @@
+"""The fleet registry: devices, artifacts, deltas, deployments, jobs, telemetry aggregates, alerts,
+federated runs with their per-round metrics and the per-group auto-retraining settings.
+
+SQLAlchemy Core over any URL: a SQLite file by default (WAL), PostgreSQL
+(``postgresql+psycopg://...``) for larger fleets or several coordinators.
+``prefix`` namespaces the tables so several registries can share one database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import uuid
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from edgefleet.errors import ConfigError
+
+from ..wire.protocol import TelemetryRecord
+from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
+from .rows import (
+    Alert,
+    AlertTally,
+    Artifact,
+    AuditEntry,
+    Delta,
+    Deployment,
+    DeploymentHeads,
+    Device,
+    DeviceTally,
+    FedRound,
+    FedRun,
+    FedRunEvent,
+    FedRunTally,
+    Job,
+    JobTally,
+    Principal,
+    Retrain,
+    RolloutEvent,
+    RunStatus,
+    TelemetryRow,
+    Token,
+)
+
+BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
+FED_ROUND_COUNTS = ("participants", "failures", "declined", "examples")
+FED_ROUND_FLOATS = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "central_loss", "central_accuracy",
+                    "seconds", "dp_epsilon")
+
+
+def _tables(meta: MetaData, p: str) -> dict[str, Table]:
+    return {
+        "devices": Table(
+            f"{p}devices", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("device_id", String(128), primary_key=True),
+            Column("group_name", String(128), nullable=False, default="default"),
+            Column("tags", Text, nullable=False, default="[]"),  # assigned by the operator: what targeting uses
+            Column("online", Boolean, nullable=False, default=False),
+            Column("session", Integer, nullable=False, default=0),
+            Column("first_seen", Float, nullable=False, default=0.0),
+            Column("last_seen", Float, nullable=False, default=0.0),
+            Column("active_version", String(128), nullable=False, default=""),
+            Column("archive_sha256", String(64), nullable=False, default=""),
+            Column("agent_version", String(64), nullable=False, default=""),
+            Column("telemetry_seq", Integer, nullable=False, default=0),
+            Column("claimed_tags", Text, nullable=False, default="[]"),  # the device's own hardware_tags: a claim
+        ),
+        "artifacts": Table(
+            f"{p}artifacts", meta,
+            Column("file_id", String(64), primary_key=True),
+            Column("name", String(128), nullable=False),
+            Column("version", String(128), nullable=False),
+            Column("size", Integer, nullable=False),
+            Column("data", LargeBinary, nullable=False),
+            Column("created", Float, nullable=False),
+        ),
+        "deltas": Table(
+            f"{p}deltas", meta,
+            Column("base_id", String(64), primary_key=True),
+            Column("target_id", String(64), primary_key=True),
+            Column("file_id", String(64), nullable=False, default=""),  # "" = no useful delta
+            Column("size", Integer, nullable=False, default=0),
+            Column("data", LargeBinary, nullable=True),
+        ),
+        "deployments": Table(
+            f"{p}deployments", meta,
+            Column("id", String(32), primary_key=True),
+            Column("fleet", String(128), nullable=False),
+            Column("artifact_id", String(64), nullable=False),
+            Column("name", String(128), nullable=False),
+            Column("version", String(128), nullable=False),
+            Column("group_name", String(128), nullable=False),
+            Column("canary", Float, nullable=False),
+            Column("waves", Text, nullable=False),
+            Column("max_failure", Float, nullable=False),
+            Column("state", String(16), nullable=False),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("reason", Text, nullable=False, default=""),
+            Column("targets", Text, nullable=False),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+            Column("job_timeout", Float, nullable=False, default=DEFAULT_JOB_TIMEOUT),
+            Column("planned", Integer, nullable=False, default=-1),  # targets at creation; later ones joined
+            Column("lease_owner", String(64), nullable=False, default=""),  # the coordinator ticking it now
+            Column("lease_until", Float, nullable=False, default=0.0),
+            Column("tags", Text, nullable=False, default="[]"),  # only devices the operator gave all these tags
+            Column("rate", Integer, nullable=False, default=0),  # devices dispatched per minute at most; 0: no limit
+            Column("min_finished", Integer, nullable=False, default=0),  # jobs ended before the gate judges
+            Column("devices", Text, nullable=False, default="[]"),  # an explicit list of devices ([]: none given)
+        ),
+        "jobs": Table(
+            f"{p}jobs", meta,
+            Column("job_id", String(64), primary_key=True),
+            Column("deployment_id", String(32), nullable=False, index=True),
+            Column("fleet", String(128), nullable=False),
+            Column("device_id", String(128), nullable=False, index=True),
+            Column("action", String(16), nullable=False),
+            Column("status", String(16), nullable=False),
+            Column("step", String(32), nullable=False, default=""),
+            Column("reason", String(128), nullable=False, default=""),
+            Column("message", Text, nullable=False, default=""),
+            Column("version", Integer, nullable=False, default=0),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("from_version", String(128), nullable=False, default=""),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+            Column("started", Float, nullable=False, default=0.0),  # the device's first report
+            Column("delivered", Float, nullable=False, default=0.0),  # reached the online device (0: offline)
+            Column("desired", Text, nullable=False, default=""),  # the Desired message, re-sent when needed
+        ),
+        "rollout_events": Table(  # stage starts, halts, completion, timeouts: each recorded once
+            f"{p}rollout_events", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("deployment_id", String(32), nullable=False, index=True),
+            Column("kind", String(32), nullable=False),
+            Column("stage", Integer, nullable=False, default=0),
+            Column("detail", Text, nullable=False, default=""),
+            Column("owner", String(64), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+        ),
+        "sequences": Table(  # monotonic counters (the sequence numbers of signed orders)
+            f"{p}sequences", meta,
+            Column("name", String(64), primary_key=True),
+            Column("value", BigInteger, nullable=False, default=0),
+        ),
+        "telemetry": Table(
+            f"{p}telemetry", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("group_name", String(128), primary_key=True),
+            Column("version", String(128), primary_key=True),
+            Column("kind", String(64), primary_key=True),
+            Column("records", BigInteger, nullable=False, default=0),
+            Column("predictions", BigInteger, nullable=False, default=0),
+            Column("errors", BigInteger, nullable=False, default=0),
+            Column("invalid", BigInteger, nullable=False, default=0),
+        ),
+        "alerts": Table(
+            f"{p}alerts", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("fleet", String(128), nullable=False),
+            Column("device_id", String(128), nullable=False),
+            Column("kind", String(64), nullable=False),
+            Column("version", String(128), nullable=False, default=""),
+            Column("data", Text, nullable=False),
+            Column("ts", Float, nullable=False),
+        ),
+        # federated retraining: one row per run, one per round of a run, the per-group drift policy
+        "fed_runs": Table(
+            f"{p}fed_runs", meta,
+            Column("id", String(32), primary_key=True),
+            Column("fleet", String(128), nullable=False, index=True),
+            Column("group_name", String(128), nullable=False),
+            Column("status", String(128), nullable=False),
+            Column("strategy", String(32), nullable=False),
+            Column("rounds", Integer, nullable=False),
+            Column("trigger", String(32), nullable=False, default="manual"),
+            Column("reason", Text, nullable=False, default=""),
+            Column("flower_run_id", String(32), nullable=False, default=""),
+            Column("config", Text, nullable=False, default="{}"),
+            Column("result", Text, nullable=False, default="{}"),
+            Column("created", Float, nullable=False),
+            Column("updated", Float, nullable=False),
+            Column("error", Text, nullable=False, default=""),  # why it failed or stopped
+            Column("stop_requested", Float, nullable=False, default=0.0),  # when a stop was asked for; 0: never
+        ),
+        # what happened to a run: status changes (with the error of a failure), stop requests
+        "fed_run_events": Table(
+            f"{p}fed_run_events", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("run_id", String(32), nullable=False, index=True),
+            Column("ts", Float, nullable=False),
+            Column("kind", String(16), nullable=False),
+            Column("status", String(32), nullable=False, default=""),
+            Column("message", Text, nullable=False, default=""),
+        ),
+        "fed_rounds": Table(
+            f"{p}fed_rounds", meta,
+            Column("run_id", String(32), primary_key=True),
+            Column("round", Integer, primary_key=True),
+            *[Column(name, Integer, nullable=False, default=0) for name in FED_ROUND_COUNTS],
+            *[Column(name, Float, nullable=True) for name in FED_ROUND_FLOATS],
+            Column("strategy", String(32), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+        ),
+        # API tokens: the sha256 of each random token (never the token), its scope; the audit log of mutating calls
+        "tokens": Table(
+            f"{p}tokens", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("name", String(128), primary_key=True),
+            Column("scope", String(16), nullable=False),
+            Column("sha256", String(64), nullable=False, unique=True),
+            Column("created", Float, nullable=False),
+            Column("expires", Float, nullable=False, default=0.0),  # wall-clock end of its validity; 0: none
+        ),
+        "audit": Table(
+            f"{p}audit", meta,
+            Column("id", Integer, primary_key=True, autoincrement=True),
+            Column("fleet", String(128), nullable=False, index=True),
+            Column("ts", Float, nullable=False),
+            Column("who", String(128), nullable=False),
+            Column("method", String(16), nullable=False),
+            Column("path", Text, nullable=False),
+            Column("summary", Text, nullable=False, default=""),
+            Column("status", Integer, nullable=False),
+            Column("client", String(128), nullable=False, default=""),
+        ),
+        # failed API authentications per client address, shared by every coordinator of the registry: the times of
+        # the recent 401s (at most the lockout threshold of them) and the end of a lockout; rows with neither pruned
+        "auth_failures": Table(
+            f"{p}auth_failures", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("client", String(128), primary_key=True),
+            Column("times", Text, nullable=False, default="[]"),
+            Column("locked_until", Float, nullable=False, default=0.0),
+            Column("updated", Float, nullable=False, index=True),
+        ),
+        "retrain": Table(
+            f"{p}retrain", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("group_name", String(128), primary_key=True),
+            Column("on_drift", Boolean, nullable=False, default=False),
+            Column("policy", Text, nullable=False, default="{}"),
+            Column("updated", Float, nullable=False),
+        ),
+    }
+
+
+class Registry:
+    """All coordinator state. Every method is one short transaction."""
+
+    def __init__(self, url: str = "sqlite:///edgefleet-registry.db", prefix: str = "ef_", echo: bool = False) -> None:
+        if "://" not in url:
+            raise ConfigError(f"registry URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:///fleet.db)")
+        kwargs: dict[str, Any] = {}
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            _private_sqlite_file(url)
+        self.engine: Engine = create_engine(url, echo=echo, **kwargs)
+        if self.sqlite:
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn: Any, _: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+        self.meta = MetaData()
+        self.t = _tables(self.meta, prefix)
+        self.meta.create_all(self.engine)
+        self._add_missing_columns()
+        self._lock = threading.RLock() if self.sqlite else _NoLock()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a registry made by an older edgefleet up to date (new columns, each with its default).
+
+        A registry from before ``claimed_tags`` kept in ``tags`` whatever each device's status message said: those
+        tags move to ``claimed_tags`` (a claim) and the assigned ``tags`` start empty."""
+        have = inspect(self.engine)
+        with self.engine.begin() as c:
+            for table in self.t.values():
+                present = {col["name"] for col in have.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name in present:
+                        continue
+                    default = getattr(col.default, "arg", None)
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)}"
+                    if isinstance(default, (int, float, str)):  # bool is an int
+                        lit = "'" + default.replace("'", "''") + "'" if isinstance(default, str) else repr(default)
+                        ddl += f" DEFAULT {lit} NOT NULL"
+                    c.execute(text(ddl))
+                    if table is self.t["devices"] and col.name == "claimed_tags":
+                        c.execute(update(table).values(claimed_tags=table.c.tags, tags="[]"))
+
+    def drop_all(self) -> None:
+        self.meta.drop_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- devices ------------------------------------------------------------------------------------
+    def upsert_device(self, fleet: str, device_id: str, **fields: Any) -> tuple[Device, bool]:
+        """Create or update a device (``fields``: column values, JSON columns encoded); returns (row, created)."""
+        d = self.t["devices"]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
+            if row is None:
+                vals = {"fleet": fleet, "device_id": device_id, "group_name": fields.pop("group_name", None) or "default",
+                        "tags": "[]", "claimed_tags": "[]", "online": False, "session": 0, "first_seen": now, "last_seen": now,
+                        "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0}
+                vals.update(fields)
+                c.execute(insert(d).values(**vals))
+                return Device.from_row(vals), True
+            fields.pop("group_name", None)  # a known device keeps the group the registry gave it
+            if fields:
+                c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
+            return Device.from_row({**dict(row), **fields}), False
+
+    def set_device(self, fleet: str, device_id: str, **fields: Any) -> bool:
+        d = self.t["devices"]
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id)).values(**fields))
+            return bool(r.rowcount)
+
+    def device(self, fleet: str, device_id: str) -> Device | None:
+        d = self.t["devices"]
+        with self.engine.connect() as c:
+            row = c.execute(select(d).where(and_(d.c.fleet == fleet, d.c.device_id == device_id))).mappings().first()
+        return Device.from_row(row) if row else None
+
+    def devices(self, fleet: str, group: str | None = None) -> list[Device]:
+        d = self.t["devices"]
+        q = select(d).where(d.c.fleet == fleet)
+        if group:
+            q = q.where(d.c.group_name == group)
+        with self.engine.connect() as c:
+            return [Device.from_row(r) for r in c.execute(q.order_by(d.c.device_id)).mappings()]
+
+    # -- artifacts and deltas ----------------------------------------------------------------------------
+    def add_artifact(self, file_id: str, name: str, version: str, data: bytes) -> None:
+        a = self.t["artifacts"]
+        with self._lock, self.engine.begin() as c:
+            if c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is None:
+                c.execute(insert(a).values(file_id=file_id, name=name, version=version, size=len(data), data=data,
+                                           created=time.time()))
+
+    def artifact(self, file_id: str) -> Artifact | None:
+        a = self.t["artifacts"]
+        with self.engine.connect() as c:
+            row = c.execute(select(a).where(a.c.file_id == file_id)).mappings().first()
+        return Artifact.from_row(row) if row else None
+
+    def has_artifact(self, file_id: str) -> bool:
+        a = self.t["artifacts"]
+        with self.engine.connect() as c:
+            return c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is not None
+
+    def delta(self, base_id: str, target_id: str) -> Delta | None:
+        t = self.t["deltas"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(and_(t.c.base_id == base_id, t.c.target_id == target_id))).mappings().first()
+        return Delta.from_row(row) if row else None
+
+    def delta_by_file(self, file_id: str) -> Delta | None:
+        t = self.t["deltas"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.file_id == file_id)).mappings().first()
+        return Delta.from_row(row) if row else None
+
+    def put_delta(self, base_id: str, target_id: str, file_id: str, data: bytes | None) -> None:
+        t = self.t["deltas"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.base_id == base_id, t.c.target_id == target_id)))
+            c.execute(insert(t).values(base_id=base_id, target_id=target_id, file_id=file_id,
+                                       size=len(data) if data else 0, data=data))
+
+    # -- deployments ---------------------------------------------------------------------------------------
+    def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
+                          waves: list[float], max_failure: float, targets: list[str],
+                          job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = (), *, rate: int = 0,
+                          min_finished: int = 0, devices: Sequence[str] = ()) -> str:
+        dep_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["deployments"]).values(
+                id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
+                canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
+                reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
+                planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags)), rate=rate,
+                min_finished=min_finished, devices=json.dumps(list(devices))))
+        return dep_id
+
+    def deployment(self, dep_id: str) -> Deployment | None:
+        t = self.t["deployments"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.id == dep_id)).mappings().first()
+        return Deployment.from_row(row) if row else None
+
+    def deployments(self, fleet: str, states: Iterable[str] | None = None) -> list[Deployment]:
+        t = self.t["deployments"]
+        q = select(t).where(t.c.fleet == fleet)
+        if states is not None:
+            q = q.where(t.c.state.in_(list(states)))
+        with self.engine.connect() as c:
+            return [Deployment.from_row(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+
+    def deployment_heads(self, fleet: str) -> DeploymentHeads:
+        """What a rollout tick visits, without loading target lists: ``live`` is (id, state, group) of the
+        running and paused deployments plus each group's newest one if it completed; ``newest`` maps a
+        group to its newest deployment (the one devices joining the group get; a deployment to a list of
+        devices takes no joiners, so it is never a group's newest)."""
+        t = self.t["deployments"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(t.c.id, t.c.state, t.c.group_name, t.c.devices).where(t.c.fleet == fleet)
+                             .order_by(t.c.created, t.c.id)).all()
+        newest: dict[str, str] = {g: i for i, _, g, listed in rows if listed in ("", "[]")}
+        live = [(i, st, g) for i, st, g, _ in rows
+                if st in ("running", "paused") or (st == "completed" and newest.get(g) == i)]
+        return DeploymentHeads(live, newest)
+
+    def set_deployment(self, dep_id: str, expect: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Update a deployment; with ``expect`` only if those columns still hold those values (compare-and-set)."""
+        t = self.t["deployments"]
+        cond = and_(t.c.id == dep_id, *[t.c[k] == v for k, v in (expect or {}).items()])
+        with self._lock, self.engine.begin() as c:
+            return bool(c.execute(update(t).where(cond).values(updated=time.time(), **fields)).rowcount)
+
+    def add_targets(self, dep_id: str, devices: list[str]) -> list[str]:
+        """Append devices that joined the deployment's group; returns the whole target list."""
+        t = self.t["deployments"]
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(t.c.targets).where(t.c.id == dep_id).with_for_update()).first()
+            if row is None:
+                return []
+            targets = json.loads(row[0])
+            new = [d for d in devices if d not in set(targets)]
+            if new:
+                targets += new
+                c.execute(update(t).where(t.c.id == dep_id).values(targets=json.dumps(targets), updated=time.time()))
+            return list(targets)
+
+    def acquire_lease(self, dep_id: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the right to drive a deployment for ``ttl`` seconds: one compare-and-set UPDATE,
+        so of several coordinators sharing this registry exactly one wins (SQLite and PostgreSQL alike)."""
+        t = self.t["deployments"]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(t).where(and_(t.c.id == dep_id, or_(t.c.lease_owner == owner, t.c.lease_until < now)))
+                          .values(lease_owner=owner, lease_until=now + ttl))
+            return bool(r.rowcount)
+
+    def release_lease(self, dep_id: str, owner: str) -> None:
+        t = self.t["deployments"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(and_(t.c.id == dep_id, t.c.lease_owner == owner)).values(lease_until=0.0))
+
+    def add_event(self, dep_id: str, kind: str, stage: int = 0, detail: str = "", owner: str = "") -> None:
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["rollout_events"]).values(deployment_id=dep_id, kind=kind, stage=stage,
+                                                               detail=detail, owner=owner, ts=time.time()))
+
+    def events(self, dep_id: str) -> list[RolloutEvent]:
+        t = self.t["rollout_events"]
+        with self.engine.connect() as c:
+            return [RolloutEvent.from_row(r) for r in c.execute(select(t).where(t.c.deployment_id == dep_id)
+                                                                 .order_by(t.c.id)).mappings()]
+
+    def next_seq(self, name: str) -> int:
+        """The next value of a counter that only ever rises (shared by every coordinator on this registry).
+
+        A new counter starts at the current time in milliseconds, so a fresh registry
+        still counts above the numbers an older one handed out."""
+        t = self.t["sequences"]
+        while True:
+            with self._lock, self.engine.begin() as c:
+                if c.execute(update(t).where(t.c.name == name).values(value=t.c.value + 1)).rowcount:
+                    return int(c.execute(select(t.c.value).where(t.c.name == name)).scalar_one())
+            try:
+                with self._lock, self.engine.begin() as c:
+                    first = int(time.time() * 1000)
+                    c.execute(insert(t).values(name=name, value=first))
+                return first
+            except IntegrityError:  # another coordinator created it at the same moment: count on from there
+                continue
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+    def add_job(self, fleet: str, dep_id: str, device_id: str, action: str, stage: int, from_version: str = "",
+                delivered: bool = False, desired: str = "") -> str:
+        """Create the job of ``action`` for a device in a deployment; "" if it exists already.
+
+        The id is derived from (deployment, device, action), so two coordinators that
+        both try to dispatch the same job make one row: the primary key decides.
+        """
+        job_id = job_key(dep_id, device_id, action)
+        now = time.time()
+        try:
+            with self._lock, self.engine.begin() as c:
+                c.execute(insert(self.t["jobs"]).values(
+                    job_id=job_id, deployment_id=dep_id, fleet=fleet, device_id=device_id, action=action,
+                    status="QUEUED", step="", reason="", message="", version=0, stage=stage, from_version=from_version,
+                    created=now, updated=now, started=0.0, delivered=now if delivered else 0.0, desired=desired))
+        except IntegrityError:
+            return ""
+        return job_id
+
+    def job(self, job_id: str) -> Job | None:
+        t = self.t["jobs"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.job_id == job_id)).mappings().first()
+        return Job.from_row(row) if row else None
+
+    def jobs(self, dep_id: str | None = None, device_id: str | None = None) -> list[Job]:
+        t = self.t["jobs"]
+        q = select(t)
+        if dep_id:
+            q = q.where(t.c.deployment_id == dep_id)
+        if device_id:
+            q = q.where(t.c.device_id == device_id)
+        with self.engine.connect() as c:
+            return [Job.from_row(r) for r in c.execute(q.order_by(t.c.created)).mappings()]
+
+    def update_job(self, job_id: str, version: int, **fields: Any) -> bool:
+        """Apply a device's update only if ``version`` is newer than the stored one (stale writes rejected)
+        and the coordinator has not ended the job itself (TIMED_OUT is final, as in AWS IoT Jobs)."""
+        t = self.t["jobs"]
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.version < version, t.c.status != "TIMED_OUT"))
+                          .values(version=version, updated=now, **fields))
+            if r.rowcount and fields.get("status", "QUEUED") != "QUEUED":
+                c.execute(update(t).where(and_(t.c.job_id == job_id, t.c.started == 0.0)).values(started=now))
+            return bool(r.rowcount)
+
+    def time_out_job(self, job: Job, message: str) -> bool:
+        """Set TIMED_OUT unless the device's job changed since ``job`` was read (compare-and-set on its version)."""
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            r = c.execute(update(t).where(and_(t.c.job_id == job.job_id, t.c.version == job.version,
+                                               t.c.status == job.status.value))
+                          .values(status="TIMED_OUT", reason="timeout", message=message[:2000], updated=time.time()))
+            return bool(r.rowcount)
+
+    def latest_job(self, fleet: str, device_id: str) -> Job | None:
+        """The device's newest job of any deployment (the one its retained desired state should hold)."""
+        t = self.t["jobs"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(and_(t.c.fleet == fleet, t.c.device_id == device_id))
+                            .order_by(t.c.created.desc(), t.c.job_id.desc()).limit(1)).mappings().first()
+        return Job.from_row(row) if row else None
+
+    def mark_delivered(self, fleet: str, device_id: str) -> None:
+        """The device (re)connected: its queued jobs have reached it now (restarts their queued-timeout clock)."""
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(and_(t.c.fleet == fleet, t.c.device_id == device_id, t.c.status == "QUEUED"))
+                      .values(delivered=time.time()))
+
+    def force_job(self, job_id: str, **fields: Any) -> None:
+        t = self.t["jobs"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(t).where(t.c.job_id == job_id).values(updated=time.time(), **fields))
+
+    # -- telemetry -------------------------------------------------------------------------------------------------
+    def ingest(self, fleet: str, device_id: str, group: str, records: Sequence[Mapping[str, Any]]) -> int:
+        """:meth:`ingest_many` for one batch of records given as mappings (seq, ts, kind, data)."""
+        recs = [TelemetryRecord(int(r["seq"]), float(r["ts"]), str(r["kind"]), dict(r["data"])) for r in records]
+        return self.ingest_many(fleet, [(device_id, group, recs)])[0]
+
+    def ingest_many(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]],
+                    rejected: list[int] | None = None) -> list[int]:
+        """Aggregate the records newer than each device's high-water mark; returns how many were new per batch.
+
+        One transaction: the aggregates and the high-water marks move together, so a
+        batch re-sent after a lost acknowledgement is never counted twice. The batches
+        are summed in Python first, so the statements per call are one marks query, one
+        update (or insert) per (group, version, kind) and one executemany of the marks,
+        however many batches and records came in.
+
+        Each new record is validated first (:func:`record_problem`: counts within a BIGINT,
+        floats finite, names within their columns); a bad one is rejected alone (the mark moves
+        past it, so a re-send is not counted again). Should the database still refuse the shared
+        transaction (sums beyond a column's range), every batch is retried in its own
+        transaction and one the database refuses is rejected whole: one device's batches never
+        roll back another's. ``rejected``, when given, receives the rejected records per batch.
+        """
+        try:
+            news, rej = self._ingest_tx(fleet, batches)
+        except (SQLAlchemyError, OverflowError, ValueError):
+            if len(batches) < 2:
+                news, rej = [0] * len(batches), [len(b[2]) for b in batches]
+            else:
+                news, rej = [], []
+                for batch in batches:  # in order: a later batch of the same device sees the earlier one's mark
+                    try:
+                        n, r = self._ingest_tx(fleet, [batch])
+                    except (SQLAlchemyError, OverflowError, ValueError):
+                        n, r = [0], [len(batch[2])]
+                    news += n
+                    rej += r
+        if rejected is not None:
+            rejected[:] = rej
+        return news
+
+    def _ingest_tx(self, fleet: str, batches: Sequence[tuple[str, str, Sequence[TelemetryRecord]]]
+                   ) -> tuple[list[int], list[int]]:
+        s = self._ingest_statements()
+        devices = sorted({device_id for device_id, _, _ in batches})
+        news: list[int] = []
+        rejected: list[int] = []
+        agg: dict[tuple[str, str, str], list[int]] = {}
+        per_version: dict[str, dict[str, list[int]]] = {}
+        alerts: list[dict[str, Any]] = []
+        with self._lock, self.engine.begin() as c:
+            if self.sqlite:  # take SQLite's write lock first, so the marks read below are still true at commit
+                c.execute(s["lock"], {"b_fleet": fleet, "b_ids": devices})  # (other processes may share the file)
+            # rows locked in device order, so coordinators sharing a PostgreSQL registry cannot deadlock
+            marks = {dev: int(seq) for dev, seq in c.execute(s["marks"], {"b_fleet": fleet, "b_ids": devices})}
+            moved: dict[str, int] = {}
+            for device_id, group, records in batches:
+                mark = moved.get(device_id, marks.get(device_id, 0))
+                fresh = [r for r in records if r.seq > mark]
+                if not fresh:
+                    news.append(0)
+                    rejected.append(0)
+                    continue
+                moved[device_id] = max(r.seq for r in fresh)
+                metrics = per_version.setdefault(group, {})  # the hot path: metrics records, by version
+                bad = 0
+                for r in fresh:
+                    data, kind = r.data, r.kind
+                    versions = data.get("versions") if kind == "metrics" else None
+                    if type(versions) is dict:
+                        counts = _metric_counts(versions)
+                        if counts is None:
+                            bad += 1
+                            continue
+                        for v, p, e, i in counts:
+                            a = metrics.get(v)
+                            if a is None:
+                                a = metrics[v] = [0, 0, 0, 0]
+                            a[0] += 1
+                            a[1] += p
+                            a[2] += e
+                            a[3] += i
+                        if not versions:
+                            agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
+                        continue
+                    version = data.get("version", "")
+                    version = version if type(version) is str else str(version)
+                    if len(version) > MAX_NAME or "\x00" in version or "\x00" in kind:
+                        bad += 1
+                        continue
+                    if kind == "drift":
+                        try:
+                            doc = json.dumps(data, allow_nan=False)
+                        except (ValueError, TypeError, RecursionError):
+                            bad += 1
+                            continue
+                        alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
+                                       "version": version, "data": doc, "ts": float(r.ts)})
+                    agg.setdefault((group, version, kind), [0, 0, 0, 0])[0] += 1
+                news.append(len(fresh) - bad)
+                rejected.append(bad)
+            for group, by_version in per_version.items():
+                for v, (n, pred, err, inv) in by_version.items():
+                    a = agg.setdefault((group, str(v), "metrics"), [0, 0, 0, 0])
+                    a[0], a[1], a[2], a[3] = a[0] + n, a[1] + pred, a[2] + err, a[3] + inv
+            if alerts:
+                c.execute(insert(self.t["alerts"]), alerts)
+            for (group, version, kind), (n, pred, err, inv) in agg.items():
+                if max(n, pred, err, inv) > MAX_BIGINT:
+                    raise OverflowError("telemetry sums exceed a BIGINT")
+                key = {"b_fleet": fleet, "b_group": group, "b_version": version, "b_kind": kind}
+                res = c.execute(s["add"], {**key, "b_n": n, "b_pred": pred, "b_err": err, "b_inv": inv})
+                if not res.rowcount:
+                    c.execute(insert(self.t["telemetry"]).values(
+                        fleet=fleet, group_name=group, version=version, kind=kind, records=n, predictions=pred,
+                        errors=err, invalid=inv))
+            if moved:
+                c.execute(s["mark"], [{"b_fleet": fleet, "b_dev": dev, "b_seq": seq} for dev, seq in moved.items()])
+        return news, rejected
+
+    def _ingest_statements(self) -> dict[str, Any]:
+        """The ingest statements, built once with bound parameters (SQLAlchemy then reuses their compiled form)."""
+        s: dict[str, Any] | None = getattr(self, "_ingest_stmts", None)
+        if s is None:
+            d, tt = self.t["devices"], self.t["telemetry"]
+            s = {
+                "marks": select(d.c.device_id, d.c.telemetry_seq)
+                .where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id.in_(bindparam("b_ids", expanding=True))))
+                .order_by(d.c.device_id).with_for_update(),
+                "add": update(tt).where(and_(tt.c.fleet == bindparam("b_fleet"), tt.c.group_name == bindparam("b_group"),
+                                             tt.c.version == bindparam("b_version"), tt.c.kind == bindparam("b_kind")))
+                .values(records=tt.c.records + bindparam("b_n"), predictions=tt.c.predictions + bindparam("b_pred"),
+                        errors=tt.c.errors + bindparam("b_err"), invalid=tt.c.invalid + bindparam("b_inv")),
+                "lock": update(d).where(and_(d.c.fleet == bindparam("b_fleet"),
+                                             d.c.device_id.in_(bindparam("b_ids", expanding=True))))
+                .values(telemetry_seq=d.c.telemetry_seq),
+                "mark": update(d).where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id == bindparam("b_dev")))
+                .values(telemetry_seq=bindparam("b_seq")),
+            }
+            self._ingest_stmts = s
+        return s
+
+    def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[TelemetryRow]:
+        tt = self.t["telemetry"]
+        q = select(tt).where(tt.c.fleet == fleet)
+        if group:
+            q = q.where(tt.c.group_name == group)
+        if version:
+            q = q.where(tt.c.version == version)
+        with self.engine.connect() as c:
+            return [TelemetryRow.from_row(r)
+                    for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
+
+    def alerts(self, fleet: str, limit: int = 100) -> list[Alert]:
+        al = self.t["alerts"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(al).where(al.c.fleet == fleet).order_by(al.c.id.desc()).limit(limit)).mappings()
+            return [Alert.from_row(r) for r in rows]
+
+    # -- federated runs ----------------------------------------------------------------------------------------------
+    def create_fed_run(self, fleet: str, group: str, strategy: str, rounds: int, *, trigger: str = "manual",
+                       reason: str = "", status: RunStatus | str = RunStatus.STARTING,
+                       config: dict[str, Any] | None = None) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        state = RunStatus(status)
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["fed_runs"]).values(
+                id=run_id, fleet=fleet, group_name=group, status=state.value, strategy=strategy, rounds=rounds,
+                trigger=trigger, reason=reason, flower_run_id="", config=json.dumps(config or {}),
+                result="{}", created=now, updated=now, error="", stop_requested=0.0))
+            self._fed_event(c, run_id, now, "status", state.value, f"{trigger} run: {reason}" if reason else f"{trigger} run")
+        return run_id
+
+    def _fed_event(self, c: Any, run_id: str, ts: float, kind: str, status: str, message: str) -> None:
+        c.execute(insert(self.t["fed_run_events"]).values(run_id=run_id, ts=ts, kind=kind, status=status,
+                                                          message=message[:4000]))
+
+    def set_fed_run(self, run_id: str, *, result: dict[str, Any] | None = None, status: RunStatus | str | None = None,
+                    error: str | None = None, **fields: Any) -> bool:
+        """Update a run; ``result`` is merged into the stored result document. A new ``status`` (with its ``error``)
+        is recorded as an event, unless the run has ended with another status: an end is kept
+        (:meth:`RunStatus.may_become`), and then neither is written. False when there is no such run."""
+        t = self.t["fed_runs"]
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(t.c.result, t.c.status).where(t.c.id == run_id)).first()
+            if row is None:
+                return False
+            now = time.time()
+            if result is not None:
+                fields["result"] = json.dumps({**json.loads(row[0] or "{}"), **result}, default=float)
+            if status is not None:
+                current, _ = RunStatus.parse(row[1])
+                new, legacy_error = RunStatus.parse(str(status))
+                if current.may_become(new):
+                    fields["status"] = new.value
+                    fields["error"] = (error if error is not None else legacy_error)[:4000]
+                    if new is not current:
+                        self._fed_event(c, run_id, now, "status", new.value, fields["error"])
+            r = c.execute(update(t).where(t.c.id == run_id).values(updated=now, **fields))
+            return bool(r.rowcount)
+
+    def request_fed_stop(self, run_id: str, who: str) -> FedRun | None:
+        """Ask a run to stop (``who``: the token's name, for its events): its ``stop_requested`` is set, once, while
+        it is active; the run's process polls it, a coordinator supervising the process stops it. The run."""
+        t = self.t["fed_runs"]
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(t.c.status, t.c.stop_requested).where(t.c.id == run_id)).first()
+            if row is None:
+                return None
+            if RunStatus.parse(row[0])[0].active and not row[1]:
+                now = time.time()
+                c.execute(update(t).where(t.c.id == run_id).values(stop_requested=now, updated=now))
+                self._fed_event(c, run_id, now, "stop", "", f"stop requested by {who}")
+        return self.fed_run(run_id)
+
+    def fed_run_events(self, run_id: str, limit: int = 1000) -> list[FedRunEvent]:
+        """A run's events, oldest first (its latest ``limit``)."""
+        t = self.t["fed_run_events"]
+        with self.engine.connect() as c:
+            rows = c.execute(select(t).where(t.c.run_id == run_id).order_by(t.c.id.desc()).limit(limit)).mappings()
+            return [FedRunEvent.from_row(r) for r in reversed(list(rows))]
+
+    def put_fed_round(self, run_id: str, rnd: int, **values: Any) -> None:
+        """Store (or replace) the metrics of round ``rnd`` of a run."""
+        t = self.t["fed_rounds"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.run_id == run_id, t.c.round == rnd)))
+            c.execute(insert(t).values(run_id=run_id, round=rnd, ts=time.time(), **values))
+
+    def fed_run(self, run_id: str) -> FedRun | None:
+        t, rt = self.t["fed_runs"], self.t["fed_rounds"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t).where(t.c.id == run_id)).mappings().first()
+            if row is None:
+                return None
+            rounds = c.execute(select(rt).where(rt.c.run_id == run_id).order_by(rt.c.round)).mappings()
+            return FedRun.from_row(row, [FedRound.from_row(r) for r in rounds])
+
+    def fed_runs(self, fleet: str, group: str | None = None, limit: int = 20) -> list[FedRun]:
+        """The latest runs (newest first), each with its rounds."""
+        t = self.t["fed_runs"]
+        q = select(t.c.id).where(t.c.fleet == fleet)
+        if group:
+            q = q.where(t.c.group_name == group)
+        with self.engine.connect() as c:
+            ids = [r[0] for r in c.execute(q.order_by(t.c.created.desc()).limit(limit))]
+        return [r for r in (self.fed_run(i) for i in ids) if r is not None]
+
+    def set_retrain(self, fleet: str, group: str, on_drift: bool, policy: dict[str, Any]) -> None:
+        t = self.t["retrain"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(delete(t).where(and_(t.c.fleet == fleet, t.c.group_name == group)))
+            c.execute(insert(t).values(fleet=fleet, group_name=group, on_drift=on_drift, policy=json.dumps(policy),
+                                       updated=time.time()))
+
+    def retrain(self, fleet: str, group: str | None = None) -> list[Retrain]:
+        """Auto-retraining settings per group."""
+        t = self.t["retrain"]
+        q = select(t).where(t.c.fleet == fleet)
+        if group:
+            q = q.where(t.c.group_name == group)
+        with self.engine.connect() as c:
+            return [Retrain.from_row(r) for r in c.execute(q.order_by(t.c.group_name)).mappings()]
+
+    # -- counts (Prometheus /metrics reads them at every scrape: one GROUP BY each) ---------------------------------
+    def device_tallies(self, fleet: str) -> list[DeviceTally]:
+        """The fleet's devices counted by group, active version and online."""
+        d = self.t["devices"]
+        q = (select(d.c.group_name, d.c.active_version, d.c.online, func.count()).where(d.c.fleet == fleet)
+             .group_by(d.c.group_name, d.c.active_version, d.c.online)
+             .order_by(d.c.group_name, d.c.active_version, d.c.online))
+        with self.engine.connect() as c:
+            return [DeviceTally(g, v, bool(o), int(n)) for g, v, o, n in c.execute(q)]
+
+    def job_tallies(self, fleet: str) -> list[JobTally]:
+        """The fleet's jobs counted by deployment, action and status."""
+        t = self.t["jobs"]
+        q = (select(t.c.deployment_id, t.c.action, t.c.status, func.count()).where(t.c.fleet == fleet)
+             .group_by(t.c.deployment_id, t.c.action, t.c.status)
+             .order_by(t.c.deployment_id, t.c.action, t.c.status))
+        with self.engine.connect() as c:
+            return [JobTally(dep, a, st, int(n)) for dep, a, st, n in c.execute(q)]
+
+    def alert_tallies(self, fleet: str) -> list[AlertTally]:
+        """The fleet's alerts counted by kind and model version."""
+        al = self.t["alerts"]
+        q = (select(al.c.kind, al.c.version, func.count()).where(al.c.fleet == fleet)
+             .group_by(al.c.kind, al.c.version).order_by(al.c.kind, al.c.version))
+        with self.engine.connect() as c:
+            return [AlertTally(k, v, int(n)) for k, v, n in c.execute(q)]
+
+    def fed_run_tallies(self, fleet: str) -> list[FedRunTally]:
+        """The fleet's federated runs counted by group and status, with the rounds they recorded."""
+        t, rt = self.t["fed_runs"], self.t["fed_rounds"]
+        q = (select(t.c.group_name, t.c.status, func.count(func.distinct(t.c.id)), func.count(rt.c.round))
+             .select_from(t.outerjoin(rt, rt.c.run_id == t.c.id)).where(t.c.fleet == fleet)
+             .group_by(t.c.group_name, t.c.status).order_by(t.c.group_name, t.c.status))
+        with self.engine.connect() as c:
+            return [FedRunTally(g, st, int(runs), int(rounds)) for g, st, runs, rounds in c.execute(q)]
+
+    # -- API tokens and the audit log ------------------------------------------------------------------------------
+    def create_token(self, fleet: str, name: str, scope: str, expires_in: float | None = None) -> str:
+        """A new random token of ``scope`` (read, deploy, admin) named ``name``, valid for ``expires_in`` seconds
+        (None: until revoked; at most a year); only its sha256 is stored, the token itself is returned once."""
+        import re
+        import secrets
+
+        if scope not in SCOPES:
+            raise ConfigError(f"unknown token scope {scope!r}: one of {', '.join(SCOPES)}")
+        if not re.fullmatch(TOKEN_NAME, name) or name == BOOTSTRAP:
+            raise ConfigError(f"token name {name[:64]!r}: 1-64 letters, digits, '_', '.' or '-' (not {BOOTSTRAP!r})")
+        if expires_in is not None and not 1 <= expires_in <= MAX_TOKEN_TTL:  # NaN too
+            raise ConfigError(f"a token's lifetime must be within 1 s and {MAX_TOKEN_TTL / 86400:g} days")
+        now = time.time()
+        token = "eft_" + secrets.token_urlsafe(32)
+        t = self.t["tokens"]
+        try:
+            with self._lock, self.engine.begin() as c:
+                if c.execute(select(t.c.name).where(and_(t.c.fleet == fleet, t.c.name == name))).first() is not None:
+                    raise ConfigError(f"a token named {name!r} already exists")
+                c.execute(insert(t).values(fleet=fleet, name=name, scope=scope, sha256=_token_hash(token),
+                                           created=now, expires=now + expires_in if expires_in else 0.0))
+        except IntegrityError:  # created concurrently by another coordinator
+            raise ConfigError(f"a token named {name!r} already exists") from None
+        return token
+
+    def check_token(self, fleet: str, token: str) -> Principal | None:
+        """Who (name, scope) a valid token of the fleet, else None (looked up by its hash, compared in
+        constant time; an expired token is not valid)."""
+        import hmac
+
+        digest = _token_hash(token)
+        t = self.t["tokens"]
+        with self.engine.connect() as c:
+            row = c.execute(select(t.c.name, t.c.scope, t.c.sha256, t.c.expires).where(
+                and_(t.c.fleet == fleet, t.c.sha256 == digest))).first()
+        if row is None or not hmac.compare_digest(row[2].encode(), digest.encode()):
+            return None
+        if row[3] and row[3] <= time.time():
+            return None
+        return Principal(row[0], row[1])
+
+    def tokens(self, fleet: str) -> list[Token]:
+        """The fleet's tokens: name, scope, created, expires (0: never) and whether it has expired (never the token
+        or its hash)."""
+        t = self.t["tokens"]
+        now = time.time()
+        with self.engine.connect() as c:
+            rows = c.execute(select(t.c.name, t.c.scope, t.c.created, t.c.expires).where(t.c.fleet == fleet)
+                             .order_by(t.c.name))
+            return [Token(r.name, r.scope, float(r.created), float(r.expires), bool(r.expires) and r.expires <= now)
+                    for r in rows]
+
+    def revoke_token(self, fleet: str, name: str) -> bool:
+        t = self.t["tokens"]
+        with self._lock, self.engine.begin() as c:
+            return bool(c.execute(delete(t).where(and_(t.c.fleet == fleet, t.c.name == name))).rowcount)
+
+    def add_audit(self, fleet: str, who: str, method: str, path: str, summary: str, status: int,
+                  client: str = "") -> None:
+        with self._lock, self.engine.begin() as c:
+            c.execute(insert(self.t["audit"]).values(
+                fleet=fleet, ts=time.time(), who=who[:128], method=method[:16], path=path[:2000],
+                summary=summary[:2000], status=int(status), client=client[:128]))
+
+    def auth_failed(self, fleet: str, client: str, now: float, *, max_failures: int, window: float, lockout: float,
+                    max_clients: int = 10_000) -> float:
+        """Count a failed authentication of ``client`` at ``now`` (wall-clock seconds); returns the end of its lockout
+        (``now + lockout`` once ``max_failures`` fell within ``window`` seconds) or 0.0. Every coordinator of the
+        registry counts into the same row, so a client is locked out by all of them, across restarts.
+
+        The row is locked by an UPDATE before it is read (SQLite: the write lock; PostgreSQL: the row), so
+        concurrent coordinators never lose a count. A new row first prunes rows that hold nothing (no failure
+        within ``window``, no lockout running) and then the oldest beyond ``max_clients`` (addresses are the
+        client's choice)."""
+        f = self.t["auth_failures"]
+        client = client[:128]
+        key = and_(f.c.fleet == fleet, f.c.client == client)
+        for attempt in range(3):
+            try:
+                with self._lock, self.engine.begin() as c:
+                    if not c.execute(update(f).where(key).values(updated=now)).rowcount:
+                        c.execute(delete(f).where(and_(f.c.fleet == fleet, f.c.updated < now - window,
+                                                       f.c.locked_until < now)))
+                        n = c.execute(select(func.count()).select_from(f).where(f.c.fleet == fleet)).scalar() or 0
+                        if n >= max_clients:
+                            oldest = select(f.c.client).where(f.c.fleet == fleet).order_by(f.c.updated) \
+                                .limit(n - max_clients + 1)
+                            c.execute(delete(f).where(and_(f.c.fleet == fleet, f.c.client.in_(
+                                [r[0] for r in c.execute(oldest)]))))
+                        c.execute(insert(f).values(fleet=fleet, client=client, times="[]", locked_until=0.0,
+                                                   updated=now))
+                    row = c.execute(select(f.c.times, f.c.locked_until).where(key)).first()
+                    times = [t for t in json.loads(row[0] if row else "[]") if t > now - window] + [now]
+                    until = float(row[1]) if row else 0.0
+                    if len(times) >= max_failures:
+                        until, times = now + lockout, []
+                    c.execute(update(f).where(key).values(times=json.dumps(times[-max_failures:]),
+                                                          locked_until=until, updated=now))
+                    return until if until > now else 0.0
+            except IntegrityError:  # another coordinator inserted the row first: count into it
+                if attempt == 2:
+                    raise
+        return 0.0
+
+    def auth_locked_until(self, fleet: str, client: str) -> float:
+        """The end of ``client``'s lockout (wall-clock seconds; 0.0: none recorded)."""
+        f = self.t["auth_failures"]
+        with self.engine.connect() as c:
+            row = c.execute(select(f.c.locked_until).where(and_(f.c.fleet == fleet, f.c.client == client[:128]))
+                            ).first()
+        return float(row[0]) if row else 0.0
+
+    def audit(self, fleet: str, limit: int = 100, since: float = 0.0) -> list[AuditEntry]:
+        """The latest audited calls, newest first."""
+        a = self.t["audit"]
+        q = select(a).where(and_(a.c.fleet == fleet, a.c.ts >= since)).order_by(a.c.id.desc()).limit(limit)
+        with self.engine.connect() as c:
+            return [AuditEntry.from_row(r) for r in c.execute(q).mappings()]
+
+
+SCOPES = ("read", "deploy", "admin")  # each includes the ones before it
+BOOTSTRAP = "bootstrap"  # the name the coordinator's own admin token (cloud serve's) is audited under
+TOKEN_NAME = r"[A-Za-z0-9_.-]{1,64}"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _private_sqlite_file(url: str) -> None:
+    """The registry holds the fleet's bundles and state: its SQLite file is the owner's alone (0600), made so
+    before SQLite creates it (its -wal and -shm files take the database file's mode)."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the registry file {path}: {exc}") from None
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def job_key(dep_id: str, device_id: str, action: str) -> str:
+    """The id of a deployment's job of ``action`` for a device (one per triple)."""
+    return hashlib.sha256(f"{dep_id}\0{device_id}\0{action}".encode()).hexdigest()[:16]
+
+
+MAX_BIGINT = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT
+MAX_NAME = 128  # version and group columns
+
+
+def _metric_counts(versions: dict[str, Any]) -> list[tuple[str, int, int, int]] | None:
+    """The (version, predictions, errors, invalid_inputs) of a metrics record, or None if any is out of bounds:
+    counts are absent, null, or integers (or finite floats, truncated) within 0..BIGINT; version names fit their column."""
+    out = []
+    for v, st in versions.items():  # JSON object keys: always str
+        if type(st) is not dict:
+            continue
+        if len(v) > MAX_NAME or "\x00" in v:
+            return None
+        p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
+        if not (type(p) is int and 0 <= p <= MAX_BIGINT):
+            p = _count(p)
+        if not (type(e) is int and 0 <= e <= MAX_BIGINT):
+            e = _count(e)
+        if not (type(i) is int and 0 <= i <= MAX_BIGINT):
+            i = _count(i)
+        if p < 0 or e < 0 or i < 0:
+            return None
+        out.append((v, p, e, i))
+    return out
+
+
+def _count(v: Any) -> int:
+    """A bounded count (absent or null: 0), or -1 for a value out of bounds or of the wrong type."""
+    if v is None:
+        return 0
+    if type(v) is float and math.isfinite(v) and 0 <= v <= MAX_BIGINT:
+        return int(v)
+    return -1
+
