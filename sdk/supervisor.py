@@ -23,11 +23,12 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence, TypeVar
 
 from .errors import ConfigError
 
 ExitHook = Callable[["ChildProcess", int], None]
+_Child = TypeVar("_Child", bound="ChildProcess")  # start() returns the subclass it is called on
 
 
 def signal_group(pid: int, sig: int) -> None:
@@ -56,8 +57,8 @@ class ChildProcess:
         *,
         name: str = "child",
         env: Mapping[str, str] | None = None,
-        log_path: str | os.PathLike | None = None,
-        cwd: str | os.PathLike | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         restart: bool = True,
         backoff: float = 0.5,
         max_backoff: float | None = None,
@@ -92,7 +93,7 @@ class ChildProcess:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self) -> ChildProcess:
+    def start(self: _Child) -> _Child:
         """Start the command (``ConfigError`` naming it when it cannot be started) and its watcher."""
         with self._lock:
             if self._thread is not None:
