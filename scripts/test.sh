@@ -10,5 +10,5 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 TF_CPP_MIN_LOG_LEVEL
 echo "==> ruff check" >&2
 .venv/bin/ruff check --quiet . >&2
 echo "==> mypy" >&2
-.venv/bin/mypy >&2  # the files and settings of [tool.mypy] in pyproject.toml
+.venv/bin/mypy >&2  # the files and settings of [tool.mypy] in pyproject.toml (--strict's flags for sdk/ and cloud_sync/wire/)
 exec .venv/bin/python -m pytest -q "$@"

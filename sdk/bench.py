@@ -15,12 +15,15 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ._version import __version__
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # .model is imported where a model is loaded
+    from .model import Model
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def read_sample(path: str) -> dict[str, np.ndarray]:
         raise InvalidInputError(f"cannot read sample inputs {path}: {exc}") from None
 
 
-def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> dict[str, Any]:
+def run_bench(target: str | os.PathLike[str], cfg: BenchConfig = BenchConfig()) -> dict[str, Any]:
     from .model import load
 
     t0 = time.perf_counter()
@@ -254,8 +257,8 @@ def run_bench(target: str | os.PathLike, cfg: BenchConfig = BenchConfig()) -> di
         model.close()
 
 
-def _only_input(model: Any, session: bool) -> str:
-    state = {st.input for st in model.manifest.state} if session else set()
+def _only_input(model: Model, session: bool) -> str:
+    state: set[str] = {st.input for st in model.manifest.state} if session else set()
     return next(s.name for s in model.inputs if s.name not in state)
 
 

@@ -87,9 +87,13 @@ class Bundle:
         if name not in self.manifest.files:
             raise BundleFormatError(f"bundle file {name!r} is not listed in the manifest")
         try:
-            return np.load(self.path / name, allow_pickle=False)
+            loaded = np.load(self.path / name, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BundleFormatError(f"bundle file {name!r} is not a readable .npy array: {exc}") from None
+        if not isinstance(loaded, np.ndarray):  # np.load's other answer without pickles: an .npz archive
+            loaded.close()
+            raise BundleFormatError(f"bundle file {name!r} is not a readable .npy array: it is an .npz archive")
+        return loaded
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -100,9 +104,9 @@ def _write_durable(path: Path, data: bytes) -> None:
 
 
 def write_bundle(
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     manifest: Manifest,
-    files: Mapping[str, str | os.PathLike | bytes],
+    files: Mapping[str, str | os.PathLike[str] | bytes],
     private_key: PrivateKey | None = None,
     overwrite: bool = False,
 ) -> Bundle:
@@ -162,7 +166,7 @@ def parse_manifest_bytes(raw: bytes, where: str = MANIFEST_NAME) -> Manifest:
         raise BundleFormatError(f"{where} is not a valid manifest: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def read_manifest(bundle_dir: str | os.PathLike) -> tuple[Manifest, bytes]:
+def read_manifest(bundle_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
     """The manifest of a bundle directory and its bytes. A manifest that is not a regular file
     (FIFO, device, symlink) or is larger than :data:`MAX_MANIFEST_BYTES` is refused unread."""
     path = Path(bundle_dir) / MANIFEST_NAME
@@ -199,7 +203,7 @@ def _read_signature(path: Path) -> bytes | None:
 
 
 def verify_bundle_dir(
-    bundle_dir: str | os.PathLike,
+    bundle_dir: str | os.PathLike[str],
     trusted_keys: Iterable[KeySource] | KeySource | None = None,
     require_signature: bool | None = None,
 ) -> Bundle:
@@ -245,7 +249,7 @@ def verify_bundle_dir(
     return Bundle(root, manifest, raw, signer, signed)
 
 
-def write_archive(bundle_dir: str | os.PathLike, archive_path: str | os.PathLike) -> Path:
+def write_archive(bundle_dir: str | os.PathLike[str], archive_path: str | os.PathLike[str]) -> Path:
     """Pack a bundle directory into one deterministic ``.efb`` (tar) file, atomically."""
     root = Path(bundle_dir)
     names = sorted(p.name for p in root.iterdir() if p.is_file())
@@ -344,8 +348,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 
 
 def extract_archive(
-    archive_path: str | os.PathLike,
-    dest_dir: str | os.PathLike,
+    archive_path: str | os.PathLike[str],
+    dest_dir: str | os.PathLike[str],
     max_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
     *,
     trusted_keys: Iterable[KeySource] | KeySource | None = None,
@@ -439,17 +443,17 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, e
         raise BundleIntegrityError(f"bundle file {member.name!r} does not match its sha256 in the manifest")
 
 
-def is_archive(path: str | os.PathLike) -> bool:
+def is_archive(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return p.is_file() and (p.suffix == ARCHIVE_SUFFIX or tarfile.is_tarfile(p))
 
 
 def open_bundle(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     trusted_keys: Iterable[KeySource] | KeySource | None = None,
-    workdir: str | os.PathLike | None = None,
+    workdir: str | os.PathLike[str] | None = None,
     require_signature: bool | None = None,
-) -> tuple[Bundle, tempfile.TemporaryDirectory | None]:
+) -> tuple[Bundle, tempfile.TemporaryDirectory[str] | None]:
     """Verify a bundle directory or archive. Archives are extracted into a temporary
     directory that lives as long as the returned ``TemporaryDirectory`` handle."""
     p = Path(path)

@@ -53,7 +53,7 @@ _OPEN_NONBLOCK = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLO
 
 
 def open_regular(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     max_bytes: int | None = None,
     follow_symlinks: bool = True,
@@ -96,7 +96,7 @@ def open_regular(
 
 
 def read_regular(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     max_bytes: int,
     *,
     follow_symlinks: bool = False,

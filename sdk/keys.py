@@ -23,7 +23,7 @@ from .errors import ConfigError, SignatureError
 #: A PEM key file is a few hundred bytes; anything larger is refused before it is read.
 MAX_KEY_FILE_BYTES = 64 << 10
 
-KeySource = Union[str, os.PathLike, bytes, Ed25519PublicKey, "PublicKey"]
+KeySource = Union[str, os.PathLike[str], bytes, Ed25519PublicKey, "PublicKey"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class PrivateKey:
         )
 
 
-def generate_keypair(out_dir: str | os.PathLike, name: str = "edgefleet", overwrite: bool = False) -> tuple[Path, Path]:
+def generate_keypair(out_dir: str | os.PathLike[str], name: str = "edgefleet", overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``out_dir/name.key`` (0600) and ``out_dir/name.pub``; return both paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def generate_keypair(out_dir: str | os.PathLike, name: str = "edgefleet", overwr
     return priv_path, pub_path
 
 
-def _read_key_file(path: str | os.PathLike, what: str) -> bytes:
+def _read_key_file(path: str | os.PathLike[str], what: str) -> bytes:
     """A key file's bytes: a regular file (a FIFO or device is refused without blocking; a symlink to one
     too) of at most :data:`MAX_KEY_FILE_BYTES`, else a :class:`ConfigError` naming it."""
     try:
@@ -97,7 +97,7 @@ def _read_key_file(path: str | os.PathLike, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def load_private_key(path: str | os.PathLike) -> PrivateKey:
+def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     data = _read_key_file(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -160,8 +160,8 @@ def sign_payload(private: PrivateKey, data: bytes) -> dict[str, str]:
     }
 
 
-def verify_payload(signature_doc: dict, data: bytes, trusted: list[PublicKey]) -> PublicKey:
-    """Check a signature document against trusted keys; return the key that signed."""
+def verify_payload(signature_doc: object, data: bytes, trusted: list[PublicKey]) -> PublicKey:
+    """Check a signature document (parsed JSON, checked here) against trusted keys; return the key that signed."""
     if not isinstance(signature_doc, dict) or signature_doc.get("algorithm") != "ed25519":
         raise SignatureError("signature file is malformed or not ed25519")
     try:

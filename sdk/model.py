@@ -8,7 +8,7 @@ from collections import abc
 from dataclasses import dataclass
 from math import isfinite
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union, cast
 
 import numpy as np
 
@@ -220,7 +220,9 @@ def _take(o: np.ndarray, axis: int) -> np.ndarray:
     """Drop a batch axis of size 1."""
     if o.ndim <= axis or o.shape[axis] != 1:
         return o
-    return o[0] if axis == 0 else np.take(o, 0, axis=axis)
+    # cast: NumPy types a scalar index as Any; this is an array but for a 1-D output, where it is a NumPy
+    # scalar (which the callers pass on or wrap like a 0-d array)
+    return cast(np.ndarray, o[0] if axis == 0 else np.take(o, 0, axis=axis))
 
 
 class Model:
@@ -237,7 +239,7 @@ class Model:
         manifest: Manifest,
         backend: Backend,
         bundle: Bundle | None = None,
-        _tmp: tempfile.TemporaryDirectory | None = None,
+        _tmp: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.manifest = manifest
         self.bundle = bundle
@@ -509,7 +511,7 @@ class Model:
         for k in range(n):
             feed = [a if ax is None else (a[k : k + 1] if ax == 0 else np.take(a, [k], axis=ax)) for a, ax in zip(arrays, axes)]
             parts.append(self._invoke(feed))
-        return [np.concatenate([p[j] for p in parts], axis=self._out_axes[j]) for j in range(len(self.outputs))]  # type: ignore[arg-type]
+        return [np.concatenate([p[j] for p in parts], axis=self._out_axes[j]) for j in range(len(self.outputs))]
 
     def _call(self, feeds: Sequence[Any], preprocess: bool, raw: bool) -> list[np.ndarray]:
         arrays: list[np.ndarray] = []
@@ -841,7 +843,7 @@ class ModelStream:
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     backend: str | None = None,
     threads: int | None = None,

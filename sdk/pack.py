@@ -26,7 +26,7 @@ SMOKE_SEED = 20240601
 
 
 def manifest_for_model(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike[str],
     name: str | None = None,
     version: str = "0",
     backend: str | None = None,
@@ -253,7 +253,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def make_smoke_tests(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike[str],
     manifest: Manifest,
     sample_inputs: Mapping[str, np.ndarray] | None = None,
     atol: float | None = None,
@@ -320,7 +320,7 @@ def make_smoke_tests(
     }
 
 
-def read_labels(path: str | os.PathLike) -> list[str]:
+def read_labels(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
@@ -334,8 +334,8 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 
 def pack(
-    model_path: str | os.PathLike,
-    out: str | os.PathLike,
+    model_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     name: str,
     version: str,
@@ -349,7 +349,7 @@ def pack(
     lineage: Mapping[str, Any] | None = None,
     hardware_tags: Sequence[str] = (),
     min_agent_version: str | None = None,
-    extra_files: Mapping[str, str | os.PathLike | bytes] | None = None,
+    extra_files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
     overwrite: bool = False,
     batch_axes: Mapping[str, int | None] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -413,7 +413,7 @@ def pack(
         if width and width[-1] > 0 and width[-1] != len(labels):
             raise ConfigError(f"{len(labels)} labels given but the model's first output has {width[-1]} classes")
     manifest = replace(manifest, smoke_tests=make_smoke_tests(model_path, manifest, sample_inputs if sample_inputs is not None else smoke_inputs))
-    files: dict[str, str | os.PathLike | bytes] = {manifest.model_file: model_path, **state_files}
+    files: dict[str, str | os.PathLike[str] | bytes] = {manifest.model_file: model_path, **state_files}
     files.update(extra_files or {})
     bundle = write_bundle(out, manifest, files, private_key=private_key, overwrite=overwrite)
     archive_path = None

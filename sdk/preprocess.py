@@ -55,6 +55,7 @@ starts with a window it is the shape of one time step (``features``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -361,7 +362,7 @@ def _cast(x: np.ndarray, target: np.dtype, where: str) -> np.ndarray:
             src = np.iinfo(x.dtype)
             if src.min < info.min or src.max > info.max:
                 lo, hi_i = max(src.min, info.min), min(src.max, info.max)
-                return np.clip(x, x.dtype.type(lo), x.dtype.type(hi_i)).astype(target)
+                return x.clip(x.dtype.type(lo), x.dtype.type(hi_i)).astype(target)
     return x.astype(target)
 
 
@@ -633,7 +634,10 @@ def _image_axes(shape: Shape, layout: str, what: str) -> tuple[int, int, int | N
     raise _ShapeError(f"{what} takes images of per-sample shape (H, W) or 3-D ({layout}), got {shape}")
 
 
-def _linear_coords(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+_LinearCoords = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _linear_coords(in_size: int, out_size: int) -> _LinearCoords:
     """Half-pixel-centre source indices (low, high) and weights of the high one."""
     src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
     floor = np.floor(src)
@@ -673,23 +677,19 @@ class ResizeStep:
         return {"op": self.op, "height": self.height, "width": self.width, "method": self.method, "layout": self.layout}
 
     def compile(self, ref: _Reference, where: str) -> _Kernel:
-        out_size = {"h": self.height, "w": self.width}
-        cache: dict[tuple[int, int], Any] = {}
-
         def infer(shape: Shape) -> Shape:
             h, w, _ = _image_axes(shape, self.layout, "resize")
             out = list(shape)
             out[h], out[w] = self.height, self.width
             return tuple(out)
 
-        def coords(in_h: int, in_w: int) -> Any:
-            key = (in_h, in_w)
-            if key not in cache:
-                if self.method == "nearest":
-                    cache[key] = (_nearest_coords(in_h, out_size["h"]), _nearest_coords(in_w, out_size["w"]))
-                else:
-                    cache[key] = (_linear_coords(in_h, out_size["h"]), _linear_coords(in_w, out_size["w"]))
-            return cache[key]
+        @functools.cache  # per input size: (rows, columns) to take
+        def nearest(in_h: int, in_w: int) -> tuple[np.ndarray, np.ndarray]:
+            return _nearest_coords(in_h, self.height), _nearest_coords(in_w, self.width)
+
+        @functools.cache  # per input size: (rows, columns) as (low, high, weight of high)
+        def linear(in_h: int, in_w: int) -> tuple[_LinearCoords, _LinearCoords]:
+            return _linear_coords(in_h, self.height), _linear_coords(in_w, self.width)
 
         def run(x: np.ndarray) -> np.ndarray:
             h, w, _ = _image_axes(x.shape[1:], self.layout, "resize")
@@ -697,9 +697,9 @@ class ResizeStep:
             if x.shape[h] == self.height and x.shape[w] == self.width:
                 return x if self.method == "nearest" else _float_out(_float_in(x), x)
             if self.method == "nearest":
-                rows, cols = coords(x.shape[h], x.shape[w])
+                rows, cols = nearest(x.shape[h], x.shape[w])
                 return np.take(np.take(x, rows, axis=h), cols, axis=w)
-            (y0, y1, wy), (x0, x1, wx) = coords(x.shape[h], x.shape[w])
+            (y0, y1, wy), (x0, x1, wx) = linear(x.shape[h], x.shape[w])
             xf = _float_in(x)
             top, bottom = np.take(xf, y0, axis=h), np.take(xf, y1, axis=h)
             rows_ = top + (bottom - top) * wy.reshape(_axis_shape(xf.ndim, h))

@@ -83,7 +83,7 @@ def _psi_rows(reference: np.ndarray, counts: np.ndarray, eps: float) -> np.ndarr
     total = counts.sum(axis=1, keepdims=True)
     actual = np.divide(counts, total, out=np.zeros(counts.shape), where=total > 0)
     a, r = np.maximum(actual, eps), np.maximum(reference, eps)
-    out = ((a - r) * np.log(a / r)).sum(axis=1)
+    out = np.asarray(((a - r) * np.log(a / r)).sum(axis=1))  # NumPy types a ufunc's result as Any
     out[total[:, 0] == 0] = 0.0
     return out
 
@@ -296,7 +296,8 @@ class RunningStats:
     @property
     def var(self) -> np.ndarray:
         """Per-feature population variance (reference shape); NaN where no value was seen."""
-        out = np.divide(self._m2, self._n, out=np.full(self._m2.shape, np.nan), where=self._n > 0)
+        out = np.full(self._m2.shape, np.nan)
+        np.divide(self._m2, self._n, out=out, where=self._n > 0)
         return out.reshape(self.shape)
 
     @property

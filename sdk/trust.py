@@ -77,7 +77,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, TypeVar, Union
 from urllib import parse
 
 from .errors import (
@@ -98,7 +98,13 @@ from .errors import (
 from .keys import PrivateKey, PublicKey, load_private_key_bytes, load_public_key
 
 if TYPE_CHECKING:  # python-tuf is imported where it is used (device/cloud extras)
-    from tuf.api.metadata import Key, Metadata
+    from securesystemslib.signer import Signer
+    from tuf.api.metadata import DelegatedRole, Key, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
+
+#: A role's payload type, as python-tuf's ``Metadata[T]`` takes it.
+_Role = TypeVar("_Role", "Root", "Timestamp", "Snapshot", "Targets")
+#: Metadata of any role (:meth:`Repository.load`).
+AnyRoleMetadata = Union["Metadata[Root]", "Metadata[Timestamp]", "Metadata[Snapshot]", "Metadata[Targets]"]
 
 UTC = dt.timezone.utc
 METADATA_DIR = "metadata"
@@ -161,7 +167,7 @@ class KeyArg:
         return tuf_key(self.public).keyid
 
 
-def load_key_arg(path: str | os.PathLike) -> KeyArg:
+def load_key_arg(path: str | os.PathLike[str]) -> KeyArg:
     """A PEM file holding an Ed25519 private key (it can sign) or public key (listed only)."""
     from .keys import _read_key_file
 
@@ -184,7 +190,7 @@ def tuf_key(public: PublicKey) -> Key:
     return SSlibKey.from_crypto(public.key)
 
 
-def _signer(private: PrivateKey) -> Any:
+def _signer(private: PrivateKey) -> Signer:
     from securesystemslib.signer import CryptoSigner, SSlibKey
 
     return CryptoSigner(private.key, SSlibKey.from_crypto(private.key.public_key()))
@@ -200,7 +206,7 @@ def edge_key(key: Key) -> PublicKey | None:
         return None
 
 
-def _signed_by(md: Metadata, keys: dict[str, Key]) -> list[str]:
+def _signed_by(md: Metadata[_Role], keys: dict[str, Key]) -> list[str]:
     """Key ids among ``keys`` whose signature on ``md`` verifies (diagnosis only)."""
     from securesystemslib.exceptions import UnverifiedSignatureError
 
@@ -274,7 +280,7 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def peek_bundle_identity(archive: str | os.PathLike) -> tuple[str, str]:
+def peek_bundle_identity(archive: str | os.PathLike[str]) -> tuple[str, str]:
     """(model name, version) from an ``.efb`` archive's first member, bounded.
 
     Only a lookup key: whatever it says, the archive must then match the signed target's
@@ -327,7 +333,7 @@ class Published:
 class Repository:
     """A TUF repository directory of edgefleet bundles (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.metadata = self.path / METADATA_DIR
         self.targets = self.path / TARGETS_DIR
@@ -367,10 +373,21 @@ class Repository:
             version = self.latest_version(role)
         return self.metadata / f"{version}.{parse.quote(role, '')}.json"
 
-    def load(self, role: str, version: int | None = None) -> Metadata:
-        from tuf.api.metadata import Metadata
-        from tuf.api.serialization import DeserializationError
+    def load(self, role: str, version: int | None = None) -> AnyRoleMetadata:
+        """``role``'s metadata (its newest version unless ``version``): root, timestamp and snapshot by
+        name, any other role is targets metadata (the top-level one or a delegated model's)."""
+        from tuf.api.metadata import Root, Snapshot, Targets, Timestamp
 
+        if role == "root":
+            return self.load_as(role, Root, version)
+        if role == "timestamp":
+            return self.load_as(role, Timestamp, version)
+        if role == "snapshot":
+            return self.load_as(role, Snapshot, version)
+        return self.load_as(role, Targets, version)
+
+    def load_as(self, role: str, kind: type[_Role], version: int | None = None) -> Metadata[_Role]:
+        """``role``'s metadata, which must be of type ``kind`` (``MetadataFormatError`` otherwise)."""
         path = self.file_for(role, version)
         try:
             size = _regular_file_size(path, f"{role} metadata", 16 << 20, MetadataFormatError)
@@ -386,12 +403,9 @@ class Repository:
                     "'edgefleet keys root-init'"
                 ) from None
             raise
-        try:
-            return Metadata.from_bytes(data)
-        except DeserializationError as exc:
-            raise MetadataFormatError(f"{path} is not valid TUF metadata: {exc}") from None
+        return _parse_metadata(data, kind, str(path))
 
-    def write_role(self, role: str, md: Metadata, published: Published | None = None) -> Path:
+    def write_role(self, role: str, md: Metadata[_Role], published: Published | None = None) -> Path:
         from tuf.api.serialization.json import JSONSerializer
 
         path = self.file_for(role, md.signed.version)
@@ -402,19 +416,38 @@ class Repository:
             published.written.append(str(path.relative_to(self.path)))
         return path
 
-    def root(self) -> Metadata:
-        return self.load("root")
+    def root(self) -> Metadata[Root]:
+        from tuf.api.metadata import Root
 
-    def top_targets(self) -> Metadata:
-        return self.load("targets")
+        return self.load_as("root", Root)
 
-    def model_roles(self) -> dict[str, Any]:
+    def top_targets(self) -> Metadata[Targets]:
+        from tuf.api.metadata import Targets
+
+        return self.load_as("targets", Targets)
+
+    def model_roles(self) -> dict[str, DelegatedRole]:
         """The delegated model roles (every delegation but the rollback role's)."""
         dl = self.top_targets().signed.delegations
         return {k: v for k, v in dl.roles.items() if k != ROLLBACK_ROLE} if dl is not None and dl.roles else {}
 
 
-def _sign(md: Metadata, signers: Sequence[PrivateKey]) -> None:
+def _parse_metadata(data: bytes, kind: type[_Role], what: str) -> Metadata[_Role]:
+    """``data`` as python-tuf metadata of payload type ``kind``; ``MetadataFormatError`` naming ``what``
+    when it is not valid TUF metadata or holds another role's."""
+    from tuf.api.metadata import Metadata
+    from tuf.api.serialization import DeserializationError
+
+    try:
+        md: Metadata[_Role] = Metadata.from_bytes(data)  # python-tuf's way: Metadata[T] claimed, checked below
+    except DeserializationError as exc:
+        raise MetadataFormatError(f"{what} is not valid TUF metadata: {exc}") from None
+    if not isinstance(md.signed, kind):
+        raise MetadataFormatError(f"{what} holds {md.signed.type} metadata, not {kind.type}")
+    return md
+
+
+def _sign(md: Metadata[_Role], signers: Sequence[PrivateKey]) -> None:
     seen: set[str] = set()
     for private in signers:
         keyid = tuf_key(private.public).keyid
@@ -424,7 +457,7 @@ def _sign(md: Metadata, signers: Sequence[PrivateKey]) -> None:
         md.sign(_signer(private), append=True)
 
 
-def _require_threshold(delegator: Any, role: str, md: Metadata, what: str) -> None:
+def _require_threshold(delegator: Root | Targets, role: str, md: Metadata[_Role], what: str) -> None:
     """python-tuf's own threshold check, turned into a named error before anything is written."""
     from tuf.api.exceptions import UnsignedMetadataError
 
@@ -446,7 +479,7 @@ def _unique(keys: Sequence[KeyArg], what: str) -> list[KeyArg]:
 
 
 def init_repository(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     root_keys: Sequence[KeyArg],
     threshold: int,
     online_key: KeyArg,
@@ -497,7 +530,7 @@ def init_repository(
 
 
 def rotate_root(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     old_keys: Sequence[KeyArg],
     new_keys: Sequence[KeyArg],
     threshold: int,
@@ -560,13 +593,13 @@ def rotate_root(
     return published
 
 
-def _revoked(targets: Any) -> dict[str, dict[str, Any]]:
+def _revoked(targets: Targets) -> dict[str, dict[str, Any]]:
     data = targets.unrecognized_fields.get(REVOKED_FIELD)
     return data if isinstance(data, dict) else {}
 
 
 def delegate(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     model: str,
     keys: Sequence[KeyArg],
     root_keys: Sequence[KeyArg],
@@ -615,7 +648,7 @@ def delegate(
     return published
 
 
-def _grant(t: Any, role: Any, keys: Sequence[Any], threshold: int | None, what: str) -> None:
+def _grant(t: Targets, role: DelegatedRole, keys: Sequence[KeyArg], threshold: int | None, what: str) -> None:
     """Add ``keys`` to the delegated ``role`` of targets ``t`` (python-tuf ``add_key``), set its threshold if
     given, and refuse a threshold the role's keys cannot meet."""
     for k in keys:
@@ -627,8 +660,9 @@ def _grant(t: Any, role: Any, keys: Sequence[Any], threshold: int | None, what: 
         raise ConfigError(f"threshold {role.threshold} for {what}: it has {len(role.keyids)} key(s)")
 
 
-def _resign_and_publish(r: Repository, t_md: Any, root: Any, root_keys: Any, expires: dt.timedelta,
-                        published: Any, online_key: Any, snapshot_expires: dt.timedelta,
+def _resign_and_publish(r: Repository, t_md: Metadata[Targets], root: Root, root_keys: Sequence[KeyArg],
+                        expires: dt.timedelta, published: Published, online_key: KeyArg | None,
+                        snapshot_expires: dt.timedelta,
                         timestamp_expires: dt.timedelta, later: str) -> None:
     """Re-sign the top-level targets after a delegation change; publish snapshot and timestamp when the
     online key is at hand, else note when the change takes effect (``later``)."""
@@ -640,7 +674,7 @@ def _resign_and_publish(r: Repository, t_md: Any, root: Any, root_keys: Any, exp
 
 
 def revoke(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     model: str,
     keys: Sequence[KeyArg],
     root_keys: Sequence[KeyArg],
@@ -682,7 +716,8 @@ def revoke(
     return published
 
 
-def _resign_targets(r: Repository, t_md: Metadata, root: Any, root_keys: Sequence[KeyArg], expires: dt.timedelta, published: Published) -> None:
+def _resign_targets(r: Repository, t_md: Metadata[Targets], root: Root, root_keys: Sequence[KeyArg], expires: dt.timedelta,
+                    published: Published) -> None:
     t_md.signed.version += 1
     t_md.signed.expires = _now() + expires
     t_md.signatures.clear()
@@ -691,19 +726,19 @@ def _resign_targets(r: Repository, t_md: Metadata, root: Any, root_keys: Sequenc
     r.write_role("targets", t_md, published)
 
 
-def _key_models(targets: Any, keyid: str) -> list[str]:
+def _key_models(targets: Targets, keyid: str) -> list[str]:
     roles = targets.delegations.roles if targets.delegations is not None and targets.delegations.roles else {}
     return sorted(name for name, role in roles.items() if keyid in role.keyids and name != ROLLBACK_ROLE)
 
 
-def _rollback_keyids(targets: Any) -> set[str]:
+def _rollback_keyids(targets: Targets) -> set[str]:
     roles = targets.delegations.roles if targets.delegations is not None and targets.delegations.roles else {}
     role = roles.get(ROLLBACK_ROLE)
     return set(role.keyids) if role is not None else set()
 
 
 def delegate_rollback(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     keys: Sequence[KeyArg],
     root_keys: Sequence[KeyArg],
     threshold: int | None = None,
@@ -752,7 +787,7 @@ def delegate_rollback(
     return published
 
 
-def rollback_keys(repo: str | os.PathLike) -> tuple[tuple[PublicKey, ...], int]:
+def rollback_keys(repo: str | os.PathLike[str]) -> tuple[tuple[PublicKey, ...], int]:
     """The rollback role's Ed25519 keys and threshold in the repository's newest targets (``(), 0``: none)."""
     t = Repository(repo).top_targets().signed
     roles = t.delegations.roles if t.delegations is not None and t.delegations.roles else {}
@@ -764,11 +799,11 @@ def rollback_keys(repo: str | os.PathLike) -> tuple[tuple[PublicKey, ...], int]:
 
 
 def add_bundle(
-    repo: str | os.PathLike,
-    archive: str | os.PathLike,
+    repo: str | os.PathLike[str],
+    archive: str | os.PathLike[str],
     model_keys: Sequence[KeyArg],
     online_key: KeyArg | None = None,
-    delta: str | os.PathLike | None = None,
+    delta: str | os.PathLike[str] | None = None,
     delta_base: str | None = None,
     expires: dt.timedelta = DEFAULT_EXPIRY["model"],
     snapshot_expires: dt.timedelta = DEFAULT_EXPIRY["snapshot"],
@@ -805,6 +840,7 @@ def add_bundle(
                         f"{k.source} signs model(s) {', '.join(others)}, not {name!r}: a model key signs only the models delegated to it"
                     )
                 raise ThresholdError(f"{k.source} is not a key of model {name!r}")
+        assert t.delegations is not None  # the model's role was found in them
         delegated = [pk for kid in role.keyids if (pk := edge_key(t.delegations.keys[kid])) is not None]
         bundle, tmp = open_bundle(archive, trusted_keys=delegated, require_signature=True)
         try:
@@ -815,7 +851,7 @@ def add_bundle(
                 tmp.cleanup()
         path = target_path(name, version)
         is_new = not r.versions(name)
-        role_md = Metadata(Targets(version=1)) if is_new else r.load(name)
+        role_md = Metadata(Targets(version=1)) if is_new else r.load_as(name, Targets)
         current = role_md.signed
         info = TargetFile.from_file(path, str(archive), ["sha256"])
         info.unrecognized_fields["custom"] = {"edgefleet": {"kind": "bundle", "model": name, "version": version}}
@@ -869,7 +905,7 @@ def add_bundle(
 
 
 def publish(
-    repo: str | os.PathLike,
+    repo: str | os.PathLike[str],
     online_key: KeyArg,
     snapshot_expires: dt.timedelta = DEFAULT_EXPIRY["snapshot"],
     timestamp_expires: dt.timedelta = DEFAULT_EXPIRY["timestamp"],
@@ -896,7 +932,7 @@ def _publish(r: Repository, online_key: KeyArg, snapshot_expires: dt.timedelta, 
     now = _now()
     roles = ["targets"] + sorted(r.model_roles())
     meta = {f"{role}.json": MetaFile(version=r.latest_version(role)) for role in roles if r.versions(role)}
-    snap_md = r.load("snapshot") if r.versions("snapshot") else None
+    snap_md = r.load_as("snapshot", Snapshot) if r.versions("snapshot") else None
     need = snap_md is None
     if snap_md is not None:
         old_meta = snap_md.signed.meta
@@ -921,7 +957,7 @@ def _publish(r: Repository, online_key: KeyArg, snapshot_expires: dt.timedelta, 
     snap_bytes = r.file_for("snapshot", snap_md.signed.version).read_bytes()
     ts_version = 1
     if (r.metadata / "timestamp.json").exists():
-        ts_version = r.load("timestamp").signed.version + 1
+        ts_version = r.load_as("timestamp", Timestamp).signed.version + 1
     ts = Timestamp(
         version=ts_version,
         expires=now + timestamp_expires,
@@ -943,15 +979,14 @@ MAX_CLIENT_METADATA_FILES = 64
 MAX_CLIENT_METADATA_BYTES = 2 << 20  # all files together
 
 
-def client_metadata(repo: str | os.PathLike, model: str) -> dict[str, bytes]:
+def client_metadata(repo: str | os.PathLike[str], model: str) -> dict[str, bytes]:
     """The repository files a client needs to check ``model``'s targets as of now, keyed by the
     path its fetcher asks for: every root version (the rotation chain), ``timestamp.json``, the
     snapshot it names, and the top-level targets and the model's role at the versions that
     snapshot names. This only chooses which files to send (a device delivered its update over
     MQTT gets them in the job message); every check is python-tuf's, on the client.
     """
-    from tuf.api.metadata import Metadata
-    from tuf.api.serialization import DeserializationError
+    from tuf.api.metadata import Snapshot, Timestamp
 
     model = _check_model_name(model)
     r = Repository(repo)
@@ -964,19 +999,13 @@ def client_metadata(repo: str | os.PathLike, model: str) -> dict[str, bytes]:
         files[f"{METADATA_DIR}/{path.name}"] = data
         return data
 
-    def parse_md(data: bytes, what: str) -> Any:
-        try:
-            return Metadata.from_bytes(data)
-        except DeserializationError as exc:
-            raise MetadataFormatError(f"{r.path}: {what} is not valid TUF metadata: {exc}") from None
-
     with r.locked():  # not in the middle of a publish
         for v in r.versions("root"):
             add(r.file_for("root", v))
         if not (r.metadata / "timestamp.json").exists():
             raise ConfigError(f"{r.path} has no timestamp: run 'edgefleet repo publish'")
-        ts = parse_md(add(r.file_for("timestamp")), "timestamp.json").signed
-        snap = parse_md(add(r.file_for("snapshot", ts.snapshot_meta.version)), "snapshot").signed
+        ts = _parse_metadata(add(r.file_for("timestamp")), Timestamp, f"{r.path}: timestamp.json").signed
+        snap = _parse_metadata(add(r.file_for("snapshot", ts.snapshot_meta.version)), Snapshot, f"{r.path}: snapshot").signed
         for role in ("targets", model):
             mf = snap.meta.get(f"{parse.quote(role, '')}.json")
             if mf is None:
@@ -989,7 +1018,7 @@ def client_metadata(repo: str | os.PathLike, model: str) -> dict[str, bytes]:
     return files
 
 
-def write_mirror(directory: str | os.PathLike, files: Mapping[str, bytes | str]) -> Path:
+def write_mirror(directory: str | os.PathLike[str], files: Mapping[str, bytes | str]) -> Path:
     """Write metadata files sent to a client (:func:`client_metadata`) into ``directory`` as a
     repository layout :func:`make_repo_fetcher` reads. Names and sizes are checked first; the
     content is not trusted (python-tuf verifies it when the client refreshes)."""
@@ -1015,7 +1044,7 @@ def write_mirror(directory: str | os.PathLike, files: Mapping[str, bytes | str])
 # ---------------------------------------------------------------- client side
 
 
-def make_repo_fetcher(root: str | os.PathLike) -> Any:
+def make_repo_fetcher(root: str | os.PathLike[str]) -> Any:
     """A ``tuf.ngclient.FetcherInterface`` reading a repository directory.
 
     URLs are paths relative to the repository (``metadata/2.root.json``,
@@ -1110,7 +1139,7 @@ class TrustClient:
 
     def __init__(
         self,
-        state_dir: str | os.PathLike,
+        state_dir: str | os.PathLike[str],
         fetcher: Any,
         trusted_root: bytes | None = None,
         clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW,
@@ -1256,7 +1285,7 @@ class TrustClient:
             raise err
         return result
 
-    def check_file(self, info: Any, path: str | os.PathLike, copy_to: str | os.PathLike | None = None) -> str:
+    def check_file(self, info: TargetFile, path: str | os.PathLike[str], copy_to: str | os.PathLike[str] | None = None) -> str:
         """Length first (no hashing of endless data), then python-tuf's length+hash check.
 
         With ``copy_to`` the bytes checked are copied there (at most length+1 read), so
@@ -1308,10 +1337,10 @@ class TrustClient:
         except Exception:  # the diagnosis never hides the refusal
             return err
 
-    def _fetch_md(self, name: str) -> Metadata:
-        from tuf.api.metadata import Metadata
+    def _fetch_targets(self, name: str) -> Metadata[Targets]:
+        from tuf.api.metadata import Targets
 
-        return Metadata.from_bytes(self.fetcher.download_bytes(f"metadata/{name}", 5_000_000))
+        return _parse_metadata(self.fetcher.download_bytes(f"metadata/{name}", 5_000_000), Targets, name)
 
     def _diagnose_top(self, role: str, err: TrustError) -> TrustError:
         root = self._trusted("root")
@@ -1319,7 +1348,7 @@ class TrustClient:
             return err
         snap = self._trusted("snapshot")
         if role == "targets" and snap is not None:
-            md = self._fetch_md(f"{snap.meta['targets.json'].version}.targets.json")
+            md = self._fetch_targets(f"{snap.meta['targets.json'].version}.targets.json")
             online = set(root.roles["timestamp"].keyids) | set(root.roles["snapshot"].keyids)
             if set(_signed_by(md, root.keys)) & online:
                 return ThresholdError(f"{err}: signed by the online key, which may sign only snapshot and timestamp")
@@ -1332,7 +1361,7 @@ class TrustClient:
         snap = self._trusted("snapshot")
         if top is None or snap is None or f"{role}.json" not in snap.meta:
             return err
-        md = self._fetch_md(f"{snap.meta[f'{role}.json'].version}.{parse.quote(role, '')}.json")
+        md = self._fetch_targets(f"{snap.meta[f'{role}.json'].version}.{parse.quote(role, '')}.json")
         revoked = {kid: Key.from_dict(kid, dict(kd)) for kid, kd in _revoked(top).get(role, {}).items()}
         if _signed_by(md, revoked):
             return RevokedKeyError(f"model {role!r} metadata is signed by a key revoked for it: {err}")
@@ -1346,7 +1375,7 @@ class TrustClient:
         return err
 
 
-def read_trusted_root(path: str | os.PathLike) -> bytes:
+def read_trusted_root(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
     size = _regular_file_size(p, "trusted root", 512_000, MetadataFormatError)
     try:  # the bytes of the file checked (no symlink, no FIFO swapped in since), at most what it was
@@ -1360,10 +1389,10 @@ def read_trusted_root(path: str | os.PathLike) -> bytes:
 
 
 def verify_bundle(
-    archive: str | os.PathLike,
-    repo: str | os.PathLike,
-    trusted_root: bytes | str | os.PathLike | None = None,
-    state_dir: str | os.PathLike | None = None,
+    archive: str | os.PathLike[str],
+    repo: str | os.PathLike[str],
+    trusted_root: bytes | str | os.PathLike[str] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     now: dt.datetime | None = None,
     clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW,
 ) -> VerifiedTarget:

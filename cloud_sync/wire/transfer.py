@@ -209,7 +209,7 @@ def file_info(data: bytes, chunk_size: int) -> FileInfo:
 class ChunkFile:
     """A preallocated partial file plus a bitmap of the chunks it holds, surviving restarts."""
 
-    def __init__(self, root: str | os.PathLike, info: FileInfo, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> None:
+    def __init__(self, root: str | os.PathLike[str], info: FileInfo, max_bytes: int = DEFAULT_MAX_BUNDLE_BYTES) -> None:
         if info.size > max_bytes:  # before a directory or a preallocated byte exists
             raise SyncError(too_large_message(info.size, max_bytes))
         self.info = info

@@ -15,7 +15,7 @@ from .base import Backend
 BACKENDS = {"litert": ModelFormat.TFLITE, "tflite": ModelFormat.TFLITE, "onnxruntime": ModelFormat.ONNX, "onnx": ModelFormat.ONNX}
 
 
-def format_of(path: str | os.PathLike) -> ModelFormat:
+def format_of(path: str | os.PathLike[str]) -> ModelFormat:
     """Model format from the file suffix, or from its first bytes."""
     suffix = os.path.splitext(str(path))[1].lower()
     if suffix == ".tflite":
@@ -35,7 +35,7 @@ def format_of(path: str | os.PathLike) -> ModelFormat:
 
 
 def open_backend(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     model_format: ModelFormat,
     backend: str | None = None,
     threads: int | None = None,

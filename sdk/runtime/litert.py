@@ -21,7 +21,7 @@ def _interpreter_class() -> tuple[Any, str]:
     except ImportError:
         pass
     try:  # pragma: no cover - only where ai-edge-litert is unavailable
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+        from tflite_runtime.interpreter import Interpreter
 
         return Interpreter, "tflite-runtime"
     except ImportError:
@@ -142,4 +142,4 @@ class LiteRTBackend:
         return call
 
     def close(self) -> None:
-        self._interp = None  # type: ignore[assignment]
+        self._interp = None

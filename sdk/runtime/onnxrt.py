@@ -104,4 +104,4 @@ class OnnxBackend:
         return OnnxBackend(self._path, self._threads)
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None
