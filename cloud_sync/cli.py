@@ -24,7 +24,7 @@ from edgefleet.device_agent.cli import RunExtension, extend_run
 from edgefleet.errors import ConfigError
 
 from .coordinator.client import api_call, deploy_bundle, read_token
-from .coordinator.rollout import MAX_TOKEN_TTL
+from .coordinator.rollout import MAX_MIN_FINISHED, MAX_TOKEN_TTL
 from .federated.cli import STRATEGIES, serve_options
 
 
@@ -305,14 +305,72 @@ def _fleet_assign(args: Any) -> int:
 
 
 def _fleet_deploy(args: Any) -> int:
+    if not (args.group or args.tags or args.devices):
+        raise ConfigError("give the targets: --group, --tags and/or --devices")
     data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
-                         args.job_timeout, ca_cert=args.ca_cert, tags=args.tags)
-    if args.json:
+                         args.job_timeout, ca_cert=args.ca_cert, tags=args.tags, devices=args.devices,
+                         rate=args.rate, min_finished=args.min_finished)
+    if args.json and not args.wait:
         _print(args, data, None)
     else:
+        where = [f"of group {data['group']}" if data["group"] else "",
+                 f"tagged {','.join(data['tags'])}" if data.get("tags") else "",
+                 f"listed ({','.join(data['devices'])})" if data.get("devices") else ""]
+        limits = [f"at most {data['rate']}/min" if data.get("rate") else "",
+                  f"failure rate judged after {data['min_finished']} finished" if data.get("min_finished") else ""]
         print(f"deployment {data['id']}: {data['name']} {data['version']} to {data['targets']} device(s) "
-              f"of group {data['group']}" + (f" tagged {','.join(data['tags'])}" if data.get("tags") else ""))
+              + " ".join(w for w in where if w) + "".join(f", {x}" for x in limits if x),
+              file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.wait:
+        return _follow(args, data["id"], args.wait_timeout)
     return 0
+
+
+def _follow(args: Any, dep_id: str, timeout: float | None) -> int:
+    """``deploy --wait`` and ``status --watch``: a progress line whenever the deployment changes, until its outcome;
+    0 when it completed, else the outcome's error (halted, rolled back, canceled: named exit codes)."""
+    from edgefleet.errors import RolloutError
+
+    from .coordinator.client import follow
+    from .coordinator.watch import ended, outcome_error, progress_line
+
+    shown: list[str] = []
+    out = sys.stderr if args.json else sys.stdout
+
+    def emit(s: dict[str, Any]) -> None:
+        line = progress_line(s)
+        if not shown or shown[-1] != line:
+            shown.append(line)
+            print(time.strftime("%H:%M:%S ") + line, file=out, flush=True)
+
+    s, done = follow(args.api, _token(args), dep_id, ended, ca_cert=args.ca_cert, interval=args.interval,
+                     timeout=timeout, emit=emit)
+    if args.json:
+        _print(args, s, None)
+    elif s.get("failures"):
+        _failures_table(s)
+    if not done:
+        raise RolloutError(f"deployment {dep_id} is still {s.get('state')} after {timeout:g}s "
+                           f"({s.get('done', 0)}/{s.get('targets', 0)} done)")
+    err = outcome_error(s)
+    if err is not None:
+        raise err
+    if not args.json:
+        print(f"deployment {dep_id} completed: {s.get('done', 0)}/{s.get('targets', 0)} device(s) done", flush=True)
+    return 0
+
+
+def _failures_table(d: dict[str, Any]) -> None:
+    """The devices whose install failed: which device, its job's state and step, the reason and message it
+    reported."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("device", "state", "step", "reason", "message", title="failed devices")
+    for j in d.get("failures", []):
+        t.add_row(j["device_id"], j["status"], j.get("step") or "", j.get("reason") or "",
+                  (j.get("message") or "")[:200])
+    Console().print(t)
 
 
 def _status_table(d: dict[str, Any]) -> None:
@@ -320,21 +378,35 @@ def _status_table(d: dict[str, Any]) -> None:
     from rich.progress_bar import ProgressBar
 
     c = Console()
-    c.print(f"[bold]{d['id']}[/bold] {d['name']} {d['version']} -> group {d['group']}: {d['state']}"
-            f"{' (' + d['reason'] + ')' if d['reason'] else ''}, stage {d['stage']}")
+    target = " ".join(w for w in (f"group {d['group']}" if d["group"] else "",
+                                  f"tags {','.join(d['tags'])}" if d.get("tags") else "",
+                                  f"devices {','.join(d['devices'])}" if d.get("devices") else "") if w)
+    c.print(f"[bold]{d['id']}[/bold] {d['name']} {d['version']} -> {target or 'every group'}: {d['state']}"
+            f"{' (' + d['reason'] + ')' if d['reason'] else ''}, stage {d['stage']}", highlight=False)
     c.print(ProgressBar(total=max(1, d["targets"]), completed=d["done"], width=40))
-    c.print(f"{d['done']}/{d['targets']} done  " + "  ".join(f"{k}={v}" for k, v in sorted(d["counts"].items())))
+    c.print(f"{d['done']}/{d['targets']} done, {d.get('dispatched', 0)} dispatched  "
+            + "  ".join(f"{k}={v}" for k, v in sorted(d["counts"].items())), highlight=False)
     if d.get("rollbacks"):
         c.print("rollback orders: " + "  ".join(f"{k}={v}" for k, v in sorted(d["rollbacks"].items())))
-    if "job_timeout" in d:
-        c.print(f"job timeout {d['job_timeout']:g}s")
+    limits = [f"job timeout {d['job_timeout']:g}s" if "job_timeout" in d else "",
+              f"rate {d['rate']}/min" if d.get("rate") else "",
+              f"failure rate judged after {d['min_finished']} finished" if d.get("min_finished") else ""]
+    if any(limits):
+        c.print(", ".join(x for x in limits if x))
     for e in d.get("events", [])[-8:]:  # the latest rollout events
         when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-        c.print(f"  {when} {e['kind']} (stage {e['stage']}){': ' + e['detail'] if e['detail'] else ''}")
+        c.print(f"  {when} {e['kind']} (stage {e['stage']}){': ' + e['detail'] if e['detail'] else ''}",
+                highlight=False)
+    if d.get("failures"):
+        _failures_table(d)
 
 
 def _fleet_status(args: Any) -> int:
+    if args.watch and not args.deployment:
+        raise ConfigError("--watch follows one deployment: give its id")
     if args.deployment:
+        if args.watch:
+            return _follow(args, args.deployment, None)
         data = _call(args, "GET", f"/v1/deployments/{args.deployment}")
         if args.json:
             _print(args, data, None)
@@ -378,11 +450,48 @@ def _fleet_retrain(args: Any) -> int:
 
 
 def _fleet_action(args: Any) -> int:
-    data = _call(args, "POST", f"/v1/deployments/{args.deployment}/{args.action}")
+    """pause, resume, cancel: a refusal (the state does not allow it: 409) is ActionRefusedError with the reason."""
+    from edgefleet.errors import ActionRefusedError
+
+    data = _call(args, "POST", f"/v1/deployments/{args.deployment}/{args.action}", errors={409: ActionRefusedError})
     if args.json:
         _print(args, data, None)
     else:
-        print(f"deployment {data['id']}: {data['state']}")
+        print(f"deployment {data['id']}: {data['state']}" + (f" ({data['reason']})" if data.get("reason") else ""))
+    return 0
+
+
+def _fleet_rollback(args: Any) -> int:
+    """Order the devices back, then wait (up to --timeout) for each device's result: a table of them; exit
+    RollbackIncompleteError if one failed or did not answer."""
+    from edgefleet.errors import ActionRefusedError
+
+    from .coordinator.client import follow
+    from .coordinator.watch import rollback_error, rollback_report
+
+    data = _call(args, "POST", f"/v1/deployments/{args.deployment}/rollback", errors={409: ActionRefusedError})
+    ordered = sorted({j["device_id"] for j in data.get("jobs", []) if j["action"] == "rollback"})
+    print(f"deployment {data['id']}: {data['state']}; rollback ordered for {len(ordered)} device(s)"
+          + (f": {', '.join(ordered[:20])}" if ordered else " (none runs its version)"),
+          file=sys.stderr if args.json else sys.stdout, flush=True)
+    s, _ = follow(args.api, _token(args), args.deployment, lambda s: rollback_report(s).settled,
+                  ca_cert=args.ca_cert, interval=args.interval, timeout=args.timeout)
+    report = rollback_report(s)
+    if args.json:
+        _print(args, {"deployment": s, "results": [dict(zip(("device_id", "status", "reason", "message"), r))
+                                                   for r in report.results],
+                      "waiting": list(report.waiting), "failed": list(report.failed)}, None)
+    else:
+        rows = [[d, st, reason, msg[:120]] for d, st, reason, msg in report.results]
+        rows += [[d, "no answer", "", f"still installing or ordered back, no result within {args.timeout:g}s"]
+                 for d in report.waiting if d not in {r[0] for r in report.results}]
+        if rows:
+            _print(args, None, rows, ["device", "result", "reason", "message"])
+    err = rollback_error(s, report, args.timeout)
+    if err is not None:
+        raise err
+    if not args.json:
+        print(f"deployment {data['id']}: rolled back, {len(report.results)} device(s) answered")
     return 0
 
 
@@ -471,6 +580,37 @@ class TagList(click.ParamType):
         return check_tags(t.strip() for t in str(value).split(",") if t.strip())
 
 
+class DeviceList(click.ParamType):
+    """``a,b`` -> ``["a", "b"]`` device ids (the protocol's ids), refused one line, exit code 2, if one does not fit."""
+
+    name = "devices"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        from edgefleet.errors import ProtocolError
+
+        from .wire.protocol import check_id
+
+        try:
+            return sorted({check_id(d.strip(), "device id") for d in str(value).split(",") if d.strip()})
+        except ProtocolError as exc:
+            raise ConfigError(f"--devices: {exc}") from None
+
+
+class DispatchRate(click.ParamType):
+    """``20/min``, ``600/h``, a bare number (per minute) or ``off`` -> devices per minute (0: no limit)."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        from .coordinator.rollout import parse_dispatch_rate
+
+        return parse_dispatch_rate(value)
+
+
 def _fleet_command(group: click.Group, name: str, func: Callable[[Any], int], example: str,
                    **extra: Any) -> Callable[[Any], click.Command]:
     """``group``'s command ``name`` running ``func`` on its options (by their Python names, plus ``extra``)."""
@@ -517,9 +657,9 @@ def _tag() -> None:
 
 
 @_fleet_command(fleet, "deploy", _fleet_deploy, "edgefleet fleet deploy digits.efb --group line-1 "
-                "--canary 5% --waves 25%,50%,100%")
+                "--canary 5% --waves 25%,50%,100% --rate 20/min --min-finished 10 --wait")
 @click.argument("bundle")
-@click.option("--group", required=True, help="the group to roll out to")
+@click.option("--group", help="the group to roll out to (or select by --tags/--devices across groups)")
 @click.option("--canary", default="5%", type=Percent("canary"), help="the canary stage: 5% or 0.05")
 @click.option("--waves", default="25%,50%,100%", type=Percent("wave", many=True), help="the stages after the canary")
 @click.option("--max-failure", default="2%", type=Percent("max failure"),
@@ -527,16 +667,31 @@ def _tag() -> None:
 @click.option("--job-timeout", default="1h",
               help="a device job that started but did not end within this (90s, 10m, 2h, 1d) is TIMED_OUT")
 @click.option("--tags", default="", show_default=False, type=TagList(),
-              help="comma-separated: only devices of the group given all these tags (fleet tag)")
+              help="comma-separated: only devices (of the group) given all these tags (fleet tag)")
+@click.option("--devices", default="", show_default=False, type=DeviceList(),
+              help="comma-separated device ids: only these (each must exist and fit --group/--tags; no joiners)")
+@click.option("--rate", default="off", type=DispatchRate(), help="devices dispatched per minute at most: 20/min, "
+              "600/h or off")
+@click.option("--min-finished", type=click.IntRange(0, MAX_MIN_FINISHED), default=0, metavar="N",
+              help="devices whose jobs must have ended before the failure rate is judged (0: from the first one)")
+@click.option("--wait", is_flag=True, help="follow the rollout until its outcome; exit 0 if it completed, else "
+              "30 halted, 31 rolled back, 32 canceled (28: still running at --wait-timeout)")
+@click.option("--wait-timeout", type=Duration(lo=1.0), metavar="DURATION",
+              help="with --wait: give up after this long (default: wait for the outcome)")
+@click.option("--interval", type=Duration(lo=0.1, hi=3600.0), default="2s", help="seconds between polls (--wait)")
 def _deploy() -> None:
-    """Start a staged rollout of a bundle (archive .efb or directory)."""
+    """Start a staged rollout of a bundle (archive .efb or directory) to a group, tagged devices or a list of
+    devices; with --wait, follow it to its outcome."""
 
 
-@_fleet_command(fleet, "status", _fleet_status, "edgefleet fleet status d1a2b3 --json")
+@_fleet_command(fleet, "status", _fleet_status, "edgefleet fleet status d1a2b3 --watch")
 @click.argument("deployment", required=False)
 @click.option("--runs", type=int, default=3, help="federated runs to show with their rounds")
+@click.option("--watch", is_flag=True, help="follow DEPLOYMENT until its outcome (exit codes as deploy --wait)")
+@click.option("--interval", type=Duration(lo=0.1, hi=3600.0), default="2s", help="seconds between polls (--watch)")
 def _status() -> None:
-    """Deployments and federated runs, or one deployment's per-state counts."""
+    """Deployments and federated runs, or one deployment: per-state counts, events, and the failed devices with
+    their state and the reason each reported."""
 
 
 @_fleet_command(fleet, "retrain", _fleet_retrain, "edgefleet fleet retrain --group line-1 --on-drift on "
@@ -554,17 +709,32 @@ def _retrain() -> None:
     `edgefleet federated run` on the coordinator host."""
 
 
-def _deployment_action(action: str) -> None:
+def _deployment_action(action: str, doc_text: str) -> None:
     def doc() -> None:
         pass
 
-    doc.__doc__ = f"{action.capitalize()} a deployment."
+    doc.__doc__ = doc_text
     _fleet_command(fleet, action, _fleet_action, f"edgefleet fleet {action} d1a2b3", action=action)(
         click.argument("deployment")(doc))
 
 
-for _action in ("pause", "resume", "rollback"):
-    _deployment_action(_action)
+for _action, _doc in (("pause", "Pause a running deployment (exit 29 with the reason if it is not running)."),
+                      ("resume", "Resume a paused deployment (exit 29 with the reason if it is not paused: a halted "
+                                 "one cannot resume)."),
+                      ("cancel", "Cancel a running or paused deployment: devices not dispatched get nothing, jobs "
+                                 "not started are canceled on the devices, installs under way finish (exit 29 if "
+                                 "it has ended).")):
+    _deployment_action(_action, _doc)
+
+
+@_fleet_command(fleet, "rollback", _fleet_rollback, "edgefleet fleet rollback d1a2b3 --timeout 5m")
+@click.argument("deployment")
+@click.option("--timeout", type=Duration(lo=0.0, hi=86400.0), default="2m",
+              help="how long to wait for the devices' results (0: do not wait)")
+@click.option("--interval", type=Duration(lo=0.1, hi=3600.0), default="1s", help="seconds between polls")
+def _rollback() -> None:
+    """Roll a deployment back: devices on its version are ordered back; prints each device's result and exits 33
+    if one failed or did not answer within --timeout (29 if it is rolled back already)."""
 
 
 @_fleet_command(fleet, "telemetry", _fleet_telemetry, "edgefleet fleet telemetry --group line-1")
