@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet._version import __version__
 from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
+from ..dashboard.pages import is_public as is_dashboard
 from ..wire import protocol as P
 from .registry import BOOTSTRAP, SCOPES, TOKEN_NAME
 from .rollout import (
@@ -92,7 +93,7 @@ class RequestGuard:
         headers = dict(scope.get("headers") or ())
         method, path = scope["method"], scope["path"]
         principal: Principal | None = None
-        if path not in PUBLIC_PATHS:
+        if path not in PUBLIC_PATHS and not is_dashboard(path):  # the dashboard's shells carry no data
             client = (scope.get("client") or ("", 0))[0] or ""
             now = _clock()
             until = self.locked.get(client)
@@ -597,6 +598,10 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     from edgefleet.cloud_sync.federated.routes import add_routes
 
     add_routes(app, coord, auth)  # /v1/federated/runs (per-round metrics), /v1/retrain (drift trigger)
+
+    from edgefleet.cloud_sync.dashboard.routes import mount
+
+    mount(app, coord, auth)  # the web dashboard: /ui/ (pages without data), /v1/deployments/{id}/progress
 
     generate = app.openapi  # FastAPI's own (caches its result in app.openapi_schema)
 
