@@ -76,6 +76,7 @@ CLOUD = [
     "msgspec",  # telemetry decode + validation
 ]
 FEDERATED = ["flwr==1.41.*"]
+S3 = ["boto3"]  # an S3-compatible bundle origin (cloud serve --origin-url s3://...); not in "all": optional
 DEV = ["pytest", "hypothesis", "schemathesis", "ruff", "mypy", "scikit-learn", "matplotlib", "selenium"]
 
 setup(
@@ -94,6 +95,7 @@ setup(
         "compiler": COMPILER,
         "cloud": CLOUD,
         "federated": FEDERATED,
+        "s3": S3,
         "dev": DEV,
         "all": sorted(set(DEVICE + COMPILER + CLOUD + FEDERATED + DEV)),
     },

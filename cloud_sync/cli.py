@@ -74,12 +74,15 @@ def _serve(args: Any) -> int:
     from edgefleet.keys import load_public_key
 
     trusted = tuple(load_public_key(k) for k in args.trust)
+    from .origin import make_origin
+
+    origin = make_origin(args.origin_dir, args.origin_url, s3_endpoint=args.origin_endpoint)  # refused before start
     reg = Registry(args.db)
     transport = MqttTransport(_mqtt_config(args, args.client_id or f"edgefleet-coord-{os.getpid()}"))
     coord = Coordinator(reg, transport, args.fleet, share_group=args.share_group or None,
                         chunk_size=args.chunk_size, allow_list=allow, groups=groups, signing_key=signing_key,
                         trusted_keys=trusted, tuf_repo=args.tuf_repo, freeze_gc=True,
-                        telemetry_rate=args.telemetry_rate, telemetry_burst=args.telemetry_burst)
+                        telemetry_rate=args.telemetry_rate, telemetry_burst=args.telemetry_burst, origin=origin)
     coord.start()
     from .federated.autorun import start_for_coordinator
 
@@ -854,6 +857,15 @@ _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-fi
     click.Option(["--tuf-repo"], metavar="DIR",
                  help="TUF repository (edgefleet repo ...): a deployment must be a signed target of it, signed by a "
                  "key delegated to its model; devices get its metadata with every install job"),
+    click.Option(["--origin-dir"], metavar="DIR",
+                 help="publish every bundle and delta here as <sha256> for a web server or CDN to serve at "
+                 "--origin-url: devices download them over HTTP(S) (Range requests, resumed, verified) and fall back "
+                 "to MQTT chunks when the origin fails"),
+    click.Option(["--origin-url"], metavar="URL",
+                 help="the base URL devices fetch --origin-dir's files at (https://cdn.example/bundles/), or "
+                 "s3://BUCKET/PREFIX: upload there and send presigned URLs (needs boto3: pip install 'edgefleet[s3]')"),
+    click.Option(["--origin-endpoint"], metavar="URL",
+                 help="with an s3:// origin: the S3-compatible endpoint (MinIO, Ceph...; default: AWS)"),
     *serve_options(),  # --federated-dir, --superlink-port and its TLS/auth options
 ])
 _cloud_command("acl", _acl, "edgefleet cloud acl --fleet plant1 --out /etc/mosquitto/edgefleet.acl",

@@ -336,6 +336,7 @@ class AnnouncedTarget:
     target: str
     length: int
     sha256: str
+    url: str = ""  # where the signed target says it is downloaded from (custom.edgefleet.url; "": not said)
 
 
 def check_announced(
@@ -369,4 +370,6 @@ def check_announced(
         raise UpdateRejectedError(
             f"the job announces {length} bytes sha256 {sha256[:16]}... but the signed target {info.path} is "
             f"{info.length} bytes sha256 {signed_sha[:16]}...; nothing was downloaded", reason="target_mismatch")
-    return AnnouncedTarget(model, version, info.path, info.length, signed_sha)
+    from edgefleet.trust import target_url
+
+    return AnnouncedTarget(model, version, info.path, info.length, signed_sha, target_url(info))

@@ -516,6 +516,8 @@ def repo() -> None:
 @click.option("--delta", help="also add this delta file (applies to --delta-base) as a target")
 @click.option("--delta-base", metavar="VERSION", help="the published version the delta applies to")
 @click.option("--online-key", help="online private key: update snapshot and timestamp now")
+@click.option("--origin-url", metavar="URL", help="the coordinator's --origin-url: the signed target carries "
+              "URL/<sha256>, where devices download it over HTTP(S)")
 @_expiry("expires", "snapshot-expires", "timestamp-expires")
 def repo_add(**params: Any) -> int:
     """Add a bundle archive (.efb) as target NAME/VERSION.efb, signed by the model key."""
@@ -614,6 +616,7 @@ def cmd_repo_add(args: Any) -> int:
         args.repo, args.bundle, [load_key_arg(k) for k in args.key],
         load_key_arg(args.online_key) if args.online_key else None,
         args.delta, args.delta_base, exp["expires"], exp["snapshot_expires"], exp["timestamp_expires"],
+        origin_url=getattr(args, "origin_url", None),
     ))
 
 

@@ -6,7 +6,9 @@ Every error a user can cause or meet is an ``EdgefleetError``; each class has an
 
     EdgefleetError (1)
     ├── ConfigError (2)                 bad option, flag or config file value
-    │   └── SampleRequiredError (2)     pack cannot make up inputs the model runs on: give --sample
+    │   ├── SampleRequiredError (2)     pack cannot make up inputs the model runs on: give --sample
+    │   └── MissingDependencyError (2)  an optional library the chosen feature needs is not installed
+    │                                   (boto3 for an S3 bundle origin)
     ├── InvalidInputError (3)           input tensor of the wrong shape/dtype, NaN/inf, unreadable input file
     ├── BundleError (4)
     │   ├── BundleFormatError (4)       missing/unparseable manifest, unknown fields, bad archive
@@ -65,6 +67,12 @@ class ConfigError(EdgefleetError):
 
 class SampleRequiredError(ConfigError):
     """Synthetic smoke-test inputs do not run the model; real sample inputs are needed."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(ConfigError):
+    """An optional library the chosen feature needs is not installed (the message says which extra to install)."""
 
     exit_code = 2
 
@@ -225,6 +233,7 @@ __all__ = [
     "EdgefleetError",
     "ConfigError",
     "SampleRequiredError",
+    "MissingDependencyError",
     "InvalidInputError",
     "BundleError",
     "BundleFormatError",

@@ -808,14 +808,21 @@ def add_bundle(
     expires: dt.timedelta = DEFAULT_EXPIRY["model"],
     snapshot_expires: dt.timedelta = DEFAULT_EXPIRY["snapshot"],
     timestamp_expires: dt.timedelta = DEFAULT_EXPIRY["timestamp"],
+    origin_url: str | None = None,
 ) -> Published:
     """Add a bundle archive (and optionally a delta to it) as target ``NAME/VERSION.efb``
-    of its model's delegated role, signed by the model key(s)."""
+    of its model's delegated role, signed by the model key(s).
+
+    With ``origin_url`` (the base URL of the coordinator's ``--origin-url``) each target's signed custom fields
+    also carry where devices download it: ``custom.edgefleet.url`` = ``ORIGIN_URL/<sha256>`` (the origin's
+    content-addressed name), beside the target's signed length and sha256. A device in TUF mode then refuses a
+    job whose URL is another (``origin_not_signed``)."""
     from tuf.api.metadata import Metadata, TargetFile, Targets
 
     from .bundle import open_bundle
 
     archive = Path(archive)
+    base_url = _origin_base(origin_url) if origin_url else ""
     if not model_keys or any(k.private is None for k in model_keys):
         raise ConfigError("--key must be the model's private key (MODEL.key)")
     name, version = peek_bundle_identity(archive)
@@ -855,6 +862,8 @@ def add_bundle(
         current = role_md.signed
         info = TargetFile.from_file(path, str(archive), ["sha256"])
         info.unrecognized_fields["custom"] = {"edgefleet": {"kind": "bundle", "model": name, "version": version}}
+        if base_url:
+            info.unrecognized_fields["custom"]["edgefleet"]["url"] = base_url + info.hashes["sha256"]
         old = current.targets.get(path)
         if old is not None and old.hashes != info.hashes:
             raise ConfigError(f"{path} is already published with other content; a version is never replaced")
@@ -872,6 +881,8 @@ def add_bundle(
             dinfo.unrecognized_fields["custom"] = {
                 "edgefleet": {"kind": "delta", "model": name, "base": base, "result": path}
             }
+            if base_url:
+                dinfo.unrecognized_fields["custom"]["edgefleet"]["url"] = base_url + dinfo.hashes["sha256"]
             new_targets[dpath] = dinfo
             copies.append((Path(delta), dinfo))
         if old is not None and all(current.targets.get(p) == i for p, i in new_targets.items()):
@@ -902,6 +913,25 @@ def add_bundle(
         else:
             published.notes.append("takes effect at the next 'edgefleet repo publish'")
     return published
+
+
+def _origin_base(url: str) -> str:
+    """An http(s) base URL for targets' ``url`` fields (printable, no query), ending in ``/``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+            or any(c <= " " or c > "~" for c in url) or len(url) > 1900:
+        raise ConfigError(f"--origin-url {url!r}: give the http(s)://HOST/PATH/ devices download bundles from")
+    return url.rstrip("/") + "/"
+
+
+def target_url(info: Any) -> str:
+    """The download URL a target's signed custom fields carry (``custom.edgefleet.url``), or ""."""
+    custom = info.unrecognized_fields.get("custom") if info is not None else None
+    ours = custom.get("edgefleet") if isinstance(custom, dict) else None
+    url = ours.get("url") if isinstance(ours, dict) else None
+    return url if isinstance(url, str) else ""
 
 
 def publish(

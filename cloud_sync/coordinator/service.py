@@ -29,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from edgefleet.errors import ActionRefusedError, ConfigError, EdgefleetError, ProtocolError, SyncError
 from edgefleet.jobstate import JobState
@@ -51,6 +51,9 @@ from .rollout import (
     timed_out,
 )
 from .rows import Delta, Deployment, Device, Job
+
+if TYPE_CHECKING:
+    from ..origin import Origin
 
 log = logging.getLogger(__name__)
 DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
@@ -118,6 +121,7 @@ class Coordinator:
         tuf_repo: str | os.PathLike | None = None,
         telemetry_rate: float | None = DEFAULT_TELEMETRY_RATE,
         telemetry_burst: float | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -143,6 +147,10 @@ class Coordinator:
         # (``group_claims``), never applied.
         self.claims: dict[str, str] = {}
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
+        # Where devices fetch bundles and deltas over HTTP(S) (``cloud serve --origin-dir/--origin-url``; origin.py):
+        # each file is published there once and install jobs carry its URL; devices fall back to MQTT chunks when
+        # it fails. None: MQTT chunks only.
+        self.origin = origin
         self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
         # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
         # in arrival order. 1,000 devices each asking for a 1 MiB window at once would otherwise queue a
@@ -622,6 +630,11 @@ class Coordinator:
             if not ok:
                 self.counters["stale_job_updates"] += 1
                 return
+            if u.reason.startswith("origin_"):  # the device could not use the origin: it receives chunks instead
+                self.counters["origin_fallbacks"] += 1
+                log.warning("device %s: job %s: the origin failed (%s: %s); the file goes over MQTT", device, u.job_id,
+                            u.reason, u.message[:300], extra={"event": "origin_fallback", "device": device,
+                                                              "job": u.job_id, "reason": u.reason})
         if u.active_version:
             self.registry.set_device(self.fleet, device, active_version=u.active_version)
         if u.status != job.status.value:
@@ -868,7 +881,8 @@ class Coordinator:
         if self.deltas and row and row.archive_sha256 and row.archive_sha256 != dep.artifact_id:
             delta = self._delta(row.archive_sha256, dep.artifact_id)
             base = row.archive_sha256 if delta else ""
-        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep.id, dep.version, f[0], delta, base,
+        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep.id, dep.version, self._located(f[0]),
+                            self._located(delta) if delta else None, base,
                             ts=time.time(), model=dep.name)
         if not self.registry.add_job(self.fleet, dep.id, device, "install", stage, from_version,
                                      delivered=bool(row and row.online), desired=desired.to_bytes().decode()):
@@ -892,6 +906,26 @@ class Coordinator:
         if not row.file_id:
             return None
         return P.FileInfo(row.file_id, row.size, self.chunk_size)
+
+    def _located(self, info: P.FileInfo) -> P.FileInfo:
+        """``info`` with the URL of the file at the origin (published there first, once), or as it is without an
+        origin or when publishing fails (logged and counted: devices get the file in MQTT chunks)."""
+        if self.origin is None:
+            return info
+        try:
+            url = self.origin.url_for(info.file_id, lambda: self._file_bytes(info.file_id))
+            return dataclasses.replace(info, url=url)
+        except (EdgefleetError, OSError) as exc:
+            self.counters["origin_errors"] += 1
+            log.error("cannot publish %s to the origin: %s; devices get it in MQTT chunks", info.file_id[:12], exc,
+                      extra={"event": "origin_error", "file": info.file_id})
+            return info
+
+    def _file_bytes(self, file_id: str) -> bytes:
+        f = self._file(file_id)
+        if f is None:
+            raise SyncError(f"file {file_id[:12]} is neither an artifact nor a delta")
+        return f[1]
 
     def _check_rollback_keys(self, signing_key: Any) -> None:
         """With a TUF repository, ``--signing-key`` must be a key of its rollback role (devices in TUF mode accept

@@ -14,7 +14,9 @@ agent's install and rollback), feeding the answers back. What it does besides:
   python-tuf against the metadata sent with the job (no metadata: ``no_repository``). Before a download, a job
   for another model is refused, and in TUF mode the file must be the signed target.
 * Bundles arrive in chunks (:mod:`..wire.transfer`), kept on disk so a restart or a
-  broker outage resumes; a bsdiff4 delta is used when offered against the
+  broker outage resumes, or, when the job names an origin URL, over HTTP(S) (:mod:`.fetch`, on a
+  thread of its own: Range requests resume a cut or a restart; length and sha256 checked; any
+  failure falls back to chunks); a bsdiff4 delta is used when offered against the
   archive the device holds, the full file otherwise or when the delta fails.
   A file declared larger than ``max_bundle_bytes`` (default: the agent's store
   quota) is REJECTED ``bundle_too_large`` before any work: nothing is
@@ -48,6 +50,7 @@ from ..wire import protocol as P
 from ..wire.orders import OrderRefused, RollbackOrder, check_order
 from ..wire.transfer import DEFAULT_MAX_BUNDLE_BYTES, ChunkFile, apply_delta
 from . import machine as M
+from .fetch import DEFAULT_ATTEMPTS, DEFAULT_READ_TIMEOUT, Download, FetchResult
 
 log = logging.getLogger("edgefleet.cloud_sync.device")
 
@@ -152,6 +155,9 @@ class DeviceSync:
         stall_seconds: float = 5.0,
         window: int = 16,
         max_bundle_bytes: int | None = None,
+        origin: bool = True,
+        origin_timeout: float = DEFAULT_READ_TIMEOUT,
+        origin_attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self.agent = agent
         self.fleet = P.check_id(fleet, "fleet")
@@ -179,9 +185,13 @@ class DeviceSync:
         self.malformed = 0
         self._base_cache: tuple[str, str, Path] | None = None  # (object id, sha256, path)
         self._file: ChunkFile | None = None  # the running job's chunk file
+        # the running job's HTTP(S) download (origin=False: jobs' URLs are ignored, files come in MQTT chunks)
+        self.origin_timeout = origin_timeout
+        self.origin_attempts = origin_attempts
+        self._download: tuple[Download, threading.Thread] | None = None
         self._order_verified = False
         self.machine = M.DeviceMachine(_Checks(self), state=self._state, max_bundle_bytes=self.max_bundle_bytes,
-                                       window=window, stall_seconds=stall_seconds)
+                                       window=window, stall_seconds=stall_seconds, fetch=origin)
         self.stats = self.machine.stats  # the machine's counters and the driver's (telemetry_acked), one dict
         agent.job_hooks.append(lambda job: self._q.put(("agent_job", job)))
 
@@ -257,6 +267,7 @@ class DeviceSync:
         self._q.put(("stop", None))
         for t in self._threads:
             t.join(timeout=10)
+        self._stop_fetch()  # its partial file stays: the next start resumes it with a Range request
         if self._file is not None:
             self._file.sync()
             self._file.close()
@@ -298,6 +309,9 @@ class DeviceSync:
                     self._on_chunk(value)
                 elif kind == "agent_job":
                     self._on_agent_job(value)
+                elif kind == "fetched":
+                    job_id, file_id, res = value
+                    self._run(M.Fetched(job_id, file_id, res.ok, res.reason, res.message, res.received, res.resumes))
                 self._run(M.Tick(self.transport.connected))
             except Exception:  # the worker must survive anything
                 log.exception("sync worker error on %s", kind)
@@ -338,10 +352,15 @@ class DeviceSync:
         elif isinstance(act, M.CheckFile):
             assert self._file is not None
             return M.FileChecked(self._file.verify())
+        elif isinstance(act, M.Fetch):
+            self._start_fetch(act.job_id, act.info)
         elif isinstance(act, M.DiscardFile):
             if self._file is not None:
                 self._file.discard()
                 self._file = None
+            stopped = self._stop_fetch()
+            if stopped is not None:
+                stopped.dest.unlink(missing_ok=True)
         elif isinstance(act, M.PrepareInstall):
             return self._prepare(act)
         elif isinstance(act, M.Install):
@@ -364,27 +383,71 @@ class DeviceSync:
             raise AssertionError(f"unknown action {act!r}")
         return None
 
+    def _start_fetch(self, job_id: str, info: P.FileInfo) -> None:
+        """Download ``info`` from its URL on a thread of its own; its result comes back through the queue."""
+        if self._download is not None:
+            self._stop_fetch()
+        dl = Download(info.url, self.dir / "transfers" / f"{info.file_id}.http", info.size, info.file_id,
+                      read_timeout=self.origin_timeout, attempts=self.origin_attempts)
+
+        def run() -> None:
+            try:
+                res = dl.run()
+            except Exception as exc:  # the thread must always answer
+                log.exception("download of %s failed", info.url[:200])
+                res = FetchResult(False, "origin_io_error", str(exc), dl.received, dl.resumes, dl.requests)
+            if res.ok:
+                log.info("job %s: %d bytes from %s (%d resumed request(s))", job_id, info.size, info.url[:200],
+                         res.resumes)
+            elif res.reason != "canceled":
+                log.warning("job %s: origin %s failed: %s (%s); falling back to MQTT chunks", job_id, info.url[:200],
+                            res.reason, res.message)
+            self._q.put(("fetched", (job_id, info.file_id, res)))
+
+        t = threading.Thread(target=run, name="edgefleet-sync-fetch", daemon=True)
+        self._download = (dl, t)
+        t.start()
+
+    def _stop_fetch(self) -> Download | None:
+        """Cancel the running download (its connection is closed, so this is quick) and wait for its thread."""
+        if self._download is None:
+            return None
+        dl, t = self._download
+        self._download = None
+        dl.cancel()
+        t.join(timeout=self.origin_timeout + 5)
+        return dl
+
     def _prepare(self, act: M.PrepareInstall) -> M.Event:
-        """The complete chunk file as ``incoming.efb``: the delta applied to the base archive, or the file itself."""
-        f = self._file
-        assert f is not None
+        """The complete file as ``incoming.efb``: the delta applied to the base archive, or the file itself. The file
+        is the chunk file, or the download's (``over_http``)."""
         path = self.dir / "incoming.efb"
+        if act.over_http:
+            assert self._download is not None
+            src = self._download[0].dest
+        else:
+            assert self._file is not None
+            self._file.close()
+            src = self._file.data_path
         if act.using_delta:
             base = self.base_archive()
             try:
                 if base is None:
                     raise SyncError("the delta base is gone")
-                data = apply_delta(base[1].read_bytes(), f.read(), act.file)
+                data = apply_delta(base[1].read_bytes(), src.read_bytes(), act.file)
             except SyncError as exc:
                 log.warning("delta failed (%s); fetching the full bundle", exc)
                 return M.DeltaFailed(str(exc))  # the machine discards the file and fetches the full one
-            f.discard()
             path.write_bytes(data)
+            src.unlink(missing_ok=True)
         else:
-            f.close()
-            f.data_path.replace(path)
-            f.discard()
-        self._file = None
+            src.replace(path)
+        if act.over_http:
+            self._download = None
+        else:
+            assert self._file is not None
+            self._file.discard()
+            self._file = None
         return M.Prepared(path)
 
     def _record_order(self, act: M.RecordOrder) -> M.Event:
@@ -406,8 +469,9 @@ class DeviceSync:
         """Refusals that need no byte of the bundle: a job for another model than the one this device serves
         (``wrong_model``), and in TUF mode a file that is not exactly the signed target of (model, version):
         the job's metadata is refreshed by python-tuf and its length and sha256 must be the target's
-        (``target_mismatch``, or the metadata's own named reason). Returns the metadata mirror the install
-        is checked against again (TUF mode), else None."""
+        (``target_mismatch``, or the metadata's own named reason), and when the signed target names its download
+        URL (``repo add --origin-url``) the job's URL must be that one (``origin_not_signed``). Returns the
+        metadata mirror the install is checked against again (TUF mode), else None."""
         assert d.file is not None
         identity = str(getattr(self.agent, "model_identity", "") or "")
         if d.model and identity and d.model != identity:
@@ -427,6 +491,10 @@ class DeviceSync:
                                   d.file.file_id, clock=getattr(upd, "clock", "system"),
                                   clock_skew=getattr(upd, "clock_skew_seconds", 300.0))
         log.info("job %s: %s is the signed target (%d bytes)", d.job_id, checked.target, checked.length)
+        if checked.url and d.file.url and d.file.url != checked.url:  # the signed target names its origin
+            raise UpdateRejectedError(f"the job's download URL {d.file.url[:200]} is not the one the signed target "
+                                      f"{checked.target} names ({checked.url[:200]}); nothing was downloaded",
+                                      reason="origin_not_signed")
         return mirror
 
     def _write_mirror(self, d: P.Desired) -> Path:

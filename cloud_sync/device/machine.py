@@ -5,10 +5,11 @@ It decides; a driver (:class:`edgefleet.cloud_sync.device.driver.DeviceSync`, or
 event, as :func:`edgefleet.device_agent.updates.transition` and
 :meth:`edgefleet.cloud_sync.wire.transfer.Receiver.handle` do for an install and for a file::
 
-    DesiredIn(install) -> Report(DOWNLOADING), OpenFile(info)
+    DesiredIn(install) -> Report(DOWNLOADING), OpenFile(info)      (or Fetch(info) when the file has a URL)
     Opened(have)       -> RequestChunks ...           (the transfer Receiver's windows)
     ChunkIn(chunk)     -> StoreChunk, RequestChunks ...; once complete CheckFile
     FileChecked(ok)    -> PrepareInstall(using_delta) (or, on a bad file or delta, the full file again / FAILED)
+    Fetched(ok)        -> PrepareInstall(over_http)   (or Report(DOWNLOADING origin_...), OpenFile: MQTT chunks)
     Prepared(path)     -> Report(IN_PROGRESS installing), Install(path)
     AgentJob(...)      -> Report(...)                 (the agent's own job transitions, until terminal)
     DesiredIn(rollback)-> RecordOrder(order)  -> OrderRecorded -> Rollback -> RolledBack -> Report(SUCCEEDED)
@@ -24,6 +25,11 @@ What it decides:
 * **Chunks** go to the job's :class:`~edgefleet.cloud_sync.wire.transfer.Receiver`; a delta is used when the
   device holds its base, and a delta that fails (a bad chunk file or it does not apply) falls back to the
   full file once.
+* **HTTP(S) origin.** A file (or delta) announced with a URL is fetched from there (:class:`Fetch`, when the driver
+  can: ``fetch=True``) instead of in MQTT chunks. A fetch that fails for any reason (the origin down, a cut it
+  could not resume, a file of another length or sha256: the driver's :mod:`.fetch` names it) is reported
+  (DOWNLOADING with that ``origin_...`` reason, so the operator sees a stale or tampered origin) and the same file
+  is then received in MQTT chunks: the origin is a cache in front of the coordinator, never the authority.
 * **Rollback orders**: the order is verified by a function the machine calls (:meth:`Checks.check_order`,
   raising :class:`~edgefleet.cloud_sync.wire.orders.OrderRefused`: REJECTED with its reason); an accepted
   order is recorded before anything is done (not recorded: FAILED); then the device is already there
@@ -39,7 +45,7 @@ What it decides:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 
@@ -65,7 +71,8 @@ from ..wire.transfer import (
 
 FINISHED_KEPT = 50  # finished job outcomes remembered (replayed desired messages of these repeat the outcome)
 STATS = ("chunks_received", "duplicates", "rerequested", "requested", "delta_used", "delta_failed",
-         "bytes_received", "telemetry_acked", "orders_refused")
+         "bytes_received", "telemetry_acked", "orders_refused", "http_files", "http_bytes", "http_resumes",
+         "origin_fallbacks")
 
 
 # -- what the machine asks of the device (facts and verification) -------------------------------------------------------
@@ -135,6 +142,20 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Fetched:
+    """Answer to :class:`Fetch` (it arrives later: the driver downloads on its own thread): the file of ``file_id``
+    is complete and verified (``ok``), or the fetch ended with ``reason`` (see :mod:`.fetch`)."""
+
+    job_id: str
+    file_id: str
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    received: int = 0  # bytes read over HTTP
+    resumes: int = 0  # Range requests that continued a partial file
+
+
+@dataclass(frozen=True)
 class DeltaFailed:
     """Answer to :class:`PrepareInstall` of a delta that does not apply (the chunk file is discarded)."""
 
@@ -184,8 +205,8 @@ class RollbackFailed:
     message: str
 
 
-Event = Union[DesiredIn, ChunkIn, Connected, Tick, Opened, FileChecked, Prepared, DeltaFailed, InstallFailed, AgentJob,
-              OrderRecorded, OrderNotRecorded, RolledBack, RollbackFailed]
+Event = Union[DesiredIn, ChunkIn, Connected, Tick, Opened, FileChecked, Fetched, Prepared, DeltaFailed, InstallFailed,
+              AgentJob, OrderRecorded, OrderNotRecorded, RolledBack, RollbackFailed]
 
 
 # -- actions --------------------------------------------------------------------------------------------------------------
@@ -225,6 +246,15 @@ class StoreChunk:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """Download ``info`` from ``info.url`` over HTTP(S) into the job's file, resuming what is on disk, checking its
+    length and sha256; answer :class:`Fetched` (later). Stopped by :class:`DiscardFile`."""
+
+    job_id: str
+    info: P.FileInfo
+
+
+@dataclass(frozen=True)
 class CheckFile:
     """Hash the whole chunk file; answer :class:`FileChecked`."""
 
@@ -241,6 +271,7 @@ class PrepareInstall:
 
     file: P.FileInfo  # the file the archive must be (a delta's result is checked against it)
     using_delta: bool
+    over_http: bool = False  # the file was fetched from the origin (:class:`Fetch`), not received in chunks
 
 
 @dataclass(frozen=True)
@@ -265,8 +296,8 @@ class Rollback:
     """Roll the agent back to its previous version; answer :class:`RolledBack` or :class:`RollbackFailed`."""
 
 
-Action = Union[Report, Birth, SaveState, OpenFile, RequestChunks, StoreChunk, CheckFile, DiscardFile, PrepareInstall,
-               Install, RecordOrder, Rollback]
+Action = Union[Report, Birth, SaveState, OpenFile, RequestChunks, StoreChunk, Fetch, CheckFile, DiscardFile,
+               PrepareInstall, Install, RecordOrder, Rollback]
 
 
 @dataclass
@@ -282,6 +313,8 @@ class ActiveJob:
     installing: bool = False
     mirror: Path | None = None  # TUF mode: the job's metadata, the install is checked against it
     order: RollbackOrder | None = None
+    fetching: P.FileInfo | None = None  # the file being fetched over HTTP(S) (:class:`Fetch`)
+    origin_failed: set[str] = field(default_factory=set)  # file ids whose origin failed: MQTT chunks from now on
 
 
 class DeviceMachine:
@@ -296,6 +329,7 @@ class DeviceMachine:
         window: int = 16,
         stall_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        fetch: bool = False,
     ) -> None:
         self.checks = checks
         self.state: dict[str, Any] = state if state is not None else {}
@@ -303,6 +337,7 @@ class DeviceMachine:
         self.window = window
         self.stall_seconds = stall_seconds
         self.clock = clock
+        self.fetch = fetch  # the driver performs Fetch (HTTP(S)); without it URLs are ignored (MQTT chunks)
         self.active: ActiveJob | None = None
         self.pending: P.Desired | None = None  # arrived while an install was running
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
@@ -339,6 +374,8 @@ class DeviceMachine:
         elif isinstance(event, FileChecked):
             if a.receiver is not None:
                 self._drive(a, a.receiver.handle(Verified(event.ok)))
+        elif isinstance(event, Fetched):
+            self._fetched(a, event)
         elif isinstance(event, Prepared):
             self._install(a, event.path)
         elif isinstance(event, DeltaFailed):
@@ -470,10 +507,38 @@ class DeviceMachine:
     # -- chunks ------------------------------------------------------------------------------------------------------------
     def _start_transfer(self, a: ActiveJob, info: P.FileInfo, using_delta: bool) -> None:
         a.using_delta = using_delta
+        if self.fetch and info.url and info.file_id not in a.origin_failed:
+            a.receiver = None
+            a.fetching = info
+            a.file_open = True
+            self._emit(Fetch(a.desired.job_id, info))
+            return
+        a.fetching = None
         a.receiver = Receiver(a.desired.job_id, info, window=self.window, max_bytes=self.max_bundle_bytes)
         a.file_open = True
         a.last_chunk = self.clock()
         self._emit(OpenFile(info))
+
+    def _fetched(self, a: ActiveJob, ev: Fetched) -> None:
+        info = a.fetching
+        if info is None or a.installing or ev.job_id != a.desired.job_id or ev.file_id != info.file_id:
+            return  # a fetch this job no longer waits for (canceled, superseded)
+        self.stats["http_bytes"] += ev.received
+        self.stats["http_resumes"] += ev.resumes
+        a.fetching = None
+        if ev.ok:
+            self.stats["http_files"] += 1
+            assert a.desired.file is not None
+            self._emit(PrepareInstall(a.desired.file, a.using_delta, over_http=True))
+            return
+        # the origin failed or served something else: say so, then receive the same file in MQTT chunks
+        self.stats["origin_fallbacks"] += 1
+        a.origin_failed.add(info.file_id)
+        self._emit(DiscardFile())
+        a.file_open = False
+        self._report(a, "DOWNLOADING", step="downloading", reason=ev.reason or "origin_failed",
+                     message=f"{ev.message} -- receiving the {'delta' if a.using_delta else 'file'} in MQTT chunks")
+        self._start_transfer(a, info, a.using_delta)
 
     def _chunk(self, chunk: P.Chunk) -> None:
         a = self.active
@@ -558,7 +623,7 @@ class DeviceMachine:
 
 __all__ = [
     "DeviceMachine", "ActiveJob", "Checks", "Event", "Action", "DesiredIn", "ChunkIn", "Connected", "Tick", "Opened",
-    "FileChecked", "Prepared", "DeltaFailed", "InstallFailed", "AgentJob", "OrderRecorded", "OrderNotRecorded",
+    "FileChecked", "Fetched", "Fetch", "Prepared", "DeltaFailed", "InstallFailed", "AgentJob", "OrderRecorded", "OrderNotRecorded",
     "RolledBack", "RollbackFailed", "Report", "Birth", "SaveState", "OpenFile", "RequestChunks", "StoreChunk",
     "CheckFile", "DiscardFile", "PrepareInstall", "Install", "RecordOrder", "Rollback", "STATS",
 ]

@@ -236,13 +236,20 @@ class Status(Message):
         )
 
 
+MAX_URL = 2048  # the longest origin URL a file may carry (a presigned S3 URL is about 1,500 characters)
+_URL = re.compile(r"^https?://[\x21-\x7e]+$")  # printable ASCII, no spaces: what a device may fetch from
+
+
 @dataclass(frozen=True)
 class FileInfo:
-    """A file offered for chunked transfer."""
+    """A file offered for chunked transfer, and where it can be fetched over HTTP(S) (``url``: the coordinator's
+    origin, see :mod:`edgefleet.cloud_sync.origin`; "" for MQTT chunks only). The URL is a location, not a
+    credential of the content: the device checks ``size`` and ``file_id`` (sha256) of whatever it downloads."""
 
     file_id: str  # sha256 of the content
     size: int
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    url: str = ""  # http(s) URL of the same bytes at an origin ("": none)
 
     def __post_init__(self) -> None:
         if not _HEX64.match(self.file_id):
@@ -251,6 +258,9 @@ class FileInfo:
             raise ProtocolError(f"bad file size {self.size} or chunk size {self.chunk_size}")
         if self.chunks > MAX_CHUNKS:
             raise ProtocolError(f"{self.chunks} chunks exceed the limit of {MAX_CHUNKS}")
+        if self.url and (len(self.url) > MAX_URL or not _URL.match(self.url)):
+            raise ProtocolError(f"file url {self.url[:80]!r} is not an http(s) URL of at most {MAX_URL} "
+                                "printable characters")
 
     @property
     def chunks(self) -> int:
@@ -265,7 +275,8 @@ class FileInfo:
     def from_dict(cls, d: Any) -> FileInfo:
         if not isinstance(d, Mapping):
             raise ProtocolError("file info must be an object")
-        return cls(_hex64(d, "file_id"), _nonneg(d, "size"), _nonneg(d, "chunk_size", DEFAULT_CHUNK_SIZE))
+        return cls(_hex64(d, "file_id"), _nonneg(d, "size"), _nonneg(d, "chunk_size", DEFAULT_CHUNK_SIZE),
+                   _str(d, "url", "", MAX_URL))
 
 
 class JobAction(str, Enum):
@@ -300,6 +311,8 @@ class Desired(Message):
         for k in ("file", "delta", "rollback_order", "tuf", "model"):
             if d[k] is None or d[k] == "":
                 del d[k]
+            elif k in ("file", "delta") and not d[k]["url"]:
+                del d[k]["url"]  # no origin: the message is what it was before URLs existed
         return d
 
     @classmethod
