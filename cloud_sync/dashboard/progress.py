@@ -82,7 +82,8 @@ def stages(dep: Deployment, jobs: Sequence[Job]) -> list[Stage]:
         if dep.state == "completed" or i < dep.stage:
             state = "done"
         elif i == dep.stage:
-            state = {"halted": "halted", "canceled": "stopped", "rolled_back": "stopped"}.get(dep.state, "current")
+            state = {"halted": "halted", "paused": "paused", "canceled": "stopped", "rolled_back": "stopped"
+                     }.get(dep.state, "current")
         else:
             state = "waiting"
         out.append(Stage(i, label, end - (ends[i - 1] if i else 0), end, len(mine),

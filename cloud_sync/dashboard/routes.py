@@ -92,7 +92,7 @@ def mount(app: FastAPI, coord: Coordinator, auth: Callable[..., None]) -> None:
     def deployment_progress(dep_id: str = PathParam(pattern=_DEP_ID, description="a deployment id")
                             ) -> dict[str, Any]:
         """A deployment's stages (the canary, then the waves: devices planned, jobs dispatched, succeeded, failed,
-        canceled; done, current, halted, stopped or waiting) and its install jobs over time (cumulative dispatched, succeeded,
+        canceled; done, current, paused, halted, stopped or waiting) and its install jobs over time (cumulative dispatched, succeeded,
         failed), with its recorded events; what the dashboard's deployment page draws."""
         dep = reg.deployment(dep_id)
         if dep is None or dep.fleet != coord.fleet:

@@ -42,6 +42,7 @@ def test_stages_follow_the_plan_over_the_planned_targets() -> None:
                                                                                (2, 0, 0, 1)]
     assert [s.state for s in stages(dep(stage=1, state="halted"), jobs)] == ["done", "halted", "waiting"]
     assert [s.state for s in stages(dep(stage=1, state="canceled"), jobs)] == ["done", "stopped", "waiting"]
+    assert [s.state for s in stages(dep(stage=0, state="paused"), jobs)] == ["paused", "waiting", "waiting"]
     assert [s.state for s in stages(dep(stage=2, state="completed"), jobs)] == ["done", "done", "done"]
     # without a canary the first stage is the first wave; joiners (targets beyond planned) change no stage size
     assert [(s.label, s.size) for s in stages(dep(canary=0.0, waves=[1.0], targets=list("abcdef")), [])] == [
