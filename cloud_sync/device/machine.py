@@ -24,7 +24,9 @@ What it decides:
   not while installing.
 * **Chunks** go to the job's :class:`~edgefleet.cloud_sync.wire.transfer.Receiver`; a delta is used when the
   device holds its base, and a delta that fails (a bad chunk file or it does not apply) falls back to the
-  full file once.
+  full file once. Missing chunks are asked for again only after a wait that backs off with jitter
+  (:class:`~edgefleet.cloud_sync.wire.transfer.StallBackoff`: ``stall_seconds`` while chunks flow, longer
+  before the first one - the transfer is waiting its turn at the coordinator - doubling while none comes).
 * **HTTP(S) origin.** A file (or delta) announced with a URL is fetched from there (:class:`Fetch`, when the driver
   can: ``fetch=True``) instead of in MQTT chunks. A fetch that fails for any reason (the origin down, a cut it
   could not resume, a file of another length or sha256: the driver's :mod:`.fetch` names it) is reported
@@ -44,6 +46,7 @@ What it decides:
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +66,7 @@ from ..wire.transfer import (
     Receiver,
     ReceiverAction,
     Request,
+    StallBackoff,
     Stalled,
     Store,
     Verified,
@@ -115,7 +119,8 @@ class Connected:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passes (the driver's idle beat): a transfer without chunks for ``stall_seconds`` asks again."""
+    """Time passes (the driver's idle beat): a transfer without chunks for a while asks again (when: the machine's
+    :class:`~edgefleet.cloud_sync.wire.transfer.StallBackoff`, from ``stall_seconds`` on, with jitter)."""
 
     connected: bool = True
 
@@ -309,7 +314,9 @@ class ActiveJob:
     receiver: Receiver | None = None
     file_open: bool = False
     using_delta: bool = False
-    last_chunk: float = 0.0
+    ask_at: float = 0.0  # when the transfer asks again for its missing chunks if none arrives (StallBackoff)
+    stalls: int = 0  # re-requests in a row without a chunk in between
+    answered: bool = False  # a chunk of the transfer arrived (until then it is waiting its turn at the coordinator)
     installing: bool = False
     mirror: Path | None = None  # TUF mode: the job's metadata, the install is checked against it
     order: RollbackOrder | None = None
@@ -329,6 +336,8 @@ class DeviceMachine:
         window: int = 16,
         stall_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        backoff: StallBackoff | None = None,
+        rand: Callable[[], float] = random.random,
         fetch: bool = False,
     ) -> None:
         self.checks = checks
@@ -337,6 +346,8 @@ class DeviceMachine:
         self.window = window
         self.stall_seconds = stall_seconds
         self.clock = clock
+        self.backoff = backoff if backoff is not None else StallBackoff.of(stall_seconds)
+        self.rand = rand  # the jitter's uniform draws in [0, 1)
         self.fetch = fetch  # the driver performs Fetch (HTTP(S)); without it URLs are ignored (MQTT chunks)
         self.active: ActiveJob | None = None
         self.pending: P.Desired | None = None  # arrived while an install was running
@@ -356,8 +367,9 @@ class DeviceMachine:
             self._resume()
         elif isinstance(event, Tick):
             if a is not None and a.receiver is not None and not a.installing and event.connected \
-                    and self.clock() - a.last_chunk >= self.stall_seconds:
-                a.last_chunk = self.clock()
+                    and self.clock() >= a.ask_at:
+                a.stalls += 1
+                self._wait(a)
                 self._drive(a, a.receiver.handle(Stalled()))
         elif isinstance(event, AgentJob):
             if a is not None and event.job_id == a.desired.job_id:
@@ -369,7 +381,7 @@ class DeviceMachine:
             pass  # an answer for a job that has ended meanwhile
         elif isinstance(event, Opened):
             if a.receiver is not None:
-                a.last_chunk = self.clock()
+                self._wait(a)
                 self._drive(a, a.receiver.handle(Begin(event.have)))
         elif isinstance(event, FileChecked):
             if a.receiver is not None:
@@ -449,7 +461,7 @@ class DeviceMachine:
                 self._desired(d)
             return
         if a.receiver is not None:
-            a.last_chunk = self.clock()  # give in-flight chunks a moment before asking again
+            self._wait(a)  # give in-flight chunks a moment before asking again
 
     def _desired(self, d: P.Desired) -> None:
         if d.action == P.JobAction.NONE.value:
@@ -516,7 +528,8 @@ class DeviceMachine:
         a.fetching = None
         a.receiver = Receiver(a.desired.job_id, info, window=self.window, max_bytes=self.max_bundle_bytes)
         a.file_open = True
-        a.last_chunk = self.clock()
+        a.stalls, a.answered = 0, False
+        self._wait(a)
         self._emit(OpenFile(info))
 
     def _fetched(self, a: ActiveJob, ev: Fetched) -> None:
@@ -548,9 +561,14 @@ class DeviceMachine:
         self.stats["bytes_received"] += len(chunk.data)
         r = a.receiver
         before = r.duplicates
-        a.last_chunk = self.clock()
+        a.stalls, a.answered = 0, True
+        self._wait(a)
         self._drive(a, r.handle(ChunkArrived(chunk)))
         self.stats["duplicates"] += r.duplicates - before
+
+    def _wait(self, a: ActiveJob) -> None:
+        """From now, how long the transfer waits for a chunk before it asks again (:class:`StallBackoff`)."""
+        a.ask_at = self.clock() + self.backoff.delay(a.stalls, a.answered, self.rand())
 
     def _drive(self, a: ActiveJob, actions: list[ReceiverAction]) -> None:
         r = a.receiver

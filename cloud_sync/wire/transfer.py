@@ -4,7 +4,7 @@ The device side is a pure state machine, :class:`Receiver`: ``handle(event) ->
 actions``. It asks for the chunks it lacks in windows (a bitmap of indices),
 keeps what arrives (the driver writes each chunk to a preallocated file and
 persists the bitmap), re-asks only for chunks still missing after a timeout or
-a reconnect, refuses chunks of the wrong length or index (the declared length
+a reconnect (how long the timeout is: :class:`StallBackoff`), refuses chunks of the wrong length or index (the declared length
 is enforced: no endless data) and, once complete, asks the driver to check the
 whole file's sha256. :class:`ChunkFile` is that driver's disk part, so a device
 restarted mid-transfer resumes from the chunks it already has.
@@ -184,6 +184,43 @@ class Receiver:
         raise AssertionError(f"unknown event {event!r}")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class StallBackoff:
+    """When a transfer whose chunks stopped coming asks again (pure: the caller passes the time and the random draw).
+
+    The k-th re-request in a row without a chunk in between waits ``min(cap, start * factor**k)`` seconds, stretched
+    by a random ``1 .. 1 + jitter`` (never sooner than the unstretched wait: jitter only spreads devices out, so a
+    fleet that stalled together, after a coordinator restart, does not ask again together). ``start`` is
+    ``stall`` for a transfer whose chunks were flowing (a lost chunk, a coordinator or broker hiccup), and the
+    longer ``unanswered`` for one that has not received a chunk yet: the coordinator admits a few transfers at
+    once and keeps the latest request of every other one in its place in line (``Coordinator.max_transfers``),
+    so a device that has had no chunk is, as a rule, waiting its turn, and asking again would only repeat it.
+    A chunk resets the count (``stalls`` = 0)."""
+
+    stall: float = 5.0
+    unanswered: float = 30.0
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0 < self.stall <= self.cap and 0 < self.unanswered and self.factor >= 1 and 0 <= self.jitter <= 1):
+            raise SyncError(f"bad stall backoff: {self}")
+
+    def delay(self, stalls: int, answered: bool, draw: float) -> float:
+        """Seconds to wait before asking again after ``stalls`` re-requests in a row (0: none yet), ``answered``
+        once a chunk of the transfer arrived; ``draw`` is a uniform random number in [0, 1)."""
+        start = self.stall if answered else max(self.stall, self.unanswered)
+        base = min(self.cap, start * self.factor ** min(max(stalls, 0), 64))
+        return base * (1.0 + self.jitter * min(max(draw, 0.0), 1.0))
+
+    @classmethod
+    def of(cls, stall: float) -> StallBackoff:
+        """The backoff of a device configured with ``stall_seconds``: an unanswered transfer waits 6 of them first
+        (30 s at the default 5 s), and no wait grows past 60 of them (5 minutes)."""
+        return cls(stall=stall, unanswered=6 * stall, cap=60 * stall)
+
+
 def serve_request(req: ChunkRequest, info: FileInfo, data: bytes) -> list[Chunk]:
     """Chunk frames answering ``req`` (at most :data:`MAX_SERVE`; indices outside the file are ignored)."""
     if req.file_id != info.file_id:
@@ -346,6 +383,6 @@ def apply_delta(old: bytes, patch: bytes, expected: FileInfo) -> bytes:
 
 __all__ = [
     "Receiver", "Begin", "ChunkArrived", "Stalled", "Verified", "Request", "Store", "CheckWhole", "Complete", "Fail",
-    "serve_request", "file_info", "ChunkFile", "make_delta", "apply_delta", "DEFAULT_WINDOW",
+    "StallBackoff", "serve_request", "file_info", "ChunkFile", "make_delta", "apply_delta", "DEFAULT_WINDOW",
     "DEFAULT_MAX_BUNDLE_BYTES", "TOO_LARGE",
 ]
