@@ -1,8 +1,8 @@
 """Fleet OTA over a real mosquitto: many simulated devices per process, the real protocol and coordinator.
 
     python -m benchmarks.fleet_ota [--devices 1000] [--workers 4] [--quick] [--out PATH]
-                                   [--only ota|delta|telemetry|queue_limit] [--telemetry-only]
-                                   [--ingest-baseline]
+                                   [--only ota|delta|telemetry|queue_limit|ota_origin] [--telemetry-only]
+                                   [--ingest-baseline] [--origin none|nginx]
 
 Starts its own mosquitto on a free loopback port, a coordinator (SQLite
 registry, paho) in this process and the simulated devices in ``--workers``
@@ -29,6 +29,12 @@ Measures:
 * chunks re-sent after a forced reconnect of a tenth of the devices halfway
   through their transfer: chunks the coordinator served twice, and duplicate
   chunks the devices received (QoS 1 redelivery by the broker);
+* with ``--origin nginx`` (``ota_origin``), the same rollout with the bundle served over HTTP by a real nginx on
+  a free loopback port (:class:`edgefleet.cloud_sync.origin.LocalNginx`; the coordinator publishes it there and the
+  job carries its URL): each simulated device downloads it with the device's own fetcher
+  (:mod:`edgefleet.cloud_sync.device.fetch`: Range requests, length and sha256 checked) on a small thread pool of
+  its worker and feeds the result to its machine; MQTT bytes per device (control only), HTTP bytes per device,
+  the origin's requests by status and the bytes nginx sent (its access log); no forced reconnects (no chunks);
 * bsdiff4 delta size for a fine-tuned model (2% of weights nudged) vs the full
   bundle (target <= 30%);
 * coordinator telemetry ingest rate vs a plain paho subscriber counting the same
@@ -132,7 +138,7 @@ class SimDevice:
     (:class:`edgefleet.cloud_sync.device.machine.DeviceMachine`, with its transfer receiver) deciding what to ask
     for and report; the bundle is kept in memory and "installed" at once (no model, no agent)."""
 
-    def __init__(self, loop: DeviceLoop, port: int, device_id: str, kick: bool) -> None:
+    def __init__(self, loop: DeviceLoop, port: int, device_id: str, kick: bool, origin: bool = False) -> None:
         import paho.mqtt.client as mqtt
 
         from edgefleet.cloud_sync.device import machine as M
@@ -151,7 +157,7 @@ class SimDevice:
         self.client.on_socket_register_write = loop.want_write
         self.client.on_socket_unregister_write = loop.no_write
         self.machine = M.DeviceMachine(_SimChecks(), max_bundle_bytes=1 << 30, window=WINDOW,
-                                       stall_seconds=STALL_SECONDS)
+                                       stall_seconds=STALL_SECONDS, fetch=origin)
         self.ready = False
         self.buf = bytearray()
         self.info: Any = None
@@ -161,6 +167,7 @@ class SimDevice:
         self.malformed = 0
         self.connects = 0
         self.kicked_at_chunks = -1
+        self.download: Any = None  # the running HTTP download (--origin)
 
     def start(self) -> None:
         from paho.mqtt.packettypes import PacketTypes
@@ -235,8 +242,13 @@ class SimDevice:
             self.buf[off : off + len(act.data)] = act.data
         elif isinstance(act, M.CheckFile):
             return M.FileChecked(hashlib.sha256(self.buf).hexdigest() == self.info.file_id)
+        elif isinstance(act, M.Fetch):  # the device's own fetcher, on the worker's pool; the answer comes later
+            self.download = self.loop.fetch(self, act)
         elif isinstance(act, M.DiscardFile):
             self.buf = bytearray()
+            if self.download is not None:
+                self.download.cancel()
+                self.download = None
         elif isinstance(act, M.PrepareInstall):
             return M.Prepared(Path("memory"))
         elif isinstance(act, M.Install):  # verified: "installed" at once
@@ -256,7 +268,9 @@ class SimDevice:
                 "done_at": self.done_at, "wire_in": self.client.wire_in, "wire_out": self.client.wire_out,
                 "payload_in": self.payload_in, "chunks_in": self.chunks_in, "malformed": self.malformed,
                 "connects": self.connects, "duplicates": stats["duplicates"],
-                "rerequested": stats["rerequested"] + (r.rerequested if r is not None else 0)}
+                "rerequested": stats["rerequested"] + (r.rerequested if r is not None else 0),
+                "http_in": stats["http_bytes"], "http_files": stats["http_files"],
+                "origin_fallbacks": stats["origin_fallbacks"]}
 
 
 class _SimChecks:
@@ -303,6 +317,32 @@ class DeviceLoop:
         self.client_cls = CountingClient
         self.sel = selectors.DefaultSelector()
         self.kicks: list[SimDevice] = []
+        self.fetched: Any = None  # (device, Fetched) answers of finished downloads, from the pool's threads
+        self.pool: Any = None
+        self.tmp: Path | None = None
+
+    def fetch(self, device: SimDevice, act: Any) -> Any:
+        """Download ``act.info`` on the pool (8 threads a worker) with the device's fetcher; the verified file is
+        deleted at once (the install is simulated) and the machine is answered from the loop thread."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edgefleet.cloud_sync.device.fetch import Download
+
+        if self.pool is None:
+            self.pool, self.fetched = ThreadPoolExecutor(8), deque()
+            self.tmp = Path(tempfile.mkdtemp(prefix="edgefleet-bench-fetch-"))
+        assert self.tmp is not None
+        dl = Download(act.info.url, self.tmp / f"{device.id}.http", act.info.size, act.info.file_id, read_timeout=60)
+
+        def run() -> None:
+            res = dl.run()
+            dl.dest.unlink(missing_ok=True)
+            self.fetched.append((device, device.M.Fetched(act.job_id, act.info.file_id, res.ok, res.reason,
+                                                          res.message, res.received, res.resumes)))
+
+        self.pool.submit(run)
+        return dl
 
     def sock_open(self, client: Any, userdata: Any, sock: Any) -> None:
         self.sel.register(sock, selectors.EVENT_READ, client)
@@ -352,6 +392,10 @@ class DeviceLoop:
                     client.loop_write()
             while self.kicks:  # a network drop: the socket goes without DISCONNECT, the session resumes
                 self.kicks.pop().client.reconnect()
+            while self.fetched:  # downloads that ended: their answers, on this thread (the machine's)
+                dev, answer = self.fetched.popleft()
+                dev.download = None
+                dev._run(answer)
             now = time.monotonic()
             if now >= next_misc:
                 next_misc = now + 0.5
@@ -369,33 +413,42 @@ class DeviceLoop:
                     conn.send(("ready", len(devices)))
 
 
-def _device_worker(conn: Any, port: int, ids: list[str], kicks: list[bool]) -> None:
+def _device_worker(conn: Any, port: int, ids: list[str], kicks: list[bool], origin: bool = False) -> None:
     loop = DeviceLoop()
-    devices = [SimDevice(loop, port, i, k) for i, k in zip(ids, kicks)]
+    devices = [SimDevice(loop, port, i, k, origin) for i, k in zip(ids, kicks)]
     loop.run(conn, devices)
 
 
 # -- OTA --------------------------------------------------------------------------------------------------------
-def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: float) -> dict[str, Any]:
+def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: float,
+              nginx: Any = None) -> dict[str, Any]:
+    """The rollout; with ``nginx`` (a :class:`~edgefleet.cloud_sync.origin.LocalNginx`) the bundle is served from
+    it (the coordinator publishes it to the directory nginx serves) and the devices download it over HTTP."""
     from edgefleet.cloud_sync.coordinator.registry import Registry
     from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
     from edgefleet.cloud_sync.coordinator.service import Coordinator
     from edgefleet.cloud_sync.transport import MqttConfig, MqttTransport
 
     ctx = mp.get_context("spawn")
-    ids = [f"sim{i:05d}" for i in range(n)]
+    ids = [f"{'web' if nginx is not None else 'sim'}{i:05d}" for i in range(n)]  # no retained job of another run
     kick = [i % 10 == 5 for i in range(n)]  # a tenth of the devices lose their connection halfway
     procs, conns = [], []
     for w in range(workers):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_device_worker, args=(child, port, ids[w::workers], kick[w::workers]), daemon=True)
+        p = ctx.Process(target=_device_worker, args=(child, port, ids[w::workers], kick[w::workers], nginx is not None),
+                        daemon=True)
         p.start()
         procs.append(p)
         conns.append(parent)
-    reg = Registry(f"sqlite:///{root / 'reg.db'}")
+    reg = Registry(f"sqlite:///{root / ('reg-origin.db' if nginx is not None else 'reg.db')}")
+    origin = None
+    if nginx is not None:
+        from edgefleet.cloud_sync.origin import DirectoryOrigin
+
+        origin = DirectoryOrigin(nginx.serve, nginx.url)
     coord = Coordinator(reg, MqttTransport(MqttConfig(url=f"mqtt://127.0.0.1:{port}", client_id="bench-coord",
                                                       max_inflight=1000)), FLEET, tick_seconds=0.5, deltas=False,
-                        groups=dict.fromkeys(ids, "bench"))  # groups are assigned by the operator (issue 13)
+                        groups=dict.fromkeys(ids, "bench"), origin=origin)  # groups: assigned by the operator
     coord.start()
     t_connect = time.monotonic()
     for c in conns:
@@ -477,6 +530,21 @@ def bench_ota(port: int, n: int, workers: int, v2: bytes, root: Path, timeout: f
             "refused_chunk_requests", "unknown_files", "malformed")},
         "progress": progress,
     }
+    if nginx is not None:
+        access = nginx.access()
+        statuses: dict[str, int] = {}
+        for status, _, _, _ in access:
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+        out["origin"] = {
+            "server": "nginx (LocalNginx, loopback)", "files_published": len(list(Path(nginx.serve).iterdir())),
+            "mqtt_wire_bytes_in_per_device_mean": out["wire_bytes_in_per_device_mean"],
+            "mqtt_wire_ratio": out["wire_ratio"],
+            "http_bytes_per_device_mean": round(sum(d["http_in"] for d in devs) / max(1, len(devs))),
+            "http_ratio": ratios(devs, "http_in"),
+            "devices_fetched_over_http": sum(d["http_files"] for d in devs),
+            "origin_fallbacks": sum(d["origin_fallbacks"] for d in devs),
+            "requests_by_status": statuses, "bytes_sent_by_nginx": sum(a[2] for a in access),
+        }
     coord.stop()
     reg.close()
     return out
@@ -767,8 +835,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=None, help="simulated devices (default 1000; --quick 50)")
     ap.add_argument("--workers", type=int, default=None, help="device worker processes (default 4; --quick 2)")
     ap.add_argument("--quick", action="store_true", help="50 devices and a smaller telemetry stream (< 60 s)")
-    ap.add_argument("--only", choices=("ota", "delta", "telemetry", "queue_limit"), action="append",
+    ap.add_argument("--only", choices=("ota", "delta", "telemetry", "queue_limit", "ota_origin"), action="append",
                     help="run only these parts (repeatable; the others are null in the JSON)")
+    ap.add_argument("--origin", choices=("none", "nginx"), default="none",
+                    help="nginx: also the rollout with the bundle served over HTTP by a real nginx on a free loopback "
+                         "port (part ota_origin; Debian's nginx, as scripts/setup.sh installs it)")
     ap.add_argument("--telemetry-only", action="store_true",
                     help="only the telemetry ingest part (as --only telemetry; no bundles are built)")
     ap.add_argument("--ingest-baseline", action="store_true",
@@ -781,12 +852,14 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or (2 if args.quick else 4)
     out = Path(args.out or RESULTS / ("fleet_ota_quick.json" if args.quick else "fleet_ota.json"))
     parts = {"telemetry"} if args.telemetry_only else set(args.only or ("ota", "delta", "telemetry", "queue_limit"))
+    if args.origin == "nginx":
+        parts.add("ota_origin")
     tel = {"devices": 20, "batches": 20 if args.quick else 50, "per_batch": 100}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         proc, port = _broker(root)
         try:
-            v1, v2 = _bundles(root) if parts & {"ota", "delta"} else (b"", b"")
+            v1, v2 = _bundles(root) if parts & {"ota", "delta", "ota_origin"} else (b"", b"")
             result = {
                 **schema.envelope("fleet_ota", args.quick, machine_doc=_machine()),
                 "parameters": {"devices": n, "workers": workers, "bundle_bytes": len(v2), "window": WINDOW,
@@ -800,7 +873,13 @@ def main(argv: list[str] | None = None) -> int:
                                                     coordinators=2) if "telemetry" in parts else None,
                 "queue_limit": bench_queue_limit(root) if "queue_limit" in parts else None,
                 "telemetry_before_after": None,
+                "ota_origin": None,
             }
+            if "ota_origin" in parts:
+                from edgefleet.cloud_sync.origin import LocalNginx
+
+                with LocalNginx(root / "nginx", root / "origin") as nginx:
+                    result["ota_origin"] = bench_ota(port, n, workers, v2, root, 120 if args.quick else 900, nginx=nginx)
             if args.ingest_baseline and "telemetry" in parts:  # before (legacy parse) and after, alternating
                 runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
                 for _ in range(3):

@@ -244,6 +244,18 @@ def fleet_ota(s: Section, plots_dir: Path) -> None:
                   f"{_n(total)} re-sent in the whole rollout" + (f"; {_n(dups)} duplicate chunks received by the "
                                                                   "reconnected devices" if dups is not None else "")),
         ]
+    served = doc.get("ota_origin") or {}
+    origin = served.get("origin") or {}
+    if origin:  # --origin nginx: the same rollout with the bundle over HTTP
+        mqtt_mean = _first(origin, "mqtt_wire_ratio.mean")
+        s.checks.append(Check(
+            "MQTT bytes per device / bundle size, bundle over HTTP from an nginx origin, mean", _n(mqtt_mean, 4),
+            "control only (≤ 0.01)", mqtt_mean is not None and mqtt_mean <= 0.01,
+            f"{_n(origin.get('mqtt_wire_bytes_in_per_device_mean'))} B per device over MQTT, "
+            f"{_n(_first(origin, 'http_ratio.mean'), 4)}x the bundle over HTTP; "
+            f"{_n(served.get('verified_on_device'))} of {_n(served.get('devices'))} verified, "
+            f"{_n(served.get('seconds_to_complete'))} s from deploy to the last job SUCCEEDED, "
+            f"{_n(origin.get('origin_fallbacks'))} fell back to MQTT"))
     if delta:
         s.checks.append(Check("delta update size / full bundle", _n(delta.get("delta_ratio"), 4), "≤ 0.30",
                               delta.get("delta_ratio") is not None and delta["delta_ratio"] <= 0.30,
