@@ -44,7 +44,11 @@ def _wait_for_signal() -> None:
 
 # -- coordinator ---------------------------------------------------------------------------------------
 def _serve(args: Any) -> int:
+    from edgefleet import logs
+
     from .api_tls import check_server_files
+
+    logs.daemon()  # connects, rollouts, installs and halts at info unless --log-level says otherwise
 
     tls = check_server_files(args.tls_cert, args.tls_key)  # refused before anything starts
     args.api_url = _callback_url(args, tls is not None)
@@ -93,10 +97,14 @@ def _serve(args: Any) -> int:
         raise
     ssl_files = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls is not None else {}
     server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
-                                           log_level="warning", **ssl_files))
+                                           log_level="warning", log_config=None, **ssl_files))
     scheme = "https" if tls is not None else "http"
-    print(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API {scheme}://{args.api_host}:"
-          f"{args.api_port}", file=sys.stderr, flush=True)
+    import logging
+
+    api = f"{scheme}://{args.api_host}:{args.api_port}"
+    logging.getLogger(__name__).info(f"edgefleet coordinator: fleet {args.fleet}, broker {args.broker}, API {api}",
+                                     extra={"event": "coordinator_serving", "fleet": args.fleet, "api": api,
+                                            "broker": args.broker})
     if tls is not None:
         from .api_tls import self_check
 
@@ -216,6 +224,9 @@ def _run_connected(args: Any, cfg: Any, sync_dir: str, tick: float = 0.2) -> int
 
     if importlib.util.find_spec("paho") is None:
         raise ConfigError("cloud sync needs paho-mqtt: pip install 'edgefleet[device]'")
+    from edgefleet import logs
+
+    logs.daemon()
     from edgefleet.device_agent.agent import Agent
 
     from .device import DeviceSync
@@ -226,8 +237,12 @@ def _run_connected(args: Any, cfg: Any, sync_dir: str, tick: float = 0.2) -> int
     sync = DeviceSync(agent, lambda will: MqttTransport(conf, will), args.fleet, cfg.device_id, sync_dir,
                       group=args.group, telemetry_interval=args.telemetry_interval)
     sync.start()
-    print(f"edgefleet sync: device {cfg.device_id} of fleet {args.fleet} via {args.broker}, serving "
-          f"{agent.active_version or 'nothing yet'} from {cfg.state_dir}", file=sys.stderr, flush=True)
+    import logging
+
+    logging.getLogger(__name__).info(
+        f"edgefleet sync: device {cfg.device_id} of fleet {args.fleet} via {args.broker}, serving "
+        f"{agent.active_version or 'nothing yet'} from {cfg.state_dir}",
+        extra={"event": "device_started", "device": cfg.device_id, "fleet": args.fleet, "broker": args.broker})
     try:
         _wait_for_signal()
     finally:
@@ -263,7 +278,22 @@ def _fleet_devices(args: Any) -> int:
     _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
                          d["agent_version"], ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
                         for d in data], ["device", "group", "state", "version", "agent", "tags", "claimed tags"])
-    return 0
+    return _coordinator_link(args)
+
+
+def _coordinator_link(args: Any) -> int:
+    """After a device list: 0, or a warning on stderr and SyncError's exit code when the coordinator is itself
+    disconnected from the broker (its /healthz): the states listed are then the last it heard, not live ones."""
+    from edgefleet.errors import SyncError
+
+    health = _call(args, "GET", "/healthz")
+    if not isinstance(health, dict) or health.get("broker_connected") is not False:
+        return 0
+    since = health.get("broker_since") or 0
+    when = f" since {_when(since)}" if since else ""
+    print(f"edgefleet: warning: the coordinator is disconnected from the broker{when}: the device states above are "
+          "the last it heard, not live (see its log and /healthz)", file=sys.stderr)
+    return SyncError.exit_code
 
 
 class Rate(click.ParamType):
@@ -791,7 +821,9 @@ def sync() -> None:
 sync.add_command(click.Command(
     "run", callback=lambda **params: _sync_run(SimpleNamespace(**params)),
     help="Run the agent with cloud sync (birth/will, jobs, OTA, telemetry); like 'agent run --broker', with "
-    "STATE_DIR/agent and STATE_DIR/sync.",
+    "STATE_DIR/agent and STATE_DIR/sync. Logs connects, disconnects, jobs, installs and rollbacks on stderr at "
+    "info: set 'edgefleet --log-level LEVEL --log-format text|json sync run ...' (or EDGEFLEET_LOG_LEVEL, "
+    "EDGEFLEET_LOG_FORMAT).",
     epilog="Example: edgefleet sync run --broker mqtts://broker:8883 --fleet plant1 --device-id press-7 "
     "--state-dir /var/lib/edgefleet",
     params=[*_broker_options("mqtt://127.0.0.1:1883"),
@@ -818,8 +850,11 @@ def _cloud_command(name: str, func: Callable[[Any], int], example: str, help: st
 
 _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-file admin.token --db "
                "postgresql+psycopg://edgefleet@db/fleet --trust keys/edgefleet.pub --signing-key keys/edgefleet.key",
-               "Coordinator: registry, rollouts, telemetry ingest, HTTP API (token: EDGEFLEET_TOKEN, "
-               "EDGEFLEET_TOKEN_FILE or --token-file).", [
+               "Coordinator: registry, rollouts, telemetry ingest, HTTP API with Prometheus /metrics (token: "
+               "EDGEFLEET_TOKEN, EDGEFLEET_TOKEN_FILE or --token-file). Logs its broker connection, device connects "
+               "and disconnects, rollout stages, halts with their reason, installs, rollbacks and ingest errors on "
+               "stderr at info: set 'edgefleet --log-level LEVEL --log-format text|json cloud serve ...' (or "
+               "EDGEFLEET_LOG_LEVEL, EDGEFLEET_LOG_FORMAT).", [
     *_broker_options("mqtt://127.0.0.1:1883", who="the coordinator's"),
     click.Option(["--db"], default="sqlite:///edgefleet-registry.db", help="SQLAlchemy URL of the registry"),
     click.Option(["--fleet"], required=True, help="the fleet this coordinator runs"),

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -79,6 +80,8 @@ from .updates import (
 if TYPE_CHECKING:
     from .flower_node import FlowerNode
     from .samples import SampleStore
+
+log = logging.getLogger(__name__)
 
 
 class Agent:
@@ -163,6 +166,11 @@ class Agent:
         if monitor:
             self._thread = threading.Thread(target=self._loop, name="edgefleet-agent", daemon=True)
             self._thread.start()
+        served = self.serving.slot.entry.version if self.serving.slot is not None else ""
+        log.info("agent %s started: serving %s from %s%s", config.device_id or "(no device id)",
+                 f"v{served}" if served else "nothing yet", self.root, "" if self.owner else " (as a guest)",
+                 extra={"event": "agent_started", "device": config.device_id, "version": served,
+                        "owner": self.owner})
 
     def _start_flower_node(self) -> FlowerNode:
         """Enrolled for federated training: supervise this device's ``flower-supernode`` (restarted if it dies)."""
@@ -233,6 +241,9 @@ class Agent:
         slot = self._open(state.previous)
         new = self.store.rollback(mark_bad=True)
         self._generation = new.generation
+        log.error("the active version v%s cannot be loaded (%s): serving the previous one, v%s", state.active.version,
+                  damaged, state.previous.version, extra={"event": "store_repaired", "version": state.previous.version,
+                                                          "damaged": state.active.version})
         self.telemetry.event("store_repaired", {"damaged": state.active.to_dict(), "now_active": state.previous.to_dict(),
                                                 "error": damaged})
         return slot
@@ -354,8 +365,11 @@ class Agent:
     def _advance(self, event: Event) -> list[Action]:
         with self._drive_lock:
             assert self._machine is not None
+            before = self._machine.job
             actions = self._machine.handle(event)
             job = self._machine.job
+            if (job.status, job.step) != (before.status, before.step):
+                _log_job(job)
             try:
                 self.jobs.save(job)
             except OSError as exc:  # a job that cannot be persisted cannot be resumed: it ends here
@@ -397,7 +411,7 @@ class Agent:
             try:
                 hook(job)
             except Exception:
-                pass
+                log.exception("a job hook failed on job %s", job.job_id)
         with self._done:
             self._done.notify_all()
 
@@ -597,12 +611,20 @@ class Agent:
         self._set_drift(cand)
         self.telemetry.event("activated", {"version": cand.entry.version, "id": cand.entry.id,
                                            "previous": old.entry.version if old else None})
+        log.info("activated v%s (previous: %s)", cand.entry.version, f"v{old.entry.version}" if old else "none",
+                 extra={"event": "activated", "version": cand.entry.version,
+                        "previous": old.entry.version if old else ""})
         return Activated()
 
     def _start_probation(self) -> Event | None:
         standby = self.serving.standby
         self.serving.probation = start_probation(self.config.update, time.monotonic(),
                                                  standby.hist if standby is not None else None)
+        slot = self.serving.slot
+        log.info("probation of %s started (%gs, at least %d predictions)",
+                 f"v{slot.entry.version}" if slot else "the new version", self.config.update.probation_seconds,
+                 self.config.update.probation_min_predictions,
+                 extra={"event": "probation_started", "version": slot.entry.version if slot else ""})
         return self._judge_probation()
 
     def _judge_probation(self) -> Event | None:
@@ -645,6 +667,9 @@ class Agent:
         self._set_drift(new)
         self.telemetry.event("rolled_back", {"version": new.entry.version, "from": job.target_version,
                                              "reason": job.reason})
+        log.warning("rolled back from v%s to v%s: %s", job.target_version, new.entry.version, job.reason,
+                    extra={"event": "rolled_back", "version": new.entry.version, "from_version": job.target_version,
+                           "reason": job.reason, "job": job.job_id})
         return RolledBack()
 
     def _resume_jobs(self) -> None:
@@ -690,6 +715,9 @@ class Agent:
             self.telemetry.event("rolled_back", {"version": new.entry.version,
                                                  "from": state.previous.version if state.previous else None,
                                                  "reason": "operator_rollback"})
+            log.warning("rolled back to v%s by the operator (from %s)", new.entry.version,
+                        f"v{state.previous.version}" if state.previous else "?",
+                        extra={"event": "rolled_back", "version": new.entry.version, "reason": "operator_rollback"})
             return state
 
     def feedback(self, x: Any, y: Any) -> int:
@@ -774,6 +802,8 @@ class Agent:
             old.retire()
         self._set_drift(new)
         self.telemetry.event("activated", {"version": new.entry.version, "id": new.entry.id, "by": "another process"})
+        log.info("another process activated v%s: serving it", new.entry.version,
+                 extra={"event": "activated", "version": new.entry.version, "by": "another process"})
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -784,6 +814,7 @@ class Agent:
             try:
                 self.tick()
             except Exception:  # the monitor must survive anything
+                log.exception("the agent's monitor failed; it goes on")
                 time.sleep(self.tick_seconds)
 
     def close(self) -> None:
@@ -826,6 +857,25 @@ class Agent:
         Rollback: lambda self, a: self._do_rollback(a.to_id),
         Discard: _discard,
     }
+
+
+def _log_job(job: Job) -> None:
+    """An install job moved: its end at info (installed, already active, canceled) or warning (refused, failed,
+    rolled back), with its reason; the steps between at debug."""
+    extra = {"event": f"install_{job.status.value.lower()}", "job": job.job_id, "status": job.status.value,
+             "step": job.step.value, "reason": job.reason, "version": job.target_version,
+             "from_version": job.from_version}
+    target = f"v{job.target_version}" if job.target_version else job.source
+    if job.status is JobStatus.SUCCEEDED:
+        log.info("job %s: installed %s (was %s)%s", job.job_id, target,
+                 f"v{job.from_version}" if job.from_version else "nothing",
+                 f": {job.reason}" if job.reason not in ("", "healthy", "installed") else "", extra=extra)
+    elif job.status.terminal:
+        level = logging.INFO if job.status is JobStatus.CANCELED else logging.WARNING
+        log.log(level, "job %s: %s of %s: %s%s", job.job_id, job.status.value, target, job.reason,
+                f" ({job.message[:300]})" if job.message else "", extra=extra)
+    else:
+        log.debug("job %s: %s %s", job.job_id, job.step.value or job.status.value, target, extra=extra)
 
 
 def read_status(state_dir: str | Path) -> dict[str, Any]:

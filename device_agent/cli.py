@@ -67,7 +67,10 @@ def agent() -> None:
 @_common
 @click.option("--tick", type=float, default=0.5, help="monitor period in seconds")
 def run(**params: Any) -> int:
-    """Run the agent as a daemon until SIGTERM (with --broker: connected to the fleet)."""
+    """Run the agent as a daemon until SIGTERM (with --broker: connected to the fleet). It logs installs,
+    activations, probation verdicts, rollbacks (and with --broker its broker connection and jobs) on stderr at info:
+    set 'edgefleet --log-level LEVEL --log-format text|json agent run ...' (or EDGEFLEET_LOG_LEVEL,
+    EDGEFLEET_LOG_FORMAT)."""
     command: RunCommand = cmd_run
     for ext in RUN_EXTENSIONS:
         command = (lambda inner, e: (lambda args: e.run(args, inner)))(command, ext)
@@ -333,8 +336,11 @@ def cmd_run(args: Any) -> int:
     import signal
     import threading
 
+    from edgefleet import logs
+
     from .agent import Agent
 
+    logs.daemon()
     cfg = config_from_args(args)
     stop = threading.Event()
 

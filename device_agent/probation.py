@@ -7,6 +7,7 @@ machine's events (:mod:`.updates`); the agent only asks at each tick.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from .config import UpdateConfig
 from .health import LatencyHistogram
 from .updates import Event, ProbationFailed, ProbationPassed, ShadowDone
+
+log = logging.getLogger(__name__)
 
 #: the previous version's latency counts as a baseline once it served this many predictions
 BASELINE_MIN_PREDICTIONS = 20
@@ -144,12 +147,20 @@ def judge_probation(probation: Probation, now: float, model: Any) -> Event | Non
     verdict = probation.verdict(now)
     if verdict is None:
         return None
+    report = verdict.report
+    extra = {"predictions": report.get("predictions"), "errors": report.get("errors"), "p95_ms": report.get("p95_ms")}
     if not verdict.ok:
+        log.warning("probation failed (%s): %s", verdict.reason, verdict.message,
+                    extra={"event": "probation_failed", "reason": verdict.reason, **extra})
         return ProbationFailed(verdict.reason, verdict.message, verdict.report)
     if model is not None:
         result = model.run_smoke_tests()
         if not result.ok:
+            log.warning("probation failed: the smoke tests fail again: %s", result.message,
+                        extra={"event": "probation_failed", "reason": "smoke_test_failed", **extra})
             return ProbationFailed("smoke_test_failed", result.message, verdict.report)
+    log.info("probation passed: %s predictions, %s errors", report.get("predictions"), report.get("errors"),
+             extra={"event": "probation_passed", **extra})
     return ProbationPassed(verdict.report)
 
 
@@ -158,7 +169,15 @@ def judge_shadow(stats: ShadowStats, now: float) -> Event | None:
     v = stats.verdict(now)
     if v is None:
         return None
-    return ShadowDone(v[0], v[1], v[1].get("reason", "shadow_disagreement"))
+    ok, report = v
+    extra = {"event": "shadow_passed" if ok else "shadow_failed", "compared": report.get("compared"),
+             "agreement": report.get("agreement"), "reason": report.get("reason", "")}
+    if ok:
+        log.info("shadow run passed: %s predictions compared, agreement %.1f%%", report.get("compared"),
+                 100 * float(report.get("agreement") or 0.0), extra=extra)
+    else:
+        log.warning("shadow run failed (%s): %s", report.get("reason"), report.get("why", ""), extra=extra)
+    return ShadowDone(ok, report, report.get("reason", "shadow_disagreement"))
 
 
 __all__ = ["BASELINE_MIN_PREDICTIONS", "Probation", "ShadowStats", "Verdict", "judge_probation", "judge_shadow",

@@ -9,6 +9,7 @@ inputs on its own thread. :class:`AgentSession` carries a stateful model's state
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,9 @@ from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from edgefleet.model import Inputs, SmokeResult
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelLike(Protocol):
@@ -68,6 +72,7 @@ class Slot:
         self._inflight = 0
         self._retired = False
         self._closed = False
+        self.failures = 0  # predictions that raised (the log names the first ones)
 
     def acquire(self) -> bool:
         with self._lock:
@@ -99,8 +104,9 @@ class Slot:
     def _close_model(self) -> None:
         try:
             self.model.close()
-        except Exception:
-            pass
+        except Exception as exc:
+            log.warning("closing v%s failed: %s", self.entry.version, exc,
+                        extra={"event": "close_failed", "version": self.entry.version})
 
 
 class Shadow:
@@ -181,12 +187,18 @@ class Serving:
             if self.record_telemetry:
                 self.telemetry.record_prediction(version, 0.0, "invalid")
             raise
-        except Exception:
+        except Exception as exc:
             slot.release(None)
             if self.record_telemetry:
                 self.telemetry.record_prediction(version, 0.0, "error")
             probation = self.probation
-            if probation is not None and self.slot is slot:
+            on_probation = probation is not None and self.slot is slot
+            slot.failures += 1
+            if slot.failures in (1, 10, 100, 1000) or slot.failures % 10_000 == 0:  # not a line per failed call
+                log.warning("a prediction on v%s failed%s: %s: %s (%d so far)", version,
+                            " during its probation" if on_probation else "", type(exc).__name__, exc, slot.failures,
+                            extra={"event": "prediction_failed", "version": version, "failures": slot.failures})
+            if probation is not None and on_probation:
                 probation.record(False, 0.0)
                 self.on_failure()
             raise
@@ -205,6 +217,10 @@ class Serving:
     def swap(self, new: Slot) -> Slot | None:
         """Serve ``new`` from the next call on; returns the slot it replaced (still serving its calls in flight)."""
         old, self.slot = self.slot, new
+        if old is not new:
+            log.info("serving v%s (was %s)", new.entry.version, f"v{old.entry.version}" if old else "nothing",
+                     extra={"event": "serving", "version": new.entry.version,
+                            "previous": old.entry.version if old else ""})
         return old
 
     def stop_shadow(self) -> None:

@@ -117,8 +117,19 @@ class LazyGroup(click.Group):
                     "\n\nShell completion (bash): eval \"$(_EDGEFLEET_COMPLETE=bash_source edgefleet)\"")
 @click.version_option(__version__, "--version", prog_name="edgefleet", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="print full tracebacks on errors (or EDGEFLEET_DEBUG=1)")
-def cli(debug: bool) -> None:
+@click.option("--log-level", envvar="EDGEFLEET_LOG_LEVEL", show_envvar=True, metavar="LEVEL",
+              type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+              help="what edgefleet logs: debug, info, warning, error or critical  [default: info for the daemons "
+              "(cloud serve, agent run, sync run), warning for other commands]")
+@click.option("--log-format", envvar="EDGEFLEET_LOG_FORMAT", show_envvar=True, default="text",
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="log lines on stderr: text, or json (one object a line: ts, level, logger, msg and the event's "
+              "fields)")
+def cli(debug: bool, log_level: str | None, log_format: str) -> None:
     """Compile models for small devices, run them offline, keep a fleet improving."""
+    from . import logs
+
+    logs.configure(log_level or "warning", log_format, given=log_level is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -350,7 +350,7 @@ class Coordinator:
         if row is not None and s.session < row.session:
             self.counters["stale_status"] += 1  # an old will arriving after a newer birth
             return
-        if s.online:
+        if s.online and (row is None or not row.online or row.session != s.session):  # not a status update
             log.info("device %s connected (session %d, running %s, agent %s)", device, s.session,
                      s.active_version or "nothing", s.agent_version or "?",
                      extra={"event": "device_connected", "device": device, "session": s.session,

@@ -52,7 +52,7 @@ from ..wire.transfer import DEFAULT_MAX_BUNDLE_BYTES, ChunkFile, apply_delta
 from . import machine as M
 from .fetch import DEFAULT_ATTEMPTS, DEFAULT_READ_TIMEOUT, Download, FetchResult
 
-log = logging.getLogger("edgefleet.cloud_sync.device")
+log = logging.getLogger(__name__)
 
 TransportFactory = Callable[[Will], Transport]
 
@@ -177,7 +177,10 @@ class DeviceSync:
         will = Will(self.topic(P.Up.STATUS), P.Status(self.device_id, False, self.session).to_bytes(), 1, True)
         self.transport = make_transport(will)
         self.transport.on_message(self._on_message)
-        self.transport.on_connect(lambda: self._q.put(("connected", None)))
+        self.transport.on_connect(self._connected)
+        on_disconnect = getattr(self.transport, "on_disconnect", None)  # an optional member of a Transport
+        if on_disconnect is not None:
+            on_disconnect(self._disconnected)
         self.sink = MqttSink(self)
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
@@ -194,6 +197,22 @@ class DeviceSync:
                                        window=window, stall_seconds=stall_seconds, fetch=origin)
         self.stats = self.machine.stats  # the machine's counters and the driver's (telemetry_acked), one dict
         agent.job_hooks.append(lambda job: self._q.put(("agent_job", job)))
+
+    # -- the broker connection (logged: the device's own view of its link) -------------------------------
+    def _connected(self) -> None:
+        url = str(getattr(getattr(self.transport, "config", None), "url", "") or "")
+        log.info("device %s connected to the broker%s (fleet %s, session %d)", self.device_id,
+                 f" at {url}" if url else "", self.fleet, self.session,
+                 extra={"event": "broker_connected", "device": self.device_id, "fleet": self.fleet, "broker": url})
+        self._q.put(("connected", None))
+
+    def _disconnected(self, reason: str) -> None:
+        extra = {"event": "broker_disconnected", "device": self.device_id, "fleet": self.fleet, "reason": reason}
+        if reason == "closed" or self._stop.is_set():
+            log.info("device %s disconnected from the broker (%s)", self.device_id, reason, extra=extra)
+        else:
+            log.warning("device %s lost its broker connection (%s): it keeps serving, keeps its telemetry and "
+                        "reconnects", self.device_id, reason, extra=extra)
 
     # -- persistence ------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -317,6 +336,11 @@ class DeviceSync:
                 log.exception("sync worker error on %s", kind)
 
     def _on_desired(self, d: P.Desired) -> None:
+        if d.action != P.JobAction.NONE.value:
+            log.info("job %s: %s %s%s of deployment %s", d.job_id, d.action,
+                     d.model + " " if d.model else "", f"v{d.target_version}" if d.target_version else "",
+                     d.deployment_id, extra={"event": "job_received", "job": d.job_id, "action": d.action,
+                                             "version": d.target_version, "deployment": d.deployment_id})
         self._run(M.DesiredIn(d))
 
     def _on_chunk(self, chunk: P.Chunk) -> None:
@@ -364,20 +388,28 @@ class DeviceSync:
         elif isinstance(act, M.PrepareInstall):
             return self._prepare(act)
         elif isinstance(act, M.Install):
+            log.info("job %s: bundle received, installing", act.job_id,
+                     extra={"event": "install_started", "job": act.job_id})
             try:  # every transition comes back through the agent's job hook
                 if act.mirror is not None:  # TUF mode: checked again against the signed target, with delegated keys
                     self.agent.install(act.path, job_id=act.job_id, repo=act.mirror)
                 else:
                     self.agent.install(act.path, job_id=act.job_id)
             except EdgefleetError as exc:
+                log.warning("job %s: the install failed: %s", act.job_id, exc,
+                            extra={"event": "install_failed", "job": act.job_id})
                 return M.InstallFailed(str(exc))
         elif isinstance(act, M.RecordOrder):
             return self._record_order(act)
         elif isinstance(act, M.Rollback):
+            log.warning("rolling back as the coordinator ordered", extra={"event": "rollback_ordered"})
             try:
                 self.agent.rollback()
             except EdgefleetError as exc:
+                log.error("the ordered rollback failed: %s", exc, extra={"event": "rollback_failed"})
                 return M.RollbackFailed(str(exc))
+            log.info("rolled back as ordered: serving %s", self.agent.active_version or "nothing",
+                     extra={"event": "rollback_succeeded", "version": self.agent.active_version or ""})
             return M.RolledBack()
         else:  # pragma: no cover
             raise AssertionError(f"unknown action {act!r}")
