@@ -9,7 +9,13 @@
   the registry, and with ``--deploy`` it starts a staged rollout of the promoted
   version to ``--group`` (``--canary``/``--waves``/``--max-failure`` as for
   ``fleet deploy``);
-- ``federated status`` shows the per-round metrics of a run directory.
+- ``federated status`` shows the per-round metrics of a run directory;
+- ``federated ls``, ``federated log RUN`` and ``federated stop RUN`` list the runs the
+  coordinator's registry holds, show one run's rounds and events (status changes, stop
+  requests, the failure reason) and stop a run - one the coordinator supervises (started
+  by drift) at once, one started by hand through the stop flag its ``federated run``
+  polls. While ``federated run`` waits it says how many nodes are connected and which
+  round runs (``waiting: 0 of 2 nodes connected`` every few seconds).
 
 This module is light: handlers import flwr/TensorFlow only when they run.
 """
@@ -180,6 +186,7 @@ def cmd_run(args: Any) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edgefleet.errors import ConfigError
 
+    from ..coordinator.rows import RunStatus
     from .config import FederatedConfig
     from .runner import run_federated
     from .server_app import save_weights
@@ -235,17 +242,24 @@ def cmd_run(args: Any) -> int:
         if record is not None:
             record.round(r, cfg.strategy.value)
 
+    def submitted(flower_run_id: int | None) -> None:
+        print(f"  submitted as Flower run {flower_run_id}; waiting for {cfg.min_nodes} node(s)", flush=True)
+        if record is not None and flower_run_id is not None:
+            record.update(flower_run_id=flower_run_id)
+
     try:
         doc = run_federated(cfg, args.superlink, work_dir=out, timeout=args.timeout,
                             insecure=not args.root_certificates, root_certificates=args.root_certificates,
-                            on_round=on_round)
+                            on_round=on_round, progress=lambda line: print("  " + line, flush=True),
+                            should_stop=record.stop_requested if record is not None else None,
+                            on_submitted=submitted)
     except BaseException as exc:
         if record is not None:
-            record.update(status=f"failed: {exc}" if str(exc) else f"failed: {type(exc).__name__}")
+            record.ended(exc)  # stopped (asked through the API, SIGTERM, Ctrl-C) or failed, with the reason
         raise
     doc["group"] = args.group
     if record is not None:
-        record.update(status="aggregated", flower_run_id=doc.get("run_id"),
+        record.update(status=RunStatus.AGGREGATED, flower_run_id=doc.get("run_id"),
                       result={"privacy": doc["privacy"]} if "privacy" in doc else {})
     if "privacy" in doc:
         p = doc["privacy"]
@@ -257,13 +271,14 @@ def cmd_run(args: Any) -> int:
             summary.update(_close(args, cfg, doc, preprocessing, out, record, api))
     except BaseException as exc:
         if record is not None:
-            record.update(status=f"failed: {exc}")
+            record.ended(exc)
         raise
     finally:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     if record is not None:
         gate = summary.get("gate") or {}
-        status = "deployed" if summary.get("deployment") else ("promoted" if gate.get("promoted") else "finished")
+        status = (RunStatus.DEPLOYED if summary.get("deployment")
+                  else RunStatus.PROMOTED if gate.get("promoted") else RunStatus.FINISHED)
         record.update(status=status, result={k: summary[k] for k in ("gate", "deployment") if k in summary})
     if doc.get("aggregate"):
         print(f"aggregate: {doc['aggregate']}")
@@ -332,6 +347,96 @@ def cmd_superlink(args: Any) -> int:
     return 0
 
 
+def api_options() -> list[click.Parameter]:
+    """Where the coordinator's API is, how to trust it, the token, --json: as every ``fleet`` command takes them."""
+    return [
+        click.Option(["--api"], envvar="EDGEFLEET_API", show_envvar=True, default="http://127.0.0.1:8080",
+                     help="the coordinator's API: http://HOST:PORT or https://HOST:PORT"),
+        click.Option(["--ca-cert"], envvar="EDGEFLEET_CA_CERT", show_envvar=True, metavar="PEM",
+                     help="CA certificate an https API's certificate must chain to (default: the system's CAs; "
+                     "verification is never switched off)"),
+        click.Option(["--token-file"], help="file holding the API token (default: EDGEFLEET_TOKEN, or the file "
+                     "EDGEFLEET_TOKEN_FILE)"),
+        click.Option(["--token"], help="API token (deprecated: other users see it in the process list; use the above)"),
+        click.Option(["--json"], is_flag=True, help="print JSON"),
+    ]
+
+
+def _call(args: Any, method: str, path: str, **kw: Any) -> Any:
+    from edgefleet.cloud_sync.coordinator.client import api_call, read_token
+
+    return api_call(args.api, read_token(args.token, args.token_file), method, path, ca_cert=args.ca_cert, **kw)
+
+
+def _run_path(run_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"/v1/federated/runs/{quote(run_id, safe='')}"
+
+
+def cmd_ls(args: Any) -> int:
+    from .records import RUNS_HEADER, aligned, runs_table
+
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.group:
+        params["group"] = args.group
+    runs = _call(args, "GET", "/v1/federated/runs", params=params)
+    if args.json:
+        print(json.dumps(runs, indent=2, sort_keys=True, default=str))
+        return 0
+    if not runs:
+        print("federated runs: none" + (f" for group {args.group}" if args.group else ""))
+        return 0
+    print("\n".join(aligned(RUNS_HEADER, runs_table(runs))))
+    return 0
+
+
+def cmd_log(args: Any) -> int:
+    from .records import log_lines
+
+    run = _call(args, "GET", _run_path(args.run))
+    events = _call(args, "GET", _run_path(args.run) + "/events")
+    if args.json:
+        print(json.dumps({"run": run, "events": events}, indent=2, sort_keys=True, default=str))
+        return 0
+    print("\n".join(log_lines(run, events)))
+    return 0
+
+
+def cmd_stop(args: Any) -> int:
+    import time
+
+    from ..coordinator.rows import RunStatus
+    from .runner import FederatedError, RunEndedError
+
+    # a run that has already ended: 409, nothing stopped (RunEndedError)
+    answer = _call(args, "POST", _run_path(args.run) + "/stop", params={"force": "true"} if args.force else None,
+                   errors={409: RunEndedError})
+    run = answer["run"]
+    how = ("the coordinator supervising it stops its process" if answer["supervised"]
+           else "its `federated run` process stops when it next polls its record")
+    if not args.json:
+        print(f"federated run {args.run}: stop requested; {how}", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while args.wait and RunStatus(run["status"]).active and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = _call(args, "GET", _run_path(args.run))
+    if args.json:
+        print(json.dumps(run, indent=2, sort_keys=True, default=str))
+    status = RunStatus(run["status"])
+    if status is RunStatus.STOPPED:
+        if not args.json:
+            print(f"federated run {args.run} stopped" + (f": {run['error']}" if run.get("error") else ""))
+        return 0
+    if not args.wait:
+        return 0
+    if status.active:
+        raise FederatedError(f"federated run {args.run} is still {status} after {args.timeout:.0f}s: is its process "
+                             f"alive? `edgefleet federated stop {args.run} --force` records it stopped")
+    raise RunEndedError(f"federated run {args.run} ended {status} before the stop took effect"
+                        + (f": {run['error']}" if run.get("error") else ""))
+
+
 def cmd_status(args: Any) -> int:
     from edgefleet.errors import ConfigError
 
@@ -368,6 +473,27 @@ _command("superlink", cmd_superlink, "edgefleet federated superlink --port 9092 
              click.Option(["--ssl-ca-certfile"], help="the CA certificate (PEM)"),
              click.Option(["--enable-supernode-auth"], is_flag=True,
                           help="admit only SuperNodes registered with `flwr supernode register` (needs TLS)")])
+_command("ls", cmd_ls, "edgefleet federated ls --group line-1 --api https://coordinator:8080",
+         "The federated runs the coordinator's registry holds, newest first: status, group, trigger, rounds done, "
+         "start time.", [
+             click.Option(["--group"], help="only this group's runs"),
+             click.Option(["--limit"], type=click.IntRange(1, 200), default=20, help="latest runs to show"),
+             *api_options()])
+_command("log", cmd_log, "edgefleet federated log 3f2a9c1b7d04",
+         "One run's rounds (per-round metrics) and events (status changes, stop requests) in time order, then "
+         "why it failed or stopped, and its gate and deployment.", [
+             click.Argument(["run"]), *api_options()])
+_command("stop", cmd_stop, "edgefleet federated stop 3f2a9c1b7d04 --timeout 2m",
+         "Stop a run: the coordinator stops a run it supervises (started by drift) at once; a run started by hand "
+         "stops when its `federated run` next polls its record. Waits until the run is stopped (exit 0), ended "
+         "otherwise or still running at --timeout (non-zero).", [
+             click.Argument(["run"]),
+             click.Option(["--wait/--no-wait"], default=True, help="wait until the run has stopped"),
+             click.Option(["--timeout"], type=Duration(lo=0.001), default="60s",
+                          help="how long to wait (90s, 5m; a bare number is seconds)"),
+             click.Option(["--force"], is_flag=True,
+                          help="record the run stopped now, without waiting for its process (one that is gone)"),
+             *api_options()])
 _command("status", cmd_status, "edgefleet federated status federated-run --json",
          "Per-round metrics of a run directory.", [
              click.Argument(["out"], required=False, default="federated-run"),

@@ -140,12 +140,13 @@ def _f(v: Any, fmt: str = ".3f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def _status(run: Mapping[str, Any]) -> str:
+def _status(run: Mapping[str, Any], error: bool = True) -> str:
+    """The run's status; with the error of a failure or stop, or ``(stop requested)`` while it has not stopped."""
     status = str(run["status"])
-    if run.get("error"):
-        status += f": {run['error']}"
-    elif run.get("stop_requested") and status in {s.value for s in RunStatus if s.active}:
+    if run.get("stop_requested") and status in {s.value for s in RunStatus if s.active}:
         status += " (stop requested)"
+    elif error and run.get("error"):
+        status += f": {run['error']}"
     return status
 
 
@@ -192,13 +193,20 @@ def _when(ts: float) -> str:
 
 
 def runs_table(runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """``edgefleet federated ls``: one row per run (id, status, group, trigger, rounds done, strategy, started)."""
-    return [[str(r["id"]), _status(r) if len(_status(r)) <= 60 else _status(r)[:57] + "...", str(r["group"]),
-             str(r["trigger"]), f"{r['rounds_done']}/{r['rounds']}", str(r["strategy"]), _when(float(r["created"]))]
-            for r in runs]
+    """``edgefleet federated ls``: one row per run (id, status, group, trigger, rounds done, strategy, started;
+    ``federated log`` shows why a run failed or stopped)."""
+    return [[str(r["id"]), _status(r, error=False), str(r["group"]), str(r["trigger"]),
+             f"{r['rounds_done']}/{r['rounds']}", str(r["strategy"]), _when(float(r["created"]))] for r in runs]
 
 
 RUNS_HEADER = ["run", "status", "group", "trigger", "rounds", "strategy", "started"]
+
+
+def aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as aligned text columns, never wrapped or cut (as ``flwr ls`` or ``docker ps``: for a terminal and
+    for grep)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
 
 
 def round_text(r: Mapping[str, Any]) -> str:
@@ -244,5 +252,5 @@ def log_lines(run: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> li
     return lines
 
 
-__all__ = ["round_metrics", "RunRecord", "run_line", "print_runs", "runs_table", "RUNS_HEADER", "log_lines",
-           "round_text", "event_text"]
+__all__ = ["round_metrics", "RunRecord", "run_line", "print_runs", "runs_table", "RUNS_HEADER", "aligned",
+           "log_lines", "round_text", "event_text"]

@@ -51,6 +51,11 @@ class RunStopped(FederatedError):
     coordinator supervising it) or Ctrl-C, or on the SuperLink (``flwr stop``)."""
 
 
+class RunEndedError(FederatedError):
+    """``federated stop`` of a run that has already ended (or that ended otherwise before the stop took effect):
+    nothing was stopped."""
+
+
 @dataclass(frozen=True)
 class SuperLinkConfig:
     host: str = "127.0.0.1"
@@ -375,13 +380,15 @@ def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os
                   timeout: float | None = None, insecure: bool = True, root_certificates: str | None = None,
                   on_round: Callable[[Mapping[str, Any]], None] | None = None,
                   progress: Callable[[str], None] | None = None, should_stop: Callable[[], str | None] | None = None,
-                  progress_every: float = 5.0, poll: float = 2.0) -> dict[str, Any]:
+                  progress_every: float = 5.0, poll: float = 2.0,
+                  on_submitted: Callable[[int | None], None] | None = None) -> dict[str, Any]:
     """Generate the app, submit it to ``superlink`` with ``flwr run`` and wait for the result.
 
     While it waits, ``progress`` gets the lines saying what the run waits for (nodes connected, round; see
     :mod:`.progress`; ``waiting: ...`` every ``progress_every`` seconds while too few nodes are connected) and
     ``should_stop`` is asked every ``poll`` seconds; a stop (its reason), SIGTERM, Ctrl-C, a timeout or a failure
-    stop the Flower run on the SuperLink and raise (:class:`RunStopped` for a stop).
+    stop the Flower run on the SuperLink and raise (:class:`RunStopped` for a stop). ``on_submitted`` gets the
+    Flower run id as soon as ``flwr run`` answers.
 
     Returns the ``rounds.json`` document plus ``"aggregate"`` (path of the final
     weights) and ``"run_id"``.
@@ -402,6 +409,8 @@ def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os
                          every=progress_every) if progress is not None else None
         watch = RunWatch(control, submitted.run_id, shown, progress or (lambda _: None), should_stop, poll=poll)
         try:
+            if on_submitted is not None:
+                on_submitted(submitted.run_id)
             doc = wait_for_run(out, budget, on_round, on_poll=watch)
         except BaseException:
             if submitted.run_id is not None and control.stop_run(submitted.run_id) and progress is not None:
@@ -417,5 +426,6 @@ def run_federated(config: FederatedConfig, superlink: str, *, work_dir: str | os
     return doc
 
 
-__all__ = ["SuperLink", "SuperLinkConfig", "FederatedError", "RunStopped", "ControlClient", "RunWatch", "write_app",
-           "write_flwr_home", "submit_run", "wait_for_run", "read_rounds", "run_federated", "Submitted"]
+__all__ = ["SuperLink", "SuperLinkConfig", "FederatedError", "RunStopped", "RunEndedError", "ControlClient",
+           "RunWatch", "write_app", "write_flwr_home", "submit_run", "wait_for_run", "read_rounds", "run_federated",
+           "Submitted"]

@@ -7,6 +7,7 @@ Real pieces: SQLite (and PostgreSQL when it runs), mosquitto, the coordinator an
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -152,6 +153,7 @@ def test_federated_stop_route_sets_the_flag_once_refuses_ended_runs_and_forces(c
     assert missing.status_code == 404
 
 
+@pytest.mark.slow
 def test_federated_run_by_hand_shows_waiting_and_honours_a_stop_asked_through_the_api(
         fleet: Fleet, cloud_fleet: CloudFleet, tmp_path: Path) -> None:
     """No SuperNode is connected: the run says so every few seconds instead of nothing; a stop asked for through
@@ -201,3 +203,103 @@ def test_federated_run_by_hand_shows_waiting_and_honours_a_stop_asked_through_th
     finally:
         control.close()
     assert seconds < 60
+
+
+def test_federated_ls_log_and_stop_commands(cloud_fleet: CloudFleet, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgefleet.cli import main as cli_main
+    from edgefleet.cloud_sync.federated.records import round_metrics
+
+    # Arrange: a drift run that trained a round and failed, and a run started by hand that is running
+    reg = cloud_fleet.coord.registry
+    failed = reg.create_fed_run("f1", "g", "fedprox", 2, trigger="drift", reason="drift on 2 device(s) of g: a, b")
+    reg.set_fed_run(failed, status=RunStatus.RUNNING, flower_run_id="4242")
+    reg.put_fed_round(failed, 1, **round_metrics({"round": 1, "train_replies": 2, "examples": 300, "seconds": 4.5,
+                                                  "train": {"train-loss": 0.7, "train-accuracy": 0.81},
+                                                  "central": {"loss": 0.6, "accuracy": 0.83}}, "fedprox"))
+    reg.set_fed_run(failed, status=RunStatus.FAILED, error="the federated run failed: ValueError: bad weights")
+    running = reg.create_fed_run("f1", "h", "fedavg", 3, status=RunStatus.RUNNING)
+    api = ["--api", cloud_fleet.api, "--token", CloudFleet.TOKEN]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli_main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    # Act
+    ls = run("federated", "ls", *api)
+    ls_h = run("federated", "ls", "--group", "h", "--json", *api)
+    log = run("federated", "log", failed, *api)
+    stop_ended = run("federated", "stop", failed, *api)
+    stop = run("federated", "stop", running, "--no-wait", *api)
+    flag = reg.fed_run(running)
+    forced = run("federated", "stop", running, "--force", *api)
+    unknown = run("federated", "log", "nosuchrun", *api)
+
+    # Assert: ls has status, group, rounds done and start time of each run, newest first
+    assert ls[0] == 0
+    lines = [line for line in ls[1].splitlines() if running in line or failed in line]
+    assert running in lines[0] and "running" in lines[0] and " h " in lines[0] and "0/3" in lines[0]
+    assert failed in lines[1] and "failed" in lines[1] and "drift" in lines[1] and "1/2" in lines[1]
+    assert time.strftime("%Y-%m-%d") in lines[1]
+    assert ls_h[0] == 0 and [r["id"] for r in json.loads(ls_h[1])] == [running]
+    # log: the rounds, the status changes in time order and the failure reason
+    assert log[0] == 0, log
+    text = log[1]
+    assert "started for: drift on 2 device(s) of g: a, b" in text
+    assert text.index("status starting") < text.index("status running") < text.index("round 1: 2 device(s)")
+    assert text.index("round 1: 2 device(s)") < text.index("status failed: the federated run failed")
+    assert "train acc 0.810" in text and "holdout acc 0.830" in text
+    assert "failure: the federated run failed: ValueError: bad weights" in text
+    # stop: an ended run is refused (nothing stopped); a running one gets its flag; --force records it stopped
+    assert stop_ended[0] != 0 and "has already ended: failed" in stop_ended[2]
+    assert stop[0] == 0 and "its `federated run` process stops when it next polls its record" in stop[1]
+    assert flag is not None and flag.stop_requested > 0 and flag.status is RunStatus.RUNNING
+    assert forced[0] == 0 and f"federated run {running} stopped: stopped by bootstrap with force" in forced[1]
+    assert unknown[0] != 0 and "no federated run 'nosuchrun'" in unknown[2]
+
+
+@pytest.mark.slow
+def test_federated_drift_started_run_is_stopped_through_the_api(fleet: Fleet, cloud_fleet: CloudFleet, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A run drift started, supervised by the coordinator (a real ``edgefleet federated run`` process on a real
+    SuperLink with no node connected), stopped with ``federated stop`` through the API."""
+    from edgefleet.cli import main as cli_main
+    from edgefleet.cloud_sync.federated.autorun import RUN_TOKEN_PREFIX, AutoRetrain
+    from edgefleet.cloud_sync.federated.runner import ControlClient
+
+    # Arrange: auto-retraining for g; a drift alert starts the run, which waits for 2 nodes
+    reg, fleet_id = cloud_fleet.coord.registry, cloud_fleet.fleet
+    auto = AutoRetrain(cloud_fleet.coord, cloud_fleet.api, None, tmp_path / "runs").attach()
+    reg.set_retrain(fleet_id, "g", True, {"min_devices": 1, "cooldown_s": 0.0, "rounds": 1,
+                                          "args": ["--superlink", fleet.link.address, "--min-nodes", "2",
+                                                   "--layers", "64,10"]})
+    run_id = auto.on_drift("d1", "g", {"psi_max": 0.9, "version": "1"})
+    assert run_id is not None
+    log = tmp_path / "runs" / run_id / "run.log"
+    cloud_fleet.wait_for(lambda: log.exists() and "waiting: 0 of 2 nodes connected" in log.read_text(), 90)
+    running = reg.fed_run(run_id)
+    assert running is not None and running.status is RunStatus.RUNNING and running.flower_run_id
+
+    # Act
+    code = cli_main(["federated", "stop", run_id, "--api", cloud_fleet.api, "--token", CloudFleet.TOKEN])
+    out = capsys.readouterr()
+    assert cli_main(["federated", "log", run_id, "--api", cloud_fleet.api, "--token", CloudFleet.TOKEN]) == 0
+    shown = capsys.readouterr().out
+
+    # Assert: stopped by the coordinator, which supervised it; its process is gone, its token revoked
+    assert code == 0, out
+    assert "stop requested; the coordinator supervising it stops its process" in out.out
+    assert f"federated run {run_id} stopped" in out.out
+    run = reg.fed_run(run_id)
+    assert run is not None and run.status is RunStatus.STOPPED and run.error, run
+    cloud_fleet.wait_for(lambda: not auto.children, 30)
+    assert RUN_TOKEN_PREFIX + run_id not in [t.name for t in reg.tokens(fleet_id)]
+    assert "stop requested by bootstrap" in shown and "status stopped" in shown
+    # the run said what it waited for, and stopped its Flower run on the SuperLink
+    text = log.read_text()
+    assert f"submitted as Flower run {running.flower_run_id}" in text
+    control = ControlClient(fleet.link.address)
+    try:
+        cloud_fleet.wait_for(lambda: control.run_status(int(running.flower_run_id)) == "finished:stopped", 20)
+    finally:
+        control.close()

@@ -5,7 +5,6 @@ Each device holds mostly two classes. Runs are submitted with ``flwr run``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -95,17 +94,15 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     fleet.add_node("tiny", digits.x_train[:5], digits.y_train[:5])
     reg = cloud_fleet.coord.registry
     cloud_fleet.wait_for(lambda: sum(d.online for d in reg.devices("f1")) == 3)
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    base = ["federated", "run", "--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
+    base = ["--superlink", fleet.link.address, "--rounds", "3", "--min-nodes", "4",
             "--local-epochs", "10", "--learning-rate", "0.2", "--round-timeout", "90", "--timeout", "300",
             "--model", str(src), "--holdout", str(holdout), "--key", str(priv), "--margin", "0.05",
             "--group", "g", "--api", cloud_fleet.api, "--token", cloud_fleet.TOKEN]
-    args = parser.parse_args([*base, "--deployed", str(v1), "--out", str(tmp_path / "run"), "--deploy",
-                              "--canary", "34%", "--waves", "100%", "--max-failure", "0%"])
+    args = cli.parse_run_args([*base, "--deployed", str(v1), "--out", str(tmp_path / "run"), "--deploy",
+                               "--canary", "34%", "--waves", "100%", "--max-failure", "0%"])
 
     # Act
-    code = args.func(args)
+    code = cli.cmd_run(args)
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     dep_id = summary["deployment"]["id"]
@@ -159,7 +156,7 @@ def test_federated_loop_end_to_end_deploys_the_next_version_through_a_staged_rol
     assert f"{last.central_accuracy:.3f}" in table, table
 
     # Act/Assert: gated against v2 itself, the same aggregate is not promoted: no deployment, a clear message
-    args = parser.parse_args([*base, "--deployed", gate["bundle"], "--out", str(tmp_path / "run2"), "--deploy"])
+    args = cli.parse_run_args([*base, "--deployed", gate["bundle"], "--out", str(tmp_path / "run2"), "--deploy"])
     result = cli._close(args, FederatedConfig(layers=TRAINING["layers"], rounds=3), run, digits.preprocessing,
                         tmp_path / "run2", None, cloud_fleet.api)
     assert not result["gate"]["promoted"] and result["deployment"] is None

@@ -314,7 +314,7 @@ def test_federated_cli_registers_run_and_shows_status(tmp_path: Path) -> None:
     run = cli.parse_run_args(["--rounds", "4", "--strategy", "krum", "--min-nodes", "3"])
     result = CliRunner().invoke(cli.federated, ["status", str(tmp_path)])
 
-    assert set(cli.federated.commands) == {"run", "superlink", "status"}
+    assert set(cli.federated.commands) == {"run", "superlink", "status", "ls", "log", "stop"}
     assert run.rounds == 4 and run.strategy == "krum" and run.min_nodes == 3
     text = result.output
     assert result.exit_code == 0 and "round 1: 3 device(s)" in text and "0.810" in text and "epsilon 3.20" in text
