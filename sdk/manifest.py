@@ -16,8 +16,15 @@ from typing import Any, Mapping, Sequence
 
 from .canonical import canonical_json
 from .errors import BundleFormatError, UnsupportedFormatError
+from .head import HeadLayer, check_chain
 
+#: the format a manifest is written in unless it needs a newer one
 FORMAT_VERSION = 1
+#: a bundle with a trainable head (``head``) is format 2, so an edgefleet that predates heads
+#: refuses it (``UnsupportedFormatError``) instead of serving the backbone's features as predictions
+HEAD_FORMAT_VERSION = 2
+#: the newest format this edgefleet reads
+MAX_FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature"
 #: a version: 1 to 4 dot-separated components of 1 to 9 ASCII digits each (no signs, spaces or
@@ -332,6 +339,50 @@ class Target:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """A trainable head (:mod:`edgefleet.head`): float32 weights in ``file`` (whose sha256 is
+    repeated here, so a head-only update names the head it ships), run after the model file on
+    its output ``input`` (the backbone's features), through ``layers``; ``output`` is what
+    ``Model.predict`` returns."""
+
+    file: str
+    sha256: str
+    input: str
+    layers: tuple[HeadLayer, ...]
+    output: TensorSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "input": self.input,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "output": self.output.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HeadSpec:
+        if not isinstance(data, dict):
+            raise BundleFormatError("manifest head must be an object")
+        unknown = sorted(set(data) - {"file", "sha256", "input", "layers", "output"})
+        if unknown:
+            raise BundleFormatError(f"manifest head has unknown fields {unknown}")
+        digest = _require(data, "sha256", str, "head")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise BundleFormatError("manifest head.sha256 must be 64 lowercase hex digits")
+        layers_raw = _require(data, "layers", list, "head")
+        if len(layers_raw) > 64:
+            raise BundleFormatError("manifest head has more than 64 layers")
+        return cls(
+            file=check_file_name(_require(data, "file", str, "head")),
+            sha256=digest,
+            input=_require(data, "input", str, "head"),
+            layers=check_chain([HeadLayer.from_dict(v, f"layers[{i}]") for i, v in enumerate(layers_raw)]),
+            output=TensorSpec.from_dict(_require(data, "output", dict, "head"), "head.output"),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -352,6 +403,7 @@ class Manifest:
     extra: Mapping[str, Any] = field(default_factory=dict)
     state: tuple[StateSpec, ...] = ()
     stateful_variables: bool = False
+    head: HeadSpec | None = None
 
     def __post_init__(self) -> None:
         in_names = [s.name for s in self.inputs]
@@ -373,6 +425,42 @@ class Manifest:
             seen_out.add(st.output)
             if st.initial is not None and st.initial not in self.files:
                 raise BundleFormatError(f"manifest state[{i}]: initial value file {st.initial!r} is not listed in files")
+        if self.head is not None:
+            self._check_head(self.head)
+
+    def _check_head(self, head: HeadSpec) -> None:
+        """A head reads the model file's one output, batch first, of the shape its first layer
+        takes; its file is listed with the same sha256; the model is stateless."""
+        if self.format_version < HEAD_FORMAT_VERSION:
+            raise BundleFormatError(f"manifest has a head but format_version {self.format_version}; heads need {HEAD_FORMAT_VERSION}")
+        if self.state or self.stateful_variables:
+            raise BundleFormatError("manifest has a head and state; a model with a trainable head must be stateless")
+        if [s.name for s in self.outputs] != [head.input]:
+            raise BundleFormatError(
+                f"manifest head reads {head.input!r}, but the model's outputs are {[s.name for s in self.outputs]}: "
+                "a head reads the model file's one output"
+            )
+        features = self.outputs[0]
+        if features.batch_axis != 0 or not (features.dtype.startswith("float") or features.quantization is not None):
+            raise BundleFormatError(
+                f"manifest head reads {features.name!r}, which is not a batch-first float (or quantized) tensor"
+            )
+        first = head.layers[0].input_shape
+        sample = features.sample_shape
+        if len(sample) != len(first) or any(b != -1 and a != b for a, b in zip(sample, first)):
+            raise BundleFormatError(
+                f"manifest head takes samples of shape {list(first)}, but {features.name!r} gives {list(sample)}"
+            )
+        last = head.layers[-1]
+        if head.output.dtype != "float32" or head.output.batch_axis != 0 or head.output.shape != (-1, *last.output_shape):
+            raise BundleFormatError(
+                f"manifest head.output must be float32 of shape {[-1, *last.output_shape]} with batch axis 0"
+            )
+        entry = self.files.get(head.file)
+        if entry is None or head.file == self.model_file:
+            raise BundleFormatError(f"manifest head file {head.file!r} is not listed in files (apart from the model file)")
+        if entry.sha256 != head.sha256:
+            raise BundleFormatError(f"manifest head.sha256 differs from files[{head.file!r}].sha256")
 
     @property
     def stateful(self) -> bool:
@@ -382,8 +470,17 @@ class Manifest:
     def version_tuple(self) -> tuple[int, ...]:
         return parse_version(self.version)
 
+    @property
+    def served_outputs(self) -> tuple[TensorSpec, ...]:
+        """What ``Model.predict`` returns: the head's output, or else the model file's outputs."""
+        return (self.head.output,) if self.head is not None else self.outputs
+
     def with_files(self, files: Mapping[str, FileEntry]) -> Manifest:
-        return replace(self, files=dict(files))
+        """The manifest listing ``files`` (a head's sha256 follows its file's entry)."""
+        head = self.head
+        if head is not None and head.file in files:
+            head = replace(head, sha256=files[head.file].sha256)
+        return replace(self, files=dict(files), head=head)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -410,6 +507,8 @@ class Manifest:
             out["state"] = [st.to_dict() for st in self.state]
         if self.stateful_variables:
             out["stateful_variables"] = True
+        if self.head is not None:
+            out["head"] = self.head.to_dict()
         return out
 
     def to_bytes(self) -> bytes:
@@ -424,10 +523,10 @@ class Manifest:
         except (TypeError, ValueError) as exc:
             raise BundleFormatError(f"manifest is not canonical JSON (NaN/Infinity or non-JSON values): {exc}") from None
         fmt = _require(data, "format_version", int, "")
-        if fmt > FORMAT_VERSION or fmt < 1:
+        if fmt > MAX_FORMAT_VERSION or fmt < 1:
             raise UnsupportedFormatError(
                 f"manifest format_version {fmt} is not supported by this edgefleet "
-                f"(supports {FORMAT_VERSION}); upgrade edgefleet"
+                f"(supports 1 to {MAX_FORMAT_VERSION}); upgrade edgefleet"
             )
         name = check_name(_require(data, "name", str, ""), "model name")
         version = _require(data, "version", str, "")
@@ -503,7 +602,7 @@ class Manifest:
         known = {
             "format_version", "name", "version", "created_at", "model", "target", "inputs",
             "outputs", "preprocessing", "labels", "files", "reference_stats", "smoke_tests",
-            "metrics", "lineage", "state", "stateful_variables",
+            "metrics", "lineage", "state", "stateful_variables", "head",
         }
         return cls(
             name=name,
@@ -525,4 +624,5 @@ class Manifest:
             extra={k: v for k, v in data.items() if k not in known},
             state=state,
             stateful_variables=stateful_variables,
+            head=HeadSpec.from_dict(data["head"]) if data.get("head") is not None else None,
         )

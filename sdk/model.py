@@ -20,6 +20,7 @@ from .errors import (
     InvalidInputError,
     SignatureError,
 )
+from .head import Head
 from .keys import KeySource
 from .manifest import Manifest, ModelFormat, TensorSpec
 from .preprocess import Pipeline, PipelineStream, check_finite, decode_labels
@@ -225,6 +226,26 @@ def _take(o: np.ndarray, axis: int) -> np.ndarray:
     return cast(np.ndarray, o[0] if axis == 0 else np.take(o, 0, axis=axis))
 
 
+def _head_of(manifest: Manifest, bundle: Bundle | None, head: Head | None) -> Head | None:
+    """The manifest's head with its weights: ``head`` when given (the same layers), else read from the bundle."""
+    spec = manifest.head
+    if spec is None:
+        if head is not None:
+            raise ConfigError(f"model {manifest.name} has no trainable head in its manifest; none can be given")
+        return None
+    if head is None:
+        if bundle is None:
+            raise BundleFormatError(f"the manifest of {manifest.name} declares a head, but its weights were not given")
+        try:
+            data = (bundle.path / spec.file).read_bytes()
+        except OSError as exc:
+            raise BundleIntegrityError(f"bundle file {spec.file!r} is unreadable: {exc.strerror}") from None
+        return Head.from_npz(data, spec.layers, what=f"bundle file {spec.file!r}")
+    if head.layers != spec.layers:
+        raise BundleFormatError(f"the head given for {manifest.name} has other layers than its manifest declares")
+    return head
+
+
 class Model:
     """A loaded model. ``predict`` is safe to call from several threads.
 
@@ -232,6 +253,9 @@ class Model:
     named dynamic dimensions, and a batch axis or none. Inputs without a batch axis are
     passed exactly as given; the outputs' batch axis is dropped only when the caller gave
     one unbatched sample for every batched input.
+
+    A bundle with a trainable head (``manifest.head``) runs the model file (the backbone),
+    then the head in numpy: ``outputs`` is the head's output, :meth:`features` the backbone's.
     """
 
     def __init__(
@@ -240,13 +264,18 @@ class Model:
         backend: Backend,
         bundle: Bundle | None = None,
         _tmp: tempfile.TemporaryDirectory[str] | None = None,
+        *,
+        head: Head | None = None,
     ) -> None:
         self.manifest = manifest
         self.bundle = bundle
         self._backend = backend
         self._tmp = _tmp
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs
-        self.outputs: tuple[TensorSpec, ...] = manifest.outputs
+        #: what predict returns (a head's output); the model file's own outputs are ``_file_outputs``
+        self.outputs: tuple[TensorSpec, ...] = manifest.served_outputs
+        self._file_outputs: tuple[TensorSpec, ...] = manifest.outputs
+        self._head = _head_of(manifest, bundle, head)
         self._check_backend_agrees()
         pre = manifest.preprocessing or {}
         unknown = set(pre) - {s.name for s in self.inputs}
@@ -261,15 +290,15 @@ class Model:
             raise BundleFormatError(f"manifest preprocessing is invalid: {exc}") from None
         self._names = [s.name for s in self.inputs]
         self._index = {n: i for i, n in enumerate(self._names)}
-        self._out_quant = [s.quantization for s in self.outputs]
+        self._out_quant = [s.quantization for s in self._file_outputs]
         self._any_out_quant = any(q is not None for q in self._out_quant)
-        self._out_axes = [s.batch_axis for s in self.outputs]
+        self._out_axes = [s.batch_axis for s in self._file_outputs]
         self._batched = [i for i, p in enumerate(self._plans) if p.axis is not None]
         self._fixed = [i for i in self._batched if self._plans[i].model_batch is not None]
         self._state_inputs = {st.input: st for st in manifest.state}
         #: input index -> position in manifest.state
         self._state_slots = {self._index[st.input]: k for k, st in enumerate(manifest.state)}
-        out_index = {s.name: j for j, s in enumerate(self.outputs)}
+        out_index = {s.name: j for j, s in enumerate(self._file_outputs)}
         free = [i for i in range(len(self._names)) if i not in self._state_slots]
         #: the one non-state input of a streaming model (index, plan), for Session's fast step
         self._one_free: tuple[int, _InputPlan] | None = (free[0], self._plans[free[0]]) if len(free) == 1 and self._state_slots else None
@@ -279,15 +308,15 @@ class Model:
             (
                 self._index[st.input],
                 out_index[st.output],
-                self.outputs[out_index[st.output]].dtype == self.inputs[self._index[st.input]].dtype
-                and self.outputs[out_index[st.output]].quantization == self.inputs[self._index[st.input]].quantization,
+                self._file_outputs[out_index[st.output]].dtype == self.inputs[self._index[st.input]].dtype
+                and self._file_outputs[out_index[st.output]].quantization == self.inputs[self._index[st.input]].quantization,
             )
             for st in manifest.state
         ]
         self._variables = manifest.stateful_variables
         self._initial_cache: dict[str, np.ndarray] = {}
         # dequantizing an 8-bit output is one table lookup (None: no table, ``_dequant``)
-        self._out_tables = [_dequant_table(q, np_dtype(s.dtype)) for s, q in zip(self.outputs, self._out_quant)]
+        self._out_tables = [_dequant_table(q, np_dtype(s.dtype)) for s, q in zip(self._file_outputs, self._out_quant)]
         self._out_dropped = [i for i, ax in enumerate(self._out_axes) if ax is not None]
         self._out_table0 = self._out_tables[0] if len(self._out_tables) == 1 else None
         # Fast path: one input given as a ready array in the model's own layout: float values
@@ -501,7 +530,7 @@ class Model:
 
     def _run_one_by_one(self, arrays: list[np.ndarray], n: int) -> list[np.ndarray]:
         """A model file that fixes a batch of one, given a batch of ``n``: one call per sample."""
-        missing = [s.name for s, ax in zip(self.outputs, self._out_axes) if ax is None]
+        missing = [s.name for s, ax in zip(self._file_outputs, self._out_axes) if ax is None]
         if missing:
             raise InvalidInputError(
                 f"model takes batches of exactly 1 and its outputs {missing} have no batch axis: pass one sample at a time"
@@ -511,7 +540,7 @@ class Model:
         for k in range(n):
             feed = [a if ax is None else (a[k : k + 1] if ax == 0 else np.take(a, [k], axis=ax)) for a, ax in zip(arrays, axes)]
             parts.append(self._invoke(feed))
-        return [np.concatenate([p[j] for p in parts], axis=self._out_axes[j]) for j in range(len(self.outputs))]
+        return [np.concatenate([p[j] for p in parts], axis=self._out_axes[j]) for j in range(len(self._file_outputs))]
 
     def _call(self, feeds: Sequence[Any], preprocess: bool, raw: bool) -> list[np.ndarray]:
         arrays: list[np.ndarray] = []
@@ -562,7 +591,7 @@ class Model:
     def _pack(self, outs: list[np.ndarray]) -> Any:
         if len(outs) == 1:
             return outs[0]
-        return {s.name: o for s, o in zip(self.outputs, outs)}
+        return {s.name: o for s, o in zip(self._file_outputs, outs)}
 
     def predict(self, x: Inputs = None, *, raw: bool = False, preprocess: bool = True) -> Any:
         """Predict on one sample or a batch.
@@ -571,13 +600,16 @@ class Model:
         ``{}`` for a model without inputs). Returns an array for single-output models, else
         a dict by output name. Quantized models take and return real values unless
         ``raw=True``. State inputs of a stateful model that are not given start from their
-        initial value (use :meth:`session` to carry state from call to call).
+        initial value (use :meth:`session` to carry state from call to call). A model with a
+        trainable head returns the head's output (``raw`` then applies to the inputs only).
         """
+        if self._head is not None:
+            return self._head.forward(self._features(x, raw, preprocess))
         fast = self._fast
         if fast is not None and type(x) is np.ndarray and (fast.lut is None or not raw) and (x.dtype is fast.dtype or x.dtype == fast.dtype):
             outs = self._predict_fast(fast, x, raw)
             if outs is not None:
-                return outs[0] if len(outs) == 1 else {s.name: o for s, o in zip(self.outputs, outs)}
+                return outs[0] if len(outs) == 1 else {s.name: o for s, o in zip(self._file_outputs, outs)}
         if type(x) is dict and not self._state_inputs and len(x) == len(self._names):
             try:  # every input named (what ``_feeds`` checks, in one pass)
                 feeds = [x[n] for n in self._names]
@@ -590,6 +622,35 @@ class Model:
             rest = {k: v for k, v in x.items() if k not in self._state_inputs} if isinstance(x, abc.Mapping) else x
             return self._pack(self._step(rest, None, given, raw=raw, preprocess=preprocess)[0])
         return self._pack(self._call(self._feeds(x), preprocess, raw))
+
+    # -- a trainable head ----------------------------------------------------
+    @property
+    def head(self) -> Head | None:
+        """The trainable head (layers and float32 weights), or ``None`` for a model without one."""
+        return self._head
+
+    def features(self, x: Inputs = None, *, raw: bool = False, preprocess: bool = True) -> np.ndarray:
+        """The backbone's output (real values) for ``x``: what the trainable head takes.
+
+        Inputs as for :meth:`predict`. A model compiled without ``--trainable-head`` has no
+        backbone apart from its whole self: ``ConfigError``."""
+        if self._head is None:
+            raise ConfigError(
+                f"model {self.name} has no trainable head, so no separate backbone features: "
+                "compile it with --trainable-head N"
+            )
+        return self._features(x, raw, preprocess)
+
+    def _features(self, x: Inputs, raw: bool, preprocess: bool) -> np.ndarray:
+        """The model file's one output as real values (a head bundle is stateless, one output)."""
+        fast = self._fast
+        outs = None
+        if fast is not None and type(x) is np.ndarray and (fast.lut is None or not raw) and x.dtype == fast.dtype:
+            outs = self._predict_fast(fast, x, raw)
+        if outs is None:
+            outs = self._call(self._feeds(x), preprocess, raw)
+        out = outs[0]
+        return self._dequantize_one(out, 0) if raw else out
 
     # -- state ---------------------------------------------------------------
     def initial_state(self, name: str) -> np.ndarray:

@@ -17,8 +17,20 @@ from ._version import __version__
 from .bundle import Bundle, write_archive, write_bundle
 from .canonical import sha256_file
 from .errors import ConfigError, EdgefleetError, SampleRequiredError
+from .head import HEAD_FILE, Head
 from .keys import PrivateKey
-from .manifest import FileEntry, Manifest, StateSpec, Target, TensorSpec, check_name, parse_version, with_batch_axes
+from .manifest import (
+    HEAD_FORMAT_VERSION,
+    FileEntry,
+    HeadSpec,
+    Manifest,
+    StateSpec,
+    Target,
+    TensorSpec,
+    check_name,
+    parse_version,
+    with_batch_axes,
+)
 from .preprocess import Pipeline
 from .runtime import Backend, format_of, open_backend
 
@@ -258,17 +270,19 @@ def make_smoke_tests(
     sample_inputs: Mapping[str, np.ndarray] | None = None,
     atol: float | None = None,
     rtol: float = 1e-3,
+    head: Head | None = None,
 ) -> dict[str, Any]:
     """Record model outputs for a few inputs so a device can check its runtime gives the same.
 
     Without ``sample_inputs`` the inputs are synthetic (seeded, declared shapes, dynamic
     dimensions 1, state inputs at their initial value); a model that cannot run on them
-    raises ``SampleRequiredError``: give real inputs (``--sample FILE.npz``).
+    raises ``SampleRequiredError``: give real inputs (``--sample FILE.npz``). A manifest with
+    a head records the head's output (``head`` holds its weights).
     """
     from .model import Model
 
     be = open_backend(model_path, manifest.model_format)
-    model = Model(manifest, be)
+    model = Model(manifest, be, head=head)
     try:
         names = [s.name for s in manifest.inputs]
         if sample_inputs is not None:
@@ -286,7 +300,10 @@ def make_smoke_tests(
                     if spec.quantization is not None:
                         feeds[st.input] = feeds[st.input].astype(np.float32)
         try:
-            out = model.predict(feeds if len(feeds) != 1 else next(iter(feeds.values())), preprocess=False)
+            given = feeds if len(feeds) != 1 else next(iter(feeds.values()))
+            out = model.predict(given, preprocess=False)
+            if atol is None and model.head is not None:
+                atol = _head_atol(model, model.head, given)
         except EdgefleetError as exc:
             if sample_inputs is not None:
                 raise ConfigError(f"the model failed on the --sample inputs: {exc}") from None
@@ -300,7 +317,7 @@ def make_smoke_tests(
             ) from None
     finally:
         model.close()
-    outs = out if isinstance(out, dict) else {manifest.outputs[0].name: out}
+    outs = out if isinstance(out, dict) else {manifest.served_outputs[0].name: out}
     for name, value in outs.items():
         v = np.asarray(value)
         if v.dtype.kind == "f" and v.size and not np.isfinite(v).all():
@@ -318,6 +335,27 @@ def make_smoke_tests(
         "atol": atol,
         "rtol": rtol,
     }
+
+
+def _head_atol(model: Any, head: Head, given: Any) -> float:
+    """The smoke tests' tolerance for a head's output: where the backbone's features are
+    quantized, a runtime may round a feature one step the other way, so the tolerance is twice
+    the largest change of the head's output when every feature moves one step (signs seeded)."""
+    q = model.manifest.outputs[0].quantization
+    if q is None:
+        return 1e-4
+    feats = np.asarray(model.features(given, preprocess=False), dtype=np.float32)
+    signs = np.random.default_rng(SMOKE_SEED).choice(np.array([-1.0, 1.0], np.float32), size=feats.shape)
+    moved = [head.forward(feats + s * np.float32(q.scale)) for s in (signs, -signs)]
+    base = head.forward(feats)
+    return max(1e-4, 2.0 * max(float(np.max(np.abs(m - base))) if base.size else 0.0 for m in moved))
+
+
+def head_spec(head: Head, features: TensorSpec, head_bytes: bytes) -> HeadSpec:
+    """The manifest entry of ``head`` (whose file holds ``head_bytes``) reading the model output ``features``."""
+    output = TensorSpec(name=head.output_name, shape=(-1, *head.output_shape), dtype="float32", batch_axis=0)
+    return HeadSpec(file=HEAD_FILE, sha256=hashlib.sha256(head_bytes).hexdigest(), input=features.name,
+                    layers=head.layers, output=output)
 
 
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
@@ -357,6 +395,7 @@ def pack(
     state_initial: Mapping[str, np.ndarray] | None = None,
     sample_inputs: Mapping[str, np.ndarray] | None = None,
     allow_non_finite: Sequence[str] = (),
+    head: Head | None = None,
 ) -> tuple[Bundle, Path | None]:
     """Write a bundle for ``model_path``; with ``archive=True`` also ``<out>.efb``.
 
@@ -365,6 +404,8 @@ def pack(
     (output -> input); without it pairs are proposed from names and shapes ({} for none).
     Smoke-test vectors are recorded from the model's own outputs on ``sample_inputs``
     (real inputs by name; ``smoke_inputs`` is the older name) or on synthetic inputs.
+    ``head``: a trainable head run on the model's one output (the model is then its backbone),
+    stored as float32 weights in ``head.npz`` and declared in the manifest (format 2).
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -380,8 +421,18 @@ def pack(
         finite=list(allow_non_finite) if allow_non_finite else True,
     )
     be.close()
-    pairs = propose_state_pairs(base.inputs, base.outputs) if state is None else dict(state)
+    if head is not None and (state or base.stateful_variables or len(base.outputs) != 1):
+        raise ConfigError(
+            "a trainable head runs on a stateless model with one output; this one has "
+            + (f"outputs {[s.name for s in base.outputs]}" if len(base.outputs) != 1 else "state")
+        )
+    pairs = propose_state_pairs(base.inputs, base.outputs) if state is None and head is None else dict(state or {})
     states, state_files = state_specs(pairs, base.inputs, base.outputs, state_initial)
+    head_files: dict[str, bytes] = {}
+    head_entry = None
+    if head is not None:
+        head_files[HEAD_FILE] = head.to_npz()
+        head_entry = head_spec(head, base.outputs[0], head_files[HEAD_FILE])
     prep = normalize_preprocessing(preprocessing, base.inputs, reference_stats)
     digest, _ = sha256_file(str(model_path))
     lineage_full = {"source_model_sha256": digest, "packed_by": f"edgefleet {__version__}"}
@@ -393,7 +444,7 @@ def pack(
         model_format=fmt,
         inputs=base.inputs,
         outputs=base.outputs,
-        files={**base.files, **{k: FileEntry(hashlib.sha256(v).hexdigest(), len(v)) for k, v in state_files.items()}},
+        files={**base.files, **{k: FileEntry(hashlib.sha256(v).hexdigest(), len(v)) for k, v in {**state_files, **head_files}.items()}},
         state=states,
         stateful_variables=base.stateful_variables,
         target=Target(
@@ -407,13 +458,16 @@ def pack(
         metrics=dict(metrics or {}),
         lineage=lineage_full,
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        head=head_entry,
+        format_version=HEAD_FORMAT_VERSION if head_entry is not None else base.format_version,
     )
     if labels:
-        width = [d for d in manifest.outputs[0].sample_shape]
+        width = [d for d in manifest.served_outputs[0].sample_shape]
         if width and width[-1] > 0 and width[-1] != len(labels):
             raise ConfigError(f"{len(labels)} labels given but the model's first output has {width[-1]} classes")
-    manifest = replace(manifest, smoke_tests=make_smoke_tests(model_path, manifest, sample_inputs if sample_inputs is not None else smoke_inputs))
-    files: dict[str, str | os.PathLike[str] | bytes] = {manifest.model_file: model_path, **state_files}
+    manifest = replace(manifest, smoke_tests=make_smoke_tests(model_path, manifest, sample_inputs if sample_inputs is not None else smoke_inputs,
+                                                              head=head))
+    files: dict[str, str | os.PathLike[str] | bytes] = {manifest.model_file: model_path, **state_files, **head_files}
     files.update(extra_files or {})
     bundle = write_bundle(out, manifest, files, private_key=private_key, overwrite=overwrite)
     archive_path = None
