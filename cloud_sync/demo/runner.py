@@ -490,10 +490,10 @@ class Demo:
                 parts.append(f"{r.get('seconds') or 0:.1f}s")
                 self.say(", ".join(parts))
             status = str(run["status"])
-            if status.startswith("failed"):
+            if status in ("failed", "stopped"):  # its reason is the run's error
                 log = self.workdir / "federated" / run_id / "run.log"
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
-                raise SyncError(f"federated run {run_id} {status}\n{tail}")
+                raise SyncError(f"federated run {run_id} {status}: {run.get('error') or '?'}\n{tail}")
             if status in ("promoted", "deployed", "finished") or (until == "aggregated" and status == "aggregated"):
                 break
             if time.monotonic() > deadline:
