@@ -37,10 +37,12 @@ def keys_generate(**params: Any) -> int:
 
 
 @click.command(epilog="Example: edgefleet pack model.tflite -o bundle --name digits --version 1.0.0 --labels "
-               "labels.txt --key keys/edgefleet.key --archive")
-@click.argument("model")
+               "labels.txt --key keys/edgefleet.key --archive\n\n"
+               "A head-only update: edgefleet pack --base v1.efb --head new_head.npz --version 2.0.0 --key "
+               "keys/edgefleet.key -o v2 --head-update v2.efh")
+@click.argument("model", required=False)
 @click.option("-o", "--output", required=True, help="bundle directory to write")
-@click.option("--name", required=True, help="the model's name")
+@click.option("--name", help="the model's name (required unless --base)")
 @click.option("--version", required=True, help="dotted integers, e.g. 1 or 1.2.0")
 @click.option("--labels", help="labels file: one per line, or a JSON list")
 @click.option("--preprocess", help="preprocessing pipeline as JSON (list of steps)")
@@ -61,8 +63,18 @@ def keys_generate(**params: Any) -> int:
 @click.option("--sample", metavar="FILE.npz", help="real inputs for the smoke tests, one array per input name")
 @click.option("--allow-non-finite", multiple=True, callback=lambda c, p, v: _many(v), metavar="NAME",
               help="let input NAME hold NaN/inf (refused by default)")
+@click.option("--base", metavar="BUNDLE", help="a bundle with a trainable head: make its next version with --head instead "
+              "of packing a MODEL")
+@click.option("--head", metavar="FILE.npz", help="with --base: the new head's weights, one float array per LAYER.PARAM")
+@click.option("--head-update", metavar="FILE", help="with --base: also write the head-only update a device holding the "
+              "base rebuilds the new version from")
+@click.option("--pub", multiple=True, callback=lambda c, p, v: _many(v) or None,
+              help="with --base: require the base to be signed by this key (repeatable)")
 def pack(**params: Any) -> int:
-    """Pack a .tflite/.onnx model into a signed bundle."""
+    """Pack a .tflite/.onnx model into a signed bundle, or (--base, --head) make a bundle's next version with a new
+    trainable head: the same backbone files, the new head, signed, its lineage naming the base."""
+    if params["base"] is not None:
+        return cmd_pack_head(SimpleNamespace(**params))
     return cmd_pack(SimpleNamespace(**params))
 
 
@@ -210,9 +222,53 @@ def _npz(path: str, what: str) -> dict[str, Any]:
     return data
 
 
+def cmd_pack_head(args: Any) -> int:
+    """``pack --base V1 --head NEW.npz``: the options that describe a new model do not apply."""
+    from .bundle import open_bundle
+    from .headupdate import head_update_of, update_head
+    from .keys import load_private_key
+
+    given = [f"--{k.replace('_', '-')}" for k in ("name", "labels", "preprocess", "reference", "state_init", "sample")
+             if getattr(args, k)] + [f"--{k.replace('_', '-')}" for k in ("hardware_tags", "batch_axis", "input_shape", "state",
+                                                                          "allow_non_finite") if getattr(args, k)]
+    if args.model:
+        given.insert(0, f"MODEL ({args.model})")
+    if given:
+        raise ConfigError(f"--base makes the next version of a bundle with a new head; {', '.join(given)} do not apply")
+    if not args.head:
+        raise ConfigError("--base needs --head FILE.npz (the new head's weights)")
+    key = load_private_key(args.key) if args.key else None
+    bundle, archive = update_head(args.base, args.head, args.output, version=args.version, private_key=key,
+                                  trusted_keys=args.pub, archive=args.archive, overwrite=args.force)
+    m = bundle.manifest
+    print(f"packed {m.name} v{m.version} -> {bundle.path}: the base's backbone, a new head "
+          f"({m.files[m.head.file].size if m.head else 0:,} bytes), lineage parent v{m.lineage.get('parent_version')}")
+    print("signed by key " + key.public.key_id if key else "UNSIGNED (pass --key to sign)")
+    if archive:
+        print(f"archive: {archive}")
+    if args.head_update:
+        from .atomic import write_atomic
+
+        base, tmp = open_bundle(args.base, trusted_keys=args.pub)
+        try:
+            data = head_update_of(bundle, base).to_bytes()
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        write_atomic(args.head_update, data, parents=True)
+        full = sum(e.size for e in m.files.values()) + len(bundle.manifest_bytes)
+        print(f"head-only update: {args.head_update} ({len(data):,} bytes, {100.0 * len(data) / full:.1f}% of the bundle's files)")
+    return 0
+
+
 def cmd_pack(args: Any) -> int:
     from .keys import load_private_key
     from .pack import pack, read_labels
+
+    if not args.model or not args.name:
+        raise ConfigError("give MODEL and --name (or --base BUNDLE --head FILE.npz for a new head)")
+    if any(getattr(args, k, None) for k in ("head", "head_update", "pub")):
+        raise ConfigError("--head, --head-update and --pub go with --base BUNDLE")
 
     preprocessing = None
     if args.preprocess:
@@ -316,6 +372,11 @@ def _manifest_summary(m: Any) -> str:
         lines.append(f"state:      {st.output} -> {st.input} (initial: {st.initial or 'zeros'})")
     if m.stateful_variables:
         lines.append("state:      kept in resource variables (each Session has its own)")
+    if m.head is not None:
+        chain = " -> ".join(f"{layer.name} ({layer.kind}{'' if layer.activation == 'linear' else ', ' + layer.activation})"
+                            for layer in m.head.layers)
+        lines.append(f"head:       {m.head.input} -> {chain} -> {m.head.output.name} {m.head.output.shape_text()} "
+                     f"(float32 weights in {m.head.file})")
     for name, steps in (m.preprocessing or {}).items():
         ops = [st.get("op") for st in (steps.get("steps", []) if isinstance(steps, dict) else steps)]
         lines.append(f"preprocess: {name}: {' -> '.join(ops) or '(none)'}")
