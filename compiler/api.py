@@ -126,6 +126,9 @@ class _Compiler:
         self.state_notes: dict[str, str] = {}
         self.score_index = 0
         self._recorded: dict[str, np.ndarray] | None = None
+        # a trainable head (split.py): the head's float weights beside the compiled backbone
+        self.head: Any = None
+        self.backbone: Any = None
 
     # -- inputs ---------------------------------------------------------
     def _check_options(self) -> None:
@@ -146,6 +149,15 @@ class _Compiler:
             raise ConfigError(f"--quantize {cfg.quantize.value} calibrates activation ranges: give --calibration DATA (or --train DATA)")
         if (cfg.max_accuracy_drop is not None or cfg.quantize is QuantMode.AUTO) and not cfg.data.eval:
             raise ConfigError("the accuracy gate needs held-out data: give --eval DATA")
+        if cfg.head.from_output is not None:
+            raise ConfigError(
+                "--trainable-head-from (an ONNX source split at a tensor) is not supported yet: compile the Keras "
+                "model with --trainable-head N" if kind == "onnx" else
+                f"--trainable-head-from names a tensor of an ONNX source; {self.src.path.name} is {kind}: "
+                "use --trainable-head N"
+            )
+        if cfg.head.enabled and kind != "keras":
+            raise ConfigError(f"--trainable-head splits a Keras model (.keras/.h5); {self.src.path.name} is {kind}")
 
     def _load_data(self) -> None:
         d = self.cfg.data
@@ -268,8 +280,11 @@ class _Compiler:
             from .passes.distill import count_params
             from .passes.prune import sparsity_of
 
+            self.backbone = self.model
+            if self.cfg.head.enabled:
+                self._split_head()
             self._params = count_params(self.model)
-            self._sparsity = sparsity_of(self.model)
+            self._sparsity = sparsity_of(self.backbone)
             self.opt_outputs = self._keras_outputs(self.eval_x) if self.eval_x is not None else None
         else:
             if kind in ("onnx", "tflite"):
@@ -292,6 +307,15 @@ class _Compiler:
         if self.eval is not None and self.source_outputs is not None:
             first = self.source_outputs[self.score_index]
             self.baseline = score_outputs(first, self.eval.y, self.eval.task, first)
+
+    def _split_head(self) -> None:
+        from .split import split_keras
+
+        if self.state_pairs:
+            raise ConfigError(f"--trainable-head needs a stateless model; this one has state pairs {self.state_pairs}")
+        self.backbone, self.head = split_keras(self.model, self.cfg.head)
+        kinds = ", ".join(f"{layer.name} ({layer.kind})" for layer in self.head.layers)
+        self.passes.append(f"trainable head: {kinds} kept float32 ({self.head.n_params:,} weights), the rest is the backbone")
 
     # -- stateful models (stateful.py) -------------------------------------
     def _state_inputs(self) -> list[str]:
@@ -418,9 +442,14 @@ class _Compiler:
         if cfg.prune.enabled:
             from .passes.prune import prune
 
+            exclude: list[str] = []
+            if cfg.head.enabled:  # the head stays dense: it is what later training changes
+                from .split import head_layer_names
+
+                exclude = head_layer_names(self.model, cfg.head)
             cb = self.progress.keras_callback("prune: fine-tune", cfg.prune.epochs)
-            self.model = prune(self.model, tx, ty, cfg.prune, progress=cb)
-            self.passes.append(f"magnitude prune ({cfg.prune.sparsity:.0%} sparsity)")
+            self.model = prune(self.model, tx, ty, cfg.prune, progress=cb, exclude=exclude)
+            self.passes.append(f"magnitude prune ({cfg.prune.sparsity:.0%} sparsity" + (", backbone only)" if exclude else ")"))
 
     # -- variants -----------------------------------------------------------
     def _float_onnx(self) -> Path:
@@ -431,7 +460,7 @@ class _Compiler:
             if self.src.kind == "onnx":
                 shutil.copyfile(self.src.path, out)
             elif self.src.kind == "keras":
-                to_onnx(self.model, out, "keras")
+                to_onnx(self.backbone, out, "keras")
             else:
                 to_onnx(self.src.path, out, self.src.kind)
             self.float_onnx = out
@@ -457,7 +486,7 @@ class _Compiler:
                 return out, {}
             from .passes.quantize import quantize_tflite
 
-            target = self.model if self.src.kind == "keras" else self.src.path
+            target = self.backbone if self.src.kind == "keras" else self.src.path
             return quantize_tflite(target, variant, out, calib, self.cfg.quantize_options)
         from .passes.quantize import quantize_onnx
 
@@ -468,7 +497,7 @@ class _Compiler:
 
         bundle, _ = pack(model_path, self.work / "bundles" / name, name=self._name(), version=self.cfg.output.version,
                          labels=self.labels, preprocessing=self.prep_spec, reference_stats=self.reference, overwrite=True,
-                         **self._batch_axes(model_path), **self._state_for(model_path))
+                         head=self.head, **self._batch_axes(model_path), **self._state_for(model_path))
         return bundle
 
     def _batch_axes(self, model_path: Path) -> dict[str, Any]:
@@ -596,6 +625,8 @@ class _Compiler:
         }
         if chosen.params:
             metrics["params"] = chosen.params
+        if self.head is not None:
+            metrics["head_params"] = self.head.n_params
         if chosen.score is not None and self.baseline is not None:
             metrics[chosen.score.metric] = round(chosen.score.value, 4)
             metrics[f"source_{self.baseline.metric}"] = round(self.baseline.value, 4)
@@ -618,7 +649,7 @@ class _Compiler:
         bundle, archive = pack(
             chosen.model_path, self.out, name=self._name(), version=cfg.output.version, labels=self.labels,
             preprocessing=self.prep_spec, private_key=key, archive=cfg.output.archive, reference_stats=self.reference,
-            smoke_inputs=smoke, metrics=metrics, lineage=lineage, overwrite=cfg.output.overwrite,
+            smoke_inputs=smoke, metrics=metrics, lineage=lineage, overwrite=cfg.output.overwrite, head=self.head,
             **self._batch_axes(chosen.model_path), **self._state_for(chosen.model_path),
         )
         from edgefleet.bench import machine_info
@@ -639,6 +670,9 @@ class _Compiler:
             "regressions": {r.name: r.regressions for r in decision.results if r.regressions},
             "state": ({"pairs": self.state_pairs, "bundle_pairs": {s.output: s.input for s in bundle.manifest.state},
                        "scored_output": self.score_index, **self.state_notes} if self.state_pairs else None),
+            "head": None if bundle.manifest.head is None else {
+                "layers": [layer.to_dict() for layer in bundle.manifest.head.layers], "input": bundle.manifest.head.input,
+                "params": self.head.n_params, "bytes": bundle.manifest.files[bundle.manifest.head.file].size},
             "warnings": warnings,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "recipe": cfg.to_dict(),

@@ -40,6 +40,11 @@ def _ops(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
 @click.option("--state", multiple=True, callback=_list_or_none, metavar="OUT=IN",
               help="a state pair of a stateful model: output OUT feeds input IN on the next call (source names; repeat "
               "for several); 'none' for none; default: proposed from names and shapes (h0/hn, state/stateN, ...)")
+@click.option("--trainable-head", metavar="N|NAMES",
+              help="keep the last N layers (or these comma-separated layer names: the model's last ones) as a "
+              "float trainable head beside the compiled backbone; head-only updates then ship just the head")
+@click.option("--trainable-head-from", metavar="OUTPUT_NAME",
+              help="ONNX sources: the tensor where the trainable head starts (not supported yet: refused)")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
 @click.option("--onnx-calibration", type=click.Choice(["minmax", "entropy", "percentile"]),
               help="ONNX int8 calibration method")

@@ -25,6 +25,9 @@ in a TOML recipe. A recipe looks like::
     width = 0.5
     temperature = 4.0
 
+    [head]                       # a trainable head: the last layers kept as float weights
+    layers = 2                   # the last N layers (or names = ["fc1", "probs"])
+
     [quantize_options]
     onnx_calibration = "minmax"   # minmax | entropy | percentile
     onnx_per_channel = true
@@ -183,6 +186,37 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """A trainable head (``--trainable-head``): the model's last layers kept as float32 weights
+    beside the compiled backbone, run in numpy, replaceable by a head-only update.
+
+    ``layers``: the last N layers; ``names``: those layers by name (the model's last ones, in
+    order); ``from_output``: an ONNX source's tensor where the head starts (not supported yet)."""
+
+    layers: int = 0
+    names: tuple[str, ...] = ()
+    from_output: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
+            raise ConfigError(f"head.layers must be an integer >= 0, got {self.layers!r}")
+        given = [k for k, on in (("layers", self.layers > 0), ("names", bool(self.names)), ("from_output", self.from_output is not None)) if on]
+        if len(given) > 1:
+            raise ConfigError(f"give the trainable head one way: head.{given[0]} or head.{given[1]}, not both")
+        if any(not isinstance(n, str) or not n.strip() for n in self.names):
+            raise ConfigError(f"head.names must be layer names, got {list(self.names)!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.layers > 0 or bool(self.names) or self.from_output is not None
+
+    @property
+    def count(self) -> int:
+        """How many layers the head has (0 for ``from_output``)."""
+        return self.layers or len(self.names)
+
+
+@dataclass(frozen=True)
 class QuantizeOptions:
     """Options of the quantize pass beyond the mode."""
 
@@ -228,6 +262,7 @@ class CompileConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     structured: StructuredConfig = field(default_factory=StructuredConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     quantize_options: QuantizeOptions = field(default_factory=QuantizeOptions)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: state pairs ``"OUT=IN"`` in the source's tensor names; ``None``: proposed from names and shapes; ``()``: none
@@ -395,6 +430,20 @@ def config_from_args(args: Any, base: CompileConfig | None = None) -> CompileCon
             overrides["state"] = []
         else:
             overrides["state"] = list(state)
+    head = getattr(args, "trainable_head", None)
+    if head is not None:
+        text = str(head).strip()
+        if text.isdigit():
+            if int(text) < 1:
+                raise ConfigError("--trainable-head N needs N >= 1 (the last N layers)")
+            overrides["head.layers"] = int(text)
+        else:
+            names = [n.strip() for n in text.split(",")]
+            if not all(names):
+                raise ConfigError(f"--trainable-head {text!r} must be a number of layers or comma-separated layer names")
+            overrides["head.names"] = names
+    if getattr(args, "trainable_head_from", None):
+        overrides["head.from_output"] = args.trainable_head_from
     if getattr(args, "no_per_channel", False):
         overrides["quantize_options.onnx_per_channel"] = False
     if getattr(args, "preprocess", None):
@@ -419,6 +468,7 @@ __all__ = [
     "PruneConfig",
     "StructuredConfig",
     "DistillConfig",
+    "HeadConfig",
     "QuantizeOptions",
     "OutputConfig",
     "CompileConfig",

@@ -21,7 +21,7 @@ compress (gzip) far better, and combine with int8 quantization.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -31,11 +31,12 @@ from ._train import compile_for_training, keras_model_of
 PRUNABLE = ("Conv1D", "Conv2D", "Conv3D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 
 
-def prunable_kernels(model: Any, min_weights: int = 1) -> list[Any]:
-    """The kernel variables pruning applies to (biases and norms are left dense)."""
+def prunable_kernels(model: Any, min_weights: int = 1, exclude: Sequence[str] = ()) -> list[Any]:
+    """The kernel variables pruning applies to (biases and norms are left dense; so are the
+    layers named in ``exclude``: a trainable head's)."""
     found = []
     for layer in _all_layers(model):
-        if type(layer).__name__ not in PRUNABLE:
+        if type(layer).__name__ not in PRUNABLE or layer.name in exclude:
             continue
         for var in layer.trainable_weights:
             if "kernel" in var.path.split("/")[-1] and int(np.prod(var.shape)) >= min_weights:
@@ -112,10 +113,12 @@ def _make_callback(kernels: list[Any], cfg: PruneConfig, total_steps: int) -> An
     return MaskCallback()
 
 
-def prune(model: Any, x: np.ndarray, y: np.ndarray | None, cfg: PruneConfig, progress: Any = None) -> Any:
-    """Prune ``model`` in place to ``cfg.sparsity`` with a fine-tune on ``(x, y)``; returns it."""
+def prune(model: Any, x: np.ndarray, y: np.ndarray | None, cfg: PruneConfig, progress: Any = None,
+          exclude: Sequence[str] = ()) -> Any:
+    """Prune ``model`` in place to ``cfg.sparsity`` with a fine-tune on ``(x, y)``; returns it.
+    Layers named in ``exclude`` (a trainable head) are fine-tuned but not pruned."""
     keras_model_of(model, "pruning")
-    kernels = prunable_kernels(model, cfg.min_weights)
+    kernels = prunable_kernels(model, cfg.min_weights, exclude)
     if not kernels:
         from edgefleet.errors import CompileError
 
