@@ -206,6 +206,9 @@ def broker_config_text(cfg: BrokerConfig, acl: Path | None, data_dir: Path, cert
         "connection_messages true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
     ]
+    lines += ["", "# Its process id, in the directory it writes anyway: the coordinator (cloud serve --broker-config) sends",
+              "# it SIGHUP to reload the ACL and password file after a device is decommissioned.",
+              f"pid_file {data_dir}/mosquitto.pid"]
     if cfg.run_as:
         lines += ["", "# The account mosquitto drops to when started as root (it must read the files named here).",
                   f"user {cfg.run_as}"]

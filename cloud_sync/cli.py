@@ -51,6 +51,9 @@ def _serve(args: Any) -> int:
     logs.daemon()  # connects, rollouts, installs and halts at info unless --log-level says otherwise
 
     tls = check_server_files(args.tls_cert, args.tls_key)  # refused before anything starts
+    from .coordinator.alerts import check_webhooks
+
+    check_webhooks(args.alert_webhook)
     args.api_url = _callback_url(args, tls is not None)
     if args.token:
         print("edgefleet: --token is visible to every user in the process list; use EDGEFLEET_TOKEN or --token-file",
@@ -87,11 +90,20 @@ def _serve(args: Any) -> int:
                         chunk_size=args.chunk_size, allow_list=allow, groups=groups, signing_key=signing_key,
                         trusted_keys=trusted, tuf_repo=args.tuf_repo, freeze_gc=True,
                         telemetry_rate=args.telemetry_rate, telemetry_burst=args.telemetry_burst, origin=origin)
+    if args.broker_config:  # decommissioned devices are revoked from its ACL and password file
+        from .coordinator.acl import BrokerAccess
+        from .coordinator.housekeeping import sync_broker
+
+        coord.broker_access = BrokerAccess.from_config(args.broker_config, args.fleet)
+        if coord.gone:
+            sync_broker(coord)
     coord.start()
+    from .coordinator.alerts import start_alerts
     from .federated.autorun import start_for_coordinator
 
     try:
         retrain = start_for_coordinator(args, coord)  # drift-started runs; the supervised SuperLink if asked
+        alerts = start_alerts(coord, args.alert_webhook, args.offline_after)  # webhooks; None without URLs
     except BaseException:
         coord.stop()
         raise
@@ -120,6 +132,9 @@ def _serve(args: Any) -> int:
     try:
         server.run()
     finally:
+        if alerts is not None:
+            alerts[0].stop()
+            alerts[1].stop()
         retrain.stop()
         coord.stop()
         reg.close()
@@ -275,9 +290,11 @@ def _print(args: Any, data: Any, table: list[list[Any]] | None, headers: list[st
 
 def _fleet_devices(args: Any) -> int:
     data = _call(args, "GET", "/v1/devices", params={"group": args.group} if args.group else None)
-    _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", d["active_version"],
-                         d["agent_version"], ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
-                        for d in data], ["device", "group", "state", "version", "agent", "tags", "claimed tags"])
+    _print(args, data, [[d["device_id"], d["group"], "online" if d["online"] else "offline", _ago(d["last_seen"]),
+                         d["active_version"], d["agent_version"], _platform(d.get("inventory") or {}),
+                         ",".join(d.get("tags", [])), ",".join(d.get("claimed_tags", []))]
+                        for d in data],
+           ["device", "group", "state", "last seen", "version", "agent", "platform", "tags", "claimed tags"])
     return _coordinator_link(args)
 
 
@@ -530,7 +547,16 @@ def _fleet_rollback(args: Any) -> int:
 
 def _fleet_telemetry(args: Any) -> int:
     params = {k: v for k, v in (("group", args.group), ("version", args.model_version)) if v}
+    if args.window is not None:
+        params["window"] = f"{args.window:g}s"
     data = _call(args, "GET", "/v1/telemetry", params=params)
+    if args.window is not None and not args.json:
+        w = data["window"]
+        print(f"the last {_span(w['seconds'])} (since {_when(w['since'])}):")
+        _print(args, data, [[r["group"], r["version"], r["predictions"], r["errors"], f"{r['error_rate']:.2%}",
+                             r["invalid"], _ms(r["p50_ms"]), _ms(r["p95_ms"])] for r in w["rows"]],
+               ["group", "version", "predictions", "errors", "error rate", "invalid", "p50 ms", "p95 ms"])
+        return 0
     _print(args, data, [[r["group_name"], r["version"], r["kind"], r["records"], r["predictions"], r["errors"],
                          r["invalid"]] for r in data["rows"]],
            ["group", "version", "kind", "records", "predictions", "errors", "invalid"])
@@ -770,11 +796,14 @@ def _rollback() -> None:
     if one failed or did not answer within --timeout (29 if it is rolled back already)."""
 
 
-@_fleet_command(fleet, "telemetry", _fleet_telemetry, "edgefleet fleet telemetry --group line-1")
+@_fleet_command(fleet, "telemetry", _fleet_telemetry, "edgefleet fleet telemetry --window 1h --group line-1")
 @click.option("--group", help="only this group")
 @click.option("--version", "model_version", help="only this model version")
+@click.option("--window", type=Duration(lo=60.0, hi=7 * 86400.0), metavar="DURATION",
+              help="per group and version over the last 1h, 1d, 90m... (1m..7d), with p50/p95 latency; default: "
+              "all-time counts per kind")
 def _telemetry() -> None:
-    """Aggregated telemetry per group and version."""
+    """Telemetry per group and version: all-time counts, or over a time window with latency percentiles."""
 
 
 @fleet.group("tokens", no_args_is_help=True, epilog="Example: edgefleet fleet tokens create --scope deploy --name ci "
@@ -809,6 +838,151 @@ def _tokens_revoke() -> None:
 @click.option("--limit", type=int, default=50, help="latest entries to show")
 def _audit() -> None:
     """The audit log: every mutating API call (who, what, when, status)."""
+
+
+# -- fleet housekeeping: one device, decommissioning, artifacts ----------------------------------------------------
+def _ago(ts: float | None) -> str:
+    """How long ago a wall-clock time was: ``12s ago``, ``3.5h ago``; ``never`` for 0."""
+    if not ts:
+        return "never"
+    return f"{_span(max(0.0, time.time() - ts))} ago"
+
+
+def _span(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n:
+            return f"{seconds / n:.3g}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def _bytes(n: int) -> str:
+    for unit, k in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def _platform(inv: dict[str, Any]) -> str:
+    return " ".join(v for v in (inv.get("os"), inv.get("arch")) if v) or "-"
+
+
+def _fleet_device(args: Any) -> int:
+    changes: dict[str, Any] = {}
+    if args.group:
+        changes["group"] = args.group
+    if args.tags is not None:
+        changes["tags"] = args.tags
+    if changes:
+        _call(args, "PATCH", f"/v1/devices/{args.device}", json=changes)
+    d = _call(args, "GET", f"/v1/devices/{args.device}")
+    if args.json:
+        _print(args, d, None)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    state = "online" if d["online"] else "offline"
+    c.print(f"[bold]{d['device_id']}[/bold]  group {d['group']}  tags {','.join(d['tags']) or '-'}  {state}, last "
+            f"seen {_ago(d['last_seen'])}  (first seen {_when(d['first_seen'])})", highlight=False)
+    c.print(f"running {d['active_version'] or 'nothing'}  agent {d['agent_version'] or '?'}  claimed tags "
+            f"{','.join(d.get('claimed_tags', [])) or '-'}", highlight=False)
+    inv = d.get("inventory") or {}
+    if inv.get("reported"):
+        disk = (f"{_bytes(inv['free_disk_bytes'])} free of {_bytes(inv['total_disk_bytes'])}"
+                if inv.get("total_disk_bytes") else "not reported")
+        c.print(f"inventory: {inv.get('os') or '?'} {inv.get('os_release', '')} {inv.get('arch') or '?'}, Python "
+                f"{inv.get('python') or '?'}, disk {disk} (reported {_ago(inv['reported'])})", highlight=False)
+    else:
+        c.print("inventory: not reported yet (an agent before 0.2, or no birth since)")
+    jobs = Table("updated", "deployment", "action", "status", "step", "reason", "message", title="jobs (newest last)")
+    for j in d.get("jobs", []):
+        jobs.add_row(_when(j["updated"]), j["deployment_id"], j["action"], j["status"], j["step"], j["reason"],
+                     j["message"][:80])
+    c.print(jobs if d.get("jobs") else "jobs: none")
+    recent = d.get("recent") or {}
+    if recent.get("versions") is not None:
+        t = Table("version", "predictions", "errors", "invalid", "p50 ms", "p95 ms",
+                  title=f"recent telemetry ({_ago(recent.get('ts'))})")
+        for v, st in recent["versions"].items():
+            t.add_row(v, str(st["predictions"]), str(st["errors"]), str(st["invalid_inputs"]), _ms(st["p50_ms"]),
+                      _ms(st["p95_ms"]))
+        c.print(t)
+        drift = recent.get("drift")
+        if drift:
+            c.print(f"drift of {drift.get('version') or '?'}: PSI max {_ms(drift.get('psi_max'))}, mean "
+                    f"{_ms(drift.get('psi_mean'))}{' (ALERTING)' if drift.get('alerting') else ''}", highlight=False)
+    else:
+        c.print("recent telemetry: none yet")
+    for a in d.get("alerts", []):
+        c.print(f"alert {_when(a['ts'])}: {a['kind']} on {a['version'] or '?'} (PSI max "
+                f"{_ms(a['data'].get('psi_max'))})", highlight=False)
+    rejected, limited = d.get("telemetry_rejected", 0), d.get("telemetry_rate_limited", 0)
+    if rejected or limited:
+        c.print(f"telemetry refused: {rejected} record(s) out of bounds, {limited} batch(es) over the rate")
+    return 0
+
+
+def _fleet_decommission(args: Any) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"decommissioning {args.device} cannot be undone by the device itself: give --yes")
+        click.confirm(f"Decommission {args.device}? It is removed from the registry, its messages are refused and "
+                      "its broker credentials revoked", abort=True)
+    data = _call(args, "DELETE", f"/v1/devices/{args.device}")
+    if args.json:
+        _print(args, data, None)
+    else:
+        print(f"device {data['device_id']} (group {data['group']}) decommissioned"
+              + (f"; broker: {'; '.join(data['broker'])}" if data.get("broker") else ""))
+    if data.get("broker_error"):
+        from edgefleet.errors import SyncError
+
+        raise SyncError(f"device {data['device_id']} is decommissioned, but its broker credentials were not revoked: "
+                        f"{data['broker_error']}")
+    return 0
+
+
+def _lineage(lineage: dict[str, Any]) -> str:
+    """The scalar facts of a lineage, and which nested documents it holds (federated, recipe, ...)."""
+    parts = [f"{k}={v}" for k, v in sorted(lineage.items()) if not isinstance(v, (dict, list))]
+    parts += [f"{k}{{...}}" for k, v in sorted(lineage.items()) if isinstance(v, dict)]
+    return ", ".join(parts) or "-"
+
+
+def _fleet_artifacts(args: Any) -> int:
+    data = _call(args, "GET", "/v1/artifacts")
+    _print(args, data, [[a["sha256"][:12], a["name"], a["version"], _bytes(a["size"]), _when(a["created"]),
+                         _lineage(a["lineage"])[:80],
+                         " ".join(f"{d['id']}:{d['state']}" for d in a["deployments"]) or "-"] for a in data],
+           ["sha256", "model", "version", "size", "stored", "lineage", "deployments"])
+    return 0
+
+
+@_fleet_command(fleet, "device", _fleet_device, "edgefleet fleet device press-7 --group line-2 --tags gpu,line-2")
+@click.argument("device")
+@click.option("--group", help="assign the device to this group first")
+@click.option("--tags", type=TagList(), help="set its tags first (comma-separated, replacing them; '' clears them)")
+def _device() -> None:
+    """One device: inventory, last seen, job history with reasons, recent telemetry and alerts (and set its group
+    or tags)."""
+
+
+@_fleet_command(fleet, "decommission", _fleet_decommission, "edgefleet fleet decommission press-7 --yes")
+@click.argument("device")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def _decommission() -> None:
+    """Remove a device for good: out of the registry, its jobs canceled, its messages refused, its broker
+    credentials revoked (cloud serve --broker-config). Assigning it a group again re-admits it."""
+
+
+@_fleet_command(fleet, "artifacts", _fleet_artifacts, "edgefleet fleet artifacts --json")
+def _artifacts() -> None:
+    """The model versions the coordinator stores: size, sha256, lineage and the deployments that used them."""
 
 
 # -- devices: edgefleet sync run (click) -----------------------------------------------------------------------
@@ -901,6 +1075,14 @@ _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-fi
                  "s3://BUCKET/PREFIX: upload there and send presigned URLs (needs boto3: pip install 'edgefleet[s3]')"),
     click.Option(["--origin-endpoint"], metavar="URL",
                  help="with an s3:// origin: the S3-compatible endpoint (MinIO, Ceph...; default: AWS)"),
+    click.Option(["--alert-webhook"], multiple=True, metavar="URL",
+                 help="POST a JSON alert here on a rollout halt, a drift alert, a device offline longer than "
+                 "--offline-after and a federated run failure (repeatable; retried with backoff)"),
+    click.Option(["--offline-after"], type=Duration(lo=10.0, hi=366 * 86400.0), default="15m", metavar="DURATION",
+                 help="with --alert-webhook: alert when a device has been offline this long (90s, 15m, 2h)"),
+    click.Option(["--broker-config"], metavar="FILE",
+                 help="the broker's mosquitto.conf (cloud broker-config): a decommissioned device is revoked from "
+                 "its ACL and password file and the broker reloaded (its pid_file)"),
     *serve_options(),  # --federated-dir, --superlink-port and its TLS/auth options
 ])
 _cloud_command("acl", _acl, "edgefleet cloud acl --fleet plant1 --out /etc/mosquitto/edgefleet.acl",

@@ -45,6 +45,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-re
 _ID = r"^[A-Za-z0-9_.-]{1,128}$"  # a deployment id (the registry's are 12 hex digits)
 DEVICE_ID = P._ID.pattern  # device ids and group names: the protocol's ids (1-128 of A-Z a-z 0-9 _ . : -)
 MAX_LISTED_DEVICES = 100  # devices a deployment may list (POST /v1/deployments?devices=...: a URL; more by tags)
+WINDOW = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)[smhdwSMHDW]?$"  # a duration (edgefleet.units.parse_seconds)
 NO_NUL = r"^[^\x00]*$"  # free text a query compares with the registry's: PostgreSQL text cannot hold NUL (500)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_TRACKED_CLIENTS = 10_000  # addresses whose failed authentications are remembered (oldest forgotten first)
@@ -425,7 +426,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
             raise HTTPException(404, f"no device {device_id!r}")
         return {**d.to_dict(), "jobs": [j.to_dict() for j in reg.jobs(device_id=device_id)[-20:]],
                 "telemetry_rejected": coord.rejected[device_id],
-                "telemetry_rate_limited": coord.rate_limited[device_id]}
+                "telemetry_rate_limited": coord.rate_limited[device_id],
+                "alerts": [a.to_dict() for a in reg.alerts(fleet, 10, device_id=device_id)]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)],
                responses={404: {"description": "tags for a device not seen yet (a group provisions it)"},
@@ -446,6 +448,10 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         if not fields:
             raise HTTPException(422, "nothing to change: give a group or tags")
         if "group_name" in fields:  # the operator's assignment; a device not seen yet is provisioned
+            if reg.readmit(fleet, device_id):  # decommissioned: the operator's assignment re-admits it
+                from .housekeeping import readmitted
+
+                readmitted(coord, device_id)
             try:
                 coord.provision({device_id: fields.pop("group_name")})
             except ConfigError as exc:
@@ -547,15 +553,39 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         except EdgefleetError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.get("/v1/telemetry", dependencies=[Depends(auth)])
+    @app.get("/v1/telemetry", dependencies=[Depends(auth)],
+             responses={422: {"description": "a window that is not a duration within 1m..7d"}})
     def telemetry(group: str | None = group_q,
                   version: str | None = Query(None, max_length=128, pattern=NO_NUL,
-                                              description="only this model version")
+                                              description="only this model version"),
+                  window: str | None = Query(None, max_length=16, pattern=WINDOW,
+                                             description="also the telemetry of the last 1h, 1d, 90m ... (within "
+                                                         "1m..7d) per group and version, with p50/p95 latency")
                   ) -> dict[str, Any]:
-        return {"rows": [r.to_dict() for r in reg.telemetry(fleet, group, version)],
-                "alerts": [a.to_dict() for a in reg.alerts(fleet, 50)],
-                "counters": dict(coord.counters), "rejected": dict(coord.rejected),
-                "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited)}
+        """All-time aggregates per group, version and kind (``rows``), the latest alerts and the ingest counters;
+        with ``window``, also ``window``: per group and version over that long (whole minutes), the records,
+        predictions, errors, invalid inputs, error rate and the p50/p95 latency in ms (bucket upper bounds of the
+        histograms devices report; null without samples)."""
+        out = {"rows": [r.to_dict() for r in reg.telemetry(fleet, group, version)],
+               "alerts": [a.to_dict() for a in reg.alerts(fleet, 50)],
+               "counters": dict(coord.counters), "rejected": dict(coord.rejected),
+               "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited)}
+        if window is not None:
+            from edgefleet.units import parse_seconds
+
+            from . import windows as W
+
+            try:
+                seconds = parse_seconds(window, "window", lo=W.MIN_WINDOW, hi=W.RETENTION)
+            except ConfigError as exc:
+                raise HTTPException(422, str(exc)) from None
+            now = time.time()
+            since = W.window_since(now, seconds)
+            out["window"] = {"seconds": seconds, "since": float(since), "until": now,
+                             "rows": [W.WindowStats(r.group, r.version, r.records, r.predictions, r.errors, r.invalid,
+                                                    tuple(r.latency)).to_dict()
+                                      for r in reg.telemetry_window(fleet, since, group, version)]}
+        return out
 
     @app.get("/v1/tokens", dependencies=[Depends(auth)])
     def tokens() -> list[dict[str, Any]]:
@@ -598,6 +628,10 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
     from edgefleet.cloud_sync.federated.routes import add_routes
 
     add_routes(app, coord, auth)  # /v1/federated/runs (per-round metrics), /v1/retrain (drift trigger)
+
+    from .fleet_routes import add_routes as add_fleet_routes
+
+    add_fleet_routes(app, coord, auth)  # DELETE /v1/devices/{id} (decommission), GET /v1/artifacts
 
     from edgefleet.cloud_sync.dashboard.routes import mount
 

@@ -46,17 +46,22 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from edgefleet.errors import ConfigError
 
 from ..wire.protocol import TelemetryRecord
+from . import windows as W
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
 from .rows import (
     Alert,
     AlertTally,
     Artifact,
+    ArtifactInfo,
+    ArtifactUse,
     AuditEntry,
+    Decommissioned,
     Delta,
     Deployment,
     DeploymentHeads,
     Device,
     DeviceTally,
+    FailedRun,
     FedRound,
     FedRun,
     FedRunEvent,
@@ -68,6 +73,7 @@ from .rows import (
     RolloutEvent,
     RunStatus,
     TelemetryRow,
+    TelemetryWindow,
     Token,
 )
 
@@ -94,6 +100,8 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("agent_version", String(64), nullable=False, default=""),
             Column("telemetry_seq", Integer, nullable=False, default=0),
             Column("claimed_tags", Text, nullable=False, default="[]"),  # the device's own hardware_tags: a claim
+            Column("inventory", Text, nullable=False, default="{}"),  # rows.Inventory: what its latest birth said
+            Column("recent", Text, nullable=False, default="{}"),  # its newest metrics record, summarized
         ),
         "artifacts": Table(
             f"{p}artifacts", meta,
@@ -103,6 +111,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("size", Integer, nullable=False),
             Column("data", LargeBinary, nullable=False),
             Column("created", Float, nullable=False),
+            Column("lineage", Text, nullable=False, default=""),  # the manifest's lineage (JSON); "": not read yet
         ),
         "deltas": Table(
             f"{p}deltas", meta,
@@ -183,6 +192,35 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("predictions", BigInteger, nullable=False, default=0),
             Column("errors", BigInteger, nullable=False, default=0),
             Column("invalid", BigInteger, nullable=False, default=0),
+        ),
+        # telemetry per minute (windows.py): the metrics' counts and latency histogram of each (group, version)
+        "telemetry_windows": Table(
+            f"{p}telemetry_windows", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("group_name", String(128), primary_key=True),
+            Column("version", String(128), primary_key=True),
+            Column("minute", BigInteger, primary_key=True),  # the slot's start, epoch seconds
+            Column("records", BigInteger, nullable=False, default=0),
+            Column("predictions", BigInteger, nullable=False, default=0),
+            Column("errors", BigInteger, nullable=False, default=0),
+            Column("invalid", BigInteger, nullable=False, default=0),
+            *[Column(f"l{i}", BigInteger, nullable=False, default=0) for i in range(W.NB)],
+        ),
+        # devices the operator decommissioned: refused from then on (until assigned a group again)
+        "decommissioned": Table(
+            f"{p}decommissioned", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("device_id", String(128), primary_key=True),
+            Column("group_name", String(128), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+            Column("who", String(128), nullable=False, default=""),
+        ),
+        # alerts sent (coordinator/alerts.py): one row per alert key, so coordinators sharing the registry send once
+        "alert_marks": Table(
+            f"{p}alert_marks", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("key", String(255), primary_key=True),
+            Column("ts", Float, nullable=False, index=True),
         ),
         "alerts": Table(
             f"{p}alerts", meta,
@@ -337,7 +375,8 @@ class Registry:
             if row is None:
                 vals = {"fleet": fleet, "device_id": device_id, "group_name": fields.pop("group_name", None) or "default",
                         "tags": "[]", "claimed_tags": "[]", "online": False, "session": 0, "first_seen": now, "last_seen": now,
-                        "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0}
+                        "active_version": "", "archive_sha256": "", "agent_version": "", "telemetry_seq": 0,
+                        "inventory": "{}", "recent": "{}"}
                 vals.update(fields)
                 c.execute(insert(d).values(**vals))
                 return Device.from_row(vals), True
@@ -366,13 +405,100 @@ class Registry:
         with self.engine.connect() as c:
             return [Device.from_row(r) for r in c.execute(q.order_by(d.c.device_id)).mappings()]
 
+    def decommission(self, fleet: str, device_id: str, who: str = "") -> Device | None:
+        """Remove a device, in one transaction: its row goes and a tombstone takes its place (its messages are
+        refused from then on); its unfinished jobs become CANCELED (reason ``decommissioned``), and every running or
+        paused deployment that targets it without having dispatched it a job drops it from its targets (an event
+        ``decommissioned`` records it), so no rollout waits for it. Returns the removed row (None: no such device;
+        nothing changes)."""
+        from ..wire.protocol import TERMINAL_STATES
+
+        d, j, dep, x = self.t["devices"], self.t["jobs"], self.t["deployments"], self.t["decommissioned"]
+        key = and_(d.c.fleet == fleet, d.c.device_id == device_id)
+        now = time.time()
+        with self._lock, self.engine.begin() as c:
+            row = c.execute(select(d).where(key).with_for_update()).mappings().first()
+            if row is None:
+                return None
+            c.execute(delete(d).where(key))
+            c.execute(delete(x).where(and_(x.c.fleet == fleet, x.c.device_id == device_id)))
+            c.execute(insert(x).values(fleet=fleet, device_id=device_id, group_name=row["group_name"], ts=now,
+                                       who=who[:128]))
+            c.execute(update(j).where(and_(j.c.fleet == fleet, j.c.device_id == device_id,
+                                           j.c.status.notin_(sorted(TERMINAL_STATES))))
+                      .values(status="CANCELED", reason="decommissioned", message=f"decommissioned by {who}"[:2000],
+                              updated=now))
+            live = c.execute(select(dep.c.id, dep.c.stage, dep.c.targets, dep.c.planned).where(and_(
+                dep.c.fleet == fleet, dep.c.state.in_(("running", "paused")))).with_for_update()).all()
+            for dep_id, stage, text_, planned in live:
+                targets = json.loads(text_)
+                if device_id not in targets or c.execute(select(j.c.job_id).where(and_(
+                        j.c.deployment_id == dep_id, j.c.device_id == device_id, j.c.action == "install"))).first():
+                    continue  # not a target, or dispatched (its job is canceled above and counts as ended)
+                at = targets.index(device_id)
+                targets.remove(device_id)
+                c.execute(update(dep).where(dep.c.id == dep_id).values(
+                    targets=json.dumps(targets), planned=planned - 1 if 0 <= at < planned else planned, updated=now))
+                c.execute(insert(self.t["rollout_events"]).values(
+                    deployment_id=dep_id, kind="decommissioned", stage=stage, detail=f"{device_id} by {who}"[:2000],
+                    owner="", ts=now))
+        return Device.from_row(row)
+
+    def readmit(self, fleet: str, device_id: str) -> bool:
+        """Lift a device's decommissioning (the operator assigned it a group again); False if it was not."""
+        x = self.t["decommissioned"]
+        with self._lock, self.engine.begin() as c:
+            return bool(c.execute(delete(x).where(and_(x.c.fleet == fleet, x.c.device_id == device_id))).rowcount)
+
+    def decommissioned(self, fleet: str) -> list[Decommissioned]:
+        """The fleet's decommissioned devices, by id."""
+        x = self.t["decommissioned"]
+        with self.engine.connect() as c:
+            return [Decommissioned.from_row(r) for r in
+                    c.execute(select(x).where(x.c.fleet == fleet).order_by(x.c.device_id)).mappings()]
+
     # -- artifacts and deltas ----------------------------------------------------------------------------
-    def add_artifact(self, file_id: str, name: str, version: str, data: bytes) -> None:
+    def add_artifact(self, file_id: str, name: str, version: str, data: bytes,
+                     lineage: Mapping[str, Any] | None = None) -> None:
+        """Store an archive (once: by its sha256) with its manifest's ``lineage`` (None: read later)."""
         a = self.t["artifacts"]
         with self._lock, self.engine.begin() as c:
             if c.execute(select(a.c.file_id).where(a.c.file_id == file_id)).first() is None:
                 c.execute(insert(a).values(file_id=file_id, name=name, version=version, size=len(data), data=data,
-                                           created=time.time()))
+                                           created=time.time(),
+                                           lineage="" if lineage is None else json.dumps(dict(lineage))))
+
+    def artifacts(self, fleet: str) -> list[ArtifactInfo]:
+        """The stored artifacts (never their bytes), oldest first, each with the fleet's deployments of it; those
+        only other fleets of a shared registry deployed are left out."""
+        a, t = self.t["artifacts"], self.t["deployments"]
+        with self.engine.connect() as c:
+            arts = c.execute(select(a.c.file_id, a.c.name, a.c.version, a.c.size, a.c.created, a.c.lineage)
+                             .order_by(a.c.created, a.c.file_id)).all()
+            deps = c.execute(select(t.c.artifact_id, t.c.fleet, t.c.id, t.c.group_name, t.c.tags, t.c.state,
+                                    t.c.created).order_by(t.c.created, t.c.id)).all()
+        uses: dict[str, list[ArtifactUse]] = {}
+        foreign: set[str] = set()
+        for art_id, dep_fleet, dep_id, group, tags, state, created in deps:
+            if dep_fleet == fleet:
+                uses.setdefault(art_id, []).append(ArtifactUse(dep_id, group, json.loads(tags or "[]"), state,
+                                                               float(created)))
+            else:
+                foreign.add(art_id)
+        return [ArtifactInfo(fid, name, version, int(size), float(created), json.loads(lineage) if lineage else {},
+                             uses.get(fid, []))
+                for fid, name, version, size, created, lineage in arts if fid in uses or fid not in foreign]
+
+    def artifacts_without_lineage(self) -> list[str]:
+        """The artifacts stored before their lineage was kept (``lineage`` not read yet)."""
+        a = self.t["artifacts"]
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(select(a.c.file_id).where(a.c.lineage == ""))]
+
+    def set_artifact_lineage(self, file_id: str, lineage: Mapping[str, Any]) -> None:
+        a = self.t["artifacts"]
+        with self._lock, self.engine.begin() as c:
+            c.execute(update(a).where(a.c.file_id == file_id).values(lineage=json.dumps(dict(lineage))))
 
     def artifact(self, file_id: str) -> Artifact | None:
         a = self.t["artifacts"]
@@ -640,6 +766,9 @@ class Registry:
         agg: dict[tuple[str, str, str], list[int]] = {}
         per_version: dict[str, dict[str, list[int]]] = {}
         alerts: list[dict[str, Any]] = []
+        windows: dict[tuple[str, str, int], list[int]] = {}  # (group, version, minute) -> counts + latency buckets
+        newest: dict[str, tuple[float, dict[str, Any], dict[str, tuple[int, int, int, list[int] | None]]]] = {}
+        now = time.time()
         with self._lock, self.engine.begin() as c:
             if self.sqlite:  # take SQLite's write lock first, so the marks read below are still true at commit
                 c.execute(s["lock"], {"b_fleet": fleet, "b_ids": devices})  # (other processes may share the file)
@@ -661,10 +790,12 @@ class Registry:
                     versions = data.get("versions") if kind == "metrics" else None
                     if type(versions) is dict:
                         counts = _metric_counts(versions)
-                        if counts is None:
+                        lats = [W.latency_counts(versions[v]) for v, _, _, _ in counts] if counts is not None else []
+                        if counts is None or False in lats:
                             bad += 1
                             continue
-                        for v, p, e, i in counts:
+                        minute = W.slot(r.ts, now)
+                        for (v, p, e, i), lat in zip(counts, lats):
                             a = metrics.get(v)
                             if a is None:
                                 a = metrics[v] = [0, 0, 0, 0]
@@ -672,6 +803,17 @@ class Registry:
                             a[1] += p
                             a[2] += e
                             a[3] += i
+                            if minute is not None:  # the minute it was taken in (windows.py)
+                                w = windows.get((group, v, minute))
+                                if w is None:
+                                    w = windows[(group, v, minute)] = [0] * (4 + W.NB)
+                                w[0], w[1], w[2], w[3] = w[0] + 1, w[1] + p, w[2] + e, w[3] + i
+                                if type(lat) is list:
+                                    for k, n in enumerate(lat, 4):
+                                        w[k] += n
+                        if r.ts >= newest.get(device_id, (-math.inf,))[0]:  # the device's recent telemetry
+                            newest[device_id] = (r.ts, data, {v: (p, e, i, lat if type(lat) is list else None)
+                                                              for (v, p, e, i), lat in zip(counts, lats)})
                         if not versions:
                             agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
                         continue
@@ -697,6 +839,10 @@ class Registry:
                     a[0], a[1], a[2], a[3] = a[0] + n, a[1] + pred, a[2] + err, a[3] + inv
             if alerts:
                 c.execute(insert(self.t["alerts"]), alerts)
+            self._add_windows(c, fleet, windows)
+            if newest:
+                c.execute(s["recent"], [{"b_fleet": fleet, "b_dev": dev, "b_recent": json.dumps(
+                    W.device_summary(ts, data, counts), allow_nan=False)} for dev, (ts, data, counts) in newest.items()])
             for (group, version, kind), (n, pred, err, inv) in agg.items():
                 if max(n, pred, err, inv) > MAX_BIGINT:
                     raise OverflowError("telemetry sums exceed a BIGINT")
@@ -707,7 +853,8 @@ class Registry:
                         fleet=fleet, group_name=group, version=version, kind=kind, records=n, predictions=pred,
                         errors=err, invalid=inv))
             if moved:
-                c.execute(s["mark"], [{"b_fleet": fleet, "b_dev": dev, "b_seq": seq} for dev, seq in moved.items()])
+                c.execute(s["mark"], [{"b_fleet": fleet, "b_dev": dev, "b_seq": seq, "b_seen": now}
+                                      for dev, seq in moved.items()])
         return news, rejected
 
     def _ingest_statements(self) -> dict[str, Any]:
@@ -727,10 +874,59 @@ class Registry:
                                              d.c.device_id.in_(bindparam("b_ids", expanding=True))))
                 .values(telemetry_seq=d.c.telemetry_seq),
                 "mark": update(d).where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id == bindparam("b_dev")))
-                .values(telemetry_seq=bindparam("b_seq")),
+                .values(telemetry_seq=bindparam("b_seq"), last_seen=bindparam("b_seen")),
+                "recent": update(d).where(and_(d.c.fleet == bindparam("b_fleet"), d.c.device_id == bindparam("b_dev")))
+                .values(recent=bindparam("b_recent")),
             }
             self._ingest_stmts = s
         return s
+
+    def _add_windows(self, c: Any, fleet: str, windows: dict[tuple[str, str, int], list[int]]) -> None:
+        """Add the per-minute sums of an ingest to ``telemetry_windows`` (in its transaction)."""
+        if not windows:
+            return
+        tw = self.t["telemetry_windows"]
+        stmt = getattr(self, "_window_add", None)
+        if stmt is None:
+            cols = ["records", "predictions", "errors", "invalid", *[f"l{i}" for i in range(W.NB)]]
+            stmt = self._window_add = (
+                update(tw).where(and_(tw.c.fleet == bindparam("b_fleet"), tw.c.group_name == bindparam("b_group"),
+                                      tw.c.version == bindparam("b_version"), tw.c.minute == bindparam("b_minute")))
+                .values(**{col: tw.c[col] + bindparam(f"b_{col}") for col in cols}), cols)
+        add, cols = stmt
+        now = time.time()
+        if now >= getattr(self, "_windows_pruned", 0.0) + 600:  # the minutes past the retention, every 10 minutes
+            self._windows_pruned = now
+            c.execute(delete(tw).where(tw.c.minute < int(now - W.RETENTION - W.MINUTE)))
+        for (group, version, minute), sums in windows.items():
+            if max(sums) > MAX_BIGINT:
+                raise OverflowError("telemetry sums exceed a BIGINT")
+            values = dict(zip(cols, sums))
+            key = {"b_fleet": fleet, "b_group": group, "b_version": version, "b_minute": minute}
+            if not c.execute(add, {**key, **{f"b_{k}": v for k, v in values.items()}}).rowcount:
+                c.execute(insert(tw).values(fleet=fleet, group_name=group, version=version, minute=minute, **values))
+
+    def telemetry_window(self, fleet: str, since: int, group: str | None = None, version: str | None = None
+                         ) -> list[TelemetryWindow]:
+        """The telemetry of each (group, version) summed over the minutes from ``since`` (epoch seconds) on."""
+        tw = self.t["telemetry_windows"]
+        sums = [func.sum(tw.c[col]) for col in ("records", "predictions", "errors", "invalid",
+                                                *[f"l{i}" for i in range(W.NB)])]
+        q = select(tw.c.group_name, tw.c.version, *sums).where(and_(tw.c.fleet == fleet, tw.c.minute >= since))
+        if group:
+            q = q.where(tw.c.group_name == group)
+        if version:
+            q = q.where(tw.c.version == version)
+        q = q.group_by(tw.c.group_name, tw.c.version).order_by(tw.c.group_name, tw.c.version)
+        with self.engine.connect() as c:
+            return [TelemetryWindow(r[0], r[1], int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0),
+                                    [int(n or 0) for n in r[6:]]) for r in c.execute(q)]
+
+    def prune_windows(self, before: float) -> int:
+        """Drop the minutes older than ``before`` (epoch seconds); returns how many went."""
+        tw = self.t["telemetry_windows"]
+        with self._lock, self.engine.begin() as c:
+            return int(c.execute(delete(tw).where(tw.c.minute < int(before))).rowcount or 0)
 
     def telemetry(self, fleet: str, group: str | None = None, version: str | None = None) -> list[TelemetryRow]:
         tt = self.t["telemetry"]
@@ -743,11 +939,72 @@ class Registry:
             return [TelemetryRow.from_row(r)
                     for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
 
-    def alerts(self, fleet: str, limit: int = 100) -> list[Alert]:
+    def alerts(self, fleet: str, limit: int = 100, device_id: str | None = None) -> list[Alert]:
+        """The latest device alerts (newest first), of one device with ``device_id``."""
+        al = self.t["alerts"]
+        q = select(al).where(al.c.fleet == fleet)
+        if device_id is not None:
+            q = q.where(al.c.device_id == device_id)
+        with self.engine.connect() as c:
+            rows = c.execute(q.order_by(al.c.id.desc()).limit(limit)).mappings()
+            return [Alert.from_row(r) for r in rows]
+
+    # -- what alerts are made of (coordinator/alerts.py) -------------------------------------------------------------
+    def alert_cursors(self, fleet: str) -> tuple[int, int]:
+        """The newest rollout event id and device alert id of the fleet (0: none): where alerting starts."""
+        ev, dep, al = self.t["rollout_events"], self.t["deployments"], self.t["alerts"]
+        with self.engine.connect() as c:
+            last_event = c.execute(select(func.max(ev.c.id)).select_from(ev.join(dep, ev.c.deployment_id == dep.c.id))
+                                   .where(dep.c.fleet == fleet)).scalar()
+            last_alert = c.execute(select(func.max(al.c.id)).where(al.c.fleet == fleet)).scalar()
+        return int(last_event or 0), int(last_alert or 0)
+
+    def rollout_events_since(self, fleet: str, after: int, kinds: Iterable[str], limit: int = 1000
+                             ) -> list[RolloutEvent]:
+        """The fleet's rollout events of ``kinds`` with an id above ``after``, oldest first."""
+        ev, dep = self.t["rollout_events"], self.t["deployments"]
+        q = (select(ev).select_from(ev.join(dep, ev.c.deployment_id == dep.c.id))
+             .where(and_(dep.c.fleet == fleet, ev.c.id > after, ev.c.kind.in_(list(kinds))))
+             .order_by(ev.c.id).limit(limit))
+        with self.engine.connect() as c:
+            return [RolloutEvent.from_row(r) for r in c.execute(q).mappings()]
+
+    def alerts_since(self, fleet: str, after: int, limit: int = 1000) -> list[Alert]:
+        """The fleet's device alerts (drift) with an id above ``after``, oldest first."""
         al = self.t["alerts"]
         with self.engine.connect() as c:
-            rows = c.execute(select(al).where(al.c.fleet == fleet).order_by(al.c.id.desc()).limit(limit)).mappings()
+            rows = c.execute(select(al).where(and_(al.c.fleet == fleet, al.c.id > after)).order_by(al.c.id)
+                             .limit(limit)).mappings()
             return [Alert.from_row(r) for r in rows]
+
+    def failed_runs_since(self, fleet: str, since: float, limit: int = 1000) -> list[FailedRun]:
+        """The fleet's federated runs whose record says failed and changed at ``since`` or later."""
+        t = self.t["fed_runs"]
+        error = t.c["error"] if "error" in t.c else None
+        cols = [t.c.id, t.c.group_name, t.c.status, t.c.updated] + ([error] if error is not None else [])
+        q = (select(*cols).where(and_(t.c.fleet == fleet, t.c.updated >= since,
+                                      or_(t.c.status == "failed", t.c.status.like("failed:%"))))
+             .order_by(t.c.updated).limit(limit))
+        with self.engine.connect() as c:
+            return [FailedRun(r[0], r[1], r[2], r[4] if len(r) > 4 else "", float(r[3])) for r in c.execute(q)]
+
+    def mark_alert(self, fleet: str, key: str, now: float) -> bool:
+        """Claim the alert ``key`` (once per registry: coordinators sharing it send each alert once); False if it
+        was claimed already."""
+        m = self.t["alert_marks"]
+        try:
+            with self._lock, self.engine.begin() as c:
+                if c.execute(select(m.c.key).where(and_(m.c.fleet == fleet, m.c.key == key[:255]))).first():
+                    return False
+                c.execute(insert(m).values(fleet=fleet, key=key[:255], ts=now))
+        except IntegrityError:  # another coordinator claimed it at the same moment
+            return False
+        return True
+
+    def prune_alert_marks(self, before: float) -> int:
+        m = self.t["alert_marks"]
+        with self._lock, self.engine.begin() as c:
+            return int(c.execute(delete(m).where(m.c.ts < before)).rowcount or 0)
 
     # -- federated runs ----------------------------------------------------------------------------------------------
     def create_fed_run(self, fleet: str, group: str, strategy: str, rounds: int, *, trigger: str = "manual",

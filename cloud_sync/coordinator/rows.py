@@ -46,6 +46,31 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Inventory(Row):
+    """What a device reported it is in its latest birth (``wire.protocol.Inventory``, bounded there), and when
+    (``reported``, the coordinator's wall clock; 0.0: never). Empty or zero fields were not reported."""
+
+    os: str = ""
+    os_release: str = ""
+    arch: str = ""
+    python: str = ""
+    free_disk_bytes: int = 0
+    total_disk_bytes: int = 0
+    reported: float = 0.0
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Inventory:
+        doc = _json(text, "{}")
+        if not isinstance(doc, dict):
+            return cls()
+        return cls(**{f.name: doc[f.name] for f in fields(cls)
+                      if f.name in doc and type(doc[f.name]) is type(getattr(_NO_INVENTORY, f.name))})
+
+
+_NO_INVENTORY = Inventory()
+
+
+@dataclass(frozen=True, slots=True)
 class Device(Row):
     """A device: its operator-assigned ``group`` and ``tags``, what it claims (``claimed_tags``), its liveness
     (``online``, ``session`` of its latest birth, ``first_seen``/``last_seen`` wall-clock seconds), what it runs
@@ -64,6 +89,8 @@ class Device(Row):
     telemetry_seq: int
     claimed_tags: list[str]
     group: str
+    inventory: Inventory
+    recent: dict[str, Any]  # its newest metrics record, summarized (``windows.device_summary``); {}: none yet
 
     @classmethod
     def from_row(cls, r: Mapping[Any, Any]) -> Device:
@@ -71,7 +98,23 @@ class Device(Row):
                    session=int(r["session"]), first_seen=float(r["first_seen"]), last_seen=float(r["last_seen"]),
                    active_version=r["active_version"], archive_sha256=r["archive_sha256"],
                    agent_version=r["agent_version"], telemetry_seq=int(r["telemetry_seq"]),
-                   claimed_tags=_json(r["claimed_tags"], "[]"), group=r["group_name"])
+                   claimed_tags=_json(r["claimed_tags"], "[]"), group=r["group_name"],
+                   inventory=Inventory.from_json(r.get("inventory")), recent=_json(r.get("recent"), "{}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Decommissioned(Row):
+    """A device the operator decommissioned (``DELETE /v1/devices/{id}``): its messages are refused from then on,
+    like those of a device outside the allow-list, until the operator assigns it a group again."""
+
+    device_id: str
+    group: str
+    ts: float
+    who: str
+
+    @classmethod
+    def from_row(cls, r: Mapping[Any, Any]) -> Decommissioned:
+        return cls(device_id=r["device_id"], group=r["group_name"], ts=float(r["ts"]), who=r["who"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +132,31 @@ class Artifact(Row):
     def from_row(cls, r: Mapping[Any, Any]) -> Artifact:
         return cls(file_id=r["file_id"], name=r["name"], version=r["version"], size=int(r["size"]),
                    data=bytes(r["data"]), created=float(r["created"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactUse(Row):
+    """A deployment that rolled an artifact out: its id, group, tags, state and when it was created."""
+
+    id: str
+    group: str
+    tags: list[str]
+    state: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactInfo(Row):
+    """An artifact as listed (never its bytes): ``sha256`` (its file id), model ``name`` and ``version``, ``size``,
+    when it was stored, the ``lineage`` of its manifest and the deployments that used it (oldest first)."""
+
+    sha256: str
+    name: str
+    version: str
+    size: int
+    created: float
+    lineage: dict[str, Any]
+    deployments: list[ArtifactUse]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +300,32 @@ class TelemetryRow(Row):
         return cls(fleet=r["fleet"], group_name=r["group_name"], version=r["version"], kind=r["kind"],
                    records=int(r["records"]), predictions=int(r["predictions"]), errors=int(r["errors"]),
                    invalid=int(r["invalid"]))
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRun(Row):
+    """A federated run that failed: its id, group, stored ``status`` and ``error`` (why, when the registry keeps it
+    apart from the status) and when its record last changed."""
+
+    id: str
+    group: str
+    status: str
+    error: str
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryWindow(Row):
+    """The telemetry of one (group, version) summed over the minutes of a window: records, the metrics' counts and
+    the latency histogram's bucket counts (``windows.NB`` of them)."""
+
+    group: str
+    version: str
+    records: int
+    predictions: int
+    errors: int
+    invalid: int
+    latency: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +550,7 @@ class AuditEntry(Row):
                    summary=r["summary"], status=int(r["status"]), client=r["client"])
 
 
-__all__ = ["Alert", "AlertTally", "Artifact", "AuditEntry", "Delta", "Deployment", "DeploymentHeads", "Device",
-           "DeviceTally", "FedRound", "FedRun", "FedRunEvent", "FedRunTally", "Job", "JobTally", "Principal", "Retrain",
-           "RolloutEvent", "Row", "RunStatus", "TelemetryRow", "Token"]
+__all__ = ["Alert", "AlertTally", "Artifact", "ArtifactInfo", "ArtifactUse", "AuditEntry", "Decommissioned", "Delta",
+           "Deployment", "DeploymentHeads", "Device", "DeviceTally", "FailedRun", "FedRound", "FedRun",
+           "FedRunEvent", "FedRunTally", "Inventory", "Job", "JobTally", "Principal", "Retrain", "RolloutEvent",
+           "Row", "RunStatus", "TelemetryRow", "TelemetryWindow", "Token"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -38,6 +39,7 @@ from ..transport import Transport
 from ..wire import protocol as P
 from ..wire.orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..wire.transfer import make_delta, serve_request
+from .acl import BrokerAccess
 from .registry import Registry, job_key
 from .rollout import (
     BAD,
@@ -146,6 +148,11 @@ class Coordinator:
         # recorded here (device -> the group it claimed; bounded, device ids are the sender's choice) and counted
         # (``group_claims``), never applied.
         self.claims: dict[str, str] = {}
+        # devices the operator decommissioned (housekeeping.py): refused like devices outside the allow-list; read
+        # from the registry again every few seconds (another coordinator may decommission one)
+        self.gone: set[str] = {d.device_id for d in registry.decommissioned(self.fleet)}
+        self._gone_read = time.monotonic()
+        self.broker_access: BrokerAccess | None = None  # cloud serve --broker-config: where to revoke them
         self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
         # Where devices fetch bundles and deltas over HTTP(S) (``cloud serve --origin-dir/--origin-url``; origin.py):
         # each file is published there once and install jobs carry its URL; devices fall back to MQTT chunks when
@@ -222,6 +229,9 @@ class Coordinator:
                 P.check_id(group, "group")
             except ProtocolError as exc:
                 raise ConfigError(f"cannot assign {device!r} to group {group!r}: {exc}") from None
+            if device in self.gone:  # decommissioned: only the operator's own assignment (the API) re-admits it
+                log.warning("device %s is decommissioned: not provisioned (assign it a group to re-admit it)", device)
+                continue
             _, created = self.registry.upsert_device(self.fleet, device, group_name=group)
             if not created:
                 self.registry.set_device(self.fleet, device, group_name=group)
@@ -323,7 +333,7 @@ class Coordinator:
 
     # -- message handling ---------------------------------------------------------------------------
     def handle(self, device: str, msg: Any) -> None:
-        if self.allow_list is not None and device not in self.allow_list:
+        if (self.allow_list is not None and device not in self.allow_list) or device in self.gone:
             self._refuse(device)
             return
         if isinstance(msg, P.TelemetryBatch):
@@ -362,6 +372,8 @@ class Coordinator:
         if s.online:
             fields.update(active_version=s.active_version, archive_sha256=s.archive_sha256,
                           agent_version=s.agent_version, claimed_tags=_tags(s.hardware_tags))
+            if s.inventory is not None:  # bounded by the protocol; when it was reported, by this clock
+                fields["inventory"] = json.dumps({**dataclasses.asdict(s.inventory), "reported": fields["last_seen"]})
             self._claim_tags(device, s.hardware_tags, row)
         self._claim(device, s.group, row.group if row is not None else "default")
         if row is None:  # a device the operator did not provision: registered in "default", counted
@@ -452,11 +464,12 @@ class Coordinator:
             else:
                 others.append(item)
                 break  # keep the order of everything else
-        if self.allow_list is not None:
+        if self.allow_list is not None or self.gone:
             for d, _ in batches:
-                if d not in self.allow_list:
+                if (self.allow_list is not None and d not in self.allow_list) or d in self.gone:
                     self._refuse(d)
-            batches = [(d, b) for d, b in batches if d in self.allow_list]
+            batches = [(d, b) for d, b in batches
+                       if (self.allow_list is None or d in self.allow_list) and d not in self.gone]
         if self.telemetry_limit is not None:
             now = time.monotonic()
             admitted = [self.telemetry_limit.take(d, len(b.records), now) for d, b in batches]
@@ -635,8 +648,8 @@ class Coordinator:
                 log.warning("device %s: job %s: the origin failed (%s: %s); the file goes over MQTT", device, u.job_id,
                             u.reason, u.message[:300], extra={"event": "origin_fallback", "device": device,
                                                               "job": u.job_id, "reason": u.reason})
-        if u.active_version:
-            self.registry.set_device(self.fleet, device, active_version=u.active_version)
+        self.registry.set_device(self.fleet, device, last_seen=time.time(),
+                                 **({"active_version": u.active_version} if u.active_version else {}))
         if u.status != job.status.value:
             _log_job(device, job, u)
         if u.status == "SUCCEEDED" and job.action == "install":
@@ -650,7 +663,10 @@ class Coordinator:
         """Register a bundle archive (a deployment target, or a version devices already run: a delta base)."""
         name, version = bundle_identity(archive, self.trusted_keys, self.tuf_repo)
         file_id = hashlib.sha256(archive).hexdigest()
-        self.registry.add_artifact(file_id, name, version, archive)
+        if not self.registry.has_artifact(file_id):
+            from .housekeeping import manifest_lineage
+
+            self.registry.add_artifact(file_id, name, version, archive, manifest_lineage(archive))
         return file_id, name, version
 
     def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
@@ -791,6 +807,9 @@ class Coordinator:
     def tick(self) -> None:
         """Drive every live deployment one step: running and paused ones, and the newest deployment of
         each group when it has completed (devices that join the group later get it)."""
+        if time.monotonic() - self._gone_read > 5.0:  # decommissioned by another coordinator of the registry
+            self._gone_read = time.monotonic()
+            self.gone = {d.device_id for d in self.registry.decommissioned(self.fleet)}
         heads = self.registry.deployment_heads(self.fleet)
         devices: dict[str, Device] | None = None
         for dep_id, state, group in heads.live:
@@ -823,7 +842,7 @@ class Coordinator:
         if newest:  # devices that joined the group since the deployment started
             known = set(targets)
             joined = sorted(d for d, row in devices.items()
-                            if selected(row, dep.group, dep.tags) and d not in known)
+                            if selected(row, dep.group, dep.tags) and d not in known and d not in self.gone)
             if joined:
                 targets = self.registry.add_targets(dep.id, joined)
                 self.registry.add_event(dep.id, "joined", dep.stage, ",".join(joined)[:2000], self.node)
@@ -858,7 +877,7 @@ class Coordinator:
                     if not self.registry.acquire_lease(dep.id, self.node, self.lease_seconds):
                         break  # another coordinator took over; it dispatches what is missing
                     renewed = time.monotonic()
-                if device not in jobs:
+                if device not in jobs and device not in self.gone:  # (decommissioned during this tick: not sent)
                     self._dispatch(dep, device, devices.get(device), stage)
             if stage != dep.stage and self.registry.set_deployment(dep.id, expect={"stage": dep.stage}, stage=stage):
                 self.registry.add_event(dep.id, "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
@@ -1017,6 +1036,16 @@ class Coordinator:
                         extra={"event": "rollback_ordered", "deployment": dep.id, "device": device, "to_version": to})
 
     # -- helpers for tests and the API -------------------------------------------------------------------------
+    def forget(self, device: str) -> None:
+        """Drop what this coordinator remembers of ``device`` (it was decommissioned)."""
+        self._groups.pop(device, None)
+        self._births.pop(device, None)
+        self.claims.pop(device, None)
+        for key in [k for k in self._serving if k[0] == device]:
+            del self._serving[key]
+        for key in [k for k in self._deferred if k[0] == device]:
+            del self._deferred[key]
+
     def queue_depth(self) -> int:
         """Inbound messages waiting for the worker (/metrics)."""
         return self._q.qsize()

@@ -266,7 +266,8 @@ class DeviceSync:
         self._publish(P.Up.STATUS, P.Status(
             self.device_id, True, self.session, time.time(), AGENT_VERSION,
             state.active.version if state.active else "", state.active.id if state.active else "",
-            base[0] if base else "", tuple(getattr(self.agent.config, "hardware_tags", ())), self.group), retain=True)
+            base[0] if base else "", tuple(getattr(self.agent.config, "hardware_tags", ())), self.group,
+            device_inventory(getattr(self.agent.config, "state_dir", None) or self.dir)), retain=True)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -600,6 +601,26 @@ class DeviceSync:
             except Exception:
                 if not self._stop.is_set():
                     log.exception("telemetry drain failed")
+
+
+def device_inventory(state_dir: str | os.PathLike[str]) -> P.Inventory:
+    """This device's inventory for its birth: OS, release, architecture, Python, and the free and total bytes of the
+    file system of ``state_dir`` (0 when it cannot be read). Text is cut to the protocol's bounds."""
+    import platform
+    import shutil
+
+    try:
+        disk = shutil.disk_usage(state_dir)
+        free, total = int(disk.free), int(disk.total)
+    except OSError:
+        free = total = 0
+
+    def text(value: str, key: str) -> str:
+        return "".join(c for c in value if " " <= c <= "~")[:P.INVENTORY_TEXT[key]]
+
+    return P.Inventory(os=text(platform.system(), "os"), os_release=text(platform.release(), "os_release"),
+                       arch=text(platform.machine(), "arch"), python=text(platform.python_version(), "python"),
+                       free_disk_bytes=free, total_disk_bytes=total)
 
 
 class _Checks:

@@ -200,6 +200,43 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")  # inventory text: printable ASCII, nothing that could fool a terminal
+INVENTORY_TEXT = {"os": 32, "os_release": 128, "arch": 32, "python": 32}  # field -> the most characters it holds
+
+
+def _printable(d: Mapping[str, Any], key: str, max_len: int) -> str:
+    v = _str(d, key, "", max_len)
+    if not _PRINTABLE.match(v):
+        raise ProtocolError(f"field {key!r} must be printable ASCII")
+    return v
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What a device is, sent with its birth (:class:`Status`): the operating system (``platform.system()``), its
+    release, the CPU architecture (``platform.machine()``), the Python version and the free and total bytes of the
+    file system holding its state directory. Every field is bounded (printable ASCII within
+    :data:`INVENTORY_TEXT` characters, byte counts within 0..2**62); an empty or zero field is "not reported".
+    Unknown keys are ignored (a newer agent's), never kept."""
+
+    os: str = ""
+    os_release: str = ""
+    arch: str = ""
+    python: str = ""
+    free_disk_bytes: int = 0
+    total_disk_bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Inventory:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("inventory must be an object")
+        free, total = _nonneg(d, "free_disk_bytes", 0), _nonneg(d, "total_disk_bytes", 0)
+        if total and free > total:
+            raise ProtocolError(f"inventory: free disk {free} exceeds the total {total}")
+        return cls(free_disk_bytes=free, total_disk_bytes=total,
+                   **{k: _printable(d, k, n) for k, n in INVENTORY_TEXT.items()})
+
+
 @dataclass(frozen=True)
 class Status(Message):
     """Birth (online=True) and death (online=False, the last will). ``session`` rises per connection;
@@ -216,6 +253,13 @@ class Status(Message):
     archive_sha256: str = ""  # the deterministic .efb of the active version (a delta base)
     hardware_tags: tuple[str, ...] = ()
     group: str = ""  # the group the device asks to join on first contact (the registry may override)
+    inventory: Inventory | None = None  # what the device is (births only; absent from older agents)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["inventory"] is None:
+            del d["inventory"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Status:
@@ -233,6 +277,7 @@ class Status(Message):
             archive_sha256=_hex64(d, "archive_sha256", ""),
             hardware_tags=tuple(tags),
             group=_str(d, "group", "", 128),
+            inventory=Inventory.from_dict(d["inventory"]) if d.get("inventory") is not None else None,
         )
 
 
@@ -613,7 +658,8 @@ class Chunk:
 
 __all__ = [
     "SCHEMA_VERSION", "PREFIX", "DEFAULT_CHUNK_SIZE", "Up", "Down", "up_topic", "down_topic", "up_filter",
-    "down_filter", "parse_topic", "TopicInfo", "check_id", "Message", "Status", "FileInfo", "JobAction", "Desired",
+    "down_filter", "parse_topic", "TopicInfo", "check_id", "Message", "Status", "Inventory", "INVENTORY_TEXT",
+    "FileInfo", "JobAction", "Desired",
     "JobUpdate", "Reported", "TelemetryRecord", "TelemetryBatch", "TelemetryAck", "ChunkRequest", "Chunk",
     "encode_bitmap", "decode_bitmap", "TERMINAL_STATES", "JOB_STATES", "JobState", "RecordLike",
 ]

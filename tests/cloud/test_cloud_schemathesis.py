@@ -61,6 +61,9 @@ REFUSALS = {
     # `rnd: int = PathParam(le=MAX_ROUNDS)`, then 400 for rnd < 1); `PathParam(ge=1, le=MAX_ROUNDS)` would make
     # it a 422 of the schema and this entry unnecessary
     "PUT /v1/federated/runs/{run_id}/rounds/{rnd}": ["400"],
+    # `window` is a duration (a pattern) the registry keeps 1m..7d of: `0` or `30d` fit the pattern and are a 422
+    # naming the range (tests/cloud/test_cloud_telemetry_windows.py)
+    "GET /v1/telemetry": ["422"],
 }
 SEEDED = {"device": "dev-1", "group": "g", "token": "ci-read", "run": "run-1", "deployment": "dep-1"}
 SEEN: Counter[tuple[str, int]] = Counter()  # (operation, status) of every case this run sent
