@@ -38,10 +38,10 @@ from edgefleet.keys import PublicKey
 from edgefleet.manifest import MANIFEST_NAME, Manifest
 
 from . import tuf_mode
-from .config import AgentConfig
+from .config import AgentConfig, QualityConfig
 from .orders import LEDGER_NAME, ClockPolicy, OrderLedger, check_rollback_order
-from .probation import ShadowStats, judge_probation, judge_shadow, start_probation
-from .serving import AgentSession, Loader, ModelLike, Serving, Shadow, Slot, sdk_loader
+from .probation import QualityProbe, ShadowStats, judge_probation, judge_shadow, start_probation
+from .serving import AgentSession, Comparator, Loader, ModelLike, Serving, Shadow, Slot, sdk_loader
 from .store import Entry, Store, StoreState
 from .telemetry import DriftMonitor, Telemetry, TelemetryQueue, TelemetrySink, drain
 from .updates import (
@@ -294,6 +294,7 @@ class Agent:
         wait: bool = False,
         timeout: float | None = None,
         repo: str | os.PathLike | None = None,
+        quality: Mapping[str, Any] | None = None,
     ) -> Job:
         """Install a bundle directory or archive. Returns the job (terminal, or on probation/shadow).
 
@@ -303,12 +304,22 @@ class Agent:
 
         ``repo``: the TUF repository directory to check the archive against. A device in TUF
         mode (:attr:`tuf_mode`) requires it (or :attr:`tuf_fetcher`); see :mod:`.tuf_mode`.
+
+        ``quality``: the deployment's quality policy, options of ``[quality]`` over the agent's own
+        (:meth:`.config.QualityConfig.overridden`); one that does not fit is refused (``quality_policy``).
         """
         if repo is not None and not self.tuf_mode:
             raise ConfigError("a repository needs a pinned TUF root on this device: run "
                               "'edgefleet agent trust-root ROOT.json' (or set [agent] tuf_root) first")
         use_shadow = self.config.update.shadow if shadow is None else shadow
         job = new_job(str(source), shadow=use_shadow, allow_older=rollback_order is not None, job_id=job_id)
+        policy_error = ""
+        if quality:
+            try:
+                self.config.quality.overridden(quality)
+                job = replace(job, details={"quality_policy": dict(quality)})
+            except ConfigError as exc:
+                policy_error = str(exc)
         with self._drive_lock:
             other: Job | None = None
             if self._machine is not None and not self._machine.job.status.terminal:
@@ -317,9 +328,10 @@ class Agent:
                 others = self.jobs.unfinished()
                 other = others[-1] if others else None
             machine = UpdateMachine(job)
-            if other is not None:
+            if other is not None or policy_error:
                 machine.handle(Start())
-                machine.handle(Refused("busy", f"job {other.job_id} is still {other.step.value or 'queued'}"))
+                machine.handle(Refused("busy", f"job {other.job_id} is still {other.step.value or 'queued'}")
+                               if other is not None else Refused("quality_policy", policy_error))
                 self.jobs.save(machine.job)
                 self._report(machine.job)
                 return machine.job
@@ -420,6 +432,7 @@ class Agent:
         if job.target_id:
             self.store.unpin(job.target_id)
         self.serving.probation = None
+        self.serving.stop_comparator()
         self.serving.stop_shadow()
         cand, self.serving.candidate = self.serving.candidate, None
         if cand is not None and cand is not self.serving.slot:
@@ -593,8 +606,42 @@ class Agent:
         if self.serving.slot is None:  # nothing to compare with: shadowing is moot
             return ShadowDone(True, {"compared": 0, "why": "no active version to compare with"})
         stats = ShadowStats(self.config.update, time.monotonic())
+        qcfg = self._quality_config()
+        if qcfg.mode != "off":
+            stats.quality = QualityProbe(qcfg, self.serving.candidate.entry.version, self.serving.slot.entry.version)
         self.serving.shadow = Shadow(self.serving.candidate, stats, self.config.update.agreement_atol)
         return None
+
+    def _quality_config(self) -> QualityConfig:
+        """The quality settings of the current job: the agent's, with the deployment's policy over them."""
+        job = self._machine.job if self._machine is not None else None
+        policy = job.details.get("quality_policy") if job is not None else None
+        try:
+            return self.config.quality.overridden(policy if isinstance(policy, Mapping) else None)
+        except ConfigError:  # (checked when the job was made: a job log edited since)
+            return self.config.quality
+
+    def _start_comparing(self) -> None:
+        """Probation: compare the new version with the one it replaced on the live inputs (:class:`.Comparator`).
+        After a restart the replaced version is loaded again as the standby (also for an instant rollback)."""
+        probation, slot = self.serving.probation, self.serving.slot
+        qcfg = self._quality_config()
+        if probation is None or slot is None or qcfg.mode == "off":
+            return
+        standby = self.serving.standby
+        if standby is None and self._machine is not None and self._machine.job.from_id:
+            try:
+                state = self.store.state()
+                if state.previous is not None and state.previous.id == self._machine.job.from_id:
+                    standby = self.serving.standby = self._open(state.previous)
+            except (EdgefleetError, OSError) as exc:
+                log.warning("the previous version cannot be loaded to compare the new one with: %s", exc)
+        if standby is None or standby is slot:
+            return
+        probe = QualityProbe(qcfg, slot.entry.version, standby.entry.version)
+        probation.quality = probe
+        self.serving.stop_comparator()
+        self.serving.comparator = Comparator(standby, probe)
 
     def _activate(self, target_id: str) -> Event:
         self.serving.stop_shadow()
@@ -620,6 +667,7 @@ class Agent:
         standby = self.serving.standby
         self.serving.probation = start_probation(self.config.update, time.monotonic(),
                                                  standby.hist if standby is not None else None)
+        self._start_comparing()
         slot = self.serving.slot
         log.info("probation of %s started (%gs, at least %d predictions)",
                  f"v{slot.entry.version}" if slot else "the new version", self.config.update.probation_seconds,
@@ -635,6 +683,7 @@ class Agent:
         event = judge_probation(probation, time.monotonic(), slot.model if slot is not None else None)
         if event is not None:
             self.serving.probation = None
+            self.serving.stop_comparator()  # (its outcome goes into the version's quality telemetry)
         return event
 
     def _wake_monitor(self) -> None:
@@ -724,7 +773,26 @@ class Agent:
         """Keep a labelled sample on the device for retraining (needs ``[samples] enabled``)."""
         if self.samples is None:
             raise ConfigError("local samples are disabled; set enabled = true in the [samples] section")
-        return self.samples.add(x, y, self.active_version or "")
+        rid = self.samples.add(x, y, self.active_version or "")
+        self._score_feedback(x, y)
+        return rid
+
+    def _score_feedback(self, x: Any, y: Any) -> None:
+        """A label scores the version serving (its labelled accuracy) and, during probation, both versions on that
+        input (the quality test's labelled evidence). Best effort: scoring never fails the feedback call."""
+        slot = self.serving.slot
+        if slot is None or not self.config.telemetry.enabled or not slot.acquire():
+            return
+        try:
+            out = slot.model.predict(x)
+        except Exception:
+            return
+        finally:
+            slot.release(None)
+        self.telemetry.record_label(slot.entry.version, out, y)
+        comparator = self.serving.comparator
+        if comparator is not None and comparator.reference is not slot and self.serving.slot is slot:
+            comparator.offer_label(x, y, out)
 
     def status(self) -> dict[str, Any]:
         out = read_status(self.root)
@@ -733,7 +801,10 @@ class Agent:
         out["serving"] = {"version": slot.entry.version, "id": slot.entry.id, "name": slot.entry.name} if slot else None
         probation, shadow = self.serving.probation, self.serving.shadow
         out["probation"] = probation.report() if probation else None
+        if probation is not None and probation.quality is not None:
+            out["probation"]["quality"] = probation.quality.report()
         out["shadow"] = shadow.stats.report() if shadow else None
+        out["quality"] = self.telemetry.quality()
         out["telemetry"] = {**self.telemetry.queue.stats(), "window": self.telemetry.snapshot()}
         out["samples"] = {"count": len(self.samples), "encrypted": self.samples.encrypted} if self.samples else None
         node = self.flower_node

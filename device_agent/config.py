@@ -17,6 +17,11 @@ are refused (a typo must not silently fall back to a default). Example::
     clock = "auto"                  # rollback orders' time bounds: "system", "none" (no reliable clock) or auto
     clock_skew_seconds = 300
 
+    [quality]                       # a new version against the one it replaces, on the same live inputs
+    mode = "enforce"                # "off", "report" (measured, never rolls back) or "enforce" (a failed test rolls back)
+    agreement_good = 0.6            # the sequential test: keep at this top-1 agreement, roll back at agreement_bad
+    agreement_bad = 0.3
+
     [telemetry]
     max_events = 100000
 
@@ -33,13 +38,16 @@ are refused (a typo must not silently fall back to a default). Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import check_name
 from edgefleet.tables import Wording, from_table, read_toml
+
+if TYPE_CHECKING:
+    from .quality import Thresholds
 
 T = TypeVar("T")
 
@@ -96,6 +104,74 @@ class UpdateConfig:
         _positive("update.shadow_seconds", self.shadow_seconds)
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ConfigError(f"update.min_agreement must be within [0, 1], got {self.min_agreement}")
+
+
+QUALITY_MODES = ("off", "report", "enforce")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """``[quality]``: quality probation without labels (:mod:`.quality`). While a new version is on probation (or
+    runs in shadow) the version it replaces runs on the same live inputs and a sequential test decides: ``mode``
+    "enforce" rolls a version that fails it back (reason ``quality``), "report" only measures and reports, "off"
+    does neither. A deployment may override any of these (the install job's ``quality`` policy)."""
+
+    mode: str = "report"
+    min_samples: int = 50  # live inputs compared before a label-free verdict
+    max_samples: int = 2000  # the test decides by then (truncated); comparing stops
+    agreement_good: float = 0.6  # H0 of the SPRT: top-1 agreement of a version to keep
+    agreement_bad: float = 0.3  # H1: the agreement of a version to roll back (about chance for a broken one)
+    alpha: float = 0.02  # risk of rolling back a good version
+    beta: float = 0.02  # risk of keeping a bad one
+    max_confidence_drop: float = 0.25  # mean top-1 confidence falling by more rolls back (0: off)
+    max_psi: float = 1.0  # PSI of the predicted classes against the previous version's (0: off)
+    labelled_bad: float = 0.2  # with feedback labels: the new version's share of wins where only one is right, H1
+    wait_seconds: float = 600.0  # an undecided test holds probation this long past probation_seconds, then promotes
+
+    def __post_init__(self) -> None:
+        if self.mode not in QUALITY_MODES:
+            raise ConfigError(f"quality.mode must be one of {', '.join(QUALITY_MODES)}, got {self.mode!r}")
+        if not 1 <= self.min_samples <= 1_000_000:
+            raise ConfigError(f"quality.min_samples must be within 1..1000000, got {self.min_samples}")
+        if not self.min_samples <= self.max_samples <= 10_000_000:
+            raise ConfigError(f"quality.max_samples must be within min_samples ({self.min_samples})..10000000, "
+                              f"got {self.max_samples}")
+        if not 0.0 < self.agreement_bad < self.agreement_good < 1.0:
+            raise ConfigError("quality.agreement_bad and quality.agreement_good must be 0 < bad < good < 1, got "
+                              f"{self.agreement_bad} and {self.agreement_good}")
+        for name in ("alpha", "beta"):
+            if not 0.0 < getattr(self, name) < 0.5:
+                raise ConfigError(f"quality.{name} must be within (0, 0.5), got {getattr(self, name)}")
+        if not 0.0 < self.labelled_bad < 0.5:
+            raise ConfigError(f"quality.labelled_bad must be within (0, 0.5), got {self.labelled_bad}")
+        if not 0.0 <= self.max_confidence_drop <= 1.0:
+            raise ConfigError(f"quality.max_confidence_drop must be within [0, 1], got {self.max_confidence_drop}")
+        if not (0.0 <= self.max_psi <= 100.0):
+            raise ConfigError(f"quality.max_psi must be within [0, 100], got {self.max_psi}")
+        if not 0.0 <= self.wait_seconds <= 7 * 86400.0:
+            raise ConfigError(f"quality.wait_seconds must be within 0..604800, got {self.wait_seconds}")
+
+    def thresholds(self) -> Thresholds:
+        """The sequential test's parameters (:class:`.quality.Thresholds`)."""
+        from .quality import Thresholds
+
+        return Thresholds(self.min_samples, self.max_samples, self.agreement_good, self.agreement_bad, self.alpha,
+                          self.beta, self.max_confidence_drop, self.max_psi, self.labelled_bad)
+
+    def overridden(self, policy: Mapping[str, Any] | None) -> QualityConfig:
+        """This configuration with a deployment's ``policy`` (a table of the same keys) over it, checked by the
+        same coercer as the TOML (ConfigError: an unknown key, a wrong type, a value out of bounds, or a result
+        that is inconsistent, such as agreement_bad >= agreement_good)."""
+        if not policy:
+            return self
+        if not isinstance(policy, Mapping):
+            raise ConfigError("the quality policy must be a table")
+        unknown = sorted(set(policy) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"the quality policy has unknown option(s) {unknown}")
+        merged = {f.name: getattr(self, f.name) for f in fields(self)}
+        merged.update(policy)
+        return from_table(QualityConfig, merged, "quality policy", _WORDING)
 
 
 @dataclass(frozen=True)
@@ -175,6 +251,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     federated: FederatedNodeConfig = field(default_factory=FederatedNodeConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         if not self.state_dir:
@@ -200,14 +277,14 @@ class AgentConfig:
         """Build from the parsed TOML document; relative paths resolve against ``base_dir``."""
         if not isinstance(data, Mapping):
             raise ConfigError("the config must be a table")
-        sections = {"agent", "store", "update", "telemetry", "samples", "federated"}
+        sections = {"agent", "store", "update", "telemetry", "samples", "federated", "quality"}
         unknown = sorted(set(data) - sections)
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
         agent_raw = dict(data.get("agent") or {})
         if not isinstance(data.get("agent", {}), Mapping):
             raise ConfigError("[agent] must be a table")
-        nested = {"store", "update", "telemetry", "samples", "federated"} & set(agent_raw)
+        nested = {"store", "update", "telemetry", "samples", "federated", "quality"} & set(agent_raw)
         if nested:
             raise ConfigError(f"{sorted(nested)} are sections of their own, not [agent] options")
         top = _section(_AgentTop, agent_raw, "agent")
@@ -238,6 +315,7 @@ class AgentConfig:
             telemetry=_section(TelemetryConfig, data.get("telemetry"), "telemetry"),
             samples=samples,
             federated=federated,
+            quality=_section(QualityConfig, data.get("quality"), "quality"),
         )
 
 

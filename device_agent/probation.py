@@ -12,8 +12,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .config import UpdateConfig
+from .config import QualityConfig, UpdateConfig
 from .health import LatencyHistogram
+from .quality import QualityStats, QualityVerdict, judge, observe
 from .updates import Event, ProbationFailed, ProbationPassed, ShadowDone
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Probation:
         self.hist = LatencyHistogram()
         self.predictions = 0
         self.errors = 0
+        self.quality: QualityProbe | None = None  # the new version against the one it replaced (set by the agent)
         self._lock = threading.Lock()
 
     def record(self, ok: bool, latency_ms: float) -> None:
@@ -94,6 +96,7 @@ class ShadowStats:
         self.dropped = 0
         self.candidate = LatencyHistogram()
         self.active = LatencyHistogram()
+        self.quality: QualityProbe | None = None  # the candidate against the active version (set by the agent)
         self._lock = threading.Lock()
 
     def record(self, agree: bool | None, candidate_ms: float, active_ms: float) -> None:
@@ -131,7 +134,62 @@ class ShadowStats:
         if not ok:
             rep["why"] = f"agreement {rep['agreement']:.1%} < {self.cfg.min_agreement:.1%} or candidate errors"
             rep["reason"] = "shadow_disagreement"
+        probe = self.quality
+        if probe is not None:
+            rep["quality"] = probe.report()
+            qv = probe.verdict()
+            if ok and probe.enforce and qv is not None and not qv.ok:
+                ok = False
+                rep["why"] = f"{qv.signal}: {qv.message}"
+                rep["reason"] = "quality"
         return ok, rep
+
+
+class QualityProbe:
+    """Thread-safe: the comparisons of a new version with the one it replaces during one probation or shadow run
+    (:class:`.quality.QualityStats`, fed by :class:`.serving.Comparator` or :class:`.serving.Shadow`) and their
+    sequential test (:func:`.quality.judge`). A verdict, once reached, is final; comparing stops then (or at
+    ``max_samples``)."""
+
+    def __init__(self, cfg: QualityConfig, version: str, reference: str) -> None:
+        self.cfg = cfg
+        self.thresholds = cfg.thresholds()
+        self.version = version  # the version judged
+        self.reference = reference  # the version it is compared with
+        self.stats = QualityStats()
+        self.dropped = 0  # live inputs not compared: the comparator was busy
+        self.errors = 0  # the reference version failed on an input
+        self._verdict: QualityVerdict | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enforce(self) -> bool:
+        return self.cfg.mode == "enforce"
+
+    def wants(self) -> bool:
+        """Whether another live input is worth comparing (no verdict yet, below ``max_samples``)."""
+        return self._verdict is None and self.stats.compared < self.cfg.max_samples
+
+    def observe(self, new_out: Any, old_out: Any, labels: Any = None) -> None:
+        with self._lock:
+            if self._verdict is not None:
+                return
+            observe(self.stats, new_out, old_out, labels)
+            self._verdict = judge(self.stats, self.thresholds)
+
+    def verdict(self) -> QualityVerdict | None:
+        with self._lock:
+            return self._verdict
+
+    def report(self) -> dict[str, Any]:
+        """The measurements, the verdict so far (``pass``, ``fail`` or ``undecided``) and what decided it."""
+        with self._lock:
+            rep = self.stats.report()
+            v = self._verdict
+        rep.update(version=self.version, reference=self.reference, mode=self.cfg.mode, dropped=self.dropped,
+                   reference_errors=self.errors, verdict="undecided" if v is None else "pass" if v.ok else "fail",
+                   signal=v.signal if v is not None else "", message=v.message if v is not None else "")
+        return rep
 
 
 def start_probation(cfg: UpdateConfig, now: float, previous: LatencyHistogram | None) -> Probation:
@@ -145,8 +203,19 @@ def judge_probation(probation: Probation, now: float, model: Any) -> Event | Non
     """None while undecided; else ProbationFailed or, after the smoke tests pass again on ``model`` (the
     version serving, None if nothing does), ProbationPassed."""
     verdict = probation.verdict(now)
+    probe = probation.quality
+    if probe is not None and probe.enforce and (verdict is None or verdict.ok):
+        qv = probe.verdict()
+        if qv is not None and not qv.ok:  # as soon as the test says so, like the error rate
+            return ProbationFailed("quality", f"{qv.signal}: {qv.message}",
+                                   {**(verdict.report if verdict else probation.report()), "quality": probe.report()})
+        if verdict is not None and qv is None and now - probation.started < (probation.cfg.probation_seconds
+                                                                             + probe.cfg.wait_seconds):
+            return None  # the test has not decided yet: probation goes on (at most wait_seconds longer)
     if verdict is None:
         return None
+    if probe is not None:
+        verdict.report["quality"] = probe.report()
     report = verdict.report
     extra = {"predictions": report.get("predictions"), "errors": report.get("errors"), "p95_ms": report.get("p95_ms")}
     if not verdict.ok:
@@ -180,5 +249,5 @@ def judge_shadow(stats: ShadowStats, now: float) -> Event | None:
     return ShadowDone(ok, report, report.get("reason", "shadow_disagreement"))
 
 
-__all__ = ["BASELINE_MIN_PREDICTIONS", "Probation", "ShadowStats", "Verdict", "judge_probation", "judge_shadow",
-           "start_probation"]
+__all__ = ["BASELINE_MIN_PREDICTIONS", "Probation", "QualityProbe", "ShadowStats", "Verdict", "judge_probation",
+           "judge_shadow", "start_probation"]

@@ -23,7 +23,7 @@ from edgefleet.keys import PublicKey
 from edgefleet.manifest import Manifest
 
 from .health import LatencyHistogram, outputs_agree
-from .probation import Probation, ShadowStats
+from .probation import Probation, QualityProbe, ShadowStats
 from .store import Entry
 from .telemetry import Telemetry
 
@@ -147,6 +147,68 @@ class Shadow:
                 continue
             cms = (time.perf_counter() - t0) * 1000
             self.stats.record(outputs_agree(out, got, self.atol), cms, ms)
+            probe = self.stats.quality
+            if probe is not None and probe.wants():
+                probe.observe(got, out)  # the candidate is the new version, the active one its reference
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=5)
+
+
+def _copy_inputs(x: Any) -> Any:
+    """A copy of live inputs for another thread (the caller may reuse its buffer once predict returns)."""
+    if isinstance(x, np.ndarray):
+        return x.copy()
+    if isinstance(x, Mapping):
+        return {k: np.array(v, copy=True) for k, v in x.items()}
+    return x
+
+
+class Comparator:
+    """During probation, the version a new one replaced (the standby, still loaded) run on copies of the live
+    inputs on a worker thread, never blocking ``predict``: each pair of outputs goes to the probation's
+    :class:`.probation.QualityProbe`. Feedback labels go the same way (:meth:`offer_label`). Inputs that find the
+    worker busy are dropped (counted); once the probe has a verdict nothing more is compared."""
+
+    def __init__(self, reference: Slot, probe: QualityProbe, depth: int = 32) -> None:
+        self.reference = reference
+        self.probe = probe
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, name="edgefleet-quality", daemon=True)
+        self.thread.start()
+
+    def offer(self, x: Any, kwargs: Mapping[str, Any], out: Any, labels: Any = None) -> None:
+        if not self.probe.wants():
+            return
+        if self.queue.full():
+            self.probe.dropped += 1
+            return
+        try:
+            self.queue.put_nowait((_copy_inputs(x), dict(kwargs), _copy_inputs(out), labels))
+        except queue.Full:
+            self.probe.dropped += 1
+
+    def offer_label(self, x: Any, labels: Any, out: Any) -> None:
+        """A labelled input (``Agent.feedback``) and the new version's output on it: scored on both versions."""
+        self.offer(x, {}, out, labels)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            x, kwargs, out, labels = item
+            if not self.probe.wants() or not self.reference.acquire():
+                continue
+            try:
+                ref = self.reference.model.predict(x, **kwargs)
+            except Exception:
+                self.probe.errors += 1
+                continue
+            finally:
+                self.reference.release(None)
+            self.probe.observe(out, ref, labels)
 
     def stop(self) -> None:
         self.queue.put(None)
@@ -169,6 +231,7 @@ class Serving:
         self.candidate: Slot | None = None
         self.shadow: Shadow | None = None
         self.probation: Probation | None = None
+        self.comparator: Comparator | None = None  # during probation: the new version against the standby
 
     def serve(self, call: Callable[[Slot], Any], x: Any, kwargs: Mapping[str, Any], shadow: bool) -> Any:
         """Run ``call(slot)`` on the active version with telemetry, probation and shadow."""
@@ -205,13 +268,16 @@ class Serving:
         ms = (time.perf_counter() - t0) * 1000
         slot.release(ms)
         if self.record_telemetry:
-            self.telemetry.record_prediction(version, ms, "ok", x)
+            self.telemetry.record_prediction(version, ms, "ok", x, out)
         probation = self.probation
         if probation is not None and self.slot is slot:
             probation.record(True, ms)
         shadow_ = self.shadow if shadow else None
         if shadow_ is not None:
             shadow_.offer(x, kwargs, out, ms)
+        comparator = self.comparator if shadow else None  # (a stateful session's steps are not compared)
+        if comparator is not None and self.slot is slot and comparator.reference is not slot:
+            comparator.offer(x, kwargs, out)
         return out
 
     def swap(self, new: Slot) -> Slot | None:
@@ -227,10 +293,23 @@ class Serving:
         shadow, self.shadow = self.shadow, None
         if shadow is not None:
             shadow.stop()
+            self._record_comparison(shadow.stats.quality)
+
+    def stop_comparator(self) -> None:
+        """Stop comparing the new version with the standby; the outcome goes into the new version's telemetry."""
+        comparator, self.comparator = self.comparator, None
+        if comparator is not None:
+            comparator.stop()
+            self._record_comparison(comparator.probe)
+
+    def _record_comparison(self, probe: QualityProbe | None) -> None:
+        if probe is not None and self.record_telemetry and (probe.stats.compared or probe.stats.labelled):
+            self.telemetry.record_comparison(probe.version, probe.report())
 
     def retire_all(self) -> None:
         """Close every loaded version once its calls in flight end (the agent is closing)."""
         self.stop_shadow()
+        self.stop_comparator()
         for slot in {id(s): s for s in (self.slot, self.standby, self.candidate) if s is not None}.values():
             slot.retire()
 
@@ -287,4 +366,4 @@ class AgentSession:
             self._slot, self._session, self._broken = None, None, None
 
 
-__all__ = ["AgentSession", "Loader", "ModelLike", "Serving", "Shadow", "Slot", "sdk_loader"]
+__all__ = ["AgentSession", "Comparator", "Loader", "ModelLike", "Serving", "Shadow", "Slot", "sdk_loader"]

@@ -9,8 +9,12 @@ acknowledged.
 
 Per-prediction data is aggregated in memory (:class:`Telemetry`) and flushed as
 one ``metrics`` record per interval: predictions and errors per version, a
-latency histogram, resource use. Install events and drift events are queued
-immediately. Drift follows the manifest's reference statistics with
+latency histogram, resource use. Quality is flushed beside it as one ``quality``
+record per version that had news (:class:`QualityTotals`: mean confidence and
+entropy of a sample of its predictions, its accuracy on feedback labels, and its
+comparison with the version it replaced while on probation or in shadow); the
+totals are kept per version across restarts. Install events and drift events
+are queued immediately. Drift follows the manifest's reference statistics with
 :class:`edgefleet.stats.RunningStats`; a PSI over the threshold queues a
 ``drift`` event (once per crossing).
 
@@ -350,6 +354,67 @@ class _VersionCounters:
         self.hist = LatencyHistogram()
 
 
+SCORE_INTERVAL = 0.01  # seconds: at most one prediction in this long is scored for quality (about 45 us each)
+MAX_QUALITY_VERSIONS = 8  # versions whose quality totals are kept in memory (the most recently used)
+
+
+class QualityTotals:
+    """One version's quality on this device, cumulative: the mean top-1 confidence and entropy of the predictions
+    scored (a time-spaced sample of them), its accuracy on feedback labels, and ``comparison``: its latest comparison
+    with the version it replaced (``probation.QualityProbe.report``: agreement, shifts, PSI, the verdict)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.scored = 0
+        self.conf = 0.0
+        self.ent = 0.0
+        self.labelled = 0
+        self.correct = 0
+        self.comparison: dict[str, Any] = {}
+        self.dirty = False
+
+    def score(self, p: np.ndarray) -> None:
+        from .quality import entropy
+
+        self.scored += p.shape[0]
+        self.conf += float(p.max(axis=1).sum())
+        self.ent += float(entropy(p).sum())
+        self.dirty = True
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``quality`` record (``cloud_sync.wire.protocol.QualityRecord`` on the wire)."""
+        out: dict[str, Any] = {
+            "version": self.version, "scored": self.scored,
+            "confidence": round(self.conf / self.scored, 6) if self.scored else 0.0,
+            "entropy": round(self.ent / self.scored, 6) if self.scored else 0.0,
+            "labelled": self.labelled, "correct": self.correct,
+            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else 0.0,
+        }
+        c = self.comparison
+        if c:
+            out.update({"reference": c.get("reference", ""), "compared": c.get("compared", 0),
+                        "agreement": c.get("agreement", 0.0), "confidence_shift": c.get("confidence_shift", 0.0),
+                        "entropy_shift": c.get("entropy_shift", 0.0), "psi": c.get("psi", 0.0),
+                        "verdict": c.get("verdict", ""), "signal": c.get("signal", "")})
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {"scored": self.scored, "conf": self.conf, "ent": self.ent, "labelled": self.labelled,
+                "correct": self.correct, "comparison": self.comparison}
+
+    def restore(self, d: Mapping[str, Any]) -> None:
+        try:
+            scored, conf, ent = int(d["scored"]), float(d["conf"]), float(d["ent"])
+            labelled, correct = int(d["labelled"]), int(d["correct"])
+            comparison = d.get("comparison") or {}
+        except (KeyError, TypeError, ValueError):
+            return  # starts afresh
+        if min(scored, labelled, correct) < 0 or correct > labelled or not isinstance(comparison, dict):
+            return
+        self.scored, self.conf, self.ent, self.labelled, self.correct = scored, conf, ent, labelled, correct
+        self.comparison = comparison
+
+
 class DriftMonitor:
     """Live inputs against a manifest's reference statistics, judged per tumbling window.
 
@@ -433,6 +498,8 @@ class Telemetry:
         self._drift_key = ""
         self.hooks: list[Callable[[str, dict[str, Any]], None]] = []
         self._pending_drift: list[dict[str, Any]] = []
+        self._quality: dict[str, QualityTotals] = {}  # most recently used last
+        self._scored_at = 0.0
 
     def set_drift(self, monitor: DriftMonitor | None, version: str, key: str = "") -> None:
         """Follow drift for ``version``; with a ``key`` its statistics persist across restarts."""
@@ -449,8 +516,15 @@ class Telemetry:
         if drift is not None and key:
             self.queue.save_state(f"drift:{key}", drift.to_dict())
 
-    def record_prediction(self, version: str, latency_ms: float, outcome: str, x: Any = None) -> None:
-        """``outcome`` is "ok", "error" (the model failed) or "invalid" (the caller's input was bad)."""
+    def record_prediction(self, version: str, latency_ms: float, outcome: str, x: Any = None, out: Any = None
+                          ) -> None:
+        """``outcome`` is "ok", "error" (the model failed) or "invalid" (the caller's input was bad); ``out``, the
+        output of a successful one, is scored for quality now and then (:data:`SCORE_INTERVAL`)."""
+        if out is not None and outcome == "ok":
+            now = time.monotonic()
+            if now - self._scored_at >= SCORE_INTERVAL:
+                self._scored_at = now
+                self._score(version, out)
         with self._lock:
             c = self._window.get(version)
             if c is None:
@@ -473,6 +547,62 @@ class Telemetry:
                 pending, self._pending_drift = self._pending_drift, []
             for ev in pending:
                 self.event("drift", ev)
+
+    def _totals(self, version: str) -> QualityTotals:
+        """The quality totals of ``version`` (restored from the queue's state the first time); call holding the
+        lock."""
+        t = self._quality.pop(version, None)
+        if t is None:
+            t = QualityTotals(version)
+            saved = self.queue.load_state(f"quality:{version}")
+            if saved:
+                t.restore(saved)
+        self._quality[version] = t
+        while len(self._quality) > MAX_QUALITY_VERSIONS:
+            old = self._quality.pop(next(iter(self._quality)))
+            if old.dirty:
+                self.queue.save_state(f"quality:{old.version}", old.to_state())
+        return t
+
+    def _score(self, version: str, out: Any) -> None:
+        from .quality import class_scores
+
+        p = class_scores(out)
+        if p is None:
+            return
+        with self._lock:
+            self._totals(version).score(p)
+
+    def record_label(self, version: str, out: Any, labels: Any) -> int | None:
+        """A feedback label against ``version``'s output on its input: counted in its labelled accuracy. Returns
+        how many of the rows were right (None: the output or the labels are not a classifier's)."""
+        from .quality import class_scores, labels_of
+
+        p = class_scores(out)
+        if p is None:
+            return None
+        y = labels_of(labels, p.shape[0], p.shape[1])
+        if y is None:
+            return None
+        right = int((np.argmax(p, axis=1) == y).sum())
+        with self._lock:
+            t = self._totals(version)
+            t.labelled += p.shape[0]
+            t.correct += right
+            t.dirty = True
+        return right
+
+    def record_comparison(self, version: str, report: Mapping[str, Any]) -> None:
+        """The latest comparison of ``version`` with the version it replaced (a probe's report)."""
+        with self._lock:
+            t = self._totals(version)
+            t.comparison = dict(report)
+            t.dirty = True
+
+    def quality(self) -> dict[str, dict[str, Any]]:
+        """Each version's quality record as it stands (``agent status``)."""
+        with self._lock:
+            return {v: t.to_record() for v, t in self._quality.items()}
 
     def event(self, kind: str, data: Mapping[str, Any]) -> int:
         payload = dict(data)
@@ -503,6 +633,13 @@ class Telemetry:
             start, self._window_start = self._window_start, time.time()
             drift = self._drift.summary() if self._drift is not None else None
             self._save_drift()
+            quality = [t for t in self._quality.values() if t.dirty]
+            for t in quality:
+                t.dirty = False
+                self.queue.save_state(f"quality:{t.version}", t.to_state())
+            records = [t.to_record() for t in quality]
+        for rec in records:
+            self.event("quality", {"window_start": start, **rec})
         if not window and not extra:
             return None
         data: dict[str, Any] = {

@@ -10,12 +10,19 @@ import numpy as np
 
 def make_onnx(path: Path, seed: int, n_in: int = 4, n_out: int = 3) -> Path:
     """A tiny dense layer y = x @ W + b as an ONNX file (onnx.helper: no TensorFlow)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(n_in, n_out)).astype(np.float32)
     b = rng.normal(size=(n_out,)).astype(np.float32)
+    return dense_onnx(path, w, b)
+
+
+def dense_onnx(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
+    """The dense layer y = x @ w + b as an ONNX file."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_in, n_out = w.shape
+    w, b = np.asarray(w, np.float32), np.asarray(b, np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
         "dense",
@@ -55,6 +62,32 @@ def build_bundle(
         src, out, name=name, version=version, private_key=private_key, hardware_tags=hardware_tags,
         archive=archive, reference_stats=reference_stats() if with_reference else None, overwrite=True,
     )
+    return arch if archive and arch is not None else bundle.path
+
+
+def build_variant(root: Path, version: str, private_key: Any = None, *, seed: int = 1, noise: float = 0.0,
+                  noise_seed: int = 0, permutation: Any = None, name: str = "dense",
+                  hardware_tags: tuple[str, ...] = ("test-board",), archive: bool = False) -> Path:
+    """A bundle of the dense model of ``seed`` (as :func:`build_bundle` makes it), its weights moved by Gaussian
+    ``noise`` (a fine-tuned version: it agrees with the original on most inputs) and/or its output classes
+    reordered by ``permutation`` (a broken version: it runs fine and predicts the wrong classes)."""
+    from edgefleet.pack import pack
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(4, 3))
+    b = rng.normal(size=(3,))
+    if noise:
+        move = np.random.default_rng(noise_seed)
+        w = w + noise * move.normal(size=w.shape)
+        b = b + noise * move.normal(size=b.shape)
+    if permutation is not None:
+        w, b = w[:, list(permutation)], b[list(permutation)]
+    tag = f"n{noise:g}-{noise_seed}" + ("-p" + "".join(map(str, permutation)) if permutation is not None else "")
+    src = dense_onnx(root / f"src-{name}-{version}-{seed}-{tag}.onnx", w, b)
+    out = root / f"{name}-v{version}-s{seed}-{tag}"
+    bundle, arch = pack(src, out, name=name, version=version, private_key=private_key, hardware_tags=hardware_tags,
+                        archive=archive, reference_stats=reference_stats(), overwrite=True)
     return arch if archive and arch is not None else bundle.path
 
 
