@@ -19,8 +19,8 @@ Two origins:
 
 :class:`LocalNginx` is a real nginx of our own on a free loopback port serving a directory (tests and benchmarks,
 like :class:`~.broker.LocalBroker` for Mosquitto): generated config with every path (pid, logs, temp files) under
-its own directory, an access log that records the status, the Range asked and the bytes sent of each request, and
-an optional ``limit_rate`` (a throttled origin).
+its own directory, an access log that records the status, the Range asked and the bytes sent of each request, an
+optional ``limit_rate`` (a throttled origin) and optional TLS (``tls=(cert, key)``: https).
 """
 
 from __future__ import annotations
@@ -191,8 +191,10 @@ def find_nginx() -> str:
 ACCESS_FORMAT = "$status\\t$http_range\\t$body_bytes_sent\\t$request_uri"
 
 
-def nginx_config(root: Path, serve: Path, port: int, *, limit_rate: int = 0, limit_rate_after: int = 0) -> str:
-    """An nginx.conf serving ``serve`` read-only on 127.0.0.1:``port``, every file it writes under ``root``."""
+def nginx_config(root: Path, serve: Path, port: int, *, limit_rate: int = 0, limit_rate_after: int = 0,
+                 tls: tuple[Path, Path] | None = None) -> str:
+    """An nginx.conf serving ``serve`` read-only on 127.0.0.1:``port``, every file it writes under ``root``; with
+    ``tls`` (certificate, key: PEM) over https."""
     user = ""
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # workers would drop to 'nobody', who cannot read a 0700 tmp
         import grp
@@ -201,6 +203,8 @@ def nginx_config(root: Path, serve: Path, port: int, *, limit_rate: int = 0, lim
         user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
     temp = {k: root / "tmp" / k for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     rate = f"limit_rate {limit_rate};\n        limit_rate_after {limit_rate_after};" if limit_rate else ""
+    ssl = (f" ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+           "        ssl_protocols TLSv1.2 TLSv1.3") if tls else ""
     return f"""# written by edgefleet.cloud_sync.origin.LocalNginx: a loopback origin for tests and benchmarks
 daemon off;
 worker_processes 1;
@@ -219,7 +223,7 @@ http {{
     default_type application/octet-stream;
     sendfile on;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         root {serve};
         location / {{
             limit_except GET {{ deny all; }}
@@ -236,18 +240,20 @@ class LocalNginx:
     ``access()`` reads the access log: (status, Range header, body bytes sent, path) per request."""
 
     def __init__(self, root: str | os.PathLike[str], serve: str | os.PathLike[str], *, port: int | None = None,
-                 limit_rate: int = 0, limit_rate_after: int = 0, binary: str | None = None) -> None:
+                 limit_rate: int = 0, limit_rate_after: int = 0, binary: str | None = None,
+                 tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
         self.root = Path(root)
         self.serve = Path(serve)
         self.binary = binary or find_nginx()
         self.port = port or free_port()
         self.limit_rate = limit_rate
         self.limit_rate_after = limit_rate_after
+        self.tls = (Path(tls[0]).resolve(), Path(tls[1]).resolve()) if tls else None
         self.child: ChildProcess | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/"
 
     @property
     def conf(self) -> Path:
@@ -258,7 +264,7 @@ class LocalNginx:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.serve.mkdir(parents=True, exist_ok=True)
         write_atomic(self.conf, nginx_config(self.root, self.serve.resolve(), self.port, limit_rate=self.limit_rate,
-                                             limit_rate_after=self.limit_rate_after))
+                                             limit_rate_after=self.limit_rate_after, tls=self.tls))
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> LocalNginx:
         """Start and wait until the port answers; when the port was taken meanwhile, pick another."""

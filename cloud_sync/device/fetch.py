@@ -11,6 +11,8 @@ what it got against the job's announcement before anyone uses it:
   (``origin_timeout``), it never hangs the device.
 * **Content.** Once the file is complete its sha256 must be the announced one (``origin_sha256_mismatch``; the file
   is deleted).
+* **TLS.** An https origin is verified against the system's CAs (``SSL_CERT_FILE`` names a private CA's file); a
+  certificate that does not verify is ``origin_tls_error``, not retried.
 
 A server that ignores Range (200 instead of 206) is read from the start again. Transient failures (connection
 refused or cut, timeouts, 5xx, 429) are retried with backoff, without limit while each attempt makes progress and at
@@ -42,7 +44,7 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 #: reasons a fetch ends without the file (each is a device's job-update reason when it falls back to MQTT)
 REASONS = ("origin_unreachable", "origin_timeout", "origin_http_error", "origin_too_long", "origin_too_short",
-           "origin_bad_range", "origin_sha256_mismatch", "origin_io_error", "canceled")
+           "origin_bad_range", "origin_sha256_mismatch", "origin_tls_error", "origin_io_error", "canceled")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,8 @@ class Download:
             resp = conn.getresponse()
         except TimeoutError as exc:
             raise _Transient("origin_timeout", f"{self._where()}: no answer within {self.read_timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:  # not the origin we were sent to (or a CA this device lacks)
+            raise _Refused("origin_tls_error", f"{self._where()}: {exc.verify_message or exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient("origin_unreachable", f"{self._where()}: {exc or type(exc).__name__}") from exc
         start = self._check_answer(resp, offset)

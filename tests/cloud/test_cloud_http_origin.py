@@ -435,3 +435,21 @@ def test_tuf_targets_carry_the_url_and_a_device_in_tuf_mode_fetches_only_from_it
         assert coord.counters["chunks_served"] == 0 and [a[0] for a in _hits(nginx, sha)] == [200]
     finally:
         _stop(coord, [s])
+
+
+def test_https_origin_is_verified_against_the_ca_the_device_trusts(tmp_path: Path, monkeypatch: Any,
+                                                                   make_nginx: Callable[..., LocalNginx]) -> None:
+    from test_cloud_api_tls import _make_pki
+
+    pki = _make_pki(tmp_path / "pki")
+    data = os.urandom(200_000)
+    origin, sha = _publish(tmp_path, data)
+    origin.publish(sha, data)
+    nginx = make_nginx(tls=(pki.cert, pki.key))
+    assert nginx.url.startswith("https://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.rogue_ca))  # a CA that did not sign the origin's certificate
+    res = fetch(nginx.url + sha, tmp_path / "a.http", len(data), sha, attempts=3, backoff=0.05)
+    assert not res.ok and res.reason == "origin_tls_error" and res.attempts == 1 and res.received == 0
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))  # the CA the device is given (as documented)
+    res = fetch(nginx.url + sha, tmp_path / "b.http", len(data), sha)
+    assert res.ok and (tmp_path / "b.http").read_bytes() == data
