@@ -156,7 +156,10 @@ def test_the_run_was_bounded_and_reached_every_operation() -> None:
     print(f"\nschemathesis: {total} cases over {len(operations)} operations, by status "
           f"{dict(sorted(by_status.items()))}")
     assert not any(status >= 500 or status == 429 for status in by_status)
-    answered = {op for (op, status) in SEEN if 200 <= status < 300}
+    # a stop of a run that has ended is a 409 naming its status: the seeded run may have been ended by a PATCH the
+    # run made before (the order of operations is schemathesis'), so that 409 is the route's own answer as well
+    own = {"POST /v1/federated/runs/{run_id}/stop": {409}}
+    answered = {op for (op, status) in SEEN if 200 <= status < 300 or status in own.get(op, ())}
     # POST /v1/deployments needs a real bundle (see REFUSALS)
     assert operations - answered <= {"POST /v1/deployments"}, sorted(operations - answered)
     assert 300 < total < 5000
