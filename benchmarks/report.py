@@ -393,10 +393,39 @@ def onnx_conformance(s: Section, plots_dir: Path) -> None:
                f"{doc.get('seconds', '?')} s. The CI test `tests/sdk/test_sdk_onnx_conformance.py` runs the same code.", ""]
 
 
+def head_update(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    for c in doc["checks"]:  # the verdict recomputed from the value, never the JSON's own
+        op, limit, value = c["op"], c["limit"], c["value"]
+        met = None if op == "info" else (value == limit if op == "==" else meets(float(value), op, float(limit)))
+        shown = ("yes" if value else "no") if isinstance(value, bool) else _n(value, 4)
+        s.checks.append(Check(c["what"], shown, "—" if op == "info" else ("yes" if limit is True else f"{'≤' if op == '<=' else '≥'} {limit:g}"), met))
+    m, sz, bb = doc.get("model", {}), doc["sizes"], doc["backbone"]
+    if doc.get("quick"):
+        s.body += [f"**Quick mode** (epochs {doc.get('epochs')}): CI-sized.", ""]
+    s.body += [f"Source: the example digits CNN ({_n(m.get('params'))} parameters, {_n(m.get('test_accuracy'))}% on the "
+               f"held-out digits) compiled with `{m.get('recipe')}`: v1 is the pruned int8 backbone plus the head "
+               f"{m.get('head')} as {_n(m.get('head_params'))} float32 weights. v2 is v1's head fine-tuned in numpy on the "
+               "backbone's features (`edgefleet pack --base v1 --head NEW.npz`); the head-only update is what a device "
+               "holding v1 needs to rebuild v2: the manifest as a patch of v1's, its signature and the head file.", "",
+               *table(["part", "bytes"], [[k.removesuffix("_bytes").replace("_", " "), _n(v)] for k, v in sz.items()]),
+               f"Backbone in v2: {bb['quantization']} (input {bb['input_dtype']}, features {bb['features_dtype']}), sparsity "
+               f"{bb['sparsity']}, the same file as v1's: {'yes' if bb['identical'] else 'no'}. A device rebuilt v2 from v1 "
+               f"and the update in {_n(doc['rebuild']['seconds'], 4)} s, byte-identical to the full download: "
+               f"{'yes' if doc['rebuild']['byte_identical'] else 'no'}.", ""]
+    acc, agree = doc["accuracy"], doc["agreement"]
+    s.body += ["Predictions on the held-out digits, split (backbone + numpy head) against the bundle compiled from the "
+               "same source and recipe without a split, and against the Keras model:", "",
+               *table(["compared", "top-1 agreement %", "max abs diff", "mean abs diff"],
+                      [[k.replace("_", " "), _n(v["top1_agreement"], 2), f"{v['max_abs_diff']:.3g}", f"{v['mean_abs_diff']:.3g}"]
+                       for k, v in agree.items()]),
+               *table(["model", "accuracy %"], [[k.replace("_", " "), _n(v, 2)] for k, v in acc.items()])]
+
+
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
-    "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance,
+    "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance, "head_update": head_update,
 }
 
 

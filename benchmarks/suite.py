@@ -74,6 +74,8 @@ SUITES: tuple[Suite, ...] = (
           ("-m", "benchmarks.federated_digits"), timeout_s=3600, quick_timeout_s=1200),
     Suite("demo_loop", "The closed loop end to end: edgefleet demo (issue 7)",
           ("-m", "benchmarks.demo_loop"), timeout_s=3000, quick_timeout_s=900),
+    Suite("head_update", "Head-only updates of the example CNN: backbone + trainable head (issue 17)",
+          ("-m", "benchmarks.head_update"), timeout_s=1800, quick_timeout_s=900),
     Suite("onnx_conformance", "ONNX operator conformance through edgefleet.load().predict (issue 11)",
           ("-m", "benchmarks.onnx_conformance"), quick_args=(), timeout_s=600, quick_timeout_s=600),
     Suite("compiler_thirdparty", "The compiler on third-party models from PyPI packages (issue 3)",

@@ -180,3 +180,20 @@ def test_every_result_follows_the_one_schema_and_a_result_that_does_not_is_named
     assert not by_name["compiler_digits"].problem
     env = schema.envelope("x", True, ("no-such-package-here",))
     assert env["machine"]["packages"]["no-such-package-here"] is None and env["machine"]["packages"]["numpy"]
+
+
+def test_head_update_report_recomputes_its_verdicts(tmp_path: Path) -> None:
+    """The head-only update suite's section renders from its committed JSON, and a ratio over 5% is missed whatever
+    the JSON says."""
+    doc = json.loads((RESULTS / "head_update.json").read_text())
+    ratio = next(c for c in doc["checks"] if c["what"].startswith("head-only update / full"))
+    assert ratio["value"] <= 0.05 and ratio["met"] is True
+    ratio["value"], ratio["met"] = 0.0501, True
+    (tmp_path / "head_update.json").write_text(json.dumps(doc))
+    suite = next(s for s in SUITES if s.name == "head_update")
+    md_path, sections = report.generate(tmp_path, quick=False, md_path=tmp_path / "B.md", suites=(suite,))
+    assert not sections[0].problem, sections[0].problem
+    md = md_path.read_text()
+    assert "| head_update | head-only update / full v2 bundle (.efb) | 0.0501 | ≤ 0.05 | **missed** |" in md
+    assert "| head_update | v2's backbone is v1's pruned int8 model file, byte for byte | yes | yes | met |" in md
+    assert "| split vs unsplit fp32 | 100.00 |" in md
