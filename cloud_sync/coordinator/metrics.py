@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from edgefleet._version import __version__
 
 from ..wire.protocol import TERMINAL_STATES
-from .rows import AlertTally, Deployment, DeviceTally, FedRunTally, JobTally, TelemetryRow
+from .rows import AlertTally, Deployment, DeploymentState, DeviceTally, FedRunTally, JobTally, TelemetryRow
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 #: the text exposition format every Prometheus reads (what ``generate_latest`` writes)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "edgefleet"
-DEPLOYMENT_STATES = ("running", "paused", "halted", "completed", "rolled_back")
-LIVE_STATES = frozenset({"running", "paused"})
+DEPLOYMENT_STATES = tuple(DeploymentState)
+LIVE_STATES = frozenset(s for s in DeploymentState if s.live)
 #: per-deployment series: every running or paused deployment, and the newest ones besides (others drop out)
 RECENT_DEPLOYMENTS = 20
 #: the coordinator's counters exported as ``edgefleet_<name>_total`` (name: help)

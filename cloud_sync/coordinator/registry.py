@@ -59,6 +59,7 @@ from .rows import (
     Delta,
     Deployment,
     DeploymentHeads,
+    DeploymentState,
     Device,
     DeviceTally,
     FailedRun,
@@ -429,7 +430,7 @@ class Registry:
                       .values(status="CANCELED", reason="decommissioned", message=f"decommissioned by {who}"[:2000],
                               updated=now))
             live = c.execute(select(dep.c.id, dep.c.stage, dep.c.targets, dep.c.planned).where(and_(
-                dep.c.fleet == fleet, dep.c.state.in_(("running", "paused")))).with_for_update()).all()
+                dep.c.fleet == fleet, dep.c.state.in_([s.value for s in DeploymentState if s.live]))).with_for_update()).all()
             for dep_id, stage, text_, planned in live:
                 targets = json.loads(text_)
                 if device_id not in targets or c.execute(select(j.c.job_id).where(and_(
@@ -540,7 +541,7 @@ class Registry:
         with self._lock, self.engine.begin() as c:
             c.execute(insert(self.t["deployments"]).values(
                 id=dep_id, fleet=fleet, artifact_id=artifact_id, name=name, version=version, group_name=group,
-                canary=canary, waves=json.dumps(waves), max_failure=max_failure, state="running", stage=-1,
+                canary=canary, waves=json.dumps(waves), max_failure=max_failure, state=DeploymentState.RUNNING.value, stage=-1,
                 reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
                 planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags)), rate=rate,
                 min_finished=min_finished, devices=json.dumps(list(devices))))
@@ -571,7 +572,7 @@ class Registry:
                              .order_by(t.c.created, t.c.id)).all()
         newest: dict[str, str] = {g: i for i, _, g, listed in rows if listed in ("", "[]")}
         live = [(i, st, g) for i, st, g, _ in rows
-                if st in ("running", "paused") or (st == "completed" and newest.get(g) == i)]
+                if DeploymentState(st).live or (st == DeploymentState.COMPLETED and newest.get(g) == i)]
         return DeploymentHeads(live, newest)
 
     def set_deployment(self, dep_id: str, expect: dict[str, Any] | None = None, **fields: Any) -> bool:

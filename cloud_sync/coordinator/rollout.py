@@ -41,6 +41,8 @@ from typing import Iterable
 from edgefleet.errors import ConfigError
 from edgefleet.units import parse_percent
 
+from .rows import DeploymentState
+
 BAD = frozenset({"FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT"})
 ENDED = BAD | {"SUCCEEDED", "CANCELED"}
 STARTED = frozenset({"DOWNLOADING", "IN_PROGRESS"})
@@ -88,8 +90,8 @@ class RolloutPlan:
 MAX_DISPATCH_RATE = 100_000  # devices per minute: beyond it a limit limits nothing
 MAX_MIN_FINISHED = 1_000_000
 RATE_WINDOW = 60.0  # seconds: ``rate`` devices at most are dispatched within any window this long
-OUTCOMES = ("completed", "halted", "rolled_back", "canceled")  # the states a rollout ends in (completed ones still
-# dispatch to joiners)
+#: the states a rollout ends in (completed ones still dispatch to joiners)
+OUTCOMES = tuple(s for s in DeploymentState if not s.live)
 
 
 def parse_dispatch_rate(text: str | int) -> int:
@@ -110,24 +112,27 @@ def parse_dispatch_rate(text: str | int) -> int:
     return n // per
 
 
-def action_refusal(action: str, state: str, reason: str = "") -> str:
+def action_refusal(action: str, state: DeploymentState | str, reason: str = "") -> str:
     """Why ``action`` (pause, resume, rollback, cancel) does not apply to a deployment in ``state`` ("" if it
     does). A refused action changes nothing; the API answers 409 with this text."""
     why = f" ({reason})" if reason else ""
-    allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused"),
-               "rollback": ("running", "paused", "halted", "completed", "canceled")}
+    state = DeploymentState(state)
+    allowed = {"pause": (DeploymentState.RUNNING,), "resume": (DeploymentState.PAUSED,),
+               "cancel": (DeploymentState.RUNNING, DeploymentState.PAUSED),
+               "rollback": tuple(s for s in DeploymentState if s is not DeploymentState.ROLLED_BACK)}
     if action not in allowed:
         return f"unknown action {action!r}: pause, resume, rollback or cancel"
     if state in allowed[action]:
         return ""
-    if (action, state) in (("pause", "paused"), ("cancel", "canceled"), ("rollback", "rolled_back")):
+    if (action, state) in (("pause", DeploymentState.PAUSED), ("cancel", DeploymentState.CANCELED),
+                           ("rollback", DeploymentState.ROLLED_BACK)):
         return f"the deployment is {state.replace('_', ' ')} already{why}: nothing to {action}"
-    if action == "resume" and state == "running":
+    if action == "resume" and state is DeploymentState.RUNNING:
         return "the deployment is running, not paused: nothing to resume"
-    if action == "resume" and state == "halted":
+    if action == "resume" and state is DeploymentState.HALTED:
         return (f"the deployment halted{why}; a halted rollout cannot resume: roll it back, or deploy again "
                 "(with --max-failure or --min-finished if the gate was too strict)")
-    if state == "completed":
+    if state is DeploymentState.COMPLETED:
         return f"the deployment has completed: nothing to {action} (roll it back to undo it)"
     return f"the deployment is {state.replace('_', ' ')}{why}: it cannot {action}"
 
@@ -218,7 +223,7 @@ def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
 
 @dataclass(frozen=True)
 class View:
-    state: str  # running | paused | halted | completed | rolled_back | canceled
+    state: DeploymentState
     stage: int  # the highest stage dispatched so far (-1: none yet)
     targets: tuple[str, ...]
     jobs: dict[str, str]  # device -> status of its install job (dispatched devices only)
@@ -275,10 +280,10 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
             return Decision(counts=counts, held=due)
         return Decision(dispatch=due[:n], held=due[n:], stage=stage, counts=counts)
 
-    if view.state == "completed":  # only joiners are left: they get the job right away
+    if view.state == DeploymentState.COMPLETED:  # only joiners are left: they get the job right away
         late = tuple(d for d in view.targets if d not in view.jobs)
         return limited(late, view.stage) if late else Decision(counts=counts)
-    if view.state not in ("running", "paused"):
+    if not DeploymentState(view.state).live:
         return Decision(counts=counts)
     dispatched = len(view.jobs)
     failed = sorted(d for d, s in view.jobs.items() if s in BAD)
@@ -292,7 +297,7 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
             cancel=tuple(sorted(d for d, s in view.jobs.items() if s in ("QUEUED", "DOWNLOADING"))),
             counts=counts, failed=tuple(failed),
         )
-    if view.state == "paused":
+    if view.state == DeploymentState.PAUSED:
         return Decision(counts=counts)
     if not view.targets:
         return Decision(complete=True, counts=counts)

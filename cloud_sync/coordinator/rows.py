@@ -176,6 +176,24 @@ class Delta(Row):
                    data=None if data is None else bytes(data))
 
 
+class DeploymentState(StrEnum):
+    """Where a staged rollout is: ``running`` (stages being dispatched), ``paused`` (by the operator), then one of
+    the outcomes: ``halted`` (its failure rate went over ``max_failure``), ``completed`` (every stage done; it
+    still dispatches to devices that join its group later), ``rolled_back`` or ``canceled`` (by the operator)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    CANCELED = "canceled"
+
+    @property
+    def live(self) -> bool:
+        """Still dispatching stages (running) or waiting to (paused)."""
+        return self in (DeploymentState.RUNNING, DeploymentState.PAUSED)
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment(Row):
     """A staged rollout of artifact ``artifact_id`` (model ``name`` ``version``) to ``group`` ("": every group;
@@ -193,7 +211,7 @@ class Deployment(Row):
     canary: float
     waves: list[float]
     max_failure: float
-    state: str
+    state: DeploymentState
     stage: int
     reason: str
     targets: list[str]
@@ -213,7 +231,8 @@ class Deployment(Row):
     def from_row(cls, r: Mapping[Any, Any]) -> Deployment:
         return cls(id=r["id"], fleet=r["fleet"], artifact_id=r["artifact_id"], name=r["name"], version=r["version"],
                    canary=float(r["canary"]), waves=_json(r["waves"], "[]"), max_failure=float(r["max_failure"]),
-                   state=r["state"], stage=int(r["stage"]), reason=r["reason"], targets=_json(r["targets"], "[]"),
+                   state=DeploymentState(r["state"]), stage=int(r["stage"]), reason=r["reason"],
+                   targets=_json(r["targets"], "[]"),
                    created=float(r["created"]), updated=float(r["updated"]), job_timeout=float(r["job_timeout"]),
                    planned=int(r["planned"]), lease_owner=r["lease_owner"], lease_until=float(r["lease_until"]),
                    tags=_json(r["tags"], "[]"), group=r["group_name"], rate=int(r["rate"]),
@@ -550,7 +569,7 @@ class AuditEntry(Row):
                    summary=r["summary"], status=int(r["status"]), client=r["client"])
 
 
-__all__ = ["Alert", "AlertTally", "Artifact", "ArtifactInfo", "ArtifactUse", "AuditEntry", "Decommissioned", "Delta",
+__all__ = ["Alert", "AlertTally", "Artifact", "ArtifactInfo", "ArtifactUse", "AuditEntry", "Decommissioned", "Delta", "DeploymentState",
            "Deployment", "DeploymentHeads", "Device", "DeviceTally", "FailedRun", "FedRound", "FedRun",
            "FedRunEvent", "FedRunTally", "Inventory", "Job", "JobTally", "Principal", "Retrain", "RolloutEvent",
            "Row", "RunStatus", "TelemetryRow", "TelemetryWindow", "Token"]

@@ -52,7 +52,7 @@ from .rollout import (
     evaluate,
     timed_out,
 )
-from .rows import Delta, Deployment, Device, Job
+from .rows import Delta, Deployment, DeploymentState, Device, Job
 
 if TYPE_CHECKING:
     from ..origin import Origin
@@ -654,7 +654,7 @@ class Coordinator:
             _log_job(device, job, u)
         if u.status == "SUCCEEDED" and job.action == "install":
             dep = self.registry.deployment(job.deployment_id)
-            if dep is not None and dep.state in ("halted", "rolled_back"):
+            if dep is not None and dep.state in (DeploymentState.HALTED, DeploymentState.ROLLED_BACK):
                 with self._lock:
                     self._order_rollback(dep, [device])
 
@@ -742,17 +742,17 @@ class Coordinator:
                 unstarted = [d for d, j in jobs.items() if j.status in (JobState.QUEUED, JobState.DOWNLOADING)]
                 done = False
                 if action == "pause":
-                    done = self._transition(dep, "paused", "paused by the operator")
+                    done = self._transition(dep, DeploymentState.PAUSED, "paused by the operator")
                 elif action == "resume":
-                    done = self._transition(dep, "running", "")
+                    done = self._transition(dep, DeploymentState.RUNNING, "")
                 elif action == "rollback":
-                    done = self._transition(dep, "rolled_back", "rolled back by the operator")
+                    done = self._transition(dep, DeploymentState.ROLLED_BACK, "rolled back by the operator")
                     if done:
                         self._cancel(dep, unstarted, "rollout_rolled_back")
                         self._order_rollback(dep, [d for d, j in jobs.items() if j.status is JobState.SUCCEEDED])
                 else:
                     never = len([d for d in dep.targets if d not in jobs])
-                    done = self._transition(dep, "canceled", f"canceled by the operator: {len(unstarted)} unstarted "
+                    done = self._transition(dep, DeploymentState.CANCELED, f"canceled by the operator: {len(unstarted)} unstarted "
                                             f"job(s) canceled, {never} device(s) never dispatched")
                     if done:
                         self._cancel(dep, unstarted, "rollout_canceled")
@@ -766,15 +766,15 @@ class Coordinator:
             assert out is not None
             return out
 
-    def _transition(self, dep: Deployment, state: str, reason: str | None = None) -> bool:
+    def _transition(self, dep: Deployment, state: DeploymentState, reason: str | None = None) -> bool:
         """Move a deployment from the state it was read in to ``state``, once (compare-and-set), with an event."""
-        fields: dict[str, Any] = {"state": state}
+        fields: dict[str, Any] = {"state": state.value}
         if reason is not None:
             fields["reason"] = reason
-        if not self.registry.set_deployment(dep.id, expect={"state": dep.state}, **fields):
+        if not self.registry.set_deployment(dep.id, expect={"state": dep.state.value}, **fields):
             return False
-        self.registry.add_event(dep.id, state, dep.stage, reason or "", self.node)
-        level = logging.WARNING if state in ("halted", "rolled_back") else logging.INFO
+        self.registry.add_event(dep.id, state.value, dep.stage, reason or "", self.node)
+        level = logging.WARNING if state in (DeploymentState.HALTED, DeploymentState.ROLLED_BACK) else logging.INFO
         log.log(level, "deployment %s (%s %s, group %s): %s -> %s%s", dep.id, dep.name, dep.version, dep.group,
                 dep.state, state, f": {reason}" if reason else "",
                 extra={"event": f"rollout_{state}", "deployment": dep.id, "version": dep.version,
@@ -815,7 +815,7 @@ class Coordinator:
         for dep_id, state, group in heads.live:
             if devices is None:
                 devices = {d.device_id: d for d in self.registry.devices(self.fleet)}
-            if state == "completed":  # nothing to do (and no lease to take) unless someone joined the group
+            if state == DeploymentState.COMPLETED:  # nothing to do (and no lease to take) unless someone joined
                 dep = self.registry.deployment(dep_id)
                 known = set(dep.targets) if dep else set()
                 tags = dep.tags if dep else []
@@ -830,8 +830,7 @@ class Coordinator:
                 return
             try:
                 dep = self.registry.deployment(dep_id)  # re-read under the lease
-                if dep is not None and (dep.state in ("running", "paused") or
-                                        (dep.state == "completed" and newest)):
+                if dep is not None and (dep.state.live or (dep.state is DeploymentState.COMPLETED and newest)):
                     self._tick_one(dep, newest, devices)
             finally:
                 self.registry.release_lease(dep_id, self.node)
@@ -865,7 +864,7 @@ class Coordinator:
                     dep.planned, tuple(j.created for j in jobs.values()), now)
         dec = evaluate(plan, view)
         if dec.halt:
-            if self._transition(dep, "halted", dec.halt):  # logged there, with its reason
+            if self._transition(dep, DeploymentState.HALTED, dec.halt):  # logged there, with its reason
                 self._cancel(dep, list(dec.cancel))
                 self._order_rollback(dep, list(dec.rollback))
             return
@@ -886,7 +885,7 @@ class Coordinator:
                          extra={"event": "rollout_stage", "deployment": dep.id, "stage": stage,
                                 "dispatched": len(dec.dispatch)})
         elif dec.complete:
-            self._transition(dep, "completed")
+            self._transition(dep, DeploymentState.COMPLETED)
 
     def _dispatch(self, dep: Deployment, device: str, row: Device | None, stage: int) -> None:
         from_version = row.active_version if row else ""
