@@ -11,8 +11,8 @@ announced one is refused, so a stale or tampered CDN costs MQTT bytes, never a w
 Two origins:
 
 * :class:`DirectoryOrigin` -- a directory any web server serves as ``URL/<sha256>`` (nginx, a CDN's origin, a
-  bucket synced from it). Files are written atomically (``edgefleet.atomic``) and never rewritten: same name,
-  same bytes.
+  bucket synced from it). Files are written atomically (``edgefleet.atomic``); a file already there is checked
+  (once per coordinator process) and replaced if its bytes are not its name's.
 * :class:`S3Origin` -- an S3-compatible bucket through boto3 (an optional dependency: ``pip install
   'edgefleet[s3]'``; without it :class:`~edgefleet.errors.MissingDependencyError`). Jobs carry presigned GET URLs
   (``expires`` seconds); a device whose URL has expired falls back to MQTT.
@@ -25,6 +25,7 @@ optional ``limit_rate`` (a throttled origin) and optional TLS (``tls=(cert, key)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -64,6 +65,14 @@ def check_base_url(url: str, what: str = "--origin-url") -> str:
     return url.rstrip("/") + "/"
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _check_file_id(file_id: str) -> str:
     if not _SHA256.match(file_id):
         raise SyncError(f"not a sha256 file id: {file_id[:80]!r}")
@@ -88,11 +97,11 @@ class DirectoryOrigin:
         return self.dir / _check_file_id(file_id)
 
     def publish(self, file_id: str, data: bytes) -> Path:
-        """Write the file as ``<sha256>`` unless a file of that name and size is there already (content-addressed:
-        the same name is always the same bytes; a damaged copy of another size is replaced)."""
+        """Write the file as ``<sha256>`` unless it is there already with exactly those bytes (content-addressed:
+        the same name is always the same bytes; a damaged or tampered copy is replaced)."""
         path = self.path(file_id)
         try:
-            if path.stat().st_size == len(data):
+            if path.stat().st_size == len(data) and _sha256_file(path) == file_id:
                 return path
         except FileNotFoundError:
             pass

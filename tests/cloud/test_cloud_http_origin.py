@@ -257,8 +257,8 @@ def test_cloud_serve_refuses_an_origin_it_cannot_use(tmp_path: Path, capsys: Any
 
 # -- real agents, a real mosquitto, a real nginx ------------------------------------------------------------------
 def _fleet(broker: Any, tmp_path: Path, make_agent: Any, archive: Path, nginx: LocalNginx | None, n: int = 2,
-           base_url: str | None = None, **dev_kw: Any) -> tuple[Any, list[Any]]:
-    origin = DirectoryOrigin(tmp_path / "origin", base_url or (nginx.url if nginx else "http://127.0.0.1:9/"))
+           base_url: str | None = None, publish_to: str = "origin", **dev_kw: Any) -> tuple[Any, list[Any]]:
+    origin = DirectoryOrigin(tmp_path / publish_to, base_url or (nginx.url if nginx else "http://127.0.0.1:9/"))
     coord = coordinator(broker.url, tmp_path / "reg.db", origin=origin, chunk_size=16 * 1024)
     syncs = [device(broker.url, make_agent(f"d{i}", install=archive), tmp_path, **dev_kw) for i in range(n)]
     wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == n)
@@ -344,8 +344,8 @@ def test_device_resumes_a_cut_download_from_a_throttled_origin(broker: Any, tmp_
 def test_tampered_origin_file_is_refused_and_the_device_gets_the_file_over_mqtt(
         broker: Any, tmp_path: Path, make_agent: Any, big_archives: dict[str, Path],
         make_nginx: Callable[..., LocalNginx]) -> None:
-    nginx = make_nginx()
-    coord, syncs = _fleet(broker, tmp_path, make_agent, big_archives["1"], nginx)
+    nginx = make_nginx()  # a CDN in front of the coordinator's directory: its copy is not the coordinator's
+    coord, syncs = _fleet(broker, tmp_path, make_agent, big_archives["1"], nginx, publish_to="published")
     seen: list[P.JobUpdate] = []
     from helpers import mqtt
 
@@ -360,6 +360,8 @@ def test_tampered_origin_file_is_refused_and_the_device_gets_the_file_over_mqtt(
         bad[len(bad) // 2] ^= 0xFF
         (tmp_path / "origin" / sha).write_bytes(bytes(bad))  # the CDN serves something else under the name
         dep = coord.create_deployment(v2, "g", ALL)
+        wait_for(lambda: (tmp_path / "published" / sha).exists())
+        assert (tmp_path / "published" / sha).read_bytes() == v2  # what the coordinator published is right
         wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 60)
         assert all(s.agent.active_version == "2" for s in syncs)  # the real bundle, over MQTT
         for s in syncs:
@@ -453,3 +455,28 @@ def test_https_origin_is_verified_against_the_ca_the_device_trusts(tmp_path: Pat
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))  # the CA the device is given (as documented)
     res = fetch(nginx.url + sha, tmp_path / "b.http", len(data), sha)
     assert res.ok and (tmp_path / "b.http").read_bytes() == data
+
+
+def test_device_restarted_mid_download_resumes_it_with_a_range_request(
+        broker: Any, tmp_path: Path, make_agent: Any, big_archives: dict[str, Path],
+        make_nginx: Callable[..., LocalNginx]) -> None:
+    nginx = make_nginx(limit_rate=300_000)
+    coord, syncs = _fleet(broker, tmp_path, make_agent, big_archives["1"], nginx, n=1)
+    s = syncs[0]
+    try:
+        v2 = big_archives["2"].read_bytes()
+        sha = hashlib.sha256(v2).hexdigest()
+        part = s.dir / "transfers" / f"{sha}.http"
+        dep = coord.create_deployment(v2, "g", ALL)
+        wait_for(lambda: part.exists() and part.stat().st_size > 300_000, 30, 0.01)
+        s.stop()  # the device goes down mid-download; its partial file stays
+        kept = part.stat().st_size
+        assert 300_000 < kept < len(v2)
+        s = syncs[0] = device(broker.url, s.agent, tmp_path)  # and comes back: the job resumes from its state
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 60)
+        assert s.agent.active_version == "2" and s.stats["http_resumes"] == 1
+        assert s.stats["http_bytes"] == len(v2) - kept  # only what was missing
+        resumed = [a for a in _hits(nginx, sha) if a[0] == 206]
+        assert [r[1] for r in resumed] == [f"bytes={kept}-"] and coord.counters["chunks_served"] == 0
+    finally:
+        _stop(coord, syncs)
