@@ -767,8 +767,9 @@ class Registry:
         agg: dict[tuple[str, str, str], list[int]] = {}
         per_version: dict[str, dict[str, list[int]]] = {}
         alerts: list[dict[str, Any]] = []
-        windows: dict[tuple[str, str, int], list[int]] = {}  # (group, version, minute) -> counts + latency buckets
-        newest: dict[str, tuple[float, dict[str, Any], dict[str, tuple[int, int, int, list[int] | None]]]] = {}
+        windows: dict[tuple[str, str, int], list[int]] = {}  # (group, version, minute) -> records, p, e, i
+        hists: dict[tuple[str, str, int], list[list[int]]] = {}  # ... -> the latency histograms, summed at the end
+        newest: dict[str, tuple[float, dict[str, Any], list[tuple[str, int, int, int]], list[Any]]] = {}
         now = time.time()
         with self._lock, self.engine.begin() as c:
             if self.sqlite:  # take SQLite's write lock first, so the marks read below are still true at commit
@@ -805,16 +806,15 @@ class Registry:
                             a[2] += e
                             a[3] += i
                             if minute is not None:  # the minute it was taken in (windows.py)
-                                w = windows.get((group, v, minute))
+                                slot = (group, v, minute)
+                                w = windows.get(slot)
                                 if w is None:
-                                    w = windows[(group, v, minute)] = [0] * (4 + W.NB)
+                                    w = windows[slot] = [0, 0, 0, 0]
                                 w[0], w[1], w[2], w[3] = w[0] + 1, w[1] + p, w[2] + e, w[3] + i
                                 if type(lat) is list:
-                                    for k, n in enumerate(lat, 4):
-                                        w[k] += n
+                                    hists.setdefault(slot, []).append(lat)
                         if r.ts >= newest.get(device_id, (-math.inf,))[0]:  # the device's recent telemetry
-                            newest[device_id] = (r.ts, data, {v: (p, e, i, lat if type(lat) is list else None)
-                                                              for (v, p, e, i), lat in zip(counts, lats)})
+                            newest[device_id] = (r.ts, data, counts, lats)
                         if not versions:
                             agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
                         continue
@@ -840,10 +840,11 @@ class Registry:
                     a[0], a[1], a[2], a[3] = a[0] + n, a[1] + pred, a[2] + err, a[3] + inv
             if alerts:
                 c.execute(insert(self.t["alerts"]), alerts)
-            self._add_windows(c, fleet, windows)
+            self._add_windows(c, fleet, windows, hists)
             if newest:
-                c.execute(s["recent"], [{"b_fleet": fleet, "b_dev": dev, "b_recent": json.dumps(
-                    W.device_summary(ts, data, counts), allow_nan=False)} for dev, (ts, data, counts) in newest.items()])
+                c.execute(s["recent"], [{"b_fleet": fleet, "b_dev": dev, "b_recent": json.dumps(W.device_summary(
+                    ts, data, {v: (p, e, i, lat if type(lat) is list else None) for (v, p, e, i), lat in zip(counts, lats)}),
+                    allow_nan=False)} for dev, (ts, data, counts, lats) in newest.items()])
             for (group, version, kind), (n, pred, err, inv) in agg.items():
                 if max(n, pred, err, inv) > MAX_BIGINT:
                     raise OverflowError("telemetry sums exceed a BIGINT")
@@ -882,8 +883,10 @@ class Registry:
             self._ingest_stmts = s
         return s
 
-    def _add_windows(self, c: Any, fleet: str, windows: dict[tuple[str, str, int], list[int]]) -> None:
-        """Add the per-minute sums of an ingest to ``telemetry_windows`` (in its transaction)."""
+    def _add_windows(self, c: Any, fleet: str, windows: dict[tuple[str, str, int], list[int]],
+                     hists: dict[tuple[str, str, int], list[list[int]]]) -> None:
+        """Add the per-minute sums of an ingest (counts, and the histograms summed bucket by bucket) to
+        ``telemetry_windows`` (in its transaction)."""
         if not windows:
             return
         tw = self.t["telemetry_windows"]
@@ -899,7 +902,10 @@ class Registry:
         if now >= getattr(self, "_windows_pruned", 0.0) + 600:  # the minutes past the retention, every 10 minutes
             self._windows_pruned = now
             c.execute(delete(tw).where(tw.c.minute < int(now - W.RETENTION - W.MINUTE)))
-        for (group, version, minute), sums in windows.items():
+        none = [0] * W.NB
+        for (group, version, minute), counts in windows.items():
+            found = hists.get((group, version, minute))
+            sums = counts + ([sum(col) for col in zip(*found)] if found else none)
             if max(sums) > MAX_BIGINT:
                 raise OverflowError("telemetry sums exceed a BIGINT")
             values = dict(zip(cols, sums))

@@ -26,6 +26,7 @@ RETENTION = 7 * 86400.0  # slots older than this are pruned, and a window is at 
 MIN_WINDOW = 60.0
 NB = len(BUCKETS_MS) + 1  # histogram buckets, the last one open-ended
 _BOUNDS = [float(b) for b in BUCKETS_MS]
+_INT = {int}  # the one type a histogram count may have (not bool, not float)
 MAX_BIGINT = 2**63 - 1
 MAX_RECENT_VERSIONS = 8  # a device's recent telemetry: its busiest versions only (version names are its choice)
 MAX_FUTURE = 300.0  # seconds a device's clock may run ahead before its record counts as "now"
@@ -43,11 +44,10 @@ def latency_counts(st: Mapping[str, Any]) -> list[int] | None | bool:
     bounds, counts = lat.get("buckets_ms"), lat.get("counts")
     if bounds != _BOUNDS:
         return None if type(bounds) is list else False
-    if type(counts) is not list or len(counts) != NB:
+    if type(counts) is not list or len(counts) != NB or set(map(type, counts)) != _INT:
         return False
-    for n in counts:
-        if type(n) is not int or not 0 <= n <= MAX_BIGINT:
-            return False
+    if min(counts) < 0 or max(counts) > MAX_BIGINT:
+        return False
     return counts
 
 
