@@ -39,7 +39,8 @@ def signature_key(model: Model) -> tuple[Any, ...]:
     the state pairs and the preprocessing. Two models with the same key can take over
     each other's sessions."""
     m = model.manifest
-    tensors = tuple((s.name, s.dtype, s.shape, s.batch_axis) for s in (*m.inputs, *m.outputs))
+    head = (m.head.output,) if m.head is not None else ()  # what a trainable head returns, too
+    tensors = tuple((s.name, s.dtype, s.shape, s.batch_axis) for s in (*m.inputs, *m.outputs, *head))
     return tensors, tuple((st.output, st.input) for st in m.state), m.stateful_variables, repr(sorted(m.preprocessing.items()))
 
 
@@ -133,6 +134,8 @@ class Session:
         """Run one step: ``x`` holds the non-state inputs; returns the non-state outputs
         (an array for one, a dict by name for several) and keeps the next state."""
         with self._lock:
+            if self._runner.head is not None:  # a model with a trainable head is stateless: a step is predict
+                return self._runner.predict(x, raw=raw, preprocess=preprocess)
             outs, self._raw, self._one = self._runner._step(x, self._raw, self._state, raw=raw, preprocess=preprocess)
             keep = self._keep
             if len(keep) == 1:

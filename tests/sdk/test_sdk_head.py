@@ -165,6 +165,15 @@ def test_predict_runs_the_backbone_then_the_head(head_bundle: Path, model_dir: P
             p.features(x)
 
 
+def test_a_session_on_a_head_bundle_returns_the_heads_output(head_bundle: Path,
+                                                             digits_data: tuple[np.ndarray, np.ndarray]) -> None:
+    x = digits_data[0][:4]
+    with edgefleet.load(head_bundle) as m:
+        sess = m.session()
+        np.testing.assert_allclose(sess.predict(x), m.predict(x), atol=1e-7)
+        np.testing.assert_allclose(sess.push(x[0]), m.predict(x[0]), atol=1e-7)
+
+
 def test_a_quantized_backbone_feeds_the_head_real_values(tmp_path: Path, model_dir: Path,
                                                         digits_data: tuple[np.ndarray, np.ndarray]) -> None:
     x = digits_data[0][:16] / 16.0
