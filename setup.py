@@ -48,6 +48,7 @@ DEVICE = [
     "cryptography>=42",
     "paho-mqtt>=2.0",
     "tuf>=7,<8",  # edgefleet.trust: TUF metadata (roles, thresholds, expiry, root rotation)
+    "msgspec",  # the wire protocol's telemetry records (cloud_sync.wire.protocol), as the coordinator decodes them
 ]
 COMPILER = [
     "tensorflow>=2.16",

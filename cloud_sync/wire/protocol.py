@@ -15,6 +15,9 @@ under its own id, so a broker ACL with ``%c`` confines it)::
 Messages are JSON objects with ``"v"`` (schema version) and ``"type"``; every
 message class is a frozen dataclass whose ``from_dict`` validates strictly and
 raises :class:`ProtocolError`. Drivers count and drop what does not parse.
+Telemetry, the one stream a coordinator must keep up with, is decoded and
+validated in one pass by msgspec (:class:`TelemetryRecord` is a
+``msgspec.Struct`` whose field types carry the bounds).
 
 Chunks are binary frames (no base64 inflation on the wire)::
 
@@ -32,7 +35,9 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Mapping, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Iterable, Iterator, Mapping, Protocol, TypeVar
+
+import msgspec
 
 from edgefleet.errors import ProtocolError
 from edgefleet.jobstate import JOB_STATES, TERMINAL_STATES, JobState
@@ -360,6 +365,15 @@ class Desired(Message):
                 del d[k]["url"]  # no origin: the message is what it was before URLs existed
         return d
 
+    def for_jobs(self, job_ids: Iterable[str]) -> Iterator[bytes]:
+        """This message with each of ``job_ids`` in turn, encoded (what :meth:`to_bytes` of a copy with that
+        ``job_id`` parses as): the same desired state for many devices, turned into a dict once and encoded by
+        msgspec (keys sorted), so a stage of 10,000 devices is not 10,000 dataclass walks and ``json.dumps``."""
+        d = self.to_dict()
+        for job_id in job_ids:
+            d["job_id"] = job_id
+            yield _ENCODE_SORTED.encode(d)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Desired:
         action = _str(d, "action", max_len=16)
@@ -486,14 +500,24 @@ class RecordLike(Protocol):
     def data(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
-class TelemetryRecord:
-    """One telemetry record on the wire: the fields of the device queue's record, validated on receipt
-    (:meth:`from_dict`); :meth:`of` is the one conversion from the queue's record."""
+_Seq = Annotated[int, msgspec.Meta(ge=0, le=_MAX_SEQ)]
+_Ts = Annotated[float, msgspec.Meta(gt=-_MAX_TS, lt=_MAX_TS)]  # seconds since the epoch; JSON has no NaN or inf
 
-    seq: int
-    ts: float
-    kind: str
+
+class TelemetryRecord(msgspec.Struct, frozen=True, gc=False):
+    """One telemetry record on the wire: the fields of the device queue's record. Its bounds are its field types
+    (``seq`` within 0..2**62, ``ts`` a finite number of seconds, ``kind`` at most 64 characters, ``data`` an object
+    with string keys), checked by msgspec as a batch is decoded (:meth:`TelemetryBatch.parse`): a record out of
+    bounds refuses its batch with a :class:`ProtocolError` naming the field. What ``data`` holds is the registry's
+    to judge, record by record. :meth:`of` is the one conversion from the queue's record.
+
+    Not tracked by the garbage collector (``gc=False``): a record refers to its data and nothing refers back, so
+    it is never part of a cycle, and a coordinator ingesting 100,000 records a second does not hand the collector
+    100,000 more objects to walk."""
+
+    seq: _Seq
+    ts: _Ts
+    kind: Annotated[str, msgspec.Meta(max_length=64)]
     data: dict[str, Any]
 
     @classmethod
@@ -503,18 +527,35 @@ class TelemetryRecord:
 
     @classmethod
     def from_dict(cls, d: Any) -> TelemetryRecord:
-        if type(d) is dict:  # the hot path of telemetry ingest: the same checks with exact JSON types
-            seq, ts, kind, data = d.get("seq"), d.get("ts"), d.get("kind"), d.get("data")
-            if (type(seq) is int and 0 <= seq <= _MAX_SEQ and type(kind) is str and len(kind) <= 64
-                    and type(data) is dict
-                    and ((type(ts) is float and -_MAX_TS < ts < _MAX_TS) or (type(ts) is int and -_MAX_TS < ts < _MAX_TS))):
-                return cls(seq, float(ts), kind, data)
-        if not isinstance(d, Mapping):
-            raise ProtocolError("a telemetry record must be an object")
-        ts = _get(d, "ts", (int, float))
-        if not -_MAX_TS < ts < _MAX_TS:
-            raise ProtocolError("field 'ts' is out of range (seconds since the epoch)")
-        return cls(_nonneg(d, "seq"), float(ts), _str(d, "kind", max_len=64), _get(d, "data", dict))
+        return _convert(d, cls, "telemetry record")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "ts": self.ts, "kind": self.kind, "data": self.data}
+
+
+class _Batch(msgspec.Struct, kw_only=True):
+    """A telemetry batch as msgspec decodes it; ``v``, ``type`` and ``device_id`` are checked after (their own
+    messages), the rest by the field types. Unknown keys are ignored, as every message's are."""
+
+    v: Any = None
+    type: Any = None
+    device_id: Any = None
+    batch_id: Annotated[str, msgspec.Meta(max_length=128)]
+    records: Annotated[list[TelemetryRecord], msgspec.Meta(max_length=MAX_TELEMETRY_RECORDS)]
+
+
+_BATCH = msgspec.json.Decoder(_Batch)
+_ENCODE_SORTED = msgspec.json.Encoder(order="sorted")
+
+
+_T = TypeVar("_T")
+
+
+def _convert(d: Any, typ: type[_T], what: str) -> _T:
+    try:
+        return msgspec.convert(d, typ)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"bad {what}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -526,11 +567,17 @@ class TelemetryBatch(Message):
     batch_id: str
     records: tuple[TelemetryRecord, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, "type": self.TYPE, "device_id": self.device_id, "batch_id": self.batch_id,
+                "records": [r.to_dict() for r in self.records]}
+
     def to_bytes(self) -> bytes:
         return zlib.compress(super().to_bytes(), 6)
 
     @classmethod
     def parse(cls, payload: bytes) -> TelemetryBatch:
+        """Inflate (at most :data:`MAX_MESSAGE_BYTES`), then decode and validate the batch and its records in one
+        pass (msgspec): no JSON tree is built and walked again; each record is its :class:`TelemetryRecord`."""
         try:
             d = zlib.decompressobj()
             raw = d.decompress(bytes(payload), MAX_MESSAGE_BYTES)
@@ -538,18 +585,25 @@ class TelemetryBatch(Message):
                 raise ProtocolError("telemetry batch inflates beyond the size limit")
         except zlib.error as exc:
             raise ProtocolError(f"telemetry batch is not zlib data: {exc}") from None
-        return cls.from_dict(decode_json(raw, cls.TYPE))
+        try:
+            b = _BATCH.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(f"bad telemetry batch: {exc}") from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise ProtocolError(f"telemetry batch is not JSON: {exc}") from None
+        return cls._checked(b)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TelemetryBatch:
-        records = _get(d, "records", list)
-        if len(records) > MAX_TELEMETRY_RECORDS:
-            raise ProtocolError(f"a batch holds at most {MAX_TELEMETRY_RECORDS} records")
-        return cls(
-            device_id=check_id(_get(d, "device_id", str), "device_id"),
-            batch_id=_str(d, "batch_id", max_len=128),
-            records=tuple(TelemetryRecord.from_dict(r) for r in records),
-        )
+        return cls._checked(_convert(d, _Batch, "telemetry batch"))
+
+    @classmethod
+    def _checked(cls, b: _Batch) -> TelemetryBatch:
+        if b.v != SCHEMA_VERSION or isinstance(b.v, bool):
+            raise ProtocolError(f"unsupported schema version {b.v!r} (this side speaks {SCHEMA_VERSION})")
+        if b.type != cls.TYPE:
+            raise ProtocolError(f"expected a {cls.TYPE!r} message, got type {b.type!r}")
+        return cls(check_id(b.device_id, "device_id"), b.batch_id, tuple(b.records))
 
 
 @dataclass(frozen=True)
@@ -560,6 +614,9 @@ class TelemetryAck(Message):
 
     def to_dict(self) -> dict[str, Any]:  # dataclasses.asdict copies every seq: a hot path of telemetry ingest
         return {"v": SCHEMA_VERSION, "type": self.TYPE, "batch_id": self.batch_id, "seqs": list(self.seqs)}
+
+    def to_bytes(self) -> bytes:  # one per ingested batch: msgspec, keys sorted as Message.to_bytes sorts them
+        return _ENCODE_SORTED.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TelemetryAck:
