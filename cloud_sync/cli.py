@@ -359,7 +359,7 @@ def _fleet_deploy(args: Any) -> int:
         raise ConfigError("give the targets: --group, --tags and/or --devices")
     data = deploy_bundle(args.api, _token(args), args.bundle, args.group, args.canary, args.waves, args.max_failure,
                          args.job_timeout, ca_cert=args.ca_cert, tags=args.tags, devices=args.devices,
-                         rate=args.rate, min_finished=args.min_finished)
+                         rate=args.rate, min_finished=args.min_finished, quality=args.quality)
     if args.json and not args.wait:
         _print(args, data, None)
     else:
@@ -367,7 +367,9 @@ def _fleet_deploy(args: Any) -> int:
                  f"tagged {','.join(data['tags'])}" if data.get("tags") else "",
                  f"listed ({','.join(data['devices'])})" if data.get("devices") else ""]
         limits = [f"at most {data['rate']}/min" if data.get("rate") else "",
-                  f"failure rate judged after {data['min_finished']} finished" if data.get("min_finished") else ""]
+                  f"failure rate judged after {data['min_finished']} finished" if data.get("min_finished") else "",
+                  "quality probation " + ",".join(f"{k}={v}" for k, v in data["quality"].items())
+                  if data.get("quality") else ""]
         print(f"deployment {data['id']}: {data['name']} {data['version']} to {data['targets']} device(s) "
               + " ".join(w for w in where if w) + "".join(f", {x}" for x in limits if x),
               file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -447,8 +449,31 @@ def _status_table(d: dict[str, Any]) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
         c.print(f"  {when} {e['kind']} (stage {e['stage']}){': ' + e['detail'] if e['detail'] else ''}",
                 highlight=False)
+    if d.get("device_quality"):
+        c.print(_quality_table(d["device_quality"], "device", f"quality of {d['version']} per device"))
     if d.get("failures"):
         _failures_table(d)
+
+
+def _quality_table(rows: list[dict[str, Any]], first: str, title: str) -> Any:
+    """How well versions serve devices (their quality records; ``first``: the ``device`` or ``version`` column):
+    agreement with the version replaced over the live inputs compared, the shifts, PSI, labelled accuracy and the
+    quality test's verdict."""
+    from rich.table import Table
+
+    t = Table(first, "vs", "compared", "agreement", "confidence", "conf. shift", "psi", "labelled accuracy",
+              "verdict", title=title)
+    for q in rows:
+        acc = q.get("accuracy")
+        t.add_row(q["device_id"] if first == "device" else q["version"], q.get("reference") or "-",
+                  str(q.get("compared", 0)),
+                  f"{q['agreement']:.1%}" if q.get("compared") else "-",
+                  f"{q['confidence']:.3f}" if q.get("scored") else "-",
+                  f"{q['confidence_shift']:+.3f}" if q.get("compared") else "-",
+                  f"{q['psi']:.3f}" if q.get("compared") else "-",
+                  f"{acc:.1%} of {q['labelled']}" if acc is not None else "-",
+                  (q.get("verdict") or "-") + (f" ({q['signal']})" if q.get("signal") else ""))
+    return t
 
 
 def _fleet_status(args: Any) -> int:
@@ -733,6 +758,9 @@ def _tag() -> None:
               "600/h or off")
 @click.option("--min-finished", type=click.IntRange(0, MAX_MIN_FINISHED), default=0, metavar="N",
               help="devices whose jobs must have ended before the failure rate is judged (0: from the first one)")
+@click.option("--quality", default="", metavar="POLICY", help="quality probation on the devices, over their "
+              "[quality]: enforce (a version failing the test rolls back, reason quality: a failure for the gate), "
+              "report or off, with options: enforce,agreement_bad=0.3,min_samples=100")
 @click.option("--wait", is_flag=True, help="follow the rollout until its outcome; exit 0 if it completed, else "
               "30 halted, 31 rolled back, 32 canceled (28: still running at --wait-timeout)")
 @click.option("--wait-timeout", type=Duration(lo=1.0), metavar="DURATION",
@@ -749,8 +777,8 @@ def _deploy() -> None:
 @click.option("--watch", is_flag=True, help="follow DEPLOYMENT until its outcome (exit codes as deploy --wait)")
 @click.option("--interval", type=Duration(lo=0.1, hi=3600.0), default="2s", help="seconds between polls (--watch)")
 def _status() -> None:
-    """Deployments and federated runs, or one deployment: per-state counts, events, and the failed devices with
-    their state and the reason each reported."""
+    """Deployments and federated runs, or one deployment: per-state counts, events, the quality of its version
+    per device, and the failed devices with their state and the reason each reported."""
 
 
 @_fleet_command(fleet, "retrain", _fleet_retrain, "edgefleet fleet retrain --group line-1 --on-drift on "
@@ -918,6 +946,8 @@ def _fleet_device(args: Any) -> int:
                     f"{_ms(drift.get('psi_mean'))}{' (ALERTING)' if drift.get('alerting') else ''}", highlight=False)
     else:
         c.print("recent telemetry: none yet")
+    if d.get("quality"):
+        c.print(_quality_table(d["quality"], "version", "quality per version"))
     for a in d.get("alerts", []):
         c.print(f"alert {_when(a['ts'])}: {a['kind']} on {a['version'] or '?'} (PSI max "
                 f"{_ms(a['data'].get('psi_max'))})", highlight=False)

@@ -35,6 +35,7 @@ from .rollout import (
     check_tags,
     parse_duration,
     parse_plan,
+    parse_quality,
 )
 from .rows import Principal
 from .service import Coordinator
@@ -427,7 +428,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         return {**d.to_dict(), "jobs": [j.to_dict() for j in reg.jobs(device_id=device_id)[-20:]],
                 "telemetry_rejected": coord.rejected[device_id],
                 "telemetry_rate_limited": coord.rate_limited[device_id],
-                "alerts": [a.to_dict() for a in reg.alerts(fleet, 10, device_id=device_id)]}
+                "alerts": [a.to_dict() for a in reg.alerts(fleet, 10, device_id=device_id)],
+                "quality": [q.to_dict() for q in reg.quality(fleet, device_id=device_id)]}
 
     @app.patch("/v1/devices/{device_id}", dependencies=[Depends(auth)],
                responses={404: {"description": "tags for a device not seen yet (a group provisions it)"},
@@ -488,7 +490,11 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                                        description="devices dispatched per minute at most (0: no limit)"),
                      min_finished: int = Query(0, ge=0, le=MAX_MIN_FINISHED,
                                                description="jobs that must have ended before the failure rate is "
-                                                           "judged (0: from the first failure)")
+                                                           "judged (0: from the first failure)"),
+                     quality: str = Query("", max_length=512, pattern=r"^[A-Za-z0-9_.,=+-]*$",
+                                          description="quality probation policy the install jobs carry: "
+                                                      "comma-separated option=value of the devices' [quality] "
+                                                      "(mode=enforce,agreement_bad=0.3; a bare word is the mode)")
                      ) -> dict[str, Any]:
         """The request body is the bundle archive (.efb) itself. The targets: ``group``, ``tags`` and/or
         ``devices`` (at least one). ``canary``, ``waves`` (comma-separated) and ``max_failure`` are percentages
@@ -506,7 +512,7 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         try:
             plan = dataclasses.replace(parse_plan(canary, waves, max_failure), rate=rate, min_finished=min_finished)
             dep = coord.create_deployment(data, group or "", plan, parse_duration(job_timeout),
-                                          [t for t in tags.split(",") if t], listed)
+                                          [t for t in tags.split(",") if t], listed, quality=parse_quality(quality))
         except EdgefleetError as exc:  # BundleError, SignatureError, UnsignedBundleError, TrustError, ConfigError
             raise HTTPException(400, str(exc)) from None
         out = coord.summary(dep)
@@ -516,7 +522,8 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                             + (f" devices {','.join(listed)}" if listed else "")
                             + f" (canary {canary}, waves {waves}, max failure {max_failure}"
                             + (f", rate {rate}/min" if rate else "")
-                            + (f", min finished {min_finished}" if min_finished else "") + ")")
+                            + (f", min finished {min_finished}" if min_finished else "")
+                            + (f", quality {quality}" if quality else "") + ")")
         return out
 
     dep_id_p = Path(pattern=_ID, description="a deployment id")
@@ -531,7 +538,9 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
         d = reg.deployment(dep_id)
         if d is None:
             raise HTTPException(404, f"no deployment {dep_id!r}")
-        return coord.summary(d)
+        targets = set(d.targets)  # how well its version serves each of its devices (their quality records)
+        return {**coord.summary(d), "device_quality": [q.to_dict() for q in reg.quality(fleet, version=d.version)
+                                                       if q.device_id in targets]}
 
     @app.post("/v1/deployments/{dep_id}/{action}", dependencies=[Depends(auth)],
               responses={404: {"description": "no such deployment"},
@@ -562,14 +571,17 @@ def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10,
                                              description="also the telemetry of the last 1h, 1d, 90m ... (within "
                                                          "1m..7d) per group and version, with p50/p95 latency")
                   ) -> dict[str, Any]:
-        """All-time aggregates per group, version and kind (``rows``), the latest alerts and the ingest counters;
+        """All-time aggregates per group, version and kind (``rows``), the latest alerts, the ingest counters and
+        ``quality``: per device and version, how well it serves (confidence, labelled accuracy, agreement with the
+        version it replaced, PSI, the quality test's verdict; the devices' newest quality records, at most 1000);
         with ``window``, also ``window``: per group and version over that long (whole minutes), the records,
         predictions, errors, invalid inputs, error rate and the p50/p95 latency in ms (bucket upper bounds of the
         histograms devices report; null without samples)."""
         out = {"rows": [r.to_dict() for r in reg.telemetry(fleet, group, version)],
                "alerts": [a.to_dict() for a in reg.alerts(fleet, 50)],
                "counters": dict(coord.counters), "rejected": dict(coord.rejected),
-               "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited)}
+               "refused": dict(coord.refused), "rate_limited": dict(coord.rate_limited),
+               "quality": [q.to_dict() for q in reg.quality(fleet, group=group, version=version)]}
         if window is not None:
             from edgefleet.units import parse_seconds
 

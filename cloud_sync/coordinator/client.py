@@ -64,15 +64,18 @@ def api_call(api: str, token: str | None, method: str, path: str, *, ca_cert: st
 def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], group: str | None, canary: str = "5%",
                   waves: str = "25%,50%,100%", max_failure: str = "2%", job_timeout: str = "1h", *,
                   ca_cert: str | None = None, tags: list[str] | tuple[str, ...] = (),
-                  devices: list[str] | tuple[str, ...] = (), rate: int = 0, min_finished: int = 0) -> Any:
+                  devices: list[str] | tuple[str, ...] = (), rate: int = 0, min_finished: int = 0,
+                  quality: str = "") -> Any:
     """Start a staged rollout of a bundle (directory or ``.efb``) through the coordinator's API to ``group``,
     ``tags`` and/or ``devices`` (at least one), at most ``rate`` devices a minute (0: no limit), the failure rate
-    judged once ``min_finished`` jobs have ended; returns its summary."""
+    judged once ``min_finished`` jobs have ended, the install jobs carrying the ``quality`` probation policy
+    (``mode=enforce,agreement_bad=0.3``: see :func:`.rollout.parse_quality`); returns its summary."""
     from pathlib import Path
 
-    from .rollout import parse_plan
+    from .rollout import parse_plan, parse_quality
 
     parse_plan(canary, waves, max_failure)  # refused here, before a bundle is uploaded
+    parse_quality(quality)
 
     src = Path(bundle)
     if src.is_dir():
@@ -93,7 +96,8 @@ def deploy_bundle(api: str, token: str | None, bundle: str | os.PathLike[str], g
                             **({"tags": ",".join(tags)} if tags else {}),
                             **({"devices": ",".join(devices)} if devices else {}),
                             **({"rate": rate} if rate else {}), **({"min_finished": min_finished} if min_finished
-                                                                   else {})})
+                                                                   else {}),
+                            **({"quality": quality} if quality else {})})
 
 
 def follow(api: str, token: str | None, dep_id: str, until: Callable[[dict[str, Any]], bool], *,

@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from edgefleet.errors import ConfigError
 
-from ..wire.protocol import TelemetryRecord
+from ..wire.protocol import QualityRecord, TelemetryRecord
 from . import windows as W
 from .rollout import DEFAULT_JOB_TIMEOUT, MAX_TOKEN_TTL
 from .rows import (
@@ -61,6 +61,7 @@ from .rows import (
     DeploymentHeads,
     DeploymentState,
     Device,
+    DeviceQuality,
     DeviceTally,
     FailedRun,
     FedRound,
@@ -79,6 +80,9 @@ from .rows import (
 )
 
 BAD_STATES = ("FAILED", "REJECTED", "ROLLED_BACK", "TIMED_OUT")
+QUALITY_COUNTS = ("scored", "labelled", "correct", "compared")
+QUALITY_FLOATS = ("confidence", "entropy", "agreement", "confidence_shift", "entropy_shift", "psi")
+MAX_QUALITY_VERSIONS = 8  # versions whose quality is kept per device (the newest records): a device names its versions
 FED_ROUND_COUNTS = ("participants", "failures", "declined", "examples")
 FED_ROUND_FLOATS = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "central_loss", "central_accuracy",
                     "seconds", "dp_epsilon")
@@ -147,6 +151,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("rate", Integer, nullable=False, default=0),  # devices dispatched per minute at most; 0: no limit
             Column("min_finished", Integer, nullable=False, default=0),  # jobs ended before the gate judges
             Column("devices", Text, nullable=False, default="[]"),  # an explicit list of devices ([]: none given)
+            Column("quality", Text, nullable=False, default="{}"),  # the quality policy its jobs carry ({}: none)
         ),
         "jobs": Table(
             f"{p}jobs", meta,
@@ -310,6 +315,20 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("on_drift", Boolean, nullable=False, default=False),
             Column("policy", Text, nullable=False, default="{}"),
             Column("updated", Float, nullable=False),
+        ),
+        # how well each version serves each device: its newest quality record (rows.DeviceQuality)
+        "device_quality": Table(
+            f"{p}device_quality", meta,
+            Column("fleet", String(128), primary_key=True),
+            Column("device_id", String(128), primary_key=True),
+            Column("version", String(128), primary_key=True),
+            Column("group_name", String(128), nullable=False, default=""),
+            Column("ts", Float, nullable=False),
+            *[Column(name, BigInteger, nullable=False, default=0) for name in QUALITY_COUNTS],
+            *[Column(name, Float, nullable=False, default=0.0) for name in QUALITY_FLOATS],
+            Column("reference", String(128), nullable=False, default=""),
+            Column("verdict", String(16), nullable=False, default=""),
+            Column("signal", String(32), nullable=False, default=""),
         ),
     }
 
@@ -535,7 +554,8 @@ class Registry:
     def create_deployment(self, fleet: str, artifact_id: str, name: str, version: str, group: str, canary: float,
                           waves: list[float], max_failure: float, targets: list[str],
                           job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = (), *, rate: int = 0,
-                          min_finished: int = 0, devices: Sequence[str] = ()) -> str:
+                          min_finished: int = 0, devices: Sequence[str] = (),
+                          quality: Mapping[str, float | int | str] | None = None) -> str:
         dep_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._lock, self.engine.begin() as c:
@@ -544,7 +564,7 @@ class Registry:
                 canary=canary, waves=json.dumps(waves), max_failure=max_failure, state=DeploymentState.RUNNING.value, stage=-1,
                 reason="", targets=json.dumps(targets), created=now, updated=now, job_timeout=job_timeout,
                 planned=len(targets), lease_owner="", lease_until=0.0, tags=json.dumps(list(tags)), rate=rate,
-                min_finished=min_finished, devices=json.dumps(list(devices))))
+                min_finished=min_finished, devices=json.dumps(list(devices)), quality=json.dumps(dict(quality or {}))))
         return dep_id
 
     def deployment(self, dep_id: str) -> Deployment | None:
@@ -945,6 +965,56 @@ class Registry:
         with self.engine.connect() as c:
             return [TelemetryRow.from_row(r)
                     for r in c.execute(q.order_by(tt.c.group_name, tt.c.version, tt.c.kind)).mappings()]
+
+    def put_quality(self, fleet: str, records: Sequence[tuple[str, str, float, QualityRecord]]) -> int:
+        """Keep each ``(device, group, ts, record)``'s quality of its version, the newest record of a (device,
+        version) winning (a batch re-sent, or older records after newer ones, change nothing); a device keeps its
+        :data:`MAX_QUALITY_VERSIONS` most recent versions. The records are validated (wire ``QualityRecord``).
+        Returns how many rows changed."""
+        t = self.t["device_quality"]
+        newest: dict[tuple[str, str], tuple[str, float, QualityRecord]] = {}
+        for device, group, ts, rec in records:
+            key = (device, rec.version)
+            if key not in newest or ts >= newest[key][1]:
+                newest[key] = (group, ts, rec)
+        if not newest:
+            return 0
+        changed = 0
+        with self._lock, self.engine.begin() as c:
+            for (device, version), (group, ts, rec) in sorted(newest.items()):
+                values = {"group_name": group, "ts": ts, "reference": rec.reference, "verdict": rec.verdict,
+                          "signal": rec.signal, **{k: getattr(rec, k) for k in QUALITY_COUNTS + QUALITY_FLOATS}}
+                where = and_(t.c.fleet == fleet, t.c.device_id == device, t.c.version == version)
+                had = c.execute(select(t.c.ts).where(where)).scalar()
+                if had is None:
+                    c.execute(insert(t).values(fleet=fleet, device_id=device, version=version, **values))
+                elif ts >= had:
+                    c.execute(update(t).where(where).values(**values))
+                else:
+                    continue
+                changed += 1
+            for device in sorted({d for d, _ in newest}):
+                extra = c.execute(select(t.c.version).where(and_(t.c.fleet == fleet, t.c.device_id == device))
+                                  .order_by(t.c.ts.desc(), t.c.version).offset(MAX_QUALITY_VERSIONS)).scalars().all()
+                if extra:
+                    c.execute(delete(t).where(and_(t.c.fleet == fleet, t.c.device_id == device,
+                                                   t.c.version.in_(list(extra)))))
+        return changed
+
+    def quality(self, fleet: str, device_id: str | None = None, group: str | None = None, version: str | None = None,
+                limit: int = 1000) -> list[DeviceQuality]:
+        """The devices' quality per version (:class:`DeviceQuality`), by device and version, at most ``limit``."""
+        t = self.t["device_quality"]
+        q = select(t).where(t.c.fleet == fleet)
+        if device_id:
+            q = q.where(t.c.device_id == device_id)
+        if group:
+            q = q.where(t.c.group_name == group)
+        if version:
+            q = q.where(t.c.version == version)
+        with self.engine.connect() as c:
+            return [DeviceQuality.from_row(r) for r in
+                    c.execute(q.order_by(t.c.device_id, t.c.version).limit(limit)).mappings()]
 
     def alerts(self, fleet: str, limit: int = 100, device_id: str | None = None) -> list[Alert]:
         """The latest device alerts (newest first), of one device with ``device_id``."""

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ConfigError, ProtocolError
 from edgefleet.units import parse_percent
+
+if TYPE_CHECKING:
+    from ..wire.protocol import QualityPolicy
 
 from .rows import DeploymentState
 
@@ -221,6 +224,38 @@ def parse_plan(canary: str, waves: str, max_failure: str) -> RolloutPlan:
                        parse_percent(max_failure, "max failure"))
 
 
+def parse_quality(text: str) -> QualityPolicy | None:
+    """A deployment's quality policy from its option string (``fleet deploy --quality``, the API's ``quality``):
+    comma-separated ``option=value`` pairs of the devices' ``[quality]`` options (``mode=enforce,agreement_bad=0.3``),
+    a bare word being the mode (``enforce``); "" none. ConfigError for an unknown option or a value out of bounds."""
+    from ..wire.protocol import QUALITY_BOUNDS, QualityPolicy
+
+    t = str(text).strip()
+    if not t:
+        return None
+    options: dict[str, object] = {}
+    for part in t.split(","):
+        key, eq, value = part.strip().partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq:
+            key, value = "mode", key
+        if key in options:
+            raise ConfigError(f"quality option {key!r} is given twice")
+        if key == "mode":
+            options[key] = value
+        elif key in QUALITY_BOUNDS:
+            try:
+                options[key] = int(value) if QUALITY_BOUNDS[key][0] is int else float(value)
+            except ValueError:
+                raise ConfigError(f"quality option {key}={value!r} is not a number") from None
+        else:
+            raise ConfigError(f"unknown quality option {key!r}; known: mode, {', '.join(QUALITY_BOUNDS)}")
+    try:
+        return QualityPolicy.from_dict(options)
+    except ProtocolError as exc:
+        raise ConfigError(f"quality policy: {exc}") from None
+
+
 @dataclass(frozen=True)
 class View:
     state: DeploymentState
@@ -231,6 +266,7 @@ class View:
     planned: int = -1  # how many of ``targets`` were planned at creation (the rest joined later); -1: all
     dispatch_times: tuple[float, ...] = ()  # when each install job was dispatched (for the plan's rate)
     now: float = 0.0  # the clock of ``dispatch_times``
+    reasons: dict[str, str] = field(default_factory=dict)  # device -> the reason its failed job reported
 
 
 @dataclass(frozen=True)
@@ -292,7 +328,8 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
         return Decision(
             halt=f"{bad} of {dispatched} dispatched jobs failed ({bad / dispatched:.0%} > {plan.max_failure:.0%}"
                  + (f", {sum(1 for s in view.jobs.values() if s in ENDED)} finished"
-                    f" >= {plan.min_finished}" if plan.min_finished else "") + f"): {_names(failed)}",
+                    f" >= {plan.min_finished}" if plan.min_finished else "") + "): "
+                 + _names([f"{d} ({view.reasons[d]})" if view.reasons.get(d) else d for d in failed]),
             rollback=tuple(sorted(d for d, s in view.jobs.items() if s == "SUCCEEDED")),
             cancel=tuple(sorted(d for d, s in view.jobs.items() if s in ("QUEUED", "DOWNLOADING"))),
             counts=counts, failed=tuple(failed),
@@ -328,5 +365,5 @@ def evaluate(plan: RolloutPlan, view: View) -> Decision:
 
 
 __all__ = ["RolloutPlan", "View", "Decision", "evaluate", "budget", "judged", "action_refusal", "parse_dispatch_rate",
-           "OUTCOMES", "parse_percent", "parse_plan", "parse_duration", "timed_out", "BAD",
+           "OUTCOMES", "parse_percent", "parse_plan", "parse_quality", "parse_duration", "timed_out", "BAD",
            "ENDED", "STARTED", "DEFAULT_JOB_TIMEOUT"]

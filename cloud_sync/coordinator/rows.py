@@ -226,6 +226,7 @@ class Deployment(Row):
     rate: int
     min_finished: int
     devices: list[str]
+    quality: dict[str, float | int | str]  # the quality policy sent with its jobs (wire QualityPolicy's options)
 
     @classmethod
     def from_row(cls, r: Mapping[Any, Any]) -> Deployment:
@@ -236,7 +237,8 @@ class Deployment(Row):
                    created=float(r["created"]), updated=float(r["updated"]), job_timeout=float(r["job_timeout"]),
                    planned=int(r["planned"]), lease_owner=r["lease_owner"], lease_until=float(r["lease_until"]),
                    tags=_json(r["tags"], "[]"), group=r["group_name"], rate=int(r["rate"]),
-                   min_finished=int(r["min_finished"]), devices=_json(r["devices"], "[]"))
+                   min_finished=int(r["min_finished"]), devices=_json(r["devices"], "[]"),
+                   quality=_json(r.get("quality"), "{}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +300,44 @@ class RolloutEvent(Row):
     def from_row(cls, r: Mapping[Any, Any]) -> RolloutEvent:
         return cls(id=int(r["id"]), deployment_id=r["deployment_id"], kind=r["kind"], stage=int(r["stage"]),
                    detail=r["detail"], owner=r["owner"], ts=float(r["ts"]))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuality(Row):
+    """How well one version serves one device: its newest ``quality`` telemetry record (wire ``QualityRecord``, taken
+    at ``ts`` by the device's clock): the mean top-1 ``confidence`` and ``entropy`` of the predictions it sampled
+    (``scored``), its ``accuracy`` on ``labelled`` feedback labels (None without labels), and its latest comparison
+    with the version it replaced (``reference``; ``compared`` live inputs, ``agreement``, the shifts, ``psi`` and
+    the sequential test's ``verdict`` and deciding ``signal``)."""
+
+    device_id: str
+    group: str
+    version: str
+    ts: float
+    scored: int
+    confidence: float
+    entropy: float
+    labelled: int
+    correct: int
+    accuracy: float | None
+    reference: str
+    compared: int
+    agreement: float
+    confidence_shift: float
+    entropy_shift: float
+    psi: float
+    verdict: str
+    signal: str
+
+    @classmethod
+    def from_row(cls, r: Mapping[Any, Any]) -> DeviceQuality:
+        labelled, correct = int(r["labelled"]), int(r["correct"])
+        return cls(device_id=r["device_id"], group=r["group_name"], version=r["version"], ts=float(r["ts"]),
+                   scored=int(r["scored"]), confidence=float(r["confidence"]), entropy=float(r["entropy"]),
+                   labelled=labelled, correct=correct, accuracy=correct / labelled if labelled else None,
+                   reference=r["reference"], compared=int(r["compared"]), agreement=float(r["agreement"]),
+                   confidence_shift=float(r["confidence_shift"]), entropy_shift=float(r["entropy_shift"]),
+                   psi=float(r["psi"]), verdict=r["verdict"], signal=r["signal"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -484,6 +484,7 @@ class Coordinator:
         work = [(d, self._group(d), b.records) for d, b in batches]
         rejected: list[int] = []
         news = self.registry.ingest_many(self.fleet, work, rejected=rejected)
+        self._ingest_quality(work, news)
         newest = max((r.ts for (_, b), new in zip(batches, news) if new for r in b.records), default=None)
         if newest is not None:
             self.last_ingest = time.time()
@@ -512,6 +513,27 @@ class Coordinator:
             self.transport.publish(P.down_topic(self.fleet, device, P.Down.ACK), ack.to_bytes(), qos=1)
         for device, msg in others:
             self.handle(device, msg)
+
+    def _ingest_quality(self, work: Sequence[tuple[str, str, Sequence[P.TelemetryRecord]]], news: Sequence[int]
+                        ) -> None:
+        """Keep the devices' ``quality`` records (per device and version, the newest wins: a batch sent again
+        changes nothing); one out of bounds is counted (``quality_rejected``) and dropped."""
+        found: list[tuple[str, str, float, P.QualityRecord]] = []
+        for (device, group, records), new in zip(work, news):
+            if not new:
+                continue
+            for r in records:
+                if r.kind != "quality":
+                    continue
+                try:
+                    found.append((device, group, r.ts, P.QualityRecord.from_dict(r.data)))
+                except ProtocolError:
+                    self.counters["quality_rejected"] += 1
+        if found:
+            try:
+                self.counters["quality_records"] += self.registry.put_quality(self.fleet, found)
+            except Exception:
+                log.exception("storing the devices' quality records failed")
 
     def _rate_limit(self, device: str) -> None:
         """A telemetry batch of ``device`` beyond its rate: dropped without an ack (the device sends it again later)
@@ -671,11 +693,13 @@ class Coordinator:
 
     def create_deployment(self, archive: bytes, group: str, plan: RolloutPlan,
                           job_timeout: float = DEFAULT_JOB_TIMEOUT, tags: Sequence[str] = (),
-                          devices: Sequence[str] = ()) -> Deployment:
+                          devices: Sequence[str] = (), quality: P.QualityPolicy | None = None) -> Deployment:
         """Start a staged rollout of ``archive`` to ``group`` ("": every group), with ``tags`` only to its devices
         the operator gave every one of them (what devices claim does not count), with ``devices`` only to those
         (each must exist and fit the group and tags; a list takes no joiners); at least one of the three. A
-        started job not ended within ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate)."""
+        started job not ended within ``job_timeout`` seconds becomes TIMED_OUT (a failure for the health gate).
+        ``quality``: the quality probation policy its install jobs carry (over each device's ``[quality]``); a
+        device that rolls back on it reports ROLLED_BACK, reason ``quality``, a failure for the health gate."""
         if not 0 < job_timeout <= MAX_JOB_TIMEOUT:
             raise ConfigError(f"job timeout {job_timeout}s must be within 1s..7d")
         tags = check_tags(tags)
@@ -705,7 +729,8 @@ class Coordinator:
                               + f" in fleet {self.fleet!r}" + (f" with the tags {', '.join(tags)}" if tags else ""))
         dep_id = self.registry.create_deployment(self.fleet, file_id, name, version, group, plan.canary,
                                                  list(plan.waves), plan.max_failure, targets, job_timeout, tags,
-                                                 rate=plan.rate, min_finished=plan.min_finished, devices=devices)
+                                                 rate=plan.rate, min_finished=plan.min_finished, devices=devices,
+                                                 quality=quality.options() if quality is not None else None)
         self._q.put(("", None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
@@ -861,7 +886,8 @@ class Coordinator:
                 self.registry.add_event(dep.id, "timed_out", j.stage, f"{device}: {why}", self.node)
                 self._withdraw(dep, j)
         view = View(dep.state, dep.stage, tuple(targets), {d: j.status.value for d, j in jobs.items()}, online,
-                    dep.planned, tuple(j.created for j in jobs.values()), now)
+                    dep.planned, tuple(j.created for j in jobs.values()), now,
+                    reasons={d: j.reason for d, j in jobs.items() if j.status.value in BAD and j.reason})
         dec = evaluate(plan, view)
         if dec.halt:
             if self._transition(dep, DeploymentState.HALTED, dec.halt):  # logged there, with its reason
@@ -901,7 +927,8 @@ class Coordinator:
             base = row.archive_sha256 if delta else ""
         desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep.id, dep.version, self._located(f[0]),
                             self._located(delta) if delta else None, base,
-                            ts=time.time(), model=dep.name)
+                            ts=time.time(), model=dep.name,
+                            quality=P.QualityPolicy.from_dict(dep.quality) if dep.quality else None)
         if not self.registry.add_job(self.fleet, dep.id, device, "install", stage, from_version,
                                      delivered=bool(row and row.online), desired=desired.to_bytes().decode()):
             self.counters["duplicate_dispatches_avoided"] += 1

@@ -39,7 +39,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from edgefleet._version import __version__ as AGENT_VERSION
 from edgefleet.atomic import write_atomic
@@ -91,7 +91,7 @@ class Agent(Protocol):
         """The agent's state directory (read in TUF mode only)."""
 
     def install(self, source: str | Path, *, job_id: str | None = None,
-                repo: str | os.PathLike[str] | None = None) -> Any: ...
+                repo: str | os.PathLike[str] | None = None, quality: Mapping[str, Any] | None = None) -> Any: ...
 
     def rollback(self) -> Any: ...
 
@@ -393,9 +393,9 @@ class DeviceSync:
                      extra={"event": "install_started", "job": act.job_id})
             try:  # every transition comes back through the agent's job hook
                 if act.mirror is not None:  # TUF mode: checked again against the signed target, with delegated keys
-                    self.agent.install(act.path, job_id=act.job_id, repo=act.mirror)
+                    self.agent.install(act.path, job_id=act.job_id, repo=act.mirror, quality=act.quality)
                 else:
-                    self.agent.install(act.path, job_id=act.job_id)
+                    self.agent.install(act.path, job_id=act.job_id, quality=act.quality)
             except EdgefleetError as exc:
                 log.warning("job %s: the install failed: %s", act.job_id, exc,
                             extra={"event": "install_failed", "job": act.job_id})

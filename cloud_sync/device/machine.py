@@ -286,6 +286,7 @@ class Install:
     path: Path
     job_id: str
     mirror: Path | None = None  # TUF mode: the job's metadata
+    quality: dict[str, Any] | None = None  # the deployment's quality policy (options over the agent's [quality])
 
 
 @dataclass(frozen=True)
@@ -604,7 +605,8 @@ class DeviceMachine:
         a.receiver = None
         a.installing = True
         self._report(a, "IN_PROGRESS", step="installing")
-        self._emit(Install(path, a.desired.job_id, a.mirror))
+        self._emit(Install(path, a.desired.job_id, a.mirror,
+                           a.desired.quality.options() if a.desired.quality is not None else None))
 
     # -- rollback orders -----------------------------------------------------------------------------------------------------
     def _rollback(self, a: ActiveJob) -> None:

@@ -329,6 +329,132 @@ class FileInfo:
                    _str(d, "url", "", MAX_URL))
 
 
+QUALITY_MODES = ("off", "report", "enforce")
+#: a quality policy's numbers: name -> (type, low, high, low excluded, high excluded)
+QUALITY_BOUNDS: dict[str, tuple[type, float, float, bool, bool]] = {
+    "min_samples": (int, 1, 1_000_000, False, False),
+    "max_samples": (int, 1, 10_000_000, False, False),
+    "agreement_good": (float, 0.0, 1.0, True, True),
+    "agreement_bad": (float, 0.0, 1.0, True, True),
+    "alpha": (float, 0.0, 0.5, True, True),
+    "beta": (float, 0.0, 0.5, True, True),
+    "max_confidence_drop": (float, 0.0, 1.0, False, False),
+    "max_psi": (float, 0.0, 100.0, False, False),
+    "labelled_bad": (float, 0.0, 0.5, True, True),
+    "wait_seconds": (float, 0.0, 7 * 86400.0, False, False),
+}
+
+
+def _bounded(d: Mapping[str, Any], key: str, spec: tuple[type, float, float, bool, bool]) -> float | int | None:
+    typ, lo, hi, lo_open, hi_open = spec
+    v = _get(d, key, (int, float) if typ is float else int, None)
+    if v is None:
+        return None
+    if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+        raise ProtocolError(f"field {key!r} is out of range: {v} (within {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                            f"{')' if hi_open else ']'})")
+    return float(v) if typ is float else int(v)
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """A deployment's quality probation settings (the device's ``[quality]`` options, see
+    ``device_agent.config.QualityConfig``): every field optional, None meaning the device's own. Bounded here
+    (``mode`` one of :data:`QUALITY_MODES`, numbers within :data:`QUALITY_BOUNDS`, ``agreement_bad`` below
+    ``agreement_good`` and ``min_samples`` at most ``max_samples`` when both are given); the device checks the
+    result against its own settings again. Unknown keys are ignored (a newer coordinator's)."""
+
+    mode: str | None = None
+    min_samples: int | None = None
+    max_samples: int | None = None
+    agreement_good: float | None = None
+    agreement_bad: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    max_confidence_drop: float | None = None
+    max_psi: float | None = None
+    labelled_bad: float | None = None
+    wait_seconds: float | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The fields that are set (what the device lays over its own settings)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QualityPolicy:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("a quality policy must be an object")
+        mode = _get(d, "mode", str, None)
+        if mode is not None and mode not in QUALITY_MODES:
+            raise ProtocolError(f"quality mode {mode[:20]!r} is not one of {', '.join(QUALITY_MODES)}")
+        values = {k: _bounded(d, k, spec) for k, spec in QUALITY_BOUNDS.items()}
+        good, bad = values["agreement_good"], values["agreement_bad"]
+        if good is not None and bad is not None and not bad < good:
+            raise ProtocolError(f"agreement_bad {bad} must be below agreement_good {good}")
+        lo, hi = values["min_samples"], values["max_samples"]
+        if lo is not None and hi is not None and lo > hi:
+            raise ProtocolError(f"min_samples {lo} exceeds max_samples {hi}")
+        return cls(mode=mode, **values)  # type: ignore[arg-type]
+
+
+QUALITY_VERDICTS = ("", "pass", "fail", "undecided")
+QUALITY_SIGNALS = ("", "agreement", "labelled_accuracy", "confidence", "psi")
+
+
+@dataclass(frozen=True)
+class QualityRecord:
+    """The ``data`` of a device's ``quality`` telemetry record (``device_agent.telemetry.QualityTotals``): one
+    version's quality on that device, cumulative. ``scored`` predictions sampled, their mean top-1 ``confidence``
+    and ``entropy`` (nats); ``correct`` of ``labelled`` feedback labels; and its latest comparison with the version
+    it replaced (``reference``): ``compared`` live inputs, top-1 ``agreement``, the ``confidence_shift`` and
+    ``entropy_shift`` (new minus old), the ``psi`` of the predicted classes, the sequential test's ``verdict`` and
+    the ``signal`` that decided it. Every field bounded (a record out of bounds is refused); the accuracy is
+    computed here from the counts, not taken from the device."""
+
+    version: str
+    scored: int = 0
+    confidence: float = 0.0
+    entropy: float = 0.0
+    labelled: int = 0
+    correct: int = 0
+    reference: str = ""
+    compared: int = 0
+    agreement: float = 0.0
+    confidence_shift: float = 0.0
+    entropy_shift: float = 0.0
+    psi: float = 0.0
+    verdict: str = ""
+    signal: str = ""
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QualityRecord:
+        if not isinstance(d, Mapping):
+            raise ProtocolError("a quality record must be an object")
+
+        def num(key: str, lo: float, hi: float) -> float:
+            v = _get(d, key, (int, float), 0.0)
+            if not lo <= v <= hi:
+                raise ProtocolError(f"field {key!r} is out of range: {v}")
+            return float(v)
+
+        labelled, correct = _nonneg(d, "labelled", 0), _nonneg(d, "correct", 0)
+        if correct > labelled:
+            raise ProtocolError(f"{correct} correct of {labelled} labelled")
+        verdict, signal = _str(d, "verdict", "", 16), _str(d, "signal", "", 32)
+        if verdict not in QUALITY_VERDICTS or signal not in QUALITY_SIGNALS:
+            raise ProtocolError(f"unknown quality verdict {verdict!r} or signal {signal!r}")
+        return cls(version=_str(d, "version", max_len=128), scored=_nonneg(d, "scored", 0),
+                   confidence=num("confidence", 0.0, 1.0), entropy=num("entropy", 0.0, 100.0), labelled=labelled,
+                   correct=correct, reference=_str(d, "reference", "", 128), compared=_nonneg(d, "compared", 0),
+                   agreement=num("agreement", 0.0, 1.0), confidence_shift=num("confidence_shift", -1.0, 1.0),
+                   entropy_shift=num("entropy_shift", -100.0, 100.0), psi=num("psi", 0.0, 1000.0),
+                   verdict=verdict, signal=signal)
+
+
 class JobAction(str, Enum):
     INSTALL = "install"
     ROLLBACK = "rollback"
@@ -355,12 +481,15 @@ class Desired(Message):
     # first byte is asked for. Not trusted here: names and sizes are bounded, python-tuf checks the rest.
     tuf: dict[str, str] | None = None
     model: str = ""  # the model the job installs: a device serving another refuses it before downloading
+    quality: QualityPolicy | None = None  # the deployment's quality probation settings (None: the device's own)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for k in ("file", "delta", "rollback_order", "tuf", "model"):
+        for k in ("file", "delta", "rollback_order", "tuf", "model", "quality"):
             if d[k] is None or d[k] == "":
                 del d[k]
+            elif k == "quality":
+                d[k] = {o: v for o, v in d[k].items() if v is not None}
             elif k in ("file", "delta") and not d[k]["url"]:
                 del d[k]["url"]  # no origin: the message is what it was before URLs existed
         return d
@@ -397,6 +526,7 @@ class Desired(Message):
             ts=float(_get(d, "ts", (int, float), 0.0)),
             tuf=_tuf_files(d),
             model=_str(d, "model", "", 128),
+            quality=QualityPolicy.from_dict(d["quality"]) if d.get("quality") is not None else None,
         )
 
 
@@ -716,7 +846,7 @@ class Chunk:
 __all__ = [
     "SCHEMA_VERSION", "PREFIX", "DEFAULT_CHUNK_SIZE", "Up", "Down", "up_topic", "down_topic", "up_filter",
     "down_filter", "parse_topic", "TopicInfo", "check_id", "Message", "Status", "Inventory", "INVENTORY_TEXT",
-    "FileInfo", "JobAction", "Desired",
+    "FileInfo", "JobAction", "Desired", "QualityPolicy", "QualityRecord", "QUALITY_MODES", "QUALITY_BOUNDS",
     "JobUpdate", "Reported", "TelemetryRecord", "TelemetryBatch", "TelemetryAck", "ChunkRequest", "Chunk",
     "encode_bitmap", "decode_bitmap", "TERMINAL_STATES", "JOB_STATES", "JobState", "RecordLike",
 ]

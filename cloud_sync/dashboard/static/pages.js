@@ -148,10 +148,40 @@
 
   const DEVICE_FIELDS = new Set(["fleet", "device_id", "tags", "online", "session", "first_seen", "last_seen", "active_version",
     "archive_sha256", "agent_version", "telemetry_seq", "claimed_tags", "group", "jobs", "telemetry_rejected",
-    "telemetry_rate_limited", "inventory", "telemetry", "alerts", "recent"]);
+    "telemetry_rate_limited", "inventory", "telemetry", "alerts", "recent", "quality"]);
 
   function stateNote(text) {
     return h("p", { class: "muted" }, text);
+  }
+
+  /** How well versions serve devices (the devices' quality records): agreement with the version replaced, confidence,
+   * PSI, labelled accuracy and the quality test's verdict; ``first`` names the first column (device or version). */
+  function qualityTable(rows, first, opts) {
+    const dash = "—";
+    return table([
+      first === "device"
+        ? { label: "device", cell: (q) => link.device(q.device_id) }
+        : { label: "version", cell: (q) => h("span", { class: "mono" }, q.version) },
+      { label: "compared with", cell: (q) => h("span", { class: "mono" }, q.reference || dash) },
+      { label: "inputs compared", cell: (q) => num(q.compared), cls: "num" },
+      { label: "agreement", cell: (q) => (q.compared ? pct(q.agreement) : dash), cls: "num" },
+      { label: "confidence", cell: (q) => (q.scored ? num(q.confidence, 3) : dash), cls: "num" },
+      { label: "confidence shift", cell: (q) => (q.compared ? num(q.confidence_shift, 3) : dash), cls: "num" },
+      { label: "PSI", cell: (q) => (q.compared ? num(q.psi, 3) : dash), cls: "num" },
+      {
+        label: "labelled accuracy",
+        cell: (q) => (q.accuracy === null || q.accuracy === undefined ? dash : `${pct(q.accuracy)} of ${num(q.labelled)}`),
+        cls: "num",
+      },
+      {
+        label: "verdict",
+        cell: (q) => (q.verdict
+          ? [badge({ fail: "FAILED", pass: "SUCCEEDED" }[q.verdict] || "IN_PROGRESS"), " ", q.verdict,
+            q.signal ? h("span", { class: "small muted" }, ` (${q.signal})`) : null]
+          : dash),
+      },
+    ], rows.map((q) => ({ ...q, __key: `${q.device_id}:${q.version}` })),
+    { rowClass: (q) => (q.verdict === "fail" ? "row-bad" : null), ...opts });
   }
 
   async function health() {
@@ -301,6 +331,8 @@
         h("dt", {}, "first seen"), h("dd", {}, when(d.first_seen)),
         h("dt", {}, "last seen"), h("dd", {}, when(d.last_seen))),
         Object.keys(extra).length ? kv(extra) : null);
+      fill("quality", qualityTable(d.quality || [], "version",
+        { empty: "no quality report from this device yet", id: "quality-table" }));
       const inv = { agent_version: d.agent_version, claimed_tags: d.claimed_tags, ...(d.inventory || {}) };
       fill("inventory", kv(EF.flat(inv)), d.inventory ? null : stateNote("The coordinator reports no further inventory (OS, architecture, free disk) for this device."));
       const jobs = (d.jobs || []).slice().sort((a, b) => b.created - a.created);
@@ -459,6 +491,8 @@
           h("dt", {}, "stage"),
           h("dd", { id: "dep-stage" }, p.stages.length ? `${Math.max(0, d.stage) + 1} of ${p.stages.length}${d.stage < 0 ? " (not started)" : ""}` : "—"),
           h("dt", {}, "job timeout"), h("dd", {}, `${num(d.job_timeout)} s`),
+          h("dt", {}, "quality probation"), h("dd", { id: "dep-quality" }, Object.keys(d.quality || {}).length
+            ? Object.entries(d.quality).map(([k, v]) => `${k}=${v}`).join(", ") : "the devices' own settings"),
           h("dt", {}, "artifact"), h("dd", { class: "mono", title: d.artifact_id }, short(d.artifact_id, 16)),
           h("dt", {}, "created"), h("dd", {}, when(d.created)),
           h("dt", {}, "updated"), h("dd", {}, `${when(d.updated)} (${ago(d.updated, now)})`)));
@@ -491,6 +525,8 @@
         title: "install jobs over time", step: true, width: EF.widthOf("chart"), integer: true, yMin: 0, yMax: Math.max(1, p.targets), xMin: p.created, xMax,
         xFormat: Charts.clock, xTicks: Charts.timeTicks, markers: p.markers.map((m) => ({ x: m.ts, label: `${m.kind} (stage ${m.stage + 1}) ${m.detail}`, cls: m.kind })),
       }));
+      fill("quality", qualityTable(d.device_quality || [], "device",
+        { empty: "no device has reported the quality of this version yet", id: "quality-table" }));
       const jobs = (d.jobs || []).slice().sort((a, b) => a.stage - b.stage || a.device_id.localeCompare(b.device_id) || a.action.localeCompare(b.action));
       fill("devices", table([
         { label: "device", cell: (j) => link.device(j.device_id) },
