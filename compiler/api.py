@@ -149,15 +149,12 @@ class _Compiler:
             raise ConfigError(f"--quantize {cfg.quantize.value} calibrates activation ranges: give --calibration DATA (or --train DATA)")
         if (cfg.max_accuracy_drop is not None or cfg.quantize is QuantMode.AUTO) and not cfg.data.eval:
             raise ConfigError("the accuracy gate needs held-out data: give --eval DATA")
-        if cfg.head.from_output is not None:
-            raise ConfigError(
-                "--trainable-head-from (an ONNX source split at a tensor) is not supported yet: compile the Keras "
-                "model with --trainable-head N" if kind == "onnx" else
-                f"--trainable-head-from names a tensor of an ONNX source; {self.src.path.name} is {kind}: "
-                "use --trainable-head N"
-            )
-        if cfg.head.enabled and kind != "keras":
-            raise ConfigError(f"--trainable-head splits a Keras model (.keras/.h5); {self.src.path.name} is {kind}")
+        if cfg.head.from_output is not None and kind != "onnx":
+            raise ConfigError(f"--trainable-head-from names a tensor of an ONNX source; {self.src.path.name} is {kind}"
+                              + (": use --trainable-head N" if kind == "keras" else ""))
+        if cfg.head.count and kind != "keras":
+            raise ConfigError(f"--trainable-head N splits a Keras model (.keras/.h5); {self.src.path.name} is {kind}"
+                              + (": name the tensor where the head starts with --trainable-head-from" if kind == "onnx" else ""))
 
     def _load_data(self) -> None:
         d = self.cfg.data
@@ -301,12 +298,32 @@ class _Compiler:
                 for what, arr in (("eval", self.eval_x), ("calibration", self.calib_x)):
                     if arr is not None:
                         self._check_inputs(names, arr, what, optional=self._state_inputs())
+                if self.cfg.head.from_output is not None:
+                    self._split_onnx_head()
             if kind == "savedmodel" and self.cfg.prune.enabled:
                 raise ConfigError("pruning needs a Keras source")
             self.opt_outputs = None
         if self.eval is not None and self.source_outputs is not None:
             first = self.source_outputs[self.score_index]
             self.baseline = score_outputs(first, self.eval.y, self.eval.task, first)
+
+    def _split_onnx_head(self) -> None:
+        """Cut the ONNX source at --trainable-head-from: the backbone is what the variants are built from; the
+        source's own outputs on the eval data are the reference the split bundles are checked and scored against."""
+        import edgefleet
+
+        from .evaluate import predict_all
+        from .split_onnx import split_onnx
+
+        if self.state_pairs:
+            raise ConfigError(f"--trainable-head-from needs a stateless model; this one has state pairs {self.state_pairs}")
+        self.backbone, self.head = split_onnx(self.src.path, str(self.cfg.head.from_output), self.work / "backbone.onnx")
+        kinds = ", ".join(f"{layer.name} ({layer.kind})" for layer in self.head.layers)
+        self.passes.append(f"trainable head from {self.cfg.head.from_output}: {kinds} kept float32 "
+                           f"({self.head.n_params:,} weights), the rest is the backbone")
+        if self.eval_x is not None:
+            with edgefleet.load(self.src.path, threads=1) as m:
+                self.source_outputs = predict_all(m, self.eval_x)
 
     def _split_head(self) -> None:
         from .split import split_keras
@@ -458,7 +475,7 @@ class _Compiler:
 
             out = self.work / "float32.onnx"
             if self.src.kind == "onnx":
-                shutil.copyfile(self.src.path, out)
+                shutil.copyfile(self.backbone if self.head is not None else self.src.path, out)
             elif self.src.kind == "keras":
                 to_onnx(self.backbone, out, "keras")
             else:

@@ -44,7 +44,8 @@ def _ops(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> 
               help="keep the last N layers (or these comma-separated layer names: the model's last ones) as a "
               "float trainable head beside the compiled backbone; head-only updates then ship just the head")
 @click.option("--trainable-head-from", metavar="OUTPUT_NAME",
-              help="ONNX sources: the tensor where the trainable head starts (not supported yet: refused)")
+              help="ONNX sources: the tensor where the trainable head starts (the nodes from it to the output are the "
+              "head, kept as float weights)")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS", help="accuracy budget in points")
 @click.option("--onnx-calibration", type=click.Choice(["minmax", "entropy", "percentile"]),
               help="ONNX int8 calibration method")

@@ -191,7 +191,8 @@ class HeadConfig:
     beside the compiled backbone, run in numpy, replaceable by a head-only update.
 
     ``layers``: the last N layers; ``names``: those layers by name (the model's last ones, in
-    order); ``from_output``: an ONNX source's tensor where the head starts (not supported yet)."""
+    order); ``from_output``: an ONNX source's tensor where the head starts (the nodes from it to the
+    model's output are the head)."""
 
     layers: int = 0
     names: tuple[str, ...] = ()

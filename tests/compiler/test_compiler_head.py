@@ -125,7 +125,7 @@ def test_heads_that_cannot_be_split_are_named(tiny_model: Any, head: HeadConfig,
         split_keras(tiny_model, head)
 
 
-def test_unsupported_activation_and_sources(tiny_onnx: Path, base_config: Any, tmp_path: Path) -> None:
+def test_unsupported_activation_and_sources(tiny_onnx: Path, tiny_keras: Path, base_config: Any, tmp_path: Path) -> None:
     import keras
 
     from edgefleet.compiler.split import split_keras
@@ -134,11 +134,84 @@ def test_unsupported_activation_and_sources(tiny_onnx: Path, base_config: Any, t
     m = keras.Model(f_in, keras.layers.Dense(4, activation="gelu", name="out")(keras.layers.Dense(6)(f_in)))
     with pytest.raises(ConfigError, match="activation 'gelu'"):
         split_keras(m, HeadConfig(layers=1))
-    with pytest.raises(ConfigError, match="splits a Keras model"):
+    with pytest.raises(ConfigError, match="splits a Keras model.*--trainable-head-from"):
         compile_model(tiny_onnx, tmp_path / "o", _cfg(base_config, head=1, format=OutputFormat.ONNX))
-    with pytest.raises(ConfigError, match="--trainable-head-from .* not supported yet"):
-        compile_model(tiny_onnx, tmp_path / "o", replace(base_config, head=HeadConfig(from_output="flat"), format=OutputFormat.ONNX))
+    with pytest.raises(ConfigError, match="names a tensor of an ONNX source"):
+        compile_model(tiny_keras, tmp_path / "o", replace(base_config, head=HeadConfig(from_output="flat")))
     assert not (tmp_path / "o").exists()
+
+
+def _onnx_classifier(path: Path) -> Path:
+    """x (N, 3, 8, 8) -> Conv -> Relu -> GlobalAveragePool -> Flatten (feat) -> MatMul + Add -> Relu ->
+    BatchNormalization -> Gemm (transB) -> Softmax (probs), written with onnx.helper."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    arrays = {
+        "cw": rng.normal(0, 0.5, (4, 3, 3, 3)), "w1": rng.normal(0, 1, (4, 6)), "b1": rng.normal(0, 0.1, 6),
+        "g": rng.uniform(0.5, 1.5, 6), "be": rng.normal(0, 0.1, 6), "mu": rng.normal(0, 0.5, 6), "var": rng.uniform(0.5, 2, 6),
+        "w2": rng.normal(0, 1, (3, 6)), "b2": rng.normal(0, 0.1, 3),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu0"),
+        helper.make_node("GlobalAveragePool", ["r"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["feat"], name="flatten"),
+        helper.make_node("MatMul", ["feat", "w1"], ["mm"], name="fc1/MatMul"),
+        helper.make_node("Add", ["mm", "b1"], ["h"], name="fc1/Add"),
+        helper.make_node("Relu", ["h"], ["hr"], name="fc1/Relu"),
+        helper.make_node("BatchNormalization", ["hr", "g", "be", "mu", "var"], ["bn"], epsilon=1e-3, name="bn"),
+        helper.make_node("Gemm", ["bn", "w2", "b2"], ["logits"], transB=1, name="fc2"),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"),
+    ]
+    graph = helper.make_graph(nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_split_by_output_name(tmp_path: Path) -> None:
+    import onnx
+
+    from edgefleet.compiler.config import DataConfig, OutputConfig
+
+    src = _onnx_classifier(tmp_path / "cls.onnx")
+    x = np.random.default_rng(5).normal(0, 1, (64, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    cfg = CompileConfig(format=OutputFormat.ONNX, head=HeadConfig(from_output="feat"),
+                        data=DataConfig(calibration=str(tmp_path / "calib.npz")), output=OutputConfig(latency_runs=5, report=False))
+    compile_model(src, tmp_path / "f32", cfg)
+    compile_model(src, tmp_path / "i8", replace(cfg, quantize=QuantMode.INT8))
+    with edgefleet.load(src) as full, edgefleet.load(tmp_path / "f32") as split, edgefleet.load(tmp_path / "i8") as q:
+        head = split.manifest.head
+        assert head is not None and head.input == "feat"
+        assert [(layer.kind, layer.activation) for layer in head.layers] == [
+            ("dense", "linear"), ("activation", "relu"), ("batch_norm", "linear"), ("dense", "linear"), ("activation", "softmax")]
+        assert [layer.name for layer in head.layers][0] == "fc1_MatMul"
+        ref = full.predict(x)
+        np.testing.assert_allclose(split.predict(x), ref, atol=1e-5)
+        assert split.features(x).shape == (64, 4)
+        assert [n.op_type for n in onnx.load(str(tmp_path / "f32" / "model.onnx")).graph.node] == [
+            "Conv", "Relu", "GlobalAveragePool", "Flatten"]  # the backbone ends at feat
+        assert np.mean(q.predict(x).argmax(1) == ref.argmax(1)) >= 0.9 and q.run_smoke_tests().ok
+
+
+@pytest.mark.parametrize(
+    ("cut", "fragment"),
+    [("r", "node 'gap' .GlobalAveragePool. cannot be in a head"), ("nope", "no node of the model outputs"),
+     ("probs", "is the model's output"), ("x", "is a model input")],
+)
+def test_onnx_cuts_that_cannot_make_a_head_are_named(tmp_path: Path, cut: str, fragment: str) -> None:
+    from edgefleet.compiler.split_onnx import split_onnx
+
+    src = _onnx_classifier(tmp_path / "cls.onnx")
+    with pytest.raises(ConfigError, match=fragment):
+        split_onnx(src, cut, tmp_path / "backbone.onnx")
 
 
 def test_cli_refusal_is_one_line_with_exit_code_2(tiny_keras: Path, tmp_path: Path) -> None:
@@ -176,3 +249,25 @@ def _dump(tmp_path: Path, cfg: CompileConfig) -> Path:
     out = tmp_path / "effective.toml"
     out.write_text(cfg.to_toml())
     return out
+
+
+def test_onnx_split_of_an_exporter_style_graph(tmp_path: Path) -> None:
+    """The paddle2onnx-style conv net of make_compiler_models (Constant weights, a flatten computed from the runtime
+    shape, so the cut tensor's shape is unknown to ONNX's inference): the backbone's output gets the measured shape."""
+    import sys
+
+    from edgefleet.compiler.config import DataConfig, OutputConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import make_compiler_models as mk
+
+    src, data = mk.conv_bn_onnx(tmp_path, channels=(8, 16)), tmp_path / "conv_bn_data.npz"
+    cfg = CompileConfig(quantize=QuantMode.INT8, format=OutputFormat.ONNX, head=HeadConfig(from_output="flat"),
+                        data=DataConfig(calibration=str(data), max_calibration_samples=32),
+                        output=OutputConfig(latency_runs=5, report=False))
+    compile_model(src, tmp_path / "b", cfg)
+    x = np.load(data)["x"][:16]
+    with edgefleet.load(src) as full, edgefleet.load(tmp_path / "b") as m:
+        assert m.manifest.outputs[0].shape == (-1, 16) and m.manifest.outputs[0].batch_axis == 0
+        assert [layer.kind for layer in m.manifest.head.layers] == ["dense", "activation"]  # type: ignore[union-attr]
+        assert np.mean(m.predict(x).argmax(1) == full.predict(x).argmax(1)) >= 0.75 and m.run_smoke_tests().ok
