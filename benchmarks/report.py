@@ -66,6 +66,18 @@ def _n(v: Any, digits: int = 2) -> str:
     return f"{float(v):,.{digits}f}"
 
 
+def recorded_targets(doc: dict[str, Any]) -> list[Check]:
+    """The targets a suite recorded itself (``verdicts``: :func:`benchmarks.schema.target`), met or not, with the
+    reason it gave."""
+    out = []
+    for t in doc.get("verdicts", []):
+        m = t["measured"]
+        shown = "not measured" if m is None else _n(m, 3) if isinstance(m, (int, float)) and not isinstance(m, bool) \
+            else str(m)
+        out.append(Check(t["what"], shown, t["limit"], t["met"], t["reason"]))
+    return out
+
+
 def check_rows(checks: list[Check]) -> list[list[Any]]:
     return [[c.what, c.measured, c.limit or "—", verdict(c.met), c.note] for c in checks]
 
@@ -422,10 +434,27 @@ def head_update(s: Section, plots_dir: Path) -> None:
                *table(["model", "accuracy %"], [[k.replace("_", " "), _n(v, 2)] for k, v in acc.items()])]
 
 
+def fleet_dispatch(s: Section, plots_dir: Path) -> None:
+    """Its targets are recorded in the JSON (``verdicts``); the body is the figures of each database."""
+    doc = s.doc or {}
+    p = doc.get("parameters", {})
+    s.body += [f"One `Coordinator.tick()` dispatching a stage of {_n(p.get('devices'))} devices (every device in one "
+               "wave), through a real Mosquitto, on each registry database; the dispatch as it was before (a "
+               f"transaction per device) on the first {_n(p.get('baseline_devices'))} devices of a second deployment "
+               "in the same run.", ""]
+    for kind in ("sqlite", "postgresql"):
+        part = doc.get(kind)
+        if part:
+            s.body += table([kind, "value"], _flat(part))
+        else:
+            s.body += [f"No {kind} part in this JSON (see its target row).", ""]
+
+
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
     "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance, "head_update": head_update,
+    "fleet_dispatch": fleet_dispatch,
 }
 
 
@@ -508,6 +537,7 @@ def read_sections(results_dir: Path, quick: bool, plots_dir: Path, suites: tuple
                     sections.append(s)
                     continue
                 BUILDERS[suite.name](s, plots_dir)
+                s.checks += recorded_targets(s.doc)
             except Exception as exc:  # an unexpected schema must not hide the other suites
                 s.problem = f"Could not read `{_rel(path, REPO)}`: {type(exc).__name__}: {exc}"
                 s.checks, s.body = [], []

@@ -9,6 +9,10 @@ Every ``benchmarks/results/*.json`` is an object that starts with the envelope :
 
 then the suite's own figures. ``report.py`` checks the envelope (:func:`problems`) before it reads a suite's
 figures, and reads the machine row from ``machine`` alone.
+
+A suite may also record its targets itself, met or not and why: ``verdicts``, a list of :func:`target`
+objects (what, measured, limit, met, reason), which the report shows as rows of the suite's table like the checks
+it derives from the figures.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from importlib import metadata
 from typing import Any, Sequence
 
 ENVELOPE = ("benchmark", "quick", "machine")
+TARGET_KEYS = ("what", "measured", "limit", "met", "reason")
 #: packages whose versions every result records (a suite adds its own)
 COMMON_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert")
 
@@ -44,6 +49,13 @@ def envelope(benchmark: str, quick: bool, packages: Sequence[str] = (),
             "machine": machine_doc if machine_doc is not None else machine(packages)}
 
 
+def target(what: str, measured: Any, limit: str, met: bool | None, reason: str = "") -> dict[str, Any]:
+    """One target as a suite records it in ``verdicts``: ``what`` was measured, the value (a number, a string, or
+    None when it was not measured), the ``limit`` as the issue states it, whether it was ``met`` (None: not
+    measured, e.g. a database that is not running) and the ``reason``: why it was met or missed, or not measured."""
+    return {"what": what, "measured": measured, "limit": limit, "met": met, "reason": reason}
+
+
 def problems(doc: Any, benchmark: str) -> list[str]:
     """What is wrong with ``doc``'s envelope for ``benchmark`` ([] when nothing is)."""
     if not isinstance(doc, dict):
@@ -56,7 +68,12 @@ def problems(doc: Any, benchmark: str) -> list[str]:
     m = doc.get("machine")
     if "machine" in doc and not (isinstance(m, dict) and isinstance(m.get("packages", {}), dict)):
         out.append("'machine' is not an object with a 'packages' object")
+    verdicts = doc.get("verdicts", [])
+    if not isinstance(verdicts, list) or not all(isinstance(t, dict) and set(t) == set(TARGET_KEYS)
+                                                 and isinstance(t["met"], (bool, type(None))) for t in verdicts):
+        out.append(f"'verdicts' is not a list of objects with exactly {', '.join(TARGET_KEYS)} (met: true, false "
+                   "or null)")
     return out
 
 
-__all__ = ["COMMON_PACKAGES", "ENVELOPE", "envelope", "machine", "problems"]
+__all__ = ["COMMON_PACKAGES", "ENVELOPE", "TARGET_KEYS", "envelope", "machine", "problems", "target"]

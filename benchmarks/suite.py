@@ -70,6 +70,8 @@ SUITES: tuple[Suite, ...] = (
           ("-m", "benchmarks.agent_footprint"), timeout_s=900, quick_timeout_s=300),
     Suite("fleet_ota", "Fleet OTA and telemetry over a real Mosquitto (issue 5)",
           ("-m", "benchmarks.fleet_ota"), timeout_s=3600, quick_timeout_s=900),
+    Suite("fleet_dispatch", "Dispatching a 10,000-device stage, SQLite and PostgreSQL (issue 16)",
+          ("-m", "benchmarks.fleet_dispatch"), timeout_s=900, quick_timeout_s=300),
     Suite("federated_digits", "Federated retraining on non-IID digits (issue 6)",
           ("-m", "benchmarks.federated_digits"), timeout_s=3600, quick_timeout_s=1200),
     Suite("demo_loop", "The closed loop end to end: edgefleet demo (issue 7)",

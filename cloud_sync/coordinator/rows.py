@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from edgefleet.jobstate import JobState
 
@@ -249,6 +249,25 @@ class DeploymentHeads:
 
     live: list[tuple[str, str, str]] = field(default_factory=list)
     newest: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBrief(Row):
+    """What a rollout tick reads of a device (``Registry.device_briefs``): its assignment (``group``, ``tags``),
+    whether it is online, and what it runs (a delta base); none of a :class:`Device`'s documents, so ticking a
+    10,000-device fleet decodes 10,000 tag lists, not 40,000 JSON columns."""
+
+    device_id: str
+    group: str
+    tags: list[str]
+    online: bool
+    active_version: str
+    archive_sha256: str
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> DeviceBrief:
+        """From (device_id, group_name, tags, online, active_version, archive_sha256)."""
+        return cls(r[0], r[1], [] if r[2] == "[]" else _json(r[2], "[]"), bool(r[3]), r[4], r[5])
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +629,6 @@ class AuditEntry(Row):
 
 
 __all__ = ["Alert", "AlertTally", "Artifact", "ArtifactInfo", "ArtifactUse", "AuditEntry", "Decommissioned", "Delta", "DeploymentState",
-           "Deployment", "DeploymentHeads", "Device", "DeviceTally", "FailedRun", "FedRound", "FedRun",
+           "Deployment", "DeploymentHeads", "Device", "DeviceBrief", "DeviceTally", "FailedRun", "FedRound", "FedRun",
            "FedRunEvent", "FedRunTally", "Inventory", "Job", "JobTally", "Principal", "Retrain", "RolloutEvent",
            "Row", "RunStatus", "TelemetryRow", "TelemetryWindow", "Token"]

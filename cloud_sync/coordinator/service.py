@@ -40,7 +40,7 @@ from ..wire import protocol as P
 from ..wire.orders import DEFAULT_ORDER_TTL, RollbackOrder
 from ..wire.transfer import make_delta, serve_request
 from .acl import BrokerAccess
-from .registry import Registry, job_key
+from .registry import NewJob, Registry, job_key
 from .rollout import (
     BAD,
     DEFAULT_JOB_TIMEOUT,
@@ -52,12 +52,13 @@ from .rollout import (
     evaluate,
     timed_out,
 )
-from .rows import Delta, Deployment, DeploymentState, Device, Job
+from .rows import Delta, Deployment, DeploymentState, Device, DeviceBrief, Job
 
 if TYPE_CHECKING:
     from ..origin import Origin
 
 log = logging.getLogger(__name__)
+DISPATCH_BATCH = 5000  # install jobs recorded per registry transaction when a stage is dispatched
 DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
 # records per telemetry interval), low enough that one device cannot take the ingest from the rest of the fleet
 
@@ -836,10 +837,10 @@ class Coordinator:
             self._gone_read = time.monotonic()
             self.gone = {d.device_id for d in self.registry.decommissioned(self.fleet)}
         heads = self.registry.deployment_heads(self.fleet)
-        devices: dict[str, Device] | None = None
+        devices: dict[str, DeviceBrief] | None = None
         for dep_id, state, group in heads.live:
             if devices is None:
-                devices = {d.device_id: d for d in self.registry.devices(self.fleet)}
+                devices = {d.device_id: d for d in self.registry.device_briefs(self.fleet)}
             if state == DeploymentState.COMPLETED:  # nothing to do (and no lease to take) unless someone joined
                 dep = self.registry.deployment(dep_id)
                 known = set(dep.targets) if dep else set()
@@ -848,7 +849,7 @@ class Coordinator:
                     continue
             self._tick_leased(dep_id, heads.newest.get(group) == dep_id, devices)
 
-    def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, Device]) -> None:
+    def _tick_leased(self, dep_id: str, newest: bool, devices: dict[str, DeviceBrief]) -> None:
         with self._lock:
             if not self.registry.acquire_lease(dep_id, self.node, self.lease_seconds):
                 self.counters["lease_busy"] += 1  # another coordinator is ticking it right now
@@ -860,7 +861,7 @@ class Coordinator:
             finally:
                 self.registry.release_lease(dep_id, self.node)
 
-    def _tick_one(self, dep: Deployment, newest: bool, devices: dict[str, Device]) -> None:
+    def _tick_one(self, dep: Deployment, newest: bool, devices: dict[str, DeviceBrief]) -> None:
         plan = RolloutPlan(dep.canary, tuple(dep.waves), dep.max_failure, dep.rate, dep.min_finished)
         targets = list(dep.targets)
         if newest:  # devices that joined the group since the deployment started
@@ -896,14 +897,15 @@ class Coordinator:
             return
         if dec.dispatch:
             stage = dep.stage if dec.stage is None else dec.stage
+            # (decommissioned during this tick: not sent)
+            todo = [d for d in dec.dispatch if d not in jobs and d not in self.gone]
             renewed = time.monotonic()
-            for device in dec.dispatch:
+            for i in range(0, len(todo), DISPATCH_BATCH):
                 if time.monotonic() - renewed > self.lease_seconds / 3:  # a long stage: keep the lease
                     if not self.registry.acquire_lease(dep.id, self.node, self.lease_seconds):
                         break  # another coordinator took over; it dispatches what is missing
                     renewed = time.monotonic()
-                if device not in jobs and device not in self.gone:  # (decommissioned during this tick: not sent)
-                    self._dispatch(dep, device, devices.get(device), stage)
+                self._dispatch(dep, todo[i:i + DISPATCH_BATCH], devices, stage)
             if stage != dep.stage and self.registry.set_deployment(dep.id, expect={"stage": dep.stage}, stage=stage):
                 self.registry.add_event(dep.id, "stage", stage, f"{len(dec.dispatch)} device(s)", self.node)
                 log.info("deployment %s (%s %s): stage %d started, %d device(s) dispatched", dep.id, dep.name,
@@ -913,28 +915,46 @@ class Coordinator:
         elif dec.complete:
             self._transition(dep, DeploymentState.COMPLETED)
 
-    def _dispatch(self, dep: Deployment, device: str, row: Device | None, stage: int) -> None:
-        from_version = row.active_version if row else ""
-        job_id = job_key(dep.id, device, "install")
-        if self.registry.job(job_id) is not None:
-            self.counters["duplicate_dispatches_avoided"] += 1  # another coordinator made it first
-            return
+    def _dispatch(self, dep: Deployment, targets: Sequence[str], devices: dict[str, DeviceBrief],
+                  stage: int) -> None:
+        """Send the install job of ``dep`` to each of ``targets``, in bulk: the jobs are recorded in one registry
+        transaction (:meth:`Registry.add_jobs`), then each desired message is published. The message is the same
+        for every device but for its job id (and a delta for a device holding another version): built once
+        (:meth:`Desired.for_jobs`). A job another coordinator made first is counted, not sent again."""
         f = self._file(dep.artifact_id)
         assert f is not None
-        delta, base = None, ""
-        if self.deltas and row and row.archive_sha256 and row.archive_sha256 != dep.artifact_id:
-            delta = self._delta(row.archive_sha256, dep.artifact_id)
-            base = row.archive_sha256 if delta else ""
-        desired = P.Desired(job_id, P.JobAction.INSTALL.value, dep.id, dep.version, self._located(f[0]),
-                            self._located(delta) if delta else None, base,
-                            ts=time.time(), model=dep.name,
-                            quality=P.QualityPolicy.from_dict(dep.quality) if dep.quality else None)
-        if not self.registry.add_job(self.fleet, dep.id, device, "install", stage, from_version,
-                                     delivered=bool(row and row.online), desired=desired.to_bytes().decode()):
-            self.counters["duplicate_dispatches_avoided"] += 1
-            return
-        self._publish_desired(device, desired)
-        self.counters["dispatched"] += 1
+        now = time.time()
+        plain = P.Desired("", P.JobAction.INSTALL.value, dep.id, dep.version, self._located(f[0]), ts=now,
+                          model=dep.name, quality=P.QualityPolicy.from_dict(dep.quality) if dep.quality else None)
+        ids = {device: job_key(dep.id, device, "install") for device in targets}
+        deltas: dict[str, P.FileInfo | None] = {}  # delta base -> the delta to the target (None: not smaller)
+        full: list[str] = []
+        body: dict[str, bytes] = {}
+        for device in targets:
+            row = devices.get(device)
+            if self.deltas and row and row.archive_sha256 and row.archive_sha256 != dep.artifact_id:
+                base = row.archive_sha256
+                if base not in deltas:
+                    delta = self._delta(base, dep.artifact_id)
+                    deltas[base] = self._located(delta) if delta else None
+                if deltas[base] is not None:
+                    body[device] = dataclasses.replace(plain, job_id=ids[device], delta=deltas[base],
+                                                       delta_base=base).to_bytes()
+                    continue
+            full.append(device)
+        body.update(zip(full, plain.for_jobs(ids[d] for d in full)))
+        news = []
+        for device in targets:
+            row = devices.get(device)
+            news.append(NewJob(device, row.active_version if row else "", bool(row and row.online),
+                               body[device].decode()))
+        made = self.registry.add_jobs(self.fleet, dep.id, "install", stage, news)
+        for device in targets:
+            if ids[device] not in made:
+                self.counters["duplicate_dispatches_avoided"] += 1  # another coordinator made it first
+            else:
+                self._publish_desired(device, body[device])
+        self.counters["dispatched"] += len(made)
 
     def _delta(self, base_id: str, target_id: str) -> P.FileInfo | None:
         row = self.registry.delta(base_id, target_id)
@@ -990,12 +1010,18 @@ class Coordinator:
             raise ConfigError(f"the {ROLLBACK_ROLE!r} role of {self.tuf_repo} needs {threshold} signatures on an order; "
                               f"{len(mine)} signing key(s) given")
 
-    def _publish_desired(self, device: str, desired: P.Desired) -> None:
-        # install jobs: the signed target of the file; rollback jobs: the rollback role that signs the order
-        if self.tuf_repo is not None and (desired.file is not None or desired.action == P.JobAction.ROLLBACK.value):
-            desired = dataclasses.replace(desired, tuf=self._tuf_metadata(desired.deployment_id))
-        self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), desired.to_bytes(), qos=1,
-                               retain=True)
+    def _publish_desired(self, device: str, desired: P.Desired | bytes) -> None:
+        """Publish a job's desired state (retained), given as the message or its bytes (a dispatch's, encoded in
+        bulk); with a TUF repository, with the repository's current metadata."""
+        if self.tuf_repo is not None and isinstance(desired, bytes):
+            desired = P.Desired.parse(desired)
+        if isinstance(desired, P.Desired):
+            # install jobs: the signed target of the file; rollback jobs: the rollback role that signs the order
+            if self.tuf_repo is not None and (desired.file is not None or
+                                              desired.action == P.JobAction.ROLLBACK.value):
+                desired = dataclasses.replace(desired, tuf=self._tuf_metadata(desired.deployment_id))
+            desired = desired.to_bytes()
+        self.transport.publish(P.down_topic(self.fleet, device, P.Down.DESIRED), desired, qos=1, retain=True)
 
     def _tuf_metadata(self, dep_id: str) -> dict[str, str] | None:
         """The repository's current metadata for the deployment's model (``trust.client_metadata``), sent with
@@ -1165,7 +1191,7 @@ class TokenBuckets:
         return len(self._b)
 
 
-def selected(device: Device, group: str, tags: Iterable[str], devices: Sequence[str] = ()) -> bool:
+def selected(device: Device | DeviceBrief, group: str, tags: Iterable[str], devices: Sequence[str] = ()) -> bool:
     """Whether a deployment to ``group`` ("": any) selecting ``tags`` (and, if given, only ``devices``) targets
     ``device`` (a registry row): its assigned group and every tag among its assigned ``tags`` (never its
     ``claimed_tags``)."""
