@@ -84,6 +84,8 @@ class FlowerNodeConfig:
     auth_public_key: str | None = None  # deprecated by Flower 1.41 (derived from the private key); passed if given
     extra_node_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     log_path: str | None = None
+    model_store: str | None = None  # the agent's state dir: a head run trains its active bundle's head
+    trusted_keys: tuple[str, ...] = ()  # key files that bundle is verified with (besides the store's trust/)
 
     def __post_init__(self) -> None:
         if ":" not in self.superlink:
@@ -104,12 +106,17 @@ class FlowerNodeConfig:
         if not agent_config.samples.enabled:
             raise ConfigError("federated training needs local samples: set enabled = true in the [samples] section")
         return cls(superlink=superlink, samples_db=str(agent_config.state_path / "samples.db"),
-                   samples_key=agent_config.samples.key_file, device_id=agent_config.device_id or "device", **kwargs)
+                   samples_key=agent_config.samples.key_file, device_id=agent_config.device_id or "device",
+                   model_store=str(agent_config.state_path), trusted_keys=tuple(agent_config.trusted_keys), **kwargs)
 
     def node_config(self) -> str:
         items: dict[str, object] = {"samples-db": self.samples_db, "device-id": self.device_id}
         if self.samples_key:
             items["samples-key"] = self.samples_key
+        if self.model_store:
+            items["model-store"] = self.model_store
+        if self.trusted_keys:
+            items["trusted-keys"] = ",".join(self.trusted_keys)
         items.update(self.extra_node_config)
         parts = []
         for k, v in items.items():

@@ -55,7 +55,11 @@ def run_options() -> list[click.Parameter]:
         click.Option(["--round-timeout"], type=Duration(lo=0.001), default="120s",
                      help="how long to wait for devices in a round (90s, 10m; a bare number is seconds)"),
         click.Option(["--local-epochs"], type=int, default=2, help="epochs each device trains per round"),
-        click.Option(["--learning-rate"], type=float, default=0.1, help="devices' SGD learning rate"),
+        click.Option(["--learning-rate"], type=float, default=0.1, help="devices' learning rate"),
+        click.Option(["--optimizer"], default="sgd", type=click.Choice(("sgd", "adam")),
+                     help="devices' optimizer when they train a bundle's trainable head (a dense network: SGD)"),
+        click.Option(["--class-weight"], default="none", type=click.Choice(("none", "balanced")),
+                     help="per-class loss weights of a head run: balanced weighs each device's rare classes up"),
         click.Option(["--batch-size"], type=int, default=32, help="devices' batch size"),
         click.Option(["--min-samples"], type=int, default=20, help="devices with fewer samples decline"),
         click.Option(["--proximal-mu"], type=float, default=0.01, help="FedProx proximal term"),
@@ -65,11 +69,14 @@ def run_options() -> list[click.Parameter]:
         click.Option(["--dp-clip"], type=float, default=1.0, help="central DP clipping norm"),
         click.Option(["--dp-delta"], type=float, default=1e-5, help="central DP delta"),
         click.Option(["--layers"], help="dense layer widths, e.g. 64,32,10 (default: from --model, else 64,32,10)"),
-        click.Option(["--model"], help="Keras source of the deployed version (Dense layers): the starting weights"),
+        click.Option(["--model"], help="Keras source of the deployed version (Dense layers): the starting weights "
+                     "(not for a --deployed bundle with a trainable head: its head is trained, on its own backbone)"),
         click.Option(["--preprocessing"], help="pipeline spec (JSON text or file) applied to raw samples "
                      "(default: the deployed bundle's)"),
         click.Option(["--holdout"], help=".npz with raw x and y: the coordinator's holdout"),
-        click.Option(["--deployed"], help="the deployed bundle to gate against (its recipe compiles the aggregate)"),
+        click.Option(["--deployed"], help="the deployed bundle to gate against (its recipe compiles the aggregate; "
+                     "with a trainable head, devices train only its head and the next version is this bundle with "
+                     "the aggregated head, not recompiled)"),
         click.Option(["--recipe"], help="compile recipe (TOML) instead of the deployed version's"),
         click.Option(["--key"], help="private key to sign the next version with"),
         click.Option(["--margin"], type=float, default=0.01, help="required accuracy gain over the deployed version"),
@@ -197,9 +204,17 @@ def cmd_run(args: Any) -> int:
     api = _api_of(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    deployed = _deployed_manifest(args.deployed) if args.deployed else None
+    head_mode = deployed is not None and deployed.head is not None
     layers = args.layers
     initial = ""
-    if args.model:
+    if head_mode:
+        given = [o for o, v in (("--model", args.model), ("--layers", args.layers), ("--recipe", args.recipe),
+                                ("--preprocessing", args.preprocessing)) if v]
+        if given:
+            raise ConfigError(f"{args.deployed} has a trainable head: devices train that head on its own backbone's "
+                              f"features and nothing is recompiled, so {', '.join(given)} has no use here")
+    elif args.model:
         from .loop import weights_from_keras
 
         weights, spec = weights_from_keras(args.model)
@@ -208,23 +223,25 @@ def cmd_run(args: Any) -> int:
         layers = str(spec)
         save_weights(out / "initial.npz", weights)
         initial = str(out / "initial.npz")
-    preprocessing = _spec_text(args.preprocessing)
-    if not preprocessing and args.deployed:
-        from edgefleet.bundle import open_bundle
+    preprocessing = "" if head_mode else _spec_text(args.preprocessing)
+    if not preprocessing and deployed is not None and not head_mode and deployed.preprocessing:
+        spec_doc = dict(deployed.preprocessing)
+        if "steps" not in spec_doc and len(spec_doc) == 1:
+            spec_doc = next(iter(spec_doc.values()))
+        preprocessing = json.dumps(spec_doc)
+    head_bundle = head_backbone = ""
+    if head_mode:
+        from .head_trainer import backbone_digest
 
-        b, _ = open_bundle(Path(args.deployed))
-        if b.manifest.preprocessing:
-            spec_doc = dict(b.manifest.preprocessing)
-            if "steps" not in spec_doc and len(spec_doc) == 1:
-                spec_doc = next(iter(spec_doc.values()))
-            preprocessing = json.dumps(spec_doc)
+        head_bundle, head_backbone = str(Path(args.deployed).resolve()), backbone_digest(deployed)
     cfg = FederatedConfig(
         rounds=args.rounds, strategy=args.strategy, layers=layers or "64,32,10", min_nodes=args.min_nodes,
         round_timeout=args.round_timeout, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
         batch_size=args.batch_size, min_samples=args.min_samples, proximal_mu=args.proximal_mu, trim_beta=args.trim_beta,
         krum_malicious=args.krum_malicious, dp_noise=args.dp_noise, dp_clip=args.dp_clip, dp_delta=args.dp_delta,
-        preprocessing=preprocessing, initial_weights=initial,
+        preprocessing=preprocessing, initial_weights=initial, optimizer=args.optimizer, class_weight=args.class_weight,
         holdout=str(Path(args.holdout).resolve()) if args.holdout else "", out_dir=str(out / "out"),
+        head_bundle=head_bundle, head_backbone=head_backbone,
     )
     record = None
     if api:
@@ -233,9 +250,12 @@ def cmd_run(args: Any) -> int:
         record = RunRecord.open(api, args.token, group=args.group, strategy=cfg.strategy.value, rounds=cfg.rounds,
                                 run_id=args.record_id, ca_cert=args.ca_cert,
                                 config={k: v for k, v in cfg.to_run_config().items()
-                                        if k not in ("preprocessing", "initial-weights", "out-dir")})
+                                        if k not in ("preprocessing", "initial-weights", "out-dir", "head-bundle")
+                                        and not (head_mode and k == "layers")})
     print(f"federated run {record.run_id + ' ' if record else ''}for group {args.group!r}: {cfg.strategy.value}, "
-          f"{cfg.rounds} round(s), at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}", flush=True)
+          f"{cfg.rounds} round(s), at least {cfg.min_nodes} device(s) per round, SuperLink {args.superlink}"
+          + (f"; devices train the head of {deployed.name} v{deployed.version} ({cfg.optimizer})"
+             if head_mode and deployed is not None else ""), flush=True)
 
     def on_round(r: Mapping[str, Any]) -> None:
         print("  " + _round_line(r), flush=True)
@@ -285,22 +305,39 @@ def cmd_run(args: Any) -> int:
     return 0
 
 
+def _deployed_manifest(path: str) -> Any:
+    """The manifest of the deployed bundle (a directory or an .efb)."""
+    from edgefleet.bundle import open_bundle
+
+    b, tmp = open_bundle(Path(path))
+    if tmp is not None:
+        tmp.cleanup()
+    return b.manifest
+
+
 def _close(args: Any, cfg: Any, doc: Mapping[str, Any], preprocessing: str, out: Path, record: Any,
            api: str | None) -> dict[str, Any]:
-    """Compile, gate and sign the aggregate; with --deploy, roll the signed version out through the API."""
-    from .loop import promote_aggregate
+    """Compile (or, for a head run, re-head), gate and sign the aggregate; with --deploy, roll the signed version
+    out through the API."""
+    from .loop import promote_aggregate, promote_head_aggregate
 
-    recipe = None
-    if args.recipe:
-        from edgefleet.compiler import load_recipe
-
-        recipe = load_recipe(args.recipe)
     lineage = {"federated": {"run_id": record.run_id if record else None, "flower_run_id": doc.get("run_id"),
                              "group": args.group, "rounds": cfg.rounds, "strategy": cfg.strategy.value,
                              "min_nodes": cfg.min_nodes, "dp_epsilon": (doc.get("privacy") or {}).get("epsilon")}}
-    res = promote_aggregate(dict(doc), cfg.spec, args.holdout, out / "next", private_key=args.key,
-                            deployed=args.deployed, margin=args.margin, recipe=recipe, lineage=lineage,
-                            preprocessing=json.loads(preprocessing) if preprocessing and not args.deployed else None)
+    if cfg.head_mode:
+        lineage["federated"].update({"trained": "head", "optimizer": cfg.optimizer, "class_weight": cfg.class_weight,
+                                     "local_epochs": cfg.local_epochs})
+        res = promote_head_aggregate(dict(doc), args.deployed, args.holdout, out / "next", private_key=args.key,
+                                     margin=args.margin, lineage=lineage)
+    else:
+        recipe = None
+        if args.recipe:
+            from edgefleet.compiler import load_recipe
+
+            recipe = load_recipe(args.recipe)
+        res = promote_aggregate(dict(doc), cfg.spec, args.holdout, out / "next", private_key=args.key,
+                                deployed=args.deployed, margin=args.margin, recipe=recipe, lineage=lineage,
+                                preprocessing=json.loads(preprocessing) if preprocessing and not args.deployed else None)
     result: dict[str, Any] = {"gate": res.to_dict(), "deployment": None}
     verdict = f"signed version {res.version} at {res.bundle}" if res.promoted else "not promoted"
     print(f"gate: {res.reason}: {verdict}", flush=True)

@@ -7,6 +7,13 @@ comes from the SuperNode's node config (set by :mod:`edgefleet.device_agent.flow
 ``samples-db``     path of the agent's ``samples.db`` (written by ``Agent.feedback``)
 ``samples-key``    optional device key file when samples are encrypted at rest
 ``device-id``      the device's name (reported in metrics)
+``model-store``    the agent's state directory: its active bundle is the model a head run
+                   trains (set by ``FlowerNodeConfig.for_agent``)
+``model-bundle``   or a bundle path (nodes that are not an agent's)
+``trusted-keys``   public key files the bundle is verified with (comma-separated; the
+                   store's ``trust/`` keys count too)
+``imports-log``    diagnostics: a file the ClientApp writes the top-level modules it has
+                   loaded into after each reply (what a device's training imports)
 ``fault-*``        fault injection for robustness tests only (``fault-update-scale``:
                    send ``w_global + s * (w_local - w_global)``; ``fault-flip-labels``)
 =================  =================================================================
@@ -17,12 +24,22 @@ Training settings come from the run config (``layers``, ``local-epochs``,
 ``learning-rate`` overrides). A device with fewer than ``min-samples`` samples
 declines: it answers with a Flower error reply (code 0, reason starting with
 ``declined:``) which the strategies count as a failure, not a crash.
+
+**Head runs** (``head-backbone`` in the run config: the deployed bundle has a trainable
+head): the device loads its installed bundle, declines unless its backbone is the run's
+(:func:`~.head_trainer.backbone_digest`), computes the backbone's features of its samples
+with LiteRT or ONNX Runtime (``Model.features``: the bundle's own preprocessing) and trains
+the head in numpy (:mod:`.head_trainer`: ``optimizer``, ``class-weight``, the FedProx term);
+the messages carry the head's trainable arrays only. No TensorFlow is imported.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -60,24 +77,8 @@ def _flag(value: Any) -> bool:
 
 def load_local_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> LocalData:
     """Read the device's samples (through the agent's ``SampleStore``), preprocess and split off a holdout."""
-    from edgefleet.device_agent.samples import SampleStore, load_device_key
-
-    device = str(node_config.get("device-id", "device"))
-    path = node_config.get("samples-db")
-    if not path:
-        raise Declined(f"{DECLINED} node config has no samples-db")
-    key_file = node_config.get("samples-key")
-    key = load_device_key(str(key_file)) if key_file else None
-    store = SampleStore(str(path), key=key)
-    try:
-        x, y = store.arrays()
-    finally:
-        store.close()
-    min_samples = int(run_config.get("min-samples", 20))
-    if len(x) < min_samples:
-        raise Declined(f"{DECLINED} {device} has {len(x)} samples, fewer than min-samples={min_samples}")
+    device, x, y = _read_samples(node_config, run_config)
     spec = str(run_config.get("preprocessing", "") or "")
-    x = np.asarray(x)
     if spec:
         from edgefleet.preprocess import Pipeline
 
@@ -96,6 +97,97 @@ def _weights(msg: Message, spec: MLPSpec) -> list[np.ndarray]:
     if arrays is None:
         raise Declined(f"{DECLINED} the message carries no model arrays")
     return spec.check(arrays.to_numpy_ndarrays())
+
+
+@dataclass
+class HeadData:
+    """A head run's local data: the backbone's features of the device's samples, split as ``LocalData``, and
+    the head of the installed bundle."""
+
+    device_id: str
+    head: Any  # edgefleet.head.Head
+    f_train: np.ndarray
+    y_train: np.ndarray
+    f_hold: np.ndarray
+    y_hold: np.ndarray
+    feature_seconds: float
+
+
+def _read_samples(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> tuple[str, np.ndarray, np.ndarray]:
+    from edgefleet.device_agent.samples import SampleStore, load_device_key
+
+    device = str(node_config.get("device-id", "device"))
+    path = node_config.get("samples-db")
+    if not path:
+        raise Declined(f"{DECLINED} node config has no samples-db")
+    key_file = node_config.get("samples-key")
+    key = load_device_key(str(key_file)) if key_file else None
+    store = SampleStore(str(path), key=key)
+    try:
+        x, y = store.arrays()
+    finally:
+        store.close()
+    min_samples = int(run_config.get("min-samples", 20))
+    if len(x) < min_samples:
+        raise Declined(f"{DECLINED} {device} has {len(x)} samples, fewer than min-samples={min_samples}")
+    return device, np.asarray(x), np.asarray(y)
+
+
+def device_model(node_config: Mapping[str, Any]) -> Any:
+    """The bundle this device runs, loaded and verified (``edgefleet.load``): ``model-bundle``, or the active
+    version of the agent's store at ``model-store``."""
+    import edgefleet
+    from edgefleet.keys import load_public_key
+
+    keys = [load_public_key(k.strip()) for k in str(node_config.get("trusted-keys", "") or "").split(",") if k.strip()]
+    path = node_config.get("model-bundle")
+    if not path:
+        root = node_config.get("model-store")
+        if not root:
+            raise Declined(f"{DECLINED} this node names no model (model-store or model-bundle in its node config): "
+                           "it cannot train a bundle's head")
+        from edgefleet.device_agent.store import Store
+
+        store = Store(str(root))
+        active = store.state().active
+        if active is None:
+            raise Declined(f"{DECLINED} no version is installed on this device")
+        path = store.object_path(active.id)
+        seen = {k.key_id for k in keys}
+        keys += [k for k in store.verify_keys if k.key_id not in seen]
+    return edgefleet.load(Path(str(path)), trusted_keys=keys or None, require_signature=bool(keys), threads=1)
+
+
+def load_head_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> HeadData:
+    """The installed bundle's head and the backbone's features of the device's samples, split off a holdout
+    (the same split as ``load_local_data``); declines when this device cannot train the run's head."""
+    from .head_trainer import backbone_digest, n_classes
+
+    device, x, y = _read_samples(node_config, run_config)
+    with device_model(node_config) as model:
+        head = model.head
+        if head is None:
+            raise Declined(f"{DECLINED} {device} runs {model.name} v{model.version}, which has no trainable head")
+        want = str(run_config.get("head-backbone", ""))
+        if backbone_digest(model.manifest) != want:
+            raise Declined(f"{DECLINED} {device} runs {model.name} v{model.version}, whose backbone is not the "
+                           f"run's (backbone {want[:12]})")
+        t = time.perf_counter()
+        feats = np.asarray(model.features(x), dtype=np.float32)
+        seconds = time.perf_counter() - t
+    if _flag(node_config.get("fault-flip-labels", False)):
+        k = n_classes(head)
+        y = (k - 1 - y.astype(np.int64)) % k
+    order = np.arange(len(feats))
+    it, yt, ih, yh = split_holdout(order, y, float(run_config.get("holdout-fraction", 0.2)), seed=0)
+    return HeadData(device, head, feats[it], yt, feats[ih], yh, seconds)
+
+
+def _log_imports(node_config: Mapping[str, Any]) -> None:
+    """Diagnostics (``imports-log``): the top-level modules this ClientApp process has loaded."""
+    path = node_config.get("imports-log")
+    if path:
+        Path(str(path)).write_text(json.dumps(sorted({m.split(".")[0] for m in list(sys.modules)})))
 
 
 def _decline(msg: Message, reason: str) -> Message:
@@ -118,9 +210,78 @@ def _local_setup(msg: Message, context: Context) -> tuple[Any, list[np.ndarray]]
 app = ClientApp()
 
 
+def _head_setup(msg: Message, context: Context) -> tuple[HeadData, Any] | Message:
+    """(the device's head data, the global head the server sent), or a decline message."""
+    from .head_trainer import with_trainable
+
+    try:
+        data = load_head_data(context.node_config, context.run_config)
+        arrays = msg.content.array_records.get("arrays")
+        if arrays is None:
+            raise Declined(f"{DECLINED} the message carries no head arrays")
+        return data, with_trainable(data.head, arrays.to_numpy_ndarrays())
+    except Declined as exc:
+        return _decline(msg, str(exc))
+    except EdgefleetError as exc:
+        return _decline(msg, f"{DECLINED} {exc}")
+
+
+def _head_train(msg: Message, context: Context) -> Message:
+    from .head_trainer import HeadTrainConfig, train_head, trainable_arrays
+
+    run, node = context.run_config, context.node_config
+    setup = _head_setup(msg, context)
+    if isinstance(setup, Message):
+        return setup
+    data, global_head = setup
+    cfg: Mapping[str, Any] = msg.content.config_records.get("config") or {}
+    try:
+        tc = HeadTrainConfig(
+            epochs=int(run.get("local-epochs", 1)), batch_size=int(run.get("batch-size", 32)),
+            learning_rate=float(cfg.get("learning-rate", run.get("learning-rate", 0.05))),
+            optimizer=str(run.get("optimizer", "sgd")), class_weight=str(run.get("class-weight", "none")),
+            proximal_mu=float(cfg.get("proximal-mu", 0.0)), seed=int(cfg.get("server-round", 0)))
+        t = time.perf_counter()
+        res = train_head(global_head, data.f_train, data.y_train, tc, global_head)
+        seconds = time.perf_counter() - t
+    except EdgefleetError as exc:
+        return _decline(msg, f"{DECLINED} {exc}")
+    out = trainable_arrays(res.head)
+    scale = float(node.get("fault-update-scale", 1.0))
+    if scale != 1.0:
+        out = [g + scale * (w - g) for w, g in zip(out, trainable_arrays(global_head))]
+    metrics = MetricRecord({
+        "num-examples": res.num_examples,
+        "train-loss": res.loss,
+        "train-accuracy": res.accuracy,
+        "proximal-mu": tc.proximal_mu,
+        "train-seconds": seconds,
+        "features-seconds": data.feature_seconds,
+    })
+    _log_imports(node)
+    content = RecordDict({"arrays": ArrayRecord([np.asarray(a, np.float32) for a in out]), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def _head_evaluate(msg: Message, context: Context) -> Message:
+    from .head_trainer import evaluate_head
+
+    setup = _head_setup(msg, context)
+    if isinstance(setup, Message):
+        return setup
+    data, head = setup
+    x, y = (data.f_hold, data.y_hold) if len(data.f_hold) else (data.f_train, data.y_train)
+    loss, acc = evaluate_head(head, x, y)
+    _log_imports(context.node_config)
+    metrics = MetricRecord({"num-examples": len(x), "eval-loss": loss, "eval-accuracy": acc})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
 @app.train()
 def train_step(msg: Message, context: Context) -> Message:
     run, node = context.run_config, context.node_config
+    if run.get("head-backbone"):
+        return _head_train(msg, context)
     setup = _local_setup(msg, context)
     if isinstance(setup, Message):
         return setup
@@ -151,6 +312,8 @@ def train_step(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_step(msg: Message, context: Context) -> Message:
+    if context.run_config.get("head-backbone"):
+        return _head_evaluate(msg, context)
     setup = _local_setup(msg, context)
     if isinstance(setup, Message):
         return setup

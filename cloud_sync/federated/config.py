@@ -49,6 +49,12 @@ class FederatedConfig:
     initial_weights: str = ""  # .npz of the starting weights (arr_0..); empty = fresh init
     holdout: str = ""  # .npz (x, y) the coordinator evaluates every round on; optional
     out_dir: str = ""  # where the ServerApp writes rounds.json and aggregate.npz
+    # a deployed bundle with a trainable head: devices train only its head (head_trainer), on their backbone's
+    # features; the ServerApp aggregates the head's trainable arrays only
+    head_bundle: str = ""  # the deployed bundle on the coordinator (the starting head, the holdout's features)
+    head_backbone: str = ""  # its backbone_digest: a device whose installed backbone differs declines
+    optimizer: str = "sgd"  # devices' head optimizer: sgd or adam (the dense trainer is plain SGD)
+    class_weight: str = "none"  # devices' per-class loss weights: none or balanced (of their own samples)
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, StrategyName):
@@ -74,11 +80,24 @@ class FederatedConfig:
             raise ConfigError("central DP bounds one device's influence on a weighted mean: use it with fedavg or fedprox")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ConfigError("holdout_fraction must be in [0, 1)")
+        if bool(self.head_bundle) != bool(self.head_backbone):
+            raise ConfigError("head_bundle and head_backbone go together (a run that trains a bundle's head)")
+        from .head_trainer import CLASS_WEIGHTS, OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
         if self.preprocessing:
             try:
                 json.loads(self.preprocessing)
             except ValueError as exc:
                 raise ConfigError(f"preprocessing must be a JSON pipeline spec: {exc}") from None
+
+    @property
+    def head_mode(self) -> bool:
+        """Whether devices train a bundle's head (not a dense network of ``layers``)."""
+        return bool(self.head_backbone)
 
     @property
     def spec(self) -> MLPSpec:

@@ -12,6 +12,12 @@ The coordinator (which may use TensorFlow and the compiler; devices never do):
 4. :func:`close_loop` signs the candidate as the next version only if it beats the
    deployed one by ``margin``; the result names the signed bundle, which the cloud
    sync deployment path (another module) rolls out: see :func:`promote_aggregate`.
+
+A deployed bundle with a trainable head takes another road, :func:`close_head_loop`: nothing
+is recompiled. The aggregate is the head's trainable arrays; the candidate is the deployed
+bundle with that head (:func:`edgefleet.headupdate.update_head`: the backbone's files byte for
+byte, so its pruning and int8 stay), scored on the holdout through ``edgefleet.load`` against
+the deployed bundle, and signed as the next version with its lineage. No TensorFlow either.
 """
 
 from __future__ import annotations
@@ -208,6 +214,67 @@ def close_loop(
     return LoopResult(True, reason, cand, dep, margin, version, str(out))
 
 
+def close_head_loop(
+    aggregate: str | Path | Sequence[np.ndarray],
+    deployed: str | Path,
+    holdout_npz: str | Path,
+    out: str | Path,
+    *,
+    private_key: str,
+    margin: float = 0.01,
+    trusted_keys: Sequence[Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> LoopResult:
+    """The deployed head bundle with the aggregated head (its trainable arrays, :mod:`.head_trainer` order),
+    scored with the SDK on the holdout against the deployed bundle, signed as the next version at ``out`` only
+    when ``candidate >= deployed + margin`` (``out`` untouched otherwise). The backbone is not recompiled: the
+    next version's backbone files are the deployed ones, byte for byte. Its lineage names the deployed version
+    (``parent_version``, ``head_update``) and carries ``lineage`` and the gate's figures."""
+    from edgefleet.bundle import open_bundle
+    from edgefleet.head import Head
+    from edgefleet.headupdate import update_head
+    from edgefleet.keys import load_private_key
+
+    from .head_trainer import with_trainable
+
+    arrays = load_weights(aggregate) if isinstance(aggregate, (str, Path)) else list(aggregate)
+    b, tmp = open_bundle(Path(deployed), list(trusted_keys) if trusted_keys else None)
+    try:
+        man = b.manifest
+        if man.head is None:
+            raise ConfigError(f"{deployed}: {man.name} v{man.version} has no trainable head")
+        base_head = Head.from_npz((b.path / man.head.file).read_bytes(), man.head.layers, what=f"the head of {deployed}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    head = with_trainable(base_head, arrays)
+    with np.load(holdout_npz, allow_pickle=False) as z:
+        hx, hy = np.asarray(z["x"]), np.asarray(z["y"])
+    version = _next_version(man.version)
+    keys = list(trusted_keys) if trusted_keys else None
+    with tempfile.TemporaryDirectory(prefix="edgefleet-loop-") as work:
+        candidate, _ = update_head(deployed, head, Path(work) / "candidate", version=version, trusted_keys=keys)
+        cand = bundle_accuracy(candidate.path, hx, hy)
+    dep = bundle_accuracy(deployed, hx, hy, trusted_keys)
+    if cand < dep + margin:
+        return LoopResult(False, f"candidate {cand:.4f} does not beat deployed {dep:.4f} by {margin:.4f}",
+                          cand, dep, margin, None, None)
+    extra = {"parent_name": man.name, "gate": {"candidate_accuracy": cand, "deployed_accuracy": dep, "margin": margin},
+             **dict(lineage or {})}
+    bundle, _ = update_head(deployed, head, out, version=version, private_key=load_private_key(private_key),
+                            trusted_keys=keys, overwrite=True, lineage=extra)
+    return LoopResult(True, f"candidate {cand:.4f} beats deployed {dep:.4f} by >= {margin:.4f}", cand, dep, margin,
+                      version, str(bundle.path))
+
+
+def promote_head_aggregate(run_doc: dict[str, Any], deployed: str | Path, holdout_npz: str | Path, out: str | Path,
+                           **kwargs: Any) -> LoopResult:
+    """:func:`close_head_loop` on the result of a head run of :func:`~.runner.run_federated`."""
+    if not run_doc.get("aggregate"):
+        raise ConfigError("the federated run produced no aggregate")
+    return close_head_loop(run_doc["aggregate"], deployed, holdout_npz, out, **kwargs)
+
+
 def promote_aggregate(run_doc: dict[str, Any], spec: MLPSpec, holdout_npz: str | Path, out: str | Path, **kwargs: Any) -> LoopResult:
     """:func:`close_loop` on the result of :func:`~.runner.run_federated` (the hook cloud sync calls before a rollout)."""
     if not run_doc.get("aggregate"):
@@ -216,4 +283,5 @@ def promote_aggregate(run_doc: dict[str, Any], spec: MLPSpec, holdout_npz: str |
 
 
 __all__ = ["keras_from_weights", "weights_from_keras", "save_keras", "load_weights", "bundle_accuracy",
-           "compile_candidate", "sign_with_lineage", "close_loop", "promote_aggregate", "LoopResult"]
+           "compile_candidate", "sign_with_lineage", "close_loop", "promote_aggregate", "close_head_loop",
+           "promote_head_aggregate", "LoopResult"]

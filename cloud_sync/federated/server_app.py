@@ -10,6 +10,12 @@ Runs inside Flower's ``flwr-serverapp`` process on the coordinator. Reads a
   (epsilon, delta) spent so far;
 - ``aggregate.npz`` - the final weights (``arr_0``, ``arr_1``... in Keras
   ``get_weights()`` order), written atomically when the run ends.
+
+In a head run (``head-bundle``: the deployed bundle has a trainable head) the weights are the
+head's trainable arrays (:func:`~.head_trainer.trainable_keys` order), starting from the deployed
+head; the coordinator's holdout is scored by the head on the deployed backbone's features
+(computed once, through ``edgefleet.load``), and ``head.npz`` (the whole head file, frozen
+arrays included) is written beside ``aggregate.npz``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from edgefleet.atomic import write_atomic
+from edgefleet.errors import ConfigError
 
 from .aggregate import gaussian_epsilon
 from .config import FederatedConfig, StrategyName
@@ -31,6 +38,7 @@ from .trainer import evaluate
 
 ROUNDS_FILE = "rounds.json"
 AGGREGATE_FILE = "aggregate.npz"
+HEAD_FILE = "head.npz"
 
 
 def build_strategy(cfg: FederatedConfig) -> Any:
@@ -62,7 +70,29 @@ def build_strategy(cfg: FederatedConfig) -> Any:
     return strategy
 
 
+def deployed_head(cfg: FederatedConfig) -> Any:
+    """The head of the deployed bundle of a head run (``edgefleet.head.Head``)."""
+    from edgefleet.bundle import open_bundle
+    from edgefleet.head import Head
+
+    from .head_trainer import backbone_digest
+
+    b, tmp = open_bundle(cfg.head_bundle)
+    try:
+        spec = b.manifest.head
+        if spec is None or backbone_digest(b.manifest) != cfg.head_backbone:
+            raise ConfigError(f"{cfg.head_bundle} is not the head bundle this run was started for")
+        return Head.from_npz((b.path / spec.file).read_bytes(), spec.layers, what=f"the head of {cfg.head_bundle}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
 def initial_weights(cfg: FederatedConfig) -> list[np.ndarray]:
+    if cfg.head_mode:
+        from .head_trainer import trainable_arrays
+
+        return trainable_arrays(deployed_head(cfg))
     spec = cfg.spec
     if cfg.initial_weights:
         with np.load(cfg.initial_weights, allow_pickle=False) as z:
@@ -130,7 +160,7 @@ class _Recorder:
 
         s.configure_train, s.aggregate_train, s.aggregate_evaluate = configure_train, aggregate_train, aggregate_evaluate
 
-    def central(self, holdout: tuple[np.ndarray, np.ndarray] | None) -> Any:
+    def central(self, holdout: tuple[np.ndarray, np.ndarray] | None, head: Any = None) -> Any:
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             row = self._row(server_round)
             if server_round > 0:
@@ -139,7 +169,12 @@ class _Recorder:
                     row["dp_epsilon"] = gaussian_epsilon(self.cfg.dp_noise, server_round, self.cfg.dp_delta)
             result = None
             if holdout is not None:
-                loss, acc = evaluate(arrays.to_numpy_ndarrays(), holdout[0], holdout[1])
+                if head is not None:  # a head run: holdout[0] holds the deployed backbone's features
+                    from .head_trainer import evaluate_head, with_trainable
+
+                    loss, acc = evaluate_head(with_trainable(head, arrays.to_numpy_ndarrays()), holdout[0], holdout[1])
+                else:
+                    loss, acc = evaluate(arrays.to_numpy_ndarrays(), holdout[0], holdout[1])
                 row["central"] = {"loss": loss, "accuracy": acc}
                 result = MetricRecord({"loss": loss, "accuracy": acc})
             self.write()
@@ -179,6 +214,18 @@ def load_holdout(path: str, preprocessing: str = "") -> tuple[np.ndarray, np.nda
     return np.asarray(x, np.float32).reshape(len(x), -1), y
 
 
+def head_holdout(cfg: FederatedConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """A head run's holdout: the deployed backbone's features of the raw ``x`` (its own preprocessing), and ``y``."""
+    if not cfg.holdout:
+        return None
+    import edgefleet
+
+    with np.load(cfg.holdout, allow_pickle=False) as z:
+        x, y = np.asarray(z["x"]), np.asarray(z["y"])
+    with edgefleet.load(cfg.head_bundle, threads=1) as m:
+        return np.asarray(m.features(x), np.float32), y
+
+
 app = ServerApp()
 
 
@@ -191,14 +238,20 @@ def main(grid: Grid, context: Context) -> None:
     strategy = build_strategy(cfg)
     rec = _Recorder(strategy, cfg, out)
     rec.write()
+    head = None
     try:
+        if cfg.head_mode:
+            head = deployed_head(cfg)
+            holdout = head_holdout(cfg)
+        else:
+            holdout = load_holdout(cfg.holdout, cfg.preprocessing)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(initial_weights(cfg)),
             num_rounds=cfg.rounds,
             timeout=cfg.round_timeout,
             train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
-            evaluate_fn=rec.central(load_holdout(cfg.holdout, cfg.preprocessing)),
+            evaluate_fn=rec.central(holdout, head),
         )
     except BaseException as exc:
         rec.status = f"failed: {type(exc).__name__}: {exc}"
@@ -206,5 +259,9 @@ def main(grid: Grid, context: Context) -> None:
         raise
     if out is not None and result.arrays is not None and len(result.arrays):
         save_weights(out / AGGREGATE_FILE, result.arrays.to_numpy_ndarrays())
+        if head is not None:
+            from .head_trainer import with_trainable
+
+            write_atomic(out / HEAD_FILE, with_trainable(head, result.arrays.to_numpy_ndarrays()).to_npz())
     rec.status = "finished" if result.arrays is not None and len(result.arrays) else "finished without an aggregate"
     rec.write()
