@@ -963,7 +963,14 @@ class Coordinator:
             target = self._file(target_id)
             if base is None or target is None:
                 return None
-            patch = make_delta(base.data, target[1])
+            from ..wire.headdelta import make_head_update
+
+            # a new head on the base's backbone (a federated head run's version) ships as the head update file
+            patch = make_head_update(base.data, target[1], self.trusted_keys)
+            if patch is not None:
+                self.counters["head_updates_built"] += 1
+            else:
+                patch = make_delta(base.data, target[1])
             fid = hashlib.sha256(patch).hexdigest() if patch else ""
             self.registry.put_delta(base_id, target_id, fid, patch)
             row = Delta(base_id, target_id, fid, len(patch) if patch else 0, patch)

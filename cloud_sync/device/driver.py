@@ -47,6 +47,7 @@ from edgefleet.errors import EdgefleetError, ProtocolError, SyncError, TrustErro
 
 from ..transport import Transport, Will
 from ..wire import protocol as P
+from ..wire.headdelta import apply_head_update, is_head_update
 from ..wire.orders import OrderRefused, RollbackOrder, check_order
 from ..wire.transfer import DEFAULT_MAX_BUNDLE_BYTES, ChunkFile, apply_delta
 from . import machine as M
@@ -467,7 +468,9 @@ class DeviceSync:
             try:
                 if base is None:
                     raise SyncError("the delta base is gone")
-                data = apply_delta(base[1].read_bytes(), src.read_bytes(), act.file)
+                patch = src.read_bytes()
+                data = self._head_update(patch, act.file) if is_head_update(patch) else \
+                    apply_delta(base[1].read_bytes(), patch, act.file)
             except SyncError as exc:
                 log.warning("delta failed (%s); fetching the full bundle", exc)
                 return M.DeltaFailed(str(exc))  # the machine discards the file and fetches the full one
@@ -482,6 +485,23 @@ class DeviceSync:
             self._file.discard()
             self._file = None
         return M.Prepared(path)
+
+    def _head_update(self, data: bytes, expected: P.FileInfo) -> bytes:
+        """The target archive rebuilt from the installed bundle and a head-only update (edgefleet.headupdate:
+        the new head, the installed backbone, the signed manifest checked); a ``SyncError`` when it does not apply
+        (then the full file is fetched, as for a bsdiff4 delta)."""
+        store: Any = self.agent.store  # edgefleet.device_agent.store.Store: verify, verify_keys
+        active = store.state().active
+        if active is None or not hasattr(store, "verify"):
+            raise SyncError("the head update's base is gone")
+        try:
+            installed = store.verify(active.id)
+        except EdgefleetError as exc:
+            raise SyncError(f"head update: the installed version fails verification: {exc}") from None
+        out = apply_head_update(installed, data, expected, getattr(store, "verify_keys", None),
+                                getattr(self.agent.config, "require_signature", None), workdir=self.dir)
+        self.stats["head_updates_used"] = self.stats.get("head_updates_used", 0) + 1
+        return out
 
     def _record_order(self, act: M.RecordOrder) -> M.Event:
         """The order's seq in sync.json and the agent's ledger, fsynced, before it is executed."""
