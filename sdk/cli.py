@@ -120,7 +120,7 @@ class LazyGroup(click.Group):
 @click.option("--log-level", envvar="EDGEFLEET_LOG_LEVEL", show_envvar=True, metavar="LEVEL",
               type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
               help="what edgefleet logs: debug, info, warning, error or critical  [default: info for the daemons "
-              "(cloud serve, agent run, sync run), warning for other commands]")
+              "(cloud serve, agent run, sync run), error for other commands, which say what happened themselves]")
 @click.option("--log-format", envvar="EDGEFLEET_LOG_FORMAT", show_envvar=True, default="text",
               type=click.Choice(["text", "json"], case_sensitive=False),
               help="log lines on stderr: text, or json (one object a line: ts, level, logger, msg and the event's "
@@ -129,7 +129,8 @@ def cli(debug: bool, log_level: str | None, log_format: str) -> None:
     """Compile models for small devices, run them offline, keep a fleet improving."""
     from . import logs
 
-    logs.configure(log_level or "warning", log_format, given=log_level is not None)
+    # a one-shot command reports its outcome itself (one line on an error): the library's warnings would say it twice
+    logs.configure(log_level or "error", log_format, given=log_level is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -160,7 +160,7 @@ def configure(level: str | int = "info", fmt: str = "text", *, stream: IO[str] |
 
 def daemon() -> None:
     """A daemon starts: unless the user chose a level, edgefleet's loggers log from info up (connects, installs,
-    rollouts), where one-shot commands stay at warnings."""
+    rollouts), where one-shot commands log errors only (they report their outcome themselves)."""
     package = logging.getLogger(ROOT)
     if not _given and package.getEffectiveLevel() > logging.INFO:
         package.setLevel(logging.INFO)
