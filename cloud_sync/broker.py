@@ -269,8 +269,33 @@ def broker_config_text(cfg: BrokerConfig, acl: Path | None, data_dir: Path, cert
     return "\n".join(lines + [""])
 
 
+def mosquitto_account(run_as: str | None) -> tuple[int, int] | None:
+    """The uid and gid a mosquitto started as root runs as: the config's ``user`` (``--run-as``), else
+    ``mosquitto``, else ``nobody`` (mosquitto's own fallback when the default account does not exist); None
+    when it stays root. A ``--run-as`` account that does not exist is a :class:`ConfigError` (mosquitto would
+    refuse to start)."""
+    import pwd
+
+    for name in [run_as] if run_as else ["mosquitto", "nobody"]:
+        if name == "root":
+            return None
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return entry.pw_uid, entry.pw_gid
+    if run_as:
+        raise ConfigError(f"--run-as {run_as}: no such account on this machine (mosquitto drops to it when "
+                          "started as root)")
+    return None
+
+
 def write_broker_config(cfg: BrokerConfig) -> BrokerFiles:
-    """Check the inputs and write ``mosquitto.conf``, the ACL (unless given) and the persistence directory."""
+    """Check the inputs and write ``mosquitto.conf``, the ACL (unless given) and the persistence directory.
+
+    Run as root, the persistence directory is given to the account mosquitto drops to when root starts it
+    (:func:`mosquitto_account`): it writes its pid file and persistence there, and refuses to start when it
+    cannot write the pid file."""
     cert = _existing(cfg.tls_cert, "--tls-cert", "the broker's TLS certificate, PEM")
     key = _existing(cfg.tls_key, "--tls-key", "the private key of --tls-cert, PEM")
     cafile = _existing(cfg.cafile, "--cafile", "the CA certificate(s), PEM")
@@ -293,10 +318,13 @@ def write_broker_config(cfg: BrokerConfig) -> BrokerFiles:
     if acl_given is None and not cfg.fleet and not bench:
         raise ConfigError("an ACL is required: --acl FILE, or --fleet NAME to write one confining each device to "
                           "its own topics")
+    account = mosquitto_account(cfg.run_as) if os.geteuid() == 0 else None
     out = Path(cfg.out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = out / "data"
     data_dir.mkdir(exist_ok=True)
+    if account is not None:  # mosquitto writes its pid file and persistence there after dropping root
+        os.chown(data_dir, *account)
     acl: Path | None = acl_given
     if acl is None and cfg.fleet:
         from .coordinator.acl import write_acl
