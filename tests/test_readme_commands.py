@@ -385,6 +385,18 @@ def test_json_is_always_a_flag_and_every_fleet_command_takes_it() -> None:
             assert json_options, f"edgefleet {' '.join(path)} has no --json"
 
 
+def test_the_log_level_of_one_shot_commands_is_the_one_the_readme_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    """README: "other commands log errors only unless told" (the daemons log from info up)."""
+    import logging
+
+    said = re.search(r"other commands log (\w+) only unless told", " ".join(README.read_text("utf-8").split()))
+    assert said, "README no longer says what one-shot commands log"
+    assert main(["inspect", "--help"]) == 0
+    capsys.readouterr()
+    level = logging.getLogger("edgefleet").level
+    assert logging.getLevelName(level).lower() == said.group(1).removesuffix("s"), logging.getLevelName(level)
+
+
 def _api_routes() -> list[tuple[str, str]]:
     """(method, path) of every route the coordinator's app serves, built as ``cloud serve`` builds it."""
     from edgefleet.cloud_sync.coordinator.api import create_app
