@@ -405,6 +405,44 @@ def onnx_conformance(s: Section, plots_dir: Path) -> None:
                f"{doc.get('seconds', '?')} s. The CI test `tests/sdk/test_sdk_onnx_conformance.py` runs the same code.", ""]
 
 
+def quality_probation(s: Section, plots_dir: Path) -> None:
+    doc = s.doc or {}
+    for c in doc["checks"]:  # the verdict recomputed from the value, never the JSON's own
+        met = None if c["value"] is None else meets(float(c["value"]), c["op"], float(c["limit"]))
+        lo, hi = c.get("wilson95", [None, None])
+        s.checks.append(Check(c["what"], "—" if c["value"] is None else f"{100 * float(c['value']):.1f}%",
+                              f"{'≥' if c['op'] == '>=' else '≤'} {100 * float(c['limit']):g}%", met,
+                              f"95% CI {100 * lo:.1f}–{100 * hi:.1f}%" if lo is not None else ""))
+    agent, rp, t = doc["agent"], doc["replay"], doc["thresholds"]
+
+    def rate(r: dict[str, Any]) -> str:
+        lo, hi = r["wilson95"]
+        return f"{r['count']}/{r['runs']} ({100 * (r['rate'] or 0):.1f}%, 95% CI {100 * lo:.1f}–{100 * hi:.1f}%)"
+
+    s.body += [f"{doc['runs']} seeded runs; in each, a real agent serving v1 installs a good candidate, a bad one and a "
+               "partly shuffled one (one at a time, each on probation with `[quality] mode = \"enforce\"` and the "
+               "default thresholds: " + ", ".join(f"{k} {v}" for k, v in t.items()) + ") while a thread feeds it "
+               "held-out digits, one a call, no labels. Bad candidates: the good one with its classes permuted, or "
+               "a model trained on shuffled labels. "
+               f"{doc['seconds']} s in all.", "",
+               *table(["candidates", "rolled back on quality"],
+                      [["bad (target ≥ 95%)", rate(agent["catch"])], ["good (target ≤ 5%)", rate(agent["false_rollbacks"])]]),
+               *table(["candidate", "by", "rolled back", "inputs compared (mean)", "agreement with v1 (mean)",
+                       "install to verdict (s)"],
+                      [[who, k, rate(v), _n(v["compared_mean"], 1), _n(v["agreement_mean"], 3), _n(v["seconds_mean"], 3)]
+                       for who, part in (("bad", agent["bad_by_kind"]), ("bad", agent["bad_by_scenario"]),
+                                         ("good", agent["good_by_scenario"]),
+                                         ("partly shuffled (no target)", agent["partly_shuffled_by_scenario"]))
+                       for k, v in part.items()]),
+               "The partly shuffled candidate is v1 fine-tuned on shuffled labels for a while; its accuracy against "
+               "v1's, mean per scenario: " + ", ".join(f"{k} {100 * v['accuracy_minus_v1_mean']:+.1f} points"
+                                                     for k, v in agent["partly_shuffled_by_scenario"].items()) + ".", "",
+               f"Replay of the sequential test alone (the two models' outputs on the live inputs in "
+               f"{doc['orders_per_pair']} seeded orders per pair, judged after each input): bad candidates rolled "
+               f"back {rate(rp['catch'])} after {_n(rp['mean_inputs_bad'], 1)} inputs on average, good ones "
+               f"{rate(rp['false_rollbacks'])} (decided after {_n(rp['mean_inputs_good'], 1)} inputs on average).", ""]
+
+
 def head_update(s: Section, plots_dir: Path) -> None:
     doc = s.doc or {}
     for c in doc["checks"]:  # the verdict recomputed from the value, never the JSON's own
@@ -450,48 +488,13 @@ def fleet_dispatch(s: Section, plots_dir: Path) -> None:
             s.body += [f"No {kind} part in this JSON (see its target row).", ""]
 
 
-def federated_head(s: Section, plots_dir: Path) -> None:
-    """Its targets are recorded in the JSON (``verdicts``); the body is the drifts' curves and the Flower run."""
-    doc = s.doc or {}
-    m, tr, fl = doc["model"], doc["train"], doc["flower"]
-    if doc.get("quick"):
-        s.body += [f"**Quick mode** (epochs {m.get('epochs')}, {doc['rounds']} rounds): CI-sized.", ""]
-    s.body += [f"v1: the example digits CNN ({_n(m.get('params'))} parameters) compiled with `{m.get('recipe')}` "
-               f"({_n(doc['v1_clean_accuracy'] * 100, 1)}% on {_n(doc.get('test_samples'))} held-out digits). Each drift is "
-               f"injected into every device's samples and the test digits; {doc['devices']} non-IID devices (mostly two "
-               f"classes each) train only the head, in numpy on their frozen backbone's features ({tr['optimizer']}, "
-               f"learning rate {tr['learning_rate']}, {tr['epochs']} local epochs), FedAvg over the heads for "
-               f"{doc['rounds']} rounds (in one process, the devices' own trainer). *Recovered*: (after - drifted) / "
-               "(clean - drifted). *Central head*: the head trained on the union of the devices' samples.", "",
-               *table(["drift", "points lost", "v1 drifted %", f"federated head after {doc['rounds']} rounds %",
-                       "central head %", "recovered"],
-                      [[d["what"], _n(d["lost_points"], 1), _n(d["v1_drifted_accuracy"] * 100, 1),
-                        _n(d["federated"][-1] * 100, 1), _n(d["central_head"] * 100, 1), _n(d["recovered_fraction"], 3)]
-                       for d in doc["drifts"].values()])]
-    s.body += [f"Real Flower run ({fl['devices']} devices, {fl['rounds']} rounds, drift `{fl['drift']}`): SuperNodes "
-               f"whose ClientApp loads v1 with {', '.join(fl['device_runtime']) or '?'} and imported "
-               f"{', '.join(fl['device_imports_heavy']) or 'no TensorFlow, Keras, torch, ONNX or scikit-learn'}; "
-               f"the gate: {fl['gate']['reason']}.", "",
-               *table(["round", "wall s", "device training s (mean)", "device features s (mean)", "examples",
-                       "holdout accuracy %"],
-                      [[r["round"], _n(r["wall_s"], 2), _n(r["device_train_s"], 4), _n(r["device_features_s"], 4),
-                        _n(r["examples"]), _n((r["holdout_accuracy"] or 0) * 100, 1)] for r in fl["per_round"]])]
-    up = fl.get("update")
-    if up:
-        shown = {bool: lambda v: "yes" if v else "no", int: _n}
-        s.body += table(["promoted v2", "value"], [[k.replace("_", " "), shown.get(type(v), str)(v)]
-                                                  for k, v in up.items()])
-        s.body += ["bsdiff4 of the two archives is smaller here: bz2 compresses the differences of the head's float32 "
-                   "values, which the head update ships uncompressed (compressing its head file would close the gap; "
-                   "not done).", ""]
-
-
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
     "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance, "head_update": head_update,
-    "fleet_dispatch": fleet_dispatch, "federated_head": federated_head,
+    "fleet_dispatch": fleet_dispatch,
 }
+BUILDERS["quality_probation"] = quality_probation
 
 
 # -------------------------------------------------------------------------------------------- provenance

@@ -124,7 +124,8 @@ class QualityConfig:
     alpha: float = 0.02  # risk of rolling back a good version
     beta: float = 0.02  # risk of keeping a bad one
     max_confidence_drop: float = 0.25  # mean top-1 confidence falling by more rolls back (0: off)
-    max_psi: float = 1.0  # PSI of the predicted classes against the previous version's (0: off)
+    max_psi: float = 0.0  # PSI of the predicted classes against the previous version's over it rolls back (0: off,
+    # reported only: after a drift the version being replaced may predict a few classes only, and its fix shifts them)
     labelled_bad: float = 0.2  # with feedback labels: the new version's share of wins where only one is right, H1
     wait_seconds: float = 600.0  # an undecided test holds probation this long past probation_seconds, then promotes
 

@@ -21,13 +21,22 @@ The decision, :func:`judge`, in this order:
    discordant labelled inputs the new version wins, ``0.5`` (no worse) against ``labelled_bad``: the new version is
    worse (roll back, signal ``labelled_accuracy``) or no worse (promote: labels outrank the label-free proxies);
 2. nothing more before ``min_samples`` inputs were compared;
-3. agreement: the SPRT of ``agreement_good`` (H0, keep) against ``agreement_bad`` (H1, roll back) with error risks
-   ``alpha`` (rolling back a good version) and ``beta`` (keeping a bad one) rolls back when it accepts H1;
+3. agreement, by two SPRTs with error risks ``alpha`` (rolling back a good version) and ``beta`` (keeping a bad
+   one), each H1 being "the new version agrees at ``agreement_bad``" (about chance for a broken one). The plain
+   test's H0 is "it agrees at ``agreement_good``"; the confidence-aware test's H0 is "it agrees as often as the
+   previous version's confidence says that one is right" (:func:`confident_llr`): a version retrained for drifted
+   inputs differs from its predecessor where the predecessor was unsure, a broken one everywhere. Both accepting
+   H1 rolls back;
 4. a confidence drop: the mean top-1 confidence fell by more than ``max_confidence_drop`` with an anytime-valid
    Hoeffding bound (:func:`hoeffding_radius` with the risk ``alpha`` spent over the looks as ``alpha/(n(n+1))``);
-5. a shift of the predicted classes: PSI over ``max_psi`` once at least ``10 x classes`` inputs were compared;
-6. the agreement SPRT accepting H0 promotes; at ``max_samples`` the truncated test decides by the log-likelihood
-   ratio against the midpoint of its two bounds.
+5. a shift of the predicted classes, when ``max_psi`` is set: PSI over it once at least ``10 x classes`` inputs were
+   compared (off by default, reported only: a fix for drifted inputs shifts the classes a drift-broken predecessor
+   predicted, measured by ``benchmarks/quality_probation.py``);
+6. either agreement test accepting H0 promotes; at ``max_samples`` the truncated tests decide by their
+   log-likelihood ratios against the midpoint of the bounds (roll back when both are past it).
+
+So a good version is rolled back with probability at most ``alpha`` (the confidence-aware test must err), a bad
+one kept with probability at most about ``2 beta`` (either test may err), under each test's model.
 
 A candidate that retrains the model for drifted inputs legitimately disagrees with its predecessor where the
 predecessor was wrong, so the default ``agreement_good`` (0.6) is far from 1; a version whose outputs are permuted or
@@ -43,6 +52,9 @@ from typing import Any, Mapping
 import numpy as np
 
 MAX_CLASSES = 4096  # wider outputs are not scored as a classifier's (the histograms are per class)
+CONF_BINS = 20  # the previous version's confidence, binned: agreement counted per bin (the confidence-aware test)
+CONFIDENT = 0.8  # "the previous version was confident": its top-1 probability at least this (reported)
+_CONFIDENT_BIN = int(CONFIDENT * CONF_BINS)
 _SUM_ATOL = 1e-3  # rows summing to 1 within this are probabilities already; others are logits
 
 
@@ -58,7 +70,7 @@ class Thresholds:
     alpha: float = 0.02
     beta: float = 0.02
     max_confidence_drop: float = 0.25
-    max_psi: float = 1.0
+    max_psi: float = 0.0
     labelled_bad: float = 0.2
 
 
@@ -132,6 +144,8 @@ class QualityStats:
     ent_old: float = 0.0
     top_new: list[int] = field(default_factory=list)  # top-1 class counts
     top_old: list[int] = field(default_factory=list)
+    by_conf: list[int] = field(default_factory=lambda: [0] * CONF_BINS)  # compared, by the old version's confidence
+    agreed_by_conf: list[int] = field(default_factory=lambda: [0] * CONF_BINS)
     incomparable: int = 0  # output pairs that are not two classifiers' of the same classes
     labelled: int = 0  # labelled inputs scored on both versions
     correct_new: int = 0
@@ -168,6 +182,8 @@ class QualityStats:
             "entropy_shift": round(self.mean(self.ent_new - self.ent_old), 6),
             "psi": round(self.psi(), 6),
             "classes": self.classes,
+            "confident_compared": sum(self.by_conf[_CONFIDENT_BIN:]),
+            "confident_agreement": round(sum(self.agreed_by_conf[_CONFIDENT_BIN:]) / max(1, sum(self.by_conf[_CONFIDENT_BIN:])), 6),
             "incomparable": self.incomparable,
             "labelled": self.labelled,
         }
@@ -212,6 +228,11 @@ def observe(stats: QualityStats, new_out: Any, old_out: Any, labels: Any = None)
         stats.top_new[int(c)] += int(m)
     for c, m in zip(*np.unique(to, return_counts=True)):
         stats.top_old[int(c)] += int(m)
+    bins = np.minimum((co * CONF_BINS).astype(np.int64), CONF_BINS - 1)
+    agree = tn == to
+    for b in range(n):
+        stats.by_conf[int(bins[b])] += 1
+        stats.agreed_by_conf[int(bins[b])] += int(agree[b])
     return n
 
 
@@ -219,6 +240,21 @@ def observe(stats: QualityStats, new_out: Any, old_out: Any, labels: Any = None)
 def sprt_llr(successes: int, n: int, p0: float, p1: float) -> float:
     """Log-likelihood ratio of H1 (success rate ``p1``) over H0 (``p0``) after ``successes`` of ``n`` trials."""
     return successes * math.log(p1 / p0) + (n - successes) * math.log((1.0 - p1) / (1.0 - p0))
+
+
+def confident_llr(stats: QualityStats, p1: float) -> float:
+    """Log-likelihood ratio of the confidence-aware agreement test: under H1 the new version agrees with the old
+    one at ``p1`` whatever the old one's confidence (a broken version agrees about as often as chance); under H0 it
+    agrees as often as the old one's confidence says the old one is right (a good version is right where the old
+    one is, and may differ where the old one was unsure). Inputs on which the old version's confidence is at most
+    ``p1`` carry no evidence. Read from the per-bin counts (bin midpoints as the confidence)."""
+    total = 0.0
+    for b, (n_b, a_b) in enumerate(zip(stats.by_conf, stats.agreed_by_conf)):
+        p0 = min(max((b + 0.5) / CONF_BINS, p1), 0.999)
+        if not n_b or p0 <= p1 + 1e-6:
+            continue
+        total += a_b * math.log(p1 / p0) + (n_b - a_b) * math.log((1.0 - p1) / (1.0 - p0))
+    return total
 
 
 def sprt_bounds(alpha: float, beta: float) -> tuple[float, float]:
@@ -281,11 +317,15 @@ def judge(stats: QualityStats, t: Thresholds) -> QualityVerdict | None:
     if n < t.min_samples:
         return None
     llr = sprt_llr(stats.agreed, n, t.agreement_good, t.agreement_bad)
+    aware = confident_llr(stats, t.agreement_bad)
     lower, upper = sprt_bounds(t.alpha, t.beta)
-    rep["llr"] = round(llr, 6)
-    said = f"agreement {stats.agreement:.1%} with the previous version over {n} live inputs"
-    if llr >= upper:
-        return QualityVerdict(False, "agreement", f"{said} (SPRT: at most {t.agreement_bad:.0%})", rep)
+    rep["llr"], rep["llr_confidence_aware"] = round(llr, 6), round(aware, 6)
+    said = f"agreement {stats.agreement:.1%} with the previous version over {n} live inputs" + (
+        f" ({rep['confident_agreement']:.1%} of the {rep['confident_compared']} it was confident on)"
+        if rep["confident_compared"] else "")
+    if llr >= upper and aware >= upper:
+        return QualityVerdict(False, "agreement", f"{said} (SPRT: at most {t.agreement_bad:.0%}, also where "
+                                                  "the previous version was confident)", rep)
     drop = stats.mean(stats.conf_old - stats.conf_new)
     if t.max_confidence_drop and drop - hoeffding_radius(n, t.alpha, 2.0) > t.max_confidence_drop:
         return QualityVerdict(False, "confidence", (
@@ -296,12 +336,15 @@ def judge(stats: QualityStats, t: Thresholds) -> QualityVerdict | None:
             f"the predicted classes shifted: PSI {rep['psi']:.3f} > {t.max_psi:g} over {n} live inputs"), rep)
     if llr <= lower:
         return QualityVerdict(True, "agreement", f"{said} (SPRT: at least {t.agreement_good:.0%})", rep)
+    if aware <= lower:
+        return QualityVerdict(True, "agreement", f"{said} (SPRT: it agrees where the previous version was sure)", rep)
     if n >= t.max_samples:
-        bad = llr >= (lower + upper) / 2.0
+        mid = (lower + upper) / 2.0
+        bad = llr >= mid and aware >= mid
         return QualityVerdict(not bad, "agreement", f"{said} (truncated SPRT at {t.max_samples}: "
                                                     f"{'nearer' if bad else 'not nearer'} {t.agreement_bad:.0%})", rep)
     return None
 
 
-__all__ = ["MAX_CLASSES", "QualityStats", "QualityVerdict", "Thresholds", "class_scores", "entropy",
+__all__ = ["CONFIDENT", "CONF_BINS", "MAX_CLASSES", "QualityStats", "confident_llr", "QualityVerdict", "Thresholds", "class_scores", "entropy",
            "hoeffding_radius", "judge", "labels_of", "observe", "sprt", "sprt_bounds", "sprt_llr"]

@@ -14,9 +14,11 @@ from hypothesis.extra.numpy import arrays
 
 from edgefleet.device_agent.config import AgentConfig, QualityConfig
 from edgefleet.device_agent.quality import (
+    CONF_BINS,
     QualityStats,
     Thresholds,
     class_scores,
+    confident_llr,
     hoeffding_radius,
     judge,
     labels_of,
@@ -129,8 +131,11 @@ def test_hoeffding_radius_shrinks_with_samples_and_grows_with_confidence(n: int,
 
 
 def _stats(agreed: int, n: int, conf_new: float = 0.8, conf_old: float = 0.8) -> QualityStats:
+    """Counts as observe() leaves them: every input with the old version at confidence ``conf_old``."""
     s = QualityStats(classes=2, compared=n, agreed=agreed, conf_new=conf_new * n, conf_old=conf_old * n,
                      top_new=[n // 2, n - n // 2], top_old=[n // 2, n - n // 2])
+    b = min(int(conf_old * CONF_BINS), CONF_BINS - 1)
+    s.by_conf[b], s.agreed_by_conf[b] = n, agreed
     return s
 
 
@@ -160,7 +165,10 @@ def _run(p: float, t: Thresholds, rng: np.random.Generator) -> tuple[bool, int]:
     stats = _stats(0, 0)
     while True:
         stats.compared += 1
-        stats.agreed += int(rng.random() < p)
+        agree = int(rng.random() < p)
+        stats.agreed += agree
+        stats.by_conf[16] += 1
+        stats.agreed_by_conf[16] += agree
         stats.conf_new = stats.conf_old = 0.8 * stats.compared
         stats.top_new = stats.top_old = [stats.compared // 2, stats.compared - stats.compared // 2]
         v = judge(stats, t)
@@ -196,7 +204,7 @@ def test_labels_decide_before_and_over_the_label_free_test() -> None:
 
 
 def test_confidence_drop_and_psi_roll_back() -> None:
-    t = Thresholds(agreement_good=0.6, agreement_bad=0.3)
+    t = Thresholds(agreement_good=0.6, agreement_bad=0.3, max_psi=1.0)
     n = 3000
     v = judge(_stats(int(0.45 * n), n, conf_new=0.3, conf_old=0.9), t)
     assert v is not None and not v.ok and v.signal == "confidence"
@@ -236,3 +244,33 @@ def test_a_policy_gives_a_valid_config_or_a_config_error(policy: dict[str, Any])
     for k, v in policy.items():
         assert getattr(got, k) == v
     got.thresholds()
+
+
+def test_the_confidence_aware_test_spares_a_fix_for_drift_and_catches_a_broken_version() -> None:
+    """A drift left the old version unsure (confidence about 0.45) and mostly wrong: a good new version agrees on
+    40% of the inputs only, which the plain test alone would roll back; where the old version was sure it agrees.
+    A broken version agrees at chance everywhere, sure or not."""
+    t = Thresholds()
+    rng = np.random.default_rng(3)
+
+    def run(agree_unsure: float, agree_sure: float) -> tuple[bool, str]:
+        stats = QualityStats(classes=10, top_new=[0] * 10, top_old=[0] * 10)
+        while True:
+            sure = rng.random() < 0.1
+            b = 18 if sure else 9  # confidence 0.9 or 0.45
+            a = int(rng.random() < (agree_sure if sure else agree_unsure))
+            stats.compared += 1
+            stats.agreed += a
+            stats.by_conf[b] += 1
+            stats.agreed_by_conf[b] += a
+            stats.conf_new += 0.7
+            stats.conf_old += 0.9 if sure else 0.45
+            v = judge(stats, t)
+            if v is not None:
+                return v.ok, v.signal
+
+    fix = [run(0.35, 0.95) for _ in range(100)]
+    assert sum(ok for ok, _ in fix) >= 95, fix
+    broken = [run(0.1, 0.1) for _ in range(100)]
+    assert not any(ok for ok, _ in broken)
+    assert confident_llr(QualityStats(), 0.3) == 0.0
