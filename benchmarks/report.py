@@ -488,11 +488,47 @@ def fleet_dispatch(s: Section, plots_dir: Path) -> None:
             s.body += [f"No {kind} part in this JSON (see its target row).", ""]
 
 
+def federated_head(s: Section, plots_dir: Path) -> None:
+    """Its targets are recorded in the JSON (``verdicts``); the body is the drifts' curves and the Flower run."""
+    doc = s.doc or {}
+    m, tr, fl = doc["model"], doc["train"], doc["flower"]
+    if doc.get("quick"):
+        s.body += [f"**Quick mode** (epochs {m.get('epochs')}, {doc['rounds']} rounds): CI-sized.", ""]
+    s.body += [f"v1: the example digits CNN ({_n(m.get('params'))} parameters) compiled with `{m.get('recipe')}` "
+               f"({_n(doc['v1_clean_accuracy'] * 100, 1)}% on {_n(doc.get('test_samples'))} held-out digits). Each drift is "
+               f"injected into every device's samples and the test digits; {doc['devices']} non-IID devices (mostly two "
+               f"classes each) train only the head, in numpy on their frozen backbone's features ({tr['optimizer']}, "
+               f"learning rate {tr['learning_rate']}, {tr['epochs']} local epochs), FedAvg over the heads for "
+               f"{doc['rounds']} rounds (in one process, the devices' own trainer). *Recovered*: (after - drifted) / "
+               "(clean - drifted). *Central head*: the head trained on the union of the devices' samples.", "",
+               *table(["drift", "points lost", "v1 drifted %", f"federated head after {doc['rounds']} rounds %",
+                       "central head %", "recovered"],
+                      [[d["what"], _n(d["lost_points"], 1), _n(d["v1_drifted_accuracy"] * 100, 1),
+                        _n(d["federated"][-1] * 100, 1), _n(d["central_head"] * 100, 1), _n(d["recovered_fraction"], 3)]
+                       for d in doc["drifts"].values()])]
+    s.body += [f"Real Flower run ({fl['devices']} devices, {fl['rounds']} rounds, drift `{fl['drift']}`): SuperNodes "
+               f"whose ClientApp loads v1 with {', '.join(fl['device_runtime']) or '?'} and imported "
+               f"{', '.join(fl['device_imports_heavy']) or 'no TensorFlow, Keras, torch, ONNX or scikit-learn'}; "
+               f"the gate: {fl['gate']['reason']}.", "",
+               *table(["round", "wall s", "device training s (mean)", "device features s (mean)", "examples",
+                       "holdout accuracy %"],
+                      [[r["round"], _n(r["wall_s"], 2), _n(r["device_train_s"], 4), _n(r["device_features_s"], 4),
+                        _n(r["examples"]), _n((r["holdout_accuracy"] or 0) * 100, 1)] for r in fl["per_round"]])]
+    up = fl.get("update")
+    if up:
+        shown = {bool: lambda v: "yes" if v else "no", int: _n}
+        s.body += table(["promoted v2", "value"], [[k.replace("_", " "), shown.get(type(v), str)(v)]
+                                                  for k, v in up.items()])
+        s.body += ["bsdiff4 of the two archives is smaller here: bz2 compresses the differences of the head's float32 "
+                   "values, which the head update ships uncompressed (compressing its head file would close the gap; "
+                   "not done).", ""]
+
+
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
     "compiler_thirdparty": compiler_thirdparty, "onnx_conformance": onnx_conformance, "head_update": head_update,
-    "fleet_dispatch": fleet_dispatch,
+    "fleet_dispatch": fleet_dispatch, "federated_head": federated_head,
 }
 BUILDERS["quality_probation"] = quality_probation
 

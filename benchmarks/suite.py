@@ -78,6 +78,9 @@ SUITES: tuple[Suite, ...] = (
           ("-m", "benchmarks.demo_loop"), timeout_s=3000, quick_timeout_s=900),
     Suite("head_update", "Head-only updates of the example CNN: backbone + trainable head (issue 17)",
           ("-m", "benchmarks.head_update"), timeout_s=1800, quick_timeout_s=900),
+    Suite("federated_head", "Head-only federated fine-tuning of the example CNN: drift recovered, device training "
+          "time, update size (issue 17)", ("-m", "benchmarks.federated_digits", "--head"), timeout_s=1800,
+          quick_timeout_s=900),
     Suite("quality_probation", "Quality probation without labels: bad candidates caught, good ones kept (issue 17)",
           ("-m", "benchmarks.quality_probation"), timeout_s=1800, quick_timeout_s=600),
     Suite("onnx_conformance", "ONNX operator conformance through edgefleet.load().predict (issue 11)",
