@@ -857,6 +857,7 @@ class Registry:
         hists: dict[tuple[str, str, int], list[list[int]]] = {}  # ... -> the latency histograms, summed at the end
         newest: dict[str, tuple[float, dict[str, Any], list[tuple[str, int, int, int]], list[Any]]] = {}
         now = time.time()
+        lo, hi, now_minute = now - W.RETENTION, now + W.MAX_FUTURE, int(now // W.MINUTE) * W.MINUTE
         with self._lock, self.engine.begin() as c:
             if self.sqlite:  # take SQLite's write lock first, so the marks read below are still true at commit
                 c.execute(s["lock"], {"b_fleet": fleet, "b_ids": devices})  # (other processes may share the file)
@@ -873,16 +874,26 @@ class Registry:
                 moved[device_id] = max(r.seq for r in fresh)
                 metrics = per_version.setdefault(group, {})  # the hot path: metrics records, by version
                 bad = 0
+                best_ts, best = newest.get(device_id, (-math.inf, None))[0], None  # its newest metrics record
                 for r in fresh:
                     data, kind = r.data, r.kind
                     versions = data.get("versions") if kind == "metrics" else None
                     if type(versions) is dict:
                         counts = _metric_counts(versions)
-                        lats = [W.latency_counts(versions[v]) for v, _, _, _ in counts] if counts is not None else []
-                        if counts is None or False in lats:
+                        if counts is None:
                             bad += 1
                             continue
-                        minute = W.slot(r.ts, now)
+                        lats = [W.latency_counts(versions[v]) for v, _, _, _ in counts]
+                        if False in lats:
+                            bad += 1
+                            continue
+                        ts = r.ts
+                        if lo <= ts <= hi:  # W.slot(ts, now), inlined (per record): the minute it was taken in,
+                            minute: int | None = int(ts // W.MINUTE) * W.MINUTE
+                        elif ts > hi and ts != math.inf:  # now for a clock ahead,
+                            minute = now_minute
+                        else:  # none for one older than the retention (or not finite)
+                            minute = None
                         for (v, p, e, i), lat in zip(counts, lats):
                             a = metrics.get(v)
                             if a is None:
@@ -899,8 +910,8 @@ class Registry:
                                 w[0], w[1], w[2], w[3] = w[0] + 1, w[1] + p, w[2] + e, w[3] + i
                                 if type(lat) is list:
                                     hists.setdefault(slot, []).append(lat)
-                        if r.ts >= newest.get(device_id, (-math.inf,))[0]:  # the device's recent telemetry
-                            newest[device_id] = (r.ts, data, counts, lats)
+                        if ts >= best_ts:  # the device's recent telemetry
+                            best_ts, best = ts, (ts, data, counts, lats)
                         if not versions:
                             agg.setdefault((group, "", "metrics"), [0, 0, 0, 0])[0] += 1
                         continue
@@ -918,6 +929,8 @@ class Registry:
                         alerts.append({"fleet": fleet, "device_id": device_id, "kind": "drift",
                                        "version": version, "data": doc, "ts": float(r.ts)})
                     agg.setdefault((group, version, kind), [0, 0, 0, 0])[0] += 1
+                if best is not None:
+                    newest[device_id] = best
                 news.append(len(fresh) - bad)
                 rejected.append(bad)
             for group, by_version in per_version.items():
@@ -1481,7 +1494,7 @@ def _metric_counts(versions: dict[str, Any]) -> list[tuple[str, int, int, int]] 
             continue
         if len(v) > MAX_NAME or "\x00" in v:
             return None
-        p, e, i = st.get("predictions"), st.get("errors"), st.get("invalid_inputs")
+        p, e, i = st.get("predictions", 0), st.get("errors", 0), st.get("invalid_inputs", 0)
         if not (type(p) is int and 0 <= p <= MAX_BIGINT):
             p = _count(p)
         if not (type(e) is int and 0 <= e <= MAX_BIGINT):
