@@ -177,3 +177,62 @@ def test_quality_totals_survive_a_restart(make_cfg: Any, variants: dict[str, Pat
         assert agent.telemetry.quality()["1"]["labelled"] == 2
         assert agent.telemetry.quality()["1"]["accuracy"] == 0.5
         assert agent.status()["quality"]["1"]["correct"] == 1
+
+
+HEAVY = ("tensorflow", "keras", "tf_keras", "flwr", "paho", "torch", "sklearn", "tf2onnx", "onnx")
+
+
+def test_quality_probation_imports_no_framework(variants: dict[str, Path], tmp_path: Path, keys: dict[str, Any]
+                                                ) -> None:
+    """A whole probation with the comparator, the sequential test and the quality telemetry, in a process of its
+    own: no TensorFlow, Keras, Flower, paho, torch, scikit-learn or the onnx package is ever imported."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys, threading
+import numpy as np
+from edgefleet.device_agent.agent import Agent
+from edgefleet.device_agent.config import AgentConfig, QualityConfig, UpdateConfig
+cfg = AgentConfig(state_dir={str(tmp_path / 'state')!r}, device_id="dev-imports", hardware_tags=("test-board",),
+                  trusted_keys=({str(keys['pub'])!r},), update=UpdateConfig(probation_seconds=0.5),
+                  quality=QualityConfig(mode="enforce", min_samples=30, wait_seconds=30.0))
+with Agent(cfg, tick_seconds=0.05) as agent:
+    agent.install({str(variants['v1'])!r}, wait=True, timeout=10)
+    stop = threading.Event()
+    rng = np.random.default_rng(0)
+    def feed():
+        while not stop.is_set():
+            agent.predict(rng.normal(size=(1, 4)).astype(np.float32))
+            stop.wait(0.002)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    job = agent.install({str(variants['bad'])!r}, wait=True, timeout=30)
+    stop.set()
+    t.join(5)
+    agent.flush_telemetry()
+print(json.dumps({{"status": job.status.value, "reason": job.reason, "modules": sorted(sys.modules)}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["status"], out["reason"]) == ("ROLLED_BACK", "quality")
+    loaded = {m.split(".")[0] for m in out["modules"]}
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    assert "edgefleet.device_agent.quality" in out["modules"]
+
+
+def test_a_shadow_run_measures_quality_too(make_cfg: Any, variants: dict[str, Path], traffic: Any) -> None:
+    """In shadow the candidate runs beside the active version before any swap: the same comparison is made (the
+    candidate as the new version) and the shadow report carries it; probation then compares again."""
+    with Agent(make_cfg(quality=ENFORCE), tick_seconds=0.05) as agent:
+        agent.install(variants["v1"], wait=True, timeout=10)
+        traffic(agent)
+        job = agent.install(variants["good"], shadow=True)
+        assert job.step is Step.SHADOWING
+        job = agent.wait(job.job_id, timeout=60)
+        assert job.status is JobStatus.SUCCEEDED, job
+        q = job.details["shadow"]["quality"]
+        assert q["compared"] > 0 and q["reference"] == "1" and q["version"] == "2" and q["agreement"] > 0.8
+        assert job.details["probation"]["quality"]["verdict"] == "pass"

@@ -176,8 +176,7 @@
       {
         label: "verdict",
         cell: (q) => (q.verdict
-          ? [badge({ fail: "FAILED", pass: "SUCCEEDED" }[q.verdict] || "IN_PROGRESS"), " ", q.verdict,
-            q.signal ? h("span", { class: "small muted" }, ` (${q.signal})`) : null]
+          ? [h("strong", {}, q.verdict), q.signal ? h("span", { class: "small muted" }, ` (${q.signal})`) : null]
           : dash),
       },
     ], rows.map((q) => ({ ...q, __key: `${q.device_id}:${q.version}` })),
