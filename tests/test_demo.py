@@ -20,7 +20,7 @@ from edgefleet.cloud_sync.demo.status import status_line, summary_rows
 from edgefleet.errors import ConfigError, SyncError
 
 STAGES = ("data", "train", "compile", "broker", "fleet", "rollout_v1", "serve", "federation", "drift", "federated",
-          "compile_v2", "rollout_v2")
+          "compile_v2", "rollout_v2", "bad_candidate")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -74,11 +74,25 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     for r in s["rollouts"]:
         assert r["bytes"] > 0 and r["state"] == "completed"
         assert [st["name"] for st in r["stages"]] == ["canary", "wave 1"], r["stages"]
-    assert s["rollouts"][1]["deltas"] == 2 and s["rollouts"][1]["bytes"] < s["rollouts"][0]["bytes"]
+    # v2 is v1's pruned int8 backbone with the aggregated head: it ships as a head-only update (< 5% of the bundle)
+    assert s["rollouts"][1]["head_updates"] == 2 and s["rollouts"][1]["deltas"] == 2
+    assert s["rollouts"][1]["bytes"] < 0.05 * 2 * s["rollouts"][1]["archive_bytes"], s["rollouts"][1]
+    from edgefleet.bundle import verify_bundle_dir
+
+    v1, v2 = (verify_bundle_dir(wd / "bundles" / "digits-v1"), verify_bundle_dir(fed["gate"]["bundle"]))
+    assert v2.manifest.head is not None and v1.manifest.metrics["sparsity"] == v2.manifest.metrics["sparsity"] == 0.5
+    assert (v1.path / v1.manifest.model_file).read_bytes() == (v2.path / v2.manifest.model_file).read_bytes()
+    # the bad v3 (a head trained on shuffled labels, no gate) was rolled back by quality probation on the canary,
+    # which halted its rollout: the other device never got it
+    bad = s["bad_candidate"]
+    assert bad["version"] == "3" and bad["state"] == "halted" and bad["sent_to"] == [r["device_id"] for r in
+                                                                                     bad["rolled_back"]]
+    assert len(bad["rolled_back"]) == 1 and bad["rolled_back"][0]["reason"] == "quality", bad
+    assert bad["test_accuracy"] < s["accuracy_after"] - 0.2 and bad["head_updates"] == 1
     assert set(STAGES) <= set(s["stages"]) and all(v >= 0 for v in s["stages"].values())
     assert {a["device_id"] for a in s["drift_alerts"]} == {"dev-02"}
     for text in ("DRIFT ALERT from dev-02", "the coordinator started federated run", "round 1: 2 device(s) trained",
-                 "signed as v2", "devices 2/2 online"):
+                 "signed as v2", "devices 2/2 online", "head-only update", "(canary) rolled v3 back on probation: quality"):
         assert text in proc.stdout, text
     assert not leftovers(wd)
     print(f"demo (2 devices, 1 round) took {took:.0f}s; stages {s['stages']}")

@@ -1,12 +1,15 @@
 """``edgefleet demo``: the whole loop on this machine, with real components, stage by stage.
 
-data -> train a deliberately weak v1 -> compile (pruned + int8, signed, with its report) ->
-Mosquitto -> coordinator + N device processes -> staged rollout of v1 -> devices predict on
-their local data (telemetry); a flower-superlink, and a flower-supernode supervised by each
-device's agent; the group opted in to retraining on drift -> drift injected on some devices, alert -> the
-coordinator starts ``edgefleet federated run --deploy`` by itself: rounds on the devices' own
-samples (recorded in the registry), the aggregate compiled with v1's recipe, gated on the
-holdout, signed as v2 and rolled out in stages -> summary (also ``summary.json``).
+data -> train a deliberately weak v1, the compiler's example CNN -> compile (its backbone pruned +
+int8, its last Dense kept as a float trainable head; signed, with its report) -> Mosquitto ->
+coordinator + N device processes -> staged rollout of v1 -> devices predict on their local data
+(telemetry); a flower-superlink, and a flower-supernode supervised by each device's agent; the group
+opted in to retraining on drift -> drift injected on some devices, alert -> the coordinator starts
+``edgefleet federated run --deploy`` by itself: rounds on the devices' own samples (recorded in the
+registry) in which they train only the head, in numpy on their backbone's features; the aggregated head
+on v1's backbone (nothing recompiled), gated on the holdout, signed as v2 and rolled out in stages as a
+head-only update -> a deliberately bad v3 (a head trained on shuffled labels, deployed without the gate)
+rolled back by quality probation on the canary, the rollout halted -> summary (also ``summary.json``).
 
 Every process it starts is stopped on the way out, also on Ctrl-C or SIGTERM; see :mod:`.procs`.
 """
@@ -32,7 +35,7 @@ from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 from ..broker import find_mosquitto, free_port
 from . import procs
 from .device import BATCH, CONTROL, STATUS, agent_toml, read_json, write_json
-from .scenario import LABELS, LAYERS, PREPROCESSING, Scenario, drifted_devices, make_scenario
+from .scenario import CNN_PREPROCESSING, LABELS, Scenario, drifted_devices, make_scenario
 from .status import local_accuracy, stage_names, status_line, summary_rows
 
 DRIFT = {"gain": 0.5, "offset": 6.0}
@@ -47,6 +50,7 @@ class DemoConfig:
     broker: str | None = None  # None: start our own Mosquitto on a free loopback port
     rounds: int = 2
     local_epochs: int = 5
+    bad_candidate: bool = True  # after v2: a bad v3 that quality probation rolls back on the canary
     seed: int = 0
     status_interval: float = 2.0
     drift_timeout: float = 45.0
@@ -175,9 +179,10 @@ class Demo:
             scen = make_scenario(self.cfg.devices, seed=self.cfg.seed)
             paths = scen.write(wd / "data")
             self._describe(scen)
-        with self.stage("train", "train the example digits model (64-32-10 dense network) on the cloud's small set"):
+        with self.stage("train", "train the compiler's example digits CNN on the cloud's small set"):
             src, float_acc = self.train(scen)
-        with self.stage("compile", "compile v1: prune 50% + int8 TFLite, signed, with its report"):
+        with self.stage("compile", "compile v1: the backbone pruned 50% + int8 TFLite, the last Dense a float "
+                                   "trainable head; signed, with its report"):
             keys = self.keys()
             v1, v1_archive = self.compile_v1(src, paths, keys[0])
         with self.stage("broker", "MQTT broker"):
@@ -192,16 +197,16 @@ class Demo:
         with self.stage("serve", "devices predict on their local sensor data; telemetry flows to the coordinator"):
             self.serve()
         with self.stage("federation", "opt the group in to federated retraining when its devices report drift"):
-            self.retrain_on_drift(src, paths, v1, keys[0])
+            self.retrain_on_drift(paths, v1, keys[0])
         with self.stage("drift", "inject sensor drift on some devices and wait for the drift alert"):
             alerts = self.drift()
         with self.stage("federated", f"the drift alert starts a federated run: {self.cfg.rounds} round(s) with Flower "
                                      "on the devices' own samples"):
             run = self.follow_run(until="aggregated")
         bytes_before = self.device_stats()
-        with self.stage("compile_v2", "the run compiles the aggregate with v1's recipe (int8; no pruning: its "
-                                      "fine-tuning needs training data the coordinator lacks), gates it on the "
-                                      "holdout, signs v2 and deploys it"):
+        with self.stage("compile_v2", "the run puts the aggregated head on v1's backbone (nothing recompiled: "
+                                      "pruning and int8 stay), gates it on the holdout with the SDK, signs v2 and "
+                                      "deploys it"):
             run = self.follow_run(run["id"], until="final")
         gate = run["result"].get("gate") or {}
         dep = run["result"].get("deployment") or {}
@@ -215,8 +220,15 @@ class Demo:
                 rollouts.append(self.rollout(v2_archive, str(gate["version"]), dep["id"], bytes_before))
             final_version = str(gate["version"])
             self.settle(final_version)
+        bad: dict[str, Any] | None = None
+        if self.cfg.bad_candidate and final_version != "1":
+            with self.stage("bad_candidate", f"a bad candidate: v{int(final_version) + 1} is v{final_version} with a "
+                                             "head trained on shuffled labels, deployed with the gate skipped; "
+                                             "quality probation on the canary compares it with "
+                                             f"v{final_version} on live inputs, without labels"):
+                bad = self.bad_candidate(scen, Path(gate["bundle"]), final_version, keys[0])
         self.stop_status()
-        self.finish(scen, v1, gate, float_acc, rollouts, alerts, run, final_version)
+        self.finish(scen, v1, gate, float_acc, rollouts, alerts, run, final_version, bad)
 
     # -- steps ----------------------------------------------------------------------------------
     def _describe(self, scen: Scenario) -> None:
@@ -227,23 +239,27 @@ class Demo:
                      f"samples, {len(d.sensor_y)} sensor inputs (never leave the device)")
 
     def train(self, scen: Scenario) -> tuple[Path, float]:
-        from edgefleet.cloud_sync.federated.trainer import MLPSpec, TrainConfig, evaluate, train
-
-        spec = MLPSpec.parse(LAYERS)
-        res = train(spec.init(self.cfg.seed), scen.cloud_x / 16.0, scen.cloud_y,
-                    TrainConfig(epochs=30, learning_rate=0.1, seed=self.cfg.seed))
-        _, acc = evaluate(res.weights, scen.test_x / 16.0, scen.test_y)
         src = self.workdir / "model" / "digits-v1.keras"
         src.parent.mkdir(parents=True, exist_ok=True)
         with self.quiet():
-            from edgefleet.cloud_sync.federated.loop import save_keras
+            import keras
 
-            save_keras(res.weights, spec, src)
+            from edgefleet.compiler.examples import digits_cnn
+            from edgefleet.compiler.passes._train import set_seed
+
+            set_seed(self.cfg.seed)
+            model = digits_cnn()
+            model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            model.fit((scen.cloud_x / 16.0).reshape(-1, 8, 8, 1), scen.cloud_y, epochs=30, batch_size=16, verbose=0)
+            _, acc = model.evaluate((scen.test_x / 16.0).reshape(-1, 8, 8, 1), scen.test_y, verbose=0)
+            model.save(src)
         (src.parent / (src.name + ".edgefleet.json")).write_text(
-            json.dumps({"preprocessing": PREPROCESSING, "labels": LABELS}, indent=2) + "\n")
-        self.say(f"  {src.relative_to(self.workdir)}: float accuracy on the test set {100 * acc:.1f}% "
+            json.dumps({"preprocessing": CNN_PREPROCESSING, "labels": LABELS}, indent=2) + "\n")
+        self.say(f"  {src.relative_to(self.workdir)}: conv 32 -> conv 64 -> pool -> dense 256 -> dense 10 "
+                 f"({model.count_params():,} parameters); float accuracy on the test set {100 * acc:.1f}% "
                  f"(it never saw classes {scen.known_classes}-9)")
-        return src, acc
+        return src, float(acc)
 
     def keys(self) -> tuple[Path, Path]:
         from edgefleet.keys import generate_keypair
@@ -257,7 +273,7 @@ class Demo:
 
         cfg = CompileConfig.from_dict({
             "quantize": "int8", "format": "tflite", "seed": self.cfg.seed,
-            "prune": {"sparsity": 0.5, "epochs": 2},
+            "prune": {"sparsity": 0.5, "epochs": 2}, "head": {"layers": 1},
             "data": {"train": str(paths["cloud"]), "calibration": str(paths["cloud"]), "eval": str(paths["test"])},
             "output": {"name": "digits", "version": "1", "key": str(key), "archive": True, "overwrite": True},
         }, "demo recipe")
@@ -388,6 +404,7 @@ class Demo:
         after = self.device_stats()
         got = {k: after[k]["bytes_received"] - before.get(k, {}).get("bytes_received", 0) for k in after}
         deltas = sum(after[k]["delta_used"] - before.get(k, {}).get("delta_used", 0) for k in after)
+        heads = sum(after[k]["head_updates_used"] - before.get(k, {}).get("head_updates_used", 0) for k in after)
         per_stage: dict[int, int] = {}
         for j in d["jobs"]:
             if j["action"] == "install":
@@ -396,11 +413,12 @@ class Demo:
         for st in sorted(per_stage):
             total += per_stage[st]
             stages.append({"name": self.stage_labels[st] if st < len(self.stage_labels) else str(st), "devices": total})
+        how = "head-only update" if heads else "bsdiff delta" if deltas else "full bundle"
         self.say(f"  v{version} on {d['done']}/{d['targets']} devices in {seconds:.1f}s; {sum(got.values()):,} bytes "
-                 f"shipped ({'bsdiff delta' if deltas else 'full bundle'}; archive {archive.stat().st_size:,} B)")
+                 f"shipped ({how}; archive {archive.stat().st_size:,} B)")
         return {"version": version, "deployment": d["id"], "seconds": round(seconds, 2), "stages": stages,
                 "bytes": int(sum(got.values())), "bytes_per_device": got, "deltas": int(deltas),
-                "archive_bytes": archive.stat().st_size, "state": d["state"]}
+                "head_updates": int(heads), "archive_bytes": archive.stat().st_size, "state": d["state"]}
 
     def serve(self) -> None:
         n = len(self.device_dirs)
@@ -450,14 +468,15 @@ class Demo:
         self.say(f"  flower-superlink on {self.superlink.address} (pid {self.superlink.pid})")
         return str(self.superlink.address)
 
-    def retrain_on_drift(self, src: Path, paths: Mapping[str, Path], v1: Path, key: Path) -> None:
+    def retrain_on_drift(self, paths: Mapping[str, Path], v1: Path, key: Path) -> None:
         """Opt the group in to retraining on drift (``edgefleet fleet retrain``) with the options of the
-        ``federated run`` the coordinator will start."""
+        ``federated run`` the coordinator will start: v1 has a trainable head, so the devices train that head
+        (Adam, in numpy on their backbone's features) and no Keras source is needed."""
         assert self.superlink is not None
         n = len(self.device_dirs)
         run_args = ["--superlink", self.superlink.address, "--min-nodes", str(n), "--round-timeout", "90",
-                    "--local-epochs", str(self.cfg.local_epochs), "--learning-rate", "0.1", "--batch-size", "16",
-                    "--model", str(src), "--deployed", str(v1), "--holdout", str(paths["holdout"]), "--key", str(key),
+                    "--local-epochs", str(self.cfg.local_epochs), "--optimizer", "adam", "--learning-rate", "0.01",
+                    "--batch-size", "16", "--deployed", str(v1), "--holdout", str(paths["holdout"]), "--key", str(key),
                     "--margin", "0.02", "--deploy", "--canary", "5%", "--waves", "50%,100%", "--max-failure", "0%",
                     "--timeout", str(self.cfg.rounds * 150 + 120)]
         body = {"on_drift": True, "min_devices": 1, "window_s": 3600.0, "cooldown_s": 3600.0,
@@ -508,6 +527,65 @@ class Demo:
             self.say(f"  the run started deployment {dep['id']} of v{dep['version']} to group {dep['group']}")
         return dict(run)
 
+    def bad_candidate(self, scen: Scenario, good: Path, version: str, key: Path) -> dict[str, Any]:
+        """A deliberately bad next version: ``good`` (the promoted bundle) with a head trained on the holdout's
+        labels shuffled, signed with the fleet key and deployed without the gate, the install jobs carrying the
+        quality policy ``mode=enforce``. The canary device compares it with the version it replaces on its live
+        inputs (no labels) and rolls it back; the failed canary halts the rollout."""
+        import numpy as np
+
+        import edgefleet
+        from edgefleet.cloud_sync.coordinator.client import deploy_bundle
+        from edgefleet.cloud_sync.federated.head_trainer import HeadTrainConfig, train_head
+        from edgefleet.headupdate import update_head
+        from edgefleet.keys import load_private_key
+
+        bad = str(int(version) + 1)
+        rng = np.random.default_rng(self.cfg.seed)
+        with edgefleet.load(good) as m:
+            assert m.head is not None
+            res = train_head(m.head, m.features(scen.gate_x), rng.permutation(scen.gate_y),
+                             HeadTrainConfig(epochs=40, learning_rate=0.01, optimizer="adam", seed=self.cfg.seed))
+            test_feats = m.features(scen.test_x)
+            bad_acc = float(np.mean(res.head.forward(test_feats).argmax(1) == scen.test_y))
+            good_acc = float(np.mean(m.head.forward(test_feats).argmax(1) == scen.test_y))
+        _, archive = update_head(good, res.head, self.workdir / "bundles" / f"digits-v{bad}", version=bad,
+                                 private_key=load_private_key(key), archive=True,
+                                 lineage={"note": "deliberately bad: a head trained on shuffled labels, no gate"})
+        assert archive is not None
+        self.say(f"  v{bad}: accuracy on the test set {100 * bad_acc:.1f}% (v{version}: {100 * good_acc:.1f}%); signed "
+                 "with the fleet key, so every check but quality passes")
+        before = self.device_stats()
+        dep = deploy_bundle(self.api, self.token, archive, GROUP, canary="5%", waves="50%,100%", max_failure="0%",
+                            quality="mode=enforce")
+        self.say(f"  deployment {dep['id']}: digits v{bad} to {dep['targets']} device(s) of group {GROUP}, quality "
+                 f"policy mode=enforce: probation runs v{version} beside v{bad} on the same live inputs")
+        deadline = time.monotonic() + self.cfg.rollout_timeout
+        while True:
+            self.check_children()
+            d = self.get(f"/v1/deployments/{dep['id']}")
+            if d["state"] not in ("running", "paused"):
+                break
+            if time.monotonic() > deadline:
+                raise SyncError(f"the rollout of v{bad} is still {d['state']} after {self.cfg.rollout_timeout:.0f}s")
+            time.sleep(0.3)
+        jobs = [j for j in d["jobs"] if j["action"] == "install"]
+        rolled = [j for j in jobs if j["status"] == "ROLLED_BACK"]
+        for j in rolled:
+            self.say(f"  {j['device_id']} (canary) rolled v{bad} back on probation: {j['reason']}: {j['message']}")
+        self.say(f"  deployment {d['id']} {d['state']}" + (f": {d['reason']}" if d.get("reason") else "")
+                 + f"; {len(jobs)} of {d['targets']} device(s) were sent v{bad}")
+        self.wait(lambda: all((self.device_status(k) or {}).get("active_version") == version
+                              for k in self.device_dirs), 30, f"every device serving v{version}")
+        after = self.device_stats()
+        return {"version": bad, "deployment": d["id"], "state": d["state"], "reason": d.get("reason"),
+                "test_accuracy": bad_acc, "replaced_accuracy": good_acc, "targets": d["targets"],
+                "sent_to": [j["device_id"] for j in jobs],
+                "rolled_back": [{"device_id": j["device_id"], "reason": j["reason"], "message": j["message"]}
+                                for j in rolled],
+                "head_updates": sum(after[k]["head_updates_used"] - before[k]["head_updates_used"] for k in after),
+                "bytes": sum(after[k]["bytes_received"] - before[k]["bytes_received"] for k in after)}
+
     def settle(self, version: str, seconds: float = 3.0) -> None:
         """Let the devices predict with the final version for a moment (their local accuracy)."""
         deadline = time.monotonic() + 20
@@ -521,7 +599,7 @@ class Demo:
 
     def finish(self, scen: Scenario, v1: Path, gate: Mapping[str, Any], float_acc: float,
                rollouts: list[dict[str, Any]], alerts: list[dict[str, Any]], run: Mapping[str, Any],
-               final_version: str) -> None:
+               final_version: str, bad: Mapping[str, Any] | None = None) -> None:
         from edgefleet.cloud_sync.federated.loop import bundle_accuracy
 
         before = bundle_accuracy(v1, scen.test_x, scen.test_y)
@@ -551,6 +629,7 @@ class Demo:
                           "status": run.get("status"), "flower_run_id": run.get("flower_run_id"),
                           "rounds": run.get("round_metrics", []), "gate": dict(gate),
                           "deployment": (run.get("result") or {}).get("deployment")},
+            "bad_candidate": dict(bad) if bad is not None else None,
             "total_seconds": round(time.monotonic() - self.t0, 2),
         }
         write_json(self.workdir / "summary.json", self.summary)
@@ -587,6 +666,12 @@ class Demo:
         self.say(f"accuracy {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}% on "
                  f"{s['test_samples']} held-out digits; {verdict} on v{s['final_version']}; "
                  f"{s['bytes_shipped']:,} bytes shipped; {s['total_seconds']:.0f}s in all")
+        bad = s.get("bad_candidate")
+        if bad:
+            who = ", ".join(r["device_id"] for r in bad["rolled_back"]) or "no device"
+            self.say(f"bad candidate v{bad['version']} ({100 * bad['test_accuracy']:.1f}% on the test set): rolled back "
+                     f"by quality probation on {who}; its rollout {bad['state']} after {len(bad['sent_to'])} of "
+                     f"{bad['targets']} device(s)")
         self.say(f"summary: {self.workdir / 'summary.json'}")
 
     # -- live status -------------------------------------------------------------------------------
@@ -643,7 +728,8 @@ class Demo:
         out = {}
         for k in self.device_dirs:
             sync = (self.device_status(k) or {}).get("sync") or {}
-            out[k] = {"bytes_received": int(sync.get("bytes_received", 0)), "delta_used": int(sync.get("delta_used", 0))}
+            out[k] = {"bytes_received": int(sync.get("bytes_received", 0)), "delta_used": int(sync.get("delta_used", 0)),
+                      "head_updates_used": int(sync.get("head_updates_used", 0))}
         return out
 
     def control(self, device_id: str, **changes: Any) -> None:

@@ -22,6 +22,9 @@ import numpy as np
 from edgefleet.errors import ConfigError
 
 PREPROCESSING = {"steps": [{"op": "scale", "factor": 1 / 16}]}
+#: the demo's model, the compiler's example CNN, takes the same raw 64 pixels as an 8x8 image
+CNN_PREPROCESSING = {"input_shape": [64], "steps": [{"op": "scale", "factor": 1 / 16},
+                                                    {"op": "reshape", "shape": [8, 8, 1]}]}
 LABELS = [str(i) for i in range(10)]
 LAYERS = "64,32,10"
 
@@ -111,4 +114,4 @@ def drifted_devices(ids: list[str]) -> list[str]:
 
 
 __all__ = ["Scenario", "DeviceData", "make_scenario", "device_ids", "drifted_devices", "PREPROCESSING", "LABELS",
-           "LAYERS"]
+           "LAYERS", "CNN_PREPROCESSING"]

@@ -102,7 +102,8 @@ def summary_rows(summary: Mapping[str, Any]) -> dict[str, list[list[str]]]:
     for r in summary.get("rollouts", []):
         stages = ", ".join(f"{st['name']} ({st['devices']})" for st in r.get("stages", []))
         rollouts.append([f"v{r['version']}", stages, f"{r['seconds']:.1f}s", f"{r['bytes']:,}",
-                         f"{'bsdiff delta' if r.get('deltas') else 'full'} (archive {r['archive_bytes']:,} B)"])
+                         f"{'head-only update' if r.get('head_updates') else 'bsdiff delta' if r.get('deltas') else 'full'} "
+                         f"(archive {r['archive_bytes']:,} B)"])
     timing = [[name.replace("_", " "), f"{sec:.1f}s"] for name, sec in summary.get("stages", {}).items()]
     devices = []
     for d in devs:
