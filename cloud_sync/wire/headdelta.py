@@ -19,15 +19,19 @@ sha256 (:func:`apply_head_update`) and then installed as a full download is:
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from edgefleet.bundle import Bundle, open_bundle, write_archive
+from edgefleet.bundle import MAX_MANIFEST_BYTES, Bundle, open_bundle, write_archive
 from edgefleet.errors import EdgefleetError, SyncError
 from edgefleet.headupdate import HeadUpdate, head_update_of, rebuild_bundle
 from edgefleet.keys import KeySource
+from edgefleet.manifest import MANIFEST_NAME
 
 from .protocol import FileInfo
 
@@ -40,6 +44,21 @@ def is_head_update(data: bytes) -> bool:
     return data.startswith(MAGIC)
 
 
+def declares_head(archive: bytes) -> bool:
+    """Whether an ``.efb``'s manifest (its first member) declares a trainable head: a cheap look before a bundle
+    is extracted and verified (False for anything unexpected; the full checks come after a True)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST_NAME or not first.isfile() or first.size > MAX_MANIFEST_BYTES:
+                return False
+            fh = tar.extractfile(first)
+            doc = json.loads(fh.read(MAX_MANIFEST_BYTES + 1)) if fh is not None else None
+    except (tarfile.TarError, OSError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("head"), dict)
+
+
 def _archive_of(bundle: Bundle, work: Path) -> bytes:
     return write_archive(bundle.path, work / "rebuilt.efb").read_bytes()
 
@@ -49,6 +68,8 @@ def make_head_update(base_archive: bytes, target_archive: bytes,
     """The head update that turns the bundle of ``base_archive`` into ``target_archive`` (``.efb`` bytes both),
     or ``None`` when the target is not a head-only update of that base (no head, another backbone, another
     model) or its rebuild would not be the target archive byte for byte."""
+    if not (declares_head(target_archive) and declares_head(base_archive)):
+        return None
     with tempfile.TemporaryDirectory(prefix="edgefleet-headdelta-") as tmp:
         work = Path(tmp)
         (work / "base.efb").write_bytes(base_archive)
@@ -87,4 +108,4 @@ def apply_head_update(installed: Bundle, data: bytes, expected: FileInfo,
     return out
 
 
-__all__ = ["MAGIC", "is_head_update", "make_head_update", "apply_head_update"]
+__all__ = ["MAGIC", "is_head_update", "declares_head", "make_head_update", "apply_head_update"]

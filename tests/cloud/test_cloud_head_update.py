@@ -16,7 +16,7 @@ from helpers import coordinator, device
 
 from edgefleet.bundle import open_bundle
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
-from edgefleet.cloud_sync.wire.headdelta import apply_head_update, is_head_update, make_head_update
+from edgefleet.cloud_sync.wire.headdelta import apply_head_update, declares_head, is_head_update, make_head_update
 from edgefleet.cloud_sync.wire.transfer import file_info, make_delta
 from edgefleet.errors import SyncError
 from edgefleet.head import Head, HeadLayer
@@ -145,13 +145,16 @@ def test_a_head_update_that_does_not_apply_makes_the_device_fetch_the_full_bundl
 
 
 def test_the_coordinator_offers_a_head_update_only_for_a_new_head_on_the_same_backbone(
-        head_archives: dict[str, Path], keys: dict[str, Any], tmp_path: Path) -> None:
+        head_archives: dict[str, Path], archives: dict[str, Path], keys: dict[str, Any], tmp_path: Path) -> None:
     v1, v2, other = (head_archives[k].read_bytes() for k in ("1", "2", "2-other"))
+    plain1, plain2 = archives["1"].read_bytes(), archives["2"].read_bytes()
 
     update = make_head_update(v1, v2, keys["pub"])
 
     assert update is not None and len(update) < len(v2) * 0.02
     assert make_head_update(v1, other, keys["pub"]) is None  # another backbone: a bsdiff4 delta or the file
+    assert make_head_update(plain1, plain2, keys["pub"]) is None  # bundles without a head
+    assert declares_head(v2) and not declares_head(plain2) and not declares_head(b"not a tar archive")
     installed, keep = open_bundle(head_archives["1"], keys["pub"], workdir=tmp_path)
     wrong, keep_wrong = open_bundle(head_archives["other1"], keys["pub"], workdir=tmp_path)
     assert apply_head_update(installed, update, file_info(v2, 1024), keys["pub"]) == v2
