@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DISPATCH_BATCH = 5000  # install jobs recorded per registry transaction when a stage is dispatched
+FILE_CACHE = 8  # files (bundles, deltas) kept in memory with their encoded chunk frames: the latest ones served
 DEFAULT_TELEMETRY_RATE = 1000.0  # records per second per device: far above what a device's agent produces (a few
 # records per telemetry interval), low enough that one device cannot take the ingest from the rest of the fleet
 
@@ -125,6 +126,7 @@ class Coordinator:
         telemetry_rate: float | None = DEFAULT_TELEMETRY_RATE,
         telemetry_burst: float | None = None,
         origin: Origin | None = None,
+        file_cache: int = FILE_CACHE,
     ) -> None:
         self.registry = registry
         self.transport = transport
@@ -154,12 +156,16 @@ class Coordinator:
         self.gone: set[str] = {d.device_id for d in registry.decommissioned(self.fleet)}
         self._gone_read = time.monotonic()
         self.broker_access: BrokerAccess | None = None  # cloud serve --broker-config: where to revoke them
-        self._files: dict[str, tuple[P.FileInfo, bytes]] = {}
+        # The files served last (at most ``file_cache``, least recently served dropped first; the registry holds
+        # them all) and their encoded chunk frames: a long-running coordinator must not keep every bundle it
+        # ever deployed (measured by benchmarks/soak.py: about a megabyte more resident memory per rollout).
+        self.file_cache = max(1, file_cache)
+        self._files: OrderedDict[str, tuple[P.FileInfo, bytes]] = OrderedDict()
         # Where devices fetch bundles and deltas over HTTP(S) (``cloud serve --origin-dir/--origin-url``; origin.py):
         # each file is published there once and install jobs carry its URL; devices fall back to MQTT chunks when
         # it fails. None: MQTT chunks only.
         self.origin = origin
-        self._frames: dict[tuple[str, int], bytes] = {}  # encoded chunk frames: hashed once, not once per device
+        self._frames: dict[str, dict[int, bytes]] = {}  # a cached file's encoded chunk frames: hashed once, not per device
         # At most ``max_transfers`` (device, file) transfers are served at once (0 = no limit); the others wait
         # in arrival order. 1,000 devices each asking for a 1 MiB window at once would otherwise queue a
         # gigabyte behind the broker: every chunk arrives late, stall timers fire and chunks are sent twice.
@@ -173,7 +179,7 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # rollout changes from the API and the tick
         self._groups: dict[str, str] = {}
-        self._recent: dict[tuple[str, str], dict[int, float]] = {}
+        self._recent: dict[str, tuple[str, dict[int, float]]] = {}  # device -> (the file it is sent, chunk -> when)
         # A chunk the broker has taken for a device's persistent session (QoS 1) reaches the device unless a
         # connection in between was lost: re-requests of it are the device's stall timer running out while
         # the chunk waits in a queue (under load), and answering them only adds to that queue. So a chunk goes
@@ -551,6 +557,7 @@ class Coordinator:
     def _file(self, file_id: str) -> tuple[P.FileInfo, bytes] | None:
         f = self._files.get(file_id)
         if f is not None:
+            self._files.move_to_end(file_id)
             return f
         art = self.registry.artifact(file_id)
         data = art.data if art else None
@@ -561,6 +568,8 @@ class Coordinator:
             return None
         f = (P.FileInfo(file_id, len(data), self.chunk_size), bytes(data))
         self._files[file_id] = f
+        while len(self._files) > self.file_cache:
+            self._frames.pop(self._files.popitem(last=False)[0], None)
         return f
 
     def _chunks(self, device: str, req: P.ChunkRequest) -> None:
@@ -628,7 +637,11 @@ class Coordinator:
     def _serve(self, device: str, req: P.ChunkRequest, info: P.FileInfo, chunks: list[P.Chunk]) -> None:
         topic = P.down_topic(self.fleet, device, P.Down.CHUNK)
         now = time.monotonic()
-        sent = self._recent.setdefault((device, req.file_id), {})
+        recent = self._recent.get(device)
+        if recent is None or recent[0] != req.file_id:  # a device is sent one file at a time: forget the last one
+            recent = self._recent[device] = (req.file_id, {})
+        sent = recent[1]
+        frames = self._frames.setdefault(req.file_id, {}) if req.file_id in self._files else {}
         n = 0
         since = max(self._sent_epoch, self._births.get(device, 0.0))
         for c in chunks:
@@ -637,9 +650,9 @@ class Coordinator:
                 self.counters["duplicate_requests_skipped"] += 1
                 continue  # already on its way (see resend_guard)
             sent[c.index] = now
-            frame = self._frames.get((req.file_id, c.index))
+            frame = frames.get(c.index)
             if frame is None:
-                frame = self._frames[(req.file_id, c.index)] = c.to_bytes()
+                frame = frames[c.index] = c.to_bytes()
             self.transport.publish(topic, frame, qos=1)
             n += 1
         self.served[device] += n
@@ -1099,6 +1112,7 @@ class Coordinator:
         """Drop what this coordinator remembers of ``device`` (it was decommissioned)."""
         self._groups.pop(device, None)
         self._births.pop(device, None)
+        self._recent.pop(device, None)
         self.claims.pop(device, None)
         for key in [k for k in self._serving if k[0] == device]:
             del self._serving[key]
