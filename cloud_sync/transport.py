@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
 DisconnectHandler = Callable[[str], None]  # called with the reason ("closed" for our own clean close)
+AckHandler = Callable[[str, bytes, Callable[[], None]], None]  # (topic, payload, ack): MqttTransport.on_message_ack
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,25 @@ class MqttConfig:
         return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
 
 
+class _Ack:
+    """A received message's acknowledgement (MqttTransport.on_message_ack): its PUBACK goes out on the ``needed``-th
+    call, unless the connection it came on is gone (then the broker sends it again)."""
+
+    __slots__ = ("client", "mid", "qos", "needed", "epoch", "current", "_lock")
+
+    def __init__(self, client: Any, mid: int, qos: int, needed: int, epoch: int, current: Callable[[], int]) -> None:
+        self.client, self.mid, self.qos, self.needed, self.epoch, self.current = client, mid, qos, needed, epoch, current
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.needed -= 1
+            if self.needed != 0:
+                return
+        if self.qos > 0 and self.current() == self.epoch:
+            self.client.ack(self.mid, self.qos)
+
+
 class MqttTransport:
     """paho-mqtt 2.x, MQTT 5, persistent session, automatic reconnect with exponential backoff."""
 
@@ -283,6 +303,7 @@ class MqttTransport:
         if will is not None:
             self.client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._handlers: list[Handler] = []
+        self._ack_handlers: list[AckHandler] = []
         self._on_connect_cbs: list[Callable[[], None]] = []
         self._on_disconnect_cbs: list[DisconnectHandler] = []
         self._closing = False
@@ -304,6 +325,14 @@ class MqttTransport:
 
     def on_message(self, handler: Handler) -> None:
         self._handlers.append(handler)
+
+    def on_message_ack(self, handler: AckHandler) -> None:
+        """``handler(topic, payload, ack)``: at least once. The broker gets a message's PUBACK only when ``ack()`` has
+        been called (from any thread; by every such handler), so a message received but not yet handled when this
+        process died is delivered again when its persistent session resumes. An ``ack()`` after a reconnect sends
+        nothing (the broker delivers the message again, and it is handled again: handlers must be idempotent)."""
+        self.client.manual_ack_set(True)
+        self._ack_handlers.append(handler)
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         self._on_connect_cbs.append(callback)
@@ -368,6 +397,16 @@ class MqttTransport:
                 h(msg.topic, msg.payload)
             except Exception:
                 log.exception("handler failed on %s", msg.topic)
+        handlers = list(self._ack_handlers)
+        if not handlers:
+            return
+        ack = _Ack(client, msg.mid, msg.qos, len(handlers), self.connects, lambda: self.connects)
+        for ah in handlers:
+            try:
+                ah(msg.topic, msg.payload, ack)
+            except Exception:
+                log.exception("handler failed on %s", msg.topic)
+                ack()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Queue a publish; paho resends QoS 1 messages after a reconnect until the broker acknowledges them."""
@@ -432,4 +471,4 @@ def _call_all(callbacks: list[DisconnectHandler], reason: str) -> None:
             log.exception("on_disconnect callback failed")
 
 
-__all__ = ["DisconnectHandler", "Transport", "Will", "MemoryBroker", "MemoryTransport", "MqttConfig", "MqttTransport", "topic_matches"]
+__all__ = ["AckHandler", "DisconnectHandler", "Transport", "Will", "MemoryBroker", "MemoryTransport", "MqttConfig", "MqttTransport", "topic_matches"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything edgefleet needs on a fresh machine: a virtualenv in .venv with
-# all extras, and Mosquitto (apt-get) when it is missing. Safe to run again.
+# all extras, Mosquitto, nginx, Chromium and PostgreSQL (apt-get) when they are missing, and a running
+# PostgreSQL for the tests (scripts/postgres.sh). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -14,6 +15,10 @@ need=()
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # `python3 -m venv` needs ensurepip, which Debian and Ubuntu ship apart, in python3-venv
 [ -x "$VENV/bin/python" ] || "$PYTHON" -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+# PostgreSQL (the multi-coordinator registry tests): installed unless a server answers already; scripts/postgres.sh
+# below starts a cluster of its own when none runs
+{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+  || (exec 3<>"/dev/tcp/127.0.0.1/${EDGEFLEET_PG_PORT:-5432}") 2>/dev/null; } || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]} (apt-get)"
   if command -v apt-get >/dev/null 2>&1; then
@@ -34,5 +39,11 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[all]"
   touch "$stamp"
+fi
+# a PostgreSQL on 127.0.0.1:${EDGEFLEET_PG_PORT:-5432} with the database test (in CI a failure fails the setup;
+# elsewhere the PostgreSQL tests skip, naming the reason)
+if ! bash scripts/postgres.sh; then
+  [ -n "${CI:-}" ] && { echo "PostgreSQL could not be started (scripts/postgres.sh)" >&2; exit 1; }
+  echo "warning: no PostgreSQL (scripts/postgres.sh failed): its tests will skip" >&2
 fi
 echo "==> ready: $VENV/bin/edgefleet $("$VENV/bin/edgefleet" --version)"

@@ -174,7 +174,8 @@ class Coordinator:
         self._serving: dict[tuple[str, str], float] = {}
         self._job_devices: dict[str, str] = {}  # job id -> device, for jobs that have asked for chunks
         self._deferred: dict[tuple[str, str], P.ChunkRequest] = {}  # insertion order = arrival order
-        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # (device, message, the transport's ack or None): a message is acknowledged to the broker only once handled
+        self._q: queue.Queue[tuple[str, Any, Callable[[], None] | None]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()  # rollout changes from the API and the tick
@@ -223,7 +224,15 @@ class Coordinator:
             log.warning("no trusted bundle keys and no TUF repository: deployments are not verified here")
         if self.tuf_repo is not None and signing_key is not None:
             self._check_rollback_keys(signing_key)
-        transport.on_message(self._on_message)
+        # At least once: with a transport that can acknowledge a message after the fact (MqttTransport), the broker
+        # gets its PUBACK only once the message is handled, so what this coordinator had received but not yet
+        # handled when it died is delivered again when its session resumes (measured by benchmarks/multi_coordinator:
+        # a SIGKILL lost the SUCCEEDED reports in its queue, and their jobs stayed IN_PROGRESS for good).
+        on_message_ack = getattr(transport, "on_message_ack", None)  # an optional member of a Transport
+        if on_message_ack is not None:
+            on_message_ack(self._on_message_ack)
+        else:
+            transport.on_message(self._on_message)
         if groups:
             self.provision(groups)
 
@@ -281,12 +290,15 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
-        self._q.put(("stop", None))
+        self._q.put(("stop", None, None))
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.transport.close()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        self._on_message_ack(topic, payload, None)
+
+    def _on_message_ack(self, topic: str, payload: bytes, ack: Callable[[], None] | None) -> None:
         try:
             info = P.parse_topic(topic)
             if info.fleet != self.fleet or info.direction != "up":
@@ -296,6 +308,8 @@ class Coordinator:
                 msg: Any = P.TelemetryBatch.parse(payload)
             elif kind == P.Up.STATUS.value:
                 if not payload:
+                    if ack is not None:
+                        ack()
                     return  # a cleared retained status
                 msg = P.Status.parse(payload)
             elif kind == P.Up.JOB.value:
@@ -310,27 +324,33 @@ class Coordinator:
             self.counters["malformed"] += 1
             log.warning("dropped a malformed message on %s: %s", topic, exc,
                         extra={"event": "malformed_message", "topic": topic})
+            if ack is not None:
+                ack()
             return
-        self._q.put((info.device, msg))
+        self._q.put((info.device, msg, ack))
 
     def _work(self) -> None:
         next_tick = 0.0
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             try:
-                device, msg = self._q.get(timeout=timeout)
+                device, msg, ack = self._q.get(timeout=timeout)
             except queue.Empty:
-                device, msg = "", None
+                device, msg, ack = "", None, None
             if device == "stop":
                 return
+            taken = [ack] if ack is not None else []  # acks of the messages handled in this round
             try:
                 if isinstance(msg, P.TelemetryBatch):
-                    self._telemetry_many([(device, msg)])
+                    self._telemetry_many([(device, msg)], acks=taken)
                 elif msg is not None:
                     self.handle(device, msg)
             except Exception:
                 self.counters["handler_errors"] += 1
                 log.exception("coordinator failed on a message from %s", device)
+            finally:
+                for a in taken:  # handled (or failed for good): the broker may forget them now
+                    a()
             if time.monotonic() >= next_tick:
                 try:
                     self.tick()
@@ -447,8 +467,9 @@ class Coordinator:
         self._telemetry_many([(device, b)])
 
     def _telemetry_many(self, first: list[tuple[str, P.TelemetryBatch]], limit: int = 64,
-                        linger: float = 0.02) -> None:
-        """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each.
+                        linger: float = 0.02, acks: list[Callable[[], None]] | None = None) -> None:
+        """Ingest this batch and the telemetry batches queued behind it in one transaction, then ack each
+        (``acks`` receives the transport acks of the messages taken from the queue, for the caller to send).
 
         When the queue runs dry it sleeps ``linger`` seconds once and drains it again: a stream that
         arrives as fast as it is handled would otherwise cost a commit and a thread wake-up per batch
@@ -459,7 +480,10 @@ class Coordinator:
         lingered = linger <= 0
         while len(batches) < limit:
             try:
-                item = self._q.get_nowait()
+                device, msg, taken = self._q.get_nowait()
+                item = (device, msg)
+                if taken is not None:
+                    acks.append(taken) if acks is not None else taken()
             except queue.Empty:
                 if lingered:
                     break
@@ -745,7 +769,7 @@ class Coordinator:
                                                  list(plan.waves), plan.max_failure, targets, job_timeout, tags,
                                                  rate=plan.rate, min_finished=plan.min_finished, devices=devices,
                                                  quality=quality.options() if quality is not None else None)
-        self._q.put(("", None))  # tick soon
+        self._q.put(("", None, None))  # tick soon
         dep = self.registry.deployment(dep_id)
         assert dep is not None
         log.info("deployment %s created: %s %s to %d device(s) of group %s%s (canary %g%%, waves %s, max failure "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -30,13 +31,14 @@ def assign(devices: list[str] | tuple[str, ...], group: str) -> None:
 
 
 def pg_url() -> str | None:
-    """The test PostgreSQL (127.0.0.1:5432, database ``test``), or None when it is not running."""
-
+    """The test PostgreSQL (127.0.0.1, port ``EDGEFLEET_PG_PORT`` or 5432, database ``test``: what
+    scripts/postgres.sh starts), or None when it is not running."""
+    port = int(os.environ.get("EDGEFLEET_PG_PORT", "5432"))
     try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
     except OSError:
         return None
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}/test"
 
 
 def mqtt(url: str, client_id: str, will: Any = None, **kw: Any) -> MqttTransport:
