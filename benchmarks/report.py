@@ -353,24 +353,17 @@ def demo_loop(s: Section, plots_dir: Path) -> None:
               f"mean {_n((sm.get('accuracy_before') or {}).get('mean', 0) * 100, 1)}% -> "
               f"{_n((sm.get('accuracy_after') or {}).get('mean', 0) * 100, 1)}%"),
     ]
-    if any("bad_candidate" in r for r in runs):  # recorded since issue 17's demo
-        caught = sm.get("bad_candidates_halted_on_quality", 0)
-        s.checks.append(Check("bad candidate rolled back by quality probation on the canary, its rollout halted",
-                              f"{caught} of {len(ok)} runs", "every run", bool(ok) and caught == len(ok)))
     if doc.get("quick"):
         s.body += ["**Quick mode**: one run, fewer devices and rounds; CI-sized.", ""]
     s.body += [f"`edgefleet demo --devices {doc.get('devices')} --rounds {doc.get('rounds')}` in a subprocess, one run "
                "per seed, each with its own Mosquitto, coordinator, device processes and Flower SuperLink/SuperNodes: "
-               "train, compile, staged rollout of v1, drift, a federated run, compile and staged rollout of v2 (since issue "
-               "17: the example CNN with a trainable head; the run trains the head only, v2 ships as a head-only "
-               "update, then a bad v3 is deployed without the gate for quality probation to roll back).", ""]
+               "train, compile, staged rollout of v1, drift, a federated run, compile and staged rollout of v2.", ""]
     rows = []
     for r in runs:
         if not r.get("ok"):
             rows.append([r.get("seed"), f"**failed** (exit {r.get('returncode')})", "", "", "", "", _n(r.get("wall_seconds"), 1)])
             continue
-        shipped = ", ".join(f"v{x['version']} {_n(x['bytes'])}" + (" (head-only update)" if x.get("head_updates")
-                                                                  else " (delta)" if x.get("deltas") else "")
+        shipped = ", ".join(f"v{x['version']} {_n(x['bytes'])}" + (" (delta)" if x.get("deltas") else "")
                             for x in r.get("rollouts", []))
         rows.append([r["seed"], f"{r['accuracy_before'] * 100:.1f} -> {r['accuracy_after'] * 100:.1f}",
                      f"v{r['final_version']}", "yes" if r["all_on_final"] else "**no**", _n(r["bytes_shipped"]), shipped,
