@@ -103,7 +103,8 @@ def test_status_of_a_halted_rollout_names_the_device_and_its_reason(broker: Any,
     assert dep.state == "halted" and dep.id != dep_id
     lines = [line for line in out.splitlines() if f" {dep.id} " in line]  # the progress lines, timestamped
     assert len(lines) >= 2 and " running: stage " in lines[0] and lines[-1].endswith(
-        "halted: stage 0, 1/3 done, 1 dispatched (REJECTED=1) - 1 of 1 dispatched jobs failed (100% > 2%): d0")
+        "halted: stage 0, 1/3 done, 1 dispatched (REJECTED=1) - 1 of 1 dispatched jobs failed (100% > 2%): d0 "
+        "(smoke_test_failed)")
     assert "d0 REJECTED (smoke_test_failed" in err
     assert all(s.agent.active_version == "1" for s in syncs)
     _stop(*syncs, coord)
