@@ -45,8 +45,12 @@ def run_once(devices: int, rounds: int, seed: int, timeout: float) -> dict[str, 
         "seed": seed, "ok": True, "wall_seconds": round(wall, 1), "demo_seconds": s["total_seconds"],
         "accuracy_before": s["accuracy_before"], "accuracy_after": s["accuracy_after"],
         "final_version": s["final_version"], "all_on_final": s["all_on_final"], "bytes_shipped": s["bytes_shipped"],
-        "rollouts": [{k: r[k] for k in ("version", "seconds", "bytes", "deltas", "archive_bytes", "stages")}
+        "rollouts": [{k: r.get(k) for k in ("version", "seconds", "bytes", "deltas", "head_updates", "archive_bytes",
+                                            "stages")}
                      for r in s["rollouts"]],
+        "bad_candidate": ({k: s["bad_candidate"].get(k) for k in ("version", "state", "test_accuracy", "sent_to",
+                                                                  "rolled_back", "targets")}
+                          if s.get("bad_candidate") else None),
         "stages": s["stages"], "drift_alerts": len(s["drift_alerts"]),
         "federated_rounds": [{k: r.get(k) for k in ("round", "participants", "central_accuracy", "seconds")}
                              for r in s["federated"]["rounds"]],
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             "demo_seconds": _stats([r["demo_seconds"] for r in ok]),
             "v1_bytes": _stats([r["rollouts"][0]["bytes"] for r in ok]),
             "v2_bytes": _stats([r["rollouts"][1]["bytes"] for r in ok if len(r["rollouts"]) > 1]),
+            "bad_candidates_halted_on_quality": sum(
+                1 for r in ok if r.get("bad_candidate") and r["bad_candidate"]["state"] == "halted"
+                and [b["reason"] for b in r["bad_candidate"]["rolled_back"]] == ["quality"]),
             "stage_seconds": {k: _stats([r["stages"][k] for r in ok if k in r["stages"]])
                               for k in (ok[0]["stages"] if ok else {})},
         },

@@ -353,17 +353,24 @@ def demo_loop(s: Section, plots_dir: Path) -> None:
               f"mean {_n((sm.get('accuracy_before') or {}).get('mean', 0) * 100, 1)}% -> "
               f"{_n((sm.get('accuracy_after') or {}).get('mean', 0) * 100, 1)}%"),
     ]
+    if any("bad_candidate" in r for r in runs):  # recorded since issue 17's demo
+        caught = sm.get("bad_candidates_halted_on_quality", 0)
+        s.checks.append(Check("bad candidate rolled back by quality probation on the canary, its rollout halted",
+                              f"{caught} of {len(ok)} runs", "every run", bool(ok) and caught == len(ok)))
     if doc.get("quick"):
         s.body += ["**Quick mode**: one run, fewer devices and rounds; CI-sized.", ""]
     s.body += [f"`edgefleet demo --devices {doc.get('devices')} --rounds {doc.get('rounds')}` in a subprocess, one run "
                "per seed, each with its own Mosquitto, coordinator, device processes and Flower SuperLink/SuperNodes: "
-               "train, compile, staged rollout of v1, drift, a federated run, compile and staged rollout of v2.", ""]
+               "train, compile, staged rollout of v1, drift, a federated run, compile and staged rollout of v2 (since issue "
+               "17: the example CNN with a trainable head; the run trains the head only, v2 ships as a head-only "
+               "update, then a bad v3 is deployed without the gate for quality probation to roll back).", ""]
     rows = []
     for r in runs:
         if not r.get("ok"):
             rows.append([r.get("seed"), f"**failed** (exit {r.get('returncode')})", "", "", "", "", _n(r.get("wall_seconds"), 1)])
             continue
-        shipped = ", ".join(f"v{x['version']} {_n(x['bytes'])}" + (" (delta)" if x.get("deltas") else "")
+        shipped = ", ".join(f"v{x['version']} {_n(x['bytes'])}" + (" (head-only update)" if x.get("head_updates")
+                                                                  else " (delta)" if x.get("deltas") else "")
                             for x in r.get("rollouts", []))
         rows.append([r["seed"], f"{r['accuracy_before'] * 100:.1f} -> {r['accuracy_after'] * 100:.1f}",
                      f"v{r['final_version']}", "yes" if r["all_on_final"] else "**no**", _n(r["bytes_shipped"]), shipped,
@@ -524,74 +531,6 @@ def federated_head(s: Section, plots_dir: Path) -> None:
                    "not done).", ""]
 
 
-def soak(s: Section, plots_dir: Path) -> None:
-    """Its targets are recorded in the JSON (``verdicts``); the body: the schedule, the rollouts, the costs."""
-    doc = s.doc or {}
-    p, sch = doc.get("parameters", {}), doc.get("parameters", {}).get("schedule", {})
-    s.body += [f"{_n(p.get('devices'))} simulated devices (each its own MQTT session and the real device machine; a "
-               "telemetry queue kept until acknowledged, as the agent's) for "
-               f"{_n(p.get('minutes'), 0)} minutes: a telemetry record every {_n(p.get('telemetry_interval_s'), 0)} s, "
-               f"a staged rollout of a {_n(p.get('bundle_bytes'))}-byte bundle at "
-               f"{', '.join(_n(t, 0) for t in sch.get('rollouts_at_s', []))} s, the broker restarted at "
-               f"{_n(sch.get('broker_restart_at_s'), 0)} s and a coordinator killed with SIGKILL at "
-               f"{_n(sch.get('coordinator_kill_at_s'), 0)} s (restarted by its supervisor); "
-               f"{_n(p.get('coordinators'))} `edgefleet cloud serve` processes sharing the subscription and one "
-               f"{p.get('registry', '?')} registry. Acknowledged telemetry lost: what the devices saw acknowledged "
-               "against the records and high-water marks in the registry after a drain.", ""]
-    if doc.get("quick"):
-        s.body += ["**Quick mode**: 3 minutes (the CI test's size); the RSS target is for the hour.", ""]
-    rows = [[d.get("version"), d.get("id"), _n(d.get("deployed_at_s"), 1), d.get("state"),
-             _n(d.get("seconds_to_complete"), 1), f"{_n(d.get('succeeded'))} of {_n(d.get('targets'))}",
-             ", ".join(f"{k}: {v}" for k, v in (d.get("stages") or {}).items())] for d in doc.get("rollouts", [])]
-    s.body += table(["version", "deployment", "deployed at s", "state", "s to complete", "jobs SUCCEEDED",
-                     "stage: times started"], rows)
-    rss = {k: v for k, v in (doc.get("rss") or {}).items() if k != "samples"}
-    s.body += table(["soak", "value"], _flat({"telemetry": doc.get("telemetry", {}), "rss": rss,
-                                              "cpu_seconds": doc.get("cpu_seconds", {}),
-                                              "coordinator_cpu_seconds_per_device_hour":
-                                                  doc.get("coordinator_cpu_seconds_per_device_hour", {}),
-                                              "devices": doc.get("devices_summary", {}),
-                                              "broker_rss_bytes_max": doc.get("broker_rss_bytes_max")}))
-    s.body += table(["event", "at s", "detail"], [[e.get("event"), _n(e.get("at_s"), 1), ", ".join(
-        f"{k} {v}" for k, v in e.items() if k not in ("event", "at_s"))] for e in doc.get("events", [])])
-
-
-def fleet_scale(s: Section, plots_dir: Path) -> None:
-    """Its targets are recorded in the JSON (``verdicts``); the body: what ran and what it cost."""
-    doc = s.doc or {}
-    p = doc.get("parameters", {})
-    s.body += [f"One rollout (one stage) of a {_n(p.get('bundle_bytes'))}-byte bundle to {_n(p.get('devices'))} "
-               "simulated devices (fleet_ota's: each its own MQTT session, the real device machine, the device's own "
-               "HTTP fetcher), the bundle served by nginx from the directory the coordinator publishes to; the "
-               "coordinator (`cloud serve`, SQLite) in its own process, so its CPU and memory are its own.", ""]
-    if p.get("why_not_10000"):
-        s.body += [f"**Why not 10,000 here**: {p['why_not_10000']}", ""]
-    s.body += table(["fleet_scale", "value"], _flat({k: v for k, v in doc.items() if k in (
-        "devices_online_before_deploy", "connect_seconds", "deployment_state", "completed", "verified_on_device",
-        "seconds_to_complete", "seconds_to_last_device_verified", "coordinator", "wire", "broker_rss_bytes_peak",
-        "nginx_rss_bytes_peak")}))
-    png = plots_dir / "fleet_scale_progress.png"
-    s.plots.append(("Rollout progress over time", png, plots.fleet_progress({"ota": {
-        "progress": doc.get("progress"), "devices": p.get("devices"), "bundle_bytes": p.get("bundle_bytes", 0)}}, png)))
-
-
-def multi_coordinator(s: Section, plots_dir: Path) -> None:
-    """Its targets are recorded in the JSON (``verdicts``); the body: who dispatched what."""
-    doc = s.doc or {}
-    p = doc.get("parameters", {})
-    s.body += [f"A staged rollout ({', '.join(f'{k} {v}' for k, v in (p.get('plan') or {}).items())}) to "
-               f"{_n(p.get('devices'))} simulated devices by {_n(p.get('coordinators'))} `edgefleet cloud serve` "
-               "processes sharing the MQTT 5 shared subscription and one PostgreSQL database"
-               + ("; the coordinator that dispatched the canary is killed with SIGKILL once it has, and restarted by "
-                  "its supervisor" if p.get("kill_canary_dispatcher") else "") + ".", ""]
-    s.body += table(["stage", "dispatched by", "at s", "detail"],
-                    [[d.get("stage"), d.get("by"), _n(d.get("at_s")), d.get("detail")]
-                     for d in doc.get("stage_dispatchers", [])])
-    s.body += table(["multi_coordinator", "value"], _flat({k: v for k, v in doc.items() if k in (
-        "devices_online_before_deploy", "devices_connect_seconds", "deployment_state", "seconds_to_complete",
-        "each_job", "killed", "jobs_by_stage_and_status")}))
-
-
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
@@ -599,7 +538,6 @@ BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "fleet_dispatch": fleet_dispatch, "federated_head": federated_head,
 }
 BUILDERS["quality_probation"] = quality_probation
-BUILDERS.update(soak=soak, fleet_scale=fleet_scale, multi_coordinator=multi_coordinator)
 
 
 # -------------------------------------------------------------------------------------------- provenance
