@@ -211,8 +211,11 @@ class StallBackoff:
         """Seconds to wait before asking again after ``stalls`` re-requests in a row (0: none yet), ``answered``
         once a chunk of the transfer arrived; ``draw`` is a uniform random number in [0, 1)."""
         start = self.stall if answered else max(self.stall, self.unanswered)
-        base = min(self.cap, start * self.factor ** min(max(stalls, 0), 64))
-        return base * (1.0 + self.jitter * min(max(draw, 0.0), 1.0))
+        try:
+            grown = start * self.factor ** max(stalls, 0)
+        except OverflowError:  # (a device stalled for a very long time: the cap)
+            grown = self.cap
+        return min(self.cap, grown) * (1.0 + self.jitter * min(max(draw, 0.0), 1.0))
 
     @classmethod
     def of(cls, stall: float) -> StallBackoff:

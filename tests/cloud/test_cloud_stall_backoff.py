@@ -100,6 +100,7 @@ def test_the_defaults_follow_stall_seconds_and_bad_settings_are_refused() -> Non
     assert (b.stall, b.unanswered, b.cap) == (2.0, 12.0, 120.0)
     assert [b.delay(k, True, 0.0) for k in range(8)] == [2, 4, 8, 16, 32, 64, 120, 120]
     assert b.delay(0, True, 0.999999) == pytest.approx(3.0, abs=1e-5)
+    assert b.delay(10**6, True, 0.0) == b.delay(10**6, False, 0.0) == 120  # a device stalled for ever: the cap
     for bad in ({"stall": 0}, {"factor": 0.5}, {"jitter": 2}, {"stall": 10, "cap": 5}):
         with pytest.raises(SyncError, match="bad stall backoff"):
             StallBackoff(**bad)
