@@ -166,10 +166,30 @@ def stage_events(events: Iterable[tuple[str, int]]) -> dict[str, Any]:
 
 
 # -- coordinators ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: thousands of simulated devices take thousands of
+    ephemeral ports for their connections, and a service restarted mid-run (a coordinator's API, the broker) must
+    find its port still free (a port from ``free_port`` is an ephemeral one, and was taken in a 10,000-device run)."""
     from edgefleet.cloud_sync.broker import free_port
 
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     return free_port()
+
+
+def _free_port() -> int:
+    return quiet_port()
 
 
 class CoordinatorProcess(ChildProcess):
@@ -518,5 +538,5 @@ def fresh_database(server_url: str) -> tuple[str, Any]:
 
 
 __all__ = ["CoordinatorProcess", "SimFleet", "TelemetryQueue", "bundles", "cpu_seconds", "cpu_used", "default_pg_server",
-           "fresh_database", "keys", "pg_reachable", "provision", "rss_bytes", "rss_growth", "stage_events",
+           "fresh_database", "keys", "pg_reachable", "provision", "quiet_port", "rss_bytes", "rss_growth", "stage_events",
            "tree_rss_bytes"]

@@ -145,8 +145,8 @@ def run(devices: int = 10_000, workers: int = 4, timeout: float = 1800.0, root: 
     allow = cluster.provision(root, ids)
     db_url = f"sqlite:///{root / 'registry.db'}"
     Registry(db_url).close()
-    broker = LocalBroker(root / "broker", queue_limit=0).start()
-    nginx = LocalNginx(root / "nginx", root / "origin").start()
+    broker = LocalBroker(root / "broker", queue_limit=0, port=cluster.quiet_port()).start()
+    nginx = LocalNginx(root / "nginx", root / "origin", port=cluster.quiet_port()).start()
     token = secrets.token_hex(16)
     coord = cluster.CoordinatorProcess(root / "coordinator", "scale-coord", broker_url=broker.url, db_url=db_url,
                                        allow_file=allow, trust=root / "b" / "bench.pub",

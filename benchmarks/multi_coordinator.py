@@ -120,7 +120,7 @@ def run(devices: int = 10_000, workers: int = 4, coordinators: int = 2, db: str 
     coords: list[cluster.CoordinatorProcess] = []
     try:
         Registry(db_url).close()  # the tables exist before the coordinators race to create them
-        broker = LocalBroker(root / "broker", persistence=True, queue_limit=0).start()
+        broker = LocalBroker(root / "broker", persistence=True, queue_limit=0, port=cluster.quiet_port()).start()
         token = secrets.token_hex(16)
         coords = [cluster.CoordinatorProcess(root / "coordinators", f"mc-coord-{i}", broker_url=broker.url,
                                              db_url=db_url, allow_file=allow, trust=pub, signing_key=priv,

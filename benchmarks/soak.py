@@ -143,7 +143,7 @@ def run(minutes: float = 60.0, devices: int = 1000, workers: int = 4, interval: 
     else:
         db_url = db or f"sqlite:///{root / 'registry.db'}"
     Registry(db_url).close()  # the tables exist before the coordinators race to create them
-    broker = LocalBroker(root / "broker", persistence=True, queue_limit=0).start()
+    broker = LocalBroker(root / "broker", persistence=True, queue_limit=0, port=cluster.quiet_port()).start()
     token = secrets.token_hex(16)
     coords = [cluster.CoordinatorProcess(root / "coordinators", f"soak-coord-{i}", broker_url=broker.url,
                                          db_url=db_url, allow_file=allow, trust=pub, signing_key=priv, token=token)

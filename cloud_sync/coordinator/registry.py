@@ -388,7 +388,15 @@ class Registry:
 
     # -- devices ------------------------------------------------------------------------------------
     def upsert_device(self, fleet: str, device_id: str, **fields: Any) -> tuple[Device, bool]:
-        """Create or update a device (``fields``: column values, JSON columns encoded); returns (row, created)."""
+        """Create or update a device (``fields``: column values, JSON columns encoded); returns (row, created).
+        Coordinators sharing the registry may create the same device at once (two ``cloud serve --allow`` starting
+        together): the one whose insert loses updates the row the other made."""
+        try:
+            return self._upsert_device(fleet, device_id, dict(fields))
+        except IntegrityError:  # created by another coordinator between our read and our insert
+            return self._upsert_device(fleet, device_id, dict(fields))
+
+    def _upsert_device(self, fleet: str, device_id: str, fields: dict[str, Any]) -> tuple[Device, bool]:
         d = self.t["devices"]
         now = time.time()
         with self._lock, self.engine.begin() as c:

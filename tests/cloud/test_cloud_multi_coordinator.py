@@ -92,3 +92,47 @@ def test_a_message_handled_only_after_a_crash_is_delivered_again(broker: object)
     finally:
         sub.close()
         pub.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_two_registries_provision_the_same_devices_at_once(backend: str, tmp_path: Path) -> None:
+    """Two coordinators started together with the same ``--allow`` file create the same device rows at once: the
+    insert that loses becomes an update (before: an IntegrityError, and a ``cloud serve`` process of the
+    10,000-device multi-coordinator run died at startup)."""
+    import threading
+    import uuid
+
+    from helpers import pg_url
+
+    from edgefleet.cloud_sync.coordinator.registry import Registry
+
+    url = pg_url() if backend == "postgresql" else f"sqlite:///{tmp_path / 'reg.db'}"
+    if url is None:
+        pytest.skip("PostgreSQL is not reachable")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    regs = [Registry(url, prefix=prefix) for _ in range(2)]  # two processes' worth: own engines and pools
+    ids = [f"p{i:03d}" for i in range(300)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def provision(reg: Registry, group: str) -> None:
+        start.wait()
+        try:
+            for d in ids:
+                reg.upsert_device("f", d, group_name=group)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=provision, args=(r, g)) for r, g in zip(regs, ("a", "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:1]
+        rows = regs[0].devices("f")
+        assert sorted(r.device_id for r in rows) == ids and {r.group for r in rows} <= {"a", "b"}
+    finally:
+        regs[0].drop_all()
+        for r in regs:
+            r.close()
