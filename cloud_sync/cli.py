@@ -63,7 +63,7 @@ def _serve(args: Any) -> int:
         raise ConfigError("the coordinator's admin API token is required: EDGEFLEET_TOKEN or --token-file")
     import uvicorn
 
-    from .coordinator.api import create_app
+    from .coordinator.api import create_app, server_config
     from .coordinator.registry import Registry
     from .coordinator.service import Coordinator
     from .transport import MqttTransport
@@ -108,8 +108,8 @@ def _serve(args: Any) -> int:
         coord.stop()
         raise
     ssl_files = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls is not None else {}
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, args.token), host=args.api_host, port=args.api_port,
-                                           log_level="warning", log_config=None, **ssl_files))
+    server = uvicorn.Server(server_config(create_app(coord, args.token), args.api_host, args.api_port,
+                                          log_level="warning", **ssl_files))
     scheme = "https" if tls is not None else "http"
     import logging
 

@@ -377,6 +377,22 @@ def document_errors(schema: dict[str, Any], routes: list[Any]) -> dict[str, Any]
     return schema
 
 
+#: the largest request head (request line and headers) the server reads: a URL of the longest query values the
+#: schema admits, percent-encoded (a device list of MAX_LISTED_DEVICES ids, up to 12 bytes a character), fits
+MAX_REQUEST_HEAD = 256 * 1024
+
+
+def server_config(app: Any, host: str, port: int, **kw: Any) -> Any:
+    """The uvicorn configuration the API is served with (``cloud serve``, the tests): the h11 parser, reading
+    request heads up to :data:`MAX_REQUEST_HEAD`, so a URL the OpenAPI document admits is answered by the API, not
+    refused by the HTTP parser with a bare-text 400 (httptools, uvicorn's other parser, stops at 64 KiB URLs)."""
+    import uvicorn
+
+    kw.setdefault("log_config", None)
+    return uvicorn.Config(app, host=host, port=port, http="h11", h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+                          **kw)
+
+
 def create_app(coord: Coordinator, token: str | None, *, max_failures: int = 10, failure_window: float = 60.0,
                lockout_seconds: float = 300.0) -> FastAPI:
     """The API of ``coord``. ``token`` is the coordinator's own admin token (audited as ``bootstrap``); further

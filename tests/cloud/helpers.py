@@ -75,11 +75,11 @@ def serve_api(coord: Coordinator, token: str, *, ssl_certfile: str | None = None
     With ``ssl_certfile``/``ssl_keyfile`` (as ``cloud serve --tls-cert/--tls-key``) it serves https."""
     import uvicorn
 
-    from edgefleet.cloud_sync.coordinator.api import create_app
+    from edgefleet.cloud_sync.coordinator.api import create_app, server_config
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, token), host="127.0.0.1", port=port, log_level="error",
-                                           log_config=None, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
+    server = uvicorn.Server(server_config(create_app(coord, token), "127.0.0.1", port, log_level="error",
+                                          ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 10
     while not server.started:

@@ -120,6 +120,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def coord(tmp_path: Path) -> Iterator[Coordinator]:
     reg = Registry(f"sqlite:///{tmp_path / 'reg.db'}")
     c = Coordinator(reg, MemoryTransport(MemoryBroker(), "coord"), "f")
+    c.transport.connect()  # connected to its (in-memory) broker: fleet devices exits 14 while it is not
     yield c
     reg.close()
 
