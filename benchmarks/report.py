@@ -531,6 +531,74 @@ def federated_head(s: Section, plots_dir: Path) -> None:
                    "not done).", ""]
 
 
+def soak(s: Section, plots_dir: Path) -> None:
+    """Its targets are recorded in the JSON (``verdicts``); the body: the schedule, the rollouts, the costs."""
+    doc = s.doc or {}
+    p, sch = doc.get("parameters", {}), doc.get("parameters", {}).get("schedule", {})
+    s.body += [f"{_n(p.get('devices'))} simulated devices (each its own MQTT session and the real device machine; a "
+               "telemetry queue kept until acknowledged, as the agent's) for "
+               f"{_n(p.get('minutes'), 0)} minutes: a telemetry record every {_n(p.get('telemetry_interval_s'), 0)} s, "
+               f"a staged rollout of a {_n(p.get('bundle_bytes'))}-byte bundle at "
+               f"{', '.join(_n(t, 0) for t in sch.get('rollouts_at_s', []))} s, the broker restarted at "
+               f"{_n(sch.get('broker_restart_at_s'), 0)} s and a coordinator killed with SIGKILL at "
+               f"{_n(sch.get('coordinator_kill_at_s'), 0)} s (restarted by its supervisor); "
+               f"{_n(p.get('coordinators'))} `edgefleet cloud serve` processes sharing the subscription and one "
+               f"{p.get('registry', '?')} registry. Acknowledged telemetry lost: what the devices saw acknowledged "
+               "against the records and high-water marks in the registry after a drain.", ""]
+    if doc.get("quick"):
+        s.body += ["**Quick mode**: 3 minutes (the CI test's size); the RSS target is for the hour.", ""]
+    rows = [[d.get("version"), d.get("id"), _n(d.get("deployed_at_s"), 1), d.get("state"),
+             _n(d.get("seconds_to_complete"), 1), f"{_n(d.get('succeeded'))} of {_n(d.get('targets'))}",
+             ", ".join(f"{k}: {v}" for k, v in (d.get("stages") or {}).items())] for d in doc.get("rollouts", [])]
+    s.body += table(["version", "deployment", "deployed at s", "state", "s to complete", "jobs SUCCEEDED",
+                     "stage: times started"], rows)
+    rss = {k: v for k, v in (doc.get("rss") or {}).items() if k != "samples"}
+    s.body += table(["soak", "value"], _flat({"telemetry": doc.get("telemetry", {}), "rss": rss,
+                                              "cpu_seconds": doc.get("cpu_seconds", {}),
+                                              "coordinator_cpu_seconds_per_device_hour":
+                                                  doc.get("coordinator_cpu_seconds_per_device_hour", {}),
+                                              "devices": doc.get("devices_summary", {}),
+                                              "broker_rss_bytes_max": doc.get("broker_rss_bytes_max")}))
+    s.body += table(["event", "at s", "detail"], [[e.get("event"), _n(e.get("at_s"), 1), ", ".join(
+        f"{k} {v}" for k, v in e.items() if k not in ("event", "at_s"))] for e in doc.get("events", [])])
+
+
+def fleet_scale(s: Section, plots_dir: Path) -> None:
+    """Its targets are recorded in the JSON (``verdicts``); the body: what ran and what it cost."""
+    doc = s.doc or {}
+    p = doc.get("parameters", {})
+    s.body += [f"One rollout (one stage) of a {_n(p.get('bundle_bytes'))}-byte bundle to {_n(p.get('devices'))} "
+               "simulated devices (fleet_ota's: each its own MQTT session, the real device machine, the device's own "
+               "HTTP fetcher), the bundle served by nginx from the directory the coordinator publishes to; the "
+               "coordinator (`cloud serve`, SQLite) in its own process, so its CPU and memory are its own.", ""]
+    if p.get("why_not_10000"):
+        s.body += [f"**Why not 10,000 here**: {p['why_not_10000']}", ""]
+    s.body += table(["fleet_scale", "value"], _flat({k: v for k, v in doc.items() if k in (
+        "devices_online_before_deploy", "connect_seconds", "deployment_state", "completed", "verified_on_device",
+        "seconds_to_complete", "seconds_to_last_device_verified", "coordinator", "wire", "broker_rss_bytes_peak",
+        "nginx_rss_bytes_peak")}))
+    png = plots_dir / "fleet_scale_progress.png"
+    s.plots.append(("Rollout progress over time", png, plots.fleet_progress({"ota": {
+        "progress": doc.get("progress"), "devices": p.get("devices"), "bundle_bytes": p.get("bundle_bytes", 0)}}, png)))
+
+
+def multi_coordinator(s: Section, plots_dir: Path) -> None:
+    """Its targets are recorded in the JSON (``verdicts``); the body: who dispatched what."""
+    doc = s.doc or {}
+    p = doc.get("parameters", {})
+    s.body += [f"A staged rollout ({', '.join(f'{k} {v}' for k, v in (p.get('plan') or {}).items())}) to "
+               f"{_n(p.get('devices'))} simulated devices by {_n(p.get('coordinators'))} `edgefleet cloud serve` "
+               "processes sharing the MQTT 5 shared subscription and one PostgreSQL database"
+               + ("; the coordinator that dispatched the canary is killed with SIGKILL once it has, and restarted by "
+                  "its supervisor" if p.get("kill_canary_dispatcher") else "") + ".", ""]
+    s.body += table(["stage", "dispatched by", "at s", "detail"],
+                    [[d.get("stage"), d.get("by"), _n(d.get("at_s")), d.get("detail")]
+                     for d in doc.get("stage_dispatchers", [])])
+    s.body += table(["multi_coordinator", "value"], _flat({k: v for k, v in doc.items() if k in (
+        "devices_online_before_deploy", "devices_connect_seconds", "deployment_state", "seconds_to_complete",
+        "each_job", "killed", "jobs_by_stage_and_status")}))
+
+
 BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "sdk_overhead": sdk_overhead, "compiler_digits": compiler_digits, "agent_footprint": agent_footprint,
     "fleet_ota": fleet_ota, "federated_digits": federated_digits, "demo_loop": demo_loop,
@@ -538,6 +606,7 @@ BUILDERS: dict[str, Callable[[Section, Path], None]] = {
     "fleet_dispatch": fleet_dispatch, "federated_head": federated_head,
 }
 BUILDERS["quality_probation"] = quality_probation
+BUILDERS.update(soak=soak, fleet_scale=fleet_scale, multi_coordinator=multi_coordinator)
 
 
 # -------------------------------------------------------------------------------------------- provenance
