@@ -241,6 +241,8 @@ class Serving:
                 raise StoreError("no model is installed; install one with 'edgefleet agent install'")
             if slot.acquire():
                 break
+            if self.slot is slot:  # closed and not replaced by a swap: the agent closed (retire_all)
+                raise StoreError("the agent is closed: no version is served any more")
         version = slot.entry.version
         t0 = time.perf_counter()
         try:

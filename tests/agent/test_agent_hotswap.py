@@ -69,3 +69,32 @@ def test_zero_failed_predictions_during_installs_and_rollbacks(agent_config: Any
     assert sum(counts) > 200
     st = agent.store.state()
     assert st.active is not None and sha256_bytes((bundles["1"] / "manifest.json").read_bytes()) == st.active.id
+
+
+def test_predict_on_a_closed_agent_is_a_named_error_not_a_busy_loop(agent_config: Any, bundles: dict[str, Path]) -> None:
+    """A caller still predicting when the agent closes gets a StoreError at once: the closed version stayed the
+    one served, and predict retried it for ever (a thread spinning at full CPU after the agent was gone)."""
+    import pytest
+
+    from edgefleet.errors import StoreError
+
+    agent = Agent(agent_config(), monitor=False)
+    assert agent.install(bundles["1"]).status is JobStatus.SUCCEEDED
+    x = np.zeros((1, 4), np.float32)
+    agent.predict(x)
+    agent.close()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            agent.predict(x)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "predict on a closed agent did not return"
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreError) and "closed" in str(outcome[0])
+    with pytest.raises(StoreError, match="closed"):
+        agent.predict(x)
