@@ -41,7 +41,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Protocol, Sequence
 
 from edgefleet.errors import ConfigError, SyncError
 
@@ -397,6 +397,34 @@ def local_config(root: str | os.PathLike[str], port: int, *, persistence: bool =
         log_file=str(root.resolve() / "mosquitto.log") if log else None, queue_limit=queue_limit))
 
 
+class _LocalServer(Protocol):
+    port: int
+
+    def log_tail(self, chars: int = 600) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def start_listening(server: _LocalServer, launch: Callable[[], Callable[[], bool]], repick: Callable[[], None],
+                    what: str, *, timeout: float, attempts: int) -> None:
+    """Start a local server (Mosquitto, nginx) on ``server.port`` and wait until the port answers: ``launch()``
+    starts it and returns whether it still runs. When it stops saying the port is in use (another process took the
+    free port meanwhile), ``repick()`` chooses another and it starts again, ``attempts`` times at most; any other
+    failure is a SyncError with the end of its log."""
+    for attempt in range(attempts):
+        alive = launch()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and alive():
+            if port_open("127.0.0.1", server.port, timeout=0.2):
+                return
+            time.sleep(0.05)
+        tail = server.log_tail()
+        server.stop()
+        if "in use" not in tail.lower() or attempt == attempts - 1:
+            raise SyncError(f"{what} did not start on 127.0.0.1:{server.port}: {tail.strip() or 'no output'}")
+        repick()
+
+
 class LocalBroker:
     """A Mosquitto of our own on a free loopback port (:func:`local_config`): start, ``kill()`` (SIGKILL),
     ``stop()``, and start again on the same port with the same persistence. ``output`` receives its stdout
@@ -424,23 +452,19 @@ class LocalBroker:
     def start(self, timeout: float = 10.0, attempts: int = 3) -> LocalBroker:
         """Start and wait until the port answers; when the port was taken meanwhile (and it was ours to pick),
         pick another."""
-        for attempt in range(attempts):
+
+        def launch() -> Callable[[], bool]:
             out = self.output if self.output is not None else subprocess.DEVNULL
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=out,
-                                         start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if port_open("127.0.0.1", self.port, timeout=0.2):
-                    return self
-                time.sleep(0.05)
-            tail = self.log_tail()
-            self.stop()
-            if "in use" not in tail.lower() or attempt == attempts - 1:
-                raise SyncError(f"mosquitto ({self.binary}) did not start on 127.0.0.1:{self.port}: "
-                                f"{tail.strip() or 'no output'}")
+            proc = self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=out,
+                                                start_new_session=True)
+            return lambda: proc.poll() is None
+
+        def repick() -> None:
             self.port = free_port()
             self.files = local_config(self.root, self.port, **self._config)  # type: ignore[arg-type]
-        raise AssertionError("unreachable")
+
+        start_listening(self, launch, repick, f"mosquitto ({self.binary})", timeout=timeout, attempts=attempts)
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, nothing saved since the last autosave."""

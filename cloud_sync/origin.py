@@ -38,7 +38,7 @@ from edgefleet.atomic import write_atomic
 from edgefleet.errors import ConfigError, MissingDependencyError, SyncError
 from edgefleet.supervisor import ChildProcess
 
-from .broker import free_port, port_open
+from .broker import free_port, start_listening
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_PRESIGN_SECONDS = 7 * 86400  # the longest an S3 SigV4 presigned URL lives
@@ -277,23 +277,19 @@ class LocalNginx:
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> LocalNginx:
         """Start and wait until the port answers; when the port was taken meanwhile, pick another."""
-        for attempt in range(attempts):
+
+        def launch() -> Callable[[], bool]:
             self._write()
-            self.child = ChildProcess([self.binary, "-p", str(self.root), "-e", str(self.root / "error.log"), "-c",
-                                       str(self.conf)], name="nginx", restart=False,
-                                      log_path=self.root / "nginx.out").start()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.child.running:
-                if port_open("127.0.0.1", self.port, timeout=0.2):
-                    return self
-                time.sleep(0.05)
-            tail = self.log_tail()
-            self.stop()
-            if "in use" not in tail.lower() or attempt == attempts - 1:
-                raise SyncError(f"nginx ({self.binary}) did not start on 127.0.0.1:{self.port}: "
-                                f"{tail.strip() or 'no output'}")
+            child = self.child = ChildProcess([self.binary, "-p", str(self.root), "-e", str(self.root / "error.log"),
+                                               "-c", str(self.conf)], name="nginx", restart=False,
+                                              log_path=self.root / "nginx.out").start()
+            return lambda: child.running
+
+        def repick() -> None:
             self.port = free_port()
-        raise AssertionError("unreachable")
+
+        start_listening(self, launch, repick, f"nginx ({self.binary})", timeout=timeout, attempts=attempts)
+        return self
 
     def log_tail(self, chars: int = 800) -> str:
         out = []
