@@ -16,6 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+# at import time: while the suite runs, "conftest" is the module of the folder collected last (tests/sdk)
+from conftest import wait_for  # noqa: E402
+
 from benchmarks import cluster, multi_coordinator  # noqa: E402
 
 
@@ -49,7 +52,6 @@ def test_a_message_handled_only_after_a_crash_is_delivered_again(broker: object)
     import socket
     import threading
 
-    from conftest import wait_for
     from helpers import mqtt
 
     url = broker.url  # type: ignore[attr-defined]
