@@ -131,7 +131,8 @@ def provision_root(state_dir: str | os.PathLike, source: str | os.PathLike | byt
     root with an equal or higher version re-provisions the device: the metadata trusted
     under the old root is removed (its versions mean nothing under a new root).
     """
-    from edgefleet.trust import METADATA_DIR, _write_atomic, read_trusted_root
+    from edgefleet.atomic import write_atomic
+    from edgefleet.trust import METADATA_DIR, read_trusted_root
 
     if isinstance(source, bytes):
         raw, what = source, "the TUF root"
@@ -157,8 +158,8 @@ def provision_root(state_dir: str | os.PathLike, source: str | os.PathLike | byt
             if p.name != "root.json" and p.suffix == ".json":
                 p.unlink(missing_ok=True)
                 cleared.append(p.name)
-    _write_atomic(tuf_dir(state_dir) / PROVISIONED_ROOT, raw)
-    _write_atomic(target, raw)
+    write_atomic(tuf_dir(state_dir) / PROVISIONED_ROOT, raw, parents=True)
+    write_atomic(target, raw, parents=True)
     return Provisioned(md.signed.version, role.threshold, tuple(role.keyids), changed=True, cleared=tuple(cleared))
 
 
@@ -177,9 +178,9 @@ def root_version(state_dir: str | os.PathLike) -> int | None:
 
 
 def remember_key(state_dir: str | os.PathLike, key: PublicKey) -> None:
-    from edgefleet.trust import _write_atomic
+    from edgefleet.atomic import write_atomic
 
-    _write_atomic(tuf_dir(state_dir) / KEYS_DIR / f"{key.key_id}.pub", key.pem())
+    write_atomic(tuf_dir(state_dir) / KEYS_DIR / f"{key.key_id}.pub", key.pem(), parents=True)
 
 
 @dataclass

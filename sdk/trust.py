@@ -74,12 +74,12 @@ import shutil
 import stat
 import tarfile
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 from urllib import parse
 
+from .atomic import write_atomic
 from .errors import (
     BundleFormatError,
     ConfigError,
@@ -223,6 +223,16 @@ def _signed_by(md: Metadata[_Role], keys: dict[str, Key]) -> list[str]:
     return found
 
 
+def _copy_of(src: Path) -> Callable[[BinaryIO], None]:
+    """The content of ``src`` for :func:`write_atomic`, streamed."""
+
+    def copy(fh: BinaryIO) -> None:
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, fh)
+
+    return copy
+
+
 def _check_model_name(model: str) -> str:
     from .manifest import check_name
 
@@ -233,20 +243,6 @@ def _check_model_name(model: str) -> str:
     if model in TOP_LEVEL_ROLES or model == ROLLBACK_ROLE:
         raise ConfigError(f"model name {model!r} is reserved for a TUF role")
     return model
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _regular_file_size(path: Path, what: str, cap: int, too_big: type[Exception] = ConfigError) -> int:
@@ -409,9 +405,9 @@ class Repository:
         from tuf.api.serialization.json import JSONSerializer
 
         path = self.file_for(role, md.signed.version)
-        _write_atomic(path, md.to_bytes(JSONSerializer(compact=False)))
+        write_atomic(path, md.to_bytes(JSONSerializer(compact=False)), parents=True)
         if role == "root":
-            _write_atomic(self.metadata / "root.json", path.read_bytes())
+            write_atomic(self.metadata / "root.json", path.read_bytes(), parents=True)
         if published is not None:
             published.written.append(str(path.relative_to(self.path)))
         return path
@@ -892,13 +888,7 @@ def add_bundle(
                 dirname, _, base_name = tinfo.path.rpartition("/")
                 dest = r.targets / dirname / f"{tinfo.hashes['sha256']}.{base_name}"
                 if not dest.exists():
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    tmp_dest = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-                    try:
-                        shutil.copyfile(src, tmp_dest)
-                        os.replace(tmp_dest, dest)
-                    finally:
-                        tmp_dest.unlink(missing_ok=True)
+                    write_atomic(dest, _copy_of(src), parents=True)
                 published.written.append(str(dest.relative_to(r.path)))
             current.targets.update(new_targets)
             if not is_new:
@@ -1205,7 +1195,7 @@ class TrustClient:
 
     def _advance_floor(self) -> None:
         if self._effective > self._floor():
-            _write_atomic(self.state / CLOCK_FLOOR_FILE, _fmt(self._effective).encode())
+            write_atomic(self.state / CLOCK_FLOOR_FILE, _fmt(self._effective).encode(), parents=True)
 
     # -- workflow
 
