@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 # at import time: while the suite runs, "conftest" is the module of the folder collected last (tests/sdk)
 from conftest import wait_for  # noqa: E402
+from helpers import mqtt, pg_url  # noqa: E402
 
 from benchmarks import cluster, multi_coordinator  # noqa: E402
 
@@ -52,7 +53,6 @@ def test_a_message_handled_only_after_a_crash_is_delivered_again(broker: object)
     import socket
     import threading
 
-    from helpers import mqtt
 
     url = broker.url  # type: ignore[attr-defined]
     got: list[tuple[bytes, object]] = []
@@ -103,8 +103,6 @@ def test_two_registries_provision_the_same_devices_at_once(backend: str, tmp_pat
     10,000-device multi-coordinator run died at startup)."""
     import threading
     import uuid
-
-    from helpers import pg_url
 
     from edgefleet.cloud_sync.coordinator.registry import Registry
 
