@@ -29,7 +29,6 @@ Writes benchmarks/results/fleet_scale.json (``--quick``: fleet_scale_quick.json,
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import socket
 import sys
@@ -268,21 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     if devices <= 0 or args.workers <= 0:
         print("error: --devices and --workers must be positive", file=sys.stderr)
         return 2
-    from edgefleet.atomic import write_atomic
-    from edgefleet.errors import EdgefleetError
 
-    try:
-        doc = {**schema.envelope("fleet_scale", args.quick, ("paho-mqtt", "SQLAlchemy")),
-               **run(devices, args.workers, args.timeout, say=lambda m: print(m, file=sys.stderr, flush=True))}
+    def measure() -> dict[str, Any]:
+        doc = run(devices, args.workers, args.timeout, say=lambda m: print(m, file=sys.stderr, flush=True))
         if args.why:
             doc["parameters"]["why_not_10000"] = args.why
-        doc["verdicts"] = verdicts(doc)
-    except EdgefleetError as exc:
-        print(f"fleet_scale: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return doc
+
     out = Path(args.out or RESULTS / ("fleet_scale_quick.json" if args.quick else "fleet_scale.json"))
-    write_atomic(out, json.dumps(doc, indent=2) + "\n", parents=True)
-    print(json.dumps({k: v for k, v in doc.items() if k not in ("machine", "samples", "progress")}, indent=2))
+    return schema.record("fleet_scale", args.quick, ("paho-mqtt", "SQLAlchemy"), measure, verdicts, out,
+                         hide=("machine", "samples", "progress"))
     return 0
 
 

@@ -24,7 +24,6 @@ Writes benchmarks/results/multi_coordinator.json (``--quick``: multi_coordinator
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import sys
 import tempfile
@@ -238,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     if devices <= 0 or args.workers <= 0 or args.coordinators <= 0:
         print("error: --devices, --workers and --coordinators must be positive", file=sys.stderr)
         return 2
-    from edgefleet.atomic import write_atomic
-    from edgefleet.errors import EdgefleetError
 
     from . import cluster
 
@@ -247,17 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multi_coordinator: ConfigError: no PostgreSQL at {cluster.default_pg_server()} (bash "
               "scripts/postgres.sh starts one) and no --db given", file=sys.stderr)
         return 2
-    try:
-        doc = {**schema.envelope("multi_coordinator", args.quick, ("paho-mqtt", "SQLAlchemy", "psycopg")),
-               **run(devices, args.workers, args.coordinators, args.db, not args.no_kill, args.bundle_kib,
-                     args.timeout, say=lambda m: print(m, file=sys.stderr, flush=True))}
-        doc["verdicts"] = verdicts(doc)
-    except EdgefleetError as exc:
-        print(f"multi_coordinator: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exc.exit_code
     out = Path(args.out or RESULTS / ("multi_coordinator_quick.json" if args.quick else "multi_coordinator.json"))
-    write_atomic(out, json.dumps(doc, indent=2) + "\n", parents=True)
-    print(json.dumps({k: v for k, v in doc.items() if k != "machine"}, indent=2))
+    return schema.record("multi_coordinator", args.quick, ("paho-mqtt", "SQLAlchemy", "psycopg"),
+                         lambda: run(devices, args.workers, args.coordinators, args.db, not args.no_kill,
+                                     args.bundle_kib, args.timeout, say=lambda m: print(m, file=sys.stderr, flush=True)),
+                         verdicts, out)
     return 0
 
 

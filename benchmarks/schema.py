@@ -18,7 +18,8 @@ it derives from the figures.
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 ENVELOPE = ("benchmark", "quick", "machine")
 TARGET_KEYS = ("what", "measured", "limit", "met", "reason")
@@ -47,6 +48,28 @@ def envelope(benchmark: str, quick: bool, packages: Sequence[str] = (),
     """The first keys of a result: name, quick or full, the machine (measured now unless given)."""
     return {"benchmark": benchmark, "quick": bool(quick),
             "machine": machine_doc if machine_doc is not None else machine(packages)}
+
+
+def record(benchmark: str, quick: bool, packages: Sequence[str], measure: Callable[[], dict[str, Any]],
+           verdicts: Callable[[dict[str, Any]], list[dict[str, Any]]], out: Path,
+           hide: Sequence[str] = ("machine",)) -> int:
+    """Run ``measure`` under the envelope, add its ``verdicts``, write the result atomically to ``out`` and print it
+    (without ``hide``); an EdgefleetError is one line on stderr and its exit code, and writes nothing."""
+    import json
+    import sys
+
+    from edgefleet.atomic import write_atomic
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        doc = {**envelope(benchmark, quick, packages), **measure()}
+        doc["verdicts"] = verdicts(doc)
+    except EdgefleetError as exc:
+        print(f"{benchmark}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    write_atomic(out, json.dumps(doc, indent=2) + "\n", parents=True)
+    print(json.dumps({k: v for k, v in doc.items() if k not in hide}, indent=2))
+    return 0
 
 
 def target(what: str, measured: Any, limit: str, met: bool | None, reason: str = "") -> dict[str, Any]:

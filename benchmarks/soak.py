@@ -36,7 +36,6 @@ BENCHMARKS.md with ``python -m benchmarks report``.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import sys
 import tempfile
@@ -339,20 +338,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     out = Path(args.out or RESULTS / ("soak_quick.json" if args.quick else "soak.json"))
-    from edgefleet.atomic import write_atomic
-    from edgefleet.errors import EdgefleetError
-
-    try:
-        doc = {**schema.envelope("soak", args.quick, ("paho-mqtt", "SQLAlchemy", "psycopg")),
-               **run(minutes, devices, args.workers, args.interval, args.rollout_every, args.coordinators, args.db,
-                     args.bundle_kib, say=lambda m: print(m, file=sys.stderr, flush=True))}
-        doc["verdicts"] = verdicts(doc)
-    except EdgefleetError as exc:
-        print(f"soak: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(doc, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in doc.items() if k not in ("machine", "rss")}, indent=2))
+    return schema.record("soak", args.quick, ("paho-mqtt", "SQLAlchemy", "psycopg"),
+                         lambda: run(minutes, devices, args.workers, args.interval, args.rollout_every,
+                                     args.coordinators, args.db, args.bundle_kib,
+                                     say=lambda m: print(m, file=sys.stderr, flush=True)),
+                         verdicts, out, hide=("machine", "rss"))
     return 0
 
 
