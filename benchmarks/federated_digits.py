@@ -299,8 +299,9 @@ def _head_v1(work: Path, quick: bool) -> tuple[Path, Path, Path, dict[str, Any]]
 
 
 def simulate_heads(head: Any, feats: np.ndarray, y: np.ndarray, test_feats: np.ndarray, yte: np.ndarray,
-                   parts: list[np.ndarray], rounds: int, cfg: Any) -> list[float]:
-    """FedAvg over the heads devices train in numpy (head_trainer), in this process: accuracy after each round."""
+                   parts: list[np.ndarray], rounds: int, cfg: Any) -> tuple[list[float], Any]:
+    """FedAvg over the heads devices train in numpy (head_trainer), in this process: accuracy after each round,
+    and the final global head."""
     from edgefleet.cloud_sync.federated import aggregate as agg
     from edgefleet.cloud_sync.federated.head_trainer import evaluate_head, train_head, trainable_arrays, with_trainable
 
@@ -313,7 +314,45 @@ def simulate_heads(head: Any, feats: np.ndarray, y: np.ndarray, test_feats: np.n
             counts.append(res.num_examples)
         head = with_trainable(head, agg.fedavg(ups, counts))
         accs.append(round(evaluate_head(head, test_feats, yte)[1], 4))
-    return accs
+    return accs, head
+
+
+def _class_mix_accuracy(head: Any, feats: np.ndarray, y: np.ndarray, mix: np.ndarray) -> float:
+    """Accuracy on samples drawn with class shares ``mix``: the per-class accuracies weighted by it."""
+    right = np.asarray(head.forward(feats)).argmax(1) == y
+    per_class = np.array([right[y == c].mean() if np.any(y == c) else 0.0 for c in range(len(mix))])
+    return float(per_class @ mix)
+
+
+def personalization_part(head: Any, feats: np.ndarray, y: np.ndarray, test_feats: np.ndarray, yte: np.ndarray,
+                         parts: list[np.ndarray], cfg: Any) -> dict[str, Any]:
+    """``--personalize`` on each device of a non-IID fleet (in this process): the device fine-tunes the final global
+    head on 80% of its samples and keeps it when it wins on the other 20% (head_trainer.personalize, what the
+    ClientApp runs). Both heads are then scored on the test set weighted by the device's own class mix (samples
+    neither head trained on): the accuracy a device's users see, with the global head and with what it serves."""
+    from edgefleet.cloud_sync.federated.head_trainer import personalize
+    from edgefleet.cloud_sync.federated.trainer import split_holdout
+
+    k = int(max(int(y.max()), int(yte.max())) + 1)
+    rows: list[dict[str, Any]] = []
+    for i, p in enumerate(parts):
+        order = np.arange(len(p))
+        it, _, ih, _ = split_holdout(order, y[p], 0.2, seed=0)
+        t = time.perf_counter()
+        v = personalize(head, feats[p][it], y[p][it], feats[p][ih], y[p][ih], replace(cfg, seed=i))
+        seconds = time.perf_counter() - t
+        mix = np.bincount(y[p], minlength=k) / len(p)
+        g, pers = _class_mix_accuracy(head, test_feats, yte, mix), _class_mix_accuracy(v.head, test_feats, yte, mix)
+        rows.append({"device": i, "samples": len(p), "dominant_classes": [int(c) for c in np.argsort(-mix)[:2]],
+                     "heldback_global": round(v.global_accuracy, 4), "heldback_personal": round(v.personal_accuracy, 4),
+                     "kept": v.kept, "mix_global": round(g, 4), "mix_personal": round(pers, 4),
+                     "mix_served": round(pers if v.kept else g, 4), "seconds": round(seconds, 3)})
+    mean = lambda key: round(float(np.mean([r[key] for r in rows])), 4)  # noqa: E731
+    return {"devices": rows, "kept": sum(r["kept"] for r in rows), "epochs": cfg.epochs,
+            "mean_mix_global": mean("mix_global"), "mean_mix_personal": mean("mix_personal"),
+            "mean_mix_served": mean("mix_served"), "worst_mix_global": min(r["mix_global"] for r in rows),
+            "worst_mix_served": min(r["mix_served"] for r in rows),
+            "served_below_global": sum(1 for r in rows if r["mix_served"] < r["mix_global"])}
 
 
 def _head_flower(v1: Path, pub: Path, priv: Path, root: Path, devices: int, rounds: int, kind: str,
@@ -422,7 +461,7 @@ def head_part(quick: bool, root: Path) -> dict[str, Any]:
             feat_s = time.perf_counter() - t
             drifted = evaluate_head(m.head, f_te, yte)[1]
             t = time.perf_counter()
-            curve = simulate_heads(m.head, f_tr, ytr, f_te, yte, parts, rounds, cfg)
+            curve, final_head = simulate_heads(m.head, f_tr, ytr, f_te, yte, parts, rounds, cfg)
             sim_s = time.perf_counter() - t
             central = train_head(m.head, f_tr, ytr, replace(cfg, epochs=cfg.epochs * rounds))
             final = curve[-1]
@@ -432,6 +471,14 @@ def head_part(quick: bool, root: Path) -> dict[str, Any]:
                                    "lost_points": round((clean - drifted) * 100, 2),
                                    "recovered_fraction": None if recovered is None else round(recovered, 4),
                                    "features_s": round(feat_s, 3), "simulation_s": round(sim_s, 2)}
+            if kind == "demo":
+                pz = out["personalization"] = personalization_part(final_head, f_tr, ytr, f_te, yte, parts, cfg)
+                verdicts.append(target(
+                    f"--personalize after head-only FedAvg ({what}, {devices} non-IID devices): mean accuracy on each "
+                    "device's own class mix, global head -> what devices serve", f"{pz['mean_mix_global']:.4f} -> "
+                    f"{pz['mean_mix_served']:.4f}", "no target", None,
+                    f"{pz['kept']}/{devices} devices kept a local head; {pz['served_below_global']} serve worse than "
+                    f"the global head would; worst device {pz['worst_mix_global']:.4f} -> {pz['worst_mix_served']:.4f}"))
             measured = None if recovered is None else round(recovered, 4)
             if applies:
                 verdicts.append(target(f"head-only FedAvg, {what}: share of the lost accuracy recovered after {rounds} "

@@ -40,6 +40,7 @@ from edgefleet.manifest import MANIFEST_NAME, Manifest
 from . import tuf_mode
 from .config import AgentConfig, QualityConfig
 from .orders import LEDGER_NAME, ClockPolicy, OrderLedger, check_rollback_order
+from .personal import PersonalHeads
 from .probation import QualityProbe, ShadowStats, judge_probation, judge_shadow, start_probation
 from .serving import AgentSession, Comparator, Loader, ModelLike, Serving, Shadow, Slot, sdk_loader
 from .store import Entry, Store, StoreState
@@ -224,7 +225,24 @@ class Agent:
             raise StoreError(f"version {entry.version} ({entry.id[:12]}) does not match its id")
         keys = self.store.verify_keys  # the trusted keys and those that signed TUF-verified installs
         model = self._load(path, keys, self.config.require_signature or bool(keys))
-        return Slot(model, entry)
+        slot = Slot(model, entry)
+        slot.personal = self._personal_head(model)
+        return slot
+
+    def _personal_head(self, model: ModelLike) -> dict[str, Any] | None:
+        """Serve this device's personal head of ``model``'s version when a ``--personalize`` run kept one
+        (:mod:`.personal`); its summary, or ``None`` (the signed global head is served)."""
+        use_head = getattr(model, "use_head", None)
+        if not self.config.federated.personal_heads or use_head is None or model.manifest.head is None:
+            return None
+        personal = PersonalHeads(self.root).for_manifest(model.manifest)
+        if personal is None:
+            return None
+        use_head(personal.head)
+        log.info("v%s serves this device's personal head (run %s: held-back accuracy %.3f, global head %.3f)",
+                 model.manifest.version, personal.run or "-", personal.personal_accuracy, personal.global_accuracy,
+                 extra={"event": "personal_head", "version": model.manifest.version})
+        return personal.summary()
 
     def _load_active(self) -> Slot | None:
         """Load the active version; if it is damaged, fall back to the previous one (never nothing)."""
@@ -657,7 +675,8 @@ class Agent:
         self.serving.standby = old
         self._set_drift(cand)
         self.telemetry.event("activated", {"version": cand.entry.version, "id": cand.entry.id,
-                                           "previous": old.entry.version if old else None})
+                                           "previous": old.entry.version if old else None,
+                                           "head": _head_kind(cand), "personal": cand.personal})
         log.info("activated v%s (previous: %s)", cand.entry.version, f"v{old.entry.version}" if old else "none",
                  extra={"event": "activated", "version": cand.entry.version,
                         "previous": old.entry.version if old else ""})
@@ -798,7 +817,8 @@ class Agent:
         out = read_status(self.root)
         slot = self.serving.slot
         out["device_id"] = self.config.device_id
-        out["serving"] = {"version": slot.entry.version, "id": slot.entry.id, "name": slot.entry.name} if slot else None
+        out["serving"] = {"version": slot.entry.version, "id": slot.entry.id, "name": slot.entry.name,
+                          "head": _head_kind(slot), "personal": slot.personal} if slot else None
         probation, shadow = self.serving.probation, self.serving.shadow
         out["probation"] = probation.report() if probation else None
         if probation is not None and probation.quality is not None:
@@ -928,6 +948,13 @@ class Agent:
         Rollback: lambda self, a: self._do_rollback(a.to_id),
         Discard: _discard,
     }
+
+
+def _head_kind(slot: Slot) -> str | None:
+    """Which head a loaded version serves: ``personal`` (this device's), ``global`` (the bundle's), or ``None``."""
+    if slot.personal is not None:
+        return "personal"
+    return "global" if slot.model.manifest.head is not None else None
 
 
 def _log_job(job: Job) -> None:

@@ -212,6 +212,9 @@ class FederatedNodeConfig:
     auth_private_key: str | None = None  # SuperNode authentication: OpenSSH EC key (flwr supernode register)
     auth_public_key: str | None = None  # not needed with Flower 1.41 (derived from the private key)
     log_file: str | None = None  # default: <state_dir>/flower-node.log
+    # serve the personal head a --personalize run kept for a version (edgefleet.device_agent.personal), when
+    # the version is installed; false: always the bundle's signed global head
+    personal_heads: bool = True
 
     def __post_init__(self) -> None:
         if not self.enabled:

@@ -73,6 +73,8 @@ class Slot:
         self._retired = False
         self._closed = False
         self.failures = 0  # predictions that raised (the log names the first ones)
+        #: the personal head this version serves (.personal: its summary), or None for the bundle's own
+        self.personal: dict[str, Any] | None = None
 
     def acquire(self) -> bool:
         with self._lock:

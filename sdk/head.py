@@ -30,7 +30,9 @@ through bytes (:meth:`Head.from_npz`, :meth:`Head.to_npz`), deterministic, never
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import re
 import zipfile
@@ -39,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import BundleFormatError, EdgefleetError, InvalidInputError
+from .errors import BundleFormatError, ConfigError, EdgefleetError, InvalidInputError
 
 #: the head's file name in a bundle
 HEAD_FILE = "head.npz"
@@ -413,4 +415,16 @@ def _bn_affine(layer: HeadLayer, weights: Mapping[str, np.ndarray]) -> tuple[np.
     return inv.astype(np.float32), add.astype(np.float32)
 
 
-__all__ = ["HEAD_FILE", "LAYER_KINDS", "ACTIVATIONS", "Head", "HeadLayer", "check_chain", "param_key", "read_npz"]
+def backbone_digest(manifest: object) -> str:
+    """What identifies a bundle's backbone: the sha256 of its files other than the head, by name (a head-only
+    update keeps it; a device whose installed bundle has another digest cannot train or serve this head)."""
+    head = getattr(manifest, "head", None)
+    files = getattr(manifest, "files", {})
+    if head is None:
+        raise ConfigError(f"{getattr(manifest, 'name', 'the model')} has no trainable head")
+    doc = {name: [e.sha256, e.size] for name, e in sorted(files.items()) if name != head.file}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+__all__ = ["HEAD_FILE", "LAYER_KINDS", "ACTIVATIONS", "Head", "HeadLayer", "check_chain", "param_key", "read_npz",
+           "backbone_digest"]

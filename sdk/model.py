@@ -276,6 +276,8 @@ class Model:
         self.outputs: tuple[TensorSpec, ...] = manifest.served_outputs
         self._file_outputs: tuple[TensorSpec, ...] = manifest.outputs
         self._head = _head_of(manifest, bundle, head)
+        #: the head the manifest's smoke tests were recorded with (``use_head`` changes only what is served)
+        self._smoke_head = self._head
         self._check_backend_agrees()
         pre = manifest.preprocessing or {}
         unknown = set(pre) - {s.name for s in self.inputs}
@@ -629,6 +631,12 @@ class Model:
         """The trainable head (layers and float32 weights), or ``None`` for a model without one."""
         return self._head
 
+    def use_head(self, head: Head) -> None:
+        """Serve ``head`` from now on instead of the bundle's (the same layers as the manifest declares, e.g. a
+        device's personal head); :meth:`run_smoke_tests` still checks the bundle's own head. A model without a
+        trainable head refuses (``ConfigError``)."""
+        self._head = _head_of(self.manifest, None, head)
+
     def features(self, x: Inputs = None, *, raw: bool = False, preprocess: bool = True) -> np.ndarray:
         """The backbone's output (real values) for ``x``: what the trainable head takes.
 
@@ -832,7 +840,11 @@ class Model:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             return SmokeResult(False, float("inf"), f"smoke tests are malformed: {exc!r}")
         try:
-            out = self.predict(feeds if len(feeds) != 1 else next(iter(feeds.values())), preprocess=False)
+            given = feeds if len(feeds) != 1 else next(iter(feeds.values()))
+            if self._smoke_head is not None:  # the bundle's own head, even when another one is served
+                out = self._smoke_head.forward(self._features(given, False, False))
+            else:
+                out = self.predict(given, preprocess=False)
         except Exception as exc:  # a smoke test reports, it does not crash the caller
             return SmokeResult(False, float("inf"), f"smoke test failed to run: {exc}")
         got = out if isinstance(out, dict) else {self.outputs[0].name: out}

@@ -60,8 +60,19 @@ def run_options() -> list[click.Parameter]:
                      help="devices' optimizer when they train a bundle's trainable head (a dense network: SGD)"),
         click.Option(["--class-weight"], default="none", type=click.Choice(("none", "balanced")),
                      help="per-class loss weights of a head run: balanced weighs each device's rare classes up"),
+        click.Option(["--personalize"], is_flag=True,
+                     help="head runs: after the last round each device fine-tunes the global head on its own samples "
+                     "and keeps that local head (served once the new version is installed) when it beats the global "
+                     "head on its held-back samples; both accuracies are reported per device"),
+        click.Option(["--personal-epochs"], type=click.IntRange(min=1), default=5,
+                     help="with --personalize: epochs of the local fine-tuning"),
+        click.Option(["--personal-margin"], type=click.FloatRange(0, 1, max_open=True), default=0.0,
+                     help="with --personalize: held-back accuracy the local head must gain to be kept (0: any gain)"),
         click.Option(["--batch-size"], type=int, default=32, help="devices' batch size"),
         click.Option(["--min-samples"], type=int, default=20, help="devices with fewer samples decline"),
+        click.Option(["--holdout-fraction"], type=click.FloatRange(0, 1, max_open=True), default=0.2,
+                     help="share of each device's samples it holds back from training (its local holdout accuracy; "
+                     "--personalize compares the heads on it)"),
         click.Option(["--proximal-mu"], type=float, default=0.01, help="FedProx proximal term"),
         click.Option(["--trim-beta"], type=float, default=0.2, help="FedTrimmedAvg: fraction cut from each tail"),
         click.Option(["--krum-malicious"], type=int, default=1, help="Krum: number of malicious devices tolerated"),
@@ -237,11 +248,12 @@ def cmd_run(args: Any) -> int:
     cfg = FederatedConfig(
         rounds=args.rounds, strategy=args.strategy, layers=layers or "64,32,10", min_nodes=args.min_nodes,
         round_timeout=args.round_timeout, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, min_samples=args.min_samples, proximal_mu=args.proximal_mu, trim_beta=args.trim_beta,
+        batch_size=args.batch_size, min_samples=args.min_samples, holdout_fraction=args.holdout_fraction, proximal_mu=args.proximal_mu, trim_beta=args.trim_beta,
         krum_malicious=args.krum_malicious, dp_noise=args.dp_noise, dp_clip=args.dp_clip, dp_delta=args.dp_delta,
         preprocessing=preprocessing, initial_weights=initial, optimizer=args.optimizer, class_weight=args.class_weight,
         holdout=str(Path(args.holdout).resolve()) if args.holdout else "", out_dir=str(out / "out"),
-        head_bundle=head_bundle, head_backbone=head_backbone,
+        head_bundle=head_bundle, head_backbone=head_backbone, personalize=args.personalize,
+        personal_epochs=args.personal_epochs, personal_margin=args.personal_margin,
     )
     record = None
     if api:
@@ -280,10 +292,15 @@ def cmd_run(args: Any) -> int:
     doc["group"] = args.group
     if record is not None:
         record.update(status=RunStatus.AGGREGATED, flower_run_id=doc.get("run_id"),
-                      result={"privacy": doc["privacy"]} if "privacy" in doc else {})
+                      result={k: doc[k] for k in ("privacy", "personalization") if k in doc})
     if "privacy" in doc:
         p = doc["privacy"]
         print(f"privacy: ({p['epsilon']:.2f}, {p['delta']:g})-DP at device level over {p['rounds']} round(s)")
+    if "personalization" in doc:
+        from .records import personalization_lines
+
+        for line in personalization_lines(doc["personalization"]):
+            print(line, flush=True)
     summary: dict[str, Any] = {"run": {k: v for k, v in doc.items() if k != "config"},
                                "record_id": record.run_id if record else None}
     try:

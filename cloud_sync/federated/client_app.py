@@ -35,6 +35,7 @@ the messages carry the head's trainable arrays only. No TensorFlow is imported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from edgefleet.errors import EdgefleetError
@@ -263,6 +264,47 @@ def _head_train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _personalize(msg: Message, context: Context, data: HeadData, head: Any) -> tuple[dict[str, float], ConfigRecord]:
+    """FedPer-style personalisation after a run's last round: fine-tune the final global ``head`` on this
+    device's training features, score both on its held-back ones, keep the local head in the agent's state
+    directory when it wins (or forget an older one that lost); metrics and this device's record for the server."""
+    from edgefleet.device_agent.personal import PersonalHeads
+
+    from .head_trainer import HeadTrainConfig, personalize
+
+    run, node = context.run_config, context.node_config
+    tc = HeadTrainConfig(
+        epochs=int(run.get("personal-epochs", 5)), batch_size=int(run.get("batch-size", 32)),
+        learning_rate=float(run.get("learning-rate", 0.05)), optimizer=str(run.get("optimizer", "sgd")),
+        class_weight=str(run.get("class-weight", "none")), seed=int(run.get("seed", 0)))
+    t = time.perf_counter()
+    verdict = personalize(head, data.f_train, data.y_train, data.f_hold, data.y_hold, tc,
+                          float(run.get("personal-margin", 0.0)))
+    seconds = time.perf_counter() - t
+    base = hashlib.sha256(head.to_npz()).hexdigest()  # the head of the version this run's aggregate becomes
+    root = node.get("model-store")
+    stored = False
+    if root:
+        heads = PersonalHeads(str(root))
+        if verdict.kept:
+            heads.save(base=base, backbone=str(run.get("head-backbone", "")), head=verdict.head,
+                       global_accuracy=verdict.global_accuracy, personal_accuracy=verdict.personal_accuracy,
+                       holdout=verdict.holdout, run=str(context.run_id))
+            stored = True
+        else:
+            heads.remove(base)
+    metrics = {"global-accuracy": verdict.global_accuracy, "personal-accuracy": verdict.personal_accuracy,
+               "personal-kept": float(stored), "personal-seconds": seconds}
+    record = ConfigRecord({"device-id": data.device_id, "base": base, "stored": stored,
+                           **{k.replace("_", "-"): v for k, v in verdict.to_dict().items()}})
+    return metrics, record
+
+
+def _last_round(msg: Message, context: Context) -> bool:
+    cfg: Mapping[str, Any] = msg.content.config_records.get("config") or {}
+    return int(cfg.get("server-round", 0) or 0) >= int(context.run_config.get("rounds", 1) or 1)
+
+
 def _head_evaluate(msg: Message, context: Context) -> Message:
     from .head_trainer import evaluate_head
 
@@ -272,9 +314,18 @@ def _head_evaluate(msg: Message, context: Context) -> Message:
     data, head = setup
     x, y = (data.f_hold, data.y_hold) if len(data.f_hold) else (data.f_train, data.y_train)
     loss, acc = evaluate_head(head, x, y)
+    values: dict[str, Any] = {"num-examples": len(x), "eval-loss": loss, "eval-accuracy": acc}
+    content = RecordDict()
+    if _flag(context.run_config.get("personalize", False)) and _last_round(msg, context):
+        try:
+            personal, record = _personalize(msg, context, data, head)
+        except EdgefleetError as exc:
+            return _decline(msg, f"{DECLINED} personalisation failed: {exc}")
+        values.update(personal)
+        content["personal"] = record
     _log_imports(context.node_config)
-    metrics = MetricRecord({"num-examples": len(x), "eval-loss": loss, "eval-accuracy": acc})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    content["metrics"] = MetricRecord(values)
+    return Message(content=content, reply_to=msg)
 
 
 @app.train()

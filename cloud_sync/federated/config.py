@@ -55,6 +55,11 @@ class FederatedConfig:
     head_backbone: str = ""  # its backbone_digest: a device whose installed backbone differs declines
     optimizer: str = "sgd"  # devices' head optimizer: sgd or adam (the dense trainer is plain SGD)
     class_weight: str = "none"  # devices' per-class loss weights: none or balanced (of their own samples)
+    # FedPer-style personalisation (head runs): after the last round each device fine-tunes the final global head
+    # on its own training samples and keeps that local head when it beats the global one on its held-back samples
+    personalize: bool = False
+    personal_epochs: int = 5  # epochs of that local fine-tuning
+    personal_margin: float = 0.0  # held-back accuracy the local head must gain to be kept (0: any gain)
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, StrategyName):
@@ -88,6 +93,15 @@ class FederatedConfig:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.class_weight not in CLASS_WEIGHTS:
             raise ConfigError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        if self.personal_epochs < 1 or not 0.0 <= self.personal_margin < 1.0:
+            raise ConfigError("personal_epochs must be >= 1 and personal_margin in [0, 1)")
+        if self.personalize:
+            if not self.head_mode:
+                raise ConfigError("personalisation keeps a local copy of a bundle's trainable head: it needs a deployed "
+                                  "bundle compiled with --trainable-head (--deployed)")
+            if self.holdout_fraction <= 0 or self.fraction_evaluate <= 0:
+                raise ConfigError("personalisation compares the local and the global head on each device's held-back "
+                                  "samples: it needs holdout_fraction > 0 and fraction_evaluate > 0")
         if self.preprocessing:
             try:
                 json.loads(self.preprocessing)

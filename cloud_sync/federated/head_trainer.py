@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from edgefleet.errors import ConfigError
-from edgefleet.head import ACTIVATIONS, Head, HeadLayer, param_key
+from edgefleet.head import ACTIVATIONS, Head, HeadLayer, backbone_digest, param_key
 
 Params = dict[str, np.ndarray]
 OPTIMIZERS = ("sgd", "adam")
@@ -385,20 +385,50 @@ def train_head(head: Head, x: np.ndarray, y: np.ndarray, config: HeadTrainConfig
     return HeadTrainResult(new, loss, acc, len(feats), history)
 
 
-def backbone_digest(manifest: object) -> str:
-    """What identifies a bundle's backbone: the sha256 of its files other than the head, by name (a head-only
-    update keeps it; a device whose installed bundle has another digest cannot train this head)."""
-    import hashlib
-    import json
+@dataclass(frozen=True)
+class Personalization:
+    """One device's verdict on a local head (FedPer style): the global head fine-tuned on the device's own
+    training samples, scored with the global head on the device's held-back samples."""
 
-    head = getattr(manifest, "head", None)
-    files = getattr(manifest, "files", {})
-    if head is None:
-        raise ConfigError(f"{getattr(manifest, 'name', 'the model')} has no trainable head")
-    doc = {name: [e.sha256, e.size] for name, e in sorted(files.items()) if name != head.file}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    head: Head  # the fine-tuned local head
+    global_loss: float
+    global_accuracy: float
+    personal_loss: float
+    personal_accuracy: float
+    holdout: int  # held-back samples both were scored on
+    margin: float
+
+    @property
+    def kept(self) -> bool:
+        """Whether the local head beats the global head on the held-back samples by more than ``margin``
+        (accuracy; on equal accuracy, the lower loss decides when ``margin`` is 0)."""
+        if self.holdout == 0 or not math.isfinite(self.personal_accuracy):
+            return False
+        gain = self.personal_accuracy - self.global_accuracy
+        if self.margin > 0:
+            return gain > self.margin
+        return gain > 0 or (gain == 0 and self.personal_loss < self.global_loss)
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return {"global_accuracy": self.global_accuracy, "personal_accuracy": self.personal_accuracy,
+                "global_loss": self.global_loss, "personal_loss": self.personal_loss, "holdout": self.holdout,
+                "margin": self.margin, "kept": self.kept}
+
+
+def personalize(global_head: Head, f_train: np.ndarray, y_train: np.ndarray, f_hold: np.ndarray,
+                y_hold: np.ndarray, config: HeadTrainConfig, margin: float = 0.0) -> Personalization:
+    """Fine-tune ``global_head`` on this device's training features (``config``; its proximal term pulls toward
+    the global head) and score both heads on the held-back features: :attr:`Personalization.kept` says whether
+    the device should serve its own head. Without held-back samples nothing can show it is better: not kept."""
+    if not (math.isfinite(margin) and 0 <= margin < 1):
+        raise ConfigError(f"the personalisation margin must be in [0, 1), got {margin}")
+    local = train_head(global_head, f_train, y_train, config, global_head).head
+    g_loss, g_acc = evaluate_head(global_head, f_hold, y_hold)
+    p_loss, p_acc = evaluate_head(local, f_hold, y_hold)
+    return Personalization(local, g_loss, g_acc, p_loss, p_acc, len(f_hold), margin)
 
 
 __all__ = ["HeadTrainConfig", "HeadTrainResult", "train_head", "evaluate_head", "loss_and_grads", "class_weights",
            "trainable_keys", "trainable_arrays", "with_trainable", "classifying_index", "n_classes", "backbone_digest",
+           "Personalization", "personalize",
            "OPTIMIZERS", "CLASS_WEIGHTS"]

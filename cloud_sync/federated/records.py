@@ -225,6 +225,21 @@ def round_text(r: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def personalization_lines(p: Mapping[str, Any]) -> list[str]:
+    """A ``--personalize`` run's outcome: how many devices keep a local head, then both heads' held-back accuracy
+    on each device (``federated run`` prints it; ``federated log`` shows it from the run's record)."""
+    lines = [f"personalisation: {p.get('kept', 0)} of {p.get('reported', 0)} device(s) keep a local head; mean "
+             f"held-back accuracy: global head {_f(p.get('mean_global_accuracy'))}, local heads "
+             f"{_f(p.get('mean_personal_accuracy'))}, served {_f(p.get('mean_served_accuracy'))}"]
+    for d in p.get("devices") or []:
+        lines.append(f"  {d.get('device_id', '?')}: global {_f(d.get('global_accuracy'))}, local "
+                     f"{_f(d.get('personal_accuracy'))} on {d.get('holdout', 0)} held-back sample(s): "
+                     + ("keeps its local head" if d.get("stored") else
+                        "beats the global head, but this node has no model store to keep it in" if d.get("kept") else
+                        "serves the global head"))
+    return lines
+
+
 def event_text(e: Mapping[str, Any]) -> str:
     if e["kind"] == "status":
         return f"status {e['status']}" + (f": {e['message']}" if e.get("message") else "")
@@ -247,10 +262,12 @@ def log_lines(run: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> li
         gate = res["gate"]
         lines.append(f"gate: {gate.get('reason', '')}: "
                      f"{'promoted v' + str(gate.get('version')) if gate.get('promoted') else 'not promoted'}")
+    if res.get("personalization"):
+        lines += personalization_lines(res["personalization"])
     if res.get("deployment"):
         lines.append(f"deployment: {res['deployment'].get('id')}")
     return lines
 
 
 __all__ = ["round_metrics", "RunRecord", "run_line", "print_runs", "runs_table", "RUNS_HEADER", "aligned",
-           "log_lines", "round_text", "event_text"]
+           "log_lines", "round_text", "event_text", "personalization_lines"]

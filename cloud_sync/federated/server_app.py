@@ -108,6 +108,36 @@ def save_weights(path: Path, weights: list[np.ndarray]) -> None:
     write_atomic(path, lambda fh: np.savez(fh, *[np.asarray(w, np.float32) for w in weights]))
 
 
+def personal_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
+    """The devices' personalisation records (``personal`` in an evaluate reply of a ``--personalize`` run's last
+    round): device, both heads' held-back accuracy and loss, whether the local head was kept."""
+    rows = []
+    for m in replies:
+        if m.has_error():
+            continue
+        rec = m.content.config_records.get("personal")
+        if rec is None:
+            continue
+        row = {k.replace("-", "_"): (None if isinstance(v, float) and not np.isfinite(v) else v)
+               for k, v in rec.items() if isinstance(v, (str, int, float, bool))}
+        rows.append(row)
+    return sorted(rows, key=lambda r: str(r.get("device_id", "")))
+
+
+def personalization_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Both heads reported: the mean held-back accuracy of the global head and of what devices serve with
+    personalisation (their local head where kept, else the global one), over the devices that reported."""
+    def mean(values: list[Any]) -> float | None:
+        finite = [v for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
+        return float(np.mean(finite)) if finite else None
+
+    served = [r["personal_accuracy"] if r.get("stored") else r.get("global_accuracy") for r in rows]
+    return {"devices": rows, "reported": len(rows), "kept": sum(1 for r in rows if r.get("stored")),
+            "mean_global_accuracy": mean([r.get("global_accuracy") for r in rows]),
+            "mean_personal_accuracy": mean([r.get("personal_accuracy") for r in rows]),
+            "mean_served_accuracy": mean(served)}
+
+
 class _Recorder:
     """Wraps the strategy to see replies; keeps and writes the per-round log."""
 
@@ -119,6 +149,7 @@ class _Recorder:
         self.t0 = time.time()
         self.t_round = time.time()
         self.status = "running"
+        self.personal: list[dict[str, Any]] = []  # the last round's personalisation, one row a device
         self._wrap()
 
     def _row(self, rnd: int) -> dict[str, Any]:
@@ -156,6 +187,10 @@ class _Recorder:
             metrics = orig_eval(server_round, replies)
             if metrics is not None:
                 self._row(server_round)["evaluate"] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            personal = personal_rows(replies)
+            if personal:
+                self._row(server_round)["personal"] = personal
+                self.personal = personal
             return metrics
 
         s.configure_train, s.aggregate_train, s.aggregate_evaluate = configure_train, aggregate_train, aggregate_evaluate
@@ -189,6 +224,8 @@ class _Recorder:
             "rounds": [self.rounds[k] for k in sorted(self.rounds)],
             "seconds": round(time.time() - self.t0, 3),
         }
+        if self.personal:
+            doc["personalization"] = personalization_summary(self.personal)
         if self.cfg.dp_noise > 0:
             done = sum(1 for k in self.rounds if k > 0)
             doc["privacy"] = {"mechanism": "gaussian, server-side fixed clipping", "noise_multiplier": self.cfg.dp_noise,

@@ -87,7 +87,7 @@ def test_devices_train_only_the_head_and_v2_keeps_the_pruned_int8_backbone(
         "--superlink", fleet.link.address, "--rounds", "2", "--min-nodes", "2", "--local-epochs", "5",
         "--optimizer", "adam", "--learning-rate", "0.003", "--round-timeout", "90", "--timeout", "300",
         "--deployed", str(v1) + ".efb", "--holdout", str(tmp_path / "holdout.npz"), "--key", str(priv),
-        "--margin", "0.05", "--out", str(tmp_path / "run")])
+        "--margin", "0.05", "--personalize", "--out", str(tmp_path / "run")])
 
     # Act: no --model: the head bundle is the starting point
     code = cli.cmd_run(args)
@@ -125,6 +125,24 @@ def test_devices_train_only_the_head_and_v2_keeps_the_pruned_int8_backbone(
     loaded = set(json.loads(imports.read_text()))
     assert "flwr" in loaded and "ai_edge_litert" in loaded
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    # --personalize: after the last round each device fine-tuned the final global head (v2's, by its sha256) on its
+    # own samples; both heads' held-back accuracy are reported per device, and a local head that won is kept in the
+    # device's state directory. Each device holds 5 of the 10 classes, so a local head has something to gain
+    pers = run["personalization"]
+    assert sorted(d["device_id"] for d in pers["devices"]) == ["dev0", "dev1"], pers
+    assert all(d["base"] == m2.head.sha256 for d in pers["devices"])
+    for d in pers["devices"]:
+        assert d["stored"] == d["kept"] == (d["personal_accuracy"] > d["global_accuracy"]
+                                            or (d["personal_accuracy"] == d["global_accuracy"]
+                                                and d["personal_loss"] < d["global_loss"])), d
+        assert (tmp_path / d["device_id"] / "personal" / f"{m2.head.sha256}.npz").exists() == d["stored"]
+    assert pers["kept"] >= 1 and pers["mean_served_accuracy"] > pers["mean_global_accuracy"], pers
+    assert f"personalisation: {pers['kept']} of 2 device(s) keep a local head" in printed
+    # a device that kept one serves it once v2 is installed; the other serves v2's signed global head
+    for agent, d in zip(agents, pers["devices"]):
+        agent.install(Path(gate["bundle"]), wait=True, timeout=60)
+        serving = agent.status()["serving"]
+        assert serving["version"] == "2" and serving["head"] == ("personal" if d["stored"] else "global"), serving
 
 
 # -- refusals and device-side checks without Flower processes ---------------------------------------------------
