@@ -31,6 +31,15 @@ head): the device loads its installed bundle, declines unless its backbone is th
 with LiteRT or ONNX Runtime (``Model.features``: the bundle's own preprocessing) and trains
 the head in numpy (:mod:`.head_trainer`: ``optimizer``, ``class-weight``, the FedProx term);
 the messages carry the head's trainable arrays only. No TensorFlow is imported.
+
+**Personalisation** (``personalize`` in a head run's config, ``federated run --personalize``): in the
+evaluate step of the last round the device also fine-tunes the final global head on its training features
+(``personal-epochs``) and scores both heads on its held-back features
+(:func:`~.head_trainer.personalize`). A local head that wins (by more than ``personal-margin``) is kept in
+the agent's state directory under the global head's sha256 (:mod:`edgefleet.device_agent.personal`), which
+is the head of the version the coordinator promotes from this run; the agent serves it once that version
+is installed. The reply carries both accuracies (``global-accuracy``, ``personal-accuracy``,
+``personal-kept`` in its metrics; the device's record in a ``personal`` config record).
 """
 
 from __future__ import annotations
