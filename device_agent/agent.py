@@ -301,6 +301,13 @@ class Agent:
         slot = self.serving.slot
         return slot.entry.version if slot else None
 
+    @property
+    def serving_head(self) -> str | None:
+        """Which head the active version serves: ``personal`` (this device's, from a ``--personalize`` run),
+        ``global`` (the bundle's signed one), or ``None`` (no version, or one without a trainable head)."""
+        slot = self.serving.slot
+        return _head_kind(slot) if slot else None
+
     # -- installing ---------------------------------------------------------------------
     def install(
         self,

@@ -82,6 +82,13 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     v1, v2 = (verify_bundle_dir(wd / "bundles" / "digits-v1"), verify_bundle_dir(fed["gate"]["bundle"]))
     assert v2.manifest.head is not None and v1.manifest.metrics["sparsity"] == v2.manifest.metrics["sparsity"] == 0.5
     assert (v1.path / v1.manifest.model_file).read_bytes() == (v2.path / v2.manifest.model_file).read_bytes()
+    # --personalize: each device scored the global head and its own fine-tuned copy on its held-back samples; a
+    # device that kept its own head serves it on v2 (and says so), the other serves v2's signed global head
+    pers = fed["personalization"]
+    assert sorted(d["device_id"] for d in pers["devices"]) == ["dev-01", "dev-02"], pers
+    own = {d["device_id"]: d["stored"] for d in pers["devices"]}
+    assert {d["device_id"]: d["head"] == "personal" for d in s["device_results"]} == own, s["device_results"]
+    assert f"personalisation: {pers['kept']} of 2 device(s) keep a local head" in proc.stdout
     # the bad v3 (a head trained on shuffled labels, no gate) was rolled back by quality probation on the canary,
     # which halted its rollout: the other device never got it
     bad = s["bad_candidate"]
@@ -224,6 +231,8 @@ def test_status_line_and_summary_rows() -> None:
     assert rows["head"][0] == ["accuracy on 450 held-out digits", "50.0%", "90.0%"]
     assert rows["rollouts"] == [["v2", "canary (1)", "2.0s", "10", "bsdiff delta (archive 30 B)"]]
     assert rows["devices"][0][:5] == ["dev-01", "v2", "0,1", "50.0%", "-"]
+    own = summary_rows({"device_results": [{"device_id": "dev-01", "version": "2", "head": "personal", "classes": [0]}]})
+    assert own["devices"][0][:2] == ["dev-01", "v2 (own head)"]
 
 
 def test_scenario_gives_the_cloud_a_weak_set_and_the_devices_what_it_lacks() -> None:

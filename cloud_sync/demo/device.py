@@ -186,6 +186,7 @@ class SimDevice:
             "pid": os.getpid(),
             "ts": time.time(),
             "active_version": self.agent.active_version,
+            "head": self.agent.serving_head,
             "connected": self.sync.transport.connected,
             "counts": self.counts,
             "errors": self.errors,

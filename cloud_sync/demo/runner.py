@@ -477,7 +477,8 @@ class Demo:
         run_args = ["--superlink", self.superlink.address, "--min-nodes", str(n), "--round-timeout", "90",
                     "--local-epochs", str(self.cfg.local_epochs), "--optimizer", "adam", "--learning-rate", "0.01",
                     "--batch-size", "16", "--deployed", str(v1), "--holdout", str(paths["holdout"]), "--key", str(key),
-                    "--margin", "0.02", "--deploy", "--canary", "5%", "--waves", "50%,100%", "--max-failure", "0%",
+                    "--margin", "0.02", "--personalize", "--deploy", "--canary", "5%", "--waves", "50%,100%",
+                    "--max-failure", "0%",
                     "--timeout", str(self.cfg.rounds * 150 + 120)]
         body = {"on_drift": True, "min_devices": 1, "window_s": 3600.0, "cooldown_s": 3600.0,
                 "rounds": self.cfg.rounds, "strategy": "fedavg", "args": run_args}
@@ -522,6 +523,11 @@ class Demo:
         if gate:
             verdict = f"signed as v{gate['version']}" if gate["promoted"] else "not promoted: v1 stays"
             self.say(f"  gate on the coordinator's holdout: {gate['reason']}: {verdict}")
+        if run["result"].get("personalization"):
+            from ..federated.records import personalization_lines
+
+            for line in personalization_lines(run["result"]["personalization"]):
+                self.say("  " + line)
         dep = run["result"].get("deployment")
         if dep:
             self.say(f"  the run started deployment {dep['id']} of v{dep['version']} to group {dep['group']}")
@@ -611,6 +617,7 @@ class Demo:
             st = self.device_status(d.device_id) or {}
             results.append({
                 "device_id": d.device_id, "version": devices.get(d.device_id, {}).get("active_version"),
+                "head": st.get("head"),
                 "online": devices.get(d.device_id, {}).get("online"), "classes": list(d.classes),
                 "local_accuracy_before": local_accuracy(st, "1"),
                 "local_accuracy_after": local_accuracy(st, final_version),
@@ -628,7 +635,8 @@ class Demo:
             "federated": {"run_id": run.get("id"), "trigger": run.get("trigger"), "reason": run.get("reason"),
                           "status": run.get("status"), "flower_run_id": run.get("flower_run_id"),
                           "rounds": run.get("round_metrics", []), "gate": dict(gate),
-                          "deployment": (run.get("result") or {}).get("deployment")},
+                          "deployment": (run.get("result") or {}).get("deployment"),
+                          "personalization": (run.get("result") or {}).get("personalization")},
             "bad_candidate": dict(bad) if bad is not None else None,
             "total_seconds": round(time.monotonic() - self.t0, 2),
         }

@@ -107,7 +107,8 @@ def summary_rows(summary: Mapping[str, Any]) -> dict[str, list[list[str]]]:
     timing = [[name.replace("_", " "), f"{sec:.1f}s"] for name, sec in summary.get("stages", {}).items()]
     devices = []
     for d in devs:
-        devices.append([d["device_id"], f"v{d['version']}" if d.get("version") else "-", ",".join(map(str, d["classes"])),
+        version = f"v{d['version']}" + (" (own head)" if d.get("head") == "personal" else "") if d.get("version") else "-"
+        devices.append([d["device_id"], version, ",".join(map(str, d["classes"])),
                         pct(d.get("local_accuracy_before")), pct(d.get("local_accuracy_after")),
                         f"{d.get('bytes_received', 0):,}", "yes" if d.get("drift_alert") else ""])
     return {"head": head, "rollouts": rollouts, "stages": timing, "devices": devices}
