@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -118,6 +119,34 @@ def make_agent(tmp_path: Path, keys: dict[str, Any]) -> Iterator[Callable[..., A
             a.close()
         except Exception:
             pass
+
+
+@pytest.fixture()
+def live_inputs() -> Iterator[Callable[[Any, int], None]]:
+    """``live_inputs(agent, seed)``: live inputs on the agent (no labels), from a thread of its own, until the test
+    ends."""
+    import numpy as np
+
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(agent: Any, seed: int) -> None:
+        def run() -> None:
+            rng = np.random.default_rng(seed)
+            while not stop.is_set():
+                try:
+                    agent.predict(rng.normal(size=(1, 4)).astype(np.float32))
+                except Exception:
+                    pass  # (closing)
+                stop.wait(0.003)
+
+        threads.append(threading.Thread(target=run, daemon=True))
+        threads[-1].start()
+
+    yield start
+    stop.set()
+    for t in threads:
+        t.join(5)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

@@ -7,13 +7,11 @@ the registry and the API (GET /v1/telemetry, the device, the deployment) and ``f
 from __future__ import annotations
 
 import json
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pytest
 from agent_helpers import build_variant
 from conftest import wait_for
@@ -36,39 +34,14 @@ def variants(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) -> 
     }
 
 
-@pytest.fixture()
-def live() -> Iterator[Any]:
-    """Live inputs on each agent (no labels), from a thread per agent, until the test ends."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(agent: Any, seed: int) -> None:
-        def run() -> None:
-            rng = np.random.default_rng(seed)
-            while not stop.is_set():
-                try:
-                    agent.predict(rng.normal(size=(1, 4)).astype(np.float32))
-                except Exception:
-                    pass  # (closing)
-                stop.wait(0.003)
-
-        threads.append(threading.Thread(target=run, daemon=True))
-        threads[-1].start()
-
-    yield start
-    stop.set()
-    for t in threads:
-        t.join(5)
-
-
 def test_bad_candidate_halts_the_rollout_at_the_canary_on_quality(broker: Any, tmp_path: Path, make_agent: Any,
-                                                                 variants: dict[str, Path], live: Any,
+                                                                 variants: dict[str, Path], live_inputs: Any,
                                                                  capsys: Any, monkeypatch: Any) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
     agents = [make_agent(f"d{i}", install=variants["v1"]) for i in range(4)]
     syncs = [device(broker.url, a, tmp_path) for a in agents]
     for i, a in enumerate(agents):
-        live(a, i)
+        live_inputs(a, i)
     wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 4)
     with ExitStack() as stack:
         base = stack.enter_context(serve_api(coord, "s3cret"))
@@ -117,13 +90,13 @@ def test_bad_candidate_halts_the_rollout_at_the_canary_on_quality(broker: Any, t
 
 
 def test_good_candidate_rolls_out_and_every_device_reports_its_quality(broker: Any, tmp_path: Path, make_agent: Any,
-                                                                      variants: dict[str, Path], live: Any,
+                                                                      variants: dict[str, Path], live_inputs: Any,
                                                                       capsys: Any, monkeypatch: Any) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
     agents = [make_agent(f"d{i}", install=variants["v1"]) for i in range(3)]
     syncs = [device(broker.url, a, tmp_path) for a in agents]
     for i, a in enumerate(agents):
-        live(a, 10 + i)
+        live_inputs(a, 10 + i)
     wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 3)
     with ExitStack() as stack:
         base = stack.enter_context(serve_api(coord, "s3cret"))

@@ -5,11 +5,9 @@ the device page its quality per version."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pytest
 from agent_helpers import build_variant
 from conftest import wait_for
@@ -26,38 +24,14 @@ def variants(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any]) -> 
             "bad": build_variant(d, "2", keys["priv"], seed=11, permutation=(1, 2, 0), archive=True)}
 
 
-@pytest.fixture()
-def live() -> Iterator[Any]:
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(agent: Any, seed: int) -> None:
-        def run() -> None:
-            rng = np.random.default_rng(seed)
-            while not stop.is_set():
-                try:
-                    agent.predict(rng.normal(size=(1, 4)).astype(np.float32))
-                except Exception:
-                    pass  # (closing)
-                stop.wait(0.003)
-
-        threads.append(threading.Thread(target=run, daemon=True))
-        threads[-1].start()
-
-    yield start
-    stop.set()
-    for t in threads:
-        t.join(5)
-
-
 def test_pages_show_the_quality_of_a_version_per_device(driver: Any, broker: Any, tmp_path: Path,  # noqa: F811
                                                         make_agent: Any, variants: dict[str, Path], api: Any,  # noqa: F811
-                                                        live: Any) -> None:
+                                                        live_inputs: Any) -> None:
     coord = coordinator(broker.url, tmp_path / "reg.db")
     agents = {f"d{i}": make_agent(f"d{i}", install=variants["v1"]) for i in range(3)}
     syncs = [device(broker.url, a, tmp_path) for a in agents.values()]
     for i, a in enumerate(agents.values()):
-        live(a, i)
+        live_inputs(a, i)
     wait_for(lambda: sum(d.online for d in coord.registry.devices("f1")) == 3)
     dep = coord.create_deployment(variants["bad"].read_bytes(), "g", RolloutPlan(0.25, (1.0,), 0.0),
                                   quality=parse_quality("enforce,min_samples=30,wait_seconds=60"))
