@@ -606,8 +606,6 @@ def delegate(
     timestamp_expires: dt.timedelta = DEFAULT_EXPIRY["timestamp"],
 ) -> Published:
     """Delegate model ``model`` (paths ``model/*``, terminating) to ``keys``."""
-    from tuf.api.metadata import DelegatedRole, Delegations
-
     model = _check_model_name(model)
     keys = _unique(keys, "model")
     if not keys:
@@ -616,7 +614,7 @@ def delegate(
     published = Published()
     with r.locked():
         root = r.root().signed
-        reserved = set(root.roles["root"].keyids) | set(root.roles["snapshot"].keyids) | set(root.roles["timestamp"].keyids)
+        reserved = _reserved_keyids(root)
         for k in keys:
             if k.keyid in reserved:
                 raise ConfigError(f"{k.source} is a root or online key; a model key must sign nothing else")
@@ -630,18 +628,30 @@ def delegate(
         for k in keys:
             if k.keyid in revoked:
                 raise RevokedKeyError(f"{k.source} was revoked for model {model!r}; delegate a new key")
-        if t.delegations is None:
-            t.delegations = Delegations(keys={}, roles={})
-        assert t.delegations.roles is not None
-        if model not in t.delegations.roles:
-            t.delegations.roles[model] = DelegatedRole(
-                name=model, keyids=[], threshold=threshold or 1, terminating=True, paths=[f"{model}/*"]
-            )
-        role = t.delegations.roles[model]
+        role = _delegated_role(t, model, threshold, [f"{model}/*"])
         _grant(t, role, keys, threshold, f"model {model!r}")
         _resign_and_publish(r, t_md, root, root_keys, expires, published, online_key, snapshot_expires,
                             timestamp_expires, "takes effect at the next 'edgefleet repo publish' (or 'repo add')")
     return published
+
+
+def _reserved_keyids(root: Root) -> set[str]:
+    """The keys of the root and online roles (root, snapshot, timestamp): a delegated key signs nothing of theirs."""
+    return set(root.roles["root"].keyids) | set(root.roles["snapshot"].keyids) | set(root.roles["timestamp"].keyids)
+
+
+def _delegated_role(t: Targets, name: str, threshold: int | None, paths: list[str]) -> DelegatedRole:
+    """The delegated role ``name`` of targets ``t``; created (terminating, no keys yet, threshold ``threshold`` or
+    1, delegating ``paths``) when ``t`` has none of that name."""
+    from tuf.api.metadata import DelegatedRole, Delegations
+
+    if t.delegations is None:
+        t.delegations = Delegations(keys={}, roles={})
+    assert t.delegations.roles is not None
+    if name not in t.delegations.roles:
+        t.delegations.roles[name] = DelegatedRole(name=name, keyids=[], threshold=threshold or 1, terminating=True,
+                                                  paths=paths)
+    return t.delegations.roles[name]
 
 
 def _grant(t: Targets, role: DelegatedRole, keys: Sequence[KeyArg], threshold: int | None, what: str) -> None:
@@ -746,8 +756,6 @@ def delegate_rollback(
     """Delegate the rollback role (``ROLLBACK_ROLE``: no paths, terminating) to ``keys``: the keys that sign
     rollback orders (the coordinator's ``--signing-key``). A root, online or model key is refused: a
     rollback key signs nothing else, and since the role delegates no path it can list no target."""
-    from tuf.api.metadata import DelegatedRole, Delegations
-
     keys = _unique(keys, "rollback")
     if not keys:
         raise ConfigError("give at least one rollback key (KEY.pub)")
@@ -755,7 +763,7 @@ def delegate_rollback(
     published = Published()
     with r.locked():
         root = r.root().signed
-        reserved = set(root.roles["root"].keyids) | set(root.roles["snapshot"].keyids) | set(root.roles["timestamp"].keyids)
+        reserved = _reserved_keyids(root)
         t_md = r.top_targets()
         t = t_md.signed
         revoked = _revoked(t).get(ROLLBACK_ROLE, {})
@@ -768,13 +776,7 @@ def delegate_rollback(
                                   "nothing else (it would sign bundles)")
             if k.keyid in revoked:
                 raise RevokedKeyError(f"{k.source} was revoked for the rollback role; delegate a new key")
-        if t.delegations is None:
-            t.delegations = Delegations(keys={}, roles={})
-        assert t.delegations.roles is not None
-        if ROLLBACK_ROLE not in t.delegations.roles:
-            t.delegations.roles[ROLLBACK_ROLE] = DelegatedRole(
-                name=ROLLBACK_ROLE, keyids=[], threshold=threshold or 1, terminating=True, paths=[])
-        role = t.delegations.roles[ROLLBACK_ROLE]
+        role = _delegated_role(t, ROLLBACK_ROLE, threshold, [])
         if role.paths != []:
             raise ConfigError(f"{r.path}: role {ROLLBACK_ROLE!r} delegates paths {role.paths}; it must delegate none")
         _grant(t, role, keys, threshold, "the rollback role")
