@@ -6,7 +6,11 @@ as float32 weights):
 
 * a head-only update (``edgefleet pack --base v1 --head NEW.npz --head-update FILE``: the manifest as
   a patch of v1's, its signature, the head file) is at most 5% of the full v2 bundle (``.efb``);
-* v2 keeps v1's pruned int8 backbone: the same model file, byte for byte (sparsity and int8 as v1's).
+* v2 keeps v1's pruned int8 backbone: the same model file, byte for byte (sparsity and int8 as v1's);
+* the head-only update is no larger than a bsdiff4 delta of the two ``.efb`` archives (what the
+  coordinator ships when no head update applies): its head file travels raw (format 1) or encoded
+  against v1's head file (format 2, ``xor-lzma``: XOR with v1's head, LZMA2), whichever is smaller
+  (both sizes recorded; the update a device rebuilds v2 from here is that one).
 
 Also recorded, without a target: what the update holds, part by part, and what it would be with the
 whole manifest instead of the patch; that a device rebuilding v2 from v1 and the update gets the full
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import edgefleet
     from edgefleet.bundle import open_bundle, verify_bundle_dir
+    from edgefleet.cloud_sync.wire.transfer import make_delta
     from edgefleet.compiler import compile_model
     from edgefleet.compiler.config import CompileConfig, DataConfig, HeadConfig, OutputConfig, PruneConfig, QuantMode
     from edgefleet.compiler.examples import train_digits, write_digits
@@ -128,15 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     update_s = time.perf_counter() - t
     assert v2_efb is not None
     installed = verify_bundle_dir(v1_path, pub)
-    update = head_update_of(v2, installed)
+    update = head_update_of(v2, installed)  # the smaller of the raw and the encoded head
     payload = update.to_bytes()
+    raw_update, encoded_update = (head_update_of(v2, installed, enc) for enc in ("raw", "xor-lzma"))
+    archives_delta = make_delta((Path(str(v1_path) + ".efb")).read_bytes(), v2_efb.read_bytes(), max_ratio=float("inf"))
+    assert archives_delta is not None
     (work / "v2.efh").write_bytes(payload)
     t = time.perf_counter()
     rebuilt = rebuild_bundle(installed, HeadUpdate.from_bytes(payload), work / "rebuilt", pub)
     rebuild_s = time.perf_counter() - t
     same_files = sorted(p.name for p in rebuilt.path.iterdir()) == sorted(p.name for p in v2.path.iterdir()) and all(
         (rebuilt.path / p.name).read_bytes() == p.read_bytes() for p in v2.path.iterdir())
-    plan = plan_rebuild(installed.manifest_bytes, update, pub)
+    assert installed.manifest.head is not None
+    plan = plan_rebuild(installed.manifest_bytes, update, pub,
+                        installed_head=(v1_path / installed.manifest.head.file).read_bytes())
     full_v2 = v2_efb.stat().st_size
     m2 = v2.manifest
     backbone_same = (v1_path / v1_manifest.model_file).read_bytes() == (v2.path / m2.model_file).read_bytes()
@@ -154,11 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         "full_v2_efb_bytes": full_v2,
         "full_v2_files_bytes": sum(p.stat().st_size for p in v2.path.iterdir()),
         "model_file_bytes": m2.files[m2.model_file].size,
-        "head_file_bytes": len(update.head),
+        "head_file_bytes": len(plan.head),
+        "head_encoded_bytes": len(encoded_update.head),
         "manifest_bytes": len(plan.manifest_bytes),
         "manifest_patch_bytes": len(json.dumps(dict(update.manifest_patch), separators=(",", ":"))),
         "signature_bytes": len(update.signature or b""),
+        "update_raw_head_bytes": raw_update.size,
+        "update_encoded_head_bytes": encoded_update.size,
         "update_bytes": len(payload),
+        "bsdiff4_of_archives_bytes": len(archives_delta),
     }
     sizes["update_with_whole_manifest_bytes"] = sizes["head_file_bytes"] + sizes["manifest_bytes"] + sizes["signature_bytes"]
     ratio = len(payload) / full_v2
@@ -168,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
          "limit": True},
         {"what": "v2 backbone sparsity (v1's)", "value": m2.metrics.get("sparsity"), "op": "info", "limit": None},
         {"what": "rebuilt v2 (v1 + update) byte-identical to the full v2", "value": same_files, "op": "==", "limit": True},
+        {"what": f"head-only update ({update.head_encoding} head) / bsdiff4 of the two .efb archives",
+         "value": round(len(payload) / len(archives_delta), 4), "op": "<=", "limit": 1.0},
+        {"what": "head-only update with the head file raw / bsdiff4 of the two .efb archives",
+         "value": round(raw_update.size / len(archives_delta), 4), "op": "info", "limit": None},
         {"what": "head-only update with the whole manifest instead of the patch / full v2",
          "value": round(sizes["update_with_whole_manifest_bytes"] / full_v2, 4), "op": "info", "limit": None},
     ]
@@ -176,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     from .schema import envelope
 
     doc = {
-        **envelope("head_update", args.quick, ("tensorflow", "keras")),
+        **envelope("head_update", args.quick, ("tensorflow", "keras", "bsdiff4")),
         "epochs": epochs,
         "model": {"params": info["params"], "test_accuracy": round(info["test_accuracy"], 3), "head": "probs (Dense 256 -> 10)",
                   "head_params": new_head.n_params, "recipe": "--trainable-head 1 --prune 0.8 --quantize int8"},
         "sizes": sizes,
         "ratio": round(ratio, 4),
+        "head_encoding": update.head_encoding,
         "backbone": {"identical": backbone_same, "sha256": m2.files[m2.model_file].sha256,
                      "quantization": m2.metrics.get("quantization"), "sparsity": m2.metrics.get("sparsity"),
                      "input_dtype": m2.inputs[0].dtype, "features_dtype": m2.outputs[0].dtype},

@@ -464,7 +464,8 @@ def head_update(s: Section, plots_dir: Path) -> None:
                f"held-out digits) compiled with `{m.get('recipe')}`: v1 is the pruned int8 backbone plus the head "
                f"{m.get('head')} as {_n(m.get('head_params'))} float32 weights. v2 is v1's head fine-tuned in numpy on the "
                "backbone's features (`edgefleet pack --base v1 --head NEW.npz`); the head-only update is what a device "
-               "holding v1 needs to rebuild v2: the manifest as a patch of v1's, its signature and the head file.", "",
+               "holding v1 needs to rebuild v2: the manifest as a patch of v1's, its signature and the head file, raw or "
+               f"encoded against v1's head file, whichever is smaller (here: {doc.get('head_encoding', 'raw')}).", "",
                *table(["part", "bytes"], [[k.removesuffix("_bytes").replace("_", " "), _n(v)] for k, v in sz.items()]),
                f"Backbone in v2: {bb['quantization']} (input {bb['input_dtype']}, features {bb['features_dtype']}), sparsity "
                f"{bb['sparsity']}, the same file as v1's: {'yes' if bb['identical'] else 'no'}. A device rebuilt v2 from v1 "
@@ -526,9 +527,9 @@ def federated_head(s: Section, plots_dir: Path) -> None:
         shown = {bool: lambda v: "yes" if v else "no", int: _n}
         s.body += table(["promoted v2", "value"], [[k.replace("_", " "), shown.get(type(v), str)(v)]
                                                   for k, v in up.items()])
-        s.body += ["bsdiff4 of the two archives is smaller here: bz2 compresses the differences of the head's float32 "
-                   "values, which the head update ships uncompressed (compressing its head file would close the gap; "
-                   "not done).", ""]
+        if (up.get("bsdiff4_bytes") or 0) and up["bsdiff4_bytes"] < up.get("head_update_bytes", 0):
+            s.body += ["bsdiff4 of the two archives is smaller here: this run's head update shipped the head file raw "
+                       "(an update encoding it against v1's head, format 2, is usually smaller: see head_update).", ""]
 
 
 def soak(s: Section, plots_dir: Path) -> None:

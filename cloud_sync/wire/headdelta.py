@@ -1,6 +1,7 @@
 """Head-only updates as deltas: when a new version only changes a bundle's trainable head, the
 coordinator offers the device the head update file (:mod:`edgefleet.headupdate`: the manifest as a
-patch of the installed one's, its signature, the head file) where it would offer a bsdiff4 delta.
+patch of the installed one's, its signature, the head file raw or encoded against the installed head
+file, whichever is smaller) where it would offer a bsdiff4 delta.
 
 The job carries it like a delta (``Desired.delta`` from ``delta_base``: the archive the device
 holds) and the device tells the two apart by the first bytes (:func:`is_head_update`). The result
@@ -12,8 +13,9 @@ sha256 (:func:`apply_head_update`) and then installed as a full download is:
   here once and compared), else ``None`` (a bsdiff4 delta or the full file then);
 - :func:`apply_head_update` (device): :func:`~edgefleet.headupdate.rebuild_bundle` from the
   installed bundle (the signature over the rebuilt manifest checked with the device's trusted keys,
-  every other file the installed one), then the deterministic archive of it. Every refusal is a
-  ``SyncError`` naming it: the device then fetches the full file, as for a delta that does not apply.
+  every other file the installed one, an encoded head decoded from the installed head file), then the
+  deterministic archive of it. Every refusal is a ``SyncError`` naming it (a format this edgefleet does
+  not read included): the device then fetches the full file, as for a delta that does not apply.
 """
 
 from __future__ import annotations

@@ -203,3 +203,41 @@ def test_the_head_update_comes_from_the_http_origin_when_the_coordinator_has_one
         s.stop()
         coord.stop()
         nginx.stop()
+
+
+def test_a_fine_tuned_head_ships_encoded_no_larger_than_bsdiff4_and_every_refusal_is_a_sync_error(
+        head_archives: dict[str, Path], keys: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgefleet.headupdate as hu
+
+    # v1's head with every weight moved by ~0.1% (a federated round's change), on v1's backbone
+    rng = np.random.default_rng(5)
+    head = _head(0)
+    tuned = head.with_weights({k: v * (1 + 1e-3 * rng.normal(size=v.shape)) for k, v in head.weights.items()})
+    _, arch = update_head(head_archives["1"], tuned, tmp_path / "v2", version="2", private_key=keys["priv"],
+                          trusted_keys=keys["pub"], archive=True)
+    assert arch is not None
+    v1, v2 = head_archives["1"].read_bytes(), arch.read_bytes()
+
+    update = make_head_update(v1, v2, keys["pub"])
+
+    delta = make_delta(v1, v2)
+    assert update is not None and delta is not None and is_head_update(update)
+    assert HeadUpdate.from_bytes(update).head_encoding == "xor-lzma" and len(update) <= len(delta)
+    installed, keep = open_bundle(head_archives["1"], keys["pub"], workdir=tmp_path)
+    assert apply_head_update(installed, update, file_info(v2, 1024), keys["pub"]) == v2
+    # refusals the device answers by fetching the full bundle: each a SyncError naming it
+    parsed = HeadUpdate.from_bytes(update)
+    cut = HeadUpdate(parsed.base_manifest_sha256, parsed.manifest_patch, parsed.signature, parsed.head[:-3],
+                     parsed.head_encoding).to_bytes()
+    with pytest.raises(SyncError, match="head update does not apply: .*encoded head"):
+        apply_head_update(installed, cut, file_info(v2, 1024), keys["pub"])
+    head_file = installed.path / (installed.manifest.head.file if installed.manifest.head else "")
+    original = head_file.read_bytes()
+    head_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # the installed head is not its manifest's
+    with pytest.raises(SyncError, match="head update does not apply: .*installed head file"):
+        apply_head_update(installed, update, file_info(v2, 1024), keys["pub"])
+    head_file.write_bytes(original)
+    monkeypatch.setattr(hu, "READ_FORMATS", frozenset({1}))  # an edgefleet that reads format 1 only
+    with pytest.raises(SyncError, match="head update does not apply: .*format 2; this edgefleet reads 1"):
+        apply_head_update(installed, update, file_info(v2, 1024), keys["pub"])
+    del keep

@@ -20,9 +20,12 @@ from edgefleet.errors import (
     ConfigError,
     SignatureError,
     UnsignedBundleError,
+    UnsupportedFormatError,
     UpdateRejectedError,
 )
+from edgefleet.head import Head, HeadLayer
 from edgefleet.headupdate import (
+    UPDATE_KIND,
     HeadUpdate,
     head_update_of,
     json_diff,
@@ -94,12 +97,17 @@ def test_update_head_refusals(tmp_path: Path, v1: Path, new_head: Path, model_di
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
+def _head_file(bundle: Path) -> bytes:
+    return (bundle / "head.npz").read_bytes()
+
+
+@pytest.mark.parametrize("encoding", ["raw", "xor-lzma"])
 def test_rebuilt_bundle_is_byte_identical_to_the_full_download(tmp_path: Path, v1: Path, v2: Path,
-                                                                keypair: tuple[Path, Path]) -> None:
+                                                                keypair: tuple[Path, Path], encoding: str) -> None:
     installed = verify_bundle_dir(v1, keypair[1])
-    update = HeadUpdate.from_bytes(head_update_of(verify_bundle_dir(v2, keypair[1]), installed).to_bytes())
-    assert update.size < sum(len(b) for b in _files(v2).values()) / 2
-    plan = plan_rebuild(installed.manifest_bytes, update, keypair[1])
+    update = HeadUpdate.from_bytes(head_update_of(verify_bundle_dir(v2, keypair[1]), installed, encoding).to_bytes())
+    assert update.head_encoding == encoding and update.size < sum(len(b) for b in _files(v2).values()) / 2
+    plan = plan_rebuild(installed.manifest_bytes, update, keypair[1], installed_head=_head_file(v1))
     assert plan.manifest_bytes == (v2 / "manifest.json").read_bytes() and plan.from_installed == ("model.tflite",)
     rebuilt = rebuild_bundle(installed, update, tmp_path / "rebuilt", keypair[1])
     assert rebuilt.path == tmp_path / "rebuilt" and rebuilt.signer is not None
@@ -110,7 +118,7 @@ def test_rebuilt_bundle_is_byte_identical_to_the_full_download(tmp_path: Path, v
 
 def _update(v1: Path, v2: Path, keys: Path) -> tuple[object, HeadUpdate]:
     installed = verify_bundle_dir(v1, keys)
-    return installed, head_update_of(verify_bundle_dir(v2, keys), installed)
+    return installed, head_update_of(verify_bundle_dir(v2, keys), installed, "raw")
 
 
 def test_a_tampered_head_is_refused(tmp_path: Path, v1: Path, v2: Path, keypair: tuple[Path, Path]) -> None:
@@ -159,7 +167,9 @@ def test_signature_checks(tmp_path: Path, v1: Path, v2: Path, keypair: tuple[Pat
 
 def test_update_file_parsing_is_bounded_and_named() -> None:
     for data, fragment in [(b"no newline", "no header line"), (b'{"kind":"x"}\n', "not an edgefleet head update"),
-                           (b'{"kind":"edgefleet-head-update","format":2}\n', "format 2"),
+                           (b'{"kind":"edgefleet-head-update","format":3}\n', "format 3"),
+                           (b'{"format":2,"kind":"edgefleet-head-update"}\n', "head_encoding 'raw' does not go with"),
+                           (b'{"format":1,"head_encoding":"raw","kind":"edgefleet-head-update"}\n', "does not go with"),
                            (HeadUpdate("0" * 64, {}, None, b"abc").to_bytes()[:-1], "truncated")]:
         with pytest.raises(BundleFormatError, match=fragment):
             HeadUpdate.from_bytes(data)
@@ -186,7 +196,8 @@ def test_pack_cli_makes_v2_and_the_update(tmp_path: Path, v1: Path, new_head: Pa
     try:
         assert b.manifest.version == "2.0.0" and b.manifest.lineage["parent_version"] == "1.0.0"
         update = HeadUpdate.from_bytes(upd.read_bytes())
-        assert plan_rebuild(verify_bundle_dir(v1).manifest_bytes, update, keypair[1]).manifest_bytes == b.manifest_bytes
+        assert plan_rebuild(verify_bundle_dir(v1).manifest_bytes, update, keypair[1],
+                            installed_head=_head_file(v1)).manifest_bytes == b.manifest_bytes
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -201,3 +212,123 @@ def test_pack_cli_makes_v2_and_the_update(tmp_path: Path, v1: Path, new_head: Pa
         res = runner.invoke(cli, ["pack", *args])
         assert res.exit_code == 2 and fragment in res.output, (args, res.output)
         assert "Traceback" not in res.output
+
+
+# -- the encoded head (format 2) -----------------------------------------------------------------------------------
+def _wide_head(seed: int = 0) -> Head:
+    """dense(10 -> 128, relu) -> dense(128 -> 3, softmax): 1,795 float32 weights, a head file of ~7.5 KB."""
+    rng = np.random.default_rng(seed)
+    layers = [HeadLayer("dense", "fc", (10,), (128,), "relu", (("kernel", (10, 128)), ("bias", (128,)))),
+              HeadLayer("dense", "probs", (128,), (3,), "softmax", (("kernel", (128, 3)), ("bias", (3,))))]
+    return Head(layers, {"fc.kernel": rng.normal(0, 0.3, (10, 128)), "fc.bias": rng.normal(0, 0.1, 128),
+                         "probs.kernel": rng.normal(0, 0.3, (128, 3)), "probs.bias": rng.normal(0, 0.1, 3)})
+
+
+@pytest.fixture()
+def fine_tuned(tmp_path: Path, model_dir: Path, keypair: tuple[Path, Path]) -> dict[str, Path]:
+    """Signed v1 (a wide head) and v2 (v1's head fine-tuned a little: every weight moved by ~0.1%), with archives."""
+    key = load_private_key(keypair[0])
+    head = _wide_head()
+    v1, a1 = pack(model_dir / "digits_int8.tflite", tmp_path / "w1", name="digits", version="1.0.0",
+                  labels=["a", "b", "c"], head=head, private_key=key, archive=True)
+    rng = np.random.default_rng(1)
+    tuned = head.with_weights({k: v * (1 + 1e-3 * rng.normal(size=v.shape)) for k, v in head.weights.items()})
+    v2, a2 = update_head(a1, tuned, tmp_path / "w2", version="2.0.0", private_key=key, trusted_keys=keypair[1],
+                         archive=True)
+    assert a1 is not None and a2 is not None
+    return {"v1": v1.path, "v2": v2.path, "v1.efb": a1, "v2.efb": a2}
+
+
+def test_a_fine_tuned_head_ships_no_larger_than_bsdiff4_of_the_archives_and_rebuilds_v2(
+        tmp_path: Path, fine_tuned: dict[str, Path], keypair: tuple[Path, Path]) -> None:
+    import bsdiff4
+
+    installed = verify_bundle_dir(fine_tuned["v1"], keypair[1])
+    full = verify_bundle_dir(fine_tuned["v2"], keypair[1])
+
+    data = head_update_of(full, installed).to_bytes()  # the coordinator's and `pack --head-update`'s choice
+
+    archives = bsdiff4.diff(fine_tuned["v1.efb"].read_bytes(), fine_tuned["v2.efb"].read_bytes())
+    raw = head_update_of(full, installed, "raw")
+    update = HeadUpdate.from_bytes(data)
+    assert update.head_encoding == "xor-lzma" and data.startswith(b'{"base_manifest_sha256":')
+    print(f"\nhead update {len(data):,} B (raw head {raw.size:,} B); bsdiff4 of the archives {len(archives):,} B")
+    assert len(data) <= len(archives) < raw.size, (len(data), len(archives), raw.size)
+    assert update.size == len(data)  # bytes shipped
+    rebuilt = rebuild_bundle(installed, update, tmp_path / "rebuilt", keypair[1])
+    assert _files(rebuilt.path) == _files(fine_tuned["v2"]) and rebuilt.manifest_bytes == full.manifest_bytes
+
+
+def test_an_encoded_head_that_is_tampered_oversized_or_for_another_installed_head_is_refused(
+        tmp_path: Path, fine_tuned: dict[str, Path], v1: Path, keypair: tuple[Path, Path]) -> None:
+    import lzma
+
+    installed = verify_bundle_dir(fine_tuned["v1"], keypair[1])
+    update = head_update_of(verify_bundle_dir(fine_tuned["v2"], keypair[1]), installed, "xor-lzma")
+    base_head = _head_file(fine_tuned["v1"])
+    plan = lambda u, head=base_head: plan_rebuild(installed.manifest_bytes, u, keypair[1], installed_head=head)  # noqa: E731
+    assert plan(update).head == _head_file(fine_tuned["v2"])
+
+    def encoded(xor: bytes) -> HeadUpdate:
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20, "lc": 0, "lp": 2, "pb": 2}]
+        return HeadUpdate(update.base_manifest_sha256, update.manifest_patch, update.signature,
+                          lzma.compress(xor, format=lzma.FORMAT_RAW, filters=filters), "xor-lzma")
+
+    # tampered: a flipped byte in the compressed stream, a cut stream, trailing bytes, or a stream that decodes to
+    # other bytes of the right size
+    flipped = bytearray(update.head)
+    flipped[len(flipped) // 2] ^= 0x40
+    size = len(base_head)
+    for bad, error in [(bytes(flipped), (BundleFormatError, BundleIntegrityError)), (update.head[:-5], BundleFormatError),
+                       (update.head + b"\0", BundleFormatError), (b"not lzma", BundleFormatError)]:
+        with pytest.raises(error):
+            plan(HeadUpdate.from_bytes(HeadUpdate(update.base_manifest_sha256, update.manifest_patch, update.signature,
+                                                  bad, "xor-lzma").to_bytes()))
+    with pytest.raises(BundleIntegrityError, match="head file does not match"):
+        plan(encoded(b"\1" * size))
+    # decoding to more bytes than the signed manifest gives the head file: a few KB stretched to 1 GB would be a
+    # bomb; refused once one byte past the size is out
+    bomb = encoded(bytes(size + (1 << 20)))
+    assert len(bomb.head) < 1024
+    with pytest.raises(BundleIntegrityError, match="decodes past"):
+        plan(bomb)
+    with pytest.raises(BundleIntegrityError, match="decodes to"):
+        plan(encoded(bytes(size - 1)))
+    # a device whose installed head is not the one the update was encoded against: another bundle (wrong base),
+    # the installed head file changed under its manifest, or not given at all
+    other = verify_bundle_dir(v1, keypair[1])
+    with pytest.raises(UpdateRejectedError, match="another base") as info:
+        rebuild_bundle(other, update, tmp_path / "out", keypair[1])
+    assert info.value.reason == "wrong_base"
+    changed = bytearray(base_head)
+    changed[-40] ^= 1
+    for head in (bytes(changed), base_head[:-1], None):
+        with pytest.raises(UpdateRejectedError, match="installed head file") as info:
+            plan(update, head)
+        assert info.value.reason == "wrong_base"
+    (fine_tuned["v1"] / "head.npz").write_bytes(bytes(changed))
+    with pytest.raises(UpdateRejectedError, match="installed head file"):
+        rebuild_bundle(installed, update, tmp_path / "out", keypair[1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_format_1_update_made_the_old_way_still_applies_and_an_old_reader_names_format_2(
+        tmp_path: Path, fine_tuned: dict[str, Path], keypair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgefleet.headupdate as hu
+    from edgefleet.canonical import canonical_json
+
+    installed = verify_bundle_dir(fine_tuned["v1"], keypair[1])
+    full = verify_bundle_dir(fine_tuned["v2"], keypair[1])
+    raw = head_update_of(full, installed, "raw")
+    head = _head_file(fine_tuned["v2"])
+    # the file as the format-1 writer made it: its header's keys, nothing more
+    old = canonical_json({"kind": UPDATE_KIND, "format": 1, "base_manifest_sha256": sha256_bytes(installed.manifest_bytes),
+                          "manifest_patch": dict(raw.manifest_patch),
+                          "signature": (fine_tuned["v2"] / "signature").read_text("utf-8"), "head_size": len(head)}) + b"\n" + head
+    assert raw.to_bytes() == old  # the raw form is still format 1, byte for byte
+    rebuilt = rebuild_bundle(installed, HeadUpdate.from_bytes(old), tmp_path / "rebuilt", keypair[1])
+    assert _files(rebuilt.path) == _files(fine_tuned["v2"])
+    # an edgefleet that reads format 1 only refuses format 2 with a named error (its device fetches the full bundle)
+    monkeypatch.setattr(hu, "READ_FORMATS", frozenset({1}))
+    with pytest.raises(UnsupportedFormatError, match="format 2; this edgefleet reads 1"):
+        HeadUpdate.from_bytes(head_update_of(full, installed, "xor-lzma").to_bytes())
