@@ -49,6 +49,7 @@ DEVICE = [
     "paho-mqtt>=2.0",
     "tuf>=7,<8",  # edgefleet.trust: TUF metadata (roles, thresholds, expiry, root rotation)
     "msgspec",  # the wire protocol's telemetry records (cloud_sync.wire.protocol), as the coordinator decodes them
+    "bsdiff4",  # applying the bsdiff4 deltas a rollout offers a device that holds the previous version
 ]
 COMPILER = [
     "tensorflow>=2.16",

@@ -356,8 +356,13 @@ def apply_delta(old: bytes, patch: bytes, expected: FileInfo) -> bytes:
     """Apply a bsdiff4 patch and check the result against the declared size and sha256.
 
     The size the patch declares is checked against ``expected`` before anything is
-    decompressed, and no block is decompressed past what that size allows (no bz2 bombs)."""
-    import bsdiff4.core as core
+    decompressed, and no block is decompressed past what that size allows (no bz2 bombs). Without bsdiff4
+    installed it is a ``SyncError`` too: the device fetches the full file."""
+    try:
+        import bsdiff4.core as core
+    except ImportError:
+        raise SyncError("delta does not apply: bsdiff4 is not installed (pip install bsdiff4, or the [device] "
+                        "extra)") from None
 
     if len(patch) < 32 or patch[:7] != b"BSDIFF4":
         raise SyncError("delta does not apply: not a bsdiff4 patch")

@@ -156,3 +156,17 @@ def test_delta_declaring_another_size_is_refused_before_decompressing(tmp_path: 
     forged = good[:24] + (GIB64).to_bytes(8, "little") + good[32:]
     with pytest.raises(SyncError, match="declares"):
         apply_delta(old, forged, file_info(new, 1024))
+
+
+def test_a_device_without_bsdiff4_refuses_a_delta_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bsdiff4 is in the [device] extra; a device installed without it gets a SyncError (and fetches the full
+    file), not an ImportError out of the sync loop."""
+    import sys
+
+    old = bytes(range(256)) * 64
+    new = old[:-10] + b"0123456789"
+    good = make_delta(old, new)
+    assert good is not None
+    monkeypatch.setitem(sys.modules, "bsdiff4.core", None)
+    with pytest.raises(SyncError, match="bsdiff4 is not installed"):
+        apply_delta(old, good, file_info(new, 1024))
