@@ -37,7 +37,7 @@ import math
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -268,6 +268,45 @@ def _write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+#: a layer ready to run: its spec, its activation function, its weights in the kind's order
+LayerPlan = tuple[HeadLayer, Callable[[np.ndarray], np.ndarray], Sequence[np.ndarray]]
+#: what :func:`run_layers` keeps of each layer it runs: (input, pre-activation or None, output)
+LayerTrace = tuple[np.ndarray, np.ndarray | None, np.ndarray]
+
+
+def run_layers(plan: Iterable[LayerPlan], bn: Mapping[str, tuple[np.ndarray, np.ndarray]], x: np.ndarray,
+               trace: list[LayerTrace] | None = None) -> np.ndarray:
+    """The layers of ``plan`` on the batch ``x``, in ``x``'s dtype: :meth:`Head.forward`'s computation, batch norm
+    as its inference-mode affine map ``bn[layer name]`` (``x * mul + add``), dropout the identity. With ``trace``
+    each layer's (input, pre-activation, output) is appended to it, what a gradient needs (the pre-activation: a
+    dense layer's before its activation, an activation layer's input; None for the other kinds)."""
+    for layer, act, params in plan:
+        kind = layer.kind
+        inp = x
+        z = None
+        if kind == "dense":
+            z = x @ params[0]
+            if len(params) > 1:
+                z = z + params[1]
+            x = act(z)
+        elif kind == "batch_norm":
+            mul, add = bn[layer.name]
+            x = x * mul + add
+        elif kind in ("global_avg_pool", "global_max_pool"):
+            axes = tuple(range(1, x.ndim - 1))
+            keep = len(layer.output_shape) == len(layer.input_shape)
+            x = x.mean(axis=axes, keepdims=keep) if kind == "global_avg_pool" else x.max(axis=axes, keepdims=keep)
+        elif kind == "flatten":
+            x = x.reshape(len(x), -1)
+        elif kind == "activation":
+            z = x
+            x = act(x)
+        # dropout: nothing at inference
+        if trace is not None:
+            trace.append((inp, z, x))
+    return x
+
+
 class Head:
     """A head's layers and float32 weights; :meth:`forward` is its inference in numpy.
 
@@ -280,7 +319,7 @@ class Head:
         self.layers = check_chain(layers)
         self.weights = _checked_weights(self.layers, weights, error, "head weights")
         # (kind, activation function, weights in order) per layer, decided once
-        self._plan: list[tuple[HeadLayer, Callable[[np.ndarray], np.ndarray], list[np.ndarray]]] = [
+        self._plan: list[LayerPlan] = [
             (layer, ACTIVATIONS[layer.activation], [self.weights[param_key(layer, p)] for p, _ in layer.params])
             for layer in self.layers
         ]
@@ -314,26 +353,7 @@ class Head:
             )
         if arr.dtype.kind != "f":
             raise InvalidInputError(f"the head takes float features, got {arr.dtype}")
-        arr = arr.astype(np.float32, copy=False)
-        for layer, act, params in self._plan:
-            kind = layer.kind
-            if kind == "dense":
-                arr = arr @ params[0]
-                if len(params) > 1:
-                    arr = arr + params[1]
-                arr = act(arr)
-            elif kind == "batch_norm":
-                mul, add = self._bn[layer.name]
-                arr = arr * mul + add
-            elif kind in ("global_avg_pool", "global_max_pool"):
-                axes = tuple(range(1, arr.ndim - 1))
-                keep = len(layer.output_shape) == len(layer.input_shape)
-                arr = arr.mean(axis=axes, keepdims=keep) if kind == "global_avg_pool" else arr.max(axis=axes, keepdims=keep)
-            elif kind == "flatten":
-                arr = arr.reshape(len(arr), -1)
-            elif kind == "activation":
-                arr = act(arr)
-            # dropout: nothing at inference
+        arr = run_layers(self._plan, self._bn, arr.astype(np.float32, copy=False))
         out = np.asarray(arr, dtype=np.float32)
         return out[0] if single else out
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from edgefleet.errors import ConfigError
-from edgefleet.head import ACTIVATIONS, Head, HeadLayer, backbone_digest, param_key
+from edgefleet.head import ACTIVATIONS, Head, HeadLayer, LayerTrace, backbone_digest, param_key, run_layers
 
 Params = dict[str, np.ndarray]
 OPTIMIZERS = ("sgd", "adam")
@@ -174,39 +174,17 @@ def with_trainable(head: Head, arrays: Sequence[np.ndarray], error: type[Excepti
 
 # -- forward with a cache, and backward ----------------------------------------------------------------------
 def _forward(layers: Sequence[HeadLayer], p: Mapping[str, np.ndarray], x: np.ndarray,
-             stop: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]]:
-    """Run layers ``0..stop`` on ``x``; returns the pre-activation of layer ``stop`` (the classifying one) and,
-    per layer, (input, pre-activation or None, output)."""
-    cache: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
-    h = x
-    z_last = x
-    for i, layer in enumerate(layers[: stop + 1]):
-        inp = h
-        z: np.ndarray | None = None
-        kind = layer.kind
-        if kind == "dense":
-            z = inp @ p[param_key(layer, "kernel")]
-            if _has(layer, "bias"):
-                z = z + p[param_key(layer, "bias")]
-            h = ACTIVATIONS[layer.activation](z)
-        elif kind == "batch_norm":
-            mul, add = _bn(layer, p)
-            h = inp * mul + add
-        elif kind in ("global_avg_pool", "global_max_pool"):
-            axes = tuple(range(1, inp.ndim - 1))
-            keep = len(layer.output_shape) == len(layer.input_shape)
-            h = inp.mean(axis=axes, keepdims=keep) if kind == "global_avg_pool" else inp.max(axis=axes, keepdims=keep)
-        elif kind == "flatten":
-            h = inp.reshape(len(inp), -1)
-        elif kind == "activation":
-            z = inp
-            h = ACTIVATIONS[layer.activation](z)
-        else:  # dropout: the identity
-            h = inp
-        cache.append((inp, z, h))
-        if i == stop:
-            z_last = z if z is not None else h
-    return z_last, cache
+             stop: int) -> tuple[np.ndarray, list[LayerTrace]]:
+    """Run layers ``0..stop`` on ``x`` (the head's own :func:`~edgefleet.head.run_layers`, with the weights ``p``);
+    returns the pre-activation of layer ``stop`` (the classifying one) and, per layer, (input, pre-activation or
+    None, output)."""
+    run = layers[: stop + 1]
+    plan = [(layer, ACTIVATIONS[layer.activation], [p[param_key(layer, name)] for name, _ in layer.params])
+            for layer in run]
+    cache: list[LayerTrace] = []
+    run_layers(plan, {layer.name: _bn(layer, p) for layer in run if layer.kind == "batch_norm"}, x, cache)
+    _, z, h = cache[stop]
+    return (z if z is not None else h), cache
 
 
 def _has(layer: HeadLayer, param: str) -> bool:
