@@ -458,14 +458,16 @@ def _status_table(d: dict[str, Any]) -> None:
 def _quality_table(rows: list[dict[str, Any]], first: str, title: str) -> Any:
     """How well versions serve devices (their quality records; ``first``: the ``device`` or ``version`` column):
     agreement with the version replaced over the live inputs compared, the shifts, PSI, labelled accuracy and the
-    quality test's verdict."""
+    quality test's verdict; "(own head)" marks a device serving its personal head (``--personalize``)."""
     from rich.table import Table
 
     t = Table(first, "vs", "compared", "agreement", "confidence", "conf. shift", "psi", "labelled accuracy",
               "verdict", title=title)
     for q in rows:
         acc = q.get("accuracy")
-        t.add_row(q["device_id"] if first == "device" else q["version"], q.get("reference") or "-",
+        name = (q["device_id"] if first == "device" else q["version"]) + (
+            " (own head)" if q.get("head") == "personal" else "")
+        t.add_row(name, q.get("reference") or "-",
                   str(q.get("compared", 0)),
                   f"{q['agreement']:.1%}" if q.get("compared") else "-",
                   f"{q['confidence']:.3f}" if q.get("scored") else "-",

@@ -227,6 +227,7 @@ class Agent:
         model = self._load(path, keys, self.config.require_signature or bool(keys))
         slot = Slot(model, entry)
         slot.personal = self._personal_head(model)
+        self.telemetry.set_head(entry.version, _head_kind(slot))
         return slot
 
     def _personal_head(self, model: ModelLike) -> dict[str, Any] | None:

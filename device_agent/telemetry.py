@@ -371,6 +371,7 @@ class QualityTotals:
         self.labelled = 0
         self.correct = 0
         self.comparison: dict[str, Any] = {}
+        self.head = ""  # which head the version serves here: global, personal ("" unknown or none)
         self.dirty = False
 
     def score(self, p: np.ndarray) -> None:
@@ -390,6 +391,8 @@ class QualityTotals:
             "labelled": self.labelled, "correct": self.correct,
             "accuracy": round(self.correct / self.labelled, 6) if self.labelled else 0.0,
         }
+        if self.head:
+            out["head"] = self.head
         c = self.comparison
         if c:
             out.update({"reference": c.get("reference", ""), "compared": c.get("compared", 0),
@@ -400,7 +403,7 @@ class QualityTotals:
 
     def to_state(self) -> dict[str, Any]:
         return {"scored": self.scored, "conf": self.conf, "ent": self.ent, "labelled": self.labelled,
-                "correct": self.correct, "comparison": self.comparison}
+                "correct": self.correct, "comparison": self.comparison, "head": self.head}
 
     def restore(self, d: Mapping[str, Any]) -> None:
         try:
@@ -413,6 +416,8 @@ class QualityTotals:
             return
         self.scored, self.conf, self.ent, self.labelled, self.correct = scored, conf, ent, labelled, correct
         self.comparison = comparison
+        head = d.get("head", "")
+        self.head = head if head in ("", "global", "personal") else ""
 
 
 class DriftMonitor:
@@ -591,6 +596,12 @@ class Telemetry:
             t.correct += right
             t.dirty = True
         return right
+
+    def set_head(self, version: str, head: str | None) -> None:
+        """Which head ``version`` serves on this device (``global``, ``personal`` or None): its quality records say
+        so from the next one on (a change alone sends no record)."""
+        with self._lock:
+            self._totals(version).head = head or ""
 
     def record_comparison(self, version: str, report: Mapping[str, Any]) -> None:
         """The latest comparison of ``version`` with the version it replaced (a probe's report)."""

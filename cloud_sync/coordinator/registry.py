@@ -330,6 +330,7 @@ def _tables(meta: MetaData, p: str) -> dict[str, Table]:
             Column("reference", String(128), nullable=False, default=""),
             Column("verdict", String(16), nullable=False, default=""),
             Column("signal", String(32), nullable=False, default=""),
+            Column("head", String(16), nullable=False, default=""),
         ),
     }
 
@@ -1070,7 +1071,7 @@ class Registry:
         with self._lock, self.engine.begin() as c:
             for (device, version), (group, ts, rec) in sorted(newest.items()):
                 values = {"group_name": group, "ts": ts, "reference": rec.reference, "verdict": rec.verdict,
-                          "signal": rec.signal, **{k: getattr(rec, k) for k in QUALITY_COUNTS + QUALITY_FLOATS}}
+                          "signal": rec.signal, "head": rec.head, **{k: getattr(rec, k) for k in QUALITY_COUNTS + QUALITY_FLOATS}}
                 where = and_(t.c.fleet == fleet, t.c.device_id == device, t.c.version == version)
                 had = c.execute(select(t.c.ts).where(where)).scalar()
                 if had is None:

@@ -327,7 +327,8 @@ class DeviceQuality(Row):
     at ``ts`` by the device's clock): the mean top-1 ``confidence`` and ``entropy`` of the predictions it sampled
     (``scored``), its ``accuracy`` on ``labelled`` feedback labels (None without labels), and its latest comparison
     with the version it replaced (``reference``; ``compared`` live inputs, ``agreement``, the shifts, ``psi`` and
-    the sequential test's ``verdict`` and deciding ``signal``)."""
+    the sequential test's ``verdict`` and deciding ``signal``); ``head``: the head it serves there (a personal
+    one after a ``--personalize`` run)."""
 
     device_id: str
     group: str
@@ -347,6 +348,7 @@ class DeviceQuality(Row):
     psi: float
     verdict: str
     signal: str
+    head: str = ""  # which head the version serves on the device: global, personal ("" unknown or none)
 
     @classmethod
     def from_row(cls, r: Mapping[Any, Any]) -> DeviceQuality:
@@ -356,7 +358,7 @@ class DeviceQuality(Row):
                    labelled=labelled, correct=correct, accuracy=correct / labelled if labelled else None,
                    reference=r["reference"], compared=int(r["compared"]), agreement=float(r["agreement"]),
                    confidence_shift=float(r["confidence_shift"]), entropy_shift=float(r["entropy_shift"]),
-                   psi=float(r["psi"]), verdict=r["verdict"], signal=r["signal"])
+                   psi=float(r["psi"]), verdict=r["verdict"], signal=r["signal"], head=str(r.get("head") or ""))
 
 
 @dataclass(frozen=True, slots=True)

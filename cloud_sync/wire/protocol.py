@@ -398,6 +398,9 @@ class QualityPolicy:
 
 
 QUALITY_VERDICTS = ("", "pass", "fail", "undecided")
+#: which head a version with a trainable head serves on the device: "" (unknown, or no head), the bundle's signed
+#: ``global`` one, or the device's ``personal`` one (a ``--personalize`` run's, ``device_agent.personal``)
+QUALITY_HEADS = ("", "global", "personal")
 QUALITY_SIGNALS = ("", "agreement", "labelled_accuracy", "confidence", "psi")
 
 
@@ -408,7 +411,8 @@ class QualityRecord:
     and ``entropy`` (nats); ``correct`` of ``labelled`` feedback labels; and its latest comparison with the version
     it replaced (``reference``): ``compared`` live inputs, top-1 ``agreement``, the ``confidence_shift`` and
     ``entropy_shift`` (new minus old), the ``psi`` of the predicted classes, the sequential test's ``verdict`` and
-    the ``signal`` that decided it. Every field bounded (a record out of bounds is refused); the accuracy is
+    the ``signal`` that decided it; ``head``: which head the version serves there (:data:`QUALITY_HEADS`). Every
+    field bounded (a record out of bounds is refused); the accuracy is
     computed here from the counts, not taken from the device."""
 
     version: str
@@ -425,6 +429,7 @@ class QualityRecord:
     psi: float = 0.0
     verdict: str = ""
     signal: str = ""
+    head: str = ""
 
     @property
     def accuracy(self) -> float | None:
@@ -447,12 +452,15 @@ class QualityRecord:
         verdict, signal = _str(d, "verdict", "", 16), _str(d, "signal", "", 32)
         if verdict not in QUALITY_VERDICTS or signal not in QUALITY_SIGNALS:
             raise ProtocolError(f"unknown quality verdict {verdict!r} or signal {signal!r}")
+        head = _str(d, "head", "", 16)
+        if head not in QUALITY_HEADS:
+            raise ProtocolError(f"unknown head {head!r} (one of {', '.join(h for h in QUALITY_HEADS if h)})")
         return cls(version=_str(d, "version", max_len=128), scored=_nonneg(d, "scored", 0),
                    confidence=num("confidence", 0.0, 1.0), entropy=num("entropy", 0.0, 100.0), labelled=labelled,
                    correct=correct, reference=_str(d, "reference", "", 128), compared=_nonneg(d, "compared", 0),
                    agreement=num("agreement", 0.0, 1.0), confidence_shift=num("confidence_shift", -1.0, 1.0),
                    entropy_shift=num("entropy_shift", -100.0, 100.0), psi=num("psi", 0.0, 1000.0),
-                   verdict=verdict, signal=signal)
+                   verdict=verdict, signal=signal, head=head)
 
 
 class JobAction(str, Enum):

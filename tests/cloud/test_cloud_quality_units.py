@@ -59,7 +59,7 @@ def test_a_quality_record_from_anything_is_bounded_or_refused(d: dict[str, Any])
     assert 0.0 <= r.confidence <= 1.0 and 0.0 <= r.agreement <= 1.0 and 0.0 <= r.psi <= 1000.0
     assert -1.0 <= r.confidence_shift <= 1.0 and len(r.version) <= 128 and len(r.reference) <= 128
     assert 0 <= r.correct <= r.labelled <= 2**62 and 0 <= r.scored <= 2**62
-    assert r.verdict in P.QUALITY_VERDICTS and r.signal in P.QUALITY_SIGNALS
+    assert r.verdict in P.QUALITY_VERDICTS and r.signal in P.QUALITY_SIGNALS and r.head in P.QUALITY_HEADS
     assert r.accuracy is None or 0.0 <= r.accuracy <= 1.0
 
 
@@ -75,7 +75,15 @@ def test_the_agents_quality_record_parses() -> None:
                     "entropy_shift": 0.02, "psi": 0.01, "verdict": "pass", "signal": "agreement"}
     r = P.QualityRecord.from_dict({**t.to_record(), "device_id": "d1", "window_start": 1.0})
     assert (r.version, r.scored, r.reference, r.verdict, r.accuracy) == ("2", 2, "1", "pass", 0.75)
-    assert r.confidence == pytest.approx(0.75)
+    assert r.confidence == pytest.approx(0.75) and r.head == ""
+    # a version serving the device's personal head (a --personalize run) says so, and keeps saying it on restore
+    t.head = "personal"
+    assert P.QualityRecord.from_dict(t.to_record()).head == "personal"
+    again = QualityTotals("2")
+    again.restore(t.to_state())
+    assert again.to_record() == t.to_record()
+    with pytest.raises(ProtocolError, match="unknown head"):
+        P.QualityRecord.from_dict({**t.to_record(), "head": "someone-elses"})
 
 
 def test_desired_carries_the_policy_and_omits_it_when_absent() -> None:
@@ -120,6 +128,9 @@ def test_registry_keeps_the_newest_record_per_device_and_version(tmp_path: Path)
     assert rows[("d2", "2")].verdict == "fail" and rows[("d2", "2")].accuracy == 0.25
     assert [q.device_id for q in reg.quality("f", version="2", group="g")] == ["d1", "d2"]
     assert reg.quality("f", device_id="d2")[0].to_dict()["accuracy"] == 0.25
+    # which head a version serves on a device is kept with its record (a registry from before has the column added)
+    reg.put_quality("f", [("d2", "g", 30.0, P.QualityRecord(version="2", head="personal"))])
+    assert {q.device_id: q.head for q in reg.quality("f", version="2")} == {"d1": "", "d2": "personal"}
     # a device naming many versions keeps its newest few
     reg.put_quality("f", [("d3", "g", 100.0 + i, _rec(f"v{i}")) for i in range(MAX_QUALITY_VERSIONS + 5)])
     kept = {q.version for q in reg.quality("f", device_id="d3")}
@@ -181,3 +192,16 @@ def test_the_device_machine_hands_the_policy_to_the_agent() -> None:
         m.handle(M.FileChecked(True))
         out = m.handle(M.Prepared(Path("/x/incoming.efb")))
         assert [a.quality for a in out if isinstance(a, M.Install)] == [expect]
+
+
+def test_fleet_status_marks_a_device_serving_its_own_head() -> None:
+    from rich.console import Console
+
+    from edgefleet.cloud_sync.cli import _quality_table
+
+    rows = [{**_rec("2").__dict__, "device_id": d, "head": h, "accuracy": 0.25}
+            for d, h in (("dev-01", "global"), ("dev-03", "personal"))]
+    console = Console(width=200, record=True)
+    console.print(_quality_table(rows, "device", "quality of 2 per device"))
+    text = console.export_text()
+    assert "dev-03 (own head)" in text and "dev-01 (own head)" not in text and "dev-01" in text, text

@@ -160,7 +160,7 @@ def test_the_agent_serves_the_personal_head_of_the_installed_version(tmp_path: P
     try:
         agent.install(Path(str(v1) + ".efb"), wait=True, timeout=60)
         out = agent.predict(x)
-        status = agent.status()["serving"]
+        status, quality = agent.status()["serving"], agent.status()["quality"]
     finally:
         agent.close()
     off = _agent(state, personal_heads=False)
@@ -172,6 +172,7 @@ def test_the_agent_serves_the_personal_head_of_the_installed_version(tmp_path: P
     np.testing.assert_allclose(out, mine.forward(feats), rtol=1e-5, atol=1e-6)
     assert not np.allclose(out, global_out)
     assert status["head"] == "personal" and status["personal"]["run"] == "77", status
+    assert quality["1"]["head"] == "personal", quality  # the version's quality telemetry says which head it serves
     assert status["personal"]["personal_accuracy"] == 0.9 and status["personal"]["global_accuracy"] == 0.5
     # personal heads off ([federated] personal_heads = false): the bundle's signed global head
     np.testing.assert_allclose(out_off, global_out, rtol=1e-6)

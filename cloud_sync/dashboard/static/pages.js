@@ -154,14 +154,19 @@
     return h("p", { class: "muted" }, text);
   }
 
+  /** A device that serves its own (personal) head of a version: a --personalize run kept one for it. */
+  function ownHead(q) {
+    return q.head === "personal" ? h("span", { class: "small muted" }, " (own head)") : null;
+  }
+
   /** How well versions serve devices (the devices' quality records): agreement with the version replaced, confidence,
    * PSI, labelled accuracy and the quality test's verdict; ``first`` names the first column (device or version). */
   function qualityTable(rows, first, opts) {
     const dash = "—";
     return table([
       first === "device"
-        ? { label: "device", cell: (q) => link.device(q.device_id) }
-        : { label: "version", cell: (q) => h("span", { class: "mono" }, q.version) },
+        ? { label: "device", cell: (q) => [link.device(q.device_id), ownHead(q)] }
+        : { label: "version", cell: (q) => [h("span", { class: "mono" }, q.version), ownHead(q)] },
       { label: "compared with", cell: (q) => h("span", { class: "mono" }, q.reference || dash) },
       { label: "inputs compared", cell: (q) => num(q.compared), cls: "num" },
       { label: "agreement", cell: (q) => (q.compared ? pct(q.agreement) : dash), cls: "num" },
