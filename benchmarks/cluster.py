@@ -22,7 +22,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
-import selectors
 import socket
 import sys
 import time
@@ -325,7 +324,7 @@ def _device_class() -> Any:
             self.client.publish(P.up_topic(FLEET, self.id, P.Up.TELEMETRY),
                                 P.TelemetryBatch(self.id, self.queue.inflight, recs).to_bytes(), qos=1)
 
-        def summary(self) -> dict[str, Any]:
+        def result(self) -> dict[str, Any]:
             q = self.queue
             return {"id": self.id, "generated": q.seq, "acked": q.acked_seqs, "max_acked": q.max_acked,
                     "pending": len(q.pending), "batches": q.batches, "ack_timeouts": q.timeouts,
@@ -339,7 +338,7 @@ def _device_class() -> Any:
 
 
 def _worker(conn: Any, port: int, ids: list[str], interval: float, origin: bool = False) -> None:
-    """One worker: its devices on one selector loop (paho's external-loop API, as fleet_ota's DeviceLoop), with
+    """One worker: its devices on one selector loop (fleet_ota's ``DeviceLoop.run``: paho's external-loop API), with
     the orchestrator's commands on a pipe: ``("generate", bool)``, ``"pending"``, ``"stop"``. With ``origin`` the
     devices download a job's bundle over HTTP when it names a URL (fleet_ota's fetch pool: the device's own
     fetcher, 8 downloads at a time per worker)."""
@@ -349,55 +348,21 @@ def _worker(conn: Any, port: int, ids: list[str], interval: float, origin: bool 
     loop = DeviceLoop()
     cls = _device_class()
     devices = [cls(loop, port, i, interval, origin) for i in ids]
-    loop.sel.register(conn, selectors.EVENT_READ, None)
-    started = 0
-    reported_ready = False
     generate = interval > 0
-    next_misc = 0.0
-    while True:
-        while started < len(devices) and sum(not d.ready for d in devices[:started]) < 50:
-            devices[started].start()
-            started += 1
-        for key, mask in loop.sel.select(timeout=0.2):
-            client = key.data
-            if client is None:
-                msg = conn.recv()
-                if msg == "stop":
-                    conn.send(("result", [d.summary() for d in devices]))
-                    for d in devices:
-                        d.client.disconnect()
-                        d.client.loop_write()
-                    return
-                if msg == "pending":
-                    conn.send(("pending", sum(len(d.queue.pending) for d in devices),
-                               sum(d.client.is_connected() for d in devices)))
-                elif isinstance(msg, tuple) and msg[0] == "generate":
-                    generate = bool(msg[1])
-                continue
-            if mask & selectors.EVENT_READ:
-                client.loop_read()
-            if mask & selectors.EVENT_WRITE and client.socket() is not None:
-                client.loop_write()
-        while loop.fetched:  # downloads that ended: their answers, on this thread (the machines')
-            dev, answer = loop.fetched.popleft()
-            dev.download = None
-            dev._run(answer)
-        now = time.monotonic()
-        if now >= next_misc:
-            next_misc = now + 0.5
-            for d in devices[:started]:
-                if d.client.socket() is None:
-                    try:
-                        d.client.reconnect()
-                    except OSError:
-                        pass
-                    continue
-                d.client.loop_misc()
-                d.stalled(now)
-                d.telemetry(now, generate)
-            if not reported_ready and started == len(devices) and all(d.ready for d in devices):
-                reported_ready = True
-                conn.send(("ready", len(devices)))
+
+    def command(msg: Any) -> None:
+        nonlocal generate
+        if msg == "pending":
+            conn.send(("pending", sum(len(d.queue.pending) for d in devices),
+                       sum(d.client.is_connected() for d in devices)))
+        elif isinstance(msg, tuple) and msg[0] == "generate":
+            generate = bool(msg[1])
+
+    def tick(d: Any, now: float) -> None:
+        d.stalled(now)
+        d.telemetry(now, generate)
+
+    loop.run(conn, devices, command, tick)
 
 
 class SimFleet:

@@ -72,7 +72,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks import schema
 
@@ -379,7 +379,11 @@ class DeviceLoop:
         except (KeyError, ValueError):
             pass
 
-    def run(self, conn: Any, devices: list[SimDevice]) -> None:
+    def run(self, conn: Any, devices: list[SimDevice], command: Callable[[Any], None] | None = None,
+            tick: Callable[[Any, float], None] | None = None) -> None:
+        """Serve ``devices`` until the orchestrator's ``"stop"`` on ``conn`` (answered with each device's
+        ``result()``); its other messages go to ``command``. Every 0.5 s each connected device's ``tick(device,
+        now)`` (default: its stall check); ``("ready", n)`` once every device is connected and subscribed."""
         self.sel.register(conn, selectors.EVENT_READ, None)
         started = 0
         reported_ready = False
@@ -399,6 +403,8 @@ class DeviceLoop:
                             d.client.disconnect()
                             d.client.loop_write()
                         return
+                    if command is not None:
+                        command(msg)
                     continue
                 if mask & selectors.EVENT_READ:
                     client.loop_read()
@@ -421,7 +427,10 @@ class DeviceLoop:
                             pass
                         continue
                     d.client.loop_misc()
-                    d.stalled(now)
+                    if tick is None:
+                        d.stalled(now)
+                    else:
+                        tick(d, now)
                 if not reported_ready and started == len(devices) and all(d.ready for d in devices):
                     reported_ready = True
                     conn.send(("ready", len(devices)))
