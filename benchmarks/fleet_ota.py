@@ -170,7 +170,7 @@ class SimDevice:
         self.client.on_socket_close = loop.sock_close
         self.client.on_socket_register_write = loop.want_write
         self.client.on_socket_unregister_write = loop.no_write
-        self.machine = M.DeviceMachine(_SimChecks(), max_bundle_bytes=1 << 30, window=WINDOW,
+        self.machine = M.DeviceMachine(SimChecks(), max_bundle_bytes=1 << 30, window=WINDOW,
                                        stall_seconds=STALL_SECONDS, fetch=origin)
         self.ready = False
         self.buf = bytearray()
@@ -287,8 +287,9 @@ class SimDevice:
                 "origin_fallbacks": stats["origin_fallbacks"]}
 
 
-class _SimChecks:
-    """A simulated device's facts: no model yet, no delta base, no refusals, no rollback orders to verify."""
+class SimChecks:
+    """A simulated device's facts (what the device machine asks of a device that runs nothing yet): no model yet,
+    no delta base, no refusals, no rollback orders to verify."""
 
     def active_version(self) -> str:
         return ""

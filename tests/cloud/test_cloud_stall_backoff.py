@@ -9,6 +9,7 @@ coordinator with that admission rule, on a simulated clock and a seeded random s
 from __future__ import annotations
 
 import random
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ from edgefleet.cloud_sync.wire import protocol as P
 from edgefleet.cloud_sync.wire.transfer import StallBackoff, file_info
 from edgefleet.errors import SyncError
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.fleet_ota import SimChecks  # noqa: E402  (the benchmark's device that runs nothing yet)
+
 DATA = bytes(range(256)) * 4  # 1,024 bytes: 16 chunks of 64
 INFO = file_info(DATA, 64)
 
@@ -34,27 +40,8 @@ class Clock:
         return self.t
 
 
-class Device:
-    """What the machine asks of a device that runs nothing yet."""
-
-    def active_version(self) -> str:
-        return ""
-
-    def previous_version(self) -> str | None:
-        return None
-
-    def delta_base(self) -> str | None:
-        return None
-
-    def check_before_download(self, desired: Any) -> Path | None:
-        return None
-
-    def check_order(self, desired: Any) -> tuple[Any, bool]:
-        return None, False
-
-
 def machine(clock: Clock, rand: Any = lambda: 0.0, **kw: Any) -> M.DeviceMachine:
-    return M.DeviceMachine(Device(), max_bundle_bytes=1 << 20, window=4, stall_seconds=5.0, clock=clock, rand=rand,
+    return M.DeviceMachine(SimChecks(), max_bundle_bytes=1 << 20, window=4, stall_seconds=5.0, clock=clock, rand=rand,
                            **kw)
 
 
@@ -159,7 +146,7 @@ def fleet(devices: int, backoff: StallBackoff | None, max_transfers: int = 64, p
     line (as ``Coordinator._admit``); each device ticks every 0.5 s. Returns chunks sent and re-requested."""
     clock = Clock()
     rng = random.Random(16)
-    ms = [M.DeviceMachine(Device(), max_bundle_bytes=1 << 20, window=16, stall_seconds=5.0, clock=clock,
+    ms = [M.DeviceMachine(SimChecks(), max_bundle_bytes=1 << 20, window=16, stall_seconds=5.0, clock=clock,
                           rand=rng.random, backoff=backoff) for _ in range(devices)]
     serving: dict[int, set[int]] = {}
     waiting: dict[int, list[int]] = {}  # dict order: a repeated request keeps its place
