@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from edgefleet.supervisor import ChildProcess
 
@@ -427,6 +427,34 @@ class SimFleet:
             if p.is_alive():
                 p.kill()
         return out
+
+
+def wait_online(reg: Any, devices: int, timeout: float, poll: float) -> int:
+    """Wait until the registry ``reg`` has ``devices`` devices of the fleet online, polling every ``poll`` seconds,
+    for ``timeout`` seconds at the most; how many are online then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        online = sum(d.online for d in reg.devices(FLEET))
+        if online >= devices or time.monotonic() >= deadline:
+            return online
+        time.sleep(poll)
+
+
+def shut_down(fleet: SimFleet | None, reg: Any, coords: Sequence[CoordinatorProcess], broker: Any,
+              drop_db: Callable[[], None] | None) -> None:
+    """The end of a run, whatever happened in it: the simulated devices stopped, the registry closed, the
+    coordinators stopped, then the broker, and the run's fresh database dropped (each one that was started)."""
+    from edgefleet.supervisor import stop_all
+
+    if fleet is not None:
+        fleet.stop()
+    if reg is not None:
+        reg.close()
+    stop_all(coords)
+    if broker is not None:
+        broker.stop()
+    if drop_db is not None:
+        drop_db()
 
 
 # -- setup --------------------------------------------------------------------------------------------------------

@@ -163,10 +163,7 @@ def run(devices: int = 10_000, workers: int = 4, timeout: float = 1800.0, root: 
         fleet = cluster.SimFleet(broker.port, ids, workers, 0.0, origin=True)
         fleet.wait_ready(timeout=max(600.0, devices / 10))
         reg = Registry(db_url)
-        deadline = time.monotonic() + max(120.0, devices / 50)
-        while sum(d.online for d in reg.devices(cluster.FLEET)) < devices and time.monotonic() < deadline:
-            time.sleep(1.0)
-        online = sum(d.online for d in reg.devices(cluster.FLEET))
+        online = cluster.wait_online(reg, devices, max(120.0, devices / 50), 1.0)
         connect_s = time.monotonic() - t_connect
         say(f"fleet_scale: {online} of {devices} devices online in {connect_s:.1f} s; deploying")
         time.sleep(2.0)

@@ -101,7 +101,6 @@ def run(devices: int = 10_000, workers: int = 4, coordinators: int = 2, db: str 
     from edgefleet.cloud_sync.coordinator.client import deploy_bundle
     from edgefleet.cloud_sync.coordinator.registry import Registry
     from edgefleet.errors import ConfigError, SyncError
-    from edgefleet.supervisor import stop_all
 
     from . import cluster
 
@@ -132,10 +131,7 @@ def run(devices: int = 10_000, workers: int = 4, coordinators: int = 2, db: str 
         fleet = cluster.SimFleet(broker.port, ids, workers, 0.0)
         connect_s = fleet.wait_ready(timeout=max(600.0, devices / 10))
         reg = Registry(db_url)
-        deadline = time.monotonic() + max(120.0, devices / 50)
-        while sum(d.online for d in reg.devices(cluster.FLEET)) < devices and time.monotonic() < deadline:
-            time.sleep(1.0)
-        online = sum(d.online for d in reg.devices(cluster.FLEET))
+        online = cluster.wait_online(reg, devices, max(120.0, devices / 50), 1.0)
         say(f"multi_coordinator: {online} of {devices} devices online ({connect_s:.1f} s to connect)")
         t0 = time.monotonic()
         dep = deploy_bundle(coords[0].api, token, archive, cluster.GROUP, *PLAN)["id"]
@@ -208,14 +204,7 @@ def run(devices: int = 10_000, workers: int = 4, coordinators: int = 2, db: str 
                                 and e["devices_installed_once"] == devices)
         return out
     finally:
-        if fleet is not None:
-            fleet.stop()
-        if reg is not None:
-            reg.close()
-        stop_all(coords)
-        if broker is not None:
-            broker.stop()
-        drop_db()
+        cluster.shut_down(fleet, reg, coords, broker, drop_db)
 
 
 def main(argv: list[str] | None = None) -> int:

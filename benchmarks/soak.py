@@ -127,7 +127,6 @@ def run(minutes: float = 60.0, devices: int = 1000, workers: int = 4, interval: 
     from edgefleet.cloud_sync.broker import LocalBroker
     from edgefleet.cloud_sync.coordinator.client import deploy_bundle
     from edgefleet.cloud_sync.coordinator.registry import Registry
-    from edgefleet.supervisor import stop_all
 
     from . import cluster
 
@@ -157,9 +156,7 @@ def run(minutes: float = 60.0, devices: int = 1000, workers: int = 4, interval: 
         fleet = cluster.SimFleet(broker.port, ids, workers, interval)
         connect_s = fleet.wait_ready()
         reg = Registry(db_url)
-        deadline = time.monotonic() + 120
-        while sum(d.online for d in reg.devices(cluster.FLEET)) < devices and time.monotonic() < deadline:
-            time.sleep(0.5)
+        cluster.wait_online(reg, devices, 120, 0.5)
         say(f"soak: {devices} devices connected in {connect_s:.1f} s; running {minutes:g} min")
         t0 = time.monotonic()
         now = lambda: time.monotonic() - t0  # noqa: E731
@@ -304,14 +301,7 @@ def run(minutes: float = 60.0, devices: int = 1000, workers: int = 4, interval: 
         }
         return out
     finally:
-        if fleet is not None:
-            fleet.stop()
-        if reg is not None:
-            reg.close()
-        stop_all(coords)
-        broker.stop()
-        if drop_db is not None:
-            drop_db()
+        cluster.shut_down(fleet, reg, coords, broker, drop_db)
 
 
 def main(argv: list[str] | None = None) -> int:
