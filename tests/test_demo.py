@@ -88,7 +88,11 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path: Path) -> 
     assert sorted(d["device_id"] for d in pers["devices"]) == ["dev-01", "dev-02"], pers
     own = {d["device_id"]: d["stored"] for d in pers["devices"]}
     assert {d["device_id"]: d["head"] == "personal" for d in s["device_results"]} == own, s["device_results"]
-    assert f"personalisation: {pers['kept']} of 2 device(s) keep a local head" in proc.stdout
+    assert proc.stdout.count(f"personalisation: {pers['kept']} of 2 device(s) keep a local head") == 1
+    for d in s["device_results"]:  # a device on its own head: both heads scored on its sensor inputs
+        assert (d["own_head"] is not None) == (d["head"] == "personal"), d
+        if d["own_head"]:
+            assert f"{d['device_id']} serves its own head of v2 (personalisation)" in proc.stdout
     # the bad v3 (a head trained on shuffled labels, no gate) was rolled back by quality probation on the canary,
     # which halted its rollout: the other device never got it
     bad = s["bad_candidate"]

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
+
 from edgefleet.errors import ConfigError, EdgefleetError, SyncError
 
 from ..broker import find_mosquitto, free_port
@@ -62,6 +64,21 @@ class DemoConfig:
         if self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--rounds and --local-epochs must be >= 1")
 
+
+def own_head_gain(bundle: str | Path, agent_dir: Path, x: np.ndarray, y: np.ndarray) -> dict[str, float] | None:
+    """A device serving its personal head of ``bundle``: the accuracy of that head and of the bundle's global head
+    on the device's clean sensor inputs (both through ``edgefleet.load``, the bundle's own preprocessing)."""
+    import edgefleet
+    from edgefleet.device_agent.personal import PersonalHeads
+
+    with edgefleet.load(bundle, threads=1) as m:
+        own = PersonalHeads(agent_dir).for_manifest(m.manifest)
+        if own is None or m.head is None:
+            return None
+        feats = m.features(np.asarray(x, np.float32))
+        y = np.asarray(y)
+        return {"global": float(np.mean(np.asarray(m.head.forward(feats)).argmax(1) == y)),
+                "personal": float(np.mean(np.asarray(own.head.forward(feats)).argmax(1) == y))}
 
 class Demo:
     def __init__(self, config: DemoConfig, out: Callable[[str], None] | None = None) -> None:
@@ -520,10 +537,10 @@ class Demo:
                 raise SyncError(f"federated run {run_id} is still {status}; see {self.workdir / 'federated' / run_id}")
             time.sleep(0.5)
         gate = run["result"].get("gate")
-        if gate:
+        if gate and until != "aggregated":  # (once: in the stage that gates)
             verdict = f"signed as v{gate['version']}" if gate["promoted"] else "not promoted: v1 stays"
             self.say(f"  gate on the coordinator's holdout: {gate['reason']}: {verdict}")
-        if run["result"].get("personalization"):
+        if run["result"].get("personalization") and until != "aggregated":
             from ..federated.records import personalization_lines
 
             for line in personalization_lines(run["result"]["personalization"]):
@@ -618,6 +635,8 @@ class Demo:
             results.append({
                 "device_id": d.device_id, "version": devices.get(d.device_id, {}).get("active_version"),
                 "head": st.get("head"),
+                "own_head": own_head_gain(gate["bundle"], self.device_dirs[d.device_id] / "agent", d.sensor_x,
+                                          d.sensor_y) if st.get("head") == "personal" and gate.get("promoted") else None,
                 "online": devices.get(d.device_id, {}).get("online"), "classes": list(d.classes),
                 "local_accuracy_before": local_accuracy(st, "1"),
                 "local_accuracy_after": local_accuracy(st, final_version),
@@ -674,6 +693,12 @@ class Demo:
         self.say(f"accuracy {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}% on "
                  f"{s['test_samples']} held-out digits; {verdict} on v{s['final_version']}; "
                  f"{s['bytes_shipped']:,} bytes shipped; {s['total_seconds']:.0f}s in all")
+        for d in s.get("device_results", []):
+            own = d.get("own_head")
+            if own:
+                self.say(f"{d['device_id']} serves its own head of v{s['final_version']} (personalisation): "
+                         f"{100 * own['personal']:.1f}% on its sensor inputs, where v{s['final_version']}'s global "
+                         f"head scores {100 * own['global']:.1f}%")
         bad = s.get("bad_candidate")
         if bad:
             who = ", ".join(r["device_id"] for r in bad["rolled_back"]) or "no device"
