@@ -20,6 +20,7 @@ Pure file logic; the only I/O is reading and atomically writing these files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +42,8 @@ PERSONAL_DIR = "personal"
 #: personal heads kept (the newest; each belongs to one version's global head)
 KEEP = 4
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+#: a temporary file of an interrupted write older than this is removed by prune
+STALE_SECONDS = 600.0
 _MAX_META = 64 * 1024
 
 
@@ -64,11 +67,18 @@ class PersonalHead:
                 "created": self.created}
 
 
-def _finite(meta: Mapping[str, Any], key: str) -> float:
+def _finite(meta: Mapping[str, Any], key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
     v = meta.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise StoreError(f"{key} is not a finite number")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise StoreError(f"personal head record: {key} is not a finite number in [{lo}, {hi}]")
     return float(v)
+
+
+def _count(meta: Mapping[str, Any], key: str) -> int:
+    v = meta.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 62:
+        raise StoreError(f"personal head record: {key} is not a count")
+    return v
 
 
 class PersonalHeads:
@@ -125,11 +135,18 @@ class PersonalHeads:
         return sorted(out, key=lambda d: float(d.get("created", 0) or 0), reverse=True)
 
     def prune(self) -> None:
+        """Keep the newest :attr:`keep` heads; remove older ones and the temporary files of writes cut short
+        (a kill -9 in ``save``) once they are :data:`STALE_SECONDS` old."""
         keep = {str(d.get("base")) for d in self.records()[: self.keep]}
-        for p in list(self.dir.glob("*")) if self.dir.is_dir() else ():
+        now = time.time()
+        for p in list(self.dir.iterdir()) if self.dir.is_dir() else ():
             stem = p.name.split(".")[0]
             if p.suffix in (".npz", ".json") and _SHA_RE.match(stem) and stem not in keep:
                 p.unlink(missing_ok=True)
+            elif p.name.startswith(".") and ".tmp-" in p.name:
+                with contextlib.suppress(OSError):
+                    if now - p.stat().st_mtime > STALE_SECONDS:
+                        p.unlink()
 
     def load(self, manifest: Manifest) -> PersonalHead:
         """The personal head for ``manifest``'s version; a ``StoreError`` says why there is none usable."""
@@ -164,9 +181,9 @@ class PersonalHeads:
             raise StoreError(f"personal head file {npz.name} does not match its record (damaged)")
         try:
             head = Head.from_npz(data, spec.layers, StoreError, what=f"personal head {npz.name}")
-            return PersonalHead(spec.sha256, str(doc["backbone"]), head, _finite(doc, "global_accuracy"),
-                                _finite(doc, "personal_accuracy"), int(doc.get("holdout", 0) or 0),
-                                str(doc.get("run", "")), _finite(doc, "created"))
+            return PersonalHead(spec.sha256, str(doc["backbone"]), head, _finite(doc, "global_accuracy", 0, 1),
+                                _finite(doc, "personal_accuracy", 0, 1), _count(doc, "holdout"),
+                                str(doc.get("run", ""))[:128], _finite(doc, "created"))
         except EdgefleetError as exc:
             raise StoreError(f"personal head {npz.name} is unusable: {exc}") from None
 

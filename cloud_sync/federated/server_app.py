@@ -116,12 +116,30 @@ def personal_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
         if m.has_error():
             continue
         rec = m.content.config_records.get("personal")
-        if rec is None:
-            continue
-        row = {k.replace("-", "_"): (None if isinstance(v, float) and not np.isfinite(v) else v)
-               for k, v in rec.items() if isinstance(v, (str, int, float, bool))}
-        rows.append(row)
+        if rec is not None:
+            rows.append(_personal_row(rec))
     return sorted(rows, key=lambda r: str(r.get("device_id", "")))
+
+
+def _personal_row(rec: Any) -> dict[str, Any]:
+    """One device's personalisation record, as the run keeps it: the known fields only, bounded (a device's reply
+    is not trusted: a long name is cut, an accuracy outside [0, 1] or a loss that is not finite is recorded as
+    unknown)."""
+    def number(key: str, hi: float) -> float | None:
+        v = rec.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not -1e300 < v < 1e300:
+            return None
+        return float(v) if 0 <= v <= hi else None
+
+    holdout = rec.get("holdout")
+    row: dict[str, Any] = {
+        "device_id": str(rec.get("device-id", ""))[:128], "base": str(rec.get("base", ""))[:64],
+        "holdout": holdout if isinstance(holdout, int) and not isinstance(holdout, bool) and holdout >= 0 else 0,
+        "global_accuracy": number("global-accuracy", 1.0), "personal_accuracy": number("personal-accuracy", 1.0),
+        "global_loss": number("global-loss", 1e6), "personal_loss": number("personal-loss", 1e6),
+        "margin": number("margin", 1.0), "kept": rec.get("kept") is True, "stored": rec.get("stored") is True,
+    }
+    return row
 
 
 def personalization_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgefleet.errors import ConfigError
 
@@ -244,3 +246,84 @@ def test_the_run_reports_both_heads_per_device() -> None:
            "rounds_done": 1, "round_metrics": [],
            "result": {"personalization": summary}, "created": 0.0, "updated": 0.0}
     assert lines[1] in log_lines(run, [])
+
+
+# -- adversarial: damaged records on the device, hostile replies at the server -----------------------------------
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
+                     | st.text(max_size=40), lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8),
+                                                                                                 kids, max_size=3),
+                     max_leaves=8)
+_record_keys = st.sampled_from(["base", "backbone", "sha256", "run", "created", "global_accuracy", "personal_accuracy",
+                                "holdout", "other"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """A tiny head bundle's manifest and a state directory holding a good personal head for it."""
+    root = tmp_path_factory.mktemp("tiny")
+    m = _manifest(_tiny_head_bundle(root, seed=0))
+    _save(root / "state", m, _head(seed=9, n_in=12, n_out=10))
+    return m, root / "state"
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.dictionaries(_record_keys, _json, max_size=6))
+def test_a_damaged_personal_head_record_is_a_store_error_never_a_crash(tiny: tuple[Any, Path],
+                                                                     changes: dict[str, Any]) -> None:
+    from edgefleet.device_agent.personal import PersonalHeads
+    from edgefleet.errors import StoreError
+
+    m, state = tiny
+    meta = state / "personal" / f"{m.head.sha256}.json"
+    good = json.loads(meta.read_text()) if meta.exists() and meta.read_text().startswith("{\n") else None
+    if good is None:  # (the file is rewritten below: start each example from a good record)
+        _save(state, m, _head(seed=9, n_in=12, n_out=10))
+        good = json.loads(meta.read_text())
+    try:
+        meta.write_text(json.dumps({**good, **changes}, default=str))
+        try:
+            got = PersonalHeads(state).load(m)
+        except StoreError:
+            return
+        assert 0 <= got.global_accuracy <= 1 and 0 <= got.personal_accuracy <= 1 and got.holdout >= 0
+        assert got.base == m.head.sha256
+    finally:
+        meta.write_text(json.dumps(good, indent=1))
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.dictionaries(st.sampled_from(["device-id", "base", "holdout", "global-accuracy", "personal-accuracy",
+                                        "global-loss", "personal-loss", "margin", "kept", "stored", "x"]),
+                       st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
+                       | st.text(max_size=300), max_size=10))
+def test_a_hostile_devices_personal_record_is_bounded_at_the_server(rec: dict[str, Any]) -> None:
+    from edgefleet.cloud_sync.federated.server_app import _personal_row, personalization_summary
+
+    row = _personal_row(rec)
+    assert set(row) == {"device_id", "base", "holdout", "global_accuracy", "personal_accuracy", "global_loss",
+                        "personal_loss", "margin", "kept", "stored"}
+    assert len(row["device_id"]) <= 128 and isinstance(row["holdout"], int) and row["holdout"] >= 0
+    for k in ("global_accuracy", "personal_accuracy"):
+        assert row[k] is None or 0 <= row[k] <= 1
+    summary = personalization_summary([row])
+    json.dumps(summary, allow_nan=False)  # what the registry's API accepts: no NaN, no infinity
+
+
+def test_an_interrupted_write_leaves_no_lasting_debris(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from edgefleet.device_agent.personal import STALE_SECONDS, PersonalHeads
+
+    m = _manifest(_tiny_head_bundle(tmp_path, seed=0))
+    state = tmp_path / "state"
+    _save(state, m, _head(seed=9, n_in=12, n_out=10))
+    d = state / "personal"
+    old = d / f".{m.head.sha256}.npz.tmp-deadbeef"  # what a kill -9 inside write_atomic leaves
+    fresh = d / f".{m.head.sha256}.json.tmp-cafef00d"  # a write that may still be running
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (time.time() - STALE_SECONDS - 5,) * 2)
+    PersonalHeads(state).prune()
+    assert not old.exists() and fresh.exists()
+    assert PersonalHeads(state).for_manifest(m) is not None
