@@ -387,11 +387,20 @@ class Coordinator:
         if row is not None and s.session < row.session:
             self.counters["stale_status"] += 1  # an old will arriving after a newer birth
             return
-        if s.online and (row is None or not row.online or row.session != s.session):  # not a status update
+        # a (re)connection, not an inventory update of a session this coordinator saw born (a retained update read
+        # after a coordinator restart counts as the birth: that device's queued job is redelivered as before)
+        birth = s.online and (not s.update or device not in self._births or row is None or not row.online
+                              or row.session != s.session)
+        if birth and (row is None or not row.online or row.session != s.session):
             log.info("device %s connected (session %d, running %s, agent %s)", device, s.session,
                      s.active_version or "nothing", s.agent_version or "?",
                      extra={"event": "device_connected", "device": device, "session": s.session,
                             "version": s.active_version})
+        elif birth:
+            log.info("device %s reconnected (session %d)", device, s.session,
+                     extra={"event": "device_reconnected", "device": device, "session": s.session})
+        elif s.online:
+            log.debug("device %s reported a new inventory", device, extra={"event": "inventory", "device": device})
         elif row is None or row.online:
             log.info("device %s disconnected (session %d)", device, s.session,
                      extra={"event": "device_disconnected", "device": device, "session": s.session})
@@ -409,7 +418,7 @@ class Coordinator:
             self._unassigned(device)
         else:
             self.registry.set_device(self.fleet, device, **fields)
-            if s.online:
+            if birth:  # (an inventory update of an online session redelivers nothing)
                 self._births[device] = time.monotonic()
                 self._redeliver(device)
 

@@ -159,8 +159,13 @@ class DeviceSync:
         origin: bool = True,
         origin_timeout: float = DEFAULT_READ_TIMEOUT,
         origin_attempts: int = DEFAULT_ATTEMPTS,
+        inventory_interval: float = 300.0,
     ) -> None:
         self.agent = agent
+        #: how often the inventory is looked at again after the birth; a material change is reported (0: never)
+        self.inventory_interval = inventory_interval
+        self._inventory: P.Inventory | None = None  # as last reported
+        self._inventory_checked = time.monotonic()
         self.fleet = P.check_id(fleet, "fleet")
         self.device_id = P.check_id(device_id, "device id")
         self.group = group
@@ -258,6 +263,11 @@ class DeviceSync:
         return sha, path
 
     def _birth(self) -> None:
+        self._publish_status(device_inventory(getattr(self.agent.config, "state_dir", None) or self.dir))
+
+    def _publish_status(self, inventory: P.Inventory, update: bool = False) -> None:
+        """This session's online status (retained): what it runs and its ``inventory``. At the birth, and again
+        when the inventory changed materially (:meth:`refresh_inventory`), as a status update of the same session."""
         state = self.agent.store.state()
         base = None
         try:
@@ -268,7 +278,24 @@ class DeviceSync:
             self.device_id, True, self.session, time.time(), AGENT_VERSION,
             state.active.version if state.active else "", state.active.id if state.active else "",
             base[0] if base else "", tuple(getattr(self.agent.config, "hardware_tags", ())), self.group,
-            device_inventory(getattr(self.agent.config, "state_dir", None) or self.dir)), retain=True)
+            inventory, update), retain=True)
+        self._inventory = inventory
+        self._inventory_checked = time.monotonic()
+
+    def refresh_inventory(self) -> bool:
+        """Report the inventory again when it changed materially since it was last reported (the disk filling up
+        or freed, an OS upgrade without a restart): looked at every :attr:`inventory_interval` seconds. Whether it
+        was reported."""
+        if not self.inventory_interval or time.monotonic() - self._inventory_checked < self.inventory_interval:
+            return False
+        self._inventory_checked = time.monotonic()
+        now = device_inventory(getattr(self.agent.config, "state_dir", None) or self.dir)
+        if self._inventory is None or not inventory_changed(self._inventory, now):
+            return False
+        log.info("inventory changed (free disk %d -> %d bytes): reporting it", self._inventory.free_disk_bytes,
+                 now.free_disk_bytes, extra={"event": "inventory_changed"})
+        self._publish_status(now, update=True)
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -618,9 +645,26 @@ class DeviceSync:
                 continue
             try:
                 self.drain_telemetry()
+                self.refresh_inventory()
             except Exception:
                 if not self._stop.is_set():
                     log.exception("telemetry drain failed")
+
+
+#: a change of free disk space worth reporting: this share of the disk, and at least this many bytes
+INVENTORY_DISK_SHARE = 0.01
+INVENTORY_DISK_BYTES = 64 << 20
+
+
+def inventory_changed(old: P.Inventory, new: P.Inventory) -> bool:
+    """Whether ``new`` differs materially from the ``old`` one reported: any text field or the disk's size, or the
+    free space by :data:`INVENTORY_DISK_SHARE` of the disk and :data:`INVENTORY_DISK_BYTES` (not every byte a
+    log writes)."""
+    if (old.os, old.os_release, old.arch, old.python, old.total_disk_bytes) != (
+            new.os, new.os_release, new.arch, new.python, new.total_disk_bytes):
+        return True
+    step = max(INVENTORY_DISK_BYTES, int(INVENTORY_DISK_SHARE * max(new.total_disk_bytes, 0)))
+    return abs(new.free_disk_bytes - old.free_disk_bytes) >= step
 
 
 def device_inventory(state_dir: str | os.PathLike[str]) -> P.Inventory:

@@ -244,8 +244,10 @@ class Inventory:
 
 @dataclass(frozen=True)
 class Status(Message):
-    """Birth (online=True) and death (online=False, the last will). ``session`` rises per connection;
-    a death whose session is older than the last birth is stale and ignored."""
+    """Birth (online=True) and death (online=False, the last will). ``session`` rises per process start (a
+    reconnection repeats the birth with the same session); a death whose session is older than the last birth is
+    stale and ignored. ``update``: not a birth but the same session's new inventory (the disk filled up), which
+    changes the record only (an older coordinator, which ignores the key, takes it for a reconnection)."""
 
     TYPE: ClassVar[str] = "status"
     device_id: str
@@ -259,11 +261,14 @@ class Status(Message):
     hardware_tags: tuple[str, ...] = ()
     group: str = ""  # the group the device asks to join on first contact (the registry may override)
     inventory: Inventory | None = None  # what the device is (births only; absent from older agents)
+    update: bool = False  # an inventory update of an online session, not a (re)connection
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         if d["inventory"] is None:
             del d["inventory"]
+        if not d["update"]:
+            del d["update"]
         return d
 
     @classmethod
@@ -283,6 +288,7 @@ class Status(Message):
             hardware_tags=tuple(tags),
             group=_str(d, "group", "", 128),
             inventory=Inventory.from_dict(d["inventory"]) if d.get("inventory") is not None else None,
+            update=_get(d, "update", bool, False),
         )
 
 

@@ -16,6 +16,7 @@ Each "Why" this answers, against a real mosquitto, real agents and a real regist
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -136,6 +137,56 @@ def test_inventory_fields_are_bounded(inventory: Any, why: str) -> None:
     doc = {"v": 1, "type": "status", "device_id": "d1", "online": True, "session": 1, "inventory": inventory}
     with pytest.raises(ProtocolError, match=why):
         P.Status.from_dict(doc)
+
+
+def test_inventory_changes_that_matter() -> None:
+    from edgefleet.cloud_sync.device.driver import inventory_changed
+
+    gib = 1 << 30
+    old = P.Inventory("Linux", "6.1", "aarch64", "3.11.2", free_disk_bytes=20 * gib, total_disk_bytes=32 * gib)
+    assert not inventory_changed(old, old)
+    assert not inventory_changed(old, dataclasses.replace(old, free_disk_bytes=20 * gib - (100 << 20)))  # < 1%
+    assert inventory_changed(old, dataclasses.replace(old, free_disk_bytes=19 * gib))
+    assert inventory_changed(old, dataclasses.replace(old, os_release="6.6"))
+    small = P.Inventory(free_disk_bytes=500 << 20, total_disk_bytes=1 << 30)  # 1% is 10 MiB: 64 MiB it is
+    assert not inventory_changed(small, dataclasses.replace(small, free_disk_bytes=450 << 20))
+    assert inventory_changed(small, dataclasses.replace(small, free_disk_bytes=400 << 20))
+    # the update flag goes on the wire only when set; an older device's birth has none
+    st = P.Status("d1", True, 3, inventory=old, update=True)
+    assert P.Status.parse(st.to_bytes()) == st and "update" not in P.Status("d1", True, 3).to_dict()
+
+
+def test_a_device_whose_disk_fills_reports_it_without_reconnecting(broker: Any, tmp_path: Path, make_agent: Any,
+                                                                   archives: dict[str, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inventory was sent at the birth only: a disk that filled up afterwards stayed invisible. Now the device
+    looks again every inventory_interval and reports a material change as an update of the same session, which
+    changes the record and redelivers nothing (no reconnection is logged or counted)."""
+    from edgefleet.cloud_sync.device import driver
+
+    coord = coordinator(broker.url, tmp_path / "reg.db")
+    agent = make_agent("d1", install=archives["1"])
+    real = driver.device_inventory
+    full = {"on": False}
+
+    def inventory(state_dir: Any) -> P.Inventory:
+        inv = real(state_dir)
+        return dataclasses.replace(inv, free_disk_bytes=inv.free_disk_bytes // 100) if full["on"] else inv
+
+    monkeypatch.setattr(driver, "device_inventory", inventory)
+    sync = device(broker.url, agent, tmp_path, inventory_interval=0.2)
+    try:
+        row = wait_for(lambda: (d := coord.registry.device("f1", "d1")) is not None and d.inventory.reported and d)
+        first, redelivered = row.inventory.free_disk_bytes, coord.counters["desired_redelivered"]
+        session = row.session
+        born = wait_for(lambda: coord._births.get("d1"))  # when the coordinator saw the session born
+        full["on"] = True
+        row = wait_for(lambda: (d := coord.registry.device("f1", "d1")) is not None
+                       and d.inventory.free_disk_bytes < first // 10 and d, 20)
+        assert row.online and row.session == session
+        assert coord.counters["desired_redelivered"] == redelivered and coord._births["d1"] == born  # no rebirth
+    finally:
+        sync.stop()
 
 
 def test_a_hostile_device_cannot_store_unbounded_inventory(broker: Any, tmp_path: Path) -> None:
