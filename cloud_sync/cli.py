@@ -54,6 +54,9 @@ def _serve(args: Any) -> int:
     from .coordinator.alerts import check_webhooks
 
     check_webhooks(args.alert_webhook)
+    from .coordinator.alerts import webhook_verify
+
+    webhook_verify(args.alert_ca_cert)  # a missing or non-PEM CA file: refused before anything starts
     args.api_url = _callback_url(args, tls is not None)
     if args.token:
         print("edgefleet: --token is visible to every user in the process list; use EDGEFLEET_TOKEN or --token-file",
@@ -103,7 +106,8 @@ def _serve(args: Any) -> int:
 
     try:
         retrain = start_for_coordinator(args, coord)  # drift-started runs; the supervised SuperLink if asked
-        alerts = start_alerts(coord, args.alert_webhook, args.offline_after)  # webhooks; None without URLs
+        alerts = start_alerts(coord, args.alert_webhook, args.offline_after,  # webhooks; None without URLs
+                              ca_cert=args.alert_ca_cert)
     except BaseException:
         coord.stop()
         raise
@@ -1110,6 +1114,9 @@ _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-fi
     click.Option(["--alert-webhook"], multiple=True, metavar="URL",
                  help="POST a JSON alert here on a rollout halt, a drift alert, a device offline longer than "
                  "--offline-after and a federated run failure (repeatable; retried with backoff)"),
+    click.Option(["--alert-ca-cert"], envvar="EDGEFLEET_ALERT_CA_CERT", show_envvar=True, metavar="PEM",
+                 help="CA certificate (PEM) an https --alert-webhook's certificate must chain to: a private CA "
+                 "(default: the public CAs, or SSL_CERT_FILE; verification is never switched off)"),
     click.Option(["--offline-after"], type=Duration(lo=10.0, hi=366 * 86400.0), default="15m", metavar="DURATION",
                  help="with --alert-webhook: alert when a device has been offline this long (90s, 15m, 2h)"),
     click.Option(["--broker-config"], metavar="FILE",

@@ -11,7 +11,10 @@ Three parts, kept apart:
   a registry send it once.
 - :class:`WebhookSender` posts each alert to every URL from a bounded queue on its own thread: ``submit`` never
   blocks (a full queue drops the alert and counts it), a failed attempt (no connection, timeout, 429 or 5xx) is
-  retried with exponential backoff (:func:`backoff`), other 4xx answers are final.
+  retried with exponential backoff (:func:`backoff`), other 4xx answers are final. An https webhook's
+  certificate is verified against the default CAs, or the private CA of ``--alert-ca-cert``
+  (:func:`webhook_verify`); one that does not verify is a failed attempt like no connection (logged, retried,
+  then given up).
 
 What the webhook receives (``Content-Type: application/json``)::
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections import Counter
@@ -179,6 +183,31 @@ def check_webhooks(urls: Iterable[str]) -> list[str]:
     return out
 
 
+CA_ENV = "EDGEFLEET_ALERT_CA_CERT"
+
+
+def webhook_verify(ca_cert: str | None) -> ssl.SSLContext | bool:
+    """What an https webhook's certificate is verified with (httpx's ``verify``): the CA certificate(s) of
+    ``--alert-ca-cert`` / ``EDGEFLEET_ALERT_CA_CERT`` (a PEM file: a private CA), else True (httpx's default CAs, as
+    before). Always verifying (chain and host name). A file that is missing, unreadable or holds no PEM certificate
+    is a ConfigError naming the option."""
+    if not ca_cert:
+        return True
+    what = f"--alert-ca-cert {ca_cert} (or {CA_ENV})"
+    try:
+        with open(ca_cert, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError(f"{what}: not a PEM CA certificate (no '-----BEGIN CERTIFICATE-----' in it)")
+    try:
+        return ssl.create_default_context(cafile=ca_cert)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{what}: not a PEM CA certificate ({reason})") from None
+
+
 def _span(seconds: float) -> str:
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= n:
@@ -198,9 +227,7 @@ class WebhookSender:
         self.urls = check_webhooks(urls)
         self.attempts = max(1, attempts)
         self.backoff_base, self.backoff_cap, self.timeout = backoff_base, backoff_cap, timeout
-        from ..api_tls import client_verify
-
-        self._verify: Any = client_verify(ca_cert) if ca_cert else True  # a bad CA file: a ConfigError now
+        self._verify: Any = webhook_verify(ca_cert)  # a bad CA file: a ConfigError now
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self._q: queue.Queue[AlertEvent | None] = queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
@@ -347,8 +374,8 @@ class AlertMonitor:
 
 def start_alerts(coord: Any, urls: Sequence[str], offline_after: float | None, *, interval: float = 2.0,
                  ca_cert: str | None = None) -> tuple[AlertMonitor, WebhookSender] | None:
-    """``cloud serve --alert-webhook URL... --offline-after D``: a sender and a monitor for ``coord``'s fleet,
-    started (None without URLs)."""
+    """``cloud serve --alert-webhook URL... --offline-after D [--alert-ca-cert PEM]``: a sender and a monitor for
+    ``coord``'s fleet, started (None without URLs)."""
     if not urls:
         return None
     sender = WebhookSender(urls, ca_cert=ca_cert, counters=coord.counters).start()
@@ -357,4 +384,4 @@ def start_alerts(coord: Any, urls: Sequence[str], offline_after: float | None, *
 
 
 __all__ = ["AlertEvent", "AlertMonitor", "KINDS", "Snapshot", "WatchState", "WebhookSender", "backoff",
-           "check_webhooks", "decide", "retryable", "start_alerts"]
+           "check_webhooks", "decide", "retryable", "start_alerts", "webhook_verify", "CA_ENV"]

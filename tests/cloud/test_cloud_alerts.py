@@ -9,6 +9,11 @@ here is delivered through the retry path.
 from __future__ import annotations
 
 import json
+import os
+import re
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,9 +22,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator, cast
 
+import httpx
 import pytest
-from conftest import wait_for
+from conftest import free_port, wait_for
 from helpers import coordinator, device
+from test_cloud_api_tls import BOOT, Pki, _make_pki, _serve_cmd
 
 from edgefleet.cli import main as cli_main
 from edgefleet.cloud_sync.coordinator.alerts import (
@@ -45,7 +52,8 @@ class Receiver:
     JSON of every POST it answered 2xx (``got``) and counts every attempt (``attempts``); ``delay`` seconds per
     request (a slow or hung receiver)."""
 
-    def __init__(self, fail_first: int = 0, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, fail_first: int = 0, status: int = 200, delay: float = 0.0,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.fail_first, self.status, self.delay = fail_first, status, delay
         self.got: list[dict[str, Any]] = []
         self.attempts = 0
@@ -69,8 +77,9 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/edgefleet"
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler) if tls is None else _TlsServer(tls, Handler)
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/hooks/edgefleet"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def kinds(self) -> Counter[str]:
@@ -80,6 +89,24 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """An https receiver (certificate and key: PEM); each handshake runs on its request's thread, and one a client
+    refuses is not an error of the server."""
+
+    def __init__(self, tls: tuple[Path, Path], handler: Any) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        self.handshakes_refused = 0
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.handshakes_refused += 1
 
 
 @pytest.fixture()
@@ -199,6 +226,115 @@ def test_bad_webhook_urls_are_refused_before_anything_starts(tmp_path: Path,
     assert code == 2 and "--alert-webhook" in capsys.readouterr().err
     assert not (tmp_path / "r.db").exists()
     assert cli_main(["cloud", "serve", "--fleet", "f1", "--offline-after", "soon"]) == 2
+
+
+# -- an https webhook with a private CA (issue 16) -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return _make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _serve(tmp_path: Path, broker: Any, *extra: str) -> tuple[subprocess.Popen[str], list[str], str]:
+    """The real ``cloud serve`` (a process of its own), its stderr lines as they come, and its database URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEFLEET_CA_CERT", "EDGEFLEET_ALERT_CA_CERT",
+                                                             "SSL_CERT_FILE", "SSL_CERT_DIR")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", *_serve_cmd(tmp_path, *extra, broker=broker.url,
+                                                                                port=port)],
+                            env=dict(env, EDGEFLEET_TOKEN=BOOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    wait_for(lambda: proc.poll() is not None or any("edgefleet coordinator: fleet" in ln for ln in lines), 60)
+    assert proc.poll() is None, "".join(lines)
+    return proc, lines, f"sqlite:///{tmp_path / 'serve.db'}"
+
+
+def _stop_serve(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _fail_a_run(db: str) -> str:
+    """A federated run that fails (what the coordinator alerts on), written to the serving coordinator's registry."""
+    reg = Registry(db)
+    try:
+        run = reg.create_fed_run("f", "g", "fedavg", 1)
+        reg.set_fed_run(run, status="failed: boom")
+        return run
+    finally:
+        reg.close()
+
+
+def test_an_https_webhook_is_verified_against_the_alert_ca_cert(broker: Any, tmp_path: Path, pki: Pki,
+                                                                receivers: Any) -> None:
+    """``cloud serve --alert-webhook https://... --alert-ca-cert CA.pem``: the receiver's certificate, signed by a
+    private CA, verifies and the alert is delivered. The same receiver without the CA: the certificate is refused,
+    logged and retried with backoff (the existing policy), and the coordinator goes on serving."""
+    hook = receivers(tls=(pki.cert, pki.key))
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    good, good_lines, good_db = _serve(tmp_path / "with", broker, "--alert-webhook", hook.url,
+                                       "--alert-ca-cert", str(pki.ca))
+    bad, bad_lines, bad_db = _serve(tmp_path / "without", broker, "--alert-webhook", hook.url)
+    try:
+        run = _fail_a_run(good_db)
+        wait_for(lambda: hook.got, 30)
+        assert [(a["kind"], a["details"]["run"]) for a in hook.got] == [("federated_run_failed", run)]
+        assert hook.attempts == 1
+
+        _fail_a_run(bad_db)
+        wait_for(lambda: sum("retrying in" in ln for ln in bad_lines) >= 2, 30)
+        out = "".join(bad_lines)
+        assert "CERTIFICATE_VERIFY_FAILED" in out, out
+        assert bad.poll() is None and "Traceback" not in out, out
+        assert hook.attempts == 1 and len(hook.got) == 1  # nothing reached the receiver without the CA
+        assert hook.server.handshakes_refused >= 2  # type: ignore[attr-defined]
+        # still serving: its API answers, and counts the retries
+        api = re.search(r"API (http://\S+)", out).group(1)  # type: ignore[union-attr]
+        counters = httpx.get(api + "/v1/telemetry", headers={"Authorization": f"Bearer {BOOT}"}).json()["counters"]
+        assert counters.get("alerts_retried", 0) >= 2 and not counters.get("alerts_sent"), counters
+    finally:
+        _stop_serve(good)
+        _stop_serve(bad)
+    assert "Traceback" not in "".join(good_lines) + "".join(bad_lines)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not-pem", "a-key", "env"])
+def test_a_bad_alert_ca_cert_is_refused_before_anything_starts(case: str, tmp_path: Path, pki: Pki,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    bad = {"missing": tmp_path / "nope.pem", "directory": tmp_path, "not-pem": tmp_path / "junk.pem",
+           "a-key": pki.key, "env": tmp_path / "nope.pem"}[case]
+    monkeypatch.setenv("EDGEFLEET_TOKEN", BOOT)
+    extra = ["--alert-webhook", "https://127.0.0.1:9/hook"]
+    if case == "env":
+        monkeypatch.setenv("EDGEFLEET_ALERT_CA_CERT", str(bad))
+    else:
+        extra += ["--alert-ca-cert", str(bad)]
+    capsys.readouterr()
+    code = cli_main(_serve_cmd(tmp_path, *extra))
+    err = capsys.readouterr().err
+    assert code == ConfigError.exit_code, err
+    assert f"--alert-ca-cert {bad}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "serve.db").exists() and not (tmp_path / "fed").exists()  # nothing started
+    with pytest.raises(ConfigError, match="--alert-ca-cert"):
+        WebhookSender(["https://127.0.0.1:9/hook"], ca_cert=str(bad))
+
+
+def test_a_bad_alert_ca_cert_exit_code_of_the_process(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    proc = subprocess.run([sys.executable, "-m", "edgefleet.cli",
+                           *_serve_cmd(tmp_path, "--alert-webhook", "https://127.0.0.1:9/hook", "--alert-ca-cert",
+                                       str(tmp_path / "junk.pem"))],
+                          env=dict(os.environ, EDGEFLEET_TOKEN=BOOT), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ConfigError.exit_code, proc.stderr
+    assert "--alert-ca-cert" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- the pure part ----------------------------------------------------------------------------------------------------
