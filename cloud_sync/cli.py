@@ -1104,7 +1104,8 @@ _cloud_command("serve", _serve, "edgefleet cloud serve --fleet plant1 --token-fi
                  "key delegated to its model; devices get its metadata with every install job"),
     click.Option(["--origin-dir"], metavar="DIR",
                  help="publish every bundle and delta here as <sha256> for a web server or CDN to serve at "
-                 "--origin-url: devices download them over HTTP(S) (Range requests, resumed, verified) and fall back "
+                 "--origin-url: devices download them over HTTP(S) (Range requests, resumed, verified; redirects "
+                 "followed, at most 5, never https to http) and fall back "
                  "to MQTT chunks when the origin fails"),
     click.Option(["--origin-url"], metavar="URL",
                  help="the base URL devices fetch --origin-dir's files at (https://cdn.example/bundles/), or "

@@ -201,9 +201,10 @@ ACCESS_FORMAT = "$status\\t$http_range\\t$body_bytes_sent\\t$request_uri"
 
 
 def nginx_config(root: Path, serve: Path, port: int, *, limit_rate: int = 0, limit_rate_after: int = 0,
-                 tls: tuple[Path, Path] | None = None) -> str:
+                 tls: tuple[Path, Path] | None = None, extra: str = "") -> str:
     """An nginx.conf serving ``serve`` read-only on 127.0.0.1:``port``, every file it writes under ``root``; with
-    ``tls`` (certificate, key: PEM) over https."""
+    ``tls`` (certificate, key: PEM) over https; ``extra``: more directives of the server block (tests put
+    redirecting ``location``s in front of the files)."""
     user = ""
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # workers would drop to 'nobody', who cannot read a 0700 tmp
         import grp
@@ -238,6 +239,7 @@ http {{
             limit_except GET {{ deny all; }}
         {rate}
         }}
+        {extra}
     }}
 }}
 """
@@ -250,7 +252,7 @@ class LocalNginx:
 
     def __init__(self, root: str | os.PathLike[str], serve: str | os.PathLike[str], *, port: int | None = None,
                  limit_rate: int = 0, limit_rate_after: int = 0, binary: str | None = None,
-                 tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None) -> None:
+                 tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None, extra: str = "") -> None:
         self.root = Path(root)
         self.serve = Path(serve)
         self.binary = binary or find_nginx()
@@ -258,6 +260,7 @@ class LocalNginx:
         self.limit_rate = limit_rate
         self.limit_rate_after = limit_rate_after
         self.tls = (Path(tls[0]).resolve(), Path(tls[1]).resolve()) if tls else None
+        self.extra = extra  # more directives of the server block (nginx_config)
         self.child: ChildProcess | None = None
 
     @property
@@ -273,7 +276,8 @@ class LocalNginx:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.serve.mkdir(parents=True, exist_ok=True)
         write_atomic(self.conf, nginx_config(self.root, self.serve.resolve(), self.port, limit_rate=self.limit_rate,
-                                             limit_rate_after=self.limit_rate_after, tls=self.tls))
+                                             limit_rate_after=self.limit_rate_after, tls=self.tls,
+                                             extra=self.extra))
 
     def start(self, timeout: float = 10.0, attempts: int = 3) -> LocalNginx:
         """Start and wait until the port answers; when the port was taken meanwhile, pick another."""

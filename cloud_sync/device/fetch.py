@@ -14,6 +14,12 @@ what it got against the job's announcement before anyone uses it:
 * **TLS.** An https origin is verified against the system's CAs (``SSL_CERT_FILE`` names a private CA's file); a
   certificate that does not verify is ``origin_tls_error``, not retried.
 
+* **Redirects.** A 301, 302, 303, 307 or 308 answer (a CDN, an S3-style origin) is followed to its ``Location``
+  (absolute, or relative to the URL that answered), at most 5 hops a request, http to http(s) and https to https
+  only: https to http, another scheme or no Location is ``origin_redirect_refused``, a URL asked before in the chain
+  ``origin_redirect_loop``, a sixth hop ``origin_too_many_redirects`` (none retried). A resume starts at the job's URL
+  again and follows its redirects anew, the ``Range`` on every hop; the checks above apply to the final answer.
+
 A server that ignores Range (200 instead of 206) is read from the start again. Transient failures (connection
 refused or cut, timeouts, 5xx, 429) are retried with backoff, without limit while each attempt makes progress and at
 most ``attempts`` times in a row without any; other failures (4xx, a wrong length) end the fetch at once. The result
@@ -32,7 +38,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from edgefleet._version import __version__ as AGENT_VERSION
 
@@ -41,10 +47,14 @@ DEFAULT_ATTEMPTS = 4  # attempts in a row without progress before the origin is 
 BLOCK = 64 * 1024
 _SYNC_EVERY = 4 << 20  # fsync the partial file every this many bytes (the resume point survives a power cut)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+MAX_REDIRECTS = 5  # redirects followed by one request before the origin is refused
+_REDIRECTS = (301, 302, 303, 307, 308)
+_BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")  # what http.client would refuse in a request line
 
 #: reasons a fetch ends without the file (each is a device's job-update reason when it falls back to MQTT)
 REASONS = ("origin_unreachable", "origin_timeout", "origin_http_error", "origin_too_long", "origin_too_short",
-           "origin_bad_range", "origin_sha256_mismatch", "origin_tls_error", "origin_io_error", "canceled")
+           "origin_bad_range", "origin_sha256_mismatch", "origin_tls_error", "origin_io_error",
+           "origin_redirect_loop", "origin_too_many_redirects", "origin_redirect_refused", "canceled")
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class FetchResult:
     resumes: int = 0  # requests that continued a partial file with a Range
     attempts: int = 0  # requests made
     restarts: int = 0  # times the server ignored a Range and the file was read from its start again
+    redirects: int = 0  # redirects followed, every attempt together
 
 
 class _Refused(Exception):
@@ -82,7 +93,8 @@ class Download:
 
     def __init__(self, url: str, dest: str | os.PathLike[str], size: int, sha256: str, *,
                  read_timeout: float = DEFAULT_READ_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS, backoff: float = 0.25,
-                 max_backoff: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_backoff: float = 5.0, ssl_context: ssl.SSLContext | None = None,
+                 max_redirects: int = MAX_REDIRECTS) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url[:80]!r}")
@@ -95,6 +107,9 @@ class Download:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.ssl_context = ssl_context
+        self.max_redirects = max(0, max_redirects)
+        self._at = url  # the URL being asked now (the job's, or where it redirected to)
+        self.final_url = ""  # the URL that answered with the file last
         self._canceled = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -102,6 +117,7 @@ class Download:
         self.resumes = 0
         self.requests = 0
         self.restarts = 0
+        self.redirects = 0
 
     # -- control --------------------------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -119,7 +135,8 @@ class Download:
         return self._canceled.is_set()
 
     def _result(self, ok: bool, reason: str = "", message: str = "") -> FetchResult:
-        return FetchResult(ok, reason, message, self.received, self.resumes, self.requests, self.restarts)
+        return FetchResult(ok, reason, message, self.received, self.resumes, self.requests, self.restarts,
+                           self.redirects)
 
     # -- the download -----------------------------------------------------------------------------------------------
     def run(self) -> FetchResult:
@@ -169,7 +186,7 @@ class Download:
             return 0
 
     def _connect(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.url)
+        parts = urlsplit(self._at)
         conn: http.client.HTTPConnection
         if parts.scheme == "https":
             ctx = self.ssl_context or ssl.create_default_context()  # the system's CAs (SSL_CERT_FILE honoured)
@@ -188,30 +205,87 @@ class Download:
             conn.close()
 
     def _attempt(self, offset: int) -> int:
-        """One request: from ``offset`` to the end of the file. Returns the new offset (the size when complete)."""
-        parts = urlsplit(self.url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        """One request: from ``offset`` to the end of the file. Returns the new offset (the size when complete).
+
+        It starts at the job's URL and follows redirects (at most ``max_redirects``), each hop with the same
+        ``Range``; every attempt, a resume included, starts at the job's URL again (see :meth:`_redirect`)."""
         headers = {"User-Agent": f"edgefleet-device/{AGENT_VERSION}", "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+        self._at = self.url
+        seen = {urldefrag(self.url)[0]}
+        while True:
+            resp = self._request(headers)
+            if resp.status not in _REDIRECTS:
+                break
+            nxt = self._redirect(resp, seen)
+            self._close()
+            if self.canceled:
+                raise _Transient("canceled", "canceled")
+            self.redirects += 1
+            self._at = nxt
+        self.final_url = self._at
+        start = self._check_answer(resp, offset)
+        if offset and start == offset:
+            self.resumes += 1
+        return self._read_body(resp, start)
+
+    def _request(self, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """GET ``self._at``: its answer (status and headers read, not the body)."""
+        parts = urlsplit(self._at)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn = self._connect()
             self.requests += 1
             conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
+            return conn.getresponse()
         except TimeoutError as exc:
             raise _Transient("origin_timeout", f"{self._where()}: no answer within {self.read_timeout:g}s") from exc
         except ssl.SSLCertVerificationError as exc:  # not the origin we were sent to (or a CA this device lacks)
             raise _Refused("origin_tls_error", f"{self._where()}: {exc.verify_message or exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _Transient("origin_unreachable", f"{self._where()}: {exc or type(exc).__name__}") from exc
-        start = self._check_answer(resp, offset)
-        if offset and start == offset:
-            self.resumes += 1
-        return self._read_body(resp, start)
+
+    def _redirect(self, resp: http.client.HTTPResponse, seen: set[str]) -> str:
+        """Where a 301/302/303/307/308 answer of ``self._at`` sends the request: its ``Location`` (absolute, or
+        relative to ``self._at``), or a :class:`_Refused` - no or a malformed Location, another scheme than http(s)
+        or https to http (``origin_redirect_refused``), a URL already asked in this attempt (``origin_redirect_loop``)
+        or one more than ``max_redirects`` (``origin_too_many_redirects``).
+
+        A resume does not go to the last URL of the previous attempt: it asks the job's URL again and follows its
+        redirects anew. A temporary redirect (302/307, a CDN's edge, an S3 URL presigned for a while) may send it
+        elsewhere by then, and the job's URL (the one TUF signs) stays the one the device trusts; the Range goes with
+        every hop, and the answer at the end of the chain is checked as any (206 and its Content-Range, the length,
+        the whole file's sha256)."""
+        where, status = self._where(), resp.status
+        location = (resp.getheader("Location") or "").strip()
+        if not location:
+            raise _Refused("origin_redirect_refused", f"{where} answered {status} without a Location")
+        try:
+            nxt = urldefrag(urljoin(self._at, location))[0]
+            parts = urlsplit(nxt)
+            parts.port  # noqa: B018 - a port that is not a number raises ValueError
+        except ValueError:
+            raise _Refused("origin_redirect_refused",
+                           f"{where} answered {status} with a Location that is not a URL: {location[:200]!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or _BAD_URL_CHAR.search(nxt) \
+                or not nxt.isascii():
+            raise _Refused("origin_redirect_refused",
+                           f"{where} answered {status} with a Location that is not an http(s) URL: {location[:200]!r}")
+        if urlsplit(self._at).scheme == "https" and parts.scheme != "https":
+            raise _Refused("origin_redirect_refused", f"{where} answered {status}: a redirect from https to "
+                                                      f"{parts.scheme}://{parts.netloc} is never followed")
+        if nxt in seen:
+            raise _Refused("origin_redirect_loop", f"{where} answered {status}: a redirect loop back to "
+                                                   f"{nxt[:200]} (after {len(seen) - 1} redirect(s))")
+        if len(seen) > self.max_redirects:
+            raise _Refused("origin_too_many_redirects", f"{where} answered {status}: more than "
+                                                        f"{self.max_redirects} redirects from {self.url[:200]}")
+        seen.add(nxt)
+        return nxt
 
     def _where(self) -> str:
-        parts = urlsplit(self.url)
+        parts = urlsplit(self._at)
         return f"{parts.scheme}://{parts.netloc}"
 
     def _check_answer(self, resp: http.client.HTTPResponse, offset: int) -> int:

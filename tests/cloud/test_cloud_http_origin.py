@@ -226,6 +226,114 @@ def test_download_refuses_a_longer_or_tampered_file_and_times_out_a_stalled_read
     assert not res.ok and res.reason == "origin_unreachable"
 
 
+# -- redirects (issue 16): a CDN or an S3-style origin answers 301/302/307/308 with a Location ---------------------
+#: nginx locations in front of the real files: one 302, 307 and relative redirects, a 301 -> 301 -> 308 chain (one of
+#: its Locations relative), five and six hops, a loop, and a redirect to another scheme
+REDIRECTS = "\n".join([
+    r"location ~ ^/r302/(.+)$ { return 302 /$1; }",
+    r"location ~ ^/r307/(.+)$ { return 307 /$1; }",
+    r"location ~ ^/rel/a/(.+)$ { absolute_redirect off; return 302 ../../$1; }",
+    r"location ~ ^/chain1/(.+)$ { return 301 /chain2/$1; }",
+    r"location ~ ^/chain2/(.+)$ { absolute_redirect off; return 301 /chain3/$1; }",
+    r"location ~ ^/chain3/(.+)$ { return 308 /$1; }",
+    *[rf"location ~ ^/h{n}/(.+)$ {{ return 302 /{f'h{n - 1}/' if n > 1 else ''}$1; }}" for n in range(1, 7)],
+    r"location ~ ^/loop/(.+)$ { return 302 /loop/$1; }",
+    r"location ~ ^/ftp/(.+)$ { return 302 ftp://127.0.0.1/$1; }",
+])
+
+
+@pytest.mark.parametrize("path,hops", [("r302/", 1), ("r307/", 1), ("rel/a/", 1), ("chain1/", 3), ("h5/", 5)])
+def test_download_follows_redirects(path: str, hops: int, tmp_path: Path,
+                                    make_nginx: Callable[..., LocalNginx]) -> None:
+    data = os.urandom(300_000)
+    origin, sha = _publish(tmp_path, data)
+    origin.publish(sha, data)
+    nginx = make_nginx(extra=REDIRECTS)
+    res = fetch(nginx.url + path + sha, tmp_path / "dl.http", len(data), sha)
+    assert res.ok, res
+    assert (tmp_path / "dl.http").read_bytes() == data and res.redirects == hops and res.attempts == hops + 1
+    log = nginx.access()
+    assert len(log) == hops + 1 and log[-1][0] == 200 and log[-1][3] == "/" + sha, log
+    assert all(a[0] in (301, 302, 307, 308) for a in log[:-1])
+    if path == "chain1/":
+        assert [a[0] for a in log] == [301, 301, 308, 200]
+
+
+@pytest.mark.parametrize("path,reason,requests", [("h6/", "origin_too_many_redirects", 6),
+                                                  ("loop/", "origin_redirect_loop", 1),
+                                                  ("ftp/", "origin_redirect_refused", 1)])
+def test_a_redirect_loop_too_many_hops_or_another_scheme_is_refused(path: str, reason: str, requests: int,
+                                                                    tmp_path: Path,
+                                                                    make_nginx: Callable[..., LocalNginx]) -> None:
+    data = os.urandom(50_000)
+    origin, sha = _publish(tmp_path, data)
+    origin.publish(sha, data)
+    nginx = make_nginx(extra=REDIRECTS)
+    res = fetch(nginx.url + path + sha, tmp_path / "dl.http", len(data), sha, attempts=3, backoff=0.05)
+    assert not res.ok and res.reason == reason, res
+    assert res.received == 0 and res.attempts == requests  # refused at once: not retried
+    assert not _hits(nginx, sha) and not (tmp_path / "dl.http").exists()
+
+
+def test_a_resume_after_a_redirect_starts_again_at_the_jobs_url(tmp_path: Path,
+                                                               make_nginx: Callable[..., LocalNginx]) -> None:
+    """The download is cut after a redirect; the resume asks the job's URL again (with the Range), follows the
+    redirect again and continues the file from the bytes on disk with a 206: nothing fetched twice."""
+    data = os.urandom(600_000)
+    origin, sha = _publish(tmp_path, data)
+    origin.publish(sha, data)
+    nginx = make_nginx(limit_rate=200_000, extra=REDIRECTS)
+    dest = tmp_path / "dl" / "file.http"
+    dl = Download(nginx.url + "r302/" + sha, dest, len(data), sha, read_timeout=5, attempts=20, backoff=0.1,
+                  max_backoff=0.3)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(dl.run()))
+    t.start()
+    wait_for(lambda: dest.exists() and dest.stat().st_size > 150_000, 20, 0.01)
+    nginx.kill()
+    cut = dest.stat().st_size
+    time.sleep(0.5)
+    nginx.start()
+    t.join(30)
+    res = result[0]
+    assert res.ok, res
+    assert dest.read_bytes() == data and res.resumes >= 1 and res.received == len(data)
+    log = nginx.access()  # the killed nginx logged the first redirect, not the transfer it was cut in
+    redirected = [a for a in log if a[0] == 302]
+    resumed = [a for a in log if a[0] == 206]
+    assert all(a[3] == "/r302/" + sha for a in redirected) and redirected[0][1] == "-"  # the first request
+    assert resumed and all(a[3] == "/" + sha and int(a[1][6:-1]) >= cut - 65536 for a in resumed)
+    # each resume asked the job's URL again, and the same Range went with every hop
+    assert [a[1] for a in redirected[1:]] == [a[1] for a in resumed]
+    assert res.redirects == len(redirected) and dl.final_url == nginx.url + sha
+
+
+def test_an_https_origin_redirecting_to_http_is_refused_and_http_to_https_is_followed(
+        tmp_path: Path, make_nginx: Callable[..., LocalNginx]) -> None:
+    import ssl
+
+    from conftest import free_port
+    from test_cloud_api_tls import _make_pki
+
+    pki = _make_pki(tmp_path / "pki")
+    data = os.urandom(100_000)
+    origin, sha = _publish(tmp_path, data)
+    origin.publish(sha, data)
+    plain_port, tls_port = free_port(), free_port()
+    plain = make_nginx(port=plain_port,
+                       extra=rf"location ~ ^/up/(.+)$ {{ return 302 https://127.0.0.1:{tls_port}/$1; }}")
+    secure = make_nginx(port=tls_port, tls=(pki.cert, pki.key),
+                        extra=rf"location ~ ^/down/(.+)$ {{ return 302 http://127.0.0.1:{plain_port}/$1; }}")
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    res = fetch(secure.url + "down/" + sha, tmp_path / "a.http", len(data), sha, ssl_context=ctx, attempts=3,
+                backoff=0.05)
+    assert not res.ok and res.reason == "origin_redirect_refused" and "https" in res.message, res
+    assert res.attempts == 1 and not plain.access()  # never asked over http
+    res = fetch(plain.url + "up/" + sha, tmp_path / "b.http", len(data), sha, ssl_context=ctx)  # an upgrade
+    assert res.ok and res.redirects == 1 and (tmp_path / "b.http").read_bytes() == data, res
+    assert [a[0] for a in secure.access()] == [302, 200] and secure.access()[-1][3] == "/" + sha
+
+
 def test_origin_configuration_errors_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--origin-url"):
         make_origin(str(tmp_path / "o"), None)
@@ -391,6 +499,41 @@ def test_origin_down_falls_back_to_mqtt_chunks(broker: Any, tmp_path: Path, make
             assert s.stats["origin_fallbacks"] == 1 and s.stats["chunks_received"] > 0
         assert coord.counters["origin_fallbacks"] == len(syncs)
     finally:
+        _stop(coord, syncs)
+
+
+@pytest.mark.parametrize("path,reason", [("r302/", ""), ("loop/", "origin_redirect_loop"),
+                                         ("h6/", "origin_too_many_redirects")])
+def test_devices_follow_a_redirecting_origin_or_fall_back_to_mqtt_chunks(
+        path: str, reason: str, broker: Any, tmp_path: Path, make_agent: Any, archives: dict[str, Path],
+        make_nginx: Callable[..., LocalNginx]) -> None:
+    """Real agents: behind a 302 the bundle comes over HTTP; a redirect loop or too many hops is the device's named
+    reason and it falls back to MQTT chunks, as for any other origin failure."""
+    nginx = make_nginx(extra=REDIRECTS)
+    coord, syncs = _fleet(broker, tmp_path, make_agent, archives["1"], nginx, n=1, base_url=nginx.url + path)
+    seen: list[P.JobUpdate] = []
+    from helpers import mqtt
+
+    spy = mqtt(broker.url, "spy")
+    spy.on_message(lambda t, p: seen.append(P.JobUpdate.parse(p)) if t.endswith("/up/job") else None)
+    spy.subscribe(f"{P.PREFIX}/f1/devices/+/up/job", qos=1)
+    spy.connect()
+    s = syncs[0]
+    try:
+        v2 = archives["2"].read_bytes()
+        sha = hashlib.sha256(v2).hexdigest()
+        dep = coord.create_deployment(v2, "g", ALL)
+        wait_for(lambda: coord.registry.deployment(dep.id).state == "completed", 60)
+        assert s.agent.active_version == "2"
+        if not reason:
+            assert s.stats["http_files"] == 1 and s.stats["origin_fallbacks"] == 0
+            assert coord.counters["chunks_served"] == 0 and [a[0] for a in _hits(nginx, sha)] == [200]
+        else:
+            assert s.stats["origin_fallbacks"] == 1 and s.stats["http_files"] == 0 and s.stats["chunks_received"] > 0
+            assert coord.counters["origin_fallbacks"] == 1 and not _hits(nginx, sha)
+            wait_for(lambda: any(u.reason == reason for u in seen))
+    finally:
+        spy.close()
         _stop(coord, syncs)
 
 
