@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -22,6 +23,16 @@ _ids = itertools.count()
 #: conftest): they play the operator for the devices the helpers add, since a device's group
 #: is assigned by the operator, never taken from its own status message
 OPERATED: list[Coordinator] = []
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """SIGTERM a process the test started and wait for it; SIGKILL it if it does not end within ``timeout``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def assign(devices: list[str] | tuple[str, ...], group: str) -> None:

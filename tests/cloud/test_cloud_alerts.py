@@ -25,7 +25,7 @@ from typing import Any, Iterator, cast
 import httpx
 import pytest
 from conftest import free_port, wait_for
-from helpers import coordinator, device
+from helpers import coordinator, device, stop_process
 from test_cloud_api_tls import BOOT, Pki, _make_pki, _serve_cmd
 
 from edgefleet.cli import main as cli_main
@@ -250,15 +250,6 @@ def _serve(tmp_path: Path, broker: Any, *extra: str) -> tuple[subprocess.Popen[s
     return proc, lines, f"sqlite:///{tmp_path / 'serve.db'}"
 
 
-def _stop_serve(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _fail_a_run(db: str) -> str:
     """A federated run that fails (what the coordinator alerts on), written to the serving coordinator's registry."""
     reg = Registry(db)
@@ -299,8 +290,8 @@ def test_an_https_webhook_is_verified_against_the_alert_ca_cert(broker: Any, tmp
         counters = httpx.get(api + "/v1/telemetry", headers={"Authorization": f"Bearer {BOOT}"}).json()["counters"]
         assert counters.get("alerts_retried", 0) >= 2 and not counters.get("alerts_sent"), counters
     finally:
-        _stop_serve(good)
-        _stop_serve(bad)
+        stop_process(good)
+        stop_process(bad)
     assert "Traceback" not in "".join(good_lines) + "".join(bad_lines)
 
 

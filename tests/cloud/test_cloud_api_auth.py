@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import free_port
 from fastapi.testclient import TestClient
-from helpers import pg_url, serve_api
+from helpers import pg_url, serve_api, stop_process
 
 from edgefleet.cloud_sync.coordinator.api import create_app
 from edgefleet.cloud_sync.coordinator.registry import Registry
@@ -327,12 +327,7 @@ def test_cloud_serve_token_is_not_on_its_command_line(how: str, broker: Any, tmp
         assert httpx.get(f"http://127.0.0.1:{port}/v1/devices", headers=_bearer(secret)).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/v1/devices", headers=_bearer("nope")).status_code == 401
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_fleet_assign_provisions_and_moves_devices(live: tuple[str, Coordinator], capsys: pytest.CaptureFixture[str],

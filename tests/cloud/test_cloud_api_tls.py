@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 from conftest import free_port
-from helpers import serve_api
+from helpers import serve_api, stop_process
 
 from edgefleet.cloud_sync.coordinator.registry import Registry
 from edgefleet.cloud_sync.coordinator.service import Coordinator
@@ -303,12 +303,7 @@ def test_cloud_serve_over_tls(broker: Any, pki: Pki, tmp_path: Path, operator_en
         assert cli_main(["fleet", "devices", "--api", url]) == SyncError.exit_code  # no CA: refused
         assert cli_main(["fleet", "devices", "--api", f"http://127.0.0.1:{port}"]) == ConfigError.exit_code
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     out = "".join(lines)
     assert f"API https://127.0.0.1:{port}" in out, out
     assert "warning" not in out and "Traceback" not in out, out
