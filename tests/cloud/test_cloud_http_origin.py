@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from conftest import wait_for
-from helpers import coordinator, device
+from helpers import coordinator, device, free_port
 
 from edgefleet.cloud_sync.coordinator.rollout import RolloutPlan
 from edgefleet.cloud_sync.device import machine as M
@@ -312,7 +312,6 @@ def test_an_https_origin_redirecting_to_http_is_refused_and_http_to_https_is_fol
         tmp_path: Path, make_nginx: Callable[..., LocalNginx]) -> None:
     import ssl
 
-    from conftest import free_port
     from test_cloud_api_tls import _make_pki
 
     pki = _make_pki(tmp_path / "pki")
