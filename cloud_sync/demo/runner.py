@@ -71,14 +71,14 @@ def own_head_gain(bundle: str | Path, agent_dir: Path, x: np.ndarray, y: np.ndar
     import edgefleet
     from edgefleet.device_agent.personal import PersonalHeads
 
+    from ..federated.head_trainer import evaluate_head
+
     with edgefleet.load(bundle, threads=1) as m:
         own = PersonalHeads(agent_dir).for_manifest(m.manifest)
         if own is None or m.head is None:
             return None
         feats = m.features(np.asarray(x, np.float32))
-        y = np.asarray(y)
-        return {"global": float(np.mean(np.asarray(m.head.forward(feats)).argmax(1) == y)),
-                "personal": float(np.mean(np.asarray(own.head.forward(feats)).argmax(1) == y))}
+        return {"global": evaluate_head(m.head, feats, y)[1], "personal": evaluate_head(own.head, feats, y)[1]}
 
 class Demo:
     def __init__(self, config: DemoConfig, out: Callable[[str], None] | None = None) -> None:

@@ -167,7 +167,6 @@ class _Recorder:
         self.t0 = time.time()
         self.t_round = time.time()
         self.status = "running"
-        self.personal: list[dict[str, Any]] = []  # the last round's personalisation, one row a device
         self._wrap()
 
     def _row(self, rnd: int) -> dict[str, Any]:
@@ -208,7 +207,6 @@ class _Recorder:
             personal = personal_rows(replies)
             if personal:
                 self._row(server_round)["personal"] = personal
-                self.personal = personal
             return metrics
 
         s.configure_train, s.aggregate_train, s.aggregate_evaluate = configure_train, aggregate_train, aggregate_evaluate
@@ -242,8 +240,9 @@ class _Recorder:
             "rounds": [self.rounds[k] for k in sorted(self.rounds)],
             "seconds": round(time.time() - self.t0, 3),
         }
-        if self.personal:
-            doc["personalization"] = personalization_summary(self.personal)
+        personal = [self.rounds[k]["personal"] for k in sorted(self.rounds) if "personal" in self.rounds[k]]
+        if personal:  # the last round's (devices personalise in the evaluate step of the run's last round)
+            doc["personalization"] = personalization_summary(personal[-1])
         if self.cfg.dp_noise > 0:
             done = sum(1 for k in self.rounds if k > 0)
             doc["privacy"] = {"mechanism": "gaussian, server-side fixed clipping", "noise_multiplier": self.cfg.dp_noise,
