@@ -81,6 +81,12 @@ def _count(meta: Mapping[str, Any], key: str) -> int:
     return v
 
 
+def _created(record: Mapping[str, Any]) -> float:
+    """When a record was made, for ordering: a record with no usable time sorts as the oldest."""
+    v = record.get("created")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else -math.inf
+
+
 class PersonalHeads:
     """The personal heads under an agent's state directory."""
 
@@ -132,7 +138,7 @@ class PersonalHeads:
                 continue
             if isinstance(doc, dict):
                 out.append(doc)
-        return sorted(out, key=lambda d: float(d.get("created", 0) or 0), reverse=True)
+        return sorted(out, key=_created, reverse=True)
 
     def prune(self) -> None:
         """Keep the newest :attr:`keep` heads; remove older ones and the temporary files of writes cut short

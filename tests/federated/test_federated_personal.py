@@ -134,6 +134,11 @@ def test_only_the_newest_personal_heads_are_kept(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "state" / "personal").iterdir()) == sorted(
         f"{m.head.sha256}.{ext}" for m in bundles[2:] for ext in ("npz", "json"))
     assert heads.remove(bundles[5].head.sha256) and not heads.remove(bundles[5].head.sha256)
+    # a record whose time is not a number sorts as the oldest; pruning goes on (it runs on every save)
+    meta = tmp_path / "state" / "personal" / f"{bundles[2].head.sha256}.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "created": "yesterday"}))
+    heads.prune()
+    assert heads.records()[-1]["base"] == bundles[2].head.sha256
 
 
 def _agent(root: Path, personal_heads: bool = True) -> Any:
